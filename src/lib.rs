@@ -1,0 +1,1 @@
+//! caretaker: a daemon that keeps an LLM gateway's SQLite data healthy.
