@@ -1,1 +1,24 @@
 //! caretaker: a daemon that keeps an LLM gateway's SQLite data healthy.
+//!
+//! The binary (`main.rs`) only parses the command line; everything else lives here, one
+//! module per domain noun.
+
+pub mod alerts;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod fsx;
+pub mod gateway;
+pub mod jobs;
+pub mod locks;
+pub mod logging;
+pub mod periods;
+pub mod pgzip;
+pub mod prices;
+pub mod retention;
+pub mod rotation;
+pub mod runner;
+pub mod schedule;
+pub mod state;
+pub mod units;

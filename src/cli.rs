@@ -1,0 +1,323 @@
+//! The commands of the `caretaker` binary and their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::alerts::{self, Sink};
+use crate::config::{self, Config};
+use crate::daemon::{self, StartError};
+use crate::runner::{self, Trigger};
+use crate::state::State;
+
+/// Exit codes of every command.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const LOCKED: u8 = 3;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "caretaker", version, about = "Keeps an LLM gateway's SQLite data healthy: backups, integrity, maintenance, archiving, log rotation, pricing, budget and health alerts.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The jobs file [default: $CARETAKER_CONFIG, else /etc/caretaker/jobs.yaml]
+    #[arg(long, value_name = "FILE", env = "CARETAKER_CONFIG", default_value = config::DEFAULT_PATH, hide_default_value = true, hide_env_values = true)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (systemd and launchd supervise it)
+    Run(ConfigArg),
+    /// Validate the jobs file and list each job with its next 3 run times
+    Check(ConfigArg),
+    /// Run one job now in the foreground and print its report
+    RunJob {
+        /// The job's name in the jobs file
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print what the job would do, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Each job's last run, result, duration and next run; pending alerts
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a backup archive, then restore its database to PATH
+    Restore {
+        /// The backup archive (.tar.gz or .tar)
+        archive: PathBuf,
+        /// Where to put the database
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+        /// Replace an existing file (a safety copy is kept)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a sample gateway and jobs file on fast schedules, then run the daemon on it
+    Demo {
+        /// Where to create the demo [default: ./caretaker-demo]
+        dir: Option<PathBuf>,
+    },
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let code = match cli.command {
+        Command::Run(c) => run(&c.config),
+        Command::Check(c) => check(&c.config),
+        Command::RunJob { name, config, dry_run } => run_job(&config.config, &name, dry_run),
+        Command::Status { config, json } => status(&config.config, json),
+        Command::Restore { archive, to, force } => restore(&archive, &to, force),
+        Command::Demo { dir } => crate::demo::run(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo"))),
+    };
+    ExitCode::from(code)
+}
+
+fn load(path: &Path) -> Result<Config, u8> {
+    match config::load(path) {
+        Ok((config, warnings)) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(config)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+fn run(path: &Path) -> u8 {
+    match daemon::run(path) {
+        Ok(()) => exit::OK,
+        Err(StartError::Config(errors)) => {
+            eprintln!("{errors}");
+            exit::USAGE
+        }
+        Err(StartError::Locked(e)) => {
+            eprintln!("error: {e}");
+            exit::LOCKED
+        }
+        Err(StartError::Other(e)) => {
+            eprintln!("error: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
+fn check(path: &Path) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let now = Utc::now();
+    println!(
+        "{}: valid; {} job{}, times in {}",
+        path.display(),
+        config.jobs.len(),
+        if config.jobs.len() == 1 { "" } else { "s" },
+        config.timezone
+    );
+    for job in &config.jobs {
+        let signals: Vec<String> = job.on_signal.iter().map(|s| format!("SIG{s}")).collect();
+        let mut line = format!("  {} ({})", job.name, job.kind.name());
+        if let Some(s) = &job.schedule {
+            let next: Vec<String> = s
+                .upcoming(now, config.timezone, 3)
+                .iter()
+                .map(|t| t.with_timezone(&config.timezone).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                .collect();
+            line.push_str(&format!("\n    schedule \"{}\": next {}", s.as_str(), next.join(", ")));
+        }
+        if !signals.is_empty() {
+            line.push_str(&format!("\n    on {}", signals.join(", ")));
+        }
+        println!("{line}");
+    }
+    exit::OK
+}
+
+fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::logging::init(&config.log);
+    let Some(job) = config.job(name) else {
+        let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
+        eprintln!("error: no job `{name}` in {}; jobs: {}", path.display(), names.join(", "));
+        return exit::USAGE;
+    };
+    let state = match State::open(&config.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit::FAILED;
+        }
+    };
+    let outcome = runner::run(&config, &state, job, Trigger::Manual, dry_run, Arc::new(AtomicBool::new(false)));
+    // Deliver what this run raised before exiting, as the daemon would.
+    let delivered = Sink::from_settings(&config.alerts).and_then(|sinks| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(alerts::deliver_due(&state, &sinks, Utc::now()))
+    });
+    if let Err(e) = delivered {
+        eprintln!("warning: alerts stay queued for the daemon: {e:#}");
+    }
+    match outcome.result {
+        runner::Result::Ok => {
+            let report = outcome.report.unwrap_or_default();
+            println!("{name}: {}{report}", if dry_run { "dry run: " } else { "" });
+            exit::OK
+        }
+        runner::Result::Failed(message) => {
+            eprintln!("{name}: failed: {message}");
+            exit::FAILED
+        }
+        runner::Result::Skipped(why) => {
+            eprintln!("{name}: not run: {why}");
+            exit::FAILED
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JobStatus {
+    name: String,
+    kind: &'static str,
+    last_run: Option<crate::state::RunRecord>,
+    last_duration_s: Option<f64>,
+    next_run: Option<chrono::DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct PendingAlert {
+    id: i64,
+    subject: String,
+    sink: String,
+    attempts: u32,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    jobs: Vec<JobStatus>,
+    active_alerts: Vec<String>,
+    pending_alerts: Vec<PendingAlert>,
+}
+
+fn status(path: &Path, json: bool) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let state = match State::open(&config.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit::FAILED;
+        }
+    };
+    let now = Utc::now();
+    let gather = || -> anyhow::Result<Status> {
+        let mut jobs = Vec::new();
+        for job in &config.jobs {
+            let last = state.last_run(&job.name)?;
+            jobs.push(JobStatus {
+                name: job.name.clone(),
+                kind: job.kind.name(),
+                last_duration_s: last.as_ref().and_then(|r| r.duration()).map(|d| d.as_secs_f64()),
+                last_run: last,
+                next_run: job.schedule.as_ref().and_then(|s| s.next_after(now, config.timezone)),
+            });
+        }
+        let pending_alerts = alerts::pending(&state)?
+            .into_iter()
+            .map(|(m, sink, attempts, last_error)| PendingAlert {
+                id: m.id,
+                subject: m.subject,
+                sink,
+                attempts,
+                last_error,
+            })
+            .collect();
+        Ok(Status {
+            jobs,
+            active_alerts: alerts::active(&state)?,
+            pending_alerts,
+        })
+    };
+    let status = match gather() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: reading {}: {e:#}", state.path().display());
+            return exit::FAILED;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+        return exit::OK;
+    }
+    let tz = config.timezone;
+    let fmt = |t: chrono::DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
+    println!("{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}", "JOB", "KIND", "LAST RUN", "RESULT", "DURATION", "NEXT RUN");
+    for j in &status.jobs {
+        let (last, result) = match &j.last_run {
+            Some(r) => (fmt(r.started_at), r.result.clone()),
+            None => ("never".into(), "-".into()),
+        };
+        println!(
+            "{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}",
+            j.name,
+            j.kind,
+            last,
+            result,
+            j.last_duration_s.map_or("-".into(), |d| format!("{d:.1}s")),
+            j.next_run.map_or("on signal".into(), fmt)
+        );
+        if let Some(error) = j.last_run.as_ref().and_then(|r| r.error.as_ref()) {
+            println!("    last error: {error}");
+        }
+    }
+    println!("times in {tz}");
+    if !status.active_alerts.is_empty() {
+        println!("active alerts: {}", status.active_alerts.join(", "));
+    }
+    for p in &status.pending_alerts {
+        println!(
+            "pending alert #{} to {} ({} attempts): {}{}",
+            p.id,
+            p.sink,
+            p.attempts,
+            p.subject,
+            p.last_error.as_ref().map_or(String::new(), |e| format!(" — last error: {e}"))
+        );
+    }
+    exit::OK
+}
+
+fn restore(_archive: &Path, _to: &Path, _force: bool) -> u8 {
+    eprintln!("error: `restore` is not implemented in this version of caretaker");
+    exit::FAILED
+}

@@ -1,0 +1,176 @@
+//! Durable, private files: temp file, write, fsync, rename, fsync the directory.
+//!
+//! Backups and archives hold API keys, so everything caretaker writes is mode 0600 in 0700
+//! directories, and nothing is ever visible under its final name before it is complete.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The marker in the names of files still being written; swept at start-up.
+pub const TEMP_MARKER: &str = ".caretaker-tmp";
+
+/// Creates `dir` (and parents) with mode 0700 if missing; tightens an existing one we own.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating directory {}", dir.display()))?;
+    }
+    let meta = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        // Not fatal: the directory may be shared on purpose and owned by someone else.
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A file being written under a temporary name next to its final place.
+pub struct PendingFile {
+    file: Option<File>,
+    temp: PathBuf,
+    dest: PathBuf,
+}
+
+impl PendingFile {
+    pub fn create(dest: &Path) -> anyhow::Result<PendingFile> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        let name = dest
+            .file_name()
+            .with_context(|| format!("{} has no file name", dest.display()))?
+            .to_string_lossy();
+        let temp = dir.join(format!(
+            ".{name}{TEMP_MARKER}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .with_context(|| format!("creating temporary file {}", temp.display()))?;
+        Ok(PendingFile {
+            file: Some(file),
+            temp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("the file is open until commit")
+    }
+
+    /// fsync, rename into place, fsync the directory: after this returns the file is durable
+    /// under its final name; before, a crash leaves only the temporary name.
+    pub fn commit(mut self) -> anyhow::Result<PathBuf> {
+        let file = self.file.take().expect("commit runs once");
+        file.sync_all()
+            .with_context(|| format!("flushing {} to disk", self.temp.display()))?;
+        drop(file);
+        fs::rename(&self.temp, &self.dest).with_context(|| {
+            format!("renaming {} to {}", self.temp.display(), self.dest.display())
+        })?;
+        let dir = self.dest.parent().unwrap_or(Path::new("."));
+        sync_dir(dir).with_context(|| format!("flushing directory {}", dir.display()))?;
+        Ok(std::mem::take(&mut self.dest))
+    }
+}
+
+impl Write for PendingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            // Abandoned before commit: remove the partial file now rather than at next start.
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes `bytes` to `dest` atomically and durably, mode 0600.
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut pending = PendingFile::create(dest)?;
+    pending
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", pending.temp_path().display()))?;
+    pending.commit()?;
+    Ok(())
+}
+
+/// Removes temporary files left in `dir` by a process that was killed mid-write.
+pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().contains(TEMP_MARKER) {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing stale temporary file {}", entry.path().display()))?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_file_is_private_and_complete_and_no_temp_remains() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.json");
+        write_atomic(&dest, b"{}").unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"{}");
+        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_abandoned_file_never_appears_under_its_final_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        {
+            let mut p = PendingFile::create(&dest).unwrap();
+            p.write_all(b"partial").unwrap();
+        }
+        assert!(!dest.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_temps_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(format!(".x{TEMP_MARKER}-1-2"));
+        fs::write(&stale, b"half").unwrap();
+        fs::write(dir.path().join("keep.tar.gz"), b"ok").unwrap();
+        assert_eq!(sweep_temps(dir.path()).unwrap(), vec![stale.clone()]);
+        assert!(dir.path().join("keep.tar.gz").exists());
+    }
+}

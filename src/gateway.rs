@@ -1,0 +1,311 @@
+//! The gateway's database: which table and columns hold what, and how we connect to it politely.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::{Connection, OpenFlags};
+use serde::Deserialize;
+
+use crate::config::Checks;
+use crate::config::values;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Apantli,
+    Bobamixer,
+    Custom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// UTC ISO-8601 text; Apantli writes three spellings (`Z`, `+00:00`, naive) that all sort
+    /// correctly against a `YYYY-MM-DDTHH:MM:SS` bound.
+    Iso8601,
+    UnixSeconds,
+    UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CostColumns {
+    Single(String),
+    Split { input: String, output: String },
+}
+
+/// Where a gateway keeps each fact of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    pub time: String,
+    pub time_format: TimeFormat,
+    pub model: String,
+    pub provider: Option<String>,
+    pub input_tokens: String,
+    pub output_tokens: String,
+    pub cost: CostColumns,
+    pub error: Option<String>,
+    pub payload: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub database: PathBuf,
+    pub preset: Preset,
+    pub table: String,
+    pub columns: Columns,
+    /// How long our own statements wait for the gateway's locks.
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    database: Option<PathBuf>,
+    schema: Option<Preset>,
+    busy_timeout: Option<values::Duration>,
+    table: Option<String>,
+    columns: Option<RawColumns>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumns {
+    time: Option<String>,
+    time_format: Option<TimeFormat>,
+    model: Option<String>,
+    provider: Option<String>,
+    input_tokens: Option<String>,
+    output_tokens: Option<String>,
+    cost: Option<String>,
+    input_cost: Option<String>,
+    output_cost: Option<String>,
+    error: Option<String>,
+    payload: Option<values::OneOrMany<String>>,
+}
+
+impl Preset {
+    pub fn table_and_columns(self) -> Option<(String, Columns)> {
+        let s = |v: &str| v.to_string();
+        match self {
+            Preset::Apantli => Some((
+                s("requests"),
+                Columns {
+                    time: s("timestamp"),
+                    time_format: TimeFormat::Iso8601,
+                    model: s("model"),
+                    provider: Some(s("provider")),
+                    input_tokens: s("prompt_tokens"),
+                    output_tokens: s("completion_tokens"),
+                    cost: CostColumns::Single(s("cost")),
+                    error: Some(s("error")),
+                    payload: vec![s("request_data"), s("response_data")],
+                },
+            )),
+            Preset::Bobamixer => Some((
+                s("usage_records"),
+                Columns {
+                    time: s("ts"),
+                    time_format: TimeFormat::UnixSeconds,
+                    model: s("model"),
+                    provider: None,
+                    input_tokens: s("input_tokens"),
+                    output_tokens: s("output_tokens"),
+                    cost: CostColumns::Split {
+                        input: s("input_cost"),
+                        output: s("output_cost"),
+                    },
+                    error: None,
+                    payload: Vec::new(),
+                },
+            )),
+            Preset::Custom => None,
+        }
+    }
+}
+
+/// SQL identifiers from the jobs file are quoted into statements, so only plain names pass.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub fn validate(raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
+    let database = match raw.database {
+        Some(p) => Some(checks.path(&p)),
+        None => {
+            checks.error(
+                "gateway.database",
+                "missing key `gateway.database`; accepted: the path of the gateway's SQLite file",
+            );
+            None
+        }
+    };
+    let preset = raw.schema.unwrap_or_else(|| {
+        checks.error(
+            "gateway.schema",
+            "missing key `gateway.schema`; accepted: apantli, bobamixer, custom",
+        );
+        Preset::Custom
+    });
+    let busy_timeout = raw
+        .busy_timeout
+        .map_or(Duration::from_secs(2), |d| d.0);
+    let (table, columns) = match preset.table_and_columns() {
+        Some(found) => {
+            for (key, set) in [("table", raw.table.is_some()), ("columns", raw.columns.is_some())] {
+                if set {
+                    checks.error(
+                        &format!("gateway.{key}"),
+                        format!("`{key}` is only read with `schema: custom`; the preset fixes it"),
+                    );
+                }
+            }
+            found
+        }
+        None => custom(raw.table, raw.columns, checks)?,
+    };
+    Some(Gateway {
+        database: database?,
+        preset,
+        table,
+        columns,
+        busy_timeout,
+    })
+}
+
+fn custom(
+    table: Option<String>,
+    columns: Option<RawColumns>,
+    checks: &mut Checks<'_>,
+) -> Option<(String, Columns)> {
+    let invalid = std::cell::Cell::new(false);
+    let name = |key: &str, value: Option<String>, checks: &mut Checks<'_>| -> Option<String> {
+        match value {
+            Some(v) if is_identifier(&v) => Some(v),
+            Some(v) => {
+                checks.error(
+                    key,
+                    format!("`{v}` is not a plain SQL name; accepted: letters, digits and _"),
+                );
+                invalid.set(true);
+                None
+            }
+            None => None,
+        }
+    };
+    let table = name("gateway.table", table, checks);
+    let Some(c) = columns else {
+        checks.error(
+            "gateway.columns",
+            "`schema: custom` needs `columns` (time, time_format, model, input_tokens, output_tokens, cost or input_cost + output_cost)",
+        );
+        return None;
+    };
+    let required = [
+        ("table", table.is_some() || invalid.get()),
+        ("columns.time", c.time.is_some()),
+        ("columns.model", c.model.is_some()),
+        ("columns.input_tokens", c.input_tokens.is_some()),
+        ("columns.output_tokens", c.output_tokens.is_some()),
+        ("columns.time_format", c.time_format.is_some()),
+    ];
+    let time = name("gateway.columns.time", c.time, checks);
+    let model = name("gateway.columns.model", c.model, checks);
+    let provider = name("gateway.columns.provider", c.provider, checks);
+    let input_tokens = name("gateway.columns.input_tokens", c.input_tokens, checks);
+    let output_tokens = name("gateway.columns.output_tokens", c.output_tokens, checks);
+    let cost = name("gateway.columns.cost", c.cost, checks);
+    let input_cost = name("gateway.columns.input_cost", c.input_cost, checks);
+    let output_cost = name("gateway.columns.output_cost", c.output_cost, checks);
+    let error = name("gateway.columns.error", c.error, checks);
+    let payload: Vec<String> = c
+        .payload
+        .map(|p| p.0)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, p)| name(&format!("gateway.columns.payload[{i}]"), Some(p), checks))
+        .collect();
+    let mut ok = !invalid.get();
+    for (key, present) in required {
+        if !present {
+            checks.error(
+                &format!("gateway.{key}"),
+                format!("`schema: custom` needs `gateway.{key}`"),
+            );
+            ok = false;
+        }
+    }
+    let cost = match (cost, input_cost, output_cost) {
+        (Some(c), None, None) => Some(CostColumns::Single(c)),
+        (None, Some(input), Some(output)) => Some(CostColumns::Split { input, output }),
+        _ => {
+            checks.error(
+                "gateway.columns",
+                "the cost columns are ambiguous; accepted: either `cost`, or both `input_cost` and `output_cost`",
+            );
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some((
+        table?,
+        Columns {
+            time: time?,
+            time_format: c.time_format?,
+            model: model?,
+            provider,
+            input_tokens: input_tokens?,
+            output_tokens: output_tokens?,
+            cost: cost?,
+            error,
+            payload,
+        },
+    ))
+}
+
+impl Gateway {
+    /// A connection to the gateway's database for our jobs.
+    ///
+    /// It never changes the journal mode, waits at most `busy_timeout` for the gateway's locks,
+    /// and is set not to checkpoint the WAL when it closes: a checkpoint on close would take
+    /// locks the job did not plan for.
+    pub fn connect(&self, read_only: bool) -> anyhow::Result<Connection> {
+        let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        flags |= if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        };
+        let conn = Connection::open_with_flags(&self.database, flags).with_context(|| {
+            format!(
+                "opening the gateway database {} (check gateway.database and that caretaker may read it)",
+                self.database.display()
+            )
+        })?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .context("setting NO_CKPT_ON_CLOSE on the gateway connection")?;
+        conn.busy_timeout(self.busy_timeout)
+            .context("setting the busy timeout on the gateway connection")?;
+        Ok(conn)
+    }
+
+    /// The SQL expression of a row's total cost.
+    pub fn cost_expr(&self) -> String {
+        match &self.columns.cost {
+            CostColumns::Single(c) => format!("\"{c}\""),
+            CostColumns::Split { input, output } => {
+                format!("(COALESCE(\"{input}\", 0) + COALESCE(\"{output}\", 0))")
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The `archive` job: archive-then-purge of request rows older than a cut-off.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Context, Report};
+use crate::config::Checks;
+use crate::config::values;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Then {
+    Delete,
+    StripPayloads,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rows {
+    All,
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    older_than: Option<values::Duration>,
+    to: Option<PathBuf>,
+    format: Option<Format>,
+    then: Option<Then>,
+    rows: Option<Rows>,
+    redact: Option<Vec<String>>,
+    batch: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub older_than: Duration,
+    pub to: PathBuf,
+    pub format: Format,
+    pub then: Then,
+    pub rows: Rows,
+    pub redact: Vec<String>,
+    pub batch: u32,
+}
+
+pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
+    let older_than = raw.older_than.map(|d| d.0);
+    if older_than.is_none() {
+        checks.error(
+            &format!("{path}.older_than"),
+            "missing key `older_than`; accepted: a duration such as 90d",
+        );
+    }
+    let to = raw.to.map(|p| checks.path(&p));
+    if to.is_none() {
+        checks.error(
+            &format!("{path}.to"),
+            "missing key `to`; accepted: the directory the archive files are written to",
+        );
+    }
+    let batch = raw.batch.unwrap_or(2000);
+    if !(1..=100_000).contains(&batch) {
+        checks.error(
+            &format!("{path}.batch"),
+            format!("batch {batch} is out of range; accepted: 1 to 100000 rows"),
+        );
+        return None;
+    }
+    let rows = raw.rows.unwrap_or(Rows::All);
+    Some(Spec {
+        older_than: older_than?,
+        to: to?,
+        format: raw.format.unwrap_or(Format::Jsonl),
+        then: raw.then.unwrap_or(Then::Delete),
+        rows,
+        // API keys sit in Apantli's payloads in plain text; redacting them is the safe default.
+        redact: raw.redact.unwrap_or_else(|| vec!["api_key".to_string()]),
+        batch,
+    })
+}
+
+pub fn run(_spec: &Spec, _ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    super::not_implemented("archive")
+}

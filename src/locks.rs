@@ -1,0 +1,111 @@
+//! Locks in `state_dir`: one daemon per state directory, one run per job, one job at a time on the gateway.
+//!
+//! They are `flock` locks on files, so they hold across processes (`run-job` beside the
+//! daemon) and vanish when a process dies, even by kill -9.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::jobs::{Stop, Stopped};
+
+fn open(path: &Path) -> anyhow::Result<File> {
+    if let Some(dir) = path.parent() {
+        crate::fsx::private_dir(dir)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening lock file {}", path.display()))
+}
+
+/// The daemon's hold on its state directory, with the pid file beside it.
+pub struct Instance {
+    _lock: File,
+    pid_file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("another caretaker daemon (pid {pid}) already runs on state_dir {dir}; stop it first or give this one another state_dir")]
+    Held { pid: String, dir: PathBuf },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Instance {
+    pub fn acquire(state_dir: &Path) -> Result<Instance, InstanceError> {
+        let lock = open(&state_dir.join("caretaker.lock"))?;
+        let pid_file = state_dir.join("caretaker.pid");
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&pid_file)
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                return Err(InstanceError::Held {
+                    pid,
+                    dir: state_dir.to_path_buf(),
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("locking {}", state_dir.display()))
+                    .into());
+            }
+        }
+        crate::fsx::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(Instance {
+            _lock: lock,
+            pid_file,
+        })
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// A held lock; released on drop.
+pub struct Held(#[allow(dead_code)] File);
+
+fn lock_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("locks").join(format!("{name}.lock"))
+}
+
+/// The per-job lock: `None` when the job is already running somewhere.
+pub fn try_job(state_dir: &Path, job: &str) -> anyhow::Result<Option<Held>> {
+    let file = open(&lock_path(state_dir, &format!("job-{job}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Held(file))),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e).context("taking the job lock"),
+    }
+}
+
+/// The gateway lock: waits for the job that holds it, but stops waiting when told to stop.
+pub fn gateway(state_dir: &Path, stop: &Stop) -> anyhow::Result<Result<Held, Stopped>> {
+    let file = open(&lock_path(state_dir, "gateway"))?;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Ok(Held(file))),
+            Err(TryLockError::WouldBlock) => {
+                if let Err(stopped) = stop.check() {
+                    return Ok(Err(stopped));
+                }
+                // flock has no timed wait; a short nap keeps the wait stoppable.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(TryLockError::Error(e)) => return Err(e).context("taking the gateway lock"),
+        }
+    }
+}

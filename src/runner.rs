@@ -1,0 +1,226 @@
+//! One job run: locks, the run itself, its record in the state database, its alerts, its log line.
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::alerts::{self, Alert, AlertEvent, Severity};
+use crate::config::Config;
+use crate::config::values::SignalName;
+use crate::jobs::{Context, Job, Report, Stop};
+use crate::locks;
+use crate::state::State;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule(DateTime<Utc>),
+    CatchUp(DateTime<Utc>),
+    Signal(SignalName),
+    Manual,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Schedule(_) => f.write_str("schedule"),
+            Trigger::CatchUp(_) => f.write_str("catch-up"),
+            Trigger::Signal(s) => write!(f, "signal {s}"),
+            Trigger::Manual => f.write_str("manual"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Result {
+    Ok,
+    Failed(String),
+    /// Not run: the job was already running (here or in another process).
+    Skipped(String),
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub result: Result,
+    pub report: Option<Report>,
+    pub seconds: f64,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        matches!(self.result, Result::Ok)
+    }
+}
+
+/// Runs `job` now, in the calling thread.
+pub fn run(
+    config: &Config,
+    state: &State,
+    job: &Job,
+    trigger: Trigger,
+    dry_run: bool,
+    shutdown: Arc<AtomicBool>,
+) -> Outcome {
+    let started = Instant::now();
+    let skipped = |why: String| {
+        tracing::info!(job = %job.name, %trigger, "skipped: {why}");
+        Outcome {
+            result: Result::Skipped(why),
+            report: None,
+            seconds: 0.0,
+        }
+    };
+    let _job_lock = match locks::try_job(&config.state_dir, &job.name) {
+        Ok(Some(held)) => held,
+        Ok(None) => return skipped("already running".into()),
+        Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+    };
+    let stop = Stop::new(shutdown, job.timeout);
+    let _gateway_lock = if job.kind.touches_gateway() {
+        match locks::gateway(&config.state_dir, &stop) {
+            Ok(Ok(held)) => Some(held),
+            Ok(Err(stopped)) => return skipped(format!("waited for another job on the gateway and was {stopped}")),
+            Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+        }
+    } else {
+        None
+    };
+    let now = Utc::now();
+    let run_id = if dry_run {
+        None
+    } else {
+        match state.run_started(&job.name, &trigger.to_string(), now) {
+            Ok(id) => Some(id),
+            Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+        }
+    };
+    tracing::info!(job = %job.name, kind = job.kind.name(), %trigger, dry_run, "job started");
+    let mut ctx = Context {
+        job: &job.name,
+        config,
+        state,
+        now,
+        dry_run,
+        stop,
+        alerts: Vec::new(),
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| job.kind.run(&mut ctx)));
+    let mut events = std::mem::take(&mut ctx.alerts);
+    let result = match result {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow::anyhow!("the job panicked: {what} (this is a caretaker bug; please report it)"))
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let failure_key = format!("job-failed:{}", job.name);
+    match result {
+        Ok(report) => {
+            tracing::info!(job = %job.name, seconds, summary = %report, "job succeeded");
+            if !dry_run {
+                events.push(AlertEvent::Resolve {
+                    key: failure_key,
+                    job: Some(job.name.clone()),
+                    what: format!("{} job fails", job.kind.name()),
+                });
+                finish(config, state, run_id, "ok", &report.summary, None, &report.figures, &events);
+            }
+            Outcome {
+                result: Result::Ok,
+                report: Some(report),
+                seconds,
+            }
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            if !dry_run {
+                push_failure(config, job, &message, &mut events);
+            }
+            finish(config, state, run_id, "failed", "", Some(&message), &[], &events);
+            tracing::error!(job = %job.name, seconds, error = %message, "job failed");
+            Outcome {
+                result: Result::Failed(message),
+                report: None,
+                seconds,
+            }
+        }
+    }
+}
+
+fn push_failure(config: &Config, job: &Job, message: &str, events: &mut Vec<AlertEvent>) {
+    if config.alerts.on_job_failure {
+        events.push(AlertEvent::Raise(Alert {
+            key: format!("job-failed:{}", job.name),
+            severity: Severity::Critical,
+            job: Some(job.name.clone()),
+            what: format!("{} job fails", job.kind.name()),
+            body: format!(
+                "The {} job `{}` failed:\n\n{message}\n\nRun `caretaker run-job {} --dry-run` to see what it would do, and `caretaker status` for its history.",
+                job.kind.name(),
+                job.name,
+                job.name
+            ),
+        }));
+    }
+}
+
+fn failed(
+    config: &Config,
+    state: &State,
+    job: &Job,
+    trigger: Trigger,
+    run_id: Option<i64>,
+    message: String,
+    started: Instant,
+) -> Outcome {
+    tracing::error!(job = %job.name, %trigger, error = %message, "job could not start");
+    let mut events = Vec::new();
+    push_failure(config, job, &message, &mut events);
+    finish(config, state, run_id, "failed", "", Some(&message), &[], &events);
+    Outcome {
+        result: Result::Failed(message),
+        report: None,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    config: &Config,
+    state: &State,
+    run_id: Option<i64>,
+    result: &str,
+    summary: &str,
+    error: Option<&str>,
+    figures: &[(String, f64)],
+    events: &[AlertEvent],
+) {
+    let now = Utc::now();
+    if let Some(id) = run_id
+        && let Err(e) = state.run_finished(id, now, result, summary, error, figures)
+    {
+        tracing::error!(error = %format!("{e:#}"), "could not record the run");
+    }
+    if let Err(e) = alerts::submit(state, &config.alerts, &sink_names(config), now, events) {
+        tracing::error!(error = %format!("{e:#}"), "could not queue alerts");
+    }
+}
+
+pub fn sink_names(config: &Config) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if config.alerts.file.is_some() {
+        names.push("file");
+    }
+    if config.alerts.email.is_some() {
+        names.push("email");
+    }
+    names
+}
