@@ -1,39 +1,41 @@
-//! Value types of the jobs file: durations, sizes and shares as people write them.
+//! Value types of the jobs file: sizes (`512MB`, `5GiB`), durations (`90s`, `2w`) and shares (`75%`).
+//!
+//! Each parser takes the text exactly as written in YAML and returns an error that says what
+//! was wrong and what is accepted, so the configuration loader can prefix it with the file,
+//! line and key path.
 
 use std::time::Duration;
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let accepted = "accepted: a whole number and a unit, s m h d w (e.g. 90s, 15m, 6h, 30d, 2w)";
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; {accepted}"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(format!("`{text}` is not a duration; {accepted}")),
-    };
-    Ok(Duration::from_secs(n * secs))
+const SIZE_ACCEPTED: &str =
+    "a whole number of bytes, optionally followed by B, KB, MB, GB, TB (powers of 1000) \
+     or KiB, MiB, GiB, TiB (powers of 1024), e.g. 512MB or 5GiB";
+
+const DURATION_ACCEPTED: &str =
+    "a whole number followed by s, m, h, d or w (seconds, minutes, hours, days, weeks), \
+     e.g. 90s, 15m, 6h, 30d or 2w";
+
+const SHARE_ACCEPTED: &str = "a percentage from 0% to 100%, e.g. 75% or 12.5%";
+
+/// Splits `"512MB"` into `("512", "MB")`: the leading ASCII digits and the rest.
+fn split_number(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    text.split_at(end)
 }
 
+/// Parses a size such as `512MB` (10^6 bytes each), `5GiB` (2^30 bytes each) or `4096` (bytes).
+///
+/// Units are case-sensitive because `Mb` (megabit) and `MB` (megabyte) differ; a space
+/// between the number and the unit is not accepted, as the documentation never writes one.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let accepted = "accepted: a number of bytes with an optional unit B KB MB GB TB (powers of 1000) or KiB MiB GiB TiB (powers of 1024), e.g. 512MB, 5GiB";
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; {accepted}"))?;
-    let mult: u64 = match unit.trim() {
+    let (digits, unit) = split_number(text);
+    if digits.is_empty() {
+        return Err(format!("`{text}` is not a size: expected {SIZE_ACCEPTED}"));
+    }
+    let multiplier: u64 = match unit {
         "" | "B" => 1,
-        "KB" | "kB" => 1_000,
+        "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
@@ -41,19 +43,182 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         "TiB" => 1 << 40,
-        _ => return Err(format!("`{text}` is not a size; {accepted}")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown size unit `{unit}`: expected {SIZE_ACCEPTED}"
+            ));
+        }
     };
-    Ok((n * mult as f64).round() as u64)
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("`{text}` is too large: at most {} bytes", u64::MAX))
 }
 
-pub fn parse_share(text: &str) -> Result<f64, String> {
-    let accepted = "accepted: a percentage from 0% to 100%, e.g. 75%";
-    let t = text.trim();
-    let Some(num) = t.strip_suffix('%') else {
-        return Err(format!("`{text}` is not a share; {accepted}"));
+/// Parses a duration such as `90s`, `15m`, `6h`, `30d` or `2w`.
+///
+/// A day is 24 hours here: calendar-aware periods (daily, weekly, monthly) are separate
+/// settings evaluated in the configured time zone.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = split_number(text);
+    if digits.is_empty() {
+        return Err(format!(
+            "`{text}` is not a duration: expected {DURATION_ACCEPTED}"
+        ));
+    }
+    let seconds: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit: expected {DURATION_ACCEPTED}"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown duration unit `{unit}`: expected {DURATION_ACCEPTED}"
+            ));
+        }
     };
-    match num.trim().parse::<f64>() {
-        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p / 100.0),
-        _ => Err(format!("`{text}` is not a share; {accepted}")),
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
+}
+
+/// Parses a share such as `75%` into a fraction (`0.75`).
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    let Some(number) = text.strip_suffix('%') else {
+        return Err(format!(
+            "`{text}` is not a share: expected {SHARE_ACCEPTED}"
+        ));
+    };
+    // `f64::from_str` would also accept `inf`, `NaN` and `1e2`: only plain decimals are wanted.
+    let plain = !number.is_empty()
+        && number.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && number.chars().filter(|&c| c == '.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    let percent: f64 = match number.parse() {
+        Ok(p) if plain => p,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a share: expected {SHARE_ACCEPTED}"
+            ));
+        }
+    };
+    if percent > 100.0 {
+        return Err(format!(
+            "`{text}` is more than 100%: expected {SHARE_ACCEPTED}"
+        ));
+    }
+    Ok(percent / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        let good: &[(&str, u64)] = &[
+            ("0", 0),
+            ("4096", 4096),
+            ("4096B", 4096),
+            ("1KB", 1_000),
+            ("512MB", 512_000_000),
+            ("5GB", 5_000_000_000),
+            ("2TB", 2_000_000_000_000),
+            ("1KiB", 1024),
+            ("100MiB", 100 << 20),
+            ("5GiB", 5 << 30),
+            ("1TiB", 1 << 40),
+            ("18446744073709551615", u64::MAX),
+        ];
+        for &(text, want) in good {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "not a size"),
+            ("MB", "not a size"),
+            ("-5MB", "not a size"),
+            ("1.5GB", "unknown size unit `.5GB`"),
+            ("5 MB", "unknown size unit ` MB`"),
+            ("5mb", "unknown size unit `mb`"),
+            ("5Mb", "unknown size unit `Mb`"),
+            ("5G", "unknown size unit `G`"),
+            ("18446744073709551616", "too large"),
+            ("20000000TB", "too large"),
+        ];
+        for &(text, want) in bad {
+            let err = parse_size(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.contains("expected") || err.contains("at most"), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let good: &[(&str, u64)] = &[
+            ("0s", 0),
+            ("90s", 90),
+            ("15m", 900),
+            ("6h", 21_600),
+            ("30d", 2_592_000),
+            ("2w", 1_209_600),
+        ];
+        for &(text, want) in good {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(want)), "{text}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("", "not a duration"),
+            ("d", "not a duration"),
+            ("30", "no unit"),
+            ("30 d", "unknown duration unit ` d`"),
+            ("1h30m", "unknown duration unit `h30m`"),
+            ("30D", "unknown duration unit `D`"),
+            ("1.5h", "unknown duration unit `.5h`"),
+            ("-1h", "not a duration"),
+            ("99999999999999999999w", "too long"),
+            ("9999999999999999999w", "too long"),
+        ];
+        for &(text, want) in bad {
+            let err = parse_duration(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn shares() {
+        let good: &[(&str, f64)] = &[
+            ("0%", 0.0),
+            ("75%", 0.75),
+            ("12.5%", 0.125),
+            ("100%", 1.0),
+        ];
+        for &(text, want) in good {
+            assert_eq!(parse_share(text), Ok(want), "{text}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("75", "not a share"),
+            ("%", "not a share"),
+            (".%", "not a share"),
+            ("0.75", "not a share"),
+            ("-5%", "not a share"),
+            ("1e2%", "not a share"),
+            ("inf%", "not a share"),
+            ("1.2.3%", "not a share"),
+            ("101%", "more than 100%"),
+        ];
+        for &(text, want) in bad {
+            let err = parse_share(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.contains("expected"), "{err}");
+        }
     }
 }

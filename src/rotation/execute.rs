@@ -1,0 +1,427 @@
+//! Carrying out a rotation plan on the file system: moves, new files, the notification, compression.
+//!
+//! Each file is handled on its own: an error on one is reported and the others go on.
+//! Every file this module produces is written under a temporary name in the same
+//! directory, synced and renamed into place, and a copy is only deleted once its
+//! compressed replacement is durable, so an interruption at any point leaves either the
+//! old or the new state, never a partial file under a final name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use rustix::fs::{Gid, Mode, Uid};
+
+use super::config::{Method, Notify};
+use super::plan::{Action, FileState, Plan, Step};
+use super::survey::TEMP_SUFFIX;
+
+/// What one run did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub files: Vec<FileOutcome>,
+    /// The notification's result, when one was due.
+    pub notify: Option<Result<(), String>>,
+    /// State entries to merge into the saved map: files rotated successfully and files
+    /// seen for the first time. A failed rotation leaves its entry unchanged.
+    pub state: BTreeMap<PathBuf, FileState>,
+}
+
+#[derive(Debug)]
+pub struct FileOutcome {
+    pub path: PathBuf,
+    pub action: Action,
+    /// Whether the live file's content was moved aside.
+    pub rotated: bool,
+    /// What went wrong, each with the path and what to do; empty on success.
+    pub errors: Vec<String>,
+}
+
+impl Outcome {
+    /// No file failed and no notification failed (skips that are warnings count as failures).
+    pub fn is_success(&self) -> bool {
+        self.files.iter().all(|f| f.errors.is_empty())
+            && !matches!(self.notify, Some(Err(_)))
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for file in &self.files {
+            let what = match (&file.action, file.rotated) {
+                (Action::Rotate(_), true) => "rotated".to_owned(),
+                (Action::Rotate(_), false) => "not rotated".to_owned(),
+                (Action::Record, _) => "first seen, recorded".to_owned(),
+                (Action::Skip(reason), _) => format!("skipped, {reason}"),
+            };
+            writeln!(f, "{}: {what}", file.path.display())?;
+            for error in &file.errors {
+                writeln!(f, "  error: {error}")?;
+            }
+        }
+        match &self.notify {
+            Some(Ok(())) => writeln!(f, "notified the writer")?,
+            Some(Err(e)) => writeln!(f, "notify failed: {e}")?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Carries out `plan`: per-file moves, then one notification, then compression.
+pub fn execute(plan: &Plan) -> Outcome {
+    let mut files = Vec::with_capacity(plan.files.len());
+    let mut state = BTreeMap::new();
+    for file in &plan.files {
+        let mut outcome = FileOutcome {
+            path: file.path.clone(),
+            action: file.action.clone(),
+            rotated: false,
+            errors: Vec::new(),
+        };
+        match &file.action {
+            Action::Record => {
+                state.insert(file.path.clone(), FileState { last_rotated: plan.now });
+            }
+            Action::Skip(reason) if reason.is_problem() => {
+                outcome.errors.push(format!("{}: {reason}", file.path.display()));
+            }
+            Action::Skip(_) => {}
+            Action::Rotate(_) => match file.steps.iter().try_for_each(run_step) {
+                Ok(()) => {
+                    outcome.rotated = true;
+                    state.insert(file.path.clone(), FileState { last_rotated: plan.now });
+                }
+                Err(e) => outcome.errors.push(format!("{e:#}")),
+            },
+        }
+        files.push(outcome);
+    }
+
+    let notify = match &plan.notify {
+        Some(notify) if files.iter().any(|f| f.rotated) => {
+            Some(send_notify(notify).map_err(|e| format!("{e:#}")))
+        }
+        _ => None,
+    };
+    let notified = !matches!(notify, Some(Err(_)));
+
+    for (file, outcome) in plan.files.iter().zip(&mut files) {
+        if !outcome.rotated {
+            continue;
+        }
+        // Until the writer has reopened its file it may still append to the newest copy:
+        // compressing that copy now would lose those lines.
+        let newest = file.steps.iter().find_map(|step| match step {
+            Step::Move { to, .. } => Some(to),
+            _ => None,
+        });
+        for step in &file.after_notify {
+            let touches_newest = match step {
+                Step::Compress { from, .. } | Step::Delete { path: from, .. } => {
+                    Some(from) == newest
+                }
+                _ => false,
+            };
+            if !notified && touches_newest && plan.notify.is_some() {
+                outcome.errors.push(format!(
+                    "left `{step}` undone because the writer could not be notified; \
+                     it will be done on the next rotation"
+                ));
+                continue;
+            }
+            if let Err(e) = run_step(step) {
+                outcome.errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    Outcome {
+        files,
+        notify,
+        state,
+    }
+}
+
+fn run_step(step: &Step) -> Result<()> {
+    match step {
+        Step::Delete { path, .. } => remove(path),
+        Step::Rename { from, to } => rename_no_clobber(from, to),
+        Step::Move {
+            from,
+            to,
+            method: Method::Create,
+        } => move_and_create(from, to),
+        Step::Move {
+            from,
+            to,
+            method: Method::Copytruncate,
+        } => copy_and_truncate(from, to),
+        Step::Truncate { path } => truncate(path),
+        Step::Compress { from, to } => compress(from, to),
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes renames and deletions in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(parent(path)),
+        // Already gone (removed by hand, or by an interrupted earlier run): the goal is met.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting {}", path.display())),
+    }
+}
+
+/// Refuses to overwrite `to`: an existing file there is an earlier copy that nothing in
+/// the plan accounted for, and clobbering it would silently destroy log data.
+fn ensure_absent(to: &Path) -> Result<()> {
+    match fs::symlink_metadata(to) {
+        Ok(_) => bail!(
+            "{} already exists; move it away by hand, then run the job again",
+            to.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking {}", to.display())),
+    }
+}
+
+fn rename_no_clobber(from: &Path, to: &Path) -> Result<()> {
+    ensure_absent(to)?;
+    fs::rename(from, to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    sync_dir(parent(to))
+}
+
+/// Gives `file` the permission bits and owner of `like`.
+///
+/// `chown` to another user needs privileges; when it fails the file keeps the mode, which
+/// is the part that protects the content, and the error says how to fix ownership.
+fn copy_mode_and_owner(file: &File, path: &Path, like: &fs::Metadata) -> Result<()> {
+    rustix::fs::fchmod(file, Mode::from_raw_mode(like.mode() & 0o7777))
+        .with_context(|| format!("setting mode {:o} on {}", like.mode() & 0o7777, path.display()))?;
+    let here = file
+        .metadata()
+        .with_context(|| format!("examining {}", path.display()))?;
+    if here.uid() != like.uid() || here.gid() != like.gid() {
+        rustix::fs::fchown(
+            file,
+            Some(Uid::from_raw(like.uid())),
+            Some(Gid::from_raw(like.gid())),
+        )
+        .with_context(|| {
+            format!(
+                "giving {} the owner {}:{} of the rotated file (run caretaker as that user or as root)",
+                path.display(),
+                like.uid(),
+                like.gid()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `method: create`: rename the log aside, then create a new empty log in its place.
+fn move_and_create(from: &Path, to: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(from).with_context(|| format!("examining {}", from.display()))?;
+    if !meta.is_file() {
+        bail!("{} is no longer a regular file; not rotated", from.display());
+    }
+    ensure_absent(to)?;
+    fs::rename(from, to)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(from)
+        .with_context(|| {
+            format!(
+                "creating the new empty {} after moving the old one to {}; the writer keeps \
+                 writing to {} until it reopens",
+                from.display(),
+                to.display(),
+                to.display()
+            )
+        })?;
+    copy_mode_and_owner(&created, from, &meta)?;
+    created
+        .sync_all()
+        .with_context(|| format!("syncing {}", from.display()))?;
+    sync_dir(parent(from))
+}
+
+/// A file under a temporary name that is removed unless it is renamed into place.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn create(beside: &Path) -> Result<(Self, File)> {
+        let name = beside.file_name().unwrap_or_default().to_string_lossy();
+        let path = beside.with_file_name(format!(".{name}{TEMP_SUFFIX}"));
+        // A leftover from an interrupted run never holds anything that is not also in its source.
+        let _ = fs::remove_file(&path);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating temporary file {}", path.display()))?;
+        Ok((Self { path, armed: true }, file))
+    }
+
+    fn persist(mut self, to: &Path) -> Result<()> {
+        ensure_absent(to)?;
+        fs::rename(&self.path, to)
+            .with_context(|| format!("renaming {} to {}", self.path.display(), to.display()))?;
+        self.armed = false;
+        sync_dir(parent(to))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Fills a new file beside `to` through `fill`, makes it durable with the source's mode,
+/// owner and modification time, and renames it to `to`.
+fn write_durably(
+    source: &fs::Metadata,
+    to: &Path,
+    fill: impl FnOnce(File) -> io::Result<File>,
+) -> Result<()> {
+    let (temp, file) = TempFile::create(to)?;
+    let file = fill(file).with_context(|| format!("writing {}", temp.path.display()))?;
+    copy_mode_and_owner(&file, &temp.path, source)?;
+    let mtime = source
+        .modified()
+        .context("reading the modification time of the source")?;
+    file.set_modified(mtime)
+        .with_context(|| format!("setting the modification time of {}", temp.path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", temp.path.display()))?;
+    temp.persist(to)
+}
+
+/// `method: copytruncate`: copy the log, then truncate it in place. Lines the writer
+/// appends between the end of the copy and the truncation are lost.
+fn copy_and_truncate(from: &Path, to: &Path) -> Result<()> {
+    ensure_absent(to)?;
+    let mut source = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(from)
+        .with_context(|| format!("opening {}", from.display()))?;
+    let meta = source
+        .metadata()
+        .with_context(|| format!("examining {}", from.display()))?;
+    write_durably(&meta, to, |file| {
+        let mut writer = BufWriter::new(file);
+        io::copy(&mut source, &mut writer)?;
+        writer.into_inner().map_err(|e| e.into_error())
+    })
+    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    source
+        .set_len(0)
+        .with_context(|| format!("truncating {} after copying it to {}", from.display(), to.display()))
+}
+
+fn truncate(path: &Path) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .and_then(|f| f.set_len(0))
+        .with_context(|| format!("truncating {}", path.display()))
+}
+
+/// gzip `from` into `to`, keeping its mode, owner and modification time; `from` is removed
+/// only once `to` is durable.
+fn compress(from: &Path, to: &Path) -> Result<()> {
+    ensure_absent(to)?;
+    let source = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let meta = source
+        .metadata()
+        .with_context(|| format!("examining {}", from.display()))?;
+    write_durably(&meta, to, |file| {
+        let mut encoder = GzEncoder::new(BufWriter::new(file), Compression::default());
+        io::copy(&mut BufReader::new(source), &mut encoder)?;
+        let mut writer = encoder.finish()?;
+        writer.flush()?;
+        writer.into_inner().map_err(|e| e.into_error())
+    })
+    .with_context(|| format!("compressing {} to {}", from.display(), to.display()))?;
+    remove(from)
+}
+
+fn send_notify(notify: &Notify) -> Result<()> {
+    match notify {
+        Notify::Signal { pid_file, signal } => {
+            let text = fs::read_to_string(pid_file)
+                .with_context(|| format!("reading the writer's pid file {}", pid_file.display()))?;
+            let pid = text
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .filter(|pid| pid.as_raw_nonzero().get() > 0)
+                .with_context(|| {
+                    format!(
+                        "{} holds `{}`, not a process id",
+                        pid_file.display(),
+                        text.trim()
+                    )
+                })?;
+            rustix::process::kill_process(pid, signal.to_rustix()).with_context(|| {
+                format!(
+                    "sending {signal} to process {} from {} (is the writer running?)",
+                    pid.as_raw_nonzero(),
+                    pid_file.display()
+                )
+            })
+        }
+        Notify::Command(argv) => {
+            let (program, args) = argv.split_first().context("notify command is empty")?;
+            let output = Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running notify command {argv:?}"))?;
+            if !output.status.success() {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let stderr = stderr.trim();
+                let tail = &stderr[stderr.floor_char_boundary(stderr.len().saturating_sub(500))..];
+                bail!(
+                    "notify command {argv:?} failed ({}): {tail}",
+                    output.status
+                );
+            }
+            Ok(())
+        }
+    }
+}
