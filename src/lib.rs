@@ -1,1 +1,3 @@
 //! caretaker: a daemon that keeps an LLM gateway's SQLite data healthy.
+
+pub mod alerts;

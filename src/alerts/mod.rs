@@ -1,0 +1,3 @@
+//! Alerts: how caretaker tells a human that something needs attention.
+
+pub mod email;
