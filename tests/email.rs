@@ -214,7 +214,11 @@ async fn plain_delivery_carries_headers_and_body() {
     ];
     let sink = EmailSink::new(settings).unwrap();
 
-    sink.send(&message()).await.unwrap();
+    // Spawned, as the daemon will: the sink and its future must be Send.
+    tokio::spawn(async move { sink.send(&message()).await })
+        .await
+        .unwrap()
+        .unwrap();
 
     let received = server.received();
     assert_eq!(received.len(), 1, "server log: {}", server.stderr());
@@ -441,6 +445,43 @@ async fn rejected_recipient_is_permanent() {
         panic!("expected Permanent, got {error:?}");
     };
     assert!(text.contains("550"), "{text}");
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test]
+async fn deferred_recipient_is_transient() {
+    let dir = TempDir::new().unwrap();
+    let server = SmtpServer::start(dir.path(), &["--defer-rcpt", "later@example.com"]);
+    let mut settings = settings(server.port, TlsMode::None);
+    settings.to = vec!["later@example.com".into()];
+    let sink = EmailSink::new(settings).unwrap();
+
+    let error = sink.send(&message()).await.unwrap_err();
+
+    let DeliveryError::Transient(text) = &error else {
+        panic!("expected Transient, got {error:?}");
+    };
+    assert!(text.contains("451"), "{text}");
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test]
+async fn starttls_not_offered_fails_before_any_credentials_are_sent() {
+    let dir = TempDir::new().unwrap();
+    let certs = make_certs(dir.path());
+    // A plain server: no STARTTLS. The sink must stop rather than continue unencrypted.
+    let server = SmtpServer::start(dir.path(), &[]);
+    let settings = with_auth(
+        settings(server.port, TlsMode::Starttls),
+        PASSWORD,
+        &certs.ca,
+    );
+    let sink = EmailSink::new(settings).unwrap();
+
+    let error = sink.send(&message()).await.unwrap_err();
+
+    assert!(matches!(error, DeliveryError::Transient(_)), "{error:?}");
+    assert!(!error.to_string().contains(PASSWORD), "{error}");
     assert!(server.received().is_empty());
 }
 

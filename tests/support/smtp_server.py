@@ -8,7 +8,7 @@ SMTP envelope in NNNNNN.json, both written atomically; the .eml is renamed into 
 last, so a test that sees it can read both.
 
   smtp_server.py --port-file F --maildir D [--starttls CERT KEY | --tls CERT KEY]
-                 [--auth USER:PASS] [--reject-rcpt ADDR]...
+                 [--auth USER:PASS] [--reject-rcpt ADDR]... [--defer-rcpt ADDR]...
   smtp_server.py --make-certs DIR   writes ca.pem, server.pem, server.key for 127.0.0.1
                                     and localhost (with trustme), then exits
 
@@ -61,14 +61,17 @@ def login_of(session):
 
 
 class Handler:
-    def __init__(self, maildir, reject):
+    def __init__(self, maildir, reject, defer):
         self.maildir = maildir
         self.reject = {address.lower() for address in reject}
+        self.defer = {address.lower() for address in defer}
         self.counter = itertools.count(1)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.lower() in self.reject:
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if address.lower() in self.defer:
+            return "451 4.3.0 <%s>: Temporary lookup failure, try again later" % address
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -110,7 +113,7 @@ async def serve(args):
     from aiosmtpd.smtp import SMTP
 
     os.makedirs(args.maildir, exist_ok=True)
-    handler = Handler(args.maildir, args.reject_rcpt)
+    handler = Handler(args.maildir, args.reject_rcpt, args.defer_rcpt)
     starttls = server_context(*args.starttls) if args.starttls else None
     implicit = server_context(*args.tls) if args.tls else None
     auth = {}
@@ -158,7 +161,10 @@ def main():
     tls.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"))
     tls.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--auth", metavar="USER:PASS")
-    parser.add_argument("--reject-rcpt", metavar="ADDR", action="append", default=[])
+    parser.add_argument("--reject-rcpt", metavar="ADDR", action="append", default=[],
+                        help="answer RCPT TO for ADDR with 550 (permanent)")
+    parser.add_argument("--defer-rcpt", metavar="ADDR", action="append", default=[],
+                        help="answer RCPT TO for ADDR with 451 (temporary)")
     args = parser.parse_args()
 
     if args.make_certs:
