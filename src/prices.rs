@@ -103,17 +103,18 @@ impl PriceTable {
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the price table {}", path.display()))?;
-        match extension.as_deref() {
-            Some("json") => Self::from_litellm_json(&text, path),
-            Some("yaml" | "yml") => Self::from_yaml(&text, path),
+        let parse = match extension.as_deref() {
+            Some("json") => Self::from_litellm_json,
+            Some("yaml" | "yml") => Self::from_yaml,
             _ => bail!(
                 "price table {}: unknown format; accepted are LiteLLM's JSON (a .json file) \
                  or a YAML table (a .yaml or .yml file)",
                 path.display()
             ),
-        }
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the price table {}", path.display()))?;
+        parse(&text, path)
     }
 
     /// Parses LiteLLM's `model_prices_and_context_window.json`. `source` names the file in errors.
@@ -145,8 +146,8 @@ impl PriceTable {
         })
     }
 
-    /// Parses the YAML table (see the module's tests for the format). `source` names the
-    /// file in errors.
+    /// Parses the YAML table; rates are USD per million tokens. `source` names the file in
+    /// errors. Only the first YAML document is read.
     ///
     /// ```yaml
     /// models:
@@ -336,6 +337,7 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// A problem with one model's entry (JSON has no positions to offer).
     fn push(&mut self, model: &str, field: Option<&str>, what: impl std::fmt::Display) {
         let mut line = format!("model {model:?}");
         if let Some(field) = field {
@@ -345,6 +347,7 @@ impl<'a> Problems<'a> {
         self.lines.push(line);
     }
 
+    /// A problem with one model's entry at a position in a YAML file.
     fn push_at(
         &mut self,
         span: Span,
@@ -353,13 +356,17 @@ impl<'a> Problems<'a> {
         what: impl std::fmt::Display,
     ) {
         self.push(model, field, what);
-        if let Some(last) = self.lines.last_mut() {
-            *last = format!(
-                "line {}, column {}: {last}",
-                span.start.line(),
-                span.start.col() + 1
-            );
-        }
+        let line = self.lines.pop().unwrap_or_default();
+        self.push_file_at(span, line);
+    }
+
+    /// A problem with the file's structure rather than one model.
+    fn push_file_at(&mut self, span: Span, what: impl std::fmt::Display) {
+        self.lines.push(format!(
+            "line {}, column {}: {what}",
+            span.start.line(),
+            span.start.col() + 1
+        ));
     }
 
     fn into_result(self) -> anyhow::Result<()> {
@@ -591,37 +598,28 @@ fn yaml_table(
         return models;
     };
     let Some(top) = root.as_map() else {
-        problems.lines.push(format!(
-            "line {}: expected a mapping with the key `models`",
-            root.span.start.line()
-        ));
+        problems.push_file_at(root.span, "expected a mapping with the key `models`");
         return models;
     };
     let mut seen_models = false;
     for (key, value) in top {
         if key.as_str() != Some("models") {
-            problems.lines.push(format!(
-                "line {}: unknown key {:?}; accepted: models",
-                key.span.start.line(),
-                key.describe()
-            ));
+            let what = format!("unknown key {:?}; accepted: models", key.describe());
+            problems.push_file_at(key.span, what);
             continue;
         }
         seen_models = true;
         let Some(entries) = value.as_map() else {
-            problems.lines.push(format!(
-                "line {}: `models` must be a mapping of model name to prices",
-                value.span.start.line()
-            ));
+            problems.push_file_at(
+                value.span,
+                "`models` must be a mapping of model name to prices",
+            );
             continue;
         };
         for (name, fields) in entries {
             let Some(model) = name.as_str() else {
-                problems.lines.push(format!(
-                    "line {}: a model name must be a string, found {}",
-                    name.span.start.line(),
-                    name.describe()
-                ));
+                let what = format!("a model name must be a string, found {}", name.describe());
+                problems.push_file_at(name.span, what);
                 continue;
             };
             if models.contains_key(model) {
@@ -979,8 +977,10 @@ mod tests {
             .join("tests/fixtures/litellm/model_prices_and_context_window.json")
     }
 
-    fn real_table() -> PriceTable {
-        PriceTable::load(&fixture_path()).expect("the LiteLLM fixture loads")
+    /// Loaded once: parsing 3 MB of JSON per test would dominate the suite's time.
+    fn real_table() -> &'static PriceTable {
+        static TABLE: std::sync::OnceLock<PriceTable> = std::sync::OnceLock::new();
+        TABLE.get_or_init(|| PriceTable::load(&fixture_path()).expect("the LiteLLM fixture loads"))
     }
 
     fn no_aliases() -> BTreeMap<String, String> {
