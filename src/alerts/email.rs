@@ -81,14 +81,6 @@ impl TlsMode {
             TlsMode::None => 25,
         }
     }
-
-    fn name(self) -> &'static str {
-        match self {
-            TlsMode::Starttls => "starttls",
-            TlsMode::Tls => "tls",
-            TlsMode::None => "none",
-        }
-    }
 }
 
 /// Everything needed to deliver alert mail, validated; built by [`EmailConfig::resolve`].
@@ -289,10 +281,8 @@ impl EmailConfig {
         let ca_file = smtp.ca_file.as_ref().map(|file| base_dir.join(file));
         if let Some(path) = &ca_file {
             if tls == TlsMode::None {
-                warnings.push(format!(
-                    "alerts.email.smtp.ca_file: ignored because smtp.tls is {}",
-                    tls.name()
-                ));
+                warnings
+                    .push("alerts.email.smtp.ca_file: ignored because smtp.tls is none".to_owned());
             }
             if let Err(message) = load_ca(path) {
                 problem("smtp.ca_file", message);
