@@ -3,6 +3,7 @@
 //! The alert outbox owns retries and de-duplication; this module delivers one message per call
 //! and tells the outbox whether trying again later can help ([`DeliveryError`]).
 
+use std::error::Error as _;
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
@@ -78,14 +79,6 @@ impl TlsMode {
             TlsMode::Starttls => 587,
             TlsMode::Tls => 465,
             TlsMode::None => 25,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            TlsMode::Starttls => "starttls",
-            TlsMode::Tls => "tls",
-            TlsMode::None => "none",
         }
     }
 }
@@ -288,10 +281,8 @@ impl EmailConfig {
         let ca_file = smtp.ca_file.as_ref().map(|file| base_dir.join(file));
         if let Some(path) = &ca_file {
             if tls == TlsMode::None {
-                warnings.push(format!(
-                    "alerts.email.smtp.ca_file: ignored because smtp.tls is {}",
-                    tls.name()
-                ));
+                warnings
+                    .push("alerts.email.smtp.ca_file: ignored because smtp.tls is none".to_owned());
             }
             if let Err(message) = load_ca(path) {
                 problem("smtp.ca_file", message);
@@ -556,9 +547,16 @@ impl EmailSink {
         match code.as_deref() {
             // RFC 4954: AUTH required, mechanism too weak, credentials invalid, encryption
             // required. The configuration is wrong, not the message; keep it for after the fix.
-            Some("530" | "534" | "535" | "538") => DeliveryError::Transient(format!(
-                "{text}; the server refused our login: check smtp.username and the password"
-            )),
+            Some(code @ ("530" | "534" | "535" | "538")) => {
+                let reply = e
+                    .source()
+                    .map(|reply| reply.to_string())
+                    .unwrap_or_default();
+                DeliveryError::Transient(self.scrub(&format!(
+                    "SMTP server {} refused our login ({code} {reply}): check smtp.username and the password",
+                    self.server
+                )))
+            }
             _ if e.is_permanent() => DeliveryError::Permanent(text),
             _ => DeliveryError::Transient(text),
         }
@@ -685,18 +683,34 @@ mod tests {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret}"), "[redacted]");
         assert_eq!(format!("{secret:?}"), "[redacted]");
-        let settings = SmtpSettings {
+        let settings = settings_with_password("hunter2");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    fn settings_with_password(password: &str) -> SmtpSettings {
+        SmtpSettings {
             host: "smtp.example.com".into(),
             port: 587,
             tls: TlsMode::Starttls,
             username: Some("u".into()),
-            password: Some(secret),
+            password: Some(Secret::new(password)),
             from: "a@example.com".into(),
             to: vec!["b@example.com".into()],
             timeout: DEFAULT_TIMEOUT,
             ca_file: None,
-        };
-        assert!(!format!("{settings:?}").contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn a_password_echoed_by_the_server_is_scrubbed() {
+        let mut settings = settings_with_password("hunter2");
+        settings.tls = TlsMode::None;
+        let sink = EmailSink::new(settings).unwrap();
+        assert_eq!(
+            sink.scrub("535 bad login alice/hunter2 (hunter2)"),
+            "535 bad login alice/[redacted] ([redacted])"
+        );
+        assert!(!format!("{sink:?}").contains("hunter2"));
     }
 
     #[test]
