@@ -1,1 +1,4 @@
 //! caretaker: a daemon that keeps an LLM gateway's SQLite data healthy.
+
+pub mod sample;
+pub mod sim;
