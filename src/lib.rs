@@ -19,6 +19,8 @@ pub mod prices;
 pub mod retention;
 pub mod rotation;
 pub mod runner;
+pub mod sample;
 pub mod schedule;
+pub mod sim;
 pub mod state;
 pub mod units;
