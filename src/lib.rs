@@ -4,6 +4,7 @@
 //! module per domain noun.
 
 pub mod alerts;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,0 +1,213 @@
+//! A consistent copy of the live gateway database, taken in one backup step so writers never restart it.
+//!
+//! SQLite's online backup restarts whenever another connection commits between two steps, so
+//! a stepped copy of a database taking 100 writes/s never finishes. We copy all pages in one
+//! step, inside a read transaction opened first (with our busy timeout, so we wait politely
+//! for a writer that holds the lock instead of failing):
+//!
+//! - WAL: the read transaction pins a snapshot; writers keep appending to the WAL and are
+//!   never blocked. The copy is the database as of `BEGIN`.
+//! - Rollback journal: the read transaction is a SHARED lock. Writers can prepare their
+//!   change but cannot commit until we release it, so they stall for the copy's duration;
+//!   that duration is measured and reported as `writer_block` (Apantli waits 5 s before it
+//!   drops a row; copying runs at several hundred MB/s).
+//!
+//! The connection is [`Gateway::connect`]'s: it never changes the journal mode and never
+//! checkpoints when it closes. The copy goes to a file of ours; compressing it holds no lock.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::gateway::Gateway;
+
+/// A finished snapshot and what it cost the gateway.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub path: PathBuf,
+    /// The gateway's journal mode as SQLite reports it (`wal`, `delete`, `truncate`, ...).
+    pub journal_mode: String,
+    pub page_size: u64,
+    pub page_count: u64,
+    /// Rows of the gateway's request table in the copy; `None` when the table does not exist yet.
+    pub rows: Option<u64>,
+    /// Time the read transaction was held on the gateway database.
+    pub held: Duration,
+    /// Time the gateway's writers could not commit because of us: `held` in rollback-journal
+    /// mode, zero in WAL mode.
+    pub writer_block: Duration,
+}
+
+impl Snapshot {
+    pub fn is_wal(&self) -> bool {
+        self.journal_mode.eq_ignore_ascii_case("wal")
+    }
+}
+
+/// Copies the gateway database to `dest` (which must not exist) as of one instant.
+pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
+    let source = &gateway.database;
+    // Read-write when the file allows it (SQLite falls back to read-only otherwise): a reader
+    // must be able to roll back a hot journal left by a crashed gateway before it can read.
+    let src = gateway.connect(false)?;
+    let mut dst = Connection::open_with_flags(
+        dest,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("creating the snapshot file {}", dest.display()))?;
+    // The copy is scratch until its archive is verified: no journal, no fsync per page.
+    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .with_context(|| format!("preparing the snapshot file {}", dest.display()))?;
+
+    let reading = |what: &str| {
+        format!(
+            "{what} on the gateway database {} (is it a SQLite database, and may caretaker read it?)",
+            source.display()
+        )
+    };
+    src.execute_batch("BEGIN")
+        .with_context(|| reading("starting a read transaction"))?;
+    // The first read takes the lock (waiting up to our busy timeout) and pins what we copy.
+    let began = Instant::now();
+    let pinned = (|| -> anyhow::Result<String> {
+        src.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+            .with_context(|| reading("reading the schema"))?;
+        src.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .with_context(|| reading("reading the journal mode"))
+    })();
+    let locked = Instant::now();
+    let copied = pinned.and_then(|journal_mode| {
+        copy_all_pages(&src, &mut dst)
+            .with_context(|| format!("copying {} to {}", source.display(), dest.display()))?;
+        Ok(journal_mode)
+    });
+    // Ending the read transaction releases the gateway; nothing was written, so COMMIT and
+    // ROLLBACK are the same here, and ROLLBACK cannot fail for lack of a lock.
+    let released = src.execute_batch("ROLLBACK");
+    let held = locked.elapsed();
+    let journal_mode = copied?;
+    released.with_context(|| reading("ending the read transaction"))?;
+    drop(src);
+    tracing::debug!(wait_ms = (locked - began).as_millis() as u64, held_ms = held.as_millis() as u64, "snapshot copied");
+
+    let stats = |what: &str| format!("reading {what} of the snapshot {}", dest.display());
+    let count = |sql: &str, what: &str| -> anyhow::Result<u64> {
+        let n: i64 = dst.query_row(sql, [], |r| r.get(0)).with_context(|| stats(what))?;
+        Ok(n.max(0) as u64)
+    };
+    let page_size = count("PRAGMA page_size", "the page size")?;
+    let page_count = count("PRAGMA page_count", "the page count")?;
+    let has_table: Option<i64> = dst
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [&gateway.table],
+            |r| r.get(0),
+        )
+        .optional()
+        .with_context(|| stats("the schema"))?;
+    let rows = match has_table {
+        Some(_) => Some(count(
+            &format!("SELECT count(*) FROM \"{}\"", gateway.table),
+            &format!("the rows of table {}", gateway.table),
+        )?),
+        None => None,
+    };
+    dst.close()
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("closing the snapshot {}", dest.display()))?;
+    let is_wal = journal_mode.eq_ignore_ascii_case("wal");
+    Ok(Snapshot {
+        path: dest.to_path_buf(),
+        journal_mode,
+        page_size,
+        page_count,
+        rows,
+        held,
+        writer_block: if is_wal { Duration::ZERO } else { held },
+    })
+}
+
+/// One step of every page: there is no second step for a commit to restart.
+fn copy_all_pages(src: &Connection, dst: &mut Connection) -> anyhow::Result<()> {
+    let backup = Backup::new(src, dst).context("starting the SQLite online backup")?;
+    match backup.step(-1).context("copying the pages")? {
+        StepResult::Done => Ok(()),
+        StepResult::Busy | StepResult::Locked => {
+            bail!("the gateway database was locked while copying; the run will be retried at the next schedule")
+        }
+        StepResult::More | _ => bail!("SQLite's backup did not copy every page in one step"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::Preset;
+
+    fn gateway(db: &Path, preset: Preset) -> Gateway {
+        let (table, columns) = preset.table_and_columns().unwrap();
+        Gateway {
+            database: db.to_path_buf(),
+            preset,
+            table,
+            columns,
+            busy_timeout: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn copies_a_wal_database_without_its_checkpoint_and_keeps_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("usage.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(crate::sample::BOBAMIXER_SCHEMA).unwrap();
+        conn.execute_batch(
+            "INSERT INTO sessions (id, started_at) VALUES ('s', 0);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+             INSERT INTO usage_records (id, session_id, ts, tool) SELECT 'rec_' || i, 's', i, hex(randomblob(64)) FROM n;",
+        )
+        .unwrap();
+        drop(conn);
+        // A writer that keeps its connection open leaves committed rows only in the WAL.
+        let writer = Connection::open(&db).unwrap();
+        writer.execute_batch("PRAGMA journal_mode = WAL; DELETE FROM usage_records WHERE rowid % 3 = 0;").unwrap();
+        let expected: i64 = writer.query_row("SELECT count(*) FROM usage_records", [], |r| r.get(0)).unwrap();
+        let wal_before = std::fs::metadata(dir.path().join("usage.db-wal")).unwrap().len();
+        assert!(wal_before > 0);
+
+        let snap = take(&gateway(&db, Preset::Bobamixer), &dir.path().join("copy.db")).unwrap();
+        assert_eq!(snap.journal_mode, "wal");
+        assert_eq!(snap.rows, Some(expected as u64));
+        assert_eq!(snap.writer_block, Duration::ZERO);
+        // Our connection closed without checkpointing the gateway's WAL.
+        assert_eq!(std::fs::metadata(dir.path().join("usage.db-wal")).unwrap().len(), wal_before);
+        let copy = Connection::open(&snap.path).unwrap();
+        let mode: String = copy.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let ok: String = copy.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(ok, "ok");
+    }
+
+    #[test]
+    fn reports_the_writer_stall_in_rollback_mode_and_names_a_bad_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("requests.db");
+        crate::sample::create_apantli(&db, &crate::sample::SampleOptions { rows: 200, ..Default::default() }).unwrap();
+        let snap = take(&gateway(&db, Preset::Apantli), &dir.path().join("copy.db")).unwrap();
+        assert_eq!(snap.journal_mode, "delete");
+        assert_eq!(snap.rows, Some(200));
+        assert_eq!(snap.writer_block, snap.held);
+
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![7u8; 8192]).unwrap();
+        let message = format!("{:#}", take(&gateway(&junk, Preset::Apantli), &dir.path().join("c2.db")).unwrap_err());
+        assert!(message.contains("junk.db") && message.contains("not a database"), "{message}");
+        let missing = dir.path().join("missing.db");
+        let message = format!("{:#}", take(&gateway(&missing, Preset::Apantli), &dir.path().join("c3.db")).unwrap_err());
+        assert!(message.contains("missing.db"), "{message}");
+        assert!(!missing.exists(), "a missing gateway database must not be created");
+    }
+}
