@@ -317,7 +317,20 @@ fn status(path: &Path, json: bool) -> u8 {
     exit::OK
 }
 
-fn restore(_archive: &Path, _to: &Path, _force: bool) -> u8 {
-    eprintln!("error: `restore` is not implemented in this version of caretaker");
-    exit::FAILED
+fn restore(archive: &Path, to: &Path, force: bool) -> u8 {
+    use crate::backup::restore::{self, RestoreError};
+    match restore::restore(archive, to, force, Utc::now()) {
+        Ok(done) => {
+            println!("{}", done.describe(archive));
+            exit::OK
+        }
+        Err(e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_))) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+        Err(RestoreError::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            exit::FAILED
+        }
+    }
 }

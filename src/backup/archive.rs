@@ -120,15 +120,16 @@ pub fn hash_file(path: &Path) -> anyhow::Result<(String, u64)> {
     Ok((hashing.finish().0, size))
 }
 
-/// Writes the archive to `dest` via a temporary file: complete, fsynced and renamed into place,
-/// or not there at all. Returns the archive's size in bytes.
+/// Writes the archive for `dest` into a temporary file beside it and returns it unpublished,
+/// with its size: the caller reads it back and verifies it, then commits it (fsync, rename,
+/// fsync the directory). Dropped instead, it is removed; after a crash it is swept.
 pub fn write(
     dest: &Path,
     manifest: &Manifest,
     database: &Path,
     includes: &[Include],
     compression: Compression,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(PendingFile, u64)> {
     let mut pending = PendingFile::create(dest)?;
     let temp = pending.temp_path().to_path_buf();
     let writing = || format!("writing the archive {}", temp.display());
@@ -145,8 +146,7 @@ pub fn write(
         }
     }
     let size = pending.file().metadata().with_context(writing)?.len();
-    pending.commit()?;
-    Ok(size)
+    Ok((pending, size))
 }
 
 fn write_entries<W: Write>(

@@ -135,6 +135,29 @@ pub fn restore(archive: &Path, to: &Path, force: bool, now: DateTime<Utc>) -> Re
     })
 }
 
+impl Restored {
+    /// What was done, for the operator: one line per fact.
+    pub fn describe(&self, archive: &Path) -> String {
+        let m = &self.manifest;
+        let mut lines = vec![format!(
+            "restored {} from {} (snapshot of {} taken {}, {} rows, SHA-256 and integrity_check ok) to {}",
+            m.database,
+            archive.display(),
+            m.source.display(),
+            m.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            m.row_count.map_or("no".to_string(), |r| r.to_string()),
+            self.path.display()
+        )];
+        for copy in &self.safety_copies {
+            lines.push(format!("safety copy of what it replaced: {}", copy.display()));
+        }
+        for path in &self.removed {
+            lines.push(format!("removed stale {}", path.display()));
+        }
+        lines.join("\n")
+    }
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);

@@ -1,12 +1,27 @@
 //! The `backup` job: a consistent hot snapshot, compressed, verified, published, pruned by tiers.
+//!
+//! One run: sweep what a killed run left, check free space, snapshot the gateway database in
+//! one step (the only moment the gateway is touched), check the copy with SQLite, write the
+//! archive to a temporary file, read it back against the manifest's SHA-256, publish it
+//! (fsync, rename, fsync the directory), then prune this job's archives by the keep policy.
+//! An archive that fails a check is never published, so it is never counted or kept.
 
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::{Context, Report};
+use crate::backup::archive::{self, CheckLevel, Manifest};
+use crate::backup::snapshot::{self, Snapshot};
+use crate::backup::{self as backups, ArchiveName, Format, Scratch, human_bytes};
 use crate::config::Checks;
-use crate::retention::{KeepConfig, Policy};
+use crate::fsx;
+use crate::retention::{self, Decision, KeepConfig, Policy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,6 +108,327 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     })
 }
 
-pub fn run(_spec: &Spec, _ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    super::not_implemented("backup")
+/// What a run will do, computed without touching anything.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The archive this run writes.
+    pub archive: ArchiveName,
+    /// Every archive of the job after this run's one is published, newest first, with the
+    /// keep policy's verdict and reasons.
+    pub retention: Vec<Decision<ArchiveName>>,
+}
+
+impl Spec {
+    fn format(&self) -> Format {
+        match self.compression {
+            Compression::Gzip => Format::TarGz,
+            Compression::None => Format::Tar,
+        }
+    }
+
+    fn check_level(&self) -> Option<CheckLevel> {
+        match self.verify {
+            VerifyLevel::None => None,
+            VerifyLevel::Quick => Some(CheckLevel::Quick),
+            VerifyLevel::Full => Some(CheckLevel::Full),
+        }
+    }
+}
+
+/// The run's plan: the new archive's name from `now`, and the keep policy applied in `tz` to
+/// the `existing` archives of the job plus the new one.
+pub fn plan(job: &str, spec: &Spec, now: DateTime<Utc>, tz: Tz, existing: Vec<ArchiveName>) -> Plan {
+    let archive = ArchiveName::new(job, truncate_to_second(now), spec.format());
+    let mut all = existing;
+    all.push(archive.clone());
+    Plan {
+        retention: prune(all, &spec.keep, tz),
+        archive,
+    }
+}
+
+/// The keep policy's verdict on `archives`, newest first. The newest is always kept.
+pub fn prune(archives: Vec<ArchiveName>, policy: &Policy, tz: Tz) -> Vec<Decision<ArchiveName>> {
+    let timed = archives.into_iter().map(|a| (a.time, a)).collect();
+    retention::decide(timed, policy, tz)
+}
+
+fn truncate_to_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
+    let db = &ctx.config.gateway.database;
+    let size = |p: &Path| fs::metadata(p).map_or("missing".to_string(), |m| human_bytes(m.len()));
+    let wal = sqlite_companion(db, "-wal");
+    let mut lines = vec![format!(
+        "snapshot {} ({}{}) into {}, verify: {}",
+        db.display(),
+        size(db),
+        if wal.exists() { format!(", WAL {}", size(&wal)) } else { String::new() },
+        spec.to.join(plan.archive.file_name()).display(),
+        match spec.verify {
+            VerifyLevel::None => "none",
+            VerifyLevel::Quick => "quick",
+            VerifyLevel::Full => "full",
+        }
+    )];
+    for include in &spec.include {
+        lines.push(format!("include {} ({})", include.display(), size(include)));
+    }
+    for d in &plan.retention {
+        let new = if d.item == plan.archive { " (this run)" } else { "" };
+        if d.keep {
+            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+            lines.push(format!("keep {}{new}: {}", d.item, reasons.join(", ")));
+        } else {
+            lines.push(format!("delete {}{new}: no keep rule matches", d.item));
+        }
+    }
+    lines
+}
+
+fn sqlite_companion(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Removes the snapshot (and any file SQLite put beside it) however the run ends.
+struct ScratchFile(PathBuf);
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let _ = fs::remove_file(sqlite_companion(&self.0, suffix));
+        }
+    }
+}
+
+pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let to = &spec.to;
+    let existing: Vec<ArchiveName> = backups::list(to, ctx.job)?.into_iter().map(|(n, _)| n).collect();
+    let plan = plan(ctx.job, spec, ctx.now, ctx.config.timezone, existing);
+    if ctx.dry_run {
+        let mut report = Report::new(format!("would write {} and keep {} of {} archives", plan.archive, plan.retention.iter().filter(|d| d.keep).count(), plan.retention.len()));
+        report.plan = plan_lines(&plan, spec, ctx);
+        return Ok(report);
+    }
+    fsx::private_dir(to)?;
+    let swept = backups::sweep_scratch(to, ctx.job, Scratch::Snapshot)?;
+    for path in &swept {
+        tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
+    }
+    let dest = to.join(plan.archive.file_name());
+    if dest.exists() {
+        bail!("the archive {} already exists (two runs in the same second?); nothing was written", dest.display());
+    }
+
+    let gateway = &ctx.config.gateway;
+    let source_bytes = [&gateway.database, &sqlite_companion(&gateway.database, "-wal")]
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum::<u64>();
+    let includes = spec
+        .include
+        .iter()
+        .map(|p| archive::read_include(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let include_bytes: u64 = includes.iter().map(|i| i.meta.size).sum();
+    // The snapshot is at most the database plus its WAL; the archive at most that again
+    // (incompressible data) plus the included files and tar headers.
+    let needed = 2 * source_bytes + include_bytes + 1024 * 1024;
+    backups::ensure_free(to, needed, &format!("the snapshot and archive of {}", gateway.database.display()))?;
+    ctx.checkpoint()?;
+
+    let started = Instant::now();
+    let scratch = ScratchFile(plan.archive.scratch_path(to, Scratch::Snapshot));
+    let snap = snapshot::take(gateway, &scratch.0)?;
+    let snapshot_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, "snapshot taken");
+    ctx.checkpoint()?;
+
+    let checking = Instant::now();
+    let check = match spec.check_level() {
+        Some(level) => Some(archive::check_database(&scratch.0, level).context("the snapshot failed its check; no archive was written")?),
+        None => None,
+    };
+    let (sha256, size) = archive::hash_file(&scratch.0)?;
+    let mut verify_ms = checking.elapsed().as_secs_f64() * 1000.0;
+    ctx.checkpoint()?;
+
+    let manifest = manifest(ctx.job, &plan.archive, gateway, &snap, sha256, size, &includes);
+    let compression = match spec.compression {
+        Compression::Gzip => archive::Compression::Gzip { level: spec.level, threads: archive::compression_threads() },
+        Compression::None => archive::Compression::None,
+    };
+    let compressing = Instant::now();
+    let (pending, archive_bytes) = archive::write(&dest, &manifest, &scratch.0, &includes, compression)?;
+    let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
+    if spec.verify != VerifyLevel::None {
+        let reading = Instant::now();
+        // Reading back proves the archive holds exactly the snapshot that passed the check.
+        archive::read(pending.temp_path(), &mut std::io::sink())
+            .context("the archive did not read back intact; it was removed and not published")?;
+        verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
+    }
+    ctx.checkpoint()?;
+    let published = pending.commit()?;
+    drop(scratch);
+
+    let (kept, deleted) = apply_retention(ctx.job, spec, ctx.config.timezone)?;
+    let mut report = Report::new(format!(
+        "wrote {} ({}, {} rows, {} mode){}; kept {kept} archives, deleted {}",
+        published.display(),
+        human_bytes(archive_bytes),
+        snap.rows.map_or("no".to_string(), |r| r.to_string()),
+        snap.journal_mode,
+        check.as_ref().filter(|c| c.foreign_key_violations > 0).map_or(String::new(), |c| format!(
+            "; {} rows without their foreign-key parent (as in the gateway database), e.g. {}",
+            c.foreign_key_violations,
+            c.examples.first().map_or("", String::as_str)
+        )),
+        if deleted.is_empty() { "none".to_string() } else { deleted.join(", ") }
+    ))
+    .figure("lock_ms", snap.writer_block.as_secs_f64() * 1000.0)
+    .figure("read_txn_ms", snap.held.as_secs_f64() * 1000.0)
+    .figure("snapshot_ms", snapshot_ms)
+    .figure("compress_ms", compress_ms)
+    .figure("verify_ms", verify_ms)
+    .figure("database_bytes", size as f64)
+    .figure("archive_bytes", archive_bytes as f64)
+    .figure("rows", snap.rows.unwrap_or(0) as f64)
+    .figure("kept", kept as f64)
+    .figure("deleted", deleted.len() as f64);
+    if let Some(c) = &check {
+        report = report.figure("foreign_key_violations", c.foreign_key_violations as f64);
+    }
+    Ok(report)
+}
+
+fn manifest(
+    job: &str,
+    name: &ArchiveName,
+    gateway: &crate::gateway::Gateway,
+    snap: &Snapshot,
+    sha256: String,
+    size: u64,
+    includes: &[archive::Include],
+) -> Manifest {
+    Manifest {
+        format: archive::FORMAT_VERSION,
+        job: job.to_string(),
+        created_at: name.time,
+        source: gateway.database.clone(),
+        database: gateway
+            .database
+            .file_name()
+            .map_or_else(|| "gateway.db".to_string(), |n| n.to_string_lossy().into_owned()),
+        size,
+        sha256,
+        sqlite_version: rusqlite::version().to_string(),
+        page_size: snap.page_size,
+        page_count: snap.page_count,
+        journal_mode: snap.journal_mode.clone(),
+        table: gateway.table.clone(),
+        row_count: snap.rows,
+        files: includes.iter().map(|i| i.meta.clone()).collect(),
+        tool: format!("caretaker {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Deletes this job's archives the keep policy does not keep. Runs only after a new archive
+/// was published, so a failing backup never prunes the good ones before it.
+fn apply_retention(job: &str, spec: &Spec, tz: Tz) -> anyhow::Result<(usize, Vec<String>)> {
+    let archives: Vec<ArchiveName> = backups::list(&spec.to, job)?.into_iter().map(|(n, _)| n).collect();
+    let decisions = prune(archives, &spec.keep, tz);
+    let mut kept = 0;
+    let mut deleted = Vec::new();
+    for d in decisions {
+        if d.keep {
+            kept += 1;
+            continue;
+        }
+        let path = spec.to.join(d.item.file_name());
+        fs::remove_file(&path).with_context(|| format!("deleting the expired archive {}", path.display()))?;
+        deleted.push(d.item.file_name());
+    }
+    if !deleted.is_empty() {
+        fsx::sync_dir(&spec.to).with_context(|| format!("flushing directory {}", spec.to.display()))?;
+    }
+    Ok((kept, deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn spec(keep: Policy) -> Spec {
+        Spec {
+            to: PathBuf::from("/backups"),
+            include: Vec::new(),
+            compression: Compression::Gzip,
+            level: 6,
+            keep,
+            verify: VerifyLevel::Quick,
+        }
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    fn kept(plan: &Plan) -> Vec<String> {
+        plan.retention.iter().filter(|d| d.keep).map(|d| d.item.file_name()).collect()
+    }
+
+    #[test]
+    fn the_plan_names_the_new_archive_and_counts_it_in_retention() {
+        let keep = Policy { last: 2, ..Policy::default() };
+        let existing = vec![
+            ArchiveName::new("nightly", utc(2026, 3, 1, 2, 0), Format::TarGz),
+            ArchiveName::new("nightly", utc(2026, 3, 2, 2, 0), Format::TarGz),
+        ];
+        let now = utc(2026, 3, 3, 2, 0) + chrono::Duration::milliseconds(730);
+        let plan = plan("nightly", &spec(keep), now, chrono_tz::UTC, existing);
+        assert_eq!(plan.archive.file_name(), "nightly-20260303T020000Z.tar.gz");
+        assert_eq!(kept(&plan), ["nightly-20260303T020000Z.tar.gz", "nightly-20260302T020000Z.tar.gz"]);
+        assert!(!plan.retention.last().unwrap().keep);
+    }
+
+    #[test]
+    fn daily_buckets_follow_the_configured_zone_across_dst() {
+        // Europe/Berlin leaves summer time on 2026-10-25: 22:30 UTC on the 24th is already the
+        // 25th locally (00:30 CEST), 23:30 UTC on the 25th is 00:30 CET on the 26th.
+        let keep = Policy { daily: 3, ..Policy::default() };
+        let times = [
+            utc(2026, 10, 24, 21, 30), // 23:30 on the 24th
+            utc(2026, 10, 24, 22, 30), // 00:30 on the 25th
+            utc(2026, 10, 25, 12, 0),  // 13:00 on the 25th
+            utc(2026, 10, 25, 23, 30), // 00:30 on the 26th
+        ];
+        let names: Vec<ArchiveName> = times.iter().map(|&t| ArchiveName::new("b", t, Format::TarGz)).collect();
+        let berlin = prune(names.clone(), &keep, chrono_tz::Europe::Berlin);
+        let kept_berlin: Vec<DateTime<Utc>> = berlin.iter().filter(|d| d.keep).map(|d| d.time).collect();
+        assert_eq!(kept_berlin, [times[3], times[2], times[0]]);
+        let in_utc = prune(names, &keep, chrono_tz::UTC);
+        let kept_utc: Vec<DateTime<Utc>> = in_utc.iter().filter(|d| d.keep).map(|d| d.time).collect();
+        // In UTC the first two share the 24th, and the oldest is kept while the count lasts.
+        assert_eq!(kept_utc, [times[3], times[1], times[0]]);
+    }
+
+    #[test]
+    fn the_newest_archive_is_kept_even_when_no_rule_would() {
+        // within 1h of the newest keeps only the newest; the policy must never empty the directory.
+        let keep: Policy = KeepConfig { within: Some("1h".into()), ..Default::default() }.to_policy().unwrap();
+        let names = vec![
+            ArchiveName::new("b", utc(2026, 1, 1, 0, 0), Format::Tar),
+            ArchiveName::new("b", utc(2026, 1, 2, 0, 0), Format::Tar),
+        ];
+        let decisions = prune(names, &keep, chrono_tz::America::New_York);
+        assert!(decisions[0].keep);
+        assert!(!decisions[1].keep);
+    }
 }
