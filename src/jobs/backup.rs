@@ -249,33 +249,19 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, "snapshot taken");
     ctx.checkpoint()?;
 
-    let checking = Instant::now();
-    let check = match spec.check_level() {
-        Some(level) => Some(archive::check_database(&scratch.0, level).context("the snapshot failed its check; no archive was written")?),
-        None => None,
-    };
-    let (sha256, size) = archive::hash_file(&scratch.0)?;
-    let mut verify_ms = checking.elapsed().as_secs_f64() * 1000.0;
-    ctx.checkpoint()?;
-
-    let manifest = manifest(ctx.job, &plan.archive, gateway, &snap, sha256, size, &includes);
-    let compression = match spec.compression {
-        Compression::Gzip => archive::Compression::Gzip { level: spec.level, threads: archive::compression_threads() },
-        Compression::None => archive::Compression::None,
-    };
-    let compressing = Instant::now();
-    let (pending, archive_bytes) = archive::write(&dest, &manifest, &scratch.0, &includes, compression)?;
-    let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
-    if spec.verify != VerifyLevel::None {
-        let reading = Instant::now();
-        // Reading back proves the archive holds exactly the snapshot that passed the check.
-        archive::read(pending.temp_path(), &mut std::io::sink())
-            .context("the archive did not read back intact; it was removed and not published")?;
-        verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
-    }
-    ctx.checkpoint()?;
-    let published = pending.commit()?;
+    // Everything after the snapshot only costs CPU and disk; on a small machine it must not
+    // starve the gateway's own writers of CPU (a writer descheduled while holding its lock
+    // makes the others wait), so it runs at a lower priority.
+    let after = std::thread::scope(|s| {
+        s.spawn(|| {
+            lower_priority();
+            check_write_and_publish(spec, ctx, &plan.archive, &dest, &scratch.0, &snap, &includes)
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
     drop(scratch);
+    let Published { path: published, archive_bytes, size, check, compress_ms, verify_ms } = after;
 
     let (kept, deleted) = apply_retention(ctx.job, spec, ctx.config.timezone)?;
     let mut report = Report::new(format!(
@@ -305,6 +291,70 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         report = report.figure("foreign_key_violations", c.foreign_key_violations as f64);
     }
     Ok(report)
+}
+
+/// What the part after the snapshot produced.
+struct Published {
+    path: PathBuf,
+    archive_bytes: u64,
+    /// The database's size in bytes.
+    size: u64,
+    check: Option<archive::CheckReport>,
+    compress_ms: f64,
+    verify_ms: f64,
+}
+
+/// Nice 10 for the calling thread and the threads it starts (Linux keeps nice per thread).
+/// Best effort: failing to lower our own priority changes nothing else.
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!(error = %e, "could not lower the priority of the compression thread");
+    }
+}
+
+/// Checks the snapshot, writes the archive to a temporary file, reads it back and publishes it.
+fn check_write_and_publish(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    name: &ArchiveName,
+    dest: &Path,
+    snapshot_path: &Path,
+    snap: &Snapshot,
+    includes: &[archive::Include],
+) -> anyhow::Result<Published> {
+    let checking = Instant::now();
+    let check = match spec.check_level() {
+        Some(level) => Some(
+            archive::check_database(snapshot_path, level)
+                .context("the snapshot failed its check; no archive was written")?,
+        ),
+        None => None,
+    };
+    let (sha256, size) = archive::hash_file(snapshot_path)?;
+    let mut verify_ms = checking.elapsed().as_secs_f64() * 1000.0;
+    ctx.checkpoint()?;
+
+    let manifest = manifest(ctx.job, name, &ctx.config.gateway, snap, sha256, size, includes);
+    let compression = match spec.compression {
+        Compression::Gzip => archive::Compression::Gzip {
+            level: spec.level,
+            threads: archive::compression_threads(),
+        },
+        Compression::None => archive::Compression::None,
+    };
+    let compressing = Instant::now();
+    let (pending, archive_bytes) = archive::write(dest, &manifest, snapshot_path, includes, compression)?;
+    let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
+    if spec.verify != VerifyLevel::None {
+        let reading = Instant::now();
+        // Reading back proves the archive holds exactly the snapshot that passed the check.
+        archive::read(pending.temp_path(), &mut std::io::sink())
+            .context("the archive did not read back intact; it was removed and not published")?;
+        verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
+    }
+    ctx.checkpoint()?;
+    let path = pending.commit()?;
+    Ok(Published { path, archive_bytes, size, check, compress_ms, verify_ms })
 }
 
 fn manifest(
