@@ -30,7 +30,7 @@ fn manifest_of(archive_path: &Path) -> Manifest {
 
 /// Backs up while the gateway writes, restores, and checks that nothing was lost on either side.
 fn hot_backup_loses_nothing(schema: Schema) {
-    let rig = Rig::new(schema, 3000, "");
+    let rig = Rig::new(schema, 1500, "");
     let preexisting = keys(&rig.db, schema);
     let sim = rig.start_sim(rate(schema));
     // Every row committed by now must be in the snapshot, which begins after this read.
