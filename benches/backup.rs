@@ -1,0 +1,234 @@
+//! Hot backup of a 1 GB Apantli database under 100 writes/s: caretaker against `sqlite3 .backup` + `gzip -6` and `cp` + `gzip -6`.
+//!
+//! Run with `benches/backup.sh` (or `cargo bench --bench backup`). Each method runs while
+//! gateway-sim writes Apantli-style rows (rollback journal, new connection per write, 5 s busy
+//! timeout); the simulator's report gives the longest write stall and the rows it lost.
+//!
+//! Environment: `CARETAKER_BENCH_ROWS` (default 1,000,000 rows of ~1 KB, about 1 GB),
+//! `CARETAKER_BENCH_DIR` (default: a temporary directory; set it to keep the sample database
+//! between runs), `CARETAKER_BENCH_RATE` (writes/s, default 100), `CARETAKER_BENCH_TIMEOUT`
+//! (seconds a reference recipe may take under writes before it counts as not finishing,
+//! default 600).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use caretaker::sim::SimReport;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A gateway-sim process for the duration of one measurement.
+struct Sim {
+    child: Child,
+    report: PathBuf,
+}
+
+impl Sim {
+    fn start(db: &Path, dir: &Path, rate: f64, tag: &str) -> Sim {
+        let ready = dir.join(format!("sim-{tag}.ready"));
+        let report = dir.join(format!("sim-{tag}.json"));
+        let _ = fs::remove_file(&ready);
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
+            .arg("--db")
+            .arg(db)
+            .args(["--style", "apantli", "--rate", &rate.to_string()])
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--report")
+            .arg(&report)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting gateway-sim");
+        let start = Instant::now();
+        while !ready.exists() {
+            assert!(start.elapsed() < Duration::from_secs(60), "gateway-sim did not commit a first row within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sim { child, report }
+    }
+
+    fn stop(mut self) -> SimReport {
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::TERM)
+            .expect("signalling gateway-sim");
+        let status = self.child.wait().expect("waiting for gateway-sim");
+        assert!(status.success(), "gateway-sim failed: {status}");
+        serde_json::from_slice(&fs::read(&self.report).expect("reading the simulator's report")).expect("parsing the simulator's report")
+    }
+}
+
+struct Measured {
+    name: String,
+    seconds: Option<f64>,
+    bytes: Option<u64>,
+    sim: Option<SimReport>,
+    note: String,
+}
+
+fn run_shell(script: &str, timeout: Duration) -> Option<f64> {
+    let start = Instant::now();
+    // Its own process group, so a recipe that runs too long is stopped with its children.
+    let mut child = std::os::unix::process::CommandExt::process_group(Command::new("sh").args(["-c", script]), 0)
+        .spawn()
+        .expect("running sh");
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for sh") {
+            assert!(status.success(), "`{script}` failed: {status}");
+            return Some(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > timeout {
+            let group = rustix::process::Pid::from_child(&child);
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn main() {
+    let rows: u64 = env_or("CARETAKER_BENCH_ROWS", 1_000_000);
+    let rate: f64 = env_or("CARETAKER_BENCH_RATE", 100.0);
+    let timeout = Duration::from_secs(env_or("CARETAKER_BENCH_TIMEOUT", 600));
+    let temp = tempfile::tempdir().expect("creating a temporary directory");
+    let dir = std::env::var_os("CARETAKER_BENCH_DIR").map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    fs::create_dir_all(&dir).expect("creating the bench directory");
+    let db = dir.join(format!("requests-{rows}.db"));
+    if !db.exists() {
+        let start = Instant::now();
+        let opts = caretaker::sample::SampleOptions { rows, ..Default::default() };
+        caretaker::sample::create_apantli(&db, &opts).expect("creating the sample database");
+        println!("created {} in {:.0} s", db.display(), start.elapsed().as_secs_f64());
+    }
+    let size = fs::metadata(&db).expect("sample database").len();
+    println!(
+        "database: {} rows, {:.0} MB, rollback journal; gateway-sim apantli at {rate} writes/s; {} cores",
+        rows,
+        size as f64 / 1e6,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    let baseline = {
+        let sim = Sim::start(&db, &dir, rate, "baseline");
+        std::thread::sleep(Duration::from_secs(10));
+        sim.stop()
+    };
+    println!(
+        "gateway alone for 10 s: {} writes, {} failed, write latency max {:.0} ms, p99 {:.0} ms",
+        baseline.attempted, baseline.failed, baseline.latency_ms.max, baseline.latency_ms.p99
+    );
+
+    let mut results = Vec::new();
+
+    // caretaker
+    let out_dir = dir.join("caretaker-out");
+    let _ = fs::remove_dir_all(&out_dir);
+    let config = dir.join("jobs.yaml");
+    fs::write(
+        &config,
+        format!(
+            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  bench:\n    on_signal: USR1\n    backup: {{to: {}, level: 6, keep: {{last: 1}}, verify: quick}}\n",
+            db.display(),
+            dir.join("state").display(),
+            out_dir.display()
+        ),
+    )
+    .expect("writing the jobs file");
+    let sim = Sim::start(&db, &dir, rate, "caretaker");
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+        .args(["run-job", "bench", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running caretaker");
+    let seconds = start.elapsed().as_secs_f64();
+    let sim = sim.stop();
+    assert!(out.status.success(), "caretaker failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let archive = caretaker::backup::list(&out_dir, "bench").expect("listing").pop().expect("an archive").1;
+    results.push(Measured {
+        name: "caretaker run-job (snapshot, quick_check, parallel gzip -6, read-back, publish)".into(),
+        seconds: Some(seconds),
+        bytes: Some(fs::metadata(&archive).expect("archive").len()),
+        sim: Some(sim),
+        note: report,
+    });
+
+    // sqlite3 .backup + gzip -6, under writes
+    let copy = dir.join("ref.db");
+    let recipe = format!(
+        "rm -f {c} {c}.gz && sqlite3 {db} \".backup {c}\" && gzip -6 {c}",
+        c = copy.display(),
+        db = db.display()
+    );
+    let sim = Sim::start(&db, &dir, rate, "sqlite3");
+    let seconds = run_shell(&recipe, timeout);
+    let sim = sim.stop();
+    results.push(Measured {
+        name: "sqlite3 .backup && gzip -6, under writes".into(),
+        bytes: seconds.and_then(|_| fs::metadata(format!("{}.gz", copy.display())).ok().map(|m| m.len())),
+        seconds,
+        sim: Some(sim),
+        note: if seconds.is_none() { format!("did not finish within {} s", timeout.as_secs()) } else { String::new() },
+    });
+    // The same recipe without writers, so a ratio exists even when it cannot finish under writes.
+    let seconds = run_shell(&recipe, timeout);
+    results.push(Measured {
+        name: "sqlite3 .backup && gzip -6, gateway idle".into(),
+        bytes: seconds.and_then(|_| fs::metadata(format!("{}.gz", copy.display())).ok().map(|m| m.len())),
+        seconds,
+        sim: None,
+        note: String::new(),
+    });
+
+    // cp + gzip -6: fast but not a consistent backup (no lock; a write mid-copy tears it).
+    let recipe = format!("rm -f {c} {c}.gz && cp {db} {c} && gzip -6 {c}", c = copy.display(), db = db.display());
+    let sim = Sim::start(&db, &dir, rate, "cp");
+    let seconds = run_shell(&recipe, timeout);
+    let sim = sim.stop();
+    results.push(Measured {
+        name: "cp && gzip -6, under writes (not consistent)".into(),
+        bytes: seconds.and_then(|_| fs::metadata(format!("{}.gz", copy.display())).ok().map(|m| m.len())),
+        seconds,
+        sim: Some(sim),
+        note: String::new(),
+    });
+    let _ = fs::remove_file(format!("{}.gz", copy.display()));
+    let _ = fs::remove_dir_all(&out_dir);
+
+    println!();
+    println!("| method | wall s | archive MB | ratio to DB | longest write stall ms | failed writes |");
+    println!("|---|---|---|---|---|---|");
+    for r in &results {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.seconds.map_or("DNF".into(), |s| format!("{s:.1}")),
+            r.bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
+            r.bytes.map_or("-".into(), |b| format!("{:.3}", b as f64 / size as f64)),
+            r.sim.as_ref().map_or("-".into(), |s| format!("{:.0}", s.latency_ms.max)),
+            r.sim.as_ref().map_or("-".into(), |s| s.failed.to_string()),
+        );
+    }
+    let ours = &results[0];
+    for reference in &results[1..] {
+        if let (Some(a), Some(b)) = (ours.seconds, reference.seconds) {
+            println!("caretaker / {}: wall time {:.2}x", reference.name, a / b);
+        }
+        if let (Some(a), Some(b)) = (ours.bytes, reference.bytes) {
+            println!("caretaker / {}: size {:.3}x", reference.name, a as f64 / b as f64);
+        }
+    }
+    for r in &results {
+        if !r.note.is_empty() {
+            println!("{}: {}", r.name, r.note);
+        }
+    }
+}
