@@ -48,18 +48,25 @@ impl Sim {
             .expect("starting gateway-sim");
         let start = Instant::now();
         while !ready.exists() {
-            assert!(start.elapsed() < Duration::from_secs(60), "gateway-sim did not commit a first row within 60 s");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "gateway-sim did not commit a first row within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Sim { child, report }
     }
 
     fn stop(mut self) -> SimReport {
-        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::TERM)
-            .expect("signalling gateway-sim");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        )
+        .expect("signalling gateway-sim");
         let status = self.child.wait().expect("waiting for gateway-sim");
         assert!(status.success(), "gateway-sim failed: {status}");
-        serde_json::from_slice(&fs::read(&self.report).expect("reading the simulator's report")).expect("parsing the simulator's report")
+        serde_json::from_slice(&fs::read(&self.report).expect("reading the simulator's report"))
+            .expect("parsing the simulator's report")
     }
 }
 
@@ -74,9 +81,12 @@ struct Measured {
 fn run_shell(script: &str, timeout: Duration) -> Option<f64> {
     let start = Instant::now();
     // Its own process group, so a recipe that runs too long is stopped with its children.
-    let mut child = std::os::unix::process::CommandExt::process_group(Command::new("sh").args(["-c", script]), 0)
-        .spawn()
-        .expect("running sh");
+    let mut child = std::os::unix::process::CommandExt::process_group(
+        Command::new("sh").args(["-c", script]),
+        0,
+    )
+    .spawn()
+    .expect("running sh");
     loop {
         if let Some(status) = child.try_wait().expect("waiting for sh") {
             assert!(status.success(), "`{script}` failed: {status}");
@@ -97,14 +107,22 @@ fn main() {
     let rate: f64 = env_or("CARETAKER_BENCH_RATE", 100.0);
     let timeout = Duration::from_secs(env_or("CARETAKER_BENCH_TIMEOUT", 600));
     let temp = tempfile::tempdir().expect("creating a temporary directory");
-    let dir = std::env::var_os("CARETAKER_BENCH_DIR").map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    let dir = std::env::var_os("CARETAKER_BENCH_DIR")
+        .map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
     fs::create_dir_all(&dir).expect("creating the bench directory");
     let db = dir.join(format!("requests-{rows}.db"));
     if !db.exists() {
         let start = Instant::now();
-        let opts = caretaker::sample::SampleOptions { rows, ..Default::default() };
+        let opts = caretaker::sample::SampleOptions {
+            rows,
+            ..Default::default()
+        };
         caretaker::sample::create_apantli(&db, &opts).expect("creating the sample database");
-        println!("created {} in {:.0} s", db.display(), start.elapsed().as_secs_f64());
+        println!(
+            "created {} in {:.0} s",
+            db.display(),
+            start.elapsed().as_secs_f64()
+        );
     }
     let size = fs::metadata(&db).expect("sample database").len();
     println!(
@@ -150,11 +168,20 @@ fn main() {
         .expect("running caretaker");
     let seconds = start.elapsed().as_secs_f64();
     let sim = sim.stop();
-    assert!(out.status.success(), "caretaker failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "caretaker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let archive = caretaker::backup::list(&out_dir, "bench").expect("listing").pop().expect("an archive").1;
+    let archive = caretaker::backup::list(&out_dir, "bench")
+        .expect("listing")
+        .pop()
+        .expect("an archive")
+        .1;
     results.push(Measured {
-        name: "caretaker run-job (snapshot, quick_check, parallel gzip -6, read-back, publish)".into(),
+        name: "caretaker run-job (snapshot, quick_check, parallel gzip -6, read-back, publish)"
+            .into(),
         seconds: Some(seconds),
         bytes: Some(fs::metadata(&archive).expect("archive").len()),
         sim: Some(sim),
@@ -173,29 +200,49 @@ fn main() {
     let sim = sim.stop();
     results.push(Measured {
         name: "sqlite3 .backup && gzip -6, under writes".into(),
-        bytes: seconds.and_then(|_| fs::metadata(format!("{}.gz", copy.display())).ok().map(|m| m.len())),
+        bytes: seconds.and_then(|_| {
+            fs::metadata(format!("{}.gz", copy.display()))
+                .ok()
+                .map(|m| m.len())
+        }),
         seconds,
         sim: Some(sim),
-        note: if seconds.is_none() { format!("did not finish within {} s", timeout.as_secs()) } else { String::new() },
+        note: if seconds.is_none() {
+            format!("did not finish within {} s", timeout.as_secs())
+        } else {
+            String::new()
+        },
     });
     // The same recipe without writers, so a ratio exists even when it cannot finish under writes.
     let seconds = run_shell(&recipe, timeout);
     results.push(Measured {
         name: "sqlite3 .backup && gzip -6, gateway idle".into(),
-        bytes: seconds.and_then(|_| fs::metadata(format!("{}.gz", copy.display())).ok().map(|m| m.len())),
+        bytes: seconds.and_then(|_| {
+            fs::metadata(format!("{}.gz", copy.display()))
+                .ok()
+                .map(|m| m.len())
+        }),
         seconds,
         sim: None,
         note: String::new(),
     });
 
     // cp + gzip -6: fast but not a consistent backup (no lock; a write mid-copy tears it).
-    let recipe = format!("rm -f {c} {c}.gz && cp {db} {c} && gzip -6 {c}", c = copy.display(), db = db.display());
+    let recipe = format!(
+        "rm -f {c} {c}.gz && cp {db} {c} && gzip -6 {c}",
+        c = copy.display(),
+        db = db.display()
+    );
     let sim = Sim::start(&db, &dir, rate, "cp");
     let seconds = run_shell(&recipe, timeout);
     let sim = sim.stop();
     results.push(Measured {
         name: "cp && gzip -6, under writes (not consistent)".into(),
-        bytes: seconds.and_then(|_| fs::metadata(format!("{}.gz", copy.display())).ok().map(|m| m.len())),
+        bytes: seconds.and_then(|_| {
+            fs::metadata(format!("{}.gz", copy.display()))
+                .ok()
+                .map(|m| m.len())
+        }),
         seconds,
         sim: Some(sim),
         note: String::new(),
@@ -204,16 +251,22 @@ fn main() {
     let _ = fs::remove_dir_all(&out_dir);
 
     println!();
-    println!("| method | wall s | archive MB | ratio to DB | longest write stall ms | failed writes |");
+    println!(
+        "| method | wall s | archive MB | ratio to DB | longest write stall ms | failed writes |"
+    );
     println!("|---|---|---|---|---|---|");
     for r in &results {
         println!(
             "| {} | {} | {} | {} | {} | {} |",
             r.name,
             r.seconds.map_or("DNF".into(), |s| format!("{s:.1}")),
-            r.bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
-            r.bytes.map_or("-".into(), |b| format!("{:.3}", b as f64 / size as f64)),
-            r.sim.as_ref().map_or("-".into(), |s| format!("{:.0}", s.latency_ms.max)),
+            r.bytes
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
+            r.bytes
+                .map_or("-".into(), |b| format!("{:.3}", b as f64 / size as f64)),
+            r.sim
+                .as_ref()
+                .map_or("-".into(), |s| format!("{:.0}", s.latency_ms.max)),
             r.sim.as_ref().map_or("-".into(), |s| s.failed.to_string()),
         );
     }
@@ -223,7 +276,11 @@ fn main() {
             println!("caretaker / {}: wall time {:.2}x", reference.name, a / b);
         }
         if let (Some(a), Some(b)) = (ours.bytes, reference.bytes) {
-            println!("caretaker / {}: size {:.3}x", reference.name, a as f64 / b as f64);
+            println!(
+                "caretaker / {}: size {:.3}x",
+                reference.name,
+                a as f64 / b as f64
+            );
         }
     }
     for r in &results {

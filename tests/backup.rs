@@ -38,7 +38,12 @@ fn hot_backup_loses_nothing(schema: Schema) {
     let out = rig.run_job("nightly");
     assert!(out.status.success(), "{}", text(&out));
     let (report, committed) = sim.stop();
-    assert_eq!(report.failed, 0, "the gateway lost rows during the backup: {report:?}\n{}", text(&out));
+    assert_eq!(
+        report.failed,
+        0,
+        "the gateway lost rows during the backup: {report:?}\n{}",
+        text(&out)
+    );
     assert!(report.committed > 0);
     let lock_ms = figure(&out, "lock_ms");
     let read_txn_ms = figure(&out, "read_txn_ms");
@@ -46,7 +51,10 @@ fn hot_backup_loses_nothing(schema: Schema) {
         Schema::Bobamixer => assert_eq!(lock_ms, 0.0, "WAL writers are never blocked"),
         Schema::Apantli => {
             assert_eq!(lock_ms, read_txn_ms);
-            assert!(lock_ms < 2000.0, "the writer stall of {lock_ms} ms is too close to Apantli's 5 s");
+            assert!(
+                lock_ms < 2000.0,
+                "the writer stall of {lock_ms} ms is too close to Apantli's 5 s"
+            );
         }
     }
 
@@ -54,14 +62,30 @@ fn hot_backup_loses_nothing(schema: Schema) {
     assert_eq!(archives.len(), 1);
     let archive = &archives[0];
     let name = archive.file_name().unwrap().to_str().unwrap();
-    assert!(name.starts_with("nightly-") && name.ends_with("Z.tar.gz"), "{name}");
-    assert_eq!(fs::metadata(archive).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(fs::metadata(&rig.to).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(
+        name.starts_with("nightly-") && name.ends_with("Z.tar.gz"),
+        "{name}"
+    );
+    assert_eq!(
+        fs::metadata(archive).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(&rig.to).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let m = manifest_of(archive);
     assert_eq!(m.job, "nightly");
     assert_eq!(m.source, rig.db);
     assert_eq!(m.table, schema.table());
-    assert_eq!(m.journal_mode, if schema == Schema::Apantli { "delete" } else { "wal" });
+    assert_eq!(
+        m.journal_mode,
+        if schema == Schema::Apantli {
+            "delete"
+        } else {
+            "wal"
+        }
+    );
     assert_eq!(m.files.len(), 1);
     assert_eq!(m.files[0].source, rig.include);
     assert!(m.files[0].entry.starts_with("files/") && m.files[0].entry.ends_with("gateway.env"));
@@ -75,14 +99,23 @@ fn hot_backup_loses_nothing(schema: Schema) {
     let got = keys(&restored, schema);
     assert_eq!(m.row_count, Some(got.len() as u64));
     let missing: Vec<_> = committed_before.difference(&got).take(5).collect();
-    assert!(missing.is_empty(), "rows committed before the backup began are missing: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "rows committed before the backup began are missing: {missing:?}"
+    );
     let phantom: Vec<_> = got
         .iter()
         .filter(|k| !preexisting.contains(*k) && !committed.contains(*k))
         .take(5)
         .collect();
-    assert!(phantom.is_empty(), "the restored database has rows nobody committed: {phantom:?}");
-    assert!(got.len() > preexisting.len(), "the snapshot should hold some of the simulator's rows");
+    assert!(
+        phantom.is_empty(),
+        "the restored database has rows nobody committed: {phantom:?}"
+    );
+    assert!(
+        got.len() > preexisting.len(),
+        "the snapshot should hold some of the simulator's rows"
+    );
 
     let out = rig.run_job("check");
     assert!(out.status.success(), "{}", text(&out));
@@ -101,44 +134,89 @@ fn wal_gateway_without_busy_timeout_loses_no_row() {
 
 #[test]
 fn retention_prunes_only_this_jobs_archives_after_a_good_backup() {
-    let rig = Rig::new(Schema::Apantli, 200, "keep: {last: 2}\ncompression: none\nverify: quick");
+    let rig = Rig::new(
+        Schema::Apantli,
+        200,
+        "keep: {last: 2}\ncompression: none\nverify: quick",
+    );
     let out = rig.run_job("nightly");
     assert!(out.status.success(), "{}", text(&out));
     let first = rig.archives().pop().unwrap();
     assert!(first.to_str().unwrap().ends_with(".tar"));
     // Older archives of this job, one of another job with a similar name, and unrelated files.
-    let old = ["nightly-20200101T000000Z.tar", "nightly-20210101T000000Z.tar.gz", "nightly-20220101T000000Z.tar"];
+    let old = [
+        "nightly-20200101T000000Z.tar",
+        "nightly-20210101T000000Z.tar.gz",
+        "nightly-20220101T000000Z.tar",
+    ];
     for name in old {
         fs::copy(&first, rig.to.join(name)).unwrap();
     }
-    let strangers = ["nightly-2-20200101T000000Z.tar.gz", "nightly-20200101T000000Z.tar.gz.corrupt", "notes.txt"];
+    let strangers = [
+        "nightly-2-20200101T000000Z.tar.gz",
+        "nightly-20200101T000000Z.tar.gz.corrupt",
+        "notes.txt",
+    ];
     for name in strangers {
         fs::write(rig.to.join(name), b"not ours").unwrap();
     }
 
-    let dry = rig.caretaker(&["run-job", "nightly", "--config", rig.config.to_str().unwrap(), "--dry-run"]).output().unwrap();
+    let dry = rig
+        .caretaker(&[
+            "run-job",
+            "nightly",
+            "--config",
+            rig.config.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
     assert!(dry.status.success(), "{}", text(&dry));
     let plan = String::from_utf8_lossy(&dry.stdout);
-    assert!(plan.contains("snapshot ") && plan.contains("(this run)"), "{plan}");
-    assert!(plan.contains("delete nightly-20200101T000000Z.tar"), "{plan}");
-    assert!(plan.contains("keep ") && plan.contains("last snapshot"), "{plan}");
+    assert!(
+        plan.contains("snapshot ") && plan.contains("(this run)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("delete nightly-20200101T000000Z.tar"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("keep ") && plan.contains("last snapshot"),
+        "{plan}"
+    );
     assert_eq!(rig.archives().len(), 4, "a dry run changes nothing");
 
     // The newest existing archive must be older than the new one by at least a second.
-    support::wait_for("the clock to pass the first archive's second", Duration::from_secs(3), || {
-        caretaker::backup::ArchiveName::parse("nightly", first.file_name().unwrap().to_str().unwrap())
+    support::wait_for(
+        "the clock to pass the first archive's second",
+        Duration::from_secs(3),
+        || {
+            caretaker::backup::ArchiveName::parse(
+                "nightly",
+                first.file_name().unwrap().to_str().unwrap(),
+            )
             .unwrap()
             .time
-            < chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).unwrap()
-    });
+                < chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).unwrap()
+        },
+    );
     let out = rig.run_job("nightly");
     assert!(out.status.success(), "{}", text(&out));
-    let left: Vec<String> = rig.archives().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> = rig
+        .archives()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(left.len(), 2, "{left:?}");
     assert_eq!(left[0], first.file_name().unwrap().to_string_lossy());
     assert_eq!(figure(&out, "deleted"), 3.0);
     for name in strangers {
-        assert_eq!(fs::read(rig.to.join(name)).unwrap(), b"not ours", "{name} must be left alone");
+        assert_eq!(
+            fs::read(rig.to.join(name)).unwrap(),
+            b"not ours",
+            "{name} must be left alone"
+        );
     }
 }
 
@@ -154,16 +232,27 @@ fn restore_refuses_to_overwrite_without_force_and_keeps_a_safety_copy() {
     let before = fs::read(&target).unwrap();
     let out = rig.restore(&archive, &target, false);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(fs::read(&target).unwrap(), before);
 
-    for (suffix, content) in [("-wal", &b"stale wal"[..]), ("-shm", b"stale shm"), ("-journal", b"stale journal")] {
+    for (suffix, content) in [
+        ("-wal", &b"stale wal"[..]),
+        ("-shm", b"stale shm"),
+        ("-journal", b"stale journal"),
+    ] {
         fs::write(format!("{}{suffix}", target.display()), content).unwrap();
     }
     let out = rig.restore(&archive, &target, true);
     assert!(out.status.success(), "{}", text(&out));
     for suffix in ["-wal", "-shm", "-journal"] {
-        assert!(!Path::new(&format!("{}{suffix}", target.display())).exists(), "stale {suffix} must be gone");
+        assert!(
+            !Path::new(&format!("{}{suffix}", target.display())).exists(),
+            "stale {suffix} must be gone"
+        );
     }
     assert_eq!(keys(&target, Schema::Bobamixer).len(), 300);
     assert_eq!(integrity(&target), "ok");
@@ -172,11 +261,20 @@ fn restore_refuses_to_overwrite_without_force_and_keeps_a_safety_copy() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with("live.db.before-restore-"))
         .collect();
-    assert_eq!(safety.len(), 3, "the old database, its WAL and its journal are kept: {safety:?}");
+    assert_eq!(
+        safety.len(),
+        3,
+        "the old database, its WAL and its journal are kept: {safety:?}"
+    );
     let copy = safety.iter().find(|n| n.ends_with('Z')).unwrap();
     assert_eq!(fs::read(rig.dir.path().join(copy)).unwrap(), before);
     // No temporary file is left beside the target.
-    assert!(fs::read_dir(rig.dir.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("caretaker-tmp")));
+    assert!(fs::read_dir(rig.dir.path()).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("caretaker-tmp")
+    }));
 
     let out = rig.restore(&rig.dir.path().join("nope.tar.gz"), &target, true);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

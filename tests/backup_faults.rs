@@ -46,7 +46,12 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
 
     let runs = fault_runs();
     for run in 0..runs {
-        let mut child = rig.run_job_command("nightly").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = rig
+            .run_job_command("nightly")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         // A random point of a whole run, including its very start and its retention step.
         let at = full_run.mul_f64(rand::random::<f64>() * 1.1);
         std::thread::sleep(at);
@@ -55,20 +60,35 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
         assert_eq!(sha(&old), old_sha, "run {run}: the old archive changed");
         for archive in rig.archives() {
             let checked = caretaker::backup::archive::read(&archive, &mut std::io::sink());
-            assert!(checked.is_ok(), "run {run}, killed after {at:?}: {} is listed but does not verify: {:#}", archive.display(), checked.unwrap_err());
+            assert!(
+                checked.is_ok(),
+                "run {run}, killed after {at:?}: {} is listed but does not verify: {:#}",
+                archive.display(),
+                checked.unwrap_err()
+            );
         }
     }
     // The next run sweeps what the killed ones left and succeeds (retried until it gets a new
     // second: a killed run may already have published this second's archive).
     let mut out = rig.run_job("nightly");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already exists") && Instant::now() < deadline {
+    while !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("already exists")
+        && Instant::now() < deadline
+    {
         out = rig.run_job("nightly");
     }
     assert!(out.status.success(), "{}", text(&out));
     let left = names(&rig.to);
-    assert!(left.iter().all(|n| !n.contains("caretaker-tmp")), "temporary files survived the next run: {left:?}");
-    assert!(left.iter().all(|n| caretaker::backup::ArchiveName::parse("nightly", n).is_some()), "{left:?}");
+    assert!(
+        left.iter().all(|n| !n.contains("caretaker-tmp")),
+        "temporary files survived the next run: {left:?}"
+    );
+    assert!(
+        left.iter()
+            .all(|n| caretaker::backup::ArchiveName::parse("nightly", n).is_some()),
+        "{left:?}"
+    );
 
     let (report, _) = sim.stop();
     assert_eq!(report.failed, 0, "{report:?}");
@@ -82,7 +102,13 @@ impl SmallFs {
     fn mount(at: &Path, size: &str) -> SmallFs {
         fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .output()
             .expect("running mount");
@@ -121,7 +147,10 @@ fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     let out = rig.run_job("nightly");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not enough free space") && stderr.contains(to.to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains("not enough free space") && stderr.contains(to.to_str().unwrap()),
+        "{stderr}"
+    );
     assert_eq!(names(&to), [old.file_name().unwrap().to_str().unwrap()]);
     assert_eq!(sha(&old), old_sha);
     // The failure is alerted (on_job_failure is on by default).
@@ -139,13 +168,20 @@ fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     fs::write(small.0.join("fill"), vec![0u8; 1 << 20]).unwrap();
     let out = rig.restore(&big, &target, false);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not enough free space"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not enough free space"),
+        "{}",
+        text(&out)
+    );
     assert!(!target.exists());
 }
 
 #[test]
 fn an_unreadable_source_fails_clearly_and_writes_nothing() {
-    for (what, setup) in [("missing", None), ("not a database", Some(vec![0x42u8; 10_000]))] {
+    for (what, setup) in [
+        ("missing", None),
+        ("not a database", Some(vec![0x42u8; 10_000])),
+    ] {
         let rig = Rig::new(Schema::Apantli, 10, "");
         fs::remove_file(&rig.db).unwrap();
         if let Some(bytes) = setup {
@@ -154,11 +190,17 @@ fn an_unreadable_source_fails_clearly_and_writes_nothing() {
         let out = rig.run_job("nightly");
         assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(rig.db.to_str().unwrap()), "{what}: the error must name the database: {stderr}");
+        assert!(
+            stderr.contains(rig.db.to_str().unwrap()),
+            "{what}: the error must name the database: {stderr}"
+        );
         if what == "not a database" {
             assert!(stderr.contains("not a database"), "{stderr}");
         } else {
-            assert!(!rig.db.exists(), "a missing gateway database must not be created");
+            assert!(
+                !rig.db.exists(),
+                "a missing gateway database must not be created"
+            );
         }
         assert!(names(&rig.to).is_empty(), "{what}: {:?}", names(&rig.to));
     }
@@ -181,15 +223,30 @@ fn corrupted_archives_are_refused_by_restore_and_verify() {
     let truncated = bytes[..bytes.len() - 100].to_vec();
     let cases = [("flipped byte", flipped), ("truncated gzip", truncated)];
     for (what, content) in &cases {
-        let bad = rig.dir.path().join(format!("{}.tar.gz", what.replace(' ', "-")));
+        let bad = rig
+            .dir
+            .path()
+            .join(format!("{}.tar.gz", what.replace(' ', "-")));
         fs::write(&bad, content).unwrap();
         let target = rig.dir.path().join("restored.db");
         let out = rig.restore(&bad, &target, false);
         assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(bad.to_str().unwrap()), "{what}: the error names the archive: {stderr}");
-        assert!(!target.exists(), "{what}: nothing may be restored from a bad archive");
-        assert!(names(rig.dir.path()).iter().all(|n| !n.contains("caretaker-tmp")), "{what}: {:?}", names(rig.dir.path()));
+        assert!(
+            stderr.contains(bad.to_str().unwrap()),
+            "{what}: the error names the archive: {stderr}"
+        );
+        assert!(
+            !target.exists(),
+            "{what}: nothing may be restored from a bad archive"
+        );
+        assert!(
+            names(rig.dir.path())
+                .iter()
+                .all(|n| !n.contains("caretaker-tmp")),
+            "{what}: {:?}",
+            names(rig.dir.path())
+        );
     }
 
     // An uncompressed archive has no CRC: the SHA-256 of the database catches the flip.
@@ -198,38 +255,58 @@ fn corrupted_archives_are_refused_by_restore_and_verify() {
     let plain = rig.dir.path().join("plain.tar");
     {
         let mut out = Vec::new();
-        let m = caretaker::backup::archive::read(&good, &mut out).unwrap().manifest;
+        let m = caretaker::backup::archive::read(&good, &mut out)
+            .unwrap()
+            .manifest;
         let mut tar = tar::Builder::new(Vec::new());
         let json = serde_json::to_vec(&m).unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_size(json.len() as u64);
         h.set_mode(0o600);
-        tar.append_data(&mut h, "manifest.json", json.as_slice()).unwrap();
+        tar.append_data(&mut h, "manifest.json", json.as_slice())
+            .unwrap();
         out[5000] ^= 1;
         let mut h = tar::Header::new_gnu();
         h.set_size(out.len() as u64);
         h.set_mode(0o600);
-        tar.append_data(&mut h, &m.database, out.as_slice()).unwrap();
+        tar.append_data(&mut h, &m.database, out.as_slice())
+            .unwrap();
         let env = fs::read(&rig.include).unwrap();
         let mut h = tar::Header::new_gnu();
         h.set_size(env.len() as u64);
         h.set_mode(0o600);
-        tar.append_data(&mut h, &m.files[0].entry, env.as_slice()).unwrap();
-        fs::File::create(&plain).unwrap().write_all(&tar.into_inner().unwrap()).unwrap();
+        tar.append_data(&mut h, &m.files[0].entry, env.as_slice())
+            .unwrap();
+        fs::File::create(&plain)
+            .unwrap()
+            .write_all(&tar.into_inner().unwrap())
+            .unwrap();
     }
     let out = rig.restore(&plain, &rig.dir.path().join("restored.db"), false);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SHA-256"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SHA-256"),
+        "{}",
+        text(&out)
+    );
 
     // The verify job finds a corrupted archive among good ones, fails and alerts.
     let victim = rig.to.join("nightly-20200101T000000Z.tar.gz");
     fs::write(&victim, &cases[0].1).unwrap();
     let out = rig.run_job("check");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nightly-20200101T000000Z.tar.gz"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nightly-20200101T000000Z.tar.gz"),
+        "{}",
+        text(&out)
+    );
     let alerts = fs::read_to_string(rig.alerts_file()).unwrap();
     assert!(alerts.contains("backup-corrupt:check"), "{alerts}");
-    assert!(names(&rig.to).iter().all(|n| !n.contains("caretaker-tmp")), "{:?}", names(&rig.to));
+    assert!(
+        names(&rig.to).iter().all(|n| !n.contains("caretaker-tmp")),
+        "{:?}",
+        names(&rig.to)
+    );
     // The good archive still restores.
     let out = rig.restore(&good, &rig.dir.path().join("ok.db"), false);
     assert!(out.status.success(), "{}", text(&out));

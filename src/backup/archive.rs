@@ -67,7 +67,10 @@ pub struct IncludedFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// gzip `level` (0-9) on `threads` worker threads; the output is one standard gzip member.
-    Gzip { level: u32, threads: usize },
+    Gzip {
+        level: u32,
+        threads: usize,
+    },
     None,
 }
 
@@ -81,7 +84,10 @@ pub struct Include {
 /// Reads `source` for inclusion under `files/`.
 pub fn read_include(source: &Path) -> anyhow::Result<Include> {
     let bytes = std::fs::read(source).with_context(|| {
-        format!("reading included file {} (fix or remove it in the job's `include`)", source.display())
+        format!(
+            "reading included file {} (fix or remove it in the job's `include`)",
+            source.display()
+        )
     })?;
     let entry = include_entry(source)?;
     Ok(Include {
@@ -102,21 +108,28 @@ fn include_entry(source: &Path) -> anyhow::Result<String> {
             Component::Normal(p) => entry.push(p),
             Component::RootDir | Component::CurDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                bail!("included file {} must be a plain absolute path without `..`", source.display())
+                bail!(
+                    "included file {} must be a plain absolute path without `..`",
+                    source.display()
+                )
             }
         }
     }
-    entry
-        .to_str()
-        .map(str::to_string)
-        .with_context(|| format!("included file {} has a name that is not UTF-8", source.display()))
+    entry.to_str().map(str::to_string).with_context(|| {
+        format!(
+            "included file {} has a name that is not UTF-8",
+            source.display()
+        )
+    })
 }
 
 /// SHA-256 and length of a file, read in large blocks.
 pub fn hash_file(path: &Path) -> anyhow::Result<(String, u64)> {
-    let mut file = File::open(path).with_context(|| format!("opening {} to hash it", path.display()))?;
+    let mut file =
+        File::open(path).with_context(|| format!("opening {} to hash it", path.display()))?;
     let mut hashing = HashingWriter::new(io::sink());
-    let size = io::copy(&mut file, &mut hashing).with_context(|| format!("reading {} to hash it", path.display()))?;
+    let size = io::copy(&mut file, &mut hashing)
+        .with_context(|| format!("reading {} to hash it", path.display()))?;
     Ok((hashing.finish().0, size))
 }
 
@@ -167,13 +180,24 @@ fn write_entries<W: Write>(
             .with_context(|| format!("adding {name}"))
     };
     let json = serde_json::to_vec_pretty(manifest).context("serializing the manifest")?;
-    append(&mut tar, MANIFEST_ENTRY, json.len() as u64, &mut json.as_slice())?;
-    let file = File::open(database).with_context(|| format!("opening the snapshot {}", database.display()))?;
+    append(
+        &mut tar,
+        MANIFEST_ENTRY,
+        json.len() as u64,
+        &mut json.as_slice(),
+    )?;
+    let file = File::open(database)
+        .with_context(|| format!("opening the snapshot {}", database.display()))?;
     // The size must be the manifest's: a snapshot that changed after hashing would not verify.
     let mut limited = BufReader::with_capacity(IO_BUFFER, file).take(manifest.size);
     append(&mut tar, &manifest.database, manifest.size, &mut limited)?;
     for include in includes {
-        append(&mut tar, &include.meta.entry, include.meta.size, &mut include.bytes.as_slice())?;
+        append(
+            &mut tar,
+            &include.meta.entry,
+            include.meta.size,
+            &mut include.bytes.as_slice(),
+        )?;
     }
     tar.into_inner().context("finishing the tar stream")
 }
@@ -189,7 +213,8 @@ pub struct Contents {
 /// database into `database_out` (use `io::sink()` to only check). Fails on any mismatch,
 /// truncation or entry that does not belong.
 pub fn read(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Contents> {
-    read_inner(path, database_out).with_context(|| format!("reading the backup archive {}", path.display()))
+    read_inner(path, database_out)
+        .with_context(|| format!("reading the backup archive {}", path.display()))
 }
 
 /// Reads only the manifest (the first entry), to learn sizes before the full check.
@@ -229,7 +254,9 @@ fn first_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> anyhow::Result<
         "the first entry is `{name}`, not {MANIFEST_ENTRY}: not a caretaker backup archive"
     );
     let mut json = Vec::new();
-    first.read_to_end(&mut json).context("reading manifest.json")?;
+    first
+        .read_to_end(&mut json)
+        .context("reading manifest.json")?;
     let manifest: Manifest = serde_json::from_slice(&json).context("parsing manifest.json")?;
     ensure!(
         manifest.format == FORMAT_VERSION,
@@ -249,32 +276,57 @@ fn read_inner(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Conte
     for entry in entries {
         let mut entry = entry.context("reading a tar entry")?;
         let name = entry_name(&entry)?;
-        let (expected_sha, expected_size, out): (&str, u64, &mut dyn Write) = if name == manifest.database && !seen_database {
-            seen_database = true;
-            (&manifest.sha256, manifest.size, &mut *database_out)
-        } else if let Some(i) = manifest.files.iter().position(|f| f.entry == name).filter(|&i| !seen_files[i]) {
-            seen_files[i] = true;
-            (&manifest.files[i].sha256, manifest.files[i].size, &mut io::sink())
-        } else {
-            bail!("unexpected entry `{name}` that the manifest does not list");
-        };
+        let (expected_sha, expected_size, out): (&str, u64, &mut dyn Write) =
+            if name == manifest.database && !seen_database {
+                seen_database = true;
+                (&manifest.sha256, manifest.size, &mut *database_out)
+            } else if let Some(i) = manifest
+                .files
+                .iter()
+                .position(|f| f.entry == name)
+                .filter(|&i| !seen_files[i])
+            {
+                seen_files[i] = true;
+                (
+                    &manifest.files[i].sha256,
+                    manifest.files[i].size,
+                    &mut io::sink(),
+                )
+            } else {
+                bail!("unexpected entry `{name}` that the manifest does not list");
+            };
         let mut hashing = HashingWriter::new(out);
-        let size = io::copy(&mut entry, &mut hashing).with_context(|| format!("reading `{name}`"))?;
+        let size =
+            io::copy(&mut entry, &mut hashing).with_context(|| format!("reading `{name}`"))?;
         let (sha, _) = hashing.finish();
-        ensure!(size == expected_size, "`{name}` has {size} bytes but the manifest says {expected_size}");
+        ensure!(
+            size == expected_size,
+            "`{name}` has {size} bytes but the manifest says {expected_size}"
+        );
         ensure!(
             sha == expected_sha,
             "the SHA-256 of `{name}` is {sha} but the manifest says {expected_sha}: the archive is corrupt"
         );
     }
-    ensure!(seen_database, "the database `{}` is missing from the archive", manifest.database);
+    ensure!(
+        seen_database,
+        "the database `{}` is missing from the archive",
+        manifest.database
+    );
     if let Some(i) = seen_files.iter().position(|seen| !seen) {
-        bail!("included file `{}` is missing from the archive", manifest.files[i].entry);
+        bail!(
+            "included file `{}` is missing from the archive",
+            manifest.files[i].entry
+        );
     }
     // tar stops at its end marker; the gzip trailer (CRC-32 and length) is only checked once
     // the decoder reaches the end of the stream.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).context("reading the end of the archive")?;
-    Ok(Contents { manifest, compressed })
+    io::copy(&mut archive.into_inner(), &mut io::sink())
+        .context("reading the end of the archive")?;
+    Ok(Contents {
+        manifest,
+        compressed,
+    })
 }
 
 fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> anyhow::Result<String> {
@@ -292,7 +344,10 @@ pub struct HashingWriter<W: Write> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new() }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
     }
 
     /// The hex digest and the inner writer.
@@ -363,7 +418,9 @@ pub fn check_database(path: &Path, level: CheckLevel) -> anyhow::Result<CheckRep
     }
     let mut report = CheckReport::default();
     if level == CheckLevel::Full {
-        let mut stmt = conn.prepare("PRAGMA foreign_key_check").with_context(checking)?;
+        let mut stmt = conn
+            .prepare("PRAGMA foreign_key_check")
+            .with_context(checking)?;
         let mut rows = stmt.query([]).with_context(checking)?;
         while let Some(row) = rows.next().with_context(checking)? {
             report.foreign_key_violations += 1;

@@ -65,7 +65,9 @@ impl ArchiveName {
             ".tar" => Format::Tar,
             _ => return None,
         };
-        let time = NaiveDateTime::parse_from_str(stamp, NAME_TIME).ok()?.and_utc();
+        let time = NaiveDateTime::parse_from_str(stamp, NAME_TIME)
+            .ok()?
+            .and_utc();
         // Reject spellings chrono tolerates but we never write, so names round-trip exactly.
         (time.format(NAME_TIME).to_string() == stamp).then(|| ArchiveName::new(job, time, format))
     }
@@ -127,13 +129,18 @@ pub fn list(dir: &Path, job: &str) -> anyhow::Result<Vec<(ArchiveName, PathBuf)>
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(e).with_context(|| format!("listing the backup directory {}", dir.display()));
+            return Err(e)
+                .with_context(|| format!("listing the backup directory {}", dir.display()));
         }
     };
     let mut found = Vec::new();
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing the backup directory {}", dir.display()))?;
-        if let Some(name) = entry.file_name().to_str().and_then(|n| ArchiveName::parse(job, n))
+        let entry =
+            entry.with_context(|| format!("listing the backup directory {}", dir.display()))?;
+        if let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| ArchiveName::parse(job, n))
             && entry.file_type().is_ok_and(|t| t.is_file())
         {
             found.push((name, entry.path()));
@@ -186,8 +193,12 @@ fn owned_temp(job: &str, purpose: Scratch, name: &str) -> bool {
 
 /// Bytes available to us on the filesystem holding `dir`.
 pub fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let stat = rustix::fs::statvfs(dir)
-        .with_context(|| format!("reading the free space of the filesystem of {}", dir.display()))?;
+    let stat = rustix::fs::statvfs(dir).with_context(|| {
+        format!(
+            "reading the free space of the filesystem of {}",
+            dir.display()
+        )
+    })?;
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
@@ -231,7 +242,10 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 11, 22, 2, 48, 17).unwrap();
         let name = ArchiveName::new("nightly", t, Format::TarGz);
         assert_eq!(name.file_name(), "nightly-20261122T024817Z.tar.gz");
-        assert_eq!(ArchiveName::parse("nightly", "nightly-20261122T024817Z.tar.gz"), Some(name));
+        assert_eq!(
+            ArchiveName::parse("nightly", "nightly-20261122T024817Z.tar.gz"),
+            Some(name)
+        );
         assert_eq!(
             ArchiveName::parse("nightly", "nightly-20261122T024817Z.tar").map(|n| n.format),
             Some(Format::Tar)

@@ -46,7 +46,12 @@ pub struct Restored {
 const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// Verifies `archive` and restores its database to `to`; `now` names the safety copy.
-pub fn restore(archive: &Path, to: &Path, force: bool, now: DateTime<Utc>) -> Result<Restored, RestoreError> {
+pub fn restore(
+    archive: &Path,
+    to: &Path,
+    force: bool,
+    now: DateTime<Utc>,
+) -> Result<Restored, RestoreError> {
     if !archive.is_file() {
         return Err(RestoreError::NoArchive(archive.to_path_buf()));
     }
@@ -78,7 +83,11 @@ pub fn restore(archive: &Path, to: &Path, force: bool, now: DateTime<Utc>) -> Re
     fsx::private_dir(&dir)?;
 
     let manifest = archive::peek_manifest(archive)?;
-    super::ensure_free(&dir, manifest.size, &format!("the restored database ({})", manifest.database))?;
+    super::ensure_free(
+        &dir,
+        manifest.size,
+        &format!("the restored database ({})", manifest.database),
+    )?;
 
     let mut pending = PendingFile::create(to)?;
     let temp = pending.temp_path().to_path_buf();
@@ -93,13 +102,20 @@ pub fn restore(archive: &Path, to: &Path, force: bool, now: DateTime<Utc>) -> Re
     let checked = archive::check_database(&temp, CheckLevel::Integrity);
     // The check's connection may have left these beside the temporary file.
     remove_companions(&temp).map_err(RestoreError::Failed)?;
-    checked.with_context(|| format!("the database in {} is corrupt; nothing was restored", archive.display()))?;
+    checked.with_context(|| {
+        format!(
+            "the database in {} is corrupt; nothing was restored",
+            archive.display()
+        )
+    })?;
 
     if let Some(meta) = &existing {
         // Hand the file back to whoever owned the one it replaces (the gateway's user).
         let file = pending.file();
-        file.set_permissions(fs::Permissions::from_mode(meta.permissions().mode() & 0o7777))
-            .with_context(|| format!("setting the mode of {}", temp.display()))?;
+        file.set_permissions(fs::Permissions::from_mode(
+            meta.permissions().mode() & 0o7777,
+        ))
+        .with_context(|| format!("setting the mode of {}", temp.display()))?;
         if let Err(e) = std::os::unix::fs::fchown(&*file, Some(meta.uid()), Some(meta.gid())) {
             tracing::warn!(path = %to.display(), error = %e, "could not give the restored database the owner of the one it replaces");
         }
@@ -120,7 +136,13 @@ pub fn restore(archive: &Path, to: &Path, force: bool, now: DateTime<Utc>) -> Re
             }
             fs::hard_link(&old, &copy)
                 .or_else(|_| fs::copy(&old, &copy).map(|_| ()))
-                .with_context(|| format!("keeping a safety copy of {} as {}", old.display(), copy.display()))?;
+                .with_context(|| {
+                    format!(
+                        "keeping a safety copy of {} as {}",
+                        old.display(),
+                        copy.display()
+                    )
+                })?;
             safety_copies.push(copy);
         }
     }
@@ -149,7 +171,10 @@ impl Restored {
             self.path.display()
         )];
         for copy in &self.safety_copies {
-            lines.push(format!("safety copy of what it replaced: {}", copy.display()));
+            lines.push(format!(
+                "safety copy of what it replaced: {}",
+                copy.display()
+            ));
         }
         for path in &self.removed {
             lines.push(format!("removed stale {}", path.display()));

@@ -55,7 +55,9 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     let src = gateway.connect(false)?;
     let mut dst = Connection::open_with_flags(
         dest,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("creating the snapshot file {}", dest.display()))?;
     // The copy is scratch until its archive is verified: no journal, no fsync per page.
@@ -73,8 +75,10 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     // The first read takes the lock (waiting up to our busy timeout) and pins what we copy.
     let began = Instant::now();
     let pinned = (|| -> anyhow::Result<String> {
-        src.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
-            .with_context(|| reading("reading the schema"))?;
+        src.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .with_context(|| reading("reading the schema"))?;
         src.query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .with_context(|| reading("reading the journal mode"))
     })();
@@ -91,11 +95,17 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     let journal_mode = copied?;
     released.with_context(|| reading("ending the read transaction"))?;
     drop(src);
-    tracing::debug!(wait_ms = (locked - began).as_millis() as u64, held_ms = held.as_millis() as u64, "snapshot copied");
+    tracing::debug!(
+        wait_ms = (locked - began).as_millis() as u64,
+        held_ms = held.as_millis() as u64,
+        "snapshot copied"
+    );
 
     let stats = |what: &str| format!("reading {what} of the snapshot {}", dest.display());
     let count = |sql: &str, what: &str| -> anyhow::Result<u64> {
-        let n: i64 = dst.query_row(sql, [], |r| r.get(0)).with_context(|| stats(what))?;
+        let n: i64 = dst
+            .query_row(sql, [], |r| r.get(0))
+            .with_context(|| stats(what))?;
         Ok(n.max(0) as u64)
     };
     let page_size = count("PRAGMA page_size", "the page size")?;
@@ -136,7 +146,9 @@ fn copy_all_pages(src: &Connection, dst: &mut Connection) -> anyhow::Result<()> 
     match backup.step(-1).context("copying the pages")? {
         StepResult::Done => Ok(()),
         StepResult::Busy | StepResult::Locked => {
-            bail!("the gateway database was locked while copying; the run will be retried at the next schedule")
+            bail!(
+                "the gateway database was locked while copying; the run will be retried at the next schedule"
+            )
         }
         StepResult::More | _ => bail!("SQLite's backup did not copy every page in one step"),
     }
@@ -173,21 +185,42 @@ mod tests {
         drop(conn);
         // A writer that keeps its connection open leaves committed rows only in the WAL.
         let writer = Connection::open(&db).unwrap();
-        writer.execute_batch("PRAGMA journal_mode = WAL; DELETE FROM usage_records WHERE rowid % 3 = 0;").unwrap();
-        let expected: i64 = writer.query_row("SELECT count(*) FROM usage_records", [], |r| r.get(0)).unwrap();
-        let wal_before = std::fs::metadata(dir.path().join("usage.db-wal")).unwrap().len();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; DELETE FROM usage_records WHERE rowid % 3 = 0;",
+            )
+            .unwrap();
+        let expected: i64 = writer
+            .query_row("SELECT count(*) FROM usage_records", [], |r| r.get(0))
+            .unwrap();
+        let wal_before = std::fs::metadata(dir.path().join("usage.db-wal"))
+            .unwrap()
+            .len();
         assert!(wal_before > 0);
 
-        let snap = take(&gateway(&db, Preset::Bobamixer), &dir.path().join("copy.db")).unwrap();
+        let snap = take(
+            &gateway(&db, Preset::Bobamixer),
+            &dir.path().join("copy.db"),
+        )
+        .unwrap();
         assert_eq!(snap.journal_mode, "wal");
         assert_eq!(snap.rows, Some(expected as u64));
         assert_eq!(snap.writer_block, Duration::ZERO);
         // Our connection closed without checkpointing the gateway's WAL.
-        assert_eq!(std::fs::metadata(dir.path().join("usage.db-wal")).unwrap().len(), wal_before);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("usage.db-wal"))
+                .unwrap()
+                .len(),
+            wal_before
+        );
         let copy = Connection::open(&snap.path).unwrap();
-        let mode: String = copy.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = copy
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
-        let ok: String = copy.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        let ok: String = copy
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(ok, "ok");
     }
 
@@ -195,7 +228,14 @@ mod tests {
     fn reports_the_writer_stall_in_rollback_mode_and_names_a_bad_source() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("requests.db");
-        crate::sample::create_apantli(&db, &crate::sample::SampleOptions { rows: 200, ..Default::default() }).unwrap();
+        crate::sample::create_apantli(
+            &db,
+            &crate::sample::SampleOptions {
+                rows: 200,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let snap = take(&gateway(&db, Preset::Apantli), &dir.path().join("copy.db")).unwrap();
         assert_eq!(snap.journal_mode, "delete");
         assert_eq!(snap.rows, Some(200));
@@ -203,11 +243,27 @@ mod tests {
 
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, vec![7u8; 8192]).unwrap();
-        let message = format!("{:#}", take(&gateway(&junk, Preset::Apantli), &dir.path().join("c2.db")).unwrap_err());
-        assert!(message.contains("junk.db") && message.contains("not a database"), "{message}");
+        let message = format!(
+            "{:#}",
+            take(&gateway(&junk, Preset::Apantli), &dir.path().join("c2.db")).unwrap_err()
+        );
+        assert!(
+            message.contains("junk.db") && message.contains("not a database"),
+            "{message}"
+        );
         let missing = dir.path().join("missing.db");
-        let message = format!("{:#}", take(&gateway(&missing, Preset::Apantli), &dir.path().join("c3.db")).unwrap_err());
+        let message = format!(
+            "{:#}",
+            take(
+                &gateway(&missing, Preset::Apantli),
+                &dir.path().join("c3.db")
+            )
+            .unwrap_err()
+        );
         assert!(message.contains("missing.db"), "{message}");
-        assert!(!missing.exists(), "a missing gateway database must not be created");
+        assert!(
+            !missing.exists(),
+            "a missing gateway database must not be created"
+        );
     }
 }

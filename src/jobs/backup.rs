@@ -137,7 +137,13 @@ impl Spec {
 
 /// The run's plan: the new archive's name from `now`, and the keep policy applied in `tz` to
 /// the `existing` archives of the job plus the new one.
-pub fn plan(job: &str, spec: &Spec, now: DateTime<Utc>, tz: Tz, existing: Vec<ArchiveName>) -> Plan {
+pub fn plan(
+    job: &str,
+    spec: &Spec,
+    now: DateTime<Utc>,
+    tz: Tz,
+    existing: Vec<ArchiveName>,
+) -> Plan {
     let archive = ArchiveName::new(job, truncate_to_second(now), spec.format());
     let mut all = existing;
     all.push(archive.clone());
@@ -165,7 +171,11 @@ fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
         "snapshot {} ({}{}) into {}, verify: {}",
         db.display(),
         size(db),
-        if wal.exists() { format!(", WAL {}", size(&wal)) } else { String::new() },
+        if wal.exists() {
+            format!(", WAL {}", size(&wal))
+        } else {
+            String::new()
+        },
         spec.to.join(plan.archive.file_name()).display(),
         match spec.verify {
             VerifyLevel::None => "none",
@@ -177,7 +187,11 @@ fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
         lines.push(format!("include {} ({})", include.display(), size(include)));
     }
     for d in &plan.retention {
-        let new = if d.item == plan.archive { " (this run)" } else { "" };
+        let new = if d.item == plan.archive {
+            " (this run)"
+        } else {
+            ""
+        };
         if d.keep {
             let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
             lines.push(format!("keep {}{new}: {}", d.item, reasons.join(", ")));
@@ -207,10 +221,18 @@ impl Drop for ScratchFile {
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let to = &spec.to;
-    let existing: Vec<ArchiveName> = backups::list(to, ctx.job)?.into_iter().map(|(n, _)| n).collect();
+    let existing: Vec<ArchiveName> = backups::list(to, ctx.job)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let plan = plan(ctx.job, spec, ctx.now, ctx.config.timezone, existing);
     if ctx.dry_run {
-        let mut report = Report::new(format!("would write {} and keep {} of {} archives", plan.archive, plan.retention.iter().filter(|d| d.keep).count(), plan.retention.len()));
+        let mut report = Report::new(format!(
+            "would write {} and keep {} of {} archives",
+            plan.archive,
+            plan.retention.iter().filter(|d| d.keep).count(),
+            plan.retention.len()
+        ));
         report.plan = plan_lines(&plan, spec, ctx);
         return Ok(report);
     }
@@ -221,15 +243,21 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     }
     let dest = to.join(plan.archive.file_name());
     if dest.exists() {
-        bail!("the archive {} already exists (two runs in the same second?); nothing was written", dest.display());
+        bail!(
+            "the archive {} already exists (two runs in the same second?); nothing was written",
+            dest.display()
+        );
     }
 
     let gateway = &ctx.config.gateway;
-    let source_bytes = [&gateway.database, &sqlite_companion(&gateway.database, "-wal")]
-        .iter()
-        .filter_map(|p| fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum::<u64>();
+    let source_bytes = [
+        &gateway.database,
+        &sqlite_companion(&gateway.database, "-wal"),
+    ]
+    .iter()
+    .filter_map(|p| fs::metadata(p).ok())
+    .map(|m| m.len())
+    .sum::<u64>();
     let includes = spec
         .include
         .iter()
@@ -239,7 +267,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     // The snapshot is at most the database plus its WAL; the archive at most that again
     // (incompressible data) plus the included files and tar headers.
     let needed = 2 * source_bytes + include_bytes + 1024 * 1024;
-    backups::ensure_free(to, needed, &format!("the snapshot and archive of {}", gateway.database.display()))?;
+    backups::ensure_free(
+        to,
+        needed,
+        &format!("the snapshot and archive of {}", gateway.database.display()),
+    )?;
     ctx.checkpoint()?;
 
     let started = Instant::now();
@@ -255,16 +287,32 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let after = std::thread::scope(|s| {
         s.spawn(|| {
             lower_priority();
-            check_write_and_publish(spec, ctx, &plan.archive, &dest, &scratch.0, &snap, &includes)
+            check_write_and_publish(
+                spec,
+                ctx,
+                &plan.archive,
+                &dest,
+                &scratch.0,
+                &snap,
+                &includes,
+            )
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
     drop(scratch);
-    let Published { path: published, archive_bytes, size, check, compress_ms, verify_ms } = after;
+    let Published {
+        path: published,
+        archive_bytes,
+        size,
+        check,
+        compress_ms,
+        verify_ms,
+    } = after;
 
     let (kept, deleted) = apply_retention(ctx.job, spec, ctx.config.timezone)?;
-    let mut report = Report::new(format!(
+    let mut report =
+        Report::new(format!(
         "wrote {} ({}, {} rows, {} mode){}; kept {kept} archives, deleted {}",
         published.display(),
         human_bytes(archive_bytes),
@@ -277,16 +325,16 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         )),
         if deleted.is_empty() { "none".to_string() } else { deleted.join(", ") }
     ))
-    .figure("lock_ms", snap.writer_block.as_secs_f64() * 1000.0)
-    .figure("read_txn_ms", snap.held.as_secs_f64() * 1000.0)
-    .figure("snapshot_ms", snapshot_ms)
-    .figure("compress_ms", compress_ms)
-    .figure("verify_ms", verify_ms)
-    .figure("database_bytes", size as f64)
-    .figure("archive_bytes", archive_bytes as f64)
-    .figure("rows", snap.rows.unwrap_or(0) as f64)
-    .figure("kept", kept as f64)
-    .figure("deleted", deleted.len() as f64);
+        .figure("lock_ms", snap.writer_block.as_secs_f64() * 1000.0)
+        .figure("read_txn_ms", snap.held.as_secs_f64() * 1000.0)
+        .figure("snapshot_ms", snapshot_ms)
+        .figure("compress_ms", compress_ms)
+        .figure("verify_ms", verify_ms)
+        .figure("database_bytes", size as f64)
+        .figure("archive_bytes", archive_bytes as f64)
+        .figure("rows", snap.rows.unwrap_or(0) as f64)
+        .figure("kept", kept as f64)
+        .figure("deleted", deleted.len() as f64);
     if let Some(c) = &check {
         report = report.figure("foreign_key_violations", c.foreign_key_violations as f64);
     }
@@ -334,7 +382,15 @@ fn check_write_and_publish(
     let mut verify_ms = checking.elapsed().as_secs_f64() * 1000.0;
     ctx.checkpoint()?;
 
-    let manifest = manifest(ctx.job, name, &ctx.config.gateway, snap, sha256, size, includes);
+    let manifest = manifest(
+        ctx.job,
+        name,
+        &ctx.config.gateway,
+        snap,
+        sha256,
+        size,
+        includes,
+    );
     let compression = match spec.compression {
         Compression::Gzip => archive::Compression::Gzip {
             level: spec.level,
@@ -343,7 +399,8 @@ fn check_write_and_publish(
         Compression::None => archive::Compression::None,
     };
     let compressing = Instant::now();
-    let (pending, archive_bytes) = archive::write(dest, &manifest, snapshot_path, includes, compression)?;
+    let (pending, archive_bytes) =
+        archive::write(dest, &manifest, snapshot_path, includes, compression)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
     if spec.verify != VerifyLevel::None {
         let reading = Instant::now();
@@ -354,7 +411,14 @@ fn check_write_and_publish(
     }
     ctx.checkpoint()?;
     let path = pending.commit()?;
-    Ok(Published { path, archive_bytes, size, check, compress_ms, verify_ms })
+    Ok(Published {
+        path,
+        archive_bytes,
+        size,
+        check,
+        compress_ms,
+        verify_ms,
+    })
 }
 
 fn manifest(
@@ -371,10 +435,10 @@ fn manifest(
         job: job.to_string(),
         created_at: name.time,
         source: gateway.database.clone(),
-        database: gateway
-            .database
-            .file_name()
-            .map_or_else(|| "gateway.db".to_string(), |n| n.to_string_lossy().into_owned()),
+        database: gateway.database.file_name().map_or_else(
+            || "gateway.db".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
         size,
         sha256,
         sqlite_version: rusqlite::version().to_string(),
@@ -391,7 +455,10 @@ fn manifest(
 /// Deletes this job's archives the keep policy does not keep. Runs only after a new archive
 /// was published, so a failing backup never prunes the good ones before it.
 fn apply_retention(job: &str, spec: &Spec, tz: Tz) -> anyhow::Result<(usize, Vec<String>)> {
-    let archives: Vec<ArchiveName> = backups::list(&spec.to, job)?.into_iter().map(|(n, _)| n).collect();
+    let archives: Vec<ArchiveName> = backups::list(&spec.to, job)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let decisions = prune(archives, &spec.keep, tz);
     let mut kept = 0;
     let mut deleted = Vec::new();
@@ -401,11 +468,13 @@ fn apply_retention(job: &str, spec: &Spec, tz: Tz) -> anyhow::Result<(usize, Vec
             continue;
         }
         let path = spec.to.join(d.item.file_name());
-        fs::remove_file(&path).with_context(|| format!("deleting the expired archive {}", path.display()))?;
+        fs::remove_file(&path)
+            .with_context(|| format!("deleting the expired archive {}", path.display()))?;
         deleted.push(d.item.file_name());
     }
     if !deleted.is_empty() {
-        fsx::sync_dir(&spec.to).with_context(|| format!("flushing directory {}", spec.to.display()))?;
+        fsx::sync_dir(&spec.to)
+            .with_context(|| format!("flushing directory {}", spec.to.display()))?;
     }
     Ok((kept, deleted))
 }
@@ -431,12 +500,19 @@ mod tests {
     }
 
     fn kept(plan: &Plan) -> Vec<String> {
-        plan.retention.iter().filter(|d| d.keep).map(|d| d.item.file_name()).collect()
+        plan.retention
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.item.file_name())
+            .collect()
     }
 
     #[test]
     fn the_plan_names_the_new_archive_and_counts_it_in_retention() {
-        let keep = Policy { last: 2, ..Policy::default() };
+        let keep = Policy {
+            last: 2,
+            ..Policy::default()
+        };
         let existing = vec![
             ArchiveName::new("nightly", utc(2026, 3, 1, 2, 0), Format::TarGz),
             ArchiveName::new("nightly", utc(2026, 3, 2, 2, 0), Format::TarGz),
@@ -444,7 +520,13 @@ mod tests {
         let now = utc(2026, 3, 3, 2, 0) + chrono::Duration::milliseconds(730);
         let plan = plan("nightly", &spec(keep), now, chrono_tz::UTC, existing);
         assert_eq!(plan.archive.file_name(), "nightly-20260303T020000Z.tar.gz");
-        assert_eq!(kept(&plan), ["nightly-20260303T020000Z.tar.gz", "nightly-20260302T020000Z.tar.gz"]);
+        assert_eq!(
+            kept(&plan),
+            [
+                "nightly-20260303T020000Z.tar.gz",
+                "nightly-20260302T020000Z.tar.gz"
+            ]
+        );
         assert!(!plan.retention.last().unwrap().keep);
     }
 
@@ -452,19 +534,27 @@ mod tests {
     fn daily_buckets_follow_the_configured_zone_across_dst() {
         // Europe/Berlin leaves summer time on 2026-10-25: 22:30 UTC on the 24th is already the
         // 25th locally (00:30 CEST), 23:30 UTC on the 25th is 00:30 CET on the 26th.
-        let keep = Policy { daily: 3, ..Policy::default() };
+        let keep = Policy {
+            daily: 3,
+            ..Policy::default()
+        };
         let times = [
             utc(2026, 10, 24, 21, 30), // 23:30 on the 24th
             utc(2026, 10, 24, 22, 30), // 00:30 on the 25th
             utc(2026, 10, 25, 12, 0),  // 13:00 on the 25th
             utc(2026, 10, 25, 23, 30), // 00:30 on the 26th
         ];
-        let names: Vec<ArchiveName> = times.iter().map(|&t| ArchiveName::new("b", t, Format::TarGz)).collect();
+        let names: Vec<ArchiveName> = times
+            .iter()
+            .map(|&t| ArchiveName::new("b", t, Format::TarGz))
+            .collect();
         let berlin = prune(names.clone(), &keep, chrono_tz::Europe::Berlin);
-        let kept_berlin: Vec<DateTime<Utc>> = berlin.iter().filter(|d| d.keep).map(|d| d.time).collect();
+        let kept_berlin: Vec<DateTime<Utc>> =
+            berlin.iter().filter(|d| d.keep).map(|d| d.time).collect();
         assert_eq!(kept_berlin, [times[3], times[2], times[0]]);
         let in_utc = prune(names, &keep, chrono_tz::UTC);
-        let kept_utc: Vec<DateTime<Utc>> = in_utc.iter().filter(|d| d.keep).map(|d| d.time).collect();
+        let kept_utc: Vec<DateTime<Utc>> =
+            in_utc.iter().filter(|d| d.keep).map(|d| d.time).collect();
         // In UTC the first two share the 24th, and the oldest is kept while the count lasts.
         assert_eq!(kept_utc, [times[3], times[1], times[0]]);
     }
@@ -472,7 +562,12 @@ mod tests {
     #[test]
     fn the_newest_archive_is_kept_even_when_no_rule_would() {
         // within 1h of the newest keeps only the newest; the policy must never empty the directory.
-        let keep: Policy = KeepConfig { within: Some("1h".into()), ..Default::default() }.to_policy().unwrap();
+        let keep: Policy = KeepConfig {
+            within: Some("1h".into()),
+            ..Default::default()
+        }
+        .to_policy()
+        .unwrap();
         let names = vec![
             ArchiveName::new("b", utc(2026, 1, 1, 0, 0), Format::Tar),
             ArchiveName::new("b", utc(2026, 1, 2, 0, 0), Format::Tar),

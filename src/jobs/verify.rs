@@ -88,7 +88,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         );
     };
     let dir = &backup.to;
-    let archives: Vec<ArchiveName> = backups::list(dir, &spec.backups_of)?.into_iter().map(|(n, _)| n).collect();
+    let archives: Vec<ArchiveName> = backups::list(dir, &spec.backups_of)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     if archives.is_empty() {
         bail!(
             "there are no archives of the backup job `{}` in {} to verify; run `caretaker run-job {}` first",
@@ -100,8 +103,15 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let cursor: Option<String> = ctx.state.get(&cursor_ns(ctx.job), "last")?;
     let chosen = choose(spec.which, &archives, cursor.as_deref());
     if ctx.dry_run {
-        let mut report = Report::new(format!("would test-restore {} of {} archives", chosen.len(), archives.len()));
-        report.plan = chosen.iter().map(|a| format!("test-restore {}", dir.join(a.file_name()).display())).collect();
+        let mut report = Report::new(format!(
+            "would test-restore {} of {} archives",
+            chosen.len(),
+            archives.len()
+        ));
+        report.plan = chosen
+            .iter()
+            .map(|a| format!("test-restore {}", dir.join(a.file_name()).display()))
+            .collect();
         return Ok(report);
     }
     for path in backups::sweep_scratch(dir, &spec.backups_of, Scratch::Verify)? {
@@ -120,13 +130,18 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             Ok(t) => {
                 bytes += t.bytes;
                 violations += t.foreign_key_violations;
-                passed.push(format!("{} ({} rows)", name, t.rows.map_or("no".into(), |r| r.to_string())));
+                passed.push(format!(
+                    "{} ({} rows)",
+                    name,
+                    t.rows.map_or("no".into(), |r| r.to_string())
+                ));
             }
             Err(e) => failures.push(format!("{}: {e:#}", path.display())),
         }
         if spec.which == Which::Rotate {
             // Move on even after a failure, so one bad archive does not hide the others.
-            ctx.state.put(&cursor_ns(ctx.job), "last", &name.file_name())?;
+            ctx.state
+                .put(&cursor_ns(ctx.job), "last", &name.file_name())?;
         }
     }
     let alert_key = format!("backup-corrupt:{}", ctx.job);
@@ -146,9 +161,18 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 dir.display()
             ),
         }));
-        bail!("{} of {} archives failed their test restore: {}", failures.len(), chosen.len(), failures.join("; "));
+        bail!(
+            "{} of {} archives failed their test restore: {}",
+            failures.len(),
+            chosen.len(),
+            failures.join("; ")
+        );
     }
-    ctx.alerts.push(AlertEvent::Resolve { key: alert_key, job: Some(ctx.job.to_string()), what });
+    ctx.alerts.push(AlertEvent::Resolve {
+        key: alert_key,
+        job: Some(ctx.job.to_string()),
+        what,
+    });
     Ok(Report::new(format!("test-restored {}", passed.join(", ")))
         .figure("archives_verified", passed.len() as f64)
         .figure("database_bytes", bytes as f64)
@@ -159,7 +183,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 /// Extracts `archive`'s database into a scratch file in `dir` and checks it thoroughly.
 fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Result<Tested> {
     let manifest = archive::peek_manifest(archive)?;
-    backups::ensure_free(dir, manifest.size, &format!("a test restore of {name} ({})", human_bytes(manifest.size)))?;
+    backups::ensure_free(
+        dir,
+        manifest.size,
+        &format!("a test restore of {name} ({})", human_bytes(manifest.size)),
+    )?;
     let scratch = name.scratch_path(dir, Scratch::Verify);
     let result = (|| {
         let file = fs::OpenOptions::new()
@@ -169,7 +197,8 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
             .with_context(|| format!("creating the scratch file {}", scratch.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let contents = archive::read(archive, &mut out)?;
-        out.flush().with_context(|| format!("writing {}", scratch.display()))?;
+        out.flush()
+            .with_context(|| format!("writing {}", scratch.display()))?;
         drop(out);
         let check = archive::check_database(&scratch, CheckLevel::Full)?;
         Ok(Tested {
@@ -195,21 +224,38 @@ mod tests {
     #[test]
     fn chooses_latest_all_and_rotates_through_every_archive() {
         let names: Vec<ArchiveName> = (1..=3)
-            .map(|d| ArchiveName::new("b", Utc.with_ymd_and_hms(2026, 5, d, 2, 0, 0).unwrap(), Format::TarGz))
+            .map(|d| {
+                ArchiveName::new(
+                    "b",
+                    Utc.with_ymd_and_hms(2026, 5, d, 2, 0, 0).unwrap(),
+                    Format::TarGz,
+                )
+            })
             .collect();
         let files = |v: Vec<ArchiveName>| v.iter().map(ArchiveName::file_name).collect::<Vec<_>>();
-        assert_eq!(files(choose(Which::Latest, &names, None)), ["b-20260503T020000Z.tar.gz"]);
+        assert_eq!(
+            files(choose(Which::Latest, &names, None)),
+            ["b-20260503T020000Z.tar.gz"]
+        );
         assert_eq!(choose(Which::All, &names, None).len(), 3);
         let mut cursor: Option<String> = None;
         let mut seen = Vec::new();
         for _ in 0..4 {
-            let next = choose(Which::Rotate, &names, cursor.as_deref()).pop().unwrap().file_name();
+            let next = choose(Which::Rotate, &names, cursor.as_deref())
+                .pop()
+                .unwrap()
+                .file_name();
             seen.push(next.clone());
             cursor = Some(next);
         }
         assert_eq!(
             seen,
-            ["b-20260501T020000Z.tar.gz", "b-20260502T020000Z.tar.gz", "b-20260503T020000Z.tar.gz", "b-20260501T020000Z.tar.gz"]
+            [
+                "b-20260501T020000Z.tar.gz",
+                "b-20260502T020000Z.tar.gz",
+                "b-20260503T020000Z.tar.gz",
+                "b-20260501T020000Z.tar.gz"
+            ]
         );
         // A cursor naming an archive pruned since then still moves on to the next newer one.
         let next = choose(Which::Rotate, &names, Some("b-20260501T120000Z.tar.gz"));

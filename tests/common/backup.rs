@@ -65,7 +65,8 @@ pub fn create_db(path: &Path, schema: Schema, rows: u64) {
             // Built directly: BobaMixer never enables foreign keys, so its sessions can arrive
             // after their records; the bundled SQLite enforces them by default.
             let conn = Connection::open(path).unwrap();
-            conn.execute_batch(caretaker::sample::BOBAMIXER_SCHEMA).unwrap();
+            conn.execute_batch(caretaker::sample::BOBAMIXER_SCHEMA)
+                .unwrap();
             conn.execute(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
                  INSERT INTO sessions (id, started_at, project) SELECT 'sess_' || i, i, hex(randomblob(400)) FROM n",
@@ -98,7 +99,13 @@ impl Rig {
         Rig::with_paths(dir, schema, db, to, backup_extra)
     }
 
-    pub fn with_paths(dir: TempDir, schema: Schema, db: PathBuf, to: PathBuf, backup_extra: &str) -> Rig {
+    pub fn with_paths(
+        dir: TempDir,
+        schema: Schema,
+        db: PathBuf,
+        to: PathBuf,
+        backup_extra: &str,
+    ) -> Rig {
         let state = dir.path().join("state");
         let include = dir.path().join("gateway.env");
         fs::write(&include, "OPENAI_API_KEY=sk-test\n").unwrap();
@@ -148,7 +155,9 @@ impl Rig {
 
     pub fn caretaker(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_caretaker"));
-        cmd.args(args).env("RUST_LOG", "warn").env_remove("CARETAKER_CONFIG");
+        cmd.args(args)
+            .env("RUST_LOG", "warn")
+            .env_remove("CARETAKER_CONFIG");
         cmd
     }
 
@@ -157,15 +166,24 @@ impl Rig {
     }
 
     pub fn run_job(&self, job: &str) -> Output {
-        self.run_job_command(job).output().expect("running caretaker run-job")
+        self.run_job_command(job)
+            .output()
+            .expect("running caretaker run-job")
     }
 
     pub fn restore(&self, archive: &Path, to: &Path, force: bool) -> Output {
-        let mut args = vec!["restore", archive.to_str().unwrap(), "--to", to.to_str().unwrap()];
+        let mut args = vec![
+            "restore",
+            archive.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ];
         if force {
             args.push("--force");
         }
-        self.caretaker(&args).output().expect("running caretaker restore")
+        self.caretaker(&args)
+            .output()
+            .expect("running caretaker restore")
     }
 
     /// This job's archives in `to`, oldest first.
@@ -211,7 +229,11 @@ pub fn figure(out: &Output, name: &str) -> f64 {
 pub fn keys(db: &Path, schema: Schema) -> BTreeSet<String> {
     let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    let sql = format!("SELECT CAST({} AS TEXT) FROM {}", schema.key(), schema.table());
+    let sql = format!(
+        "SELECT CAST({} AS TEXT) FROM {}",
+        schema.key(),
+        schema.table()
+    );
     let mut stmt = conn.prepare(&sql).unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0))
         .unwrap()
@@ -221,14 +243,18 @@ pub fn keys(db: &Path, schema: Schema) -> BTreeSet<String> {
 
 pub fn integrity(db: &Path) -> String {
     let conn = Connection::open(db).unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// Waits until `done` holds, failing the test with `what` after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -259,7 +285,11 @@ impl Sim {
             .stdout(Stdio::null())
             .spawn()
             .expect("starting gateway-sim");
-        wait_for("gateway-sim's first committed write", Duration::from_secs(30), || ready.exists());
+        wait_for(
+            "gateway-sim's first committed write",
+            Duration::from_secs(30),
+            || ready.exists(),
+        );
         Sim {
             child: Some(child),
             report,
@@ -270,7 +300,11 @@ impl Sim {
     /// Stops the simulator (SIGTERM) and returns its report and the keys it committed.
     pub fn stop(mut self) -> (SimReport, BTreeSet<String>) {
         let mut child = self.child.take().unwrap();
-        rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
         let status = child.wait().unwrap();
         assert!(status.success(), "gateway-sim failed: {status}");
         let report: SimReport = serde_json::from_slice(&fs::read(&self.report).unwrap()).unwrap();
