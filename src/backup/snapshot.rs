@@ -15,6 +15,7 @@
 //! The connection is [`Gateway::connect`]'s: it never changes the journal mode and never
 //! checkpoints when it closes. The copy goes to a file of ours; compressing it holds no lock.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,13 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     // Read-write when the file allows it (SQLite falls back to read-only otherwise): a reader
     // must be able to roll back a hot journal left by a crashed gateway before it can read.
     let src = gateway.connect(false)?;
+    // Created here so it is private from its first byte: it holds the payloads' API keys.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .with_context(|| format!("creating the snapshot file {}", dest.display()))?;
     let mut dst = Connection::open_with_flags(
         dest,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -240,6 +248,9 @@ mod tests {
         assert_eq!(snap.journal_mode, "delete");
         assert_eq!(snap.rows, Some(200));
         assert_eq!(snap.writer_block, snap.held);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&snap.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the snapshot holds API keys");
 
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, vec![7u8; 8192]).unwrap();

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -193,6 +194,7 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&scratch)
             .with_context(|| format!("creating the scratch file {}", scratch.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);

@@ -218,7 +218,7 @@ pub fn figure(out: &Output, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no figure {name} in {stdout}"))
         + key.len();
     stdout[start..]
-        .split(|c: char| c == ' ' || c == ')')
+        .split([' ', ')'])
         .next()
         .unwrap()
         .parse()
