@@ -141,6 +141,11 @@ fn main() {
         "gateway alone for 10 s: {} writes, {} failed, write latency max {:.0} ms, p99 {:.0} ms",
         baseline.attempted, baseline.failed, baseline.latency_ms.max, baseline.latency_ms.p99
     );
+    if baseline.failed > 0 {
+        println!(
+            "warning: the simulated gateway loses writes on its own at this rate on this machine; lower CARETAKER_BENCH_RATE for meaningful stall figures"
+        );
+    }
 
     let mut results = Vec::new();
 
@@ -168,24 +173,19 @@ fn main() {
         .expect("running caretaker");
     let seconds = start.elapsed().as_secs_f64();
     let sim = sim.stop();
-    assert!(
-        out.status.success(),
-        "caretaker failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let archive = caretaker::backup::list(&out_dir, "bench")
-        .expect("listing")
+        .expect("listing caretaker's output")
         .pop()
-        .expect("an archive")
-        .1;
+        .map(|(_, path)| path);
+    let failed =
+        (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
     results.push(Measured {
         name: "caretaker run-job (snapshot, quick_check, parallel gzip -6, read-back, publish)"
             .into(),
-        seconds: Some(seconds),
-        bytes: Some(fs::metadata(&archive).expect("archive").len()),
+        seconds: failed.is_none().then_some(seconds),
+        bytes: archive.and_then(|a| fs::metadata(a).ok()).map(|m| m.len()),
         sim: Some(sim),
-        note: report,
+        note: failed.unwrap_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string()),
     });
 
     // sqlite3 .backup + gzip -6, under writes
