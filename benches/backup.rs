@@ -78,7 +78,8 @@ struct Measured {
     note: String,
 }
 
-fn run_shell(script: &str, timeout: Duration) -> Option<f64> {
+/// Runs `script`; its wall time, or why it has none (it failed, or ran past `timeout`).
+fn run_shell(script: &str, timeout: Duration) -> Result<f64, String> {
     let start = Instant::now();
     // Its own process group, so a recipe that runs too long is stopped with its children.
     let mut child = std::os::unix::process::CommandExt::process_group(
@@ -89,14 +90,16 @@ fn run_shell(script: &str, timeout: Duration) -> Option<f64> {
     .expect("running sh");
     loop {
         if let Some(status) = child.try_wait().expect("waiting for sh") {
-            assert!(status.success(), "`{script}` failed: {status}");
-            return Some(start.elapsed().as_secs_f64());
+            if !status.success() {
+                return Err(format!("failed ({status})"));
+            }
+            return Ok(start.elapsed().as_secs_f64());
         }
         if start.elapsed() > timeout {
             let group = rustix::process::Pid::from_child(&child);
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             let _ = child.wait();
-            return None;
+            return Err(format!("did not finish within {} s", timeout.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -196,7 +199,10 @@ fn main() {
         db = db.display()
     );
     let sim = Sim::start(&db, &dir, rate, "sqlite3");
-    let seconds = run_shell(&recipe, timeout);
+    let (seconds, note) = match run_shell(&recipe, timeout) {
+        Ok(s) => (Some(s), String::new()),
+        Err(why) => (None, why),
+    };
     let sim = sim.stop();
     results.push(Measured {
         name: "sqlite3 .backup && gzip -6, under writes".into(),
@@ -207,14 +213,13 @@ fn main() {
         }),
         seconds,
         sim: Some(sim),
-        note: if seconds.is_none() {
-            format!("did not finish within {} s", timeout.as_secs())
-        } else {
-            String::new()
-        },
+        note,
     });
     // The same recipe without writers, so a ratio exists even when it cannot finish under writes.
-    let seconds = run_shell(&recipe, timeout);
+    let (seconds, note) = match run_shell(&recipe, timeout) {
+        Ok(s) => (Some(s), String::new()),
+        Err(why) => (None, why),
+    };
     results.push(Measured {
         name: "sqlite3 .backup && gzip -6, gateway idle".into(),
         bytes: seconds.and_then(|_| {
@@ -224,7 +229,7 @@ fn main() {
         }),
         seconds,
         sim: None,
-        note: String::new(),
+        note,
     });
 
     // cp + gzip -6: fast but not a consistent backup (no lock; a write mid-copy tears it).
@@ -234,7 +239,10 @@ fn main() {
         db = db.display()
     );
     let sim = Sim::start(&db, &dir, rate, "cp");
-    let seconds = run_shell(&recipe, timeout);
+    let (seconds, note) = match run_shell(&recipe, timeout) {
+        Ok(s) => (Some(s), String::new()),
+        Err(why) => (None, why),
+    };
     let sim = sim.stop();
     results.push(Measured {
         name: "cp && gzip -6, under writes (not consistent)".into(),
@@ -245,7 +253,7 @@ fn main() {
         }),
         seconds,
         sim: Some(sim),
-        note: String::new(),
+        note,
     });
     let _ = fs::remove_file(format!("{}.gz", copy.display()));
     let _ = fs::remove_dir_all(&out_dir);
