@@ -62,7 +62,10 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     // lock a process holds on a file when it closes *any* descriptor of that file, so this one
     // is opened after the connection and closed only after the connection is gone (below).
     let raw = File::open(source).with_context(|| {
-        format!("opening the gateway database {} for reading", source.display())
+        format!(
+            "opening the gateway database {} for reading",
+            source.display()
+        )
     })?;
     // Created here so it is private from its first byte: it holds the payloads' API keys.
     let mut out = std::fs::OpenOptions::new()
