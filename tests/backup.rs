@@ -6,7 +6,6 @@ mod support;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use caretaker::backup::archive::{self, Manifest};
 use support::{Rig, Schema, figure, integrity, keys, text};
@@ -187,20 +186,7 @@ fn retention_prunes_only_this_jobs_archives_after_a_good_backup() {
     );
     assert_eq!(rig.archives().len(), 4, "a dry run changes nothing");
 
-    // The newest existing archive must be older than the new one by at least a second.
-    support::wait_for(
-        "the clock to pass the first archive's second",
-        Duration::from_secs(3),
-        || {
-            caretaker::backup::ArchiveName::parse(
-                "nightly",
-                first.file_name().unwrap().to_str().unwrap(),
-            )
-            .unwrap()
-            .time
-                < chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).unwrap()
-        },
-    );
+    support::wait_for_next_second(&first);
     let out = rig.run_job("nightly");
     assert!(out.status.success(), "{}", text(&out));
     let left: Vec<String> = rig

@@ -140,6 +140,7 @@ fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     let old = rig.archives().pop().unwrap();
     let old_sha = sha(&old);
 
+    support::wait_for_next_second(&old);
     // Grow the gateway past what the small filesystem can hold twice over.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("CREATE TABLE filler (b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO filler SELECT randomblob(1024) FROM n;").unwrap();

@@ -259,6 +259,20 @@ pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until a new run would name its archive after a later second than `archive`'s: two
+/// runs in one second would collide, which the job refuses.
+pub fn wait_for_next_second(archive: &Path) {
+    let name = archive.file_name().unwrap().to_str().unwrap();
+    let taken = caretaker::backup::ArchiveName::parse("nightly", name)
+        .unwrap_or_else(|| panic!("{name} is not an archive of `nightly`"))
+        .time;
+    wait_for(
+        "the clock to pass the archive's second",
+        Duration::from_secs(3),
+        || chrono::Utc::now().timestamp() > taken.timestamp(),
+    );
+}
+
 /// A running gateway-sim process.
 pub struct Sim {
     child: Option<Child>,
