@@ -829,6 +829,26 @@ mod tests {
     }
 
     #[test]
+    fn a_month_before_march_31_rolls_over_like_restic() {
+        // February 31 does not exist; like Go's AddDate it becomes March 3, not February 28.
+        let policy = Policy {
+            within: Some(span("1m")),
+            ..Policy::default()
+        };
+        let backups = [
+            "2026-03-31T12:00:00Z",
+            "2026-03-03T12:30:00Z",
+            "2026-03-03T11:30:00Z",
+            "2026-02-28T13:00:00Z",
+        ];
+        let got: Vec<String> = kept(&backups, &policy, UTC)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(got, ["2026-03-31T12:00:00Z", "2026-03-03T12:30:00Z"]);
+    }
+
+    #[test]
     fn iso_week_53_spans_the_new_year() {
         // 2020-12-31 (Thursday) and 2021-01-01 (Friday) are both in ISO week 53 of 2020.
         let backups = [
