@@ -1,4 +1,4 @@
-//! Parallel gzip compression (pigz-style): one standard gzip member built from blocks deflated on worker threads.
+//! Parallel gzip compression, pigz-style: one gzip member from blocks deflated on worker threads.
 //!
 //! The input is cut into [`BLOCK_SIZE`] blocks. Each block is raw-deflated on its own
 //! compressor, primed with the previous block's last 32 KiB as a preset dictionary so the
