@@ -244,11 +244,16 @@ impl RotateConfig {
                 continue;
             };
             if file.is_empty() {
-                fail(format!("files[{i}]"), "is empty: expected a path or glob pattern".into());
+                fail(
+                    format!("files[{i}]"),
+                    "is empty: expected a path or glob pattern".into(),
+                );
             } else if let Err(e) = glob::Pattern::new(text) {
                 fail(
                     format!("files[{i}]"),
-                    format!("`{file}` is not a valid glob pattern ({e}): expected a path with * ? [...] wildcards"),
+                    format!(
+                        "`{file}` is not a valid glob pattern ({e}): expected a path with * ? [...] wildcards"
+                    ),
                 );
             } else {
                 patterns.push(text.to_owned());
@@ -257,17 +262,16 @@ impl RotateConfig {
 
         let mut size = |key: &str, value: &Option<String>| -> Option<u64> {
             let text = value.as_deref()?;
-            parse_size(text)
-                .map_err(|e| fail(key.into(), e))
-                .ok()
+            parse_size(text).map_err(|e| fail(key.into(), e)).ok()
         };
         let max_size = size("max_size", &self.max_size);
         let min_size = size("min_size", &self.min_size);
 
-        let max_age = self
-            .max_age
-            .as_deref()
-            .and_then(|text| parse_duration(text).map_err(|e| fail("max_age".into(), e)).ok());
+        let max_age = self.max_age.as_deref().and_then(|text| {
+            parse_duration(text)
+                .map_err(|e| fail("max_age".into(), e))
+                .ok()
+        });
 
         if self.period.is_none() && self.max_size.is_none() {
             fail(

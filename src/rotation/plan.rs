@@ -55,8 +55,14 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    MaxSize { size: u64, max_size: u64 },
-    Period { period: Period, last_rotated: DateTime<Utc> },
+    MaxSize {
+        size: u64,
+        max_size: u64,
+    },
+    Period {
+        period: Period,
+        last_rotated: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,10 +72,21 @@ pub enum SkipReason {
     NotRegular,
     /// Renaming one name of a hard-linked file would leave the writer and the other names
     /// on the rotated copy.
-    HardLinked { nlink: u64 },
-    NotDue { period: Period, last_rotated: DateTime<Utc> },
-    NotOverMaxSize { size: u64, max_size: u64 },
-    BelowMinSize { size: u64, min_size: u64 },
+    HardLinked {
+        nlink: u64,
+    },
+    NotDue {
+        period: Period,
+        last_rotated: DateTime<Utc>,
+    },
+    NotOverMaxSize {
+        size: u64,
+        max_size: u64,
+    },
+    BelowMinSize {
+        size: u64,
+        min_size: u64,
+    },
     Empty,
     /// The dated copy for today already exists (`date_suffix` rotates at most once a day).
     TargetExists(PathBuf),
@@ -90,14 +107,29 @@ impl SkipReason {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    Delete { path: PathBuf, why: DeleteWhy },
+    Delete {
+        path: PathBuf,
+        why: DeleteWhy,
+    },
     /// Shift an older copy (`.1` to `.2`).
-    Rename { from: PathBuf, to: PathBuf },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
     /// Move the live file's content to its first copy by `method`.
-    Move { from: PathBuf, to: PathBuf, method: Method },
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        method: Method,
+    },
     /// `copytruncate` with `rotate: 0`: the content is discarded in place.
-    Truncate { path: PathBuf },
-    Compress { from: PathBuf, to: PathBuf },
+    Truncate {
+        path: PathBuf,
+    },
+    Compress {
+        from: PathBuf,
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -269,10 +301,7 @@ fn plan_file(
 
     let first_copy = if spec.date_suffix {
         let today = now.with_timezone(&tz).date_naive();
-        if let Some(clash) = copies
-            .iter()
-            .find(|c| c.suffix == CopySuffix::Date(today))
-        {
+        if let Some(clash) = copies.iter().find(|c| c.suffix == CopySuffix::Date(today)) {
             file_plan.action = Action::Skip(SkipReason::TargetExists(clash.path.clone()));
             return file_plan;
         }
@@ -313,7 +342,11 @@ fn plan_file(
         let target = match copy.suffix {
             CopySuffix::Number(n) => {
                 let shifted = with_suffix(path, &format!(".{}", n.saturating_add(1)));
-                let shifted = if copy.compressed { gz(&shifted) } else { shifted };
+                let shifted = if copy.compressed {
+                    gz(&shifted)
+                } else {
+                    shifted
+                };
                 steps.push(Step::Rename {
                     from: copy.path.clone(),
                     to: shifted.clone(),
@@ -385,7 +418,9 @@ impl fmt::Display for Trigger {
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SkipReason::Symlink => f.write_str("is a symbolic link; rotation refused, name the target instead"),
+            SkipReason::Symlink => {
+                f.write_str("is a symbolic link; rotation refused, name the target instead")
+            }
             SkipReason::NotRegular => f.write_str("not a regular file"),
             SkipReason::HardLinked { nlink } => write!(
                 f,
@@ -394,7 +429,11 @@ impl fmt::Display for SkipReason {
             SkipReason::NotDue {
                 period,
                 last_rotated,
-            } => write!(f, "not due ({period}, last rotated {})", last_rotated.to_rfc3339()),
+            } => write!(
+                f,
+                "not due ({period}, last rotated {})",
+                last_rotated.to_rfc3339()
+            ),
             SkipReason::NotOverMaxSize { size, max_size } => write!(
                 f,
                 "size {} is not over max_size {}",
@@ -487,7 +526,11 @@ impl fmt::Display for Plan {
         if let Some(notify) = &self.notify {
             writeln!(f, "then {notify}")?;
         }
-        let mut after = self.files.iter().flat_map(|file| &file.after_notify).peekable();
+        let mut after = self
+            .files
+            .iter()
+            .flat_map(|file| &file.after_notify)
+            .peekable();
         if after.peek().is_some() {
             writeln!(f, "then")?;
             for step in after {

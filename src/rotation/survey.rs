@@ -69,16 +69,16 @@ pub(crate) fn parse_copy_suffix(rest: &str) -> Option<(CopySuffix, bool)> {
         None => (rest, false),
     };
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(n) = rest.strip_prefix('.') {
-        if all_digits(n) {
-            return n.parse().ok().map(|n| (CopySuffix::Number(n), compressed));
-        }
-    } else if let Some(d) = rest.strip_prefix('-') {
-        if d.len() == 8 && all_digits(d) {
-            return NaiveDate::parse_from_str(d, "%Y%m%d")
-                .ok()
-                .map(|d| (CopySuffix::Date(d), compressed));
-        }
+    if let Some(n) = rest.strip_prefix('.').filter(|n| all_digits(n)) {
+        return n.parse().ok().map(|n| (CopySuffix::Number(n), compressed));
+    }
+    if let Some(d) = rest
+        .strip_prefix('-')
+        .filter(|d| d.len() == 8 && all_digits(d))
+    {
+        return NaiveDate::parse_from_str(d, "%Y%m%d")
+            .ok()
+            .map(|d| (CopySuffix::Date(d), compressed));
     }
     None
 }
