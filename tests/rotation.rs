@@ -174,7 +174,7 @@ fn copies_older_than_max_age_are_deleted_when_rotating() {
     assert_eq!(names(dir.path()), ["app.log", "app.log.1", "app.log.2"]);
     assert_eq!(read(&dir.path().join("app.log.2")), "app.log.1");
     assert!(
-        plan.to_string().contains("older than max_age: 2592000s"),
+        plan.to_string().contains("older than max_age: 30d)"),
         "{plan}"
     );
 }
@@ -906,4 +906,55 @@ fn a_busy_writer_with_copytruncate_loses_a_measured_number_of_lines() {
         written,
         "every line written is either found or counted as lost"
     );
+}
+
+#[test]
+fn leftovers_of_an_interrupted_run_are_handled() {
+    // rotate 0: a log moved aside but not yet deleted when the run was killed.
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("app.log");
+    write(&log, "new\n");
+    write(
+        &dir.path().join(".app.log.discard.caretaker-tmp"),
+        "discarded\n",
+    );
+    let zero = spec(
+        dir.path(),
+        json!({"files": ["app.log"], "max_size": "1B", "rotate": 0}),
+    );
+    let (_, outcome) = run(&zero, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(outcome.is_success(), "{outcome}");
+    assert_eq!(names(dir.path()), ["app.log"]);
+
+    // compress: a partial .gz under its temporary name; the uncompressed copy is still there.
+    write(&log, "newer\n");
+    write(&dir.path().join("app.log.1"), "previous\n");
+    write(&dir.path().join(".app.log.2.gz.caretaker-tmp"), "partial");
+    let compress = spec(
+        dir.path(),
+        json!({"files": ["app.log"], "max_size": "1B", "compress": true, "delay_compress": true}),
+    );
+    let (_, outcome) = run(&compress, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(outcome.is_success(), "{outcome}");
+    assert_eq!(names(dir.path()), ["app.log", "app.log.1", "app.log.2.gz"]);
+    assert_eq!(read_gz(&dir.path().join("app.log.2.gz")), "previous\n");
+
+    // copytruncate: a leftover copy may hold the only instance of some lines: never replaced.
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("app.log");
+    write(&log, "live\n");
+    let leftover = dir.path().join(".app.log.1.caretaker-tmp");
+    write(&leftover, "only copy\n");
+    let truncate = spec(
+        dir.path(),
+        json!({"files": ["app.log"], "max_size": "1B", "method": "copytruncate"}),
+    );
+    let (_, outcome) = run(&truncate, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(
+        outcome.files[0].errors[0].contains("interrupted copytruncate"),
+        "{outcome}"
+    );
+    assert!(outcome.state.is_empty());
+    assert_eq!(read(&leftover), "only copy\n");
+    assert_eq!(read(&log), "live\n");
 }

@@ -265,6 +265,11 @@ fn move_and_create(from: &Path, to: &Path) -> Result<()> {
             from.display()
         );
     }
+    if to.as_os_str().to_string_lossy().ends_with(TEMP_SUFFIX) {
+        // `rotate: 0` moves the log to a hidden name and deletes it after the notification;
+        // a leftover there is content from an interrupted run that was meant to be discarded.
+        remove(to)?;
+    }
     ensure_absent(to)?;
     fs::rename(from, to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
@@ -296,11 +301,20 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(beside: &Path) -> Result<(Self, File)> {
+    /// Creates `.NAME.caretaker-tmp` beside `beside`. A leftover from an interrupted run is
+    /// replaced only if `leftover_is_redundant`, i.e. its content is still in its source.
+    fn create(beside: &Path, leftover_is_redundant: bool) -> Result<(Self, File)> {
         let name = beside.file_name().unwrap_or_default().to_string_lossy();
         let path = beside.with_file_name(format!(".{name}{TEMP_SUFFIX}"));
-        // A leftover from an interrupted run never holds anything that is not also in its source.
-        let _ = fs::remove_file(&path);
+        if leftover_is_redundant {
+            remove(&path)?;
+        } else if fs::symlink_metadata(&path).is_ok() {
+            bail!(
+                "{} is left over from an interrupted copytruncate and may hold the only copy of \
+                 some log lines: move it out of the log directory by hand, then run the job again",
+                path.display()
+            );
+        }
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -334,7 +348,7 @@ fn write_durably(
     to: &Path,
     fill: impl FnOnce(File) -> io::Result<File>,
 ) -> Result<()> {
-    let (temp, file) = TempFile::create(to)?;
+    let (temp, file) = TempFile::create(to, true)?;
     let file = fill(file).with_context(|| format!("writing {}", temp.path.display()))?;
     copy_mode_and_owner(&file, &temp.path, source)?;
     let mtime = source
@@ -363,7 +377,7 @@ fn copy_and_truncate(from: &Path, to: &Path) -> Result<()> {
     let meta = source
         .metadata()
         .with_context(|| format!("examining {}", from.display()))?;
-    let (mut temp, file) = TempFile::create(to)?;
+    let (mut temp, file) = TempFile::create(to, false)?;
     copy_mode_and_owner(&file, &temp.path, &meta)?;
     let mut writer = BufWriter::new(file);
     io::copy(&mut source, &mut writer)
