@@ -704,7 +704,7 @@ fn the_config_block_is_validated_with_every_error_at_once() {
     let dir = Path::new("/etc/caretaker");
     let full: RotateConfig = serde_json::from_value(json!({
         "files": ["/var/log/apantli/*.log", "local.log"],
-        "period": "daily", "max_size": "100MB", "min_size": "0", "rotate": 7,
+        "period": "daily", "max_size": "100MB", "min_size": 0, "rotate": 7,
         "max_age": "30d", "compress": true, "delay_compress": true, "method": "create",
         "notify": {"pid_file": "/run/apantli.pid", "signal": "HUP"},
         "if_empty": false, "missing_ok": true, "date_suffix": false
@@ -716,8 +716,17 @@ fn the_config_block_is_validated_with_every_error_at_once() {
         ["/var/log/apantli/*.log", "/etc/caretaker/local.log"]
     );
     assert_eq!(spec.max_size, Some(100_000_000));
+    assert_eq!(spec.min_size, 0);
     assert_eq!(spec.max_age, Some(Duration::from_secs(30 * 86_400)));
     assert_eq!(spec.keep, 7);
+
+    let numbers: RotateConfig =
+        serde_json::from_value(json!({"files": ["a.log"], "max_size": 1048576, "max_age": 30}))
+            .unwrap();
+    let errors = numbers.validate(dir).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "max_age");
+    assert!(errors[0].1.contains("`30` has no unit"), "{errors:?}");
 
     let bad: RotateConfig = serde_json::from_value(json!({
         "files": ["[unclosed"], "max_size": "100 MB", "min_size": "1mb", "max_age": "30",
