@@ -967,3 +967,26 @@ fn leftovers_of_an_interrupted_run_are_handled() {
     assert_eq!(read(&leftover), "only copy\n");
     assert_eq!(read(&log), "live\n");
 }
+
+#[test]
+fn an_error_on_one_file_does_not_stop_the_others() {
+    let dir = TempDir::new().unwrap();
+    write(&dir.path().join("a.log"), "a\n");
+    write(&dir.path().join("b.log"), "b\n");
+    // A directory where a.log's first copy should go: not a copy, and not to be clobbered.
+    fs::create_dir(dir.path().join("a.log.1")).unwrap();
+    let spec = spec(dir.path(), json!({"files": ["*.log"], "max_size": "1B"}));
+    let (_, outcome) = run(&spec, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(!outcome.files[0].rotated);
+    assert!(
+        outcome.files[0].errors[0].contains("a.log.1 already exists"),
+        "{outcome}"
+    );
+    assert!(outcome.files[1].rotated, "{outcome}");
+    assert_eq!(
+        outcome.state.keys().collect::<Vec<_>>(),
+        [&dir.path().join("b.log")]
+    );
+    assert_eq!(read(&dir.path().join("a.log")), "a\n");
+    assert_eq!(read(&dir.path().join("b.log.1")), "b\n");
+}

@@ -17,6 +17,8 @@ use crate::units::{parse_duration, parse_size};
 #[serde(deny_unknown_fields)]
 pub struct RotateConfig {
     /// Paths or glob patterns; relative ones are taken from the jobs file's directory.
+    /// Rotated copies (`x.1`, `x.2.gz`, `x-20261122`), `.gz` files and hidden files never
+    /// match, so `*` is safe in a log directory.
     pub files: Vec<String>,
     /// Rotate at most once per calendar period in the configured time zone.
     #[serde(default)]
@@ -30,7 +32,8 @@ pub struct RotateConfig {
     /// Rotated copies kept; 0 deletes the rotated content at once.
     #[serde(default = "default_rotate")]
     pub rotate: u32,
-    /// Delete rotated copies whose modification time is older than this (`30d`).
+    /// Delete rotated copies whose modification time is older than this (`30d`); checked
+    /// when the file is rotated, as logrotate does.
     #[serde(default, deserialize_with = "text_or_number")]
     pub max_age: Option<String>,
     #[serde(default)]
