@@ -311,9 +311,11 @@ fn plan_file(
     };
 
     let too_old = |copy: &RotatedCopy| {
-        spec.max_age.is_some_and(|age| {
-            chrono::Duration::from_std(age).is_ok_and(|age| copy.mtime < now - age)
-        })
+        // A max_age reaching before the start of chrono's calendar deletes nothing.
+        spec.max_age
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .and_then(|age| now.checked_sub_signed(age))
+            .is_some_and(|cutoff| copy.mtime < cutoff)
     };
     // Uncompressed copies still kept after this run, by their path after the shift.
     let mut kept: Vec<PathBuf> = Vec::new();
