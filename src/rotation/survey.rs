@@ -91,7 +91,15 @@ fn is_rotated_name(name: &str) -> bool {
     // `x.log.1` or `x.log-20261122`: find the last `.` or `-` and test what follows.
     name.char_indices()
         .filter(|&(i, c)| (c == '.' || c == '-') && i > 0)
-        .any(|(i, _)| parse_copy_suffix(&name[i..]).is_some())
+        .any(|(i, _)| {
+            let rest = &name[i..];
+            // A number too large to be a copy this module made still marks someone's copy.
+            let huge_number = rest.strip_prefix('.').is_some_and(|n| {
+                let n = n.strip_suffix(".gz").unwrap_or(n);
+                n.len() > 9 && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            huge_number || parse_copy_suffix(rest).is_some()
+        })
 }
 
 fn utc_mtime(meta: &fs::Metadata) -> DateTime<Utc> {
@@ -221,6 +229,7 @@ mod tests {
         let rotated = [
             "x.log.1",
             "x.log.12",
+            "x.log.123456789012345",
             "x.log.2.gz",
             "x.log-20261122",
             "x.log-20261122.gz",
