@@ -174,7 +174,11 @@ fn copies_older_than_max_age_are_deleted_when_rotating() {
     assert_eq!(names(dir.path()), ["app.log", "app.log.1", "app.log.2"]);
     assert_eq!(read(&dir.path().join("app.log.2")), "app.log.1");
     assert!(
+<<<<<<< HEAD
         plan.to_string().contains("older than max_age: 2592000s"),
+=======
+        plan.to_string().contains("older than max_age: 30d)"),
+>>>>>>> h-logrotate
         "{plan}"
     );
 }
@@ -498,6 +502,9 @@ fn a_hard_linked_file_is_skipped_with_a_warning() {
     assert_eq!(names(dir.path()), ["alias.log", "app.log"]);
 }
 
+/// Name, period, zone, last rotation, now, and whether the file is due.
+type PeriodCase = (&'static str, Period, Tz, DateTime<Utc>, DateTime<Utc>, bool);
+
 #[test]
 fn periods_follow_local_calendar_dates_across_dst_and_iso_week_53() {
     use chrono_tz::America::New_York;
@@ -508,7 +515,7 @@ fn periods_follow_local_calendar_dates_across_dst_and_iso_week_53() {
             .with_timezone(&Utc)
     };
     #[rustfmt::skip]
-    let cases: &[(&str, Period, Tz, DateTime<Utc>, DateTime<Utc>, bool)] = &[
+    let cases: &[PeriodCase] = &[
         // Spring forward: one local day, two UTC dates.
         ("berlin spring day", Period::Daily, Berlin, local(Berlin, 2026, 3, 29, 0, 30), local(Berlin, 2026, 3, 29, 23, 30), false),
         ("berlin after spring day", Period::Daily, Berlin, local(Berlin, 2026, 3, 29, 0, 30), local(Berlin, 2026, 3, 30, 0, 0), true),
@@ -701,7 +708,7 @@ fn the_config_block_is_validated_with_every_error_at_once() {
     let dir = Path::new("/etc/caretaker");
     let full: RotateConfig = serde_json::from_value(json!({
         "files": ["/var/log/apantli/*.log", "local.log"],
-        "period": "daily", "max_size": "100MB", "min_size": "0", "rotate": 7,
+        "period": "daily", "max_size": "100MB", "min_size": 0, "rotate": 7,
         "max_age": "30d", "compress": true, "delay_compress": true, "method": "create",
         "notify": {"pid_file": "/run/apantli.pid", "signal": "HUP"},
         "if_empty": false, "missing_ok": true, "date_suffix": false
@@ -713,8 +720,17 @@ fn the_config_block_is_validated_with_every_error_at_once() {
         ["/var/log/apantli/*.log", "/etc/caretaker/local.log"]
     );
     assert_eq!(spec.max_size, Some(100_000_000));
+    assert_eq!(spec.min_size, 0);
     assert_eq!(spec.max_age, Some(Duration::from_secs(30 * 86_400)));
     assert_eq!(spec.keep, 7);
+
+    let numbers: RotateConfig =
+        serde_json::from_value(json!({"files": ["a.log"], "max_size": 1048576, "max_age": 30}))
+            .unwrap();
+    let errors = numbers.validate(dir).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "max_age");
+    assert!(errors[0].1.contains("`30` has no unit"), "{errors:?}");
 
     let bad: RotateConfig = serde_json::from_value(json!({
         "files": ["[unclosed"], "max_size": "100 MB", "min_size": "1mb", "max_age": "30",
@@ -856,25 +872,51 @@ fn rotate_under_load(writer: &Writer, spec: &RotateSpec) {
 fn a_busy_writer_loses_no_line_with_create_and_notify() {
     let dir = TempDir::new().unwrap();
     let writer = Writer::spawn(dir.path());
+    // No compression while the writer runs: in a debug build gzip is slower than the
+    // writer, and each round's copy would grow with the previous round's compression time.
     let spec = spec(
         dir.path(),
-        json!({"files": ["app.log"], "max_size": "1B", "rotate": 20,
-               "compress": true, "delay_compress": true, "method": "create",
+        json!({"files": ["app.log"], "max_size": "1B", "rotate": 20, "method": "create",
                "notify": {"pid_file": writer.pid_file.to_str().unwrap(), "signal": "HUP"}}),
     );
     rotate_under_load(&writer, &spec);
     let written = writer.stop();
+
+    // One last rotation with compression gzips the live log's copy and every older copy
+    // (the writer has stopped: nobody to notify).
+    let compress = spec_with(&spec, |s| {
+        s.compress = true;
+        s.notify = None;
+    });
+    let (_, outcome) = run(&compress, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(outcome.is_success(), "{outcome}");
+    let copies: Vec<String> = names(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with("app.log."))
+        .collect();
+    assert_eq!(copies.len(), 11, "{copies:?}");
+    assert!(copies.iter().all(|n| n.ends_with(".gz")), "{copies:?}");
+
     let counts = count_lines(dir.path());
+<<<<<<< HEAD
     let copies = names(dir.path())
         .iter()
         .filter(|n| n.starts_with("app.log."))
         .count();
     assert_eq!(copies, 10);
+=======
+>>>>>>> h-logrotate
     let lost = (0..written).filter(|n| !counts.contains_key(n)).count();
     let duplicated = counts.values().filter(|&&c| c > 1).count();
     println!("create + notify: {written} lines written, {lost} lost, {duplicated} duplicated");
     assert_eq!((lost, duplicated), (0, 0));
     assert_eq!(counts.len() as u64, written, "no line beyond those written");
+}
+
+fn spec_with(spec: &RotateSpec, change: impl FnOnce(&mut RotateSpec)) -> RotateSpec {
+    let mut changed = spec.clone();
+    change(&mut changed);
+    changed
 }
 
 #[test]
@@ -903,4 +945,78 @@ fn a_busy_writer_with_copytruncate_loses_a_measured_number_of_lines() {
         written,
         "every line written is either found or counted as lost"
     );
+}
+
+#[test]
+fn leftovers_of_an_interrupted_run_are_handled() {
+    // rotate 0: a log moved aside but not yet deleted when the run was killed.
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("app.log");
+    write(&log, "new\n");
+    write(
+        &dir.path().join(".app.log.discard.caretaker-tmp"),
+        "discarded\n",
+    );
+    let zero = spec(
+        dir.path(),
+        json!({"files": ["app.log"], "max_size": "1B", "rotate": 0}),
+    );
+    let (_, outcome) = run(&zero, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(outcome.is_success(), "{outcome}");
+    assert_eq!(names(dir.path()), ["app.log"]);
+
+    // compress: a partial .gz under its temporary name; the uncompressed copy is still there.
+    write(&log, "newer\n");
+    write(&dir.path().join("app.log.1"), "previous\n");
+    write(&dir.path().join(".app.log.2.gz.caretaker-tmp"), "partial");
+    let compress = spec(
+        dir.path(),
+        json!({"files": ["app.log"], "max_size": "1B", "compress": true, "delay_compress": true}),
+    );
+    let (_, outcome) = run(&compress, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(outcome.is_success(), "{outcome}");
+    assert_eq!(names(dir.path()), ["app.log", "app.log.1", "app.log.2.gz"]);
+    assert_eq!(read_gz(&dir.path().join("app.log.2.gz")), "previous\n");
+
+    // copytruncate: a leftover copy may hold the only instance of some lines: never replaced.
+    let dir = TempDir::new().unwrap();
+    let log = dir.path().join("app.log");
+    write(&log, "live\n");
+    let leftover = dir.path().join(".app.log.1.caretaker-tmp");
+    write(&leftover, "only copy\n");
+    let truncate = spec(
+        dir.path(),
+        json!({"files": ["app.log"], "max_size": "1B", "method": "copytruncate"}),
+    );
+    let (_, outcome) = run(&truncate, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(
+        outcome.files[0].errors[0].contains("interrupted copytruncate"),
+        "{outcome}"
+    );
+    assert!(outcome.state.is_empty());
+    assert_eq!(read(&leftover), "only copy\n");
+    assert_eq!(read(&log), "live\n");
+}
+
+#[test]
+fn an_error_on_one_file_does_not_stop_the_others() {
+    let dir = TempDir::new().unwrap();
+    write(&dir.path().join("a.log"), "a\n");
+    write(&dir.path().join("b.log"), "b\n");
+    // A directory where a.log's first copy should go: not a copy, and not to be clobbered.
+    fs::create_dir(dir.path().join("a.log.1")).unwrap();
+    let spec = spec(dir.path(), json!({"files": ["*.log"], "max_size": "1B"}));
+    let (_, outcome) = run(&spec, &State::new(), Utc::now(), chrono_tz::UTC);
+    assert!(!outcome.files[0].rotated);
+    assert!(
+        outcome.files[0].errors[0].contains("a.log.1 already exists"),
+        "{outcome}"
+    );
+    assert!(outcome.files[1].rotated, "{outcome}");
+    assert_eq!(
+        outcome.state.keys().collect::<Vec<_>>(),
+        [&dir.path().join("b.log")]
+    );
+    assert_eq!(read(&dir.path().join("a.log")), "a\n");
+    assert_eq!(read(&dir.path().join("b.log.1")), "b\n");
 }

@@ -311,9 +311,11 @@ fn plan_file(
     };
 
     let too_old = |copy: &RotatedCopy| {
-        spec.max_age.is_some_and(|age| {
-            chrono::Duration::from_std(age).is_ok_and(|age| copy.mtime < now - age)
-        })
+        // A max_age reaching before the start of chrono's calendar deletes nothing.
+        spec.max_age
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .and_then(|age| now.checked_sub_signed(age))
+            .is_some_and(|cutoff| copy.mtime < cutoff)
     };
     // Uncompressed copies still kept after this run, by their path after the shift.
     let mut kept: Vec<PathBuf> = Vec::new();
@@ -398,6 +400,18 @@ fn human_size(bytes: u64) -> String {
     format!("{value:.1} {unit}")
 }
 
+/// `30d`, `6h`, `90s`: the largest unit of the jobs file's syntax that divides `age` exactly.
+fn human_duration(age: Duration) -> String {
+    let secs = age.as_secs();
+    [(604_800, "w"), (86_400, "d"), (3_600, "h"), (60, "m")]
+        .into_iter()
+        .find(|&(unit, _)| secs > 0 && secs.is_multiple_of(unit))
+        .map_or_else(
+            || format!("{secs}s"),
+            |(unit, name)| format!("{}{name}", secs / unit),
+        )
+}
+
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -410,7 +424,11 @@ impl fmt::Display for Trigger {
             Trigger::Period {
                 period,
                 last_rotated,
-            } => write!(f, "{period}, last rotated {}", last_rotated.to_rfc3339()),
+            } => write!(
+                f,
+                "{period}, last rotated {}",
+                last_rotated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         }
     }
 }
@@ -432,7 +450,11 @@ impl fmt::Display for SkipReason {
             } => write!(
                 f,
                 "not due ({period}, last rotated {})",
+<<<<<<< HEAD
                 last_rotated.to_rfc3339()
+=======
+                last_rotated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+>>>>>>> h-logrotate
             ),
             SkipReason::NotOverMaxSize { size, max_size } => write!(
                 f,
@@ -464,7 +486,7 @@ impl fmt::Display for Step {
                 match why {
                     DeleteWhy::BeyondRotate(keep) => write!(f, "beyond rotate: {keep})"),
                     DeleteWhy::OlderThanMaxAge(age) => {
-                        write!(f, "older than max_age: {}s)", age.as_secs())
+                        write!(f, "older than max_age: {})", human_duration(*age))
                     }
                     DeleteWhy::RotateZero => f.write_str("rotate: 0)"),
                 }
