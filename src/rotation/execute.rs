@@ -264,14 +264,11 @@ fn move_and_create(from: &Path, to: &Path) -> Result<()> {
             "{} is no longer a regular file; not rotated",
             from.display()
         );
-<<<<<<< HEAD
-=======
     }
     if to.as_os_str().to_string_lossy().ends_with(TEMP_SUFFIX) {
         // `rotate: 0` moves the log to a hidden name and deletes it after the notification;
         // a leftover there is content from an interrupted run that was meant to be discarded.
         remove(to)?;
->>>>>>> h-logrotate
     }
     ensure_absent(to)?;
     fs::rename(from, to)
@@ -380,18 +377,6 @@ fn copy_and_truncate(from: &Path, to: &Path) -> Result<()> {
     let meta = source
         .metadata()
         .with_context(|| format!("examining {}", from.display()))?;
-<<<<<<< HEAD
-    write_durably(&meta, to, |file| {
-        let mut writer = BufWriter::new(file);
-        io::copy(&mut source, &mut writer)?;
-        writer.into_inner().map_err(|e| e.into_error())
-    })
-    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    source.set_len(0).with_context(|| {
-        format!(
-            "truncating {} after copying it to {}",
-            from.display(),
-=======
     let (mut temp, file) = TempFile::create(to, false)?;
     copy_mode_and_owner(&file, &temp.path, &meta)?;
     let mut writer = BufWriter::new(file);
@@ -421,7 +406,6 @@ fn copy_and_truncate(from: &Path, to: &Path) -> Result<()> {
             "finishing the copy of {}; its content is in {}, rename that to {} by hand",
             from.display(),
             kept.display(),
->>>>>>> h-logrotate
             to.display()
         )
     })

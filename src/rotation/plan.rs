@@ -450,11 +450,7 @@ impl fmt::Display for SkipReason {
             } => write!(
                 f,
                 "not due ({period}, last rotated {})",
-<<<<<<< HEAD
-                last_rotated.to_rfc3339()
-=======
                 last_rotated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
->>>>>>> h-logrotate
             ),
             SkipReason::NotOverMaxSize { size, max_size } => write!(
                 f,
