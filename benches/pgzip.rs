@@ -58,7 +58,7 @@ fn main() {
         println!(
             "  size vs flate2: {:+.3}%, speed vs flate2: {:.2}x",
             (parallel.len() as f64 / single.len() as f64 - 1.0) * 100.0,
-            single_time.as_secs_f64() / time.as_secs_f64()
+            single_time.wall.as_secs_f64() / time.wall.as_secs_f64()
         );
         assert_round_trip(&parallel, &data);
         parallel_sizes.push((threads, parallel.len()));
@@ -80,19 +80,46 @@ fn main() {
     }
 }
 
-fn report(name: &str, mb: f64, size: usize, time: Duration) {
+fn report(name: &str, mb: f64, size: usize, time: Timing) {
+    let cpu = time.cpu.map_or_else(
+        || "n/a".to_string(),
+        |cpu| format!("{:.1} s", cpu.as_secs_f64()),
+    );
     println!(
-        "{name:<32} {:>8.1} MB/s  {:>12} bytes  ratio {:.3}",
-        mb / time.as_secs_f64(),
+        "{name:<32} {:>8.1} MB/s  {:>12} bytes  ratio {:.3}  (wall {:.1} s, cpu {cpu})",
+        mb / time.wall.as_secs_f64(),
         size,
-        mb * 1e6 / size as f64
+        mb * 1e6 / size as f64,
+        time.wall.as_secs_f64(),
     );
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+/// Wall time, and the CPU time this process spent (all threads) when the OS tells us.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Timing) {
+    let cpu_start = process_cpu_time();
     let start = Instant::now();
     let value = f();
-    (value, start.elapsed())
+    let wall = start.elapsed();
+    let cpu = cpu_start
+        .zip(process_cpu_time())
+        .map(|(start, end)| end.saturating_sub(start));
+    (value, Timing { wall, cpu })
+}
+
+/// User plus system CPU time of this process from /proc/self/stat (Linux), in clock ticks
+/// of 1/100 s, the value Linux uses for USER_HZ on every mainstream architecture.
+fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name, which may itself contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn assert_round_trip(compressed: &[u8], original: &[u8]) {
@@ -104,7 +131,7 @@ fn assert_round_trip(compressed: &[u8], original: &[u8]) {
 }
 
 /// Pipes `data` through `gzip -6` and returns the compressed size and the wall time.
-fn gzip_cli(data: &[u8]) -> std::io::Result<(usize, Duration)> {
+fn gzip_cli(data: &[u8]) -> std::io::Result<(usize, Timing)> {
     let start = Instant::now();
     let mut child = Command::new("gzip")
         .arg("-6")
@@ -127,7 +154,12 @@ fn gzip_cli(data: &[u8]) -> std::io::Result<(usize, Duration)> {
     if !status.success() {
         return Err(std::io::Error::other(format!("gzip exited with {status}")));
     }
-    Ok((size, start.elapsed()))
+    // gzip's CPU time is its own process's, not ours.
+    let timing = Timing {
+        wall: start.elapsed(),
+        cpu: None,
+    };
+    Ok((size, timing))
 }
 
 /// Pages of pipe-separated request-log rows with varying numbers, each page partly empty
