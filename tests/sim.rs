@@ -842,3 +842,34 @@ fn simulator_rejects_bad_arguments() {
     }
     assert!(!db.exists(), "a rejected run created the database");
 }
+
+/// Benchmark-sized samples; run with `cargo test --release --test sim -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark size: run in release"]
+fn a_million_rows_take_well_under_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SampleOptions {
+        rows: 1_000_000,
+        ..options(0)
+    };
+    for (name, create) in [
+        (
+            "requests.db",
+            sample::create_apantli as fn(&Path, &SampleOptions) -> _,
+        ),
+        ("usage.db", sample::create_bobamixer),
+    ] {
+        let path = dir.path().join(name);
+        let began = Instant::now();
+        let summary = create(&path, &opts).unwrap();
+        let elapsed = began.elapsed();
+        let size = fs::metadata(&path).unwrap().len();
+        println!(
+            "{name}: {} rows in {elapsed:.1?}, {} MB",
+            summary.rows,
+            size / 1_000_000
+        );
+        assert_eq!(summary.rows, 1_000_000);
+        assert!(elapsed < Duration::from_secs(60), "{name} took {elapsed:?}");
+    }
+}
