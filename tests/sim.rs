@@ -843,7 +843,15 @@ fn simulator_rejects_bad_arguments() {
     assert!(!db.exists(), "a rejected run created the database");
 }
 
+/// CPU time of the calling thread, from Linux's scheduler statistics (first field, in ns).
+fn thread_cpu_time() -> Duration {
+    let stat = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let ns: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(ns)
+}
+
 /// Benchmark-sized samples; run with `cargo test --release --test sim -- --ignored --nocapture`.
+/// The bound is on CPU time: on a shared machine wall time measures the neighbours.
 #[test]
 #[ignore = "benchmark size: run in release"]
 fn a_million_rows_take_well_under_a_minute() {
@@ -860,16 +868,16 @@ fn a_million_rows_take_well_under_a_minute() {
         ("usage.db", sample::create_bobamixer),
     ] {
         let path = dir.path().join(name);
-        let began = Instant::now();
+        let (wall, cpu) = (Instant::now(), thread_cpu_time());
         let summary = create(&path, &opts).unwrap();
-        let elapsed = began.elapsed();
+        let (wall, cpu) = (wall.elapsed(), thread_cpu_time() - cpu);
         let size = fs::metadata(&path).unwrap().len();
         println!(
-            "{name}: {} rows in {elapsed:.1?}, {} MB",
+            "{name}: {} rows in {wall:.1?} wall, {cpu:.1?} CPU, {} MB",
             summary.rows,
             size / 1_000_000
         );
         assert_eq!(summary.rows, 1_000_000);
-        assert!(elapsed < Duration::from_secs(60), "{name} took {elapsed:?}");
+        assert!(cpu < Duration::from_secs(40), "{name} took {cpu:?} of CPU");
     }
 }
