@@ -216,14 +216,12 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Makes a rename in `path`'s directory durable.
-pub(crate) fn sync_parent_dir(path: &Path) -> anyhow::Result<()> {
+fn sync_parent_dir(path: &Path) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+    crate::fsx::sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Turns the journal off for the bulk load: the file is private until renamed and deleted on
