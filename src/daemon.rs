@@ -97,6 +97,10 @@ impl Daemon {
         if interrupted > 0 {
             tracing::warn!(runs = interrupted, "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again");
         }
+        let retried = alerts::retry_failed_now(&state, now)?;
+        if retried > 0 {
+            tracing::info!(deliveries = retried, "retrying undelivered alerts now instead of waiting for their backoff");
+        }
         let (events_tx, events) = mpsc::unbounded_channel();
         spawn_signal_thread(events_tx.clone())?;
         let watcher = watch_file(&config_path, events_tx.clone())
