@@ -324,7 +324,11 @@ pub fn received(maildir: &Path) -> Vec<(String, serde_json::Value)> {
     };
     let mut emls: Vec<PathBuf> = entries
         .map(|entry| entry.expect("reading the maildir").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        // `.tmp-*` files are still being written; the server renames each into place.
+        .filter(|path| {
+            path.extension().is_some_and(|ext| ext == "eml")
+                && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     emls.sort();
     emls.iter()

@@ -69,7 +69,8 @@ class Handler:
         self.reject = {address.lower() for address in reject}
         self.defer = {address.lower() for address in defer}
         # A restarted server must not overwrite what an earlier run received.
-        taken = [int(name[:-4]) for name in os.listdir(maildir) if name.endswith(".eml")]
+        taken = [int(name[:-4]) for name in os.listdir(maildir)
+                 if name.endswith(".eml") and not name.startswith(".")]
         self.counter = itertools.count(max(taken, default=0) + 1)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
