@@ -64,7 +64,6 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // `start` spawns the delivery task, so it runs inside the runtime too.
     let result = runtime.block_on(async { Daemon::start(config_path.to_path_buf(), config)?.run().await });
     // Jobs still running past shutdown_timeout are abandoned here; their temporary files
     // carry the temp marker and are swept at the next start.

@@ -165,7 +165,7 @@ fn a_backup_job_that_stopped_succeeding_alerts_then_resolves() {
     assert_eq!(backup.status.code(), Some(1), "{}", describe(&backup));
 
     let report = check(&config, "backup-age");
-    assert!(report.contains("1 hold: backup_age"), "{report}");
+    assert!(report.contains("1 holds: backup_age"), "{report}");
     assert_eq!(alerts_for(&alerts, key), [raised(subject)]);
     let line = harness::alert_lines(&alerts).into_iter().find(|l| l["key"] == key).unwrap();
     let body = line["body"].as_str().unwrap();
@@ -207,7 +207,7 @@ fn an_error_rate_raised_by_the_gateway_alerts_then_resolves() {
     let share = error_share(&db);
     assert!(share > 0.2, "the simulator wrote only {share} failed rows");
     let report = check(&config, "errors");
-    assert!(report.contains("1 hold: error_rate"), "{report}");
+    assert!(report.contains("1 holds: error_rate"), "{report}");
     assert_eq!(alerts_for(&alerts, key), [raised(subject)]);
 
     // The provider recovers: successful requests bring the share below 10%.

@@ -414,9 +414,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         format!("{} conditions checked, none holds", verdicts.len())
     } else {
         format!(
-            "{} conditions checked, {} hold: {}",
+            "{} conditions checked, {} {}: {}",
             verdicts.len(),
             holding.len(),
+            if holding.len() == 1 { "holds" } else { "hold" },
             holding.join(", ")
         )
     });
