@@ -64,7 +64,11 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(async { Daemon::start(config_path.to_path_buf(), config)?.run().await });
+    let result = runtime.block_on(async {
+        Daemon::start(config_path.to_path_buf(), config)?
+            .run()
+            .await
+    });
     // Jobs still running past shutdown_timeout are abandoned here; their temporary files
     // carry the temp marker and are swept at the next start.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -95,16 +99,27 @@ impl Daemon {
         let now = Utc::now();
         let interrupted = state.close_interrupted_runs(now)?;
         if interrupted > 0 {
-            tracing::warn!(runs = interrupted, "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again");
+            tracing::warn!(
+                runs = interrupted,
+                "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again"
+            );
         }
         let retried = alerts::retry_failed_now(&state, now)?;
         if retried > 0 {
-            tracing::info!(deliveries = retried, "retrying undelivered alerts now instead of waiting for their backoff");
+            tracing::info!(
+                deliveries = retried,
+                "retrying undelivered alerts now instead of waiting for their backoff"
+            );
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         spawn_signal_thread(events_tx.clone())?;
         let watcher = watch_file(&config_path, events_tx.clone())
-            .map_err(|e| tracing::warn!("not watching {} for changes: {e:#}; reload with SIGHUP", config_path.display()))
+            .map_err(|e| {
+                tracing::warn!(
+                    "not watching {} for changes: {e:#}; reload with SIGHUP",
+                    config_path.display()
+                )
+            })
             .ok();
         let sinks = Sink::from_settings(&config.alerts)?;
         let (sinks_tx, sinks_rx) = watch::channel(Arc::new(sinks));
@@ -224,7 +239,11 @@ impl Daemon {
             }
             // From `now`, not `at`: after a long stall (suspend) the job runs once, not once
             // per missed slot.
-            match job.schedule.as_ref().and_then(|s| s.next_after(now, config.timezone)) {
+            match job
+                .schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, config.timezone))
+            {
                 Some(next) => self.next_due.insert(name, next),
                 None => self.next_due.remove(&name),
             };
@@ -317,10 +336,17 @@ impl Daemon {
                     job: None,
                     what: "the jobs file is invalid".into(),
                 }]);
-                tracing::info!(reason = why, jobs = self.config.jobs.len(), "configuration reloaded");
+                tracing::info!(
+                    reason = why,
+                    jobs = self.config.jobs.len(),
+                    "configuration reloaded"
+                );
             }
             Err(errors) => {
-                tracing::error!(reason = why, "the new jobs file is invalid; the old configuration keeps running:\n{errors}");
+                tracing::error!(
+                    reason = why,
+                    "the new jobs file is invalid; the old configuration keeps running:\n{errors}"
+                );
                 self.raise(vec![AlertEvent::Raise(Alert {
                     key: "config-invalid".into(),
                     severity: Severity::Warning,
@@ -338,7 +364,13 @@ impl Daemon {
 
     fn raise(&self, events: Vec<AlertEvent>) {
         let sinks = runner::sink_names(&self.config);
-        if let Err(e) = alerts::submit(&self.state, &self.config.alerts, &sinks, Utc::now(), &events) {
+        if let Err(e) = alerts::submit(
+            &self.state,
+            &self.config.alerts,
+            &sinks,
+            Utc::now(),
+            &events,
+        ) {
             tracing::error!("could not queue an alert: {e:#}");
         }
         self.deliver.notify_one();
@@ -371,14 +403,20 @@ impl Daemon {
     }
 }
 
-async fn delivery_loop(state: Arc<State>, sinks: watch::Receiver<Arc<Vec<Sink>>>, wake: Arc<Notify>) {
+async fn delivery_loop(
+    state: Arc<State>,
+    sinks: watch::Receiver<Arc<Vec<Sink>>>,
+    wake: Arc<Notify>,
+) {
     loop {
         let current = sinks.borrow().clone();
         if let Err(e) = alerts::deliver_due(&state, &current, Utc::now()).await {
             tracing::error!("alert delivery: {e:#}");
         }
         let sleep = match alerts::next_delivery(&state) {
-            Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::from_millis(10)),
+            Ok(Some(t)) => (t - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::from_millis(10)),
             _ => MAX_SLEEP,
         }
         .min(MAX_SLEEP);
@@ -391,8 +429,9 @@ async fn delivery_loop(state: Arc<State>, sinks: watch::Receiver<Arc<Vec<Sink>>>
 
 fn spawn_signal_thread(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
-        .context("installing signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
+            .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -415,10 +454,19 @@ fn spawn_signal_thread(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
 
 /// Watches the jobs file's directory (editors replace files by rename, which a watch on the
 /// file itself would miss).
-fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<notify::RecommendedWatcher> {
+fn watch_file(
+    path: &Path,
+    tx: mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     let path = std::path::absolute(path)?;
-    let dir = path.parent().context("the jobs file has no directory")?.to_path_buf();
-    let name = path.file_name().context("the jobs file has no name")?.to_os_string();
+    let dir = path
+        .parent()
+        .context("the jobs file has no directory")?
+        .to_path_buf();
+    let name = path
+        .file_name()
+        .context("the jobs file has no name")?
+        .to_os_string();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res
             && !event.kind.is_access()

@@ -63,7 +63,11 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     let port = server.port;
     let db = gateway(dir.path());
     fs::write(dir.path().join("smtp.pw"), format!("{PASSWORD}\n")).unwrap();
-    fs::set_permissions(dir.path().join("smtp.pw"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        dir.path().join("smtp.pw"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let config = dir.path().join("jobs.yaml");
     fs::write(
         &config,
@@ -90,12 +94,27 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     assert_eq!(envelope["tls"], true, "{envelope}");
     assert_eq!(envelope["auth_login"], USER, "{envelope}");
     assert_eq!(envelope["mail_from"], USER);
-    assert_eq!(envelope["rcpt_tos"], serde_json::json!(["ops@example.com", "oncall@example.org"]));
+    assert_eq!(
+        envelope["rcpt_tos"],
+        serde_json::json!(["ops@example.com", "oncall@example.org"])
+    );
     assert_eq!(header(raw, "Subject"), Some(subject("size-a")));
-    assert_eq!(header(raw, "From").as_deref(), Some("caretaker <alerts@example.com>"));
-    assert_eq!(header(raw, "To").as_deref(), Some("ops@example.com, Oncall <oncall@example.org>"));
-    assert_eq!(header(raw, "Auto-Submitted").as_deref(), Some("auto-generated"));
-    assert!(header(raw, "Content-Type").is_some_and(|v| v.starts_with("text/plain")), "{raw}");
+    assert_eq!(
+        header(raw, "From").as_deref(),
+        Some("caretaker <alerts@example.com>")
+    );
+    assert_eq!(
+        header(raw, "To").as_deref(),
+        Some("ops@example.com, Oncall <oncall@example.org>")
+    );
+    assert_eq!(
+        header(raw, "Auto-Submitted").as_deref(),
+        Some("auto-generated")
+    );
+    assert!(
+        header(raw, "Content-Type").is_some_and(|v| v.starts_with("text/plain")),
+        "{raw}"
+    );
     let text = body(raw);
     assert!(text.contains(&format!("{} is ", db.display())), "{text}");
     assert!(text.contains("database_max_size is 1 KB"), "{text}");
@@ -108,7 +127,10 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
         "two alerts to queue after a failed attempt",
         || {
             let p = pending(&config);
-            (p.len() == 2 && p.iter().all(|a| a["attempts"] == 1 && !a["last_error"].is_null())).then_some(p)
+            (p.len() == 2
+                && p.iter()
+                    .all(|a| a["attempts"] == 1 && !a["last_error"].is_null()))
+            .then_some(p)
         },
         || format!("status: {}\ndaemon: {}", status(&config), daemon.log()),
     );
@@ -126,25 +148,43 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     wait_for(
         "the queued alerts to be delivered",
         || pending(&config).is_empty().then_some(()),
-        || format!("status: {}\ndaemon: {}\nserver: {}", status(&config), daemon.log(), server.stderr()),
+        || {
+            format!(
+                "status: {}\ndaemon: {}\nserver: {}",
+                status(&config),
+                daemon.log(),
+                server.stderr()
+            )
+        },
     );
     let restarted = daemon.stop();
-    assert!(restarted.contains("retrying undelivered alerts now"), "{restarted}");
+    assert!(
+        restarted.contains("retrying undelivered alerts now"),
+        "{restarted}"
+    );
     let log = log + &restarted;
     let expected: BTreeMap<String, usize> =
-        [subject("size-a"), subject("size-b"), subject("size-c")].into_iter().map(|s| (s, 1)).collect();
+        [subject("size-a"), subject("size-b"), subject("size-c")]
+            .into_iter()
+            .map(|s| (s, 1))
+            .collect();
     assert_eq!(subjects(&maildir), expected);
     for (_, envelope) in server.received() {
         assert_eq!(envelope["tls"], true);
         assert_eq!(envelope["auth_login"], USER);
     }
     assert!(log.contains("will retry"), "{log}");
-    assert!(!log.contains(PASSWORD), "the daemon logged the SMTP password");
+    assert!(
+        !log.contains(PASSWORD),
+        "the daemon logged the SMTP password"
+    );
 }
 
 /// `(attempts, gave_up)` of every email delivery, by outbox id.
 fn deliveries(state_dir: &Path) -> Vec<(i64, u32, bool)> {
-    let conn = Connection::open_with_flags(state_dir.join("state.db"), OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let conn =
+        Connection::open_with_flags(state_dir.join("state.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let mut stmt = conn
         .prepare("SELECT outbox_id, attempts, gave_up FROM deliveries WHERE sink = 'email' ORDER BY outbox_id")
         .unwrap();
@@ -172,7 +212,11 @@ fn a_permanently_rejected_recipient_is_logged_and_not_retried() {
         ),
     )
     .unwrap();
-    let refusals = |log: &str| log.lines().filter(|l| l.contains("refused for good")).count();
+    let refusals = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("refused for good"))
+            .count()
+    };
 
     let daemon = Daemon::start(&config, &dir.path().join("daemon-1.log"));
     daemon.signal(Signal::USR1);
@@ -182,7 +226,10 @@ fn a_permanently_rejected_recipient_is_logged_and_not_retried() {
         || daemon.log(),
     );
     let log = daemon.stop();
-    assert!(log.contains("550"), "the log names the server's answer: {log}");
+    assert!(
+        log.contains("550"),
+        "the log names the server's answer: {log}"
+    );
     assert_eq!(deliveries(&state_dir), [(1, 1, true)]);
 
     // After a restart, the refused alert stays given up: a new alert is tried, the old one is not.
@@ -196,6 +243,9 @@ fn a_permanently_rejected_recipient_is_logged_and_not_retried() {
     );
     daemon.stop();
     // size-a is still active (within repeat_after), so USR1 queued nothing new.
-    assert_eq!(deliveries(&state_dir), [(1, 1, true), (2, 1, true), (3, 1, true)]);
+    assert_eq!(
+        deliveries(&state_dir),
+        [(1, 1, true), (2, 1, true), (3, 1, true)]
+    );
     assert!(server.received().is_empty());
 }

@@ -31,7 +31,11 @@ fn jobs_file(dir: &Path, db: &Path, schema: &str, jobs: &str) -> PathBuf {
 /// Runs the health job and expects it to succeed.
 fn check(config: &Path, job: &str) -> String {
     let output = run_job(config, job);
-    assert!(output.status.success(), "run-job {job}: {}", describe(&output));
+    assert!(
+        output.status.success(),
+        "run-job {job}: {}",
+        describe(&output)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -59,7 +63,10 @@ fn a_filling_filesystem_alerts_then_resolves() {
     );
     let key = format!("health:disk:disk_free:{}", small.dir.display());
     let alerts = dir.path().join("alerts.jsonl");
-    let subject = format!("[caretaker] critical disk: free space on {} below 50%", small.dir.display());
+    let subject = format!(
+        "[caretaker] critical disk: free space on {} below 50%",
+        small.dir.display()
+    );
 
     check(&config, "disk");
     assert_eq!(alerts_for(&alerts, &key), [], "an empty tmpfs is healthy");
@@ -67,9 +74,15 @@ fn a_filling_filesystem_alerts_then_resolves() {
     // 3 of 4 MB used: 25% free.
     fs::write(small.dir.join("filler"), vec![7u8; 3 << 20]).unwrap();
     let report = check(&config, "disk");
-    assert!(report.contains(&format!("disk_free:{}", small.dir.display())), "{report}");
+    assert!(
+        report.contains(&format!("disk_free:{}", small.dir.display())),
+        "{report}"
+    );
     assert_eq!(alerts_for(&alerts, &key), [raised(&subject)]);
-    let line = harness::alert_lines(&alerts).into_iter().find(|l| l["key"] == key.as_str()).unwrap();
+    let line = harness::alert_lines(&alerts)
+        .into_iter()
+        .find(|l| l["key"] == key.as_str())
+        .unwrap();
     let body = line["body"].as_str().unwrap();
     assert!(body.contains("backups of nightly"), "{body}");
     assert!(body.contains("free of 4.2 MB (25%)"), "{body}");
@@ -84,7 +97,10 @@ fn a_filling_filesystem_alerts_then_resolves() {
         "[caretaker] info disk: resolved: free space on {} below 50%",
         small.dir.display()
     );
-    assert_eq!(alerts_for(&alerts, &key), [raised(&subject), resolved(&resolved_subject)]);
+    assert_eq!(
+        alerts_for(&alerts, &key),
+        [raised(&subject), resolved(&resolved_subject)]
+    );
 }
 
 #[test]
@@ -106,14 +122,24 @@ fn a_wal_grown_by_the_gateway_alerts_then_resolves() {
     // forgotten `sqlite3` shell on the server would.
     let reader = Connection::open(&db).unwrap();
     reader.execute_batch("BEGIN").unwrap();
-    let _: i64 = reader.query_row("SELECT count(*) FROM usage_records", [], |r| r.get(0)).unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM usage_records", [], |r| r.get(0))
+        .unwrap();
     gateway_sim(&db, "bobamixer", 400, "2s", 0.0);
     let grown = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    assert!(grown > 1_000_000, "the simulator grew the WAL to only {grown} bytes; the test needs more than 1 MB");
+    assert!(
+        grown > 1_000_000,
+        "the simulator grew the WAL to only {grown} bytes; the test needs more than 1 MB"
+    );
 
     let report = check(&config, "wal");
     assert!(report.contains(&format!("wal_bytes={grown}")), "{report}");
-    assert_eq!(alerts_for(&alerts, key), [raised("[caretaker] warning wal: gateway WAL larger than 1 MB")]);
+    assert_eq!(
+        alerts_for(&alerts, key),
+        [raised(
+            "[caretaker] warning wal: gateway WAL larger than 1 MB"
+        )]
+    );
 
     // The reader goes away; the gateway's next write, closing the last connection, checkpoints
     // the WAL and removes it.
@@ -157,7 +183,16 @@ fn a_backup_job_that_stopped_succeeding_alerts_then_resolves() {
     let record_success = |at: chrono::DateTime<Utc>| {
         let state = State::open(&dir.path().join("state")).unwrap();
         let id = state.run_started("nightly", "schedule", at).unwrap();
-        state.run_finished(id, at + chrono::Duration::seconds(4), "ok", "backed up", None, &[]).unwrap();
+        state
+            .run_finished(
+                id,
+                at + chrono::Duration::seconds(4),
+                "ok",
+                "backed up",
+                None,
+                &[],
+            )
+            .unwrap();
     };
     record_success(Utc::now() - chrono::Duration::hours(3));
     // ... and fails now.
@@ -167,7 +202,10 @@ fn a_backup_job_that_stopped_succeeding_alerts_then_resolves() {
     let report = check(&config, "backup-age");
     assert!(report.contains("1 holds: backup_age"), "{report}");
     assert_eq!(alerts_for(&alerts, key), [raised(subject)]);
-    let line = harness::alert_lines(&alerts).into_iter().find(|l| l["key"] == key).unwrap();
+    let line = harness::alert_lines(&alerts)
+        .into_iter()
+        .find(|l| l["key"] == key)
+        .unwrap();
     let body = line["body"].as_str().unwrap();
     assert!(body.contains("(3h 0m ago)"), "{body}");
     assert!(body.contains("caretaker run-job nightly"), "{body}");
@@ -177,14 +215,21 @@ fn a_backup_job_that_stopped_succeeding_alerts_then_resolves() {
     check(&config, "backup-age");
     assert_eq!(
         alerts_for(&alerts, key),
-        [raised(subject), resolved("[caretaker] info backup-age: resolved: no successful nightly backup within 2h")]
+        [
+            raised(subject),
+            resolved(
+                "[caretaker] info backup-age: resolved: no successful nightly backup within 2h"
+            )
+        ]
     );
 }
 
 fn error_share(db: &Path) -> f64 {
     let conn = Connection::open(db).unwrap();
     let (total, failed): (f64, f64) = conn
-        .query_row("SELECT count(*), count(error) FROM requests", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT count(*), count(error) FROM requests", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     failed / total
 }
@@ -217,7 +262,10 @@ fn an_error_rate_raised_by_the_gateway_alerts_then_resolves() {
     check(&config, "errors");
     assert_eq!(
         alerts_for(&alerts, key),
-        [raised(subject), resolved("[caretaker] info errors: resolved: gateway error rate above 10% over 1h")]
+        [
+            raised(subject),
+            resolved("[caretaker] info errors: resolved: gateway error rate above 10% over 1h")
+        ]
     );
 }
 
@@ -228,7 +276,9 @@ fn rows_outside_the_window_do_not_count() {
     gateway_sim(&db, "apantli", 100, "500ms", 1.0);
     // Move every failed row two hours into the past, in each of Apantli's three spellings.
     let conn = Connection::open(&db).unwrap();
-    let old = (Utc::now() - chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    let old = (Utc::now() - chrono::Duration::hours(2))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
     conn.execute(
         "UPDATE requests SET timestamp = ?1 || CASE id % 3 WHEN 0 THEN '.123456Z' WHEN 1 THEN '.5+00:00' ELSE '' END",
         [&old],
@@ -259,8 +309,14 @@ fn an_error_rate_without_an_error_column_is_refused_at_check() {
     let output = caretaker(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("jobs.errors.health.error_rate_max"), "{stderr}");
-    assert!(stderr.contains("`bobamixer` schema has no error column"), "{stderr}");
+    assert!(
+        stderr.contains("jobs.errors.health.error_rate_max"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`bobamixer` schema has no error column"),
+        "{stderr}"
+    );
     assert!(stderr.contains("columns.error"), "{stderr}");
 }
 
@@ -276,12 +332,17 @@ fn a_fact_that_cannot_be_measured_fails_the_run_but_the_others_still_alert() {
     let output = run_job(&config, "both");
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("database_max_size: cannot read the size of"), "{stderr}");
+    assert!(
+        stderr.contains("database_max_size: cannot read the size of"),
+        "{stderr}"
+    );
     assert!(stderr.contains("missing.db"), "{stderr}");
     let alerts = dir.path().join("alerts.jsonl");
     assert_eq!(
         alerts_for(&alerts, "health:both:backup_age"),
-        [raised("[caretaker] critical both: no successful nightly backup within 1h")]
+        [raised(
+            "[caretaker] critical both: no successful nightly backup within 1h"
+        )]
     );
     assert_eq!(alerts_for(&alerts, "health:both:database_size"), []);
     assert_eq!(alerts_for(&alerts, "job-failed:both").len(), 1);
@@ -298,9 +359,18 @@ fn dry_run_shows_the_verdicts_and_queues_nothing() {
         "apantli",
         "  size:\n    on_signal: USR1\n    health: {database_max_size: 1KB}\n",
     );
-    let output = caretaker(&["run-job", "size", "--config", config.to_str().unwrap(), "--dry-run"]);
+    let output = caretaker(&[
+        "run-job",
+        "size",
+        "--config",
+        config.to_str().unwrap(),
+        "--dry-run",
+    ]);
     assert!(output.status.success(), "{}", describe(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("would raise health:size:database_size: gateway database larger than 1 KB"), "{stdout}");
+    assert!(
+        stdout.contains("would raise health:size:database_size: gateway database larger than 1 KB"),
+        "{stdout}"
+    );
     assert!(!dir.path().join("alerts.jsonl").exists());
 }

@@ -35,7 +35,11 @@ print(json.dumps([
         .arg(path)
         .output()
         .expect("running python3");
-    assert!(output.status.success(), "the Prometheus parser refused the file: {}", describe(&output));
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused the file: {}",
+        describe(&output)
+    );
     serde_json::from_slice(&output.stdout).expect("the parse script prints JSON")
 }
 
@@ -84,43 +88,107 @@ fn the_metrics_file_parses_and_shows_runs_figures_sizes_and_budgets() {
 
     let output = run_job(&config, "health");
     assert!(output.status.success(), "{}", describe(&output));
-    assert_eq!(fs::metadata(&metrics).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        fs::metadata(&metrics).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
     let output = run_job(&config, "nightly");
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
 
     let families = parse(&metrics);
     let health = [("job", "health"), ("kind", "health")];
     let db_bytes = fs::metadata(&db).unwrap().len() as f64;
-    assert_eq!(sample(&families, "caretaker_gateway_database_bytes", &[]), Some(db_bytes));
-    assert_eq!(sample(&families, "caretaker_gateway_wal_bytes", &[]), Some(0.0));
     assert_eq!(
-        sample(&families, "caretaker_job_figure", &[("job", "health"), ("name", "database_bytes")]),
+        sample(&families, "caretaker_gateway_database_bytes", &[]),
         Some(db_bytes)
     );
     assert_eq!(
-        sample(&families, "caretaker_job_last_result", &[("job", "health"), ("result", "ok")]),
+        sample(&families, "caretaker_gateway_wal_bytes", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &families,
+            "caretaker_job_figure",
+            &[("job", "health"), ("name", "database_bytes")]
+        ),
+        Some(db_bytes)
+    );
+    assert_eq!(
+        sample(
+            &families,
+            "caretaker_job_last_result",
+            &[("job", "health"), ("result", "ok")]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&families, "caretaker_job_last_result", &[("job", "nightly"), ("result", "failed")]),
+        sample(
+            &families,
+            "caretaker_job_last_result",
+            &[("job", "nightly"), ("result", "failed")]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&families, "caretaker_job_last_result", &[("job", "nightly"), ("result", "ok")]),
+        sample(
+            &families,
+            "caretaker_job_last_result",
+            &[("job", "nightly"), ("result", "ok")]
+        ),
         Some(0.0)
     );
     let now = Utc::now().timestamp() as f64;
-    let last_run = sample(&families, "caretaker_job_last_run_timestamp_seconds", &health).unwrap();
-    assert!((now - 300.0..=now + 1.0).contains(&last_run), "{last_run} vs now {now}");
-    assert_eq!(sample(&families, "caretaker_job_last_success_timestamp_seconds", &health), Some(last_run));
-    assert!(sample(&families, "caretaker_job_last_run_duration_seconds", &health).unwrap() >= 0.0);
-    assert_eq!(sample(&families, "caretaker_job_last_success_timestamp_seconds", &[("job", "nightly")]), None);
+    let last_run = sample(
+        &families,
+        "caretaker_job_last_run_timestamp_seconds",
+        &health,
+    )
+    .unwrap();
+    assert!(
+        (now - 300.0..=now + 1.0).contains(&last_run),
+        "{last_run} vs now {now}"
+    );
+    assert_eq!(
+        sample(
+            &families,
+            "caretaker_job_last_success_timestamp_seconds",
+            &health
+        ),
+        Some(last_run)
+    );
+    assert!(
+        sample(
+            &families,
+            "caretaker_job_last_run_duration_seconds",
+            &health
+        )
+        .unwrap()
+            >= 0.0
+    );
+    assert_eq!(
+        sample(
+            &families,
+            "caretaker_job_last_success_timestamp_seconds",
+            &[("job", "nightly")]
+        ),
+        None
+    );
     let budget = [("job", "spend"), ("limit", "daily"), ("period", "day")];
-    assert_eq!(sample(&families, "caretaker_budget_spend_usd", &budget), Some(12.5));
-    assert_eq!(sample(&families, "caretaker_budget_limit_usd", &budget), Some(50.0));
+    assert_eq!(
+        sample(&families, "caretaker_budget_spend_usd", &budget),
+        Some(12.5)
+    );
+    assert_eq!(
+        sample(&families, "caretaker_budget_limit_usd", &budget),
+        Some(50.0)
+    );
     // The failed backup raised job-failed:nightly; with no sink configured nothing waits.
     assert_eq!(sample(&families, "caretaker_alerts_active", &[]), Some(1.0));
-    assert_eq!(sample(&families, "caretaker_alerts_undelivered", &[]), Some(0.0));
+    assert_eq!(
+        sample(&families, "caretaker_alerts_undelivered", &[]),
+        Some(0.0)
+    );
     for family in &families {
         assert_eq!(family["type"], "gauge", "{family}");
     }
@@ -150,7 +218,13 @@ fn a_dry_run_leaves_the_metrics_file_alone() {
         ),
     )
     .unwrap();
-    let output = harness::caretaker(&["run-job", "health", "--config", config.to_str().unwrap(), "--dry-run"]);
+    let output = harness::caretaker(&[
+        "run-job",
+        "health",
+        "--config",
+        config.to_str().unwrap(),
+        "--dry-run",
+    ]);
     assert!(output.status.success(), "{}", describe(&output));
     assert!(!metrics.exists());
 }

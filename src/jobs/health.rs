@@ -750,7 +750,7 @@ fn fmt_bytes(bytes: u64) -> String {
 fn fmt_duration(d: Duration) -> String {
     let secs = d.as_secs();
     for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs >= size && secs % size == 0 {
+        if secs >= size && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }

@@ -95,13 +95,23 @@ pub fn describe(output: &Output) -> String {
 /// `caretaker status --json`.
 pub fn status(config: &Path) -> serde_json::Value {
     let output = caretaker(&["status", "--config", config.to_str().unwrap(), "--json"]);
-    assert!(output.status.success(), "status failed: {}", describe(&output));
+    assert!(
+        output.status.success(),
+        "status failed: {}",
+        describe(&output)
+    );
     serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
 }
 
 /// The gateway simulator, run to completion; returns its JSON report. Each call gets its own
 /// seed, as a restarted gateway would not repeat its ids.
-pub fn gateway_sim(db: &Path, style: &str, rate: u32, duration: &str, failed_share: f64) -> serde_json::Value {
+pub fn gateway_sim(
+    db: &Path,
+    style: &str,
+    rate: u32,
+    duration: &str,
+    failed_share: f64,
+) -> serde_json::Value {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: AtomicU64 = AtomicU64::new(1);
     let output = Command::new(gateway_sim_bin())
@@ -111,10 +121,17 @@ pub fn gateway_sim(db: &Path, style: &str, rate: u32, duration: &str, failed_sha
         .args(["--failed-share", &failed_share.to_string()])
         .output()
         .expect("running gateway-sim");
-    assert!(output.status.success(), "gateway-sim failed: {}", describe(&output));
+    assert!(
+        output.status.success(),
+        "gateway-sim failed: {}",
+        describe(&output)
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("gateway-sim prints a JSON report");
-    assert_eq!(report["failed"], 0, "the simulated gateway lost rows: {report}");
+    assert_eq!(
+        report["failed"], 0,
+        "the simulated gateway lost rows: {report}"
+    );
     report
 }
 
@@ -177,7 +194,9 @@ impl Daemon {
                 if let Some(status) = daemon.child.try_wait().expect("polling the daemon") {
                     panic!("the daemon exited with {status}: {}", read_or_empty(&log));
                 }
-                read_or_empty(&log).contains("caretaker is running").then_some(())
+                read_or_empty(&log)
+                    .contains("caretaker is running")
+                    .then_some(())
             },
             || read_or_empty(&log),
         );
@@ -201,7 +220,11 @@ impl Daemon {
             || self.child.try_wait().expect("polling the daemon"),
             || read_or_empty(&log),
         );
-        assert!(status.success(), "the daemon exited with {status}: {}", self.log());
+        assert!(
+            status.success(),
+            "the daemon exited with {status}: {}",
+            self.log()
+        );
         self.log()
     }
 }
@@ -229,7 +252,11 @@ pub fn make_certs(dir: &Path) -> Certs {
         .arg(&certs)
         .output()
         .expect("running smtp_server.py --make-certs");
-    assert!(output.status.success(), "smtp_server.py --make-certs failed: {}", describe(&output));
+    assert!(
+        output.status.success(),
+        "smtp_server.py --make-certs failed: {}",
+        describe(&output)
+    );
     Certs {
         ca: certs.join("ca.pem"),
         cert: certs.join("server.pem"),
@@ -276,7 +303,10 @@ impl SmtpServer {
             "the SMTP server to listen",
             || {
                 if let Some(status) = server.child.try_wait().expect("polling the server") {
-                    panic!("smtp_server.py exited with {status}: {}", read_or_empty(&stderr));
+                    panic!(
+                        "smtp_server.py exited with {status}: {}",
+                        read_or_empty(&stderr)
+                    );
                 }
                 // Written atomically once the server is listening.
                 fs::read_to_string(&port_file)
@@ -327,15 +357,21 @@ pub fn received(maildir: &Path) -> Vec<(String, serde_json::Value)> {
         // `.tmp-*` files are still being written; the server renames each into place.
         .filter(|path| {
             path.extension().is_some_and(|ext| ext == "eml")
-                && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
         })
         .collect();
     emls.sort();
     emls.iter()
         .map(|eml| {
             let raw = fs::read_to_string(eml).expect("reading a received message");
-            let meta = fs::read_to_string(eml.with_extension("json")).expect("reading a received envelope");
-            (raw, serde_json::from_str(&meta).expect("the envelope is JSON"))
+            let meta = fs::read_to_string(eml.with_extension("json"))
+                .expect("reading a received envelope");
+            (
+                raw,
+                serde_json::from_str(&meta).expect("the envelope is JSON"),
+            )
         })
         .collect()
 }
@@ -353,7 +389,8 @@ pub fn header(raw: &str, name: &str) -> Option<String> {
     }
     unfolded.iter().find_map(|line| {
         let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
     })
 }
 
@@ -374,7 +411,13 @@ impl SmallFilesystem {
     pub fn mount(dir: &Path, size: &str) -> SmallFilesystem {
         fs::create_dir_all(dir).unwrap();
         let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .output()
             .expect("running mount");
@@ -384,7 +427,9 @@ impl SmallFilesystem {
             dir.display(),
             describe(&output)
         );
-        SmallFilesystem { dir: dir.to_path_buf() }
+        SmallFilesystem {
+            dir: dir.to_path_buf(),
+        }
     }
 }
 
