@@ -374,3 +374,46 @@ fn dry_run_shows_the_verdicts_and_queues_nothing() {
     );
     assert!(!dir.path().join("alerts.jsonl").exists());
 }
+
+#[test]
+fn a_gateway_write_lock_makes_the_error_rate_wait_then_give_up_without_alerting() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("requests.db");
+    gateway_sim(&db, "apantli", 50, "200ms", 1.0);
+    let config = dir.path().join("jobs.yaml");
+    fs::write(
+        &config,
+        format!(
+            "gateway: {{database: {}, schema: apantli, busy_timeout: 1s}}\nstate_dir: {}\nalerts:\n  file: {}\njobs:\n  errors:\n    on_signal: USR1\n    health: {{error_rate_max: {{share: 5%, over: 1h}}}}\n",
+            db.display(),
+            dir.path().join("state").display(),
+            dir.path().join("alerts.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    // A writer in the middle of a long transaction: our reads must wait, retry, then give up.
+    let writer = Connection::open(&db).unwrap();
+    writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let output = run_job(&config, "errors");
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("kept it locked through 4 waits of gateway.busy_timeout"),
+        "{stderr}"
+    );
+    let alerts = dir.path().join("alerts.jsonl");
+    assert_eq!(
+        alerts_for(&alerts, "health:errors:error_rate"),
+        [],
+        "nothing measured, nothing raised"
+    );
+    writer.execute_batch("COMMIT").unwrap();
+
+    check(&config, "errors");
+    assert_eq!(
+        alerts_for(&alerts, "health:errors:error_rate"),
+        [raised(
+            "[caretaker] warning errors: gateway error rate above 5% over 1h"
+        )]
+    );
+}

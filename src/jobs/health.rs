@@ -29,6 +29,8 @@ use crate::gateway::{Gateway, TimeFormat};
 /// writers wait at most 5 s for it and BobaMixer's not at all. The count is therefore split
 /// into time slices, sized so that one statement takes about this long.
 const SLICE_TARGET: Duration = Duration::from_millis(50);
+/// How often one slice is tried again after waiting `gateway.busy_timeout` behind the gateway.
+const BUSY_RETRIES: u32 = 3;
 /// The first slice's width, before the measured statement times resize it.
 const FIRST_SLICE: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
@@ -661,29 +663,43 @@ fn count_requests(
         let last = hi >= end;
         let started = Instant::now();
         // The last slice has no upper bound: rows stamped a little ahead of our clock count too.
-        let (total, failed): (i64, i64) = if last {
-            conn.query_row(
-                &sql_from,
-                [time_bound(gateway.columns.time_format, lo)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let bounds: Vec<Value> = if last {
+            vec![time_bound(gateway.columns.time_format, lo)]
         } else {
-            conn.query_row(
-                &sql_between,
-                [
-                    time_bound(gateway.columns.time_format, lo),
-                    time_bound(gateway.columns.time_format, hi),
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        }
-        .with_context(|| {
-            format!(
-                "counting requests in {} of {}",
-                table,
-                gateway.database.display()
-            )
-        })?;
+            vec![
+                time_bound(gateway.columns.time_format, lo),
+                time_bound(gateway.columns.time_format, hi),
+            ]
+        };
+        let sql = if last { &sql_from } else { &sql_between };
+        let mut busy = 0;
+        let (total, failed): (i64, i64) = loop {
+            match conn.query_row(sql, rusqlite::params_from_iter(&bounds), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            }) {
+                // Our busy timeout ran out behind a gateway write: the gateway goes first, and
+                // the slice is tried again rather than failing the whole check.
+                Err(e) if is_busy(&e) && busy < BUSY_RETRIES => {
+                    busy += 1;
+                    ctx.checkpoint()?;
+                }
+                Err(e) if is_busy(&e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "counting requests in {table} of {}: the gateway's writes kept it locked through {} waits of gateway.busy_timeout; the next run tries again",
+                        gateway.database.display(),
+                        busy + 1
+                    )));
+                }
+                result => {
+                    break result.with_context(|| {
+                        format!(
+                            "counting requests in {table} of {}",
+                            gateway.database.display()
+                        )
+                    })?;
+                }
+            }
+        };
         let took = started.elapsed();
         longest = longest.max(took);
         counts.total += total.max(0) as u64;
@@ -696,6 +712,13 @@ fn count_requests(
         ctx.checkpoint()?;
     }
     Ok((counts, longest))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Halves the slice after a slow statement, doubles it after a quick one; never below a
