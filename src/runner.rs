@@ -76,7 +76,7 @@ pub fn run(
     let _job_lock = match locks::try_job(&config.state_dir, &job.name) {
         Ok(Some(held)) => held,
         Ok(None) => return skipped("already running".into()),
-        Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+        Err(e) => return failed(config, state, job, early(e, dry_run), started),
     };
     let stop = Stop::new(shutdown, job.timeout);
     let _gateway_lock = if job.kind.touches_gateway() {
@@ -87,7 +87,7 @@ pub fn run(
                     "waited for another job on the gateway and was {stopped}"
                 ));
             }
-            Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+            Err(e) => return failed(config, state, job, early(e, dry_run), started),
         }
     } else {
         None
@@ -98,7 +98,7 @@ pub fn run(
     } else {
         match state.run_started(&job.name, &trigger.to_string(), now) {
             Ok(id) => Some(id),
-            Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+            Err(e) => return failed(config, state, job, early(e, dry_run), started),
         }
     };
     tracing::info!(job = %job.name, kind = job.kind.name(), %trigger, dry_run, "job started");
@@ -155,26 +155,13 @@ pub fn run(
             }
         }
         Err(e) => {
-            let message = format!("{e:#}");
-            if !dry_run {
-                push_failure(config, job, &message, &mut events);
-            }
-            finish(
-                config,
-                state,
+            let failure = Failure {
                 run_id,
-                "failed",
-                "",
-                Some(&message),
-                &[],
-                &events,
-            );
-            tracing::error!(job = %job.name, seconds, error = %message, "job failed");
-            Outcome {
-                result: Result::Failed(message),
-                report: None,
-                seconds,
-            }
+                message: format!("{e:#}"),
+                events,
+                dry_run,
+            };
+            failed(config, state, job, failure, started)
         }
     }
 }
@@ -196,18 +183,42 @@ fn push_failure(config: &Config, job: &Job, message: &str, events: &mut Vec<Aler
     }
 }
 
+fn early(e: anyhow::Error, dry_run: bool) -> Failure {
+    Failure {
+        run_id: None,
+        message: format!("{e:#}"),
+        events: Vec::new(),
+        dry_run,
+    }
+}
+
+/// A run that ended in an error, before or during the job itself.
+struct Failure {
+    run_id: Option<i64>,
+    message: String,
+    /// Alerts the job raised before it failed.
+    events: Vec<AlertEvent>,
+    dry_run: bool,
+}
+
 fn failed(
     config: &Config,
     state: &State,
     job: &Job,
-    trigger: Trigger,
-    run_id: Option<i64>,
-    message: String,
+    failure: Failure,
     started: Instant,
 ) -> Outcome {
-    tracing::error!(job = %job.name, %trigger, error = %message, "job could not start");
-    let mut events = Vec::new();
-    push_failure(config, job, &message, &mut events);
+    let Failure {
+        run_id,
+        message,
+        mut events,
+        dry_run,
+    } = failure;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::error!(job = %job.name, seconds, error = %message, "job failed");
+    if !dry_run {
+        push_failure(config, job, &message, &mut events);
+    }
     finish(
         config,
         state,
@@ -221,7 +232,7 @@ fn failed(
     Outcome {
         result: Result::Failed(message),
         report: None,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
     }
 }
 

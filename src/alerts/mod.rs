@@ -76,6 +76,20 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+/// Reads a `Message` from the first eight columns: id, key, resolved, severity, job, subject, body, created_at.
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        resolved: r.get(2)?,
+        severity: severity_from(&r.get::<_, String>(3)?),
+        job: r.get(4)?,
+        subject: r.get(5)?,
+        body: r.get(6)?,
+        created_at: from_millis(r.get(7)?),
+    })
+}
+
 fn severity_from(s: &str) -> Severity {
     match s {
         "critical" => Severity::Critical,
@@ -264,18 +278,7 @@ pub async fn deliver_due(
                  WHERE d.sink = ?1 AND d.delivered_at IS NULL AND d.gave_up = 0 AND d.next_attempt_at <= ?2
                  ORDER BY o.id",
             )?;
-            let rows = stmt.query_map(params![sink.name(), millis(now)], |r| {
-                Ok(Message {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    resolved: r.get(2)?,
-                    severity: severity_from(&r.get::<_, String>(3)?),
-                    job: r.get(4)?,
-                    subject: r.get(5)?,
-                    body: r.get(6)?,
-                    created_at: from_millis(r.get(7)?),
-                })
-            })?;
+            let rows = stmt.query_map(params![sink.name(), millis(now)], message_from_row)?;
             rows.collect::<Result<_, _>>()?
         };
         for msg in due {
@@ -378,16 +381,7 @@ pub fn pending(state: &State) -> anyhow::Result<Vec<Pending>> {
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(Pending {
-            message: Message {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                resolved: r.get(2)?,
-                severity: severity_from(&r.get::<_, String>(3)?),
-                job: r.get(4)?,
-                subject: r.get(5)?,
-                body: r.get(6)?,
-                created_at: from_millis(r.get(7)?),
-            },
+            message: message_from_row(r)?,
             sink: r.get(8)?,
             attempts: r.get(9)?,
             last_error: r.get(10)?,
