@@ -113,6 +113,13 @@ impl Daemon {
                 "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again"
             );
         }
+        let retried = alerts::retry_failed_now(&state, now)?;
+        if retried > 0 {
+            tracing::info!(
+                deliveries = retried,
+                "retrying undelivered alerts now instead of waiting for their backoff"
+            );
+        }
         let watcher = watch_file(&config_path, events_tx.clone())
             .map_err(|e| {
                 tracing::warn!(

@@ -256,6 +256,13 @@ fn finish(
     if let Err(e) = alerts::submit(state, &config.alerts, &sink_names(config), now, events) {
         tracing::error!(error = %format!("{e:#}"), "could not queue alerts");
     }
+    // Only recorded runs change what the metrics file shows.
+    if run_id.is_some()
+        && let Some(path) = &config.metrics_file
+        && let Err(e) = crate::metrics::write(config, state, path)
+    {
+        tracing::warn!(error = %format!("{e:#}"), "could not rewrite the metrics file");
+    }
 }
 
 pub fn sink_names(config: &Config) -> Vec<&'static str> {

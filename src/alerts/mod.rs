@@ -288,7 +288,7 @@ pub async fn deliver_due(
                 let conn = state.conn();
                 let claim = millis(now + chrono::Duration::minutes(5));
                 let claimed = conn.execute(
-                    "UPDATE deliveries SET next_attempt_at = ?3, attempts = attempts + 1
+                    "UPDATE deliveries SET next_attempt_at = ?3, attempts = attempts + 1, last_error = NULL
                      WHERE outbox_id = ?1 AND sink = ?2 AND delivered_at IS NULL AND next_attempt_at <= ?4",
                     params![msg.id, sink.name(), claim, millis(now)],
                 )?;
@@ -312,8 +312,9 @@ pub async fn deliver_due(
                     done.sent += 1;
                 }
                 Err(DeliveryError::Transient(e)) => {
-                    let next = now
-                        + chrono::Duration::from_std(email::backoff(attempts)).unwrap_or_default();
+                    // `attempts` counts this one; the first retry waits backoff(0).
+                    let wait = email::backoff(attempts.saturating_sub(1));
+                    let next = now + chrono::Duration::from_std(wait).unwrap_or_default();
                     tracing::warn!(sink = sink.name(), alert = msg.id, attempt = attempts, error = %e, retry_at = %next, "alert delivery failed; will retry");
                     conn.execute(
                         "UPDATE deliveries SET next_attempt_at = ?3, last_error = ?4 WHERE outbox_id = ?1 AND sink = ?2",
@@ -333,6 +334,22 @@ pub async fn deliver_due(
         }
     }
     Ok(done)
+}
+
+/// Makes every delivery that failed and waits for its backoff due now; the daemon calls it at
+/// start-up, because a restart is usually the operator's answer to a broken mail setup.
+/// A delivery claimed by a process still sending it has no error recorded and is left alone,
+/// so it cannot go out twice.
+pub fn retry_failed_now(state: &State, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let changed = state
+        .conn()
+        .execute(
+            "UPDATE deliveries SET next_attempt_at = ?1
+             WHERE delivered_at IS NULL AND gave_up = 0 AND last_error IS NOT NULL AND next_attempt_at > ?1",
+            params![millis(now)],
+        )
+        .context("rescheduling failed alert deliveries in the state database")?;
+    Ok(changed)
 }
 
 /// When the next delivery is due, if any is pending.
@@ -510,6 +527,24 @@ mod tests {
         assert_eq!(done.retrying, 1);
         assert_eq!(pending(&state).unwrap().len(), 1);
         let next = next_delivery(&state).unwrap().unwrap();
-        assert!(next > t0);
+        // The first retry waits the base backoff.
+        assert_eq!(
+            next,
+            t0 + chrono::Duration::from_std(email::BACKOFF_BASE).unwrap()
+        );
+        // A restart retries it at once; a delivery still claimed (no error yet) is left alone.
+        submit(&state, &s, &["file"], t0, &[raise("claimed")]).unwrap();
+        state
+            .conn()
+            .execute(
+                "UPDATE deliveries SET attempts = 1, next_attempt_at = ?1 WHERE outbox_id = 2",
+                params![millis(t0 + chrono::Duration::minutes(5))],
+            )
+            .unwrap();
+        let restart = t0 + chrono::Duration::seconds(1);
+        assert_eq!(retry_failed_now(&state, restart).unwrap(), 1);
+        assert_eq!(next_delivery(&state).unwrap(), Some(restart));
+        let due = deliver_due(&state, &sinks, restart).await.unwrap();
+        assert_eq!(due.retrying, 1, "only the failed delivery was due");
     }
 }
