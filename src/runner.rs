@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::alerts::{self, Alert, AlertEvent, Severity};
 use crate::config::Config;
 use crate::config::values::SignalName;
-use crate::jobs::{Context, Job, Report, Stop};
+use crate::jobs::{Context, Job, Report, Stop, Stopped};
 use crate::locks;
 use crate::state::State;
 
@@ -76,18 +76,24 @@ pub fn run(
     let _job_lock = match locks::try_job(&config.state_dir, &job.name) {
         Ok(Some(held)) => held,
         Ok(None) => return skipped("already running".into()),
-        Err(e) => return failed(config, state, job, early(e, dry_run), started),
+        Err(e) => return failed(config, state, job, early(e, dry_run, trigger), started),
     };
     let stop = Stop::new(shutdown, job.timeout);
     let _gateway_lock = if job.kind.touches_gateway() {
         match locks::gateway(&config.state_dir, &stop) {
             Ok(Ok(held)) => Some(held),
-            Ok(Err(stopped)) => {
-                return skipped(format!(
-                    "waited for another job on the gateway and was {stopped}"
-                ));
+            // Shutting down while waiting is no fault; a timeout spent waiting is: the job did
+            // not run when it should have, and the operator hears of it.
+            Ok(Err(Stopped::Shutdown)) => {
+                return skipped("the daemon is shutting down".into());
             }
-            Err(e) => return failed(config, state, job, early(e, dry_run), started),
+            Ok(Err(stopped @ Stopped::Timeout)) => {
+                let e = anyhow::anyhow!(
+                    "waited for another job working on the gateway database and {stopped}; give the jobs schedules that do not overlap, or a longer timeout"
+                );
+                return failed(config, state, job, early(e, dry_run, trigger), started);
+            }
+            Err(e) => return failed(config, state, job, early(e, dry_run, trigger), started),
         }
     } else {
         None
@@ -98,7 +104,7 @@ pub fn run(
     } else {
         match state.run_started(&job.name, &trigger.to_string(), now) {
             Ok(id) => Some(id),
-            Err(e) => return failed(config, state, job, early(e, dry_run), started),
+            Err(e) => return failed(config, state, job, early(e, dry_run, trigger), started),
         }
     };
     tracing::info!(job = %job.name, kind = job.kind.name(), %trigger, dry_run, "job started");
@@ -157,6 +163,7 @@ pub fn run(
         Err(e) => {
             let failure = Failure {
                 run_id,
+                trigger,
                 message: format!("{e:#}"),
                 events,
                 dry_run,
@@ -183,9 +190,11 @@ fn push_failure(config: &Config, job: &Job, message: &str, events: &mut Vec<Aler
     }
 }
 
-fn early(e: anyhow::Error, dry_run: bool) -> Failure {
+/// A failure before the job itself started; it is still recorded as a run.
+fn early(e: anyhow::Error, dry_run: bool, trigger: Trigger) -> Failure {
     Failure {
         run_id: None,
+        trigger,
         message: format!("{e:#}"),
         events: Vec::new(),
         dry_run,
@@ -195,6 +204,7 @@ fn early(e: anyhow::Error, dry_run: bool) -> Failure {
 /// A run that ended in an error, before or during the job itself.
 struct Failure {
     run_id: Option<i64>,
+    trigger: Trigger,
     message: String,
     /// Alerts the job raised before it failed.
     events: Vec<AlertEvent>,
@@ -210,12 +220,19 @@ fn failed(
 ) -> Outcome {
     let Failure {
         run_id,
+        trigger,
         message,
         mut events,
         dry_run,
     } = failure;
     let seconds = started.elapsed().as_secs_f64();
     tracing::error!(job = %job.name, seconds, error = %message, "job failed");
+    let run_id = match run_id {
+        None if !dry_run => state
+            .run_started(&job.name, &trigger.to_string(), Utc::now())
+            .ok(),
+        other => other,
+    };
     if !dry_run {
         push_failure(config, job, &message, &mut events);
     }

@@ -239,3 +239,27 @@ fn run_job_records_the_run_and_fails_for_an_unknown_job() {
     assert!(job["last_run"]["started_at"].is_string());
     assert!(job["next_run"].is_string());
 }
+
+#[test]
+fn a_job_that_cannot_start_within_its_timeout_fails_and_alerts() {
+    let sb = Sandbox::new();
+    sb.write_jobs("  slow:\n    on_signal: USR1\n    timeout: 1s\n    integrity: {}\n");
+    let lock_path = sb.path("state/locks/gateway.lock");
+    std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    lock.lock().unwrap();
+    let out = sb.caretaker(&["run-job", "slow"]);
+    drop(lock);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ran past its timeout"), "{stderr}");
+    assert!(sb.alerts().contains("job-failed:slow"), "{}", sb.alerts());
+    let run = &runs(&sb, "slow")[0];
+    assert_eq!(run.result, "failed");
+    assert!(run.error.as_deref().unwrap_or("").contains("timeout"));
+}
