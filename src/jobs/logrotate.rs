@@ -139,12 +139,7 @@ struct Figures {
 
 impl Figures {
     fn of(plan: &Plan, outcome: &Outcome, facts: &[rotation::FileFacts]) -> Self {
-        let size_of = |path: &PathBuf| {
-            facts
-                .iter()
-                .find(|f| &f.path == path)
-                .map_or(0, |f| f.size)
-        };
+        let size_of = |path: &PathBuf| facts.iter().find(|f| &f.path == path).map_or(0, |f| f.size);
         let mut figures = Figures {
             matched: plan.files.len(),
             ..Figures::default()
