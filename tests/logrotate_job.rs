@@ -342,3 +342,32 @@ fn one_failing_file_fails_the_run_after_the_others_are_rotated_and_saved() {
     });
     assert!(alerted.is_some(), "no alert: {}", sb.alerts());
 }
+
+#[test]
+fn a_log_keeps_its_state_however_the_jobs_file_is_named() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.path("logs")).expect("logs dir");
+    sb.write_jobs(
+        "  logs:\n    on_signal: USR1\n    logrotate: {files: [logs/app.log], period: daily}\n",
+    );
+    let app = sb.path("logs/app.log");
+    fs::write(&app, "line\n").expect("write log");
+    let by_full_path = run_job(&sb, &[]);
+    assert!(
+        text(&by_full_path).contains("recorded 1 first seen"),
+        "{}",
+        text(&by_full_path)
+    );
+
+    let by_relative_name = Command::new(harness::BIN)
+        .args(["run-job", "logs", "--config", "jobs.yaml"])
+        .current_dir(sb.dir.path())
+        .env_remove("CARETAKER_CONFIG")
+        .output()
+        .expect("run caretaker");
+    let shown = text(&by_relative_name);
+    assert!(by_relative_name.status.success(), "{shown}");
+    assert!(shown.contains("recorded 0 first seen"), "{shown}");
+    let saved = saved_state(&sb);
+    assert_eq!(saved.keys().collect::<Vec<_>>(), [&app]);
+}

@@ -24,7 +24,23 @@ const STATE_NS: &str = "logrotate";
 type Saved = BTreeMap<PathBuf, FileState>;
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
-    match raw.validate(checks.base_dir()) {
+    // The state is keyed by each log's path: an absolute one keeps the key the same whether
+    // the jobs file was named `jobs.yaml` or by its full path, from whatever directory.
+    let given = match checks.base_dir() {
+        dir if dir.as_os_str().is_empty() => PathBuf::from("."),
+        dir => dir.to_owned(),
+    };
+    let base_dir = std::path::absolute(&given).unwrap_or_else(|e| {
+        checks.error(
+            path,
+            format!(
+                "cannot make {} absolute to resolve `files` ({e}); name the jobs file by its absolute path",
+                given.display()
+            ),
+        );
+        given.clone()
+    });
+    match raw.validate(&base_dir) {
         Ok(spec) => Some(spec),
         Err(errors) => {
             for (key, message) in errors {
@@ -115,12 +131,16 @@ fn dry_run_summary(plan: &Plan, errors: usize) -> String {
     let count = |pred: fn(&Action) -> bool| plan.files.iter().filter(|f| pred(&f.action)).count();
     let rotate = count(|a| matches!(a, Action::Rotate(_)));
     let record = count(|a| matches!(a, Action::Record));
+    let refused = count(|a| matches!(a, Action::Skip(reason) if reason.is_problem()));
+    let errors = errors + refused;
     let mut summary = format!(
         "would rotate {rotate} of {} log file(s), record {record} first seen",
         plan.files.len()
     );
     if errors > 0 {
-        summary.push_str(&format!(", {errors} pattern(s) or file(s) in error"));
+        summary.push_str(&format!(
+            ", {errors} error(s): the run would fail after handling the other files"
+        ));
     }
     summary
 }
