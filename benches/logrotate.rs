@@ -84,11 +84,14 @@ fn main() {
             (second_time, first_time)
         };
         println!(
-            "round {}: logrotate {:.2} s, caretaker {:.2} s, ratio {:.2}x, load average {}",
+            "round {}: logrotate {:.2} s (CPU {:.1} s), caretaker {:.2} s (CPU {:.1} s, {:.2} cores), ratio {:.2}x, load average {}",
             round + 1,
-            theirs_time.as_secs_f64(),
-            ours_time.as_secs_f64(),
-            ours_time.as_secs_f64() / theirs_time.as_secs_f64(),
+            theirs_time.wall.as_secs_f64(),
+            theirs_time.cpu,
+            ours_time.wall.as_secs_f64(),
+            ours_time.cpu,
+            ours_time.cpu / ours_time.wall.as_secs_f64(),
+            ours_time.wall.as_secs_f64() / theirs_time.wall.as_secs_f64(),
             load_average()
         );
         ours_times.push(ours_time);
@@ -99,7 +102,7 @@ fn main() {
         }
     }
 
-    let best = |times: &[Duration]| times.iter().min().copied().unwrap_or_default();
+    let best = |times: &[Timing]| times.iter().map(|t| t.wall).min().unwrap_or_default();
     let (ours_best, theirs_best) = (best(&ours_times), best(&theirs_times));
     let mb = size as f64 / 1e6;
     println!(
@@ -115,11 +118,16 @@ fn main() {
         ours_gz as f64 / 1e6,
         (ours_gz as f64 / theirs_gz as f64 - 1.0) * 100.0
     );
-    let total = |times: &[Duration]| times.iter().sum::<Duration>().as_secs_f64();
+    let total = |times: &[Timing]| times.iter().map(|t| t.wall.as_secs_f64()).sum::<f64>();
+    let cpu = |times: &[Timing]| times.iter().map(|t| t.cpu).sum::<f64>();
     println!(
         "wall time ratio caretaker / logrotate: best {:.2}x, all rounds {:.2}x (goal <= 0.50x)",
         ours_best.as_secs_f64() / theirs_best.as_secs_f64(),
         total(&ours_times) / total(&theirs_times)
+    );
+    println!(
+        "CPU time caretaker / logrotate, all rounds: {:.2}x (with two idle cores the wall time ratio approaches half of this)",
+        cpu(&ours_times) / cpu(&theirs_times)
     );
 }
 
@@ -181,17 +189,53 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-fn timed(command: &mut Command) -> Duration {
+/// A run's wall time and the CPU time (user + system) of the processes it waited for.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: f64,
+}
+
+fn timed(command: &mut Command) -> Timing {
+    let cpu_before = children_cpu_seconds();
     let started = Instant::now();
     let output = command.output().expect("running the tool");
-    let elapsed = started.elapsed();
+    let wall = started.elapsed();
+    let cpu = children_cpu_seconds() - cpu_before;
     assert!(
         output.status.success(),
         "{command:?} failed: {}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    elapsed
+    Timing { wall, cpu }
+}
+
+/// CPU seconds used by this process's waited-for children and theirs (`cutime + cstime`
+/// of `/proc/self/stat`), which covers logrotate's `gzip` and caretaker's threads alike.
+fn children_cpu_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // cutime and cstime are fields 16 and 17 of stat(5), i.e. 14 and 15 after the name.
+    let ticks: f64 = fields[13..15]
+        .iter()
+        .map(|f| f.parse::<f64>().expect("a number of clock ticks"))
+        .sum();
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Checks that `dir` holds an empty new log and one gzip copy that `gzip -t` accepts and
