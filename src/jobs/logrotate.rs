@@ -70,15 +70,18 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     ctx.checkpoint()?;
     let outcome = rotation::execute(&plan);
     saved.extend(outcome.state.clone());
-    ctx.state.put(STATE_NS, ctx.job, &saved).with_context(|| {
+    let saving = ctx.state.put(STATE_NS, ctx.job, &saved).with_context(|| {
         format!(
             "saving which logs were rotated to {}; the next run may rotate them again",
             ctx.state.path().display()
         )
-    })?;
+    });
 
     let figures = Figures::of(&plan, &outcome, &facts);
     let mut errors = survey_errors;
+    if let Err(e) = saving {
+        errors.push(format!("{e:#}"));
+    }
     errors.extend(outcome.files.iter().flat_map(|f| f.errors.iter().cloned()));
     if let Some(Err(e)) = &outcome.notify {
         errors.push(format!("notifying the writer: {e}"));
