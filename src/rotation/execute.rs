@@ -9,19 +9,25 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use rustix::fs::{Gid, Mode, Uid};
 
 use super::config::{Method, Notify};
 use super::plan::{Action, FileState, Plan, Step};
 use super::survey::TEMP_SUFFIX;
+use crate::pgzip::{self, ParallelGzWriter};
+
+/// gzip's own default level, the one logrotate gets from `gzip` without options.
+const GZIP_LEVEL: u32 = 6;
+
+/// Compression threads: two beat single-threaded gzip by about twice on a loaded two-core
+/// host while leaving the gateway a core between them and the writer thread.
+const GZIP_THREADS: usize = 2;
 
 /// What one run did.
 #[derive(Debug)]
@@ -40,6 +46,10 @@ pub struct FileOutcome {
     pub action: Action,
     /// Whether the live file's content was moved aside.
     pub rotated: bool,
+    /// Rotated copies deleted (beyond `rotate`, older than `max_age`, or `rotate: 0`).
+    pub deleted: u32,
+    /// Copies compressed to `.gz`.
+    pub compressed: u32,
     /// What went wrong, each with the path and what to do; empty on success.
     pub errors: Vec<String>,
 }
@@ -83,6 +93,8 @@ pub fn execute(plan: &Plan) -> Outcome {
             path: file.path.clone(),
             action: file.action.clone(),
             rotated: false,
+            deleted: 0,
+            compressed: 0,
             errors: Vec::new(),
         };
         match &file.action {
@@ -103,6 +115,7 @@ pub fn execute(plan: &Plan) -> Outcome {
             Action::Rotate(_) => match file.steps.iter().try_for_each(run_step) {
                 Ok(()) => {
                     outcome.rotated = true;
+                    outcome.deleted += count_deletions(&file.steps);
                     state.insert(
                         file.path.clone(),
                         FileState {
@@ -148,8 +161,13 @@ pub fn execute(plan: &Plan) -> Outcome {
                 ));
                 continue;
             }
-            if let Err(e) = run_step(step) {
-                outcome.errors.push(format!("{e:#}"));
+            match run_step(step) {
+                Ok(()) => match step {
+                    Step::Compress { .. } => outcome.compressed += 1,
+                    Step::Delete { .. } => outcome.deleted += 1,
+                    _ => {}
+                },
+                Err(e) => outcome.errors.push(format!("{e:#}")),
             }
         }
     }
@@ -158,6 +176,14 @@ pub fn execute(plan: &Plan) -> Outcome {
         notify,
         state,
     }
+}
+
+fn count_deletions(steps: &[Step]) -> u32 {
+    let deletions = steps
+        .iter()
+        .filter(|step| matches!(step, Step::Delete { .. }))
+        .count();
+    u32::try_from(deletions).unwrap_or(u32::MAX)
 }
 
 fn run_step(step: &Step) -> Result<()> {
@@ -422,15 +448,26 @@ fn truncate(path: &Path) -> Result<()> {
 
 /// gzip `from` into `to`, keeping its mode, owner and modification time; `from` is removed
 /// only once `to` is durable.
+///
+/// The output is one standard gzip member, deflated on [`GZIP_THREADS`] threads.
 fn compress(from: &Path, to: &Path) -> Result<()> {
     ensure_absent(to)?;
-    let source = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let mut source = File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let meta = source
         .metadata()
         .with_context(|| format!("examining {}", from.display()))?;
     write_durably(&meta, to, |file| {
-        let mut encoder = GzEncoder::new(BufWriter::new(file), Compression::default());
-        io::copy(&mut BufReader::new(source), &mut encoder)?;
+        let mut encoder = ParallelGzWriter::new(BufWriter::new(file), GZIP_LEVEL, GZIP_THREADS)?;
+        // Reads of a whole compression block: one read per block handed to a worker.
+        let mut buffer = vec![0; pgzip::BLOCK_SIZE];
+        loop {
+            match source.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => encoder.write_all(&buffer[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut writer = encoder.finish()?;
         writer.flush()?;
         writer.into_inner().map_err(|e| e.into_error())
