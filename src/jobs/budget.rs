@@ -58,7 +58,10 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         let at = format!("{path}.limits[{i}]");
         let mut need = |key: &str, present: bool, what: &str| {
             if !present {
-                checks.error(&format!("{at}.{key}"), format!("missing key `{key}`; accepted: {what}"));
+                checks.error(
+                    &format!("{at}.{key}"),
+                    format!("missing key `{key}`; accepted: {what}"),
+                );
                 ok = false;
             }
         };
@@ -70,7 +73,10 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
             match glob::Pattern::new(&v) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    checks.error(&format!("{at}.{key}"), format!("`{v}` is not a valid glob ({e}); accepted: e.g. \"gpt-4*\""));
+                    checks.error(
+                        &format!("{at}.{key}"),
+                        format!("`{v}` is not a valid glob ({e}); accepted: e.g. \"gpt-4*\""),
+                    );
                     ok = false;
                     None
                 }
@@ -81,10 +87,15 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         if let Some(usd) = l.usd
             && usd <= 0.0
         {
-            checks.error(&format!("{at}.usd"), format!("{usd} is not a usable limit; accepted: an amount above 0"));
+            checks.error(
+                &format!("{at}.usd"),
+                format!("{usd} is not a usable limit; accepted: an amount above 0"),
+            );
             ok = false;
         }
-        let mut warn_at: Vec<f64> = l.warn_at.map_or_else(|| vec![1.0], |w| w.into_iter().map(|s| s.0).collect());
+        let mut warn_at: Vec<f64> = l
+            .warn_at
+            .map_or_else(|| vec![1.0], |w| w.into_iter().map(|s| s.0).collect());
         warn_at.sort_by(f64::total_cmp);
         warn_at.dedup();
         if let (Some(name), Some(period), Some(usd)) = (l.name, l.period, l.usd) {
