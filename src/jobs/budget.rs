@@ -476,3 +476,173 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         )
         .figure("longest_read_ms", longest_read.as_secs_f64() * 1e3))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        text.parse()
+            .unwrap_or_else(|e| panic!("bad test instant {text}: {e}"))
+    }
+
+    fn limit(name: &str, period: Period, usd: f64, warn_at: &[f64], model: Option<&str>) -> Limit {
+        Limit {
+            name: name.into(),
+            period,
+            usd,
+            warn_at: warn_at.to_vec(),
+            model: model.map(|m| glob::Pattern::new(m).unwrap()),
+            provider: None,
+        }
+    }
+
+    fn spend(model: &str, provider: Option<&str>, usd: f64) -> ModelSpend {
+        ModelSpend {
+            model: model.into(),
+            provider: provider.map(Into::into),
+            usd,
+        }
+    }
+
+    #[test]
+    fn limits_count_the_models_and_providers_their_globs_match() {
+        let rows = [
+            spend("gpt-4o", Some("openai"), 3.0),
+            spend("gpt-4.1-mini", Some("openai"), 1.0),
+            spend("sonnet", Some("anthropic"), 5.0),
+            spend("gpt-4o", Some("azure"), 2.0),
+        ];
+        let all = limit_spend(&limit("all", Period::Day, 10.0, &[1.0], None), &rows);
+        assert_eq!(all.spent, 11.0);
+        // gpt-4o across two providers ties with sonnet; ties go by name.
+        assert_eq!(all.top[0], ("gpt-4o".to_string(), 5.0));
+        assert_eq!(all.top[1], ("sonnet".to_string(), 5.0));
+        assert_eq!(all.top[2], ("gpt-4.1-mini".to_string(), 1.0));
+        let gpt4 = limit_spend(
+            &limit("g", Period::Day, 10.0, &[1.0], Some("gpt-4*")),
+            &rows,
+        );
+        assert_eq!(gpt4.spent, 6.0);
+        let mut openai = limit("o", Period::Day, 10.0, &[1.0], None);
+        openai.provider = Some(glob::Pattern::new("openai").unwrap());
+        assert_eq!(limit_spend(&openai, &rows).spent, 4.0);
+    }
+
+    #[test]
+    fn decide_alerts_each_threshold_once_per_period() {
+        let berlin = chrono_tz::Europe::Berlin;
+        let spec = Spec {
+            limits: vec![limit("daily", Period::Day, 50.0, &[0.75, 1.0], None)],
+            include_failed: false,
+        };
+        let at = |spent: f64| {
+            vec![LimitSpend {
+                spent,
+                top: vec![("gpt-4o".into(), spent)],
+            }]
+        };
+        let now = utc("2026-11-22T10:00:00Z");
+        let mut sent = Sent::new();
+        assert!(decide(&spec, &at(30.0), &sent, now, berlin).is_empty());
+        let first = decide(&spec, &at(40.0), &sent, now, berlin);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].percents, [75]);
+        assert_eq!(first[0].label, "2026-11-22");
+        sent.insert(first[0].sent_key(), [75].into());
+        assert!(decide(&spec, &at(40.0), &sent, now, berlin).is_empty());
+        let second = decide(&spec, &at(55.0), &sent, now, berlin);
+        assert_eq!(second[0].percents, [100]);
+        sent.get_mut(&second[0].sent_key()).unwrap().insert(100);
+        assert!(decide(&spec, &at(80.0), &sent, now, berlin).is_empty());
+        // Both at once: one crossing naming both, keyed by the highest.
+        let fresh = decide(&spec, &at(60.0), &Sent::new(), now, berlin);
+        assert_eq!(fresh[0].percents, [75, 100]);
+        assert_eq!(fresh[0].highest(), 100);
+    }
+
+    #[test]
+    fn a_new_local_day_starts_fresh_across_midnight_and_dst() {
+        let spec = Spec {
+            limits: vec![limit("daily", Period::Day, 10.0, &[0.75], None)],
+            include_failed: false,
+        };
+        let over = [LimitSpend {
+            spent: 9.0,
+            top: Vec::new(),
+        }];
+        // (zone, before, after, label before, label after, hours of the day after)
+        #[rustfmt::skip]
+        let cases = [
+            // Berlin midnight is 23:00 UTC in winter: still the 22nd in UTC, already the 23rd locally.
+            (chrono_tz::Europe::Berlin, "2026-11-22T22:59:00Z", "2026-11-22T23:01:00Z", "2026-11-22", "2026-11-23", 24),
+            // Berlin falls back on 2026-10-25: that day lasts 25 hours, to 23:00 UTC.
+            (chrono_tz::Europe::Berlin, "2026-10-25T22:59:00Z", "2026-10-25T23:01:00Z", "2026-10-25", "2026-10-26", 24),
+            // Berlin springs forward on 2026-03-29: that day starts at 23:00 UTC on the 28th and lasts 23 hours.
+            (chrono_tz::Europe::Berlin, "2026-03-28T22:59:00Z", "2026-03-28T23:01:00Z", "2026-03-28", "2026-03-29", 23),
+            // New York springs forward on 2026-03-08 (midnight at 05:00 UTC) ...
+            (chrono_tz::America::New_York, "2026-03-08T04:59:00Z", "2026-03-08T05:01:00Z", "2026-03-07", "2026-03-08", 23),
+            // ... and falls back on 2026-11-01 (midnight at 04:00 UTC, the day lasts 25 hours).
+            (chrono_tz::America::New_York, "2026-11-01T03:59:00Z", "2026-11-01T04:01:00Z", "2026-10-31", "2026-11-01", 25),
+        ];
+        for (tz, before, after, label_before, label_after, hours) in cases {
+            let first = decide(&spec, &over, &Sent::new(), utc(before), tz);
+            assert_eq!(first[0].label, label_before, "{tz} {before}");
+            let sent = Sent::from([(first[0].sent_key(), BTreeSet::from([75]))]);
+            assert!(decide(&spec, &over, &sent, utc(before), tz).is_empty());
+            let next = decide(&spec, &over, &sent, utc(after), tz);
+            assert_eq!(
+                next.len(),
+                1,
+                "{tz} {after}: a new day starts with nothing sent"
+            );
+            assert_eq!(next[0].label, label_after);
+            assert_eq!(
+                (next[0].end - next[0].start).num_hours(),
+                hours,
+                "{tz} {after}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_alert_says_spend_limit_share_top_models_and_projection() {
+        let berlin = chrono_tz::Europe::Berlin;
+        let spec = Spec {
+            limits: vec![limit(
+                "daily",
+                Period::Day,
+                50.0,
+                &[0.75, 1.0],
+                Some("gpt-*"),
+            )],
+            include_failed: false,
+        };
+        let spends = [LimitSpend {
+            spent: 40.0,
+            top: vec![("gpt-4o".into(), 30.0), ("gpt-4.1-mini".into(), 10.0)],
+        }];
+        // Noon in Berlin: half the day gone, so the projection doubles the spend.
+        let now = utc("2026-11-22T11:00:00Z");
+        let c = &decide(&spec, &spends, &Sent::new(), now, berlin)[0];
+        assert_eq!(c.projected, 80.0);
+        let a = alert("spend", c, berlin);
+        assert_eq!(a.key, "budget:spend:daily:2026-11-22:75");
+        assert_eq!(a.severity, Severity::Warning);
+        assert_eq!(a.what, "budget daily at 80 % of $50.00 (2026-11-22)");
+        for needle in [
+            "$40.00 spent of $50.00, 80.0 % of the limit; crossed 75 %",
+            "Projected to the end of the period (2026-11-23 00:00 CET): $80.00, 160.0 %",
+            "gpt-4o",
+            "$30.00",
+            "gpt-4.1-mini",
+            "model gpt-*",
+        ] {
+            assert!(
+                a.body.contains(needle),
+                "missing {needle:?} in:\n{}",
+                a.body
+            );
+        }
+    }
+}
