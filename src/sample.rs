@@ -1039,6 +1039,9 @@ impl SessionRow {
 fn fill_bobamixer(conn: &mut Connection, opts: &SampleOptions) -> anyhow::Result<SampleSummary> {
     conn.execute_batch(BOBAMIXER_SCHEMA)
         .context("creating the BobaMixer schema")?;
+    // Sessions are written when they close, after their records; BobaMixer never enables
+    // foreign keys, but the bundled SQLite turns them on by default.
+    conn.pragma_update(None, "foreign_keys", false)?;
     let mut rng = SampleRng::seed_from_u64(opts.seed);
     let (start, span) = (opts.start(), TimeDelta::days(i64::from(opts.days)));
     let mut summary = SampleSummary::empty();

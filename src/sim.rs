@@ -283,6 +283,8 @@ fn write_bobamixer(
     let conn = Connection::open(db)?;
     // rusqlite waits 5 s by default; the sqlite3 CLI BobaMixer runs does not wait at all.
     conn.busy_timeout(Duration::ZERO)?;
+    // The sqlite3 CLI leaves foreign keys off; the bundled SQLite turns them on by default.
+    conn.pragma_update(None, "foreign_keys", false)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
     if let Some(session) = session {
         session.insert(&mut conn.prepare(BOBA_INSERT_SESSION)?)?;
