@@ -509,6 +509,9 @@ struct Measured {
     rows_written: u64,
     batches: u64,
     longest_write_lock: Duration,
+    /// All write locks together, to set against the run's length.
+    total_write_lock: Duration,
+    elapsed: Duration,
     longest_read: Duration,
 }
 
@@ -528,11 +531,13 @@ impl Pacing {
     pub fn for_gateway(preset: Preset) -> Pacing {
         match preset {
             // Apantli's writers wait up to 5 s for our lock, sleeping in SQLite's busy handler
-            // in steps of at most 25 ms while they have waited less than 130 ms: a pause of
-            // 30 ms, and twice the lock, lets every waiting writer in before the next batch.
+            // in steps of at most 25 ms while they have waited less than 130 ms (100 ms
+            // later): a pause of 50 ms, and twice the lock, lets the writers that queued
+            // behind a batch in before the next one, and keeps us off the lock two thirds of
+            // the time for those that waited longest.
             Preset::Apantli => Pacing {
-                target_lock: Duration::from_millis(15),
-                min_pause: Duration::from_millis(30),
+                target_lock: Duration::from_millis(20),
+                min_pause: Duration::from_millis(50),
                 pause_per_lock: 2,
             },
             // BobaMixer's inserts never wait: one that meets our lock is lost. Nothing but
@@ -584,6 +589,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             .context("setting synchronous = NORMAL on our gateway connection")?;
     }
 
+    let started = Instant::now();
     let mut total = Plan::default();
     let mut measured = Measured::default();
     let mut pending: Vec<Change> = Vec::new();
@@ -616,6 +622,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                     measured.rows_written += changed as u64;
                     measured.batches += 1;
                     measured.longest_write_lock = measured.longest_write_lock.max(lock);
+                    measured.total_write_lock += lock;
                     if lock > MAX_LOCK {
                         tracing::warn!(
                             job = ctx.job,
@@ -640,6 +647,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             });
         }
     }
+    measured.elapsed = started.elapsed();
     Ok(report(spec, &table, &total, &measured, ctx.dry_run))
 }
 
@@ -711,7 +719,15 @@ fn report(
             "longest_write_lock_ms",
             measured.longest_write_lock.as_secs_f64() * 1e3,
         )
-        .figure("longest_read_ms", measured.longest_read.as_secs_f64() * 1e3);
+        .figure("longest_read_ms", measured.longest_read.as_secs_f64() * 1e3)
+        .figure(
+            "write_lock_total_ms",
+            measured.total_write_lock.as_secs_f64() * 1e3,
+        )
+        .figure(
+            "write_lock_share",
+            measured.total_write_lock.as_secs_f64() / measured.elapsed.as_secs_f64().max(1e-9),
+        );
     for (model, n) in &plan.unpriced {
         report = report.figure(
             &format!("unpriced_rows{{model=\"{}\"}}", label(model)),
