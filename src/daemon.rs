@@ -66,7 +66,11 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(Daemon::start(config_path.to_path_buf(), config)?.run());
+    let result = runtime.block_on(async {
+        Daemon::start(config_path.to_path_buf(), config)?
+            .run()
+            .await
+    });
     // Jobs still running past shutdown_timeout are abandoned here; their temporary files
     // carry the temp marker and are swept at the next start.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -101,12 +105,20 @@ impl Daemon {
         let now = Utc::now();
         let interrupted = state.close_interrupted_runs(now)?;
         if interrupted > 0 {
-            tracing::warn!(runs = interrupted, "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again");
+            tracing::warn!(
+                runs = interrupted,
+                "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again"
+            );
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         spawn_signal_thread(events_tx.clone())?;
         let watcher = watch_file(&config_path, events_tx.clone(), || Event::FileChanged)
-            .map_err(|e| tracing::warn!("not watching {} for changes: {e:#}; reload with SIGHUP", config_path.display()))
+            .map_err(|e| {
+                tracing::warn!(
+                    "not watching {} for changes: {e:#}; reload with SIGHUP",
+                    config_path.display()
+                )
+            })
             .ok();
         let sinks = Sink::from_settings(&config.alerts)?;
         let (sinks_tx, sinks_rx) = watch::channel(Arc::new(sinks));
@@ -141,14 +153,21 @@ impl Daemon {
             let name = job.clone();
             match watch_file(&path, tx, move || Event::PricesChanged(name.clone())) {
                 Ok(w) => self.price_watchers.push(w),
-                Err(e) => tracing::warn!(job = %job, "not watching the price file {}: {e:#}; the job runs on its schedule and signals only", path.display()),
+                Err(e) => {
+                    tracing::warn!(job = %job, "not watching the price file {}: {e:#}; the job runs on its schedule and signals only", path.display())
+                }
             }
         }
     }
 
     fn run_price_changes(&mut self) {
         let now = tokio::time::Instant::now();
-        let due: Vec<String> = self.prices_due.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
+        let due: Vec<String> = self
+            .prices_due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in due {
             self.prices_due.remove(&name);
             if self.shutdown.load(Ordering::SeqCst) {
@@ -268,7 +287,11 @@ impl Daemon {
             }
             // From `now`, not `at`: after a long stall (suspend) the job runs once, not once
             // per missed slot.
-            match job.schedule.as_ref().and_then(|s| s.next_after(now, config.timezone)) {
+            match job
+                .schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, config.timezone))
+            {
                 Some(next) => self.next_due.insert(name, next),
                 None => self.next_due.remove(&name),
             };
@@ -362,10 +385,17 @@ impl Daemon {
                     job: None,
                     what: "the jobs file is invalid".into(),
                 }]);
-                tracing::info!(reason = why, jobs = self.config.jobs.len(), "configuration reloaded");
+                tracing::info!(
+                    reason = why,
+                    jobs = self.config.jobs.len(),
+                    "configuration reloaded"
+                );
             }
             Err(errors) => {
-                tracing::error!(reason = why, "the new jobs file is invalid; the old configuration keeps running:\n{errors}");
+                tracing::error!(
+                    reason = why,
+                    "the new jobs file is invalid; the old configuration keeps running:\n{errors}"
+                );
                 self.raise(vec![AlertEvent::Raise(Alert {
                     key: "config-invalid".into(),
                     severity: Severity::Warning,
@@ -383,7 +413,13 @@ impl Daemon {
 
     fn raise(&self, events: Vec<AlertEvent>) {
         let sinks = runner::sink_names(&self.config);
-        if let Err(e) = alerts::submit(&self.state, &self.config.alerts, &sinks, Utc::now(), &events) {
+        if let Err(e) = alerts::submit(
+            &self.state,
+            &self.config.alerts,
+            &sinks,
+            Utc::now(),
+            &events,
+        ) {
             tracing::error!("could not queue an alert: {e:#}");
         }
         self.deliver.notify_one();
@@ -416,14 +452,20 @@ impl Daemon {
     }
 }
 
-async fn delivery_loop(state: Arc<State>, sinks: watch::Receiver<Arc<Vec<Sink>>>, wake: Arc<Notify>) {
+async fn delivery_loop(
+    state: Arc<State>,
+    sinks: watch::Receiver<Arc<Vec<Sink>>>,
+    wake: Arc<Notify>,
+) {
     loop {
         let current = sinks.borrow().clone();
         if let Err(e) = alerts::deliver_due(&state, &current, Utc::now()).await {
             tracing::error!("alert delivery: {e:#}");
         }
         let sleep = match alerts::next_delivery(&state) {
-            Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::from_millis(10)),
+            Ok(Some(t)) => (t - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::from_millis(10)),
             _ => MAX_SLEEP,
         }
         .min(MAX_SLEEP);
@@ -436,8 +478,9 @@ async fn delivery_loop(state: Arc<State>, sinks: watch::Receiver<Arc<Vec<Sink>>>
 
 fn spawn_signal_thread(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
-        .context("installing signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
+            .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -466,8 +509,14 @@ fn watch_file(
     make_event: impl Fn() -> Event + Send + 'static,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     let path = std::path::absolute(path)?;
-    let dir = path.parent().with_context(|| format!("{} has no directory", path.display()))?.to_path_buf();
-    let name = path.file_name().with_context(|| format!("{} has no file name", path.display()))?.to_os_string();
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?
+        .to_path_buf();
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?
+        .to_os_string();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res
             && !event.kind.is_access()

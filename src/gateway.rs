@@ -151,12 +151,13 @@ pub fn validate(raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
         );
         Preset::Custom
     });
-    let busy_timeout = raw
-        .busy_timeout
-        .map_or(Duration::from_secs(2), |d| d.0);
+    let busy_timeout = raw.busy_timeout.map_or(Duration::from_secs(2), |d| d.0);
     let (table, columns) = match preset.table_and_columns() {
         Some(found) => {
-            for (key, set) in [("table", raw.table.is_some()), ("columns", raw.columns.is_some())] {
+            for (key, set) in [
+                ("table", raw.table.is_some()),
+                ("columns", raw.columns.is_some()),
+            ] {
                 if set {
                     checks.error(
                         &format!("gateway.{key}"),

@@ -85,7 +85,11 @@ pub fn run(
     let _gateway_lock = if job.kind.touches_gateway() {
         match locks::gateway(&config.state_dir, &stop) {
             Ok(Ok(held)) => Some(held),
-            Ok(Err(stopped)) => return skipped(format!("waited for another job on the gateway and was {stopped}")),
+            Ok(Err(stopped)) => {
+                return skipped(format!(
+                    "waited for another job on the gateway and was {stopped}"
+                ));
+            }
             Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
         }
     } else {
@@ -120,7 +124,9 @@ pub fn run(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(anyhow::anyhow!("the job panicked: {what} (this is a caretaker bug; please report it)"))
+            Err(anyhow::anyhow!(
+                "the job panicked: {what} (this is a caretaker bug; please report it)"
+            ))
         }
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -134,7 +140,16 @@ pub fn run(
                     job: Some(job.name.clone()),
                     what: format!("{} job fails", job.kind.name()),
                 });
-                finish(config, state, run_id, "ok", &report.summary, None, &report.figures, &events);
+                finish(
+                    config,
+                    state,
+                    run_id,
+                    "ok",
+                    &report.summary,
+                    None,
+                    &report.figures,
+                    &events,
+                );
             }
             Outcome {
                 result: Result::Ok,
@@ -147,7 +162,16 @@ pub fn run(
             if !dry_run {
                 push_failure(config, job, &message, &mut events);
             }
-            finish(config, state, run_id, "failed", "", Some(&message), &[], &events);
+            finish(
+                config,
+                state,
+                run_id,
+                "failed",
+                "",
+                Some(&message),
+                &[],
+                &events,
+            );
             tracing::error!(job = %job.name, seconds, error = %message, "job failed");
             Outcome {
                 result: Result::Failed(message),
@@ -187,7 +211,16 @@ fn failed(
     tracing::error!(job = %job.name, %trigger, error = %message, "job could not start");
     let mut events = Vec::new();
     push_failure(config, job, &message, &mut events);
-    finish(config, state, run_id, "failed", "", Some(&message), &[], &events);
+    finish(
+        config,
+        state,
+        run_id,
+        "failed",
+        "",
+        Some(&message),
+        &[],
+        &events,
+    );
     Outcome {
         result: Result::Failed(message),
         report: None,

@@ -15,12 +15,14 @@ use common::*;
 use rusqlite::{Connection, params};
 
 fn utc(text: &str) -> DateTime<Utc> {
-    text.parse().unwrap_or_else(|e| panic!("bad test instant {text}: {e}"))
+    text.parse()
+        .unwrap_or_else(|e| panic!("bad test instant {text}: {e}"))
 }
 
 fn apantli_db(path: &Path) {
     let conn = Connection::open(path).unwrap();
-    conn.execute_batch(caretaker::sample::APANTLI_SCHEMA).unwrap();
+    conn.execute_batch(caretaker::sample::APANTLI_SCHEMA)
+        .unwrap();
 }
 
 /// A request row at `at` (in Apantli's current `...Z` spelling) costing `usd`.
@@ -49,7 +51,13 @@ const JOBS: &str = "  spend:
 fn setup(dir: &Path, zone: &str) -> (std::path::PathBuf, Config) {
     let db = dir.join("requests.db");
     apantli_db(&db);
-    let config = load(&write_config(dir, &db, "apantli", &format!("timezone: {zone}"), JOBS));
+    let config = load(&write_config(
+        dir,
+        &db,
+        "apantli",
+        &format!("timezone: {zone}"),
+        JOBS,
+    ));
     (db, config)
 }
 
@@ -81,14 +89,27 @@ fn crossing_75_then_100_percent_sends_two_alerts_and_reruns_send_none() {
     let (key, severity, body) = &alerts[0];
     assert_eq!(key, "budget:spend:daily:2026-11-22:75");
     assert_eq!(*severity, Severity::Warning);
-    assert!(body.contains("$8.00 spent of $10.00, 80.0 % of the limit"), "{body}");
+    assert!(
+        body.contains("$8.00 spent of $10.00, 80.0 % of the limit"),
+        "{body}"
+    );
     // Noon in Berlin is half the day: $8 projects to $16.
-    assert!(body.contains("Projected to the end of the period (2026-11-23 00:00 CET): $16.00"), "{body}");
-    assert!(body.find("gpt-4o") < body.find("sonnet"), "top models, most expensive first: {body}");
+    assert!(
+        body.contains("Projected to the end of the period (2026-11-23 00:00 CET): $16.00"),
+        "{body}"
+    );
+    assert!(
+        body.find("gpt-4o") < body.find("sonnet"),
+        "top models, most expensive first: {body}"
+    );
     assert_eq!(figure(&report, "spent_usd{limit=\"daily\"}"), 8.0);
 
     let (_, again) = run_at(&config, &state, "spend", now, false).unwrap();
-    assert!(again.is_empty(), "a re-run sends nothing: {:?}", raised(&again));
+    assert!(
+        again.is_empty(),
+        "a re-run sends nothing: {:?}",
+        raised(&again)
+    );
 
     spend(&db, utc("2026-11-22T11:30:00Z"), "gpt-4o", 2.5, false);
     let later = utc("2026-11-22T12:00:00Z");
@@ -96,7 +117,12 @@ fn crossing_75_then_100_percent_sends_two_alerts_and_reruns_send_none() {
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].0, "budget:spend:daily:2026-11-22:100");
     assert_eq!(alerts[0].1, Severity::Critical);
-    assert!(run_at(&config, &state, "spend", later, false).unwrap().1.is_empty());
+    assert!(
+        run_at(&config, &state, "spend", later, false)
+            .unwrap()
+            .1
+            .is_empty()
+    );
 
     // A dry run reports what it would send and records nothing.
     let fresh_dir = tempfile::tempdir().unwrap();
@@ -106,7 +132,10 @@ fn crossing_75_then_100_percent_sends_two_alerts_and_reruns_send_none() {
     let (dry, events) = run_at(&fresh, &fresh_state, "spend", now, true).unwrap();
     assert!(events.is_empty());
     assert_eq!(dry.plan.len(), 1, "{:?}", dry.plan);
-    assert_eq!(raised(&run_at(&fresh, &fresh_state, "spend", now, false).unwrap().1).len(), 1);
+    assert_eq!(
+        raised(&run_at(&fresh, &fresh_state, "spend", now, false).unwrap().1).len(),
+        1
+    );
 }
 
 #[test]
@@ -117,12 +146,18 @@ fn a_new_local_day_starts_fresh_across_midnight_and_a_dst_change() {
     let state = State::open(&config.state_dir).unwrap();
     spend(&db, utc("2026-10-24T22:10:00Z"), "gpt-4o", 4.0, false); // 00:10 CEST on the 25th
     spend(&db, utc("2026-10-25T22:30:00Z"), "gpt-4o", 4.0, false); // 23:30 CET on the 25th
-    let (report, events) = run_at(&config, &state, "spend", utc("2026-10-25T22:45:00Z"), false).unwrap();
-    assert_eq!(figure(&report, "spent_usd{limit=\"daily\"}"), 8.0, "both rows are on the local 25th");
+    let (report, events) =
+        run_at(&config, &state, "spend", utc("2026-10-25T22:45:00Z"), false).unwrap();
+    assert_eq!(
+        figure(&report, "spent_usd{limit=\"daily\"}"),
+        8.0,
+        "both rows are on the local 25th"
+    );
     assert_eq!(raised(&events)[0].0, "budget:spend:daily:2026-10-25:75");
 
     // Midnight in Berlin, 23:00 UTC: the 26th has spent nothing yet, then crosses on its own.
-    let (report, events) = run_at(&config, &state, "spend", utc("2026-10-25T23:05:00Z"), false).unwrap();
+    let (report, events) =
+        run_at(&config, &state, "spend", utc("2026-10-25T23:05:00Z"), false).unwrap();
     assert_eq!(figure(&report, "spent_usd{limit=\"daily\"}"), 0.0);
     assert!(events.is_empty());
     spend(&db, utc("2026-10-25T23:10:00Z"), "sonnet", 7.6, false);
@@ -137,7 +172,8 @@ fn a_new_local_day_starts_fresh_across_midnight_and_a_dst_change() {
     let (_, events) = run_at(&config, &state, "spend", utc("2026-03-08T04:50:00Z"), false).unwrap();
     assert_eq!(raised(&events)[0].0, "budget:spend:daily:2026-03-07:75");
     spend(&db, utc("2026-03-08T05:20:00Z"), "gpt-4o", 8.0, false); // 00:20 EST on the 8th
-    let (report, events) = run_at(&config, &state, "spend", utc("2026-03-08T05:30:00Z"), false).unwrap();
+    let (report, events) =
+        run_at(&config, &state, "spend", utc("2026-03-08T05:30:00Z"), false).unwrap();
     assert_eq!(figure(&report, "spent_usd{limit=\"daily\"}"), 8.0);
     assert_eq!(raised(&events)[0].0, "budget:spend:daily:2026-03-08:75");
 }
@@ -150,14 +186,38 @@ fn a_restart_mid_period_sends_no_duplicate() {
     let now = utc("2026-11-22T11:00:00Z");
     {
         let state = State::open(&config.state_dir).unwrap();
-        assert_eq!(raised(&run_at(&config, &state, "spend", now, false).unwrap().1).len(), 1);
+        assert_eq!(
+            raised(&run_at(&config, &state, "spend", now, false).unwrap().1).len(),
+            1
+        );
     }
     // The daemon restarts: a new State on the same state_dir.
     let state = State::open(&config.state_dir).unwrap();
-    assert!(run_at(&config, &state, "spend", now + chrono::Duration::hours(1), false).unwrap().1.is_empty());
+    assert!(
+        run_at(
+            &config,
+            &state,
+            "spend",
+            now + chrono::Duration::hours(1),
+            false
+        )
+        .unwrap()
+        .1
+        .is_empty()
+    );
     spend(&db, utc("2026-11-22T12:00:00Z"), "gpt-4o", 3.0, false);
     let state = State::open(&config.state_dir).unwrap();
-    let alerts = raised(&run_at(&config, &state, "spend", now + chrono::Duration::hours(2), false).unwrap().1);
+    let alerts = raised(
+        &run_at(
+            &config,
+            &state,
+            "spend",
+            now + chrono::Duration::hours(2),
+            false,
+        )
+        .unwrap()
+        .1,
+    );
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].0, "budget:spend:daily:2026-11-22:100");
 }
@@ -166,12 +226,25 @@ fn a_restart_mid_period_sends_no_duplicate() {
 fn a_provider_glob_on_a_gateway_without_providers_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("usage.db");
-    caretaker::sample::create_bobamixer(&db, &caretaker::sample::SampleOptions { rows: 10, ..Default::default() }).unwrap();
+    caretaker::sample::create_bobamixer(
+        &db,
+        &caretaker::sample::SampleOptions {
+            rows: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let jobs = "  spend:\n    on_signal: USR1\n    budget:\n      limits: [{name: openai, period: day, usd: 5, provider: openai}]\n";
     let config = load(&write_config(dir.path(), &db, "bobamixer", "", jobs));
     let state = State::open(&config.state_dir).unwrap();
-    let error = format!("{:#}", run_at(&config, &state, "spend", Utc::now(), false).unwrap_err());
-    assert!(error.contains("`openai` filters by provider") && error.contains("records no provider"), "{error}");
+    let error = format!(
+        "{:#}",
+        run_at(&config, &state, "spend", Utc::now(), false).unwrap_err()
+    );
+    assert!(
+        error.contains("`openai` filters by provider") && error.contains("records no provider"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -188,7 +261,11 @@ fn run_job_delivers_the_alert_to_the_alerts_file_once() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let stdout = run();
@@ -201,10 +278,22 @@ fn run_job_delivers_the_alert_to_the_alerts_file_once() {
         .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     let subject = lines[0]["subject"].as_str().unwrap();
-    assert!(subject.contains("spend") && subject.contains("budget daily at 90 % of $10.00"), "{subject}");
-    assert!(lines[0]["body"].as_str().unwrap().contains("Top models this period"));
+    assert!(
+        subject.contains("spend") && subject.contains("budget daily at 90 % of $10.00"),
+        "{subject}"
+    );
+    assert!(
+        lines[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("Top models this period")
+    );
     run();
-    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 1, "a second run sends nothing");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().lines().count(),
+        1,
+        "a second run sends nothing"
+    );
     let state = State::open(&dir.path().join("state")).unwrap();
     assert!(alerts::pending(&state).unwrap().is_empty());
 }

@@ -57,7 +57,10 @@ fn apantli_with_missing_costs(db: &Path, rows: u64) {
     let insert = "INSERT INTO requests (timestamp, model, provider, prompt_tokens, completion_tokens, \
                   total_tokens, cost, duration_ms, request_data, response_data, error) \
                   VALUES ('2025-11-01T10:00:00Z', ?1, ?2, ?3, ?4, ?3 + ?4, ?5, 900, ?6, ?7, NULL)";
-    for (i, cost) in [None, None, None, None, Some(0.0), Some(0.0), Some(0.0)].into_iter().enumerate() {
+    for (i, cost) in [None, None, None, None, Some(0.0), Some(0.0), Some(0.0)]
+        .into_iter()
+        .enumerate()
+    {
         conn.execute(
             insert,
             params![
@@ -93,7 +96,13 @@ fn apantli_null_and_zero_costs_are_repriced_from_litellm_and_unknown_models_keep
     let db = dir.path().join("requests.db");
     apantli_with_missing_costs(&db, 3_000);
     let before = apantli_costs(&db);
-    let config = load(&write_config(dir.path(), &db, "apantli", "", &pricing_jobs(&litellm_path(), "")));
+    let config = load(&write_config(
+        dir.path(),
+        &db,
+        "apantli",
+        "",
+        &pricing_jobs(&litellm_path(), ""),
+    ));
     let state = State::open(&config.state_dir).unwrap();
 
     let (report, _) = run_at(&config, &state, "reprice", now(), false).unwrap();
@@ -116,14 +125,21 @@ fn apantli_null_and_zero_costs_are_repriced_from_litellm_and_unknown_models_keep
             continue;
         }
         if model == "mystery" {
-            assert_eq!(cost, old, "row {id}: an unknown model keeps its cost (NULL stays NULL, 0 stays 0)");
+            assert_eq!(
+                cost, old,
+                "row {id}: an unknown model keeps its cost (NULL stays NULL, 0 stays 0)"
+            );
             continue;
         }
         if !matches!(old, None | Some(0.0)) {
-            assert_eq!(cost, old, "row {id}: a row with a cost is not touched with recompute: missing");
+            assert_eq!(
+                cost, old,
+                "row {id}: a row with a cost is not touched with recompute: missing"
+            );
             continue;
         }
-        let request: serde_json::Value = serde_json::from_str(&r.get::<_, String>(4).unwrap()).unwrap();
+        let request: serde_json::Value =
+            serde_json::from_str(&r.get::<_, String>(4).unwrap()).unwrap();
         let (read, write) = apantli_cache_tokens(&r.get::<_, String>(5).unwrap());
         let prompt = r.get::<_, i64>(2).unwrap() as u64;
         let (input, output) = litellm_cost(
@@ -136,24 +152,48 @@ fn apantli_null_and_zero_costs_are_repriced_from_litellm_and_unknown_models_keep
         )
         .unwrap_or_else(|| panic!("row {id}: sample models are all in LiteLLM's table"));
         let cost = cost.unwrap_or_else(|| panic!("row {id} still has no cost"));
-        assert!(close(cost, input + output), "row {id}: {cost} != {}", input + output);
+        assert!(
+            close(cost, input + output),
+            "row {id}: {cost} != {}",
+            input + output
+        );
         repriced += 1;
         checked_cache += u32::from(read + write > 0);
         checked_tier += u32::from(prompt > 200_000);
     }
     assert!(repriced > 1_500, "{repriced} rows re-priced");
-    assert!(checked_cache > 100, "rows with cache tokens: {checked_cache}");
+    assert!(
+        checked_cache > 100,
+        "rows with cache tokens: {checked_cache}"
+    );
     assert_eq!(checked_tier, 1);
     // gemini-2.5-pro above 200k: 150k uncached at 2.5e-6, 100k cached at 2.5e-7, 2k out at 1.5e-5.
     let tier_cost: f64 = conn
-        .query_row("SELECT cost FROM requests WHERE prompt_tokens = 250000", [], |r| r.get(0))
+        .query_row(
+            "SELECT cost FROM requests WHERE prompt_tokens = 250000",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    assert!(close(tier_cost, 150_000.0 * 2.5e-6 + 100_000.0 * 2.5e-7 + 2_000.0 * 1.5e-5), "{tier_cost}");
+    assert!(
+        close(
+            tier_cost,
+            150_000.0 * 2.5e-6 + 100_000.0 * 2.5e-7 + 2_000.0 * 1.5e-5
+        ),
+        "{tier_cost}"
+    );
 
     assert_eq!(figure(&report, "rows_repriced"), repriced as f64);
     assert_eq!(figure(&report, "rows_unpriced"), 7.0);
-    assert_eq!(figure(&report, "unpriced_rows{model=\"acme/mystery-1\"}"), 7.0);
-    assert!(report.summary.contains("acme/mystery-1 (7 rows)"), "{}", report.summary);
+    assert_eq!(
+        figure(&report, "unpriced_rows{model=\"acme/mystery-1\"}"),
+        7.0
+    );
+    assert!(
+        report.summary.contains("acme/mystery-1 (7 rows)"),
+        "{}",
+        report.summary
+    );
     let lock = figure(&report, "longest_write_lock_ms");
     assert!(lock > 0.0 && lock < 1_000.0, "longest write lock {lock} ms");
 
@@ -167,7 +207,14 @@ fn apantli_null_and_zero_costs_are_repriced_from_litellm_and_unknown_models_keep
 fn bobamixer_costs_are_repriced_split_and_rounded_like_bobamixer() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("usage.db");
-    sample::create_bobamixer(&db, &SampleOptions { rows: 2_000, ..SampleOptions::default() }).unwrap();
+    sample::create_bobamixer(
+        &db,
+        &SampleOptions {
+            rows: 2_000,
+            ..SampleOptions::default()
+        },
+    )
+    .unwrap();
     let conn = Connection::open(&db).unwrap();
     conn.execute_batch(
         "UPDATE usage_records SET input_cost = NULL, output_cost = NULL WHERE rowid % 3 = 0;
@@ -182,7 +229,13 @@ fn bobamixer_costs_are_repriced_split_and_rounded_like_bobamixer() {
         )
         .unwrap();
     assert!(unknown > 0, "the sample has models LiteLLM does not price");
-    let config = load(&write_config(dir.path(), &db, "bobamixer", "", &pricing_jobs(&litellm_path(), "")));
+    let config = load(&write_config(
+        dir.path(),
+        &db,
+        "bobamixer",
+        "",
+        &pricing_jobs(&litellm_path(), ""),
+    ));
     let state = State::open(&config.state_dir).unwrap();
 
     let (report, _) = run_at(&config, &state, "reprice", now(), false).unwrap();
@@ -198,14 +251,31 @@ fn bobamixer_costs_are_repriced_split_and_rounded_like_bobamixer() {
         let rowid: i64 = r.get(0).unwrap();
         let model: String = r.get(1).unwrap();
         let (input, output): (Option<f64>, Option<f64>) = (r.get(4).unwrap(), r.get(5).unwrap());
-        match litellm_cost(&table, &model, r.get::<_, i64>(2).unwrap() as u64, r.get::<_, i64>(3).unwrap() as u64, 0, 0) {
+        match litellm_cost(
+            &table,
+            &model,
+            r.get::<_, i64>(2).unwrap() as u64,
+            r.get::<_, i64>(3).unwrap() as u64,
+            0,
+            0,
+        ) {
             Some((want_in, want_out)) => {
                 // Rounded to 6 decimals like BobaMixer; a product that lands on a half
                 // micro-dollar may round either way depending on the float steps.
-                for (what, got, want) in [("input_cost", input, want_in), ("output_cost", output, want_out)] {
+                for (what, got, want) in [
+                    ("input_cost", input, want_in),
+                    ("output_cost", output, want_out),
+                ] {
                     let got = got.unwrap_or_else(|| panic!("row {rowid} {model}: {what} is NULL"));
-                    assert_eq!(got, round6(got), "row {rowid} {model}: {what} {got} has more than 6 decimals");
-                    assert!((got - want).abs() <= 0.5e-6 + 1e-12, "row {rowid} {model}: {what} {got}, by hand {want}");
+                    assert_eq!(
+                        got,
+                        round6(got),
+                        "row {rowid} {model}: {what} {got} has more than 6 decimals"
+                    );
+                    assert!(
+                        (got - want).abs() <= 0.5e-6 + 1e-12,
+                        "row {rowid} {model}: {what} {got}, by hand {want}"
+                    );
                 }
             }
             None => {
@@ -221,7 +291,11 @@ fn bobamixer_costs_are_repriced_split_and_rounded_like_bobamixer() {
     assert_eq!(unknown_seen, unknown);
     let unpriced_missing = figure(&report, "rows_unpriced");
     assert!(unpriced_missing > 0.0 && unpriced_missing <= unknown as f64);
-    assert!(report.summary.contains("qwen2.5-coder:32b ("), "{}", report.summary);
+    assert!(
+        report.summary.contains("qwen2.5-coder:32b ("),
+        "{}",
+        report.summary
+    );
 }
 
 #[test]
@@ -230,17 +304,37 @@ fn dry_run_lists_the_changes_and_their_total_and_changes_nothing() {
     let db = dir.path().join("requests.db");
     apantli_with_missing_costs(&db, 500);
     let before = apantli_costs(&db);
-    let config = write_config(dir.path(), &db, "apantli", "", &pricing_jobs(&litellm_path(), ""));
+    let config = write_config(
+        dir.path(),
+        &db,
+        "apantli",
+        "",
+        &pricing_jobs(&litellm_path(), ""),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
         .args(["run-job", "reprice", "--dry-run", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(apantli_costs(&db), before, "a dry run changes nothing");
-    assert!(stdout.lines().any(|l| l.starts_with("row ") && l.contains(" -> $")), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("model gpt-4o") || l.starts_with("model openai/gpt-4o")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("row ") && l.contains(" -> $")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("model gpt-4o") || l.starts_with("model openai/gpt-4o")),
+        "{stdout}"
+    );
     assert!(stdout.lines().any(|l| l.starts_with("total: ")), "{stdout}");
     assert!(stdout.contains("would re-price"), "{stdout}");
     assert!(stdout.contains("acme/mystery-1 (7 rows)"), "{stdout}");
@@ -253,11 +347,27 @@ fn an_invalid_price_file_fails_the_run_and_changes_nothing() {
     apantli_with_missing_costs(&db, 200);
     let before = apantli_costs(&db);
     let prices = dir.path().join("prices.yaml");
-    std::fs::write(&prices, "models:\n  gpt-4o: {input_per_million: cheap, output_per_million: 10}\n").unwrap();
-    let config = load(&write_config(dir.path(), &db, "apantli", "", &pricing_jobs(&prices, "")));
+    std::fs::write(
+        &prices,
+        "models:\n  gpt-4o: {input_per_million: cheap, output_per_million: 10}\n",
+    )
+    .unwrap();
+    let config = load(&write_config(
+        dir.path(),
+        &db,
+        "apantli",
+        "",
+        &pricing_jobs(&prices, ""),
+    ));
     let state = State::open(&config.state_dir).unwrap();
-    let error = format!("{:#}", run_at(&config, &state, "reprice", now(), false).unwrap_err());
-    assert!(error.contains("prices.yaml") && error.contains("nothing was changed"), "{error}");
+    let error = format!(
+        "{:#}",
+        run_at(&config, &state, "reprice", now(), false).unwrap_err()
+    );
+    assert!(
+        error.contains("prices.yaml") && error.contains("nothing was changed"),
+        "{error}"
+    );
     assert_eq!(apantli_costs(&db), before);
 }
 
@@ -266,21 +376,48 @@ fn since_and_recompute_all_select_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
     // 30 days of rows ending at now(); every successful row priced at half LiteLLM's price.
-    sample::create_apantli(&db, &SampleOptions { rows: 600, error_share: 0.0, zero_cost_share: 0.0, ..SampleOptions::default() }).unwrap();
+    sample::create_apantli(
+        &db,
+        &SampleOptions {
+            rows: 600,
+            error_share: 0.0,
+            zero_cost_share: 0.0,
+            ..SampleOptions::default()
+        },
+    )
+    .unwrap();
     let conn = Connection::open(&db).unwrap();
-    conn.execute_batch("UPDATE requests SET cost = cost / 2").unwrap();
+    conn.execute_batch("UPDATE requests SET cost = cost / 2")
+        .unwrap();
     let before = apantli_costs(&db);
-    let config = load(&write_config(dir.path(), &db, "apantli", "", &pricing_jobs(&litellm_path(), "recompute: all, since: 7d")));
+    let config = load(&write_config(
+        dir.path(),
+        &db,
+        "apantli",
+        "",
+        &pricing_jobs(&litellm_path(), "recompute: all, since: 7d"),
+    ));
     let state = State::open(&config.state_dir).unwrap();
     run_at(&config, &state, "reprice", now(), false).unwrap();
     let after = apantli_costs(&db);
-    let bound = (now() - chrono::Duration::days(7)).format("%Y-%m-%dT%H:%M:%S").to_string();
-    let mut stmt = conn.prepare("SELECT id, timestamp >= ?1 FROM requests").unwrap();
-    let recent: Vec<(i64, bool)> = stmt.query_map([&bound], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let bound = (now() - chrono::Duration::days(7))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let mut stmt = conn
+        .prepare("SELECT id, timestamp >= ?1 FROM requests")
+        .unwrap();
+    let recent: Vec<(i64, bool)> = stmt
+        .query_map([&bound], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     let (mut changed, mut kept) = (0, 0);
     for (id, is_recent) in recent {
         if is_recent {
-            assert_ne!(after[&id], before[&id], "row {id} is within `since` and mispriced");
+            assert_ne!(
+                after[&id], before[&id],
+                "row {id} is within `since` and mispriced"
+            );
             changed += 1;
         } else {
             assert_eq!(after[&id], before[&id], "row {id} is older than `since`");
@@ -291,7 +428,12 @@ fn since_and_recompute_all_select_the_rows() {
 }
 
 /// Starts gateway-sim on `db` and waits until its first row is committed.
-fn start_sim(dir: &Path, db: &Path, style: &str, rate: &str) -> (std::process::Child, std::path::PathBuf) {
+fn start_sim(
+    dir: &Path,
+    db: &Path,
+    style: &str,
+    rate: &str,
+) -> (std::process::Child, std::path::PathBuf) {
     let ready = dir.join(format!("{style}.ready"));
     let report = dir.join(format!("{style}.report.json"));
     let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
@@ -306,7 +448,11 @@ fn start_sim(dir: &Path, db: &Path, style: &str, rate: &str) -> (std::process::C
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the simulated gateway's first write", Duration::from_secs(30), || ready.exists());
+    wait_for(
+        "the simulated gateway's first write",
+        Duration::from_secs(30),
+        || ready.exists(),
+    );
     (child, report)
 }
 
@@ -319,7 +465,13 @@ fn stop_sim(mut child: std::process::Child, report: &Path) -> serde_json::Value 
 
 /// Runs the real binary's pricing job while the simulated gateway writes; returns the sim's
 /// report and the job's output.
-fn reprice_under_load(db: &Path, dir: &Path, schema: &str, style: &str, rate: &str) -> (serde_json::Value, String) {
+fn reprice_under_load(
+    db: &Path,
+    dir: &Path,
+    schema: &str,
+    style: &str,
+    rate: &str,
+) -> (serde_json::Value, String) {
     let config = write_config(dir, db, schema, "", &pricing_jobs(&litellm_path(), ""));
     let (sim, report) = start_sim(dir, db, style, rate);
     let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
@@ -329,7 +481,11 @@ fn reprice_under_load(db: &Path, dir: &Path, schema: &str, style: &str, rate: &s
         .unwrap();
     let sim = stop_sim(sim, &report);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (sim, stdout)
 }
 
@@ -337,8 +493,18 @@ fn reprice_under_load(db: &Path, dir: &Path, schema: &str, style: &str, rate: &s
 fn the_apantli_gateway_writing_meanwhile_loses_no_row() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
-    sample::create_apantli(&db, &SampleOptions { rows: 20_000, ..SampleOptions::default() }).unwrap();
-    Connection::open(&db).unwrap().execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL").unwrap();
+    sample::create_apantli(
+        &db,
+        &SampleOptions {
+            rows: 20_000,
+            ..SampleOptions::default()
+        },
+    )
+    .unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
+        .unwrap();
     let (sim, out) = reprice_under_load(&db, dir.path(), "apantli", "apantli", "20");
     println!("{out}\nsim: {sim}");
     assert_eq!(sim["failed"], 0, "the gateway lost rows: {sim}");
@@ -347,11 +513,19 @@ fn the_apantli_gateway_writing_meanwhile_loses_no_row() {
     let committed = std::fs::read_to_string(dir.path().join("apantli.committed")).unwrap();
     let conn = Connection::open(&db).unwrap();
     for id in committed.lines() {
-        let n: i64 = conn.query_row("SELECT count(*) FROM requests WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM requests WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
         assert_eq!(n, 1, "committed row {id} is missing");
     }
     let left: i64 = conn
-        .query_row("SELECT count(*) FROM requests WHERE cost IS NULL AND error IS NULL AND id <= 20000", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM requests WHERE cost IS NULL AND error IS NULL AND id <= 20000",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(left, 0, "every sample row was re-priced");
 }
@@ -360,8 +534,18 @@ fn the_apantli_gateway_writing_meanwhile_loses_no_row() {
 fn the_bobamixer_gateway_meets_our_write_lock_less_than_one_percent_of_the_time() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("usage.db");
-    sample::create_bobamixer(&db, &SampleOptions { rows: 5_000, ..SampleOptions::default() }).unwrap();
-    Connection::open(&db).unwrap().execute_batch("UPDATE usage_records SET input_cost = NULL, output_cost = NULL").unwrap();
+    sample::create_bobamixer(
+        &db,
+        &SampleOptions {
+            rows: 5_000,
+            ..SampleOptions::default()
+        },
+    )
+    .unwrap();
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch("UPDATE usage_records SET input_cost = NULL, output_cost = NULL")
+        .unwrap();
     let (sim, out) = reprice_under_load(&db, dir.path(), "bobamixer", "bobamixer", "20");
     println!("{out}\nsim: {sim}");
     // BobaMixer's inserts never wait for a lock, so no writer of the database can promise
@@ -373,8 +557,18 @@ fn the_bobamixer_gateway_meets_our_write_lock_less_than_one_percent_of_the_time(
         .and_then(|rest| rest.split([' ', ')']).next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no write_lock_share in {out}"));
-    assert!(share < 0.01, "the job held the write lock {:.2} % of its run", share * 100.0);
-    let (failed, attempted) = (sim["failed"].as_u64().unwrap(), sim["attempted"].as_u64().unwrap());
+    assert!(
+        share < 0.01,
+        "the job held the write lock {:.2} % of its run",
+        share * 100.0
+    );
+    let (failed, attempted) = (
+        sim["failed"].as_u64().unwrap(),
+        sim["attempted"].as_u64().unwrap(),
+    );
     assert!(attempted > 50, "{sim}");
-    assert!(failed * 100 <= attempted * 2, "the gateway lost more rows than the lock share explains: {sim}");
+    assert!(
+        failed * 100 <= attempted * 2,
+        "the gateway lost more rows than the lock share explains: {sim}"
+    );
 }

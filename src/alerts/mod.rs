@@ -87,7 +87,7 @@ fn severity_from(s: &str) -> Severity {
 /// Where alerts go.
 pub enum Sink {
     File(PathBuf),
-    Email(EmailSink),
+    Email(Box<EmailSink>),
 }
 
 impl Sink {
@@ -104,15 +104,16 @@ impl Sink {
             sinks.push(Sink::File(path.clone()));
         }
         if let Some(smtp) = &settings.email {
-            sinks.push(Sink::Email(EmailSink::new(smtp.clone())?));
+            sinks.push(Sink::Email(Box::new(EmailSink::new(smtp.clone())?)));
         }
         Ok(sinks)
     }
 
     async fn send(&self, msg: &Message) -> Result<(), DeliveryError> {
         match self {
-            Sink::File(path) => append_line(path, msg)
-                .map_err(|e| DeliveryError::Transient(format!("{e:#}"))),
+            Sink::File(path) => {
+                append_line(path, msg).map_err(|e| DeliveryError::Transient(format!("{e:#}")))
+            }
             Sink::Email(sink) => {
                 sink.send(&EmailMessage {
                     subject: msg.subject.clone(),
@@ -184,7 +185,14 @@ pub fn submit(
                      ON CONFLICT(key) DO UPDATE SET active = 1, last_sent_at = excluded.last_sent_at",
                     params![a.key, millis(now)],
                 )?;
-                (&a.key, false, a.severity, a.job.as_deref(), a.what.as_str(), a.body.clone())
+                (
+                    &a.key,
+                    false,
+                    a.severity,
+                    a.job.as_deref(),
+                    a.what.as_str(),
+                    a.body.clone(),
+                )
             }
             AlertEvent::Resolve { key, job, what } => {
                 let changed = tx.execute(
@@ -195,7 +203,14 @@ pub fn submit(
                     continue;
                 }
                 let body = format!("The condition has cleared: {what}.\nNothing more to do.");
-                (key, true, Severity::Info, job.as_deref(), what.as_str(), body)
+                (
+                    key,
+                    true,
+                    Severity::Info,
+                    job.as_deref(),
+                    what.as_str(),
+                    body,
+                )
             }
         };
         tx.execute(
@@ -220,7 +235,8 @@ pub fn submit(
         }
         queued += 1;
     }
-    tx.commit().context("queuing alerts in the state database")?;
+    tx.commit()
+        .context("queuing alerts in the state database")?;
     Ok(queued)
 }
 
@@ -233,7 +249,11 @@ pub struct Delivered {
 
 /// Sends every delivery that is due. Safe to run from several processes at once: a delivery
 /// is claimed before it is sent, so no message goes out twice.
-pub async fn deliver_due(state: &State, sinks: &[Sink], now: DateTime<Utc>) -> anyhow::Result<Delivered> {
+pub async fn deliver_due(
+    state: &State,
+    sinks: &[Sink],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Delivered> {
     let mut done = Delivered::default();
     for sink in sinks {
         let due: Vec<Message> = {
@@ -289,7 +309,8 @@ pub async fn deliver_due(state: &State, sinks: &[Sink], now: DateTime<Utc>) -> a
                     done.sent += 1;
                 }
                 Err(DeliveryError::Transient(e)) => {
-                    let next = now + chrono::Duration::from_std(email::backoff(attempts)).unwrap_or_default();
+                    let next = now
+                        + chrono::Duration::from_std(email::backoff(attempts)).unwrap_or_default();
                     tracing::warn!(sink = sink.name(), alert = msg.id, attempt = attempts, error = %e, retry_at = %next, "alert delivery failed; will retry");
                     conn.execute(
                         "UPDATE deliveries SET next_attempt_at = ?3, last_error = ?4 WHERE outbox_id = ?1 AND sink = ?2",
@@ -321,8 +342,17 @@ pub fn next_delivery(state: &State) -> anyhow::Result<Option<DateTime<Utc>>> {
     Ok(next.map(from_millis))
 }
 
+/// A message not yet delivered to one sink.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub message: Message,
+    pub sink: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
 /// Alerts not yet delivered everywhere, for `status`.
-pub fn pending(state: &State) -> anyhow::Result<Vec<(Message, String, u32, Option<String>)>> {
+pub fn pending(state: &State) -> anyhow::Result<Vec<Pending>> {
     let conn = state.conn();
     let mut stmt = conn.prepare(
         "SELECT o.id, o.key, o.resolved, o.severity, o.job, o.subject, o.body, o.created_at, d.sink, d.attempts, d.last_error
@@ -330,8 +360,8 @@ pub fn pending(state: &State) -> anyhow::Result<Vec<(Message, String, u32, Optio
          WHERE d.delivered_at IS NULL AND d.gave_up = 0 ORDER BY o.id",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((
-            Message {
+        Ok(Pending {
+            message: Message {
                 id: r.get(0)?,
                 key: r.get(1)?,
                 resolved: r.get(2)?,
@@ -341,10 +371,10 @@ pub fn pending(state: &State) -> anyhow::Result<Vec<(Message, String, u32, Optio
                 body: r.get(6)?,
                 created_at: from_millis(r.get(7)?),
             },
-            r.get(8)?,
-            r.get(9)?,
-            r.get(10)?,
-        ))
+            sink: r.get(8)?,
+            attempts: r.get(9)?,
+            last_error: r.get(10)?,
+        })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -391,21 +421,82 @@ mod tests {
         let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
         assert_eq!(submit(&state, &s, &["file"], t0, &[raise("k")]).unwrap(), 1);
         // Within repeat_after: suppressed. After it: sent again.
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(1), &[raise("k")]).unwrap(), 0);
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(7), &[raise("k")]).unwrap(), 1);
-        let resolve = AlertEvent::Resolve { key: "k".into(), job: Some("nightly".into()), what: "backup failed".into() };
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(8), &[resolve.clone()]).unwrap(), 1);
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(9), &[resolve]).unwrap(), 0);
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(1),
+                &[raise("k")]
+            )
+            .unwrap(),
+            0
+        );
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(7),
+                &[raise("k")]
+            )
+            .unwrap(),
+            1
+        );
+        let resolve = AlertEvent::Resolve {
+            key: "k".into(),
+            job: Some("nightly".into()),
+            what: "backup failed".into(),
+        };
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(8),
+                std::slice::from_ref(&resolve)
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(9),
+                &[resolve]
+            )
+            .unwrap(),
+            0
+        );
         let sinks = Sink::from_settings(&s).unwrap();
-        let done = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(9)).await.unwrap();
-        assert_eq!(done, Delivered { sent: 3, retrying: 0, given_up: 0 });
+        let done = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(9))
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Delivered {
+                sent: 3,
+                retrying: 0,
+                given_up: 0
+            }
+        );
         let text = std::fs::read_to_string(&file).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0]["subject"], "[caretaker] critical nightly: backup failed");
+        assert_eq!(
+            lines[0]["subject"],
+            "[caretaker] critical nightly: backup failed"
+        );
         assert_eq!(lines[2]["resolved"], true);
         // Delivered messages are not sent again.
-        let again = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(10)).await.unwrap();
+        let again = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(10))
+            .await
+            .unwrap();
         assert_eq!(again.sent, 0);
         assert!(pending(&state).unwrap().is_empty());
     }

@@ -56,18 +56,33 @@ pub struct Spec {
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let mut ok = true;
     let backup_max_age = match raw.backup_max_age {
-        Some(RawBackupAge { job: Some(job), age: Some(age) }) => Some(BackupAge { job, age: age.0 }),
+        Some(RawBackupAge {
+            job: Some(job),
+            age: Some(age),
+        }) => Some(BackupAge { job, age: age.0 }),
         Some(_) => {
-            checks.error(&format!("{path}.backup_max_age"), "needs both keys; accepted: {job: <backup job name>, age: 26h}");
+            checks.error(
+                &format!("{path}.backup_max_age"),
+                "needs both keys; accepted: {job: <backup job name>, age: 26h}",
+            );
             ok = false;
             None
         }
         None => None,
     };
     let error_rate_max = match raw.error_rate_max {
-        Some(RawErrorRate { share: Some(share), over: Some(over) }) => Some(ErrorRate { share: share.0, over: over.0 }),
+        Some(RawErrorRate {
+            share: Some(share),
+            over: Some(over),
+        }) => Some(ErrorRate {
+            share: share.0,
+            over: over.0,
+        }),
         Some(_) => {
-            checks.error(&format!("{path}.error_rate_max"), "needs both keys; accepted: {share: 5%, over: 1h}");
+            checks.error(
+                &format!("{path}.error_rate_max"),
+                "needs both keys; accepted: {share: 5%, over: 1h}",
+            );
             ok = false;
             None
         }

@@ -115,7 +115,8 @@ pub struct RawJob {
     health: Option<health::Raw>,
 }
 
-const KINDS: &str = "backup, verify, integrity, maintenance, archive, logrotate, pricing, budget, health";
+const KINDS: &str =
+    "backup, verify, integrity, maintenance, archive, logrotate, pricing, budget, health";
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()

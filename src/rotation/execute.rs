@@ -47,8 +47,7 @@ pub struct FileOutcome {
 impl Outcome {
     /// No file failed and no notification failed (skips that are warnings count as failures).
     pub fn is_success(&self) -> bool {
-        self.files.iter().all(|f| f.errors.is_empty())
-            && !matches!(self.notify, Some(Err(_)))
+        self.files.iter().all(|f| f.errors.is_empty()) && !matches!(self.notify, Some(Err(_)))
     }
 }
 
@@ -88,16 +87,28 @@ pub fn execute(plan: &Plan) -> Outcome {
         };
         match &file.action {
             Action::Record => {
-                state.insert(file.path.clone(), FileState { last_rotated: plan.now });
+                state.insert(
+                    file.path.clone(),
+                    FileState {
+                        last_rotated: plan.now,
+                    },
+                );
             }
             Action::Skip(reason) if reason.is_problem() => {
-                outcome.errors.push(format!("{}: {reason}", file.path.display()));
+                outcome
+                    .errors
+                    .push(format!("{}: {reason}", file.path.display()));
             }
             Action::Skip(_) => {}
             Action::Rotate(_) => match file.steps.iter().try_for_each(run_step) {
                 Ok(()) => {
                     outcome.rotated = true;
-                    state.insert(file.path.clone(), FileState { last_rotated: plan.now });
+                    state.insert(
+                        file.path.clone(),
+                        FileState {
+                            last_rotated: plan.now,
+                        },
+                    );
                 }
                 Err(e) => outcome.errors.push(format!("{e:#}")),
             },
@@ -216,8 +227,13 @@ fn rename_no_clobber(from: &Path, to: &Path) -> Result<()> {
 /// `chown` to another user needs privileges; when it fails the file keeps the mode, which
 /// is the part that protects the content, and the error says how to fix ownership.
 fn copy_mode_and_owner(file: &File, path: &Path, like: &fs::Metadata) -> Result<()> {
-    rustix::fs::fchmod(file, Mode::from_raw_mode(like.mode() & 0o7777))
-        .with_context(|| format!("setting mode {:o} on {}", like.mode() & 0o7777, path.display()))?;
+    rustix::fs::fchmod(file, Mode::from_raw_mode(like.mode() & 0o7777)).with_context(|| {
+        format!(
+            "setting mode {:o} on {}",
+            like.mode() & 0o7777,
+            path.display()
+        )
+    })?;
     let here = file
         .metadata()
         .with_context(|| format!("examining {}", path.display()))?;
@@ -241,9 +257,18 @@ fn copy_mode_and_owner(file: &File, path: &Path, like: &fs::Metadata) -> Result<
 
 /// `method: create`: rename the log aside, then create a new empty log in its place.
 fn move_and_create(from: &Path, to: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(from).with_context(|| format!("examining {}", from.display()))?;
+    let meta =
+        fs::symlink_metadata(from).with_context(|| format!("examining {}", from.display()))?;
     if !meta.is_file() {
-        bail!("{} is no longer a regular file; not rotated", from.display());
+        bail!(
+            "{} is no longer a regular file; not rotated",
+            from.display()
+        );
+    }
+    if to.as_os_str().to_string_lossy().ends_with(TEMP_SUFFIX) {
+        // `rotate: 0` moves the log to a hidden name and deletes it after the notification;
+        // a leftover there is content from an interrupted run that was meant to be discarded.
+        remove(to)?;
     }
     ensure_absent(to)?;
     fs::rename(from, to)
@@ -276,11 +301,20 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(beside: &Path) -> Result<(Self, File)> {
+    /// Creates `.NAME.caretaker-tmp` beside `beside`. A leftover from an interrupted run is
+    /// replaced only if `leftover_is_redundant`, i.e. its content is still in its source.
+    fn create(beside: &Path, leftover_is_redundant: bool) -> Result<(Self, File)> {
         let name = beside.file_name().unwrap_or_default().to_string_lossy();
         let path = beside.with_file_name(format!(".{name}{TEMP_SUFFIX}"));
-        // A leftover from an interrupted run never holds anything that is not also in its source.
-        let _ = fs::remove_file(&path);
+        if leftover_is_redundant {
+            remove(&path)?;
+        } else if fs::symlink_metadata(&path).is_ok() {
+            bail!(
+                "{} is left over from an interrupted copytruncate and may hold the only copy of \
+                 some log lines: move it out of the log directory by hand, then run the job again",
+                path.display()
+            );
+        }
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -314,7 +348,7 @@ fn write_durably(
     to: &Path,
     fill: impl FnOnce(File) -> io::Result<File>,
 ) -> Result<()> {
-    let (temp, file) = TempFile::create(to)?;
+    let (temp, file) = TempFile::create(to, true)?;
     let file = fill(file).with_context(|| format!("writing {}", temp.path.display()))?;
     copy_mode_and_owner(&file, &temp.path, source)?;
     let mtime = source
@@ -329,6 +363,9 @@ fn write_durably(
 
 /// `method: copytruncate`: copy the log, then truncate it in place. Lines the writer
 /// appends between the end of the copy and the truncation are lost.
+///
+/// To keep that window short, the bulk of the file is copied and synced first; then only
+/// what was appended meanwhile is copied, and the file is truncated at once.
 fn copy_and_truncate(from: &Path, to: &Path) -> Result<()> {
     ensure_absent(to)?;
     let mut source = OpenOptions::new()
@@ -340,15 +377,38 @@ fn copy_and_truncate(from: &Path, to: &Path) -> Result<()> {
     let meta = source
         .metadata()
         .with_context(|| format!("examining {}", from.display()))?;
-    write_durably(&meta, to, |file| {
-        let mut writer = BufWriter::new(file);
-        io::copy(&mut source, &mut writer)?;
-        writer.into_inner().map_err(|e| e.into_error())
-    })
-    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    let (mut temp, file) = TempFile::create(to, false)?;
+    copy_mode_and_owner(&file, &temp.path, &meta)?;
+    let mut writer = BufWriter::new(file);
+    io::copy(&mut source, &mut writer)
+        .and_then(|_| writer.flush())
+        .and_then(|()| writer.get_ref().sync_data())
+        .with_context(|| format!("copying {} to {}", from.display(), temp.path.display()))?;
+    io::copy(&mut source, &mut writer)
+        .and_then(|_| writer.flush())
+        .with_context(|| format!("copying {} to {}", from.display(), temp.path.display()))?;
     source
         .set_len(0)
-        .with_context(|| format!("truncating {} after copying it to {}", from.display(), to.display()))
+        .with_context(|| format!("truncating {} after copying it", from.display()))?;
+    // From here on the copy holds the only instance of the log's content: on failure it is
+    // kept under its temporary name rather than removed.
+    temp.armed = false;
+    let kept = temp.path.clone();
+    let finish = || -> Result<()> {
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        let mtime = meta.modified()?;
+        file.set_modified(mtime)?;
+        file.sync_all()?;
+        temp.persist(to)
+    };
+    finish().with_context(|| {
+        format!(
+            "finishing the copy of {}; its content is in {}, rename that to {} by hand",
+            from.display(),
+            kept.display(),
+            to.display()
+        )
+    })
 }
 
 fn truncate(path: &Path) -> Result<()> {
@@ -416,10 +476,7 @@ fn send_notify(notify: &Notify) -> Result<()> {
                 let stderr = String::from_utf8_lossy(&output.stderr);
                 let stderr = stderr.trim();
                 let tail = &stderr[stderr.floor_char_boundary(stderr.len().saturating_sub(500))..];
-                bail!(
-                    "notify command {argv:?} failed ({}): {tail}",
-                    output.status
-                );
+                bail!("notify command {argv:?} failed ({}): {tail}", output.status);
             }
             Ok(())
         }

@@ -14,7 +14,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub fn litellm_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/litellm/model_prices_and_context_window.json")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/litellm/model_prices_and_context_window.json")
 }
 
 pub fn litellm() -> Value {
@@ -37,7 +38,9 @@ pub fn write_config(dir: &Path, db: &Path, schema: &str, top: &str, jobs: &str) 
 }
 
 pub fn load(path: &Path) -> Config {
-    config::load(path).unwrap_or_else(|e| panic!("invalid test jobs file: {e}")).0
+    config::load(path)
+        .unwrap_or_else(|e| panic!("invalid test jobs file: {e}"))
+        .0
 }
 
 /// Runs job `name` in this process with the clock at `now`, as the runner would, and returns
@@ -76,14 +79,21 @@ pub fn figure(report: &Report, name: &str) -> f64 {
 pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// The rate `key` of a LiteLLM entry, with the `_above_200k_tokens` variant when `long`.
 fn rate(entry: &Value, key: &str, long: bool) -> Option<f64> {
-    if long && let Some(v) = entry.get(format!("{key}_above_200k_tokens")).and_then(Value::as_f64) {
+    if long
+        && let Some(v) = entry
+            .get(format!("{key}_above_200k_tokens"))
+            .and_then(Value::as_f64)
+    {
         return Some(v);
     }
     entry.get(key).and_then(Value::as_f64)
