@@ -531,14 +531,15 @@ impl Pacing {
     pub fn for_gateway(preset: Preset) -> Pacing {
         match preset {
             // Apantli's writers wait up to 5 s for our lock, sleeping in SQLite's busy handler
-            // in steps of at most 25 ms while they have waited less than 130 ms (100 ms
-            // later): a pause of 50 ms, and twice the lock, lets the writers that queued
-            // behind a batch in before the next one, and keeps us off the lock two thirds of
-            // the time for those that waited longest.
+            // in steps of at most 25 ms while they have waited less than 130 ms. A writer
+            // that queued behind a batch (at most ~45 ms) wakes within 25 ms of its end: a
+            // pause of 30 ms, and at least the lock's length, lets it in first. A commit in
+            // the rollback journal costs two fsyncs whatever the batch size, so the target
+            // is set well above that and below MAX_LOCK.
             Preset::Apantli => Pacing {
-                target_lock: Duration::from_millis(20),
-                min_pause: Duration::from_millis(50),
-                pause_per_lock: 2,
+                target_lock: Duration::from_millis(30),
+                min_pause: Duration::from_millis(30),
+                pause_per_lock: 1,
             },
             // BobaMixer's inserts never wait: one that meets our lock is lost. Nothing but
             // not writing makes that impossible, so the share of time we hold the lock is
@@ -562,9 +563,11 @@ struct Batcher {
 impl Batcher {
     /// Learns from a batch of `rows` that held the lock for `lock`; returns the pause.
     fn after(&mut self, rows: usize, lock: Duration) -> Duration {
-        if lock > self.pacing.target_lock * 2 {
+        // A band rather than a point: a commit's fixed cost (fsync) makes the lock far from
+        // proportional to the rows, and a doubled batch must still fit under the top.
+        if lock > self.pacing.target_lock * 3 / 2 {
             self.size = (self.size / 2).max(MIN_BATCH);
-        } else if lock < self.pacing.target_lock / 3 && rows >= self.size {
+        } else if lock < self.pacing.target_lock * 3 / 4 && rows >= self.size {
             self.size = (self.size * 2).min(MAX_BATCH);
         }
         (lock * self.pacing.pause_per_lock).max(self.pacing.min_pause)
@@ -854,7 +857,10 @@ mod tests {
         let mut b = Batcher { pacing, size: 1000 };
         let pause = b.after(1000, Duration::from_millis(80));
         assert_eq!(b.size, 500);
-        assert_eq!(pause, Duration::from_millis(160));
+        assert_eq!(pause, Duration::from_millis(80));
+        // Inside the band: the size stays.
+        b.after(500, Duration::from_millis(30));
+        assert_eq!(b.size, 500);
         let pause = b.after(500, Duration::from_millis(1));
         assert_eq!(b.size, 1000);
         assert_eq!(pause, pacing.min_pause);
