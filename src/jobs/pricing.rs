@@ -277,10 +277,12 @@ impl<'a> Rows<'a> {
         if spec.recompute == Recompute::Missing {
             filters.push(missing);
         }
-        let since = spec.since.map(|d| {
-            let since = now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-            gateway.time_value(since)
-        });
+        // A `since` reaching before the calendar's start is no bound at all.
+        let since = spec
+            .since
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .and_then(|d| now.checked_sub_signed(d))
+            .map(|t| gateway.time_value(t));
         if since.is_some() {
             filters.push(format!("{} >= ?3", q(&c.time)));
         }
@@ -477,8 +479,8 @@ impl RawRow {
     fn candidate(self, preset: Preset) -> Candidate {
         let (model, usage) = if preset == Preset::Apantli {
             (
-                prices::apantli_price_key(&self.model, self.request_data.as_deref()),
-                prices::usage_from_apantli(
+                apantli_key(&self.model, self.request_data.as_deref()),
+                apantli_usage(
                     self.input_tokens,
                     self.output_tokens,
                     self.response_data.as_deref(),
@@ -500,6 +502,56 @@ impl RawRow {
             usage,
             old: self.old,
         }
+    }
+}
+
+/// The one field of a request the price lookup needs. serde skips the others (the messages,
+/// most of the bytes) without building them.
+#[derive(Deserialize)]
+struct RequestModel {
+    model: Option<serde_json::Value>,
+}
+
+/// The one field of a response the token counts need.
+#[derive(Deserialize)]
+struct ResponseUsage {
+    usage: Option<serde_json::Value>,
+}
+
+fn is_json_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
+/// [`prices::apantli_price_key`], several times faster on large requests; anything unusual
+/// (not an object, a repeated key) goes to it unchanged.
+fn apantli_key(model_column: &str, request_data: Option<&str>) -> String {
+    match request_data
+        .filter(|t| is_json_object(t))
+        .map(serde_json::from_str::<RequestModel>)
+    {
+        Some(Ok(RequestModel {
+            model: Some(serde_json::Value::String(m)),
+        })) if !m.trim().is_empty() => m.trim().to_owned(),
+        Some(Ok(_)) => model_column.to_owned(),
+        _ => prices::apantli_price_key(model_column, request_data),
+    }
+}
+
+/// [`prices::usage_from_apantli`], reading only the response's `usage` object; anything
+/// unusual goes to it unchanged.
+fn apantli_usage(prompt_tokens: u64, completion_tokens: u64, response_data: Option<&str>) -> Usage {
+    match response_data
+        .filter(|t| is_json_object(t))
+        .map(serde_json::from_str::<ResponseUsage>)
+    {
+        Some(Ok(ResponseUsage { usage: Some(usage) })) => {
+            let small = serde_json::json!({ "usage": usage }).to_string();
+            prices::usage_from_apantli(prompt_tokens, completion_tokens, Some(&small))
+        }
+        Some(Ok(ResponseUsage { usage: None })) => {
+            prices::usage_from_apantli(prompt_tokens, completion_tokens, None)
+        }
+        _ => prices::usage_from_apantli(prompt_tokens, completion_tokens, response_data),
     }
 }
 
@@ -849,6 +901,71 @@ mod tests {
         );
         assert_eq!(plan.by_model["gpt-4o"].rows, 1);
         assert_eq!(plan.by_model["four-o"].rows, 1);
+    }
+
+    #[test]
+    fn the_fast_json_readers_agree_with_the_price_module() {
+        use crate::sample::{ApantliRowMaker, RowKind, SampleRng, Spelling};
+        use rand::SeedableRng;
+        let mut rng = SampleRng::seed_from_u64(7);
+        let maker = ApantliRowMaker::new(&mut rng, 2048);
+        let at = chrono::Utc::now();
+        let mut cases: Vec<(String, Option<String>, Option<String>, u64, u64)> = (0..400)
+            .map(|i| {
+                let kind = if i % 10 == 0 {
+                    RowKind::Error
+                } else {
+                    RowKind::Priced
+                };
+                let row = maker.row(&mut rng, at, Spelling::Zulu, kind);
+                (
+                    row.model.to_string(),
+                    Some(row.request_data),
+                    row.response_data,
+                    row.prompt_tokens as u64,
+                    row.completion_tokens as u64,
+                )
+            })
+            .collect();
+        for (request, response) in [
+            (r#"{"model": "  openai/gpt-4o  "}"#, r#"{"usage": null}"#),
+            (r#"{"model": ""}"#, r#"{"id": 1}"#),
+            (
+                r#"{"model": 42}"#,
+                r#"{"usage": {"prompt_tokens_details": {"cached_tokens": 5}}}"#,
+            ),
+            (
+                r#"{"model": "a", "model": "b"}"#,
+                r#"{"usage": {"cache_read_input_tokens": 3}, "usage": {}}"#,
+            ),
+            (r#"["openai/gpt-4o"]"#, r#"[{"usage": {}}]"#),
+            ("not json", "not json"),
+            (
+                r#"{"model": "x\u00e9\"y"}"#,
+                r#"{"usage": {"cache_creation_input_tokens": 9, "completion_tokens_details": {"reasoning_tokens": 4}}}"#,
+            ),
+        ] {
+            cases.push((
+                "col".into(),
+                Some(request.into()),
+                Some(response.into()),
+                100,
+                20,
+            ));
+        }
+        cases.push(("col".into(), None, None, 1, 2));
+        for (column, request, response, prompt, completion) in cases {
+            assert_eq!(
+                apantli_key(&column, request.as_deref()),
+                prices::apantli_price_key(&column, request.as_deref()),
+                "{request:?}"
+            );
+            assert_eq!(
+                apantli_usage(prompt, completion, response.as_deref()),
+                prices::usage_from_apantli(prompt, completion, response.as_deref()),
+                "{response:?}"
+            );
+        }
     }
 
     #[test]
