@@ -505,7 +505,7 @@ fn the_apantli_gateway_writing_meanwhile_loses_no_row() {
         .unwrap()
         .execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
         .unwrap();
-    let (sim, out) = reprice_under_load(&db, dir.path(), "apantli", "apantli", "20");
+    let (sim, out) = reprice_under_load(&db, dir.path(), "apantli", "apantli", "10");
     println!("{out}\nsim: {sim}");
     assert_eq!(sim["failed"], 0, "the gateway lost rows: {sim}");
     assert!(sim["committed"].as_u64().unwrap() > 0);

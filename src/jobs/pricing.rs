@@ -84,9 +84,10 @@ pub const MAX_LOCK: Duration = Duration::from_millis(50);
 const FIRST_BATCH: usize = 200;
 const MIN_BATCH: usize = 10;
 const MAX_BATCH: usize = 20_000;
-/// Attempts to take the write lock for one batch before the run gives up: a gateway busy
-/// without pause is served first, and the job fails (alerted) rather than push in.
-const LOCK_ATTEMPTS: u32 = 12;
+/// How long one batch waits, in all, for a gateway that keeps the write lock before the run
+/// gives up: the gateway's writes go first, and the job fails (alerted) rather than push in.
+/// The job's `timeout` and a shutdown stop the wait sooner.
+const LOCK_PATIENCE: Duration = Duration::from_secs(300);
 /// Changed rows listed one by one in a dry run; the rest are counted.
 const LISTED_CHANGES: usize = 200;
 /// Two costs closer than this (USD) are the same price: recomputing `all` does not rewrite
@@ -426,7 +427,7 @@ impl<'a> Rows<'a> {
 }
 
 /// Writes one batch, waiting for the gateway when it holds the lock past our busy timeout:
-/// its writes go first, however long they keep coming, up to [`LOCK_ATTEMPTS`].
+/// its writes go first, however long they keep coming, up to [`LOCK_PATIENCE`].
 fn write_with_retries(
     ctx: &Context<'_>,
     rows: &Rows<'_>,
@@ -434,10 +435,11 @@ fn write_with_retries(
     batch: &[Change],
     pacing: &Pacing,
 ) -> anyhow::Result<(usize, Duration)> {
+    let began = Instant::now();
     let mut attempt = 1;
     loop {
         match rows.write_batch(conn, batch) {
-            Err(e) if attempt < LOCK_ATTEMPTS && is_busy(&e) => {
+            Err(e) if began.elapsed() < LOCK_PATIENCE && is_busy(&e) => {
                 tracing::info!(
                     job = ctx.job,
                     attempt,
