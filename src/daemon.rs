@@ -56,6 +56,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // Handlers first: once the pid file exists, `kill -USR1 $(cat caretaker.pid)` must find
+    // them installed, or the default action of the signal would end the daemon.
+    let (events_tx, events) = mpsc::unbounded_channel();
+    spawn_signal_thread(events_tx.clone())?;
     let instance = match Instance::acquire(&config.state_dir) {
         Ok(i) => i,
         Err(e @ crate::locks::InstanceError::Held { .. }) => return Err(StartError::Locked(e)),
@@ -67,7 +71,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        Daemon::start(config_path.to_path_buf(), config)?
+        Daemon::start(config_path.to_path_buf(), config, events_tx, events)?
             .run()
             .await
     });
@@ -100,7 +104,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(config_path: PathBuf, config: Config) -> anyhow::Result<Daemon> {
+    fn start(
+        config_path: PathBuf,
+        config: Config,
+        events_tx: mpsc::UnboundedSender<Event>,
+        events: mpsc::UnboundedReceiver<Event>,
+    ) -> anyhow::Result<Daemon> {
         let state = Arc::new(State::open(&config.state_dir)?);
         let now = Utc::now();
         let interrupted = state.close_interrupted_runs(now)?;
@@ -110,8 +119,13 @@ impl Daemon {
                 "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again"
             );
         }
-        let (events_tx, events) = mpsc::unbounded_channel();
-        spawn_signal_thread(events_tx.clone())?;
+        let retried = alerts::retry_failed_now(&state, now)?;
+        if retried > 0 {
+            tracing::info!(
+                deliveries = retried,
+                "retrying undelivered alerts now instead of waiting for their backoff"
+            );
+        }
         let watcher = watch_file(&config_path, events_tx.clone(), || Event::FileChanged)
             .map_err(|e| {
                 tracing::warn!(

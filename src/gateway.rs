@@ -297,6 +297,11 @@ impl Gateway {
         .context("setting NO_CKPT_ON_CLOSE on the gateway connection")?;
         conn.busy_timeout(self.busy_timeout)
             .context("setting the busy timeout on the gateway connection")?;
+        // The bundled SQLite enforces foreign keys by default; the gateways' own connections
+        // do not (BobaMixer declares ON DELETE CASCADE but never enables it), and a cascade
+        // they never run must not start with ours.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .context("turning foreign key enforcement off, as the gateway has it")?;
         Ok(conn)
     }
 

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod jobs;
 pub mod locks;
 pub mod logging;
+pub mod metrics;
 pub mod periods;
 pub mod pgzip;
 pub mod prices;

@@ -106,15 +106,7 @@ fn sigterm_during_a_running_job_exits_0_within_the_timeout() {
     let mut daemon = sb.start_daemon();
     // Another process works on the gateway: our job waits for the gateway lock, as it would
     // behind `run-job`. Stopping must not wait for that other work.
-    let lock_path = sb.path("state/locks/gateway.lock");
-    std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = sb.hold_gateway_lock();
     daemon.signal("USR1");
     daemon.wait_log("waiting for the gateway lock", LONG);
     let asked = std::time::Instant::now();
@@ -193,15 +185,7 @@ fn repeated_signals_while_a_job_runs_coalesce_into_one_more_run() {
     let sb = Sandbox::new();
     sb.write_jobs(SIGNAL_JOBS);
     let daemon = sb.start_daemon();
-    let lock_path = sb.path("state/locks/gateway.lock");
-    std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = sb.hold_gateway_lock();
     daemon.signal("USR2");
     daemon.wait_log("waiting for the gateway lock", LONG);
     for _ in 0..3 {
@@ -238,4 +222,20 @@ fn run_job_records_the_run_and_fails_for_an_unknown_job() {
         .unwrap();
     assert!(job["last_run"]["started_at"].is_string());
     assert!(job["next_run"].is_string());
+}
+
+#[test]
+fn a_job_that_cannot_start_within_its_timeout_fails_and_alerts() {
+    let sb = Sandbox::new();
+    sb.write_jobs("  slow:\n    on_signal: USR1\n    timeout: 1s\n    integrity: {}\n");
+    let lock = sb.hold_gateway_lock();
+    let out = sb.caretaker(&["run-job", "slow"]);
+    drop(lock);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ran past its timeout"), "{stderr}");
+    assert!(sb.alerts().contains("job-failed:slow"), "{}", sb.alerts());
+    let run = &runs(&sb, "slow")[0];
+    assert_eq!(run.result, "failed");
+    assert!(run.error.as_deref().unwrap_or("").contains("timeout"));
 }

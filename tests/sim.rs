@@ -842,3 +842,42 @@ fn simulator_rejects_bad_arguments() {
     }
     assert!(!db.exists(), "a rejected run created the database");
 }
+
+/// CPU time of the calling thread, from Linux's scheduler statistics (first field, in ns).
+fn thread_cpu_time() -> Duration {
+    let stat = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let ns: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(ns)
+}
+
+/// Benchmark-sized samples; run with `cargo test --release --test sim -- --ignored --nocapture`.
+/// The bound is on CPU time: on a shared machine wall time measures the neighbours.
+#[test]
+#[ignore = "benchmark size: run in release"]
+fn a_million_rows_take_well_under_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SampleOptions {
+        rows: 1_000_000,
+        ..options(0)
+    };
+    for (name, create) in [
+        (
+            "requests.db",
+            sample::create_apantli as fn(&Path, &SampleOptions) -> _,
+        ),
+        ("usage.db", sample::create_bobamixer),
+    ] {
+        let path = dir.path().join(name);
+        let (wall, cpu) = (Instant::now(), thread_cpu_time());
+        let summary = create(&path, &opts).unwrap();
+        let (wall, cpu) = (wall.elapsed(), thread_cpu_time() - cpu);
+        let size = fs::metadata(&path).unwrap().len();
+        println!(
+            "{name}: {} rows in {wall:.1?} wall, {cpu:.1?} CPU, {} MB",
+            summary.rows,
+            size / 1_000_000
+        );
+        assert_eq!(summary.rows, 1_000_000);
+        assert!(cpu < Duration::from_secs(40), "{name} took {cpu:?} of CPU");
+    }
+}

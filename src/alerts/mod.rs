@@ -76,6 +76,20 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+/// Reads a `Message` from the first eight columns: id, key, resolved, severity, job, subject, body, created_at.
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        resolved: r.get(2)?,
+        severity: severity_from(&r.get::<_, String>(3)?),
+        job: r.get(4)?,
+        subject: r.get(5)?,
+        body: r.get(6)?,
+        created_at: from_millis(r.get(7)?),
+    })
+}
+
 fn severity_from(s: &str) -> Severity {
     match s {
         "critical" => Severity::Critical,
@@ -264,18 +278,7 @@ pub async fn deliver_due(
                  WHERE d.sink = ?1 AND d.delivered_at IS NULL AND d.gave_up = 0 AND d.next_attempt_at <= ?2
                  ORDER BY o.id",
             )?;
-            let rows = stmt.query_map(params![sink.name(), millis(now)], |r| {
-                Ok(Message {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    resolved: r.get(2)?,
-                    severity: severity_from(&r.get::<_, String>(3)?),
-                    job: r.get(4)?,
-                    subject: r.get(5)?,
-                    body: r.get(6)?,
-                    created_at: from_millis(r.get(7)?),
-                })
-            })?;
+            let rows = stmt.query_map(params![sink.name(), millis(now)], message_from_row)?;
             rows.collect::<Result<_, _>>()?
         };
         for msg in due {
@@ -285,7 +288,7 @@ pub async fn deliver_due(
                 let conn = state.conn();
                 let claim = millis(now + chrono::Duration::minutes(5));
                 let claimed = conn.execute(
-                    "UPDATE deliveries SET next_attempt_at = ?3, attempts = attempts + 1
+                    "UPDATE deliveries SET next_attempt_at = ?3, attempts = attempts + 1, last_error = NULL
                      WHERE outbox_id = ?1 AND sink = ?2 AND delivered_at IS NULL AND next_attempt_at <= ?4",
                     params![msg.id, sink.name(), claim, millis(now)],
                 )?;
@@ -309,8 +312,9 @@ pub async fn deliver_due(
                     done.sent += 1;
                 }
                 Err(DeliveryError::Transient(e)) => {
-                    let next = now
-                        + chrono::Duration::from_std(email::backoff(attempts)).unwrap_or_default();
+                    // `attempts` counts this one; the first retry waits backoff(0).
+                    let wait = email::backoff(attempts.saturating_sub(1));
+                    let next = now + chrono::Duration::from_std(wait).unwrap_or_default();
                     tracing::warn!(sink = sink.name(), alert = msg.id, attempt = attempts, error = %e, retry_at = %next, "alert delivery failed; will retry");
                     conn.execute(
                         "UPDATE deliveries SET next_attempt_at = ?3, last_error = ?4 WHERE outbox_id = ?1 AND sink = ?2",
@@ -330,6 +334,22 @@ pub async fn deliver_due(
         }
     }
     Ok(done)
+}
+
+/// Makes every delivery that failed and waits for its backoff due now; the daemon calls it at
+/// start-up, because a restart is usually the operator's answer to a broken mail setup.
+/// A delivery claimed by a process still sending it has no error recorded and is left alone,
+/// so it cannot go out twice.
+pub fn retry_failed_now(state: &State, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let changed = state
+        .conn()
+        .execute(
+            "UPDATE deliveries SET next_attempt_at = ?1
+             WHERE delivered_at IS NULL AND gave_up = 0 AND last_error IS NOT NULL AND next_attempt_at > ?1",
+            params![millis(now)],
+        )
+        .context("rescheduling failed alert deliveries in the state database")?;
+    Ok(changed)
 }
 
 /// When the next delivery is due, if any is pending.
@@ -361,16 +381,7 @@ pub fn pending(state: &State) -> anyhow::Result<Vec<Pending>> {
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(Pending {
-            message: Message {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                resolved: r.get(2)?,
-                severity: severity_from(&r.get::<_, String>(3)?),
-                job: r.get(4)?,
-                subject: r.get(5)?,
-                body: r.get(6)?,
-                created_at: from_millis(r.get(7)?),
-            },
+            message: message_from_row(r)?,
             sink: r.get(8)?,
             attempts: r.get(9)?,
             last_error: r.get(10)?,
@@ -516,6 +527,24 @@ mod tests {
         assert_eq!(done.retrying, 1);
         assert_eq!(pending(&state).unwrap().len(), 1);
         let next = next_delivery(&state).unwrap().unwrap();
-        assert!(next > t0);
+        // The first retry waits the base backoff.
+        assert_eq!(
+            next,
+            t0 + chrono::Duration::from_std(email::BACKOFF_BASE).unwrap()
+        );
+        // A restart retries it at once; a delivery still claimed (no error yet) is left alone.
+        submit(&state, &s, &["file"], t0, &[raise("claimed")]).unwrap();
+        state
+            .conn()
+            .execute(
+                "UPDATE deliveries SET attempts = 1, next_attempt_at = ?1 WHERE outbox_id = 2",
+                params![millis(t0 + chrono::Duration::minutes(5))],
+            )
+            .unwrap();
+        let restart = t0 + chrono::Duration::seconds(1);
+        assert_eq!(retry_failed_now(&state, restart).unwrap(), 1);
+        assert_eq!(next_delivery(&state).unwrap(), Some(restart));
+        let due = deliver_due(&state, &sinks, restart).await.unwrap();
+        assert_eq!(due.retrying, 1, "only the failed delivery was due");
     }
 }

@@ -7,6 +7,7 @@
 
 mod de;
 mod error;
+mod keys;
 mod raw;
 pub mod values;
 pub mod yaml;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use keys::{ITEM, JOB_PATH, accepted_keys};
 
 use crate::alerts::email::SmtpSettings;
 use crate::gateway::Gateway;

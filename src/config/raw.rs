@@ -121,6 +121,16 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             }
         }
     }
+    if let Some(gateway) = &gateway {
+        for job in &jobs {
+            for (key, message) in job.kind.gateway_problems(gateway) {
+                checks.error(
+                    &format!("jobs.{}.{}.{key}", job.name, job.kind.name()),
+                    message,
+                );
+            }
+        }
+    }
     Some(Config {
         source: checks.file.to_path_buf(),
         gateway: gateway?,

@@ -85,6 +85,20 @@ impl Sandbox {
         d
     }
 
+    /// Holds the gateway lock as another job (or `run-job`) working on the gateway would.
+    pub fn hold_gateway_lock(&self) -> fs::File {
+        let path = self.path("state/locks/gateway.lock");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        lock.lock().unwrap();
+        lock
+    }
+
     pub fn alerts(&self) -> String {
         fs::read_to_string(self.path("alerts.jsonl")).unwrap_or_default()
     }
