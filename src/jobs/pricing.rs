@@ -912,7 +912,9 @@ mod tests {
         let mut rng = SampleRng::seed_from_u64(7);
         let maker = ApantliRowMaker::new(&mut rng, 2048);
         let at = chrono::Utc::now();
-        let mut cases: Vec<(String, Option<String>, Option<String>, u64, u64)> = (0..400)
+        // (model column, request_data, response_data, prompt tokens, completion tokens)
+        type Case = (String, Option<String>, Option<String>, u64, u64);
+        let mut cases: Vec<Case> = (0..400)
             .map(|i| {
                 let kind = if i % 10 == 0 {
                     RowKind::Error
