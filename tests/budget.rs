@@ -297,3 +297,30 @@ fn run_job_delivers_the_alert_to_the_alerts_file_once() {
     let state = State::open(&dir.path().join("state")).unwrap();
     assert!(alerts::pending(&state).unwrap().is_empty());
 }
+
+#[test]
+fn bad_limits_are_refused_with_their_place_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    apantli_db(&db);
+    let jobs = "  spend:
+    on_signal: USR1
+    budget:
+      limits:
+        - {name: daily, period: day, usd: 10}
+        - {name: daily, period: week, usd: 0}
+        - {name: glob, period: day, usd: 5, model: \"gpt-[4\"}
+";
+    let path = write_config(dir.path(), &db, "apantli", "", jobs);
+    let errors = caretaker::config::load(&path).unwrap_err().to_string();
+    for needle in [
+        "jobs.spend.budget.limits[1].name",
+        "`daily` is used twice",
+        "jobs.spend.budget.limits[1].usd",
+        "is not a usable limit",
+        "jobs.spend.budget.limits[2].model",
+        "not a valid glob",
+    ] {
+        assert!(errors.contains(needle), "missing {needle:?} in:\n{errors}");
+    }
+}

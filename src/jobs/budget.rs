@@ -112,6 +112,19 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
             .map_or_else(|| vec![1.0], |w| w.into_iter().map(|s| s.0).collect());
         warn_at.sort_by(f64::total_cmp);
         warn_at.dedup();
+        if let Some(name) = &l.name
+            && limits.iter().any(|other: &Limit| &other.name == name)
+        {
+            // The name keys the thresholds already sent: two limits sharing one would
+            // silence each other.
+            checks.error(
+                &format!("{at}.name"),
+                format!(
+                    "the limit name `{name}` is used twice; accepted: a name unique within the job"
+                ),
+            );
+            ok = false;
+        }
         if let (Some(name), Some(period), Some(usd)) = (l.name, l.period, l.usd) {
             limits.push(Limit {
                 name,

@@ -655,7 +655,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         size: FIRST_BATCH,
     };
     if let Some((lo, hi)) = rows.range(&conn)? {
-        let mut after = lo - 1;
+        let mut after = lo.saturating_sub(1);
         while after < hi {
             ctx.checkpoint()?;
             let upto = after.saturating_add(READ_WINDOW).min(hi);
@@ -690,7 +690,9 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                     }
                     let pause = batcher.after(n, lock);
                     ctx.checkpoint()?;
-                    std::thread::sleep(pause);
+                    if !pending.is_empty() || !last {
+                        std::thread::sleep(pause);
+                    }
                 }
             }
             total.absorb(Plan {
