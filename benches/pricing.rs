@@ -3,7 +3,8 @@
 //!
 //! Run with `cargo bench --bench pricing`; `PRICING_BENCH_ROWS` changes the row count. Each
 //! side starts from the same state: every successful row's cost set to NULL. Prints wall
-//! time, rows per second, the longest write lock each held on the gateway, and the ratios.
+//! time, rows per second, the longest write lock each held on the gateway, and the ratios;
+//! then caretaker alone on the everyday case, 5 % of the rows logged at cost 0.
 
 use std::path::Path;
 use std::process::Command;
@@ -159,14 +160,16 @@ fn main() {
         figure("write_lock_share") * 100.0,
         figure("longest_read_ms"),
     );
-    println!(
-        "goal: 1M rows <= 10 s: {}",
-        if ours <= Duration::from_secs(10) {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
+    if rows >= 1_000_000 {
+        println!(
+            "goal: 1M rows <= 10 s: {}",
+            if ours <= Duration::from_secs(10) {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+    }
 
     reset(&db);
     let t = Instant::now();
@@ -197,4 +200,31 @@ fn main() {
         Ok(out) => println!("reference failed: {}", String::from_utf8_lossy(&out.stderr)),
         Err(e) => println!("reference not run (python3: {e})"),
     }
+
+    // The everyday case: the table is priced, and 5 % of the rows, spread over it, were
+    // logged at 0 while their price was unknown.
+    let conn = rusqlite::Connection::open(&db).expect("opening the bench database");
+    conn.execute(
+        "UPDATE requests SET cost = 0 WHERE error IS NULL AND id % 20 = 0",
+        [],
+    )
+    .expect("zeroing 5 % of the costs");
+    drop(conn);
+    let t = Instant::now();
+    let report = job.kind.run(&mut ctx).expect("the pricing job");
+    let figure = |name: &str| {
+        report
+            .figures
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    println!(
+        "caretaker pricing, 5 % of the rows at cost 0: {} rows in {:.2} s; longest write lock {:.1} ms over {} batches; longest read {:.1} ms",
+        figure("rows_repriced"),
+        t.elapsed().as_secs_f64(),
+        figure("longest_write_lock_ms"),
+        figure("write_batches"),
+        figure("longest_read_ms"),
+    );
 }
