@@ -34,6 +34,8 @@ enum Event {
     Run(SignalName),
     Terminate,
     FileChanged,
+    /// The price file of this `pricing` job (with `watch: true`) changed.
+    PricesChanged(String),
     JobDone(String, Outcome),
 }
 
@@ -95,6 +97,10 @@ struct Daemon {
     sinks_tx: watch::Sender<Arc<Vec<Sink>>>,
     deliver: Arc<Notify>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// One watcher per pricing job with `watch: true`; rebuilt on reload.
+    price_watchers: Vec<notify::RecommendedWatcher>,
+    /// Pricing jobs whose price file changed, and when the debounce lets them run.
+    prices_due: HashMap<String, tokio::time::Instant>,
 }
 
 impl Daemon {
@@ -120,7 +126,7 @@ impl Daemon {
                 "retrying undelivered alerts now instead of waiting for their backoff"
             );
         }
-        let watcher = watch_file(&config_path, events_tx.clone())
+        let watcher = watch_file(&config_path, events_tx.clone(), || Event::FileChanged)
             .map_err(|e| {
                 tracing::warn!(
                     "not watching {} for changes: {e:#}; reload with SIGHUP",
@@ -146,11 +152,53 @@ impl Daemon {
             sinks_tx,
             deliver,
             _watcher: watcher,
+            price_watchers: Vec::new(),
+            prices_due: HashMap::new(),
         })
+    }
+
+    /// Watches the price file of each pricing job with `watch: true`. The job itself reads
+    /// and checks the file when it runs: an invalid file fails that run (alerted) and
+    /// changes nothing.
+    fn watch_prices(&mut self) {
+        self.price_watchers.clear();
+        for (job, path) in crate::jobs::pricing::watched_files(&self.config) {
+            let tx = self.events_tx.clone();
+            let name = job.clone();
+            match watch_file(&path, tx, move || Event::PricesChanged(name.clone())) {
+                Ok(w) => self.price_watchers.push(w),
+                Err(e) => {
+                    tracing::warn!(job = %job, "not watching the price file {}: {e:#}; the job runs on its schedule and signals only", path.display())
+                }
+            }
+        }
+    }
+
+    fn run_price_changes(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .prices_due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.prices_due.remove(&name);
+            if self.shutdown.load(Ordering::SeqCst) {
+                continue;
+            }
+            tracing::info!(job = %name, "the price file changed");
+            if self.running.contains(&name) {
+                self.queued.insert(name);
+            } else {
+                self.spawn(&name, Trigger::FileChanged);
+            }
+        }
     }
 
     async fn run(mut self) -> anyhow::Result<()> {
         self.plan_schedule(Utc::now(), true);
+        self.watch_prices();
         notify_systemd(&[sd_notify::NotifyState::Ready]);
         if let Some(interval) = sd_notify::watchdog_enabled() {
             tokio::spawn(async move {
@@ -171,16 +219,23 @@ impl Daemon {
             self.fire_due(Utc::now());
             let sleep = self.sleep_duration(Utc::now());
             let reload_at = self.reload_at;
+            let prices_at = self.prices_due.values().min().copied();
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = async { tokio::time::sleep_until(reload_at.expect("guarded")).await }, if reload_at.is_some() => {
                     self.reload_at = None;
                     self.reload("the jobs file changed");
                 }
+                _ = async { tokio::time::sleep_until(prices_at.expect("guarded")).await }, if prices_at.is_some() => {
+                    self.run_price_changes();
+                }
                 Some(event) = self.events.recv() => match event {
                     Event::Hangup => self.reload("SIGHUP"),
                     Event::FileChanged => {
                         self.reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
+                    }
+                    Event::PricesChanged(job) => {
+                        self.prices_due.insert(job, tokio::time::Instant::now() + RELOAD_DEBOUNCE);
                     }
                     Event::Run(signal) => self.on_signal(signal),
                     Event::JobDone(name, outcome) => self.job_done(name, outcome),
@@ -338,6 +393,7 @@ impl Daemon {
                 }
                 self.config = Arc::new(new);
                 self.plan_schedule(now, false);
+                self.watch_prices();
                 self.raise(vec![AlertEvent::Resolve {
                     key: "config-invalid".into(),
                     job: None,
@@ -459,27 +515,28 @@ fn spawn_signal_thread(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Watches the jobs file's directory (editors replace files by rename, which a watch on the
-/// file itself would miss).
+/// Watches a file's directory (editors replace files by rename, which a watch on the file
+/// itself would miss) and sends `make_event()` when the file changes.
 fn watch_file(
     path: &Path,
     tx: mpsc::UnboundedSender<Event>,
+    make_event: impl Fn() -> Event + Send + 'static,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     let path = std::path::absolute(path)?;
     let dir = path
         .parent()
-        .context("the jobs file has no directory")?
+        .with_context(|| format!("{} has no directory", path.display()))?
         .to_path_buf();
     let name = path
         .file_name()
-        .context("the jobs file has no name")?
+        .with_context(|| format!("{} has no file name", path.display()))?
         .to_os_string();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res
             && !event.kind.is_access()
             && event.paths.iter().any(|p| p.file_name() == Some(&name))
         {
-            let _ = tx.send(Event::FileChanged);
+            let _ = tx.send(make_event());
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;

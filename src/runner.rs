@@ -20,6 +20,8 @@ pub enum Trigger {
     Schedule(DateTime<Utc>),
     CatchUp(DateTime<Utc>),
     Signal(SignalName),
+    /// A file the job watches changed (a pricing job's price table).
+    FileChanged,
     Manual,
 }
 
@@ -29,6 +31,7 @@ impl fmt::Display for Trigger {
             Trigger::Schedule(_) => f.write_str("schedule"),
             Trigger::CatchUp(_) => f.write_str("catch-up"),
             Trigger::Signal(s) => write!(f, "signal {s}"),
+            Trigger::FileChanged => f.write_str("file change"),
             Trigger::Manual => f.write_str("manual"),
         }
     }
