@@ -28,6 +28,20 @@ pub enum TimeFormat {
     UnixMillis,
 }
 
+impl TimeFormat {
+    /// `t` in the column's own format, to compare against the raw column so its index is used.
+    /// ISO text bounds are `YYYY-MM-DDTHH:MM:SS`: all three Apantli spellings of the same
+    /// second sort at or after it, and `datetime()`'s space separator would sort wrongly.
+    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match self {
+            TimeFormat::Iso8601 => Value::Text(t.format("%Y-%m-%dT%H:%M:%S").to_string()),
+            TimeFormat::UnixSeconds => Value::Integer(t.timestamp()),
+            TimeFormat::UnixMillis => Value::Integer(t.timestamp_millis()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CostColumns {
     Single(String),
@@ -309,12 +323,7 @@ impl Gateway {
     /// naive `YYYY-MM-DDTHH:MM:SS`, which sorts correctly against all three of Apantli's
     /// spellings (`Z`, `+00:00`, naive) and lets an index on the column serve the range.
     pub fn time_value(&self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
-        use rusqlite::types::Value;
-        match self.columns.time_format {
-            TimeFormat::Iso8601 => Value::Text(t.format("%Y-%m-%dT%H:%M:%S").to_string()),
-            TimeFormat::UnixSeconds => Value::Integer(t.timestamp()),
-            TimeFormat::UnixMillis => Value::Integer(t.timestamp_millis()),
-        }
+        self.columns.time_format.bound(t)
     }
 
     /// The SQL expression of a row's total cost.

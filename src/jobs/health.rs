@@ -23,7 +23,7 @@ use super::{Context, Kind, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::values::{self, Share, Size};
 use crate::config::{Checks, Config};
-use crate::gateway::{Gateway, TimeFormat};
+use crate::gateway::Gateway;
 
 /// Each statement counting requests holds a read lock on the gateway's database; Apantli's
 /// writers wait at most 5 s for it and BobaMixer's not at all. The count is therefore split
@@ -664,11 +664,11 @@ fn count_requests(
         let started = Instant::now();
         // The last slice has no upper bound: rows stamped a little ahead of our clock count too.
         let bounds: Vec<Value> = if last {
-            vec![time_bound(gateway.columns.time_format, lo)]
+            vec![gateway.columns.time_format.bound(lo)]
         } else {
             vec![
-                time_bound(gateway.columns.time_format, lo),
-                time_bound(gateway.columns.time_format, hi),
+                gateway.columns.time_format.bound(lo),
+                gateway.columns.time_format.bound(hi),
             ]
         };
         let sql = if last { &sql_from } else { &sql_between };
@@ -733,17 +733,6 @@ fn next_width(width: chrono::TimeDelta, took: Duration) -> chrono::TimeDelta {
     }
 }
 
-/// A bound on the time column comparable with its values. ISO-8601 bounds are written
-/// `YYYY-MM-DDTHH:MM:SS`, which sorts correctly against all three spellings Apantli writes
-/// and lets SQLite use the time index.
-pub fn time_bound(format: TimeFormat, t: DateTime<Utc>) -> Value {
-    match format {
-        TimeFormat::Iso8601 => Value::Text(t.format("%Y-%m-%dT%H:%M:%S").to_string()),
-        TimeFormat::UnixSeconds => Value::Integer(t.timestamp()),
-        TimeFormat::UnixMillis => Value::Integer(t.timestamp_millis()),
-    }
-}
-
 fn fmt_share(share: f64) -> String {
     let percent = share * 100.0;
     if (percent - percent.round()).abs() < 1e-9 {
@@ -796,6 +785,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+    use crate::gateway::TimeFormat;
 
     fn spec() -> Spec {
         Spec {
@@ -1070,15 +1060,15 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 5).unwrap()
             + chrono::TimeDelta::milliseconds(250);
         assert_eq!(
-            time_bound(TimeFormat::Iso8601, t),
+            TimeFormat::Iso8601.bound(t),
             Value::Text("2026-11-22T02:00:05".into())
         );
         assert_eq!(
-            time_bound(TimeFormat::UnixSeconds, t),
+            TimeFormat::UnixSeconds.bound(t),
             Value::Integer(1_795_312_805)
         );
         assert_eq!(
-            time_bound(TimeFormat::UnixMillis, t),
+            TimeFormat::UnixMillis.bound(t),
             Value::Integer(1_795_312_805_250)
         );
     }
