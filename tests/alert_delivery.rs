@@ -120,7 +120,14 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     assert!(text.contains("database_max_size is 1 KB"), "{text}");
     assert!(text.contains("Archive old rows"), "{text}");
 
-    // 2. The server goes away: two more alerts queue and their first attempts fail.
+    // 2. The server goes away: two more alerts queue and their first attempts fail. Stop it
+    // only once the daemon has recorded the first delivery: a server killed between writing a
+    // message and its 250 reply makes the sender retry, which is at-least-once by design.
+    wait_for(
+        "the first delivery to be recorded",
+        || pending(&config).is_empty().then_some(()),
+        || format!("status: {}\ndaemon: {}", status(&config), daemon.log()),
+    );
     server.stop();
     daemon.signal(Signal::USR2);
     let queued = wait_for(
