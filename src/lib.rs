@@ -24,3 +24,4 @@ pub mod schedule;
 pub mod sim;
 pub mod state;
 pub mod units;
+pub mod writelock;
