@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rusqlite::{Connection, TransactionBehavior};
 
-/// How long the gateway must have been quiet after a commit before we start (WAL).
-const SETTLE: Duration = Duration::from_millis(3);
+/// How long the gateway must have been quiet after a commit before we start (WAL). BobaMixer
+/// writes a new session and its first record as two `sqlite3` processes, a process start apart.
+const SETTLE: Duration = Duration::from_millis(20);
 /// How often the commit counter is read while waiting for a gap (WAL).
 const POLL: Duration = Duration::from_millis(1);
 /// With no gateway commit seen for this long, the gateway is idle: go.
@@ -135,14 +136,17 @@ impl Pacer {
             return Ok(());
         }
         let start = Instant::now();
+        let mut first = true;
         loop {
             let version = data_version(conn)?;
             if self.version != Some(version) {
-                // The first reading is a baseline, not a commit we saw happen.
-                self.fresh_commit = self.version.is_some();
+                // Only a change seen between two of our polls is known to be recent; one that
+                // happened while we worked may be old, and the gateway's next write near.
+                self.fresh_commit = !first;
                 self.version = Some(version);
                 self.changed = Instant::now();
             }
+            first = false;
             let quiet = self.changed.elapsed();
             if (self.fresh_commit && quiet >= SETTLE)
                 || quiet >= IDLE

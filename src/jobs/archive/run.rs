@@ -25,7 +25,7 @@ const NS: &str = "archive";
 /// Rows looked at per read transaction: a few milliseconds of shared lock.
 const WINDOW: usize = 500;
 /// What each write transaction aims to hold the lock for; the rows per transaction adapt.
-const TARGET_HOLD: Duration = Duration::from_millis(10);
+const TARGET_HOLD: Duration = Duration::from_millis(30);
 const FIRST_ROWS_PER_TRANSACTION: usize = 200;
 const GZIP_LEVEL: u32 = 6;
 const GZIP_THREADS: usize = 2;
@@ -88,6 +88,8 @@ struct Archiver<'c, 'a> {
     conn: Connection,
     pacer: Pacer,
     rows_per_transaction: usize,
+    /// The shortest write lock seen: about the fixed cost of a commit.
+    floor: Option<Duration>,
     tally: Tally,
 }
 
@@ -141,6 +143,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         conn,
         pacer,
         rows_per_transaction: FIRST_ROWS_PER_TRANSACTION,
+        floor: None,
         tally: Tally::default(),
     };
     if ctx.dry_run {
@@ -326,7 +329,9 @@ impl Archiver<'_, '_> {
             })?;
             affected += count;
             done += n;
-            self.rows_per_transaction = next_size(self.rows_per_transaction, n, held);
+            self.floor = Some(self.floor.map_or(held, |f| f.min(held)));
+            self.rows_per_transaction =
+                next_size(self.rows_per_transaction, n, held, self.floor.unwrap_or_default());
         }
         Ok(affected)
     }
@@ -439,16 +444,23 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-/// Rows for the next write transaction: scaled toward [`TARGET_HOLD`], changing at most by
-/// half or double per step so one slow fsync does not collapse the size.
-pub(crate) fn next_size(current: usize, done: usize, held: Duration) -> usize {
+/// Rows for the next write transaction, aiming its lock time at [`TARGET_HOLD`].
+///
+/// A commit has a fixed cost (the journal's fsyncs: about 20-30 ms on a virtual disk) and a
+/// cost per row. `floor` is the shortest hold seen so far, an estimate of the fixed part;
+/// only the part above it scales with the rows. When the fixed part alone reaches the target,
+/// shrinking would only multiply commits, so the size stays. Steps are at most half or double
+/// so one slow fsync does not collapse the size.
+pub(crate) fn next_size(current: usize, done: usize, held: Duration, floor: Duration) -> usize {
     if done < current {
         return current;
     }
-    let ideal = if held.is_zero() {
-        current * 2
+    let per_rows = held.saturating_sub(floor).max(Duration::from_micros(100));
+    let room = TARGET_HOLD.saturating_sub(floor);
+    let ideal = if room.is_zero() && held <= TARGET_HOLD + TARGET_HOLD / 2 {
+        current
     } else {
-        (done as f64 * TARGET_HOLD.as_secs_f64() / held.as_secs_f64()) as usize
+        (done as f64 * room.as_secs_f64() / per_rows.as_secs_f64()) as usize
     };
     ideal.clamp(current / 2, current * 2).clamp(10, 20_000)
 }
@@ -524,18 +536,23 @@ mod tests {
     #[test]
     fn transaction_sizes_move_toward_the_target_within_bounds() {
         let ms = Duration::from_millis;
+        // (rows now, rows done, lock held, fixed cost estimate) -> next rows
         let cases = [
-            (200, 200, ms(5), 400),
-            (200, 200, ms(10), 200),
-            (200, 200, ms(20), 100),
-            (200, 200, ms(200), 100),
-            (200, 200, ms(0), 400),
-            (200, 50, ms(50), 200),
-            (10, 10, ms(100), 10),
-            (20_000, 20_000, ms(1), 20_000),
+            (200, 200, ms(15), ms(10), 400),
+            (200, 200, ms(30), ms(10), 200),
+            (200, 200, ms(50), ms(10), 100),
+            (200, 200, ms(500), ms(10), 100),
+            (200, 50, ms(50), ms(10), 200),
+            // The fixed cost alone reaches the target: keep the size.
+            (200, 200, ms(32), ms(30), 200),
+            (200, 200, ms(40), ms(35), 200),
+            // ... unless the rows make it far too long.
+            (200, 200, ms(90), ms(35), 100),
+            (10, 10, ms(100), ms(5), 10),
+            (20_000, 20_000, ms(1), ms(1), 20_000),
         ];
-        for (current, done, held, expected) in cases {
-            assert_eq!(next_size(current, done, held), expected, "{current} {done} {held:?}");
+        for (current, done, held, floor, expected) in cases {
+            assert_eq!(next_size(current, done, held, floor), expected, "{current} {done} {held:?} {floor:?}");
         }
     }
 
