@@ -27,9 +27,11 @@ fn options(rows: u64) -> SampleOptions {
     }
 }
 
+/// The `arch` job; `extra` holds more `archive:` keys (indented six spaces), batch 300 unless set.
 fn archive_job(to: &Path, extra: &str) -> String {
+    let batch = if extra.contains("batch:") { "" } else { "      batch: 300\n" };
     format!(
-        "  arch:\n    on_signal: USR1\n    archive:\n      older_than: 15d\n      to: {}\n      batch: 300\n{extra}",
+        "  arch:\n    on_signal: USR1\n    archive:\n      older_than: 15d\n      to: {}\n{batch}{extra}",
         to.display()
     )
 }
@@ -233,7 +235,7 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let pristine = dir.path().join("pristine.db");
-    sample::create_apantli(&pristine, &options(1500)).unwrap();
+    sample::create_apantli(&pristine, &options(800)).unwrap();
     let (names, original) = rows(&pristine, "requests");
 
     // How long an undisturbed run takes, to spread the kills over it.
@@ -242,7 +244,7 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
         std::fs::create_dir(&case).unwrap();
         let db = case.join("requests.db");
         std::fs::copy(&pristine, &db).unwrap();
-        let config = jobs_file(&case, &db, "apantli", &archive_job(&case.join("archive"), "      batch: 40\n"));
+        let config = jobs_file(&case, &db, "apantli", &archive_job(&case.join("archive"), "      batch: 30\n"));
         let start = Instant::now();
         let out = run_job(&config, "arch", &[]);
         assert!(out.status.success(), "{}", text(&out));
@@ -255,7 +257,7 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
         let db = case.join("requests.db");
         std::fs::copy(&pristine, &db).unwrap();
         let to = case.join("archive");
-        let config = jobs_file(&case, &db, "apantli", &archive_job(&to, "      batch: 40\n"));
+        let config = jobs_file(&case, &db, "apantli", &archive_job(&to, "      batch: 30\n"));
         let mut child = caretaker()
             .args(["run-job", "arch", "--config"])
             .arg(&config)
