@@ -15,7 +15,10 @@ use caretaker::sim::SimReport;
 use chrono::{TimeDelta, Utc};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Sim {
@@ -39,7 +42,10 @@ fn start_sim(db: &Path, rate: f64, dir: &Path, tag: &str) -> Sim {
         .expect("starting gateway-sim");
     let start = Instant::now();
     while !ready.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "gateway-sim never committed a row");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "gateway-sim never committed a row"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     Sim { child, report }
@@ -47,7 +53,8 @@ fn start_sim(db: &Path, rate: f64, dir: &Path, tag: &str) -> Sim {
 
 fn stop_sim(mut sim: Sim) -> SimReport {
     let pid = rustix::process::Pid::from_raw(sim.child.id() as i32).expect("a child pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("signalling gateway-sim");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+        .expect("signalling gateway-sim");
     sim.child.wait().expect("waiting for gateway-sim");
     serde_json::from_slice(&std::fs::read(&sim.report).expect("the simulator's report"))
         .expect("parsing the simulator's report")
@@ -96,7 +103,11 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
     let seconds = start.elapsed().as_secs_f64();
     let sim = stop_sim(sim);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "caretaker failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "caretaker failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("caretaker: {stdout}");
     Outcome {
         seconds,
@@ -162,7 +173,9 @@ fn main() {
         made.elapsed().as_secs_f64(),
         base.display()
     );
-    let bound = (Utc::now() - TimeDelta::days(1)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    let bound = (Utc::now() - TimeDelta::days(1))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
 
     let ours_dir = dir.path().join("caretaker");
     let theirs_dir = dir.path().join("recipe");
@@ -193,7 +206,9 @@ fn main() {
             o.sim.attempted
         )
     };
-    println!("\n| archive-then-purge of {rows} rows, gateway at {rate}/s | seconds | rows/s | longest write lock ms | longest gateway stall ms | failed gateway writes |");
+    println!(
+        "\n| archive-then-purge of {rows} rows, gateway at {rate}/s | seconds | rows/s | longest write lock ms | longest gateway stall ms | failed gateway writes |"
+    );
     println!("|---|---|---|---|---|---|");
     println!("{}", row("caretaker archive", &ours));
     println!("{}", row("sqlite3 -json | gzip; DELETE", &theirs));

@@ -175,7 +175,9 @@ fn build_then_publish(
         // fsync before the rename, not from SQLite's per-commit syncs.
         // BobaMixer declares foreign keys but never enables them, and its sessions are written
         // when they close, after their records; bundled SQLite enables them by default.
-        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA foreign_keys = OFF;")?;
+        conn.execute_batch(
+            "PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA foreign_keys = OFF;",
+        )?;
         let summary = fill(&mut conn)?;
         // Closing checkpoints and removes a WAL file, so the single renamed file is complete.
         conn.close()

@@ -178,7 +178,9 @@ mod tests {
         let mut pacer = Pacer::new(&conn).unwrap();
         assert!(!pacer.is_wal());
         let (n, held) = pacer
-            .write(&mut conn, |tx| Ok(tx.execute("INSERT INTO t VALUES (1)", [])?))
+            .write(&mut conn, |tx| {
+                Ok(tx.execute("INSERT INTO t VALUES (1)", [])?)
+            })
             .unwrap();
         assert_eq!(n, 1);
         assert_eq!(pacer.transactions(), 1);
@@ -199,10 +201,14 @@ mod tests {
             other.execute("INSERT INTO t VALUES (1)", []).unwrap();
         });
         pacer
-            .write(&mut conn, |tx| Ok(tx.execute("INSERT INTO t VALUES (2)", [])?))
+            .write(&mut conn, |tx| {
+                Ok(tx.execute("INSERT INTO t VALUES (2)", [])?)
+            })
             .unwrap();
         writer.join().unwrap();
-        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 2);
     }
 }

@@ -5,7 +5,6 @@
 #[path = "common/dbcare.rs"]
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +28,11 @@ fn options(rows: u64) -> SampleOptions {
 
 /// The `arch` job; `extra` holds more `archive:` keys (indented six spaces), batch 300 unless set.
 fn archive_job(to: &Path, extra: &str) -> String {
-    let batch = if extra.contains("batch:") { "" } else { "      batch: 300\n" };
+    let batch = if extra.contains("batch:") {
+        ""
+    } else {
+        "      batch: 300\n"
+    };
     format!(
         "  arch:\n    on_signal: USR1\n    archive:\n      older_than: 15d\n      to: {}\n{batch}{extra}",
         to.display()
@@ -56,20 +59,34 @@ fn apantli_archive_while_the_gateway_writes_keeps_every_row() {
     let out = run_job(&config, "arch", &[]);
     let report = sim.stop();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(report.failed, 0, "gateway writes failed: {:?}", report.errors);
+    assert_eq!(
+        report.failed, 0,
+        "gateway writes failed: {:?}",
+        report.errors
+    );
     assert!(report.committed > 0);
 
     let (_, now) = rows(&db, "requests");
     let archives = archived(&to, "arch-");
     assert_private(&archive_files(&to));
     let n = assert_union(&names, APANTLI_PAYLOAD, &original, &now, &archives, "id");
-    assert!(n > 1000 && n < 3000, "{n} rows archived of 4000 spread over 30 days");
+    assert!(
+        n > 1000 && n < 3000,
+        "{n} rows archived of 4000 spread over 30 days"
+    );
     // Nothing old is left behind, nothing young was taken.
-    let cutoff = (Utc::now() - TimeDelta::days(15)).format("%Y-%m-%dT%H:%M:%S").to_string();
-    let cutoff_margin = (Utc::now() - TimeDelta::days(15) - TimeDelta::minutes(5)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    let cutoff = (Utc::now() - TimeDelta::days(15))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let cutoff_margin = (Utc::now() - TimeDelta::days(15) - TimeDelta::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
     for (k, v) in &now {
         if let Value::Text(ts) = &v[1] {
-            assert!(ts.as_str() >= cutoff_margin.as_str(), "row {k} at {ts} is older than the cut-off and was kept");
+            assert!(
+                ts.as_str() >= cutoff_margin.as_str(),
+                "row {k} at {ts} is older than the cut-off and was kept"
+            );
         }
     }
     for (_, lines) in &archives {
@@ -95,7 +112,11 @@ fn bobamixer_archive_while_the_gateway_writes_keeps_every_row_and_drops_orphaned
     let out = run_job(&config, "arch", &[]);
     let report = sim.stop();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(report.failed, 0, "gateway writes failed: {:?}", report.errors);
+    assert_eq!(
+        report.failed, 0,
+        "gateway writes failed: {:?}",
+        report.errors
+    );
 
     let (_, now) = rows(&db, "usage_records");
     let usage = archived(&to, "arch-")
@@ -107,7 +128,14 @@ fn bobamixer_archive_while_the_gateway_writes_keeps_every_row_and_drops_orphaned
 
     let (_, sessions_now) = rows(&db, "sessions");
     let session_archives = archived(&to, "arch-sessions-");
-    let gone = assert_union(&session_names, &[], &sessions_before, &sessions_now, &session_archives, "id");
+    let gone = assert_union(
+        &session_names,
+        &[],
+        &sessions_before,
+        &sessions_now,
+        &session_archives,
+        "id",
+    );
     assert!(gone > 0, "no orphaned session was archived");
     // Every session still referenced is still there.
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -123,7 +151,10 @@ fn bobamixer_archive_while_the_gateway_writes_keeps_every_row_and_drops_orphaned
 
 #[test]
 fn maintenance_while_the_gateway_writes_loses_nothing() {
-    for (schema, style, vacuum) in [("apantli", "apantli", "always"), ("bobamixer", "bobamixer", "never")] {
+    for (schema, style, vacuum) in [
+        ("apantli", "apantli", "always"),
+        ("bobamixer", "bobamixer", "never"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("gw.db");
         if schema == "apantli" {
@@ -139,11 +170,18 @@ fn maintenance_while_the_gateway_writes_loses_nothing() {
         let out = run_job(&config, "care", &[]);
         let report = sim.stop();
         assert!(out.status.success(), "{schema}: {}", text(&out));
-        assert_eq!(report.failed, 0, "{schema}: gateway writes failed: {:?}", report.errors);
+        assert_eq!(
+            report.failed, 0,
+            "{schema}: gateway writes failed: {:?}",
+            report.errors
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("bytes_before="), "{stdout}");
         if schema == "apantli" {
-            assert!(stdout.contains("checkpoint skipped: the database uses a rollback journal"), "{stdout}");
+            assert!(
+                stdout.contains("checkpoint skipped: the database uses a rollback journal"),
+                "{stdout}"
+            );
             assert!(stdout.contains("VACUUM held an exclusive lock"), "{stdout}");
         } else {
             assert!(stdout.contains("passive checkpoint copied"), "{stdout}");
@@ -161,7 +199,10 @@ fn strip_payloads_to_csv_of_failed_rows_keeps_the_metadata() {
     sample::create_apantli(&db, &opts).unwrap();
     let (_, original) = rows(&db, "requests");
     let to = dir.path().join("archive");
-    let jobs = archive_job(&to, "      format: csv\n      then: strip_payloads\n      rows: failed\n");
+    let jobs = archive_job(
+        &to,
+        "      format: csv\n      then: strip_payloads\n      rows: failed\n",
+    );
     let config = jobs_file(dir.path(), &db, "apantli", &jobs);
     let out = run_job(&config, "arch", &[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -173,7 +214,11 @@ fn strip_payloads_to_csv_of_failed_rows_keeps_the_metadata() {
         let is_stripped = after[9] == Value::Null && before[9] != Value::Null;
         if is_stripped {
             stripped += 1;
-            assert_ne!(before[11], Value::Null, "row {k} succeeded but was stripped");
+            assert_ne!(
+                before[11],
+                Value::Null,
+                "row {k} succeeded but was stripped"
+            );
             assert_eq!(&after[..9], &before[..9], "row {k}: metadata changed");
         } else {
             assert_eq!(after, before, "row {k} changed");
@@ -181,14 +226,22 @@ fn strip_payloads_to_csv_of_failed_rows_keeps_the_metadata() {
     }
     assert!(stripped > 50, "{stripped}");
     let files = archive_files(&to);
-    assert!(files.iter().all(|f| f.to_string_lossy().ends_with(".csv.gz")));
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_string_lossy().ends_with(".csv.gz"))
+    );
     let csv: String = files.iter().map(|f| gunzip(f)).collect();
     assert!(!csv.contains("sk-"));
     assert!(csv.starts_with("id,timestamp,model,"), "{}", &csv[..80]);
     // A second run finds nothing left to archive.
     let again = run_job(&config, "arch", &[]);
     assert!(again.status.success(), "{}", text(&again));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("rows_archived=0"), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("rows_archived=0"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[test]
@@ -202,7 +255,10 @@ fn dry_run_reports_rows_and_bytes_and_changes_nothing() {
     let out = run_job(&config, "arch", &["--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("archive: ") && stdout.contains("bytes of row data"), "{stdout}");
+    assert!(
+        stdout.contains("archive: ") && stdout.contains("bytes of row data"),
+        "{stdout}"
+    );
     assert!(stdout.contains("delete: "), "{stdout}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
     assert!(archive_files(&to).is_empty());
@@ -221,7 +277,11 @@ fn bad_combinations_are_refused_with_what_to_do() {
         let config = jobs_file(dir.path(), &db, "bobamixer", &archive_job(&to, extra));
         let out = run_job(&config, "arch", &[]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expected),
+            "{}",
+            text(&out)
+        );
     }
 }
 
@@ -244,7 +304,12 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
         std::fs::create_dir(&case).unwrap();
         let db = case.join("requests.db");
         std::fs::copy(&pristine, &db).unwrap();
-        let config = jobs_file(&case, &db, "apantli", &archive_job(&case.join("archive"), "      batch: 30\n"));
+        let config = jobs_file(
+            &case,
+            &db,
+            "apantli",
+            &archive_job(&case.join("archive"), "      batch: 30\n"),
+        );
         let start = Instant::now();
         let out = run_job(&config, "arch", &[]);
         assert!(out.status.success(), "{}", text(&out));
@@ -257,7 +322,12 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
         let db = case.join("requests.db");
         std::fs::copy(&pristine, &db).unwrap();
         let to = case.join("archive");
-        let config = jobs_file(&case, &db, "apantli", &archive_job(&to, "      batch: 30\n"));
+        let config = jobs_file(
+            &case,
+            &db,
+            "apantli",
+            &archive_job(&to, "      batch: 30\n"),
+        );
         let mut child = caretaker()
             .args(["run-job", "arch", "--config"])
             .arg(&config)
@@ -282,9 +352,15 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
             .into_iter()
             .filter(|f| f.to_string_lossy().contains(caretaker::fsx::TEMP_MARKER))
             .collect();
-        assert!(leftovers.is_empty(), "case {i}: temporaries left: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "case {i}: temporaries left: {leftovers:?}"
+        );
     }
-    assert!(killed_mid_run * 2 >= runs, "only {killed_mid_run} of {runs} kills landed during a run");
+    assert!(
+        killed_mid_run * 2 >= runs,
+        "only {killed_mid_run} of {runs} kills landed during a run"
+    );
 }
 
 /// Unmounts the small filesystem when the test ends, pass or fail.
@@ -315,12 +391,21 @@ fn a_full_disk_during_the_archive_write_deletes_nothing() {
         text(&mount)
     );
     let _guard = Mounted(to.clone());
-    let config = jobs_file(dir.path(), &db, "apantli", &archive_job(&to, "      batch: 2000\n"));
+    let config = jobs_file(
+        dir.path(),
+        &db,
+        "apantli",
+        &archive_job(&to, "      batch: 2000\n"),
+    );
     let out = run_job(&config, "arch", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is the disk full?"), "{stderr}");
-    assert_eq!(rows(&db, "requests").1, before, "rows were deleted although their archive was not written");
+    assert_eq!(
+        rows(&db, "requests").1,
+        before,
+        "rows were deleted although their archive was not written"
+    );
     assert!(archive_files(&to).is_empty(), "{:?}", archive_files(&to));
 }
 
@@ -344,7 +429,11 @@ fn integrity_passes_a_sound_database_and_alerts_on_a_damaged_copy() {
         let config = jobs_file(dir.path(), &db, "apantli", &jobs);
         let out = run_job(&config, "check", &[]);
         assert!(out.status.success(), "{check}: {}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("found no problem"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("found no problem"),
+            "{}",
+            text(&out)
+        );
     }
     let copy_dir = dir.path().join("copy");
     std::fs::create_dir(&copy_dir).unwrap();
@@ -356,7 +445,11 @@ fn integrity_passes_a_sound_database_and_alerts_on_a_damaged_copy() {
         let config = jobs_file(&copy_dir, &copy, "apantli", &jobs);
         let out = run_job(&config, "check", &[]);
         assert_eq!(out.status.code(), Some(1), "{check}: {}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("fails its integrity check"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("fails its integrity check"),
+            "{}",
+            text(&out)
+        );
         let alerts = std::fs::read_to_string(copy_dir.join("alerts.jsonl")).unwrap();
         let found: Vec<serde_json::Value> = alerts
             .lines()
@@ -366,5 +459,46 @@ fn integrity_passes_a_sound_database_and_alerts_on_a_damaged_copy() {
         assert!(!found.is_empty(), "{alerts}");
         assert_eq!(found[0]["severity"], "critical", "{alerts}");
     }
-    let _ = BTreeMap::<(), ()>::new();
+}
+
+#[test]
+fn vacuum_without_room_for_a_copy_is_refused_and_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(
+        mount.status.success(),
+        "this test needs a small filesystem: mounting a 4 MiB tmpfs failed (run as root, or in a container allowed to mount): {}",
+        text(&mount)
+    );
+    let _guard = Mounted(small.clone());
+    let built = dir.path().join("built.db");
+    sample::create_apantli(&built, &options(1200)).unwrap();
+    let db = small.join("requests.db");
+    std::fs::copy(&built, &db).unwrap();
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(
+        size > 1_500_000 && size < 4_000_000,
+        "sample of {size} bytes does not fit the test"
+    );
+    let jobs = "  care:\n    on_signal: USR1\n    maintenance: {vacuum: always}\n";
+    let config = jobs_file(dir.path(), &db, "apantli", jobs);
+    let out = run_job(&config, "care", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VACUUM of")
+            && stderr.contains("refused")
+            && stderr.contains("twice the database"),
+        "{stderr}"
+    );
+    let alerts = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
+    assert!(alerts.contains("vacuum-space:care"), "{alerts}");
+    // ANALYZE ran (it changes sqlite_stat1) but no VACUUM: the rows are the same.
+    assert_eq!(rows(&db, "requests").1.len(), 1200);
 }

@@ -65,14 +65,22 @@ impl Findings {
             if list.is_empty() {
                 continue;
             }
-            let quoted: Vec<&str> = list.iter().take(QUOTED_FINDINGS).map(String::as_str).collect();
+            let quoted: Vec<&str> = list
+                .iter()
+                .take(QUOTED_FINDINGS)
+                .map(String::as_str)
+                .collect();
             let more = list.len().saturating_sub(QUOTED_FINDINGS);
             parts.push(format!(
                 "{} {what}{}: {}{}",
                 list.len(),
                 if list.len() == 1 { "" } else { "s" },
                 quoted.join("; "),
-                if more > 0 { format!("; and {more} more") } else { String::new() }
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
             ));
         }
         parts.join(". ")
@@ -218,7 +226,11 @@ mod tests {
         assert!(check(&conn, Depth::Quick).unwrap().is_clean());
         let full = check(&conn, Depth::Full).unwrap();
         assert_eq!(full.foreign_keys, vec!["c row 1 refers to a missing p row"]);
-        assert!(full.describe().starts_with("1 foreign key violation: "), "{}", full.describe());
+        assert!(
+            full.describe().starts_with("1 foreign key violation: "),
+            "{}",
+            full.describe()
+        );
     }
 
     #[test]
@@ -228,7 +240,10 @@ mod tests {
             foreign_keys: Vec::new(),
         };
         let text = findings.describe();
-        assert!(text.starts_with("12 structural problems: problem 0; "), "{text}");
+        assert!(
+            text.starts_with("12 structural problems: problem 0; "),
+            "{text}"
+        );
         assert!(text.ends_with("problem 9; and 2 more"), "{text}");
     }
 }

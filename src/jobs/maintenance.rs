@@ -118,7 +118,10 @@ pub enum VacuumDecision {
     Skip(String),
     Run,
     /// VACUUM is wanted but the filesystem lacks room for it.
-    NoRoom { needed: u64, available: u64 },
+    NoRoom {
+        needed: u64,
+        available: u64,
+    },
 }
 
 pub fn plan(spec: &Spec, facts: &Facts) -> Plan {
@@ -166,9 +169,16 @@ fn pragma_u64(conn: &Connection, name: &str) -> anyhow::Result<u64> {
 
 /// Bytes available to unprivileged users on the filesystem holding `path`.
 pub fn available_bytes(path: &Path) -> anyhow::Result<u64> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let st = rustix::fs::statvfs(dir)
-        .with_context(|| format!("reading the free space of the filesystem of {}", dir.display()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let st = rustix::fs::statvfs(dir).with_context(|| {
+        format!(
+            "reading the free space of the filesystem of {}",
+            dir.display()
+        )
+    })?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
@@ -215,15 +225,25 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         done.push(note.clone());
     }
     if let Some(mode) = plan.checkpoint {
-        done.push(checkpoint(&mut conn, &mut pacer, mode, gateway.busy_timeout)?);
+        done.push(checkpoint(
+            &mut conn,
+            &mut pacer,
+            mode,
+            gateway.busy_timeout,
+        )?);
         ctx.checkpoint()?;
     }
     if plan.analyze {
         let (_, held) = pacer.statement(&conn, |c| {
-            c.execute_batch(&format!("PRAGMA analysis_limit = {ANALYSIS_LIMIT}; ANALYZE; PRAGMA optimize;"))
-                .context("running ANALYZE and PRAGMA optimize on the gateway database")
+            c.execute_batch(&format!(
+                "PRAGMA analysis_limit = {ANALYSIS_LIMIT}; ANALYZE; PRAGMA optimize;"
+            ))
+            .context("running ANALYZE and PRAGMA optimize on the gateway database")
         })?;
-        done.push(format!("ANALYZE and optimize held the write lock {:.1} ms", ms(held)));
+        done.push(format!(
+            "ANALYZE and optimize held the write lock {:.1} ms",
+            ms(held)
+        ));
         ctx.checkpoint()?;
     }
     let mut vacuum_seconds = 0.0;
@@ -322,7 +342,11 @@ fn checkpoint(
             let (busy, log, done) = wal_checkpoint(conn, "PASSIVE")?;
             Ok(format!(
                 "passive checkpoint copied {done} of {log} WAL frames{}",
-                if busy != 0 { " (readers or writers kept the rest)" } else { "" }
+                if busy != 0 {
+                    " (readers or writers kept the rest)"
+                } else {
+                    ""
+                }
             ))
         }
         // TRUNCATE holds off new writers while it waits and copies: only a short wait per
@@ -388,20 +412,30 @@ mod tests {
     fn vacuum_decisions() {
         let room = 10 * 4096 * 1000;
         let cases = [
-            (Vacuum::Never, 900, room, VacuumDecision::Skip("vacuum: never".into())),
+            (
+                Vacuum::Never,
+                900,
+                room,
+                VacuumDecision::Skip("vacuum: never".into()),
+            ),
             (Vacuum::Always, 0, room, VacuumDecision::Run),
             (Vacuum::Auto, 200, room, VacuumDecision::Run),
             (
                 Vacuum::Auto,
                 199,
                 room,
-                VacuumDecision::Skip("19.9% of pages are free, below vacuum_threshold 20.0%".into()),
+                VacuumDecision::Skip(
+                    "19.9% of pages are free, below vacuum_threshold 20.0%".into(),
+                ),
             ),
             (
                 Vacuum::Always,
                 0,
                 2 * 4096 * 1000 - 1,
-                VacuumDecision::NoRoom { needed: 2 * 4096 * 1000, available: 2 * 4096 * 1000 - 1 },
+                VacuumDecision::NoRoom {
+                    needed: 2 * 4096 * 1000,
+                    available: 2 * 4096 * 1000 - 1,
+                },
             ),
             (Vacuum::Always, 0, 2 * 4096 * 1000, VacuumDecision::Run),
         ];
@@ -415,17 +449,28 @@ mod tests {
     fn checkpoint_only_on_wal() {
         let rollback = plan(&spec(Vacuum::Never), &facts(false, 0, 0));
         assert_eq!(rollback.checkpoint, None);
-        assert!(rollback.checkpoint_note.unwrap().contains("rollback journal"));
+        assert!(
+            rollback
+                .checkpoint_note
+                .unwrap()
+                .contains("rollback journal")
+        );
         let wal = plan(&spec(Vacuum::Never), &facts(true, 0, 0));
         assert_eq!(wal.checkpoint, Some(Checkpoint::Passive));
         assert_eq!(wal.checkpoint_note, None);
-        let off = Spec { checkpoint: Checkpoint::Off, ..spec(Vacuum::Never) };
+        let off = Spec {
+            checkpoint: Checkpoint::Off,
+            ..spec(Vacuum::Never)
+        };
         assert_eq!(plan(&off, &facts(false, 0, 0)).checkpoint_note, None);
     }
 
     #[test]
     fn an_empty_database_has_no_free_share() {
-        let f = Facts { page_count: 0, ..facts(true, 0, 0) };
+        let f = Facts {
+            page_count: 0,
+            ..facts(true, 0, 0)
+        };
         assert_eq!(f.free_share(), 0.0);
     }
 }

@@ -52,7 +52,10 @@ pub fn text(out: &Output) -> String {
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -70,7 +73,14 @@ impl Sim {
         let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
             .arg("--db")
             .arg(db)
-            .args(["--style", style, "--rate", &rate.to_string(), "--failed-share", "0.1"])
+            .args([
+                "--style",
+                style,
+                "--rate",
+                &rate.to_string(),
+                "--failed-share",
+                "0.1",
+            ])
             .arg("--ready-file")
             .arg(&ready)
             .arg("--report")
@@ -78,7 +88,11 @@ impl Sim {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        wait_until("the simulator's first committed write", Duration::from_secs(30), || ready.exists());
+        wait_until(
+            "the simulator's first committed write",
+            Duration::from_secs(30),
+            || ready.exists(),
+        );
         Sim { child, report }
     }
 
@@ -134,12 +148,20 @@ pub fn archive_files(dir: &Path) -> Vec<PathBuf> {
 /// Decompresses `file` with the standard `gzip` tool.
 pub fn gunzip(file: &Path) -> String {
     let out = Command::new("gzip").arg("-dc").arg(file).output().unwrap();
-    assert!(out.status.success(), "gzip -dc {} failed: {}", file.display(), text(&out));
+    assert!(
+        out.status.success(),
+        "gzip -dc {} failed: {}",
+        file.display(),
+        text(&out)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// The JSON-lines archives in `dir` whose names start with `prefix`, as (file, line objects).
-pub fn archived(dir: &Path, prefix: &str) -> Vec<(PathBuf, Vec<serde_json::Map<String, serde_json::Value>>)> {
+pub fn archived(
+    dir: &Path,
+    prefix: &str,
+) -> Vec<(PathBuf, Vec<serde_json::Map<String, serde_json::Value>>)> {
     archive_files(dir)
         .into_iter()
         .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with(prefix))
@@ -164,7 +186,9 @@ pub fn as_json(value: &Value, payload: bool, redact: &[String]) -> serde_json::V
         Value::Null => serde_json::Value::Null,
         Value::Integer(n) => (*n).into(),
         Value::Real(f) => serde_json::Number::from_f64(*f).unwrap().into(),
-        Value::Text(t) if payload => caretaker::jobs::archive::redact(t, redact).into_owned().into(),
+        Value::Text(t) if payload => caretaker::jobs::archive::redact(t, redact)
+            .into_owned()
+            .into(),
         Value::Text(t) => t.clone().into(),
         Value::Blob(_) => panic!("no blobs in the samples"),
     }
@@ -200,13 +224,28 @@ pub fn assert_union(
                 other => panic!("bad key {other}"),
             };
             if let Some(before) = seen.insert(k.clone(), file.clone()) {
-                panic!("row {k} is in {} and in {}", before.display(), file.display());
+                panic!(
+                    "row {k} is in {} and in {}",
+                    before.display(),
+                    file.display()
+                );
             }
-            assert!(!now.contains_key(&k), "row {k} is archived in {} and still in the table", file.display());
-            let orig = original.get(&k).unwrap_or_else(|| panic!("archived row {k} was never in the table"));
+            assert!(
+                !now.contains_key(&k),
+                "row {k} is archived in {} and still in the table",
+                file.display()
+            );
+            let orig = original
+                .get(&k)
+                .unwrap_or_else(|| panic!("archived row {k} was never in the table"));
             for (i, name) in names.iter().enumerate() {
                 let want = as_json(&orig[i], payload.contains(&name.as_str()), &redact);
-                assert!(same(&line[name], &want), "row {k} column {name} in {}: {} != {want}", file.display(), line[name]);
+                assert!(
+                    same(&line[name], &want),
+                    "row {k} column {name} in {}: {} != {want}",
+                    file.display(),
+                    line[name]
+                );
             }
             assert_eq!(line.len(), names.len(), "row {k} has extra fields");
         }
@@ -215,7 +254,9 @@ pub fn assert_union(
         if seen.contains_key(k) {
             continue;
         }
-        let current = now.get(k).unwrap_or_else(|| panic!("row {k} is neither in the table nor archived"));
+        let current = now
+            .get(k)
+            .unwrap_or_else(|| panic!("row {k} is neither in the table nor archived"));
         assert_eq!(current, values, "row {k} changed in the table");
     }
     seen.len()

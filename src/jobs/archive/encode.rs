@@ -23,7 +23,12 @@ pub struct Encoder {
 
 impl Encoder {
     /// `payload[i]` tells whether column `i` holds JSON payload to redact.
-    pub fn new(format: Format, columns: Vec<String>, payload: Vec<bool>, redact: Vec<String>) -> Self {
+    pub fn new(
+        format: Format,
+        columns: Vec<String>,
+        payload: Vec<bool>,
+        redact: Vec<String>,
+    ) -> Self {
         Encoder {
             format,
             columns,
@@ -58,7 +63,9 @@ impl Encoder {
                             let _ = write!(out, "{n}");
                         }
                         Value::Real(f) => json_real(*f, out),
-                        Value::Text(t) if self.payload[i] => json_string(&redact(t, &self.redact), out),
+                        Value::Text(t) if self.payload[i] => {
+                            json_string(&redact(t, &self.redact), out)
+                        }
                         Value::Text(t) => json_string(t, out),
                         Value::Blob(b) => {
                             out.extend_from_slice(b"{\"$hex\":\"");
@@ -133,7 +140,13 @@ mod tests {
     fn encoder(format: Format) -> Encoder {
         Encoder::new(
             format,
-            vec!["id".into(), "cost".into(), "note".into(), "request_data".into(), "b".into()],
+            vec![
+                "id".into(),
+                "cost".into(),
+                "note".into(),
+                "request_data".into(),
+                "b".into(),
+            ],
             vec![false, false, false, true, false],
             vec!["api_key".into()],
         )
@@ -179,7 +192,16 @@ mod tests {
         let e = encoder(Format::Csv);
         e.header(&mut out);
         e.line(&row(), &mut out);
-        e.line(&[Value::Null, Value::Real(1.5), Value::Text(String::new()), Value::Null, Value::Null], &mut out);
+        e.line(
+            &[
+                Value::Null,
+                Value::Real(1.5),
+                Value::Text(String::new()),
+                Value::Null,
+                Value::Null,
+            ],
+            &mut out,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "id,cost,note,request_data,b\r\n7,0.0,\"a \"\"b\"\", c\",\"{\"\"api_key\"\": \"\"[redacted]\"\", \"\"n\"\": 1}\",dead\r\n,1.5,\"\",,\r\n"

@@ -103,4 +103,3 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         batch,
     })
 }
-

@@ -13,7 +13,8 @@ pub const REDACTED: &str = "\"[redacted]\"";
 /// `"[redacted]"`.
 pub fn redact<'a>(text: &'a str, keys: &[String]) -> Cow<'a, str> {
     // Cheap way out for most payloads; a key could also be spelled with \u escapes.
-    if keys.is_empty() || !(text.contains("\\u") || keys.iter().any(|k| text.contains(k.as_str()))) {
+    if keys.is_empty() || !(text.contains("\\u") || keys.iter().any(|k| text.contains(k.as_str())))
+    {
         return Cow::Borrowed(text);
     }
     let bytes = text.as_bytes();
@@ -107,7 +108,10 @@ fn value_end(bytes: &[u8], start: usize) -> usize {
         }
         Some(_) => {
             let mut i = start;
-            while i < bytes.len() && !matches!(bytes[i], b',' | b'}' | b']') && !bytes[i].is_ascii_whitespace() {
+            while i < bytes.len()
+                && !matches!(bytes[i], b',' | b'}' | b']')
+                && !bytes[i].is_ascii_whitespace()
+            {
                 i += 1;
             }
             i
@@ -127,17 +131,49 @@ mod tests {
     fn redaction_table() {
         let cases = [
             // (input, keys, expected)
-            (r#"{"api_key": "sk-abc", "model": "x"}"#, &["api_key"][..], r#"{"api_key": "[redacted]", "model": "x"}"#),
-            (r#"{"a":{"b":{"api_key":"sk-1"}},"c":[{"api_key":"sk-2"}]}"#, &["api_key"], r#"{"a":{"b":{"api_key":"[redacted]"}},"c":[{"api_key":"[redacted]"}]}"#),
-            (r#"{"api_key": {"nested": "sk-x"}, "n": 1}"#, &["api_key"], r#"{"api_key": "[redacted]", "n": 1}"#),
-            (r#"{"api_key": 12345}"#, &["api_key"], r#"{"api_key": "[redacted]"}"#),
-            (r#"{"api_key": null}"#, &["api_key"], r#"{"api_key": "[redacted]"}"#),
+            (
+                r#"{"api_key": "sk-abc", "model": "x"}"#,
+                &["api_key"][..],
+                r#"{"api_key": "[redacted]", "model": "x"}"#,
+            ),
+            (
+                r#"{"a":{"b":{"api_key":"sk-1"}},"c":[{"api_key":"sk-2"}]}"#,
+                &["api_key"],
+                r#"{"a":{"b":{"api_key":"[redacted]"}},"c":[{"api_key":"[redacted]"}]}"#,
+            ),
+            (
+                r#"{"api_key": {"nested": "sk-x"}, "n": 1}"#,
+                &["api_key"],
+                r#"{"api_key": "[redacted]", "n": 1}"#,
+            ),
+            (
+                r#"{"api_key": 12345}"#,
+                &["api_key"],
+                r#"{"api_key": "[redacted]"}"#,
+            ),
+            (
+                r#"{"api_key": null}"#,
+                &["api_key"],
+                r#"{"api_key": "[redacted]"}"#,
+            ),
             // A value that merely equals a key name is not a key.
-            (r#"{"name": "api_key", "x": ["api_key"]}"#, &["api_key"], r#"{"name": "api_key", "x": ["api_key"]}"#),
+            (
+                r#"{"name": "api_key", "x": ["api_key"]}"#,
+                &["api_key"],
+                r#"{"name": "api_key", "x": ["api_key"]}"#,
+            ),
             // Escapes in keys and in values.
-            (r#"{"api\u005fkey": "sk-\"q\"", "t": "a\\"}"#, &["api_key"], r#"{"api\u005fkey": "[redacted]", "t": "a\\"}"#),
+            (
+                r#"{"api\u005fkey": "sk-\"q\"", "t": "a\\"}"#,
+                &["api_key"],
+                r#"{"api\u005fkey": "[redacted]", "t": "a\\"}"#,
+            ),
             // Several keys; truncated JSON still scrubbed.
-            (r#"{"token": "t1", "secret": "s1", "api_key": "sk-trunc"#, &["secret", "api_key"], r#"{"token": "t1", "secret": "[redacted]", "api_key": "[redacted]""#),
+            (
+                r#"{"token": "t1", "secret": "s1", "api_key": "sk-trunc"#,
+                &["secret", "api_key"],
+                r#"{"token": "t1", "secret": "[redacted]", "api_key": "[redacted]""#,
+            ),
             ("not json at all", &["api_key"], "not json at all"),
             (r#"{"api_key": "sk-1"}"#, &[], r#"{"api_key": "sk-1"}"#),
         ];
@@ -148,6 +184,9 @@ mod tests {
 
     #[test]
     fn untouched_text_is_borrowed() {
-        assert!(matches!(redact(r#"{"model": "x"}"#, &keys(&["api_key"])), Cow::Borrowed(_)));
+        assert!(matches!(
+            redact(r#"{"model": "x"}"#, &keys(&["api_key"])),
+            Cow::Borrowed(_)
+        ));
     }
 }

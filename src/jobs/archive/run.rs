@@ -161,8 +161,15 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 
 impl Archiver<'_, '_> {
     fn encoder(&self, table: &Table) -> Encoder {
-        let payload = (0..table.columns.len()).map(|i| table.payload.contains(&i)).collect();
-        Encoder::new(self.spec.format, table.columns.clone(), payload, self.spec.redact.clone())
+        let payload = (0..table.columns.len())
+            .map(|i| table.payload.contains(&i))
+            .collect();
+        Encoder::new(
+            self.spec.format,
+            table.columns.clone(),
+            payload,
+            self.spec.redact.clone(),
+        )
     }
 
     /// Calls `each` with the wanted rows of every window up to the last old row.
@@ -241,19 +248,42 @@ impl Archiver<'_, '_> {
     }
 
     /// One batch: record it, write its file durably, purge its rows, clear the record.
-    fn batch(&mut self, table: &Table, encoder: &Encoder, prefix: &str, rows: Vec<Row>) -> anyhow::Result<()> {
+    fn batch(
+        &mut self,
+        table: &Table,
+        encoder: &Encoder,
+        prefix: &str,
+        rows: Vec<Row>,
+    ) -> anyhow::Result<()> {
         let (first, last) = (rows[0].rowid, rows[rows.len() - 1].rowid);
-        let dest = unique_dest(&self.spec.to, self.ctx.job, prefix, first, last, self.spec.format);
+        let dest = unique_dest(
+            &self.spec.to,
+            self.ctx.job,
+            prefix,
+            first,
+            last,
+            self.spec.format,
+        );
         let keys = rows
             .iter()
-            .map(|r| table.key.iter().map(|&i| Key::from_value(&r.values[i], &table.name)).collect())
+            .map(|r| {
+                table
+                    .key
+                    .iter()
+                    .map(|&i| Key::from_value(&r.values[i], &table.name))
+                    .collect()
+            })
             .collect::<anyhow::Result<Vec<Vec<Key>>>>()?;
         let pending = Pending {
             file: dest.clone(),
             table: table.name.clone(),
             key_columns: table.key_columns(),
             payload_columns: table.payload_columns(),
-            then: if prefix.is_empty() { self.spec.then } else { Then::Delete },
+            then: if prefix.is_empty() {
+                self.spec.then
+            } else {
+                Then::Delete
+            },
             keys,
         };
         self.ctx
@@ -261,7 +291,10 @@ impl Archiver<'_, '_> {
             .put(NS, self.ctx.job, &pending)
             .context("recording the planned archive file in the state database")?;
         let written = write_file(&dest, encoder, &rows)?;
-        verify_file(&dest, (self.spec.format == Format::Jsonl).then_some(rows.len()))?;
+        verify_file(
+            &dest,
+            (self.spec.format == Format::Jsonl).then_some(rows.len()),
+        )?;
         self.tally.rows += rows.len() as u64;
         self.tally.bytes += rows.iter().map(Row::bytes).sum::<u64>();
         self.tally.files += 1;
@@ -302,14 +335,23 @@ impl Archiver<'_, '_> {
             .map(|(i, c)| format!("\"{c}\" = ?{}", i + 1))
             .collect();
         let sql = match pending.then {
-            Then::Delete => format!("DELETE FROM \"{}\" WHERE {}", pending.table, filter.join(" AND ")),
+            Then::Delete => format!(
+                "DELETE FROM \"{}\" WHERE {}",
+                pending.table,
+                filter.join(" AND ")
+            ),
             Then::StripPayloads => {
                 let set: Vec<String> = pending
                     .payload_columns
                     .iter()
                     .map(|c| format!("\"{c}\" = NULL"))
                     .collect();
-                format!("UPDATE \"{}\" SET {} WHERE {}", pending.table, set.join(", "), filter.join(" AND "))
+                format!(
+                    "UPDATE \"{}\" SET {} WHERE {}",
+                    pending.table,
+                    set.join(", "),
+                    filter.join(" AND ")
+                )
             }
         };
         let mut done = 0usize;
@@ -330,8 +372,12 @@ impl Archiver<'_, '_> {
             affected += count;
             done += n;
             self.floor = Some(self.floor.map_or(held, |f| f.min(held)));
-            self.rows_per_transaction =
-                next_size(self.rows_per_transaction, n, held, self.floor.unwrap_or_default());
+            self.rows_per_transaction = next_size(
+                self.rows_per_transaction,
+                n,
+                held,
+                self.floor.unwrap_or_default(),
+            );
         }
         Ok(affected)
     }
@@ -357,7 +403,10 @@ impl Archiver<'_, '_> {
             rows += found.len() as u64;
             for r in &found {
                 bytes += r.bytes();
-                payload += payload_idx.iter().map(|&i| select::value_bytes(&r.values[i])).sum::<u64>();
+                payload += payload_idx
+                    .iter()
+                    .map(|&i| select::value_bytes(&r.values[i]))
+                    .sum::<u64>();
             }
             Ok(())
         })?;
@@ -390,11 +439,13 @@ impl Archiver<'_, '_> {
                 "sessions: archive and delete {orphans} `sessions` rows older than the cut-off that have no usage records now (more once the rows above are deleted)"
             ));
         }
-        let mut report = Report::new(format!("would archive {rows} rows ({bytes} bytes) into {files} files"))
-            .figure("rows", rows as f64)
-            .figure("bytes", bytes as f64)
-            .figure("payload_bytes", payload as f64)
-            .figure("orphaned_sessions", orphans as f64);
+        let mut report = Report::new(format!(
+            "would archive {rows} rows ({bytes} bytes) into {files} files"
+        ))
+        .figure("rows", rows as f64)
+        .figure("bytes", bytes as f64)
+        .figure("payload_bytes", payload as f64)
+        .figure("orphaned_sessions", orphans as f64);
         report.plan = lines;
         Ok(report)
     }
@@ -418,7 +469,10 @@ impl Archiver<'_, '_> {
             summary.push_str(&format!(", including {} orphaned sessions", t.sessions));
         }
         if t.resumed > 0 {
-            summary.push_str(&format!("; finished {} rows of an interrupted run", t.resumed));
+            summary.push_str(&format!(
+                "; finished {} rows of an interrupted run",
+                t.resumed
+            ));
         }
         summary.push_str(&format!(
             "; longest write lock {:.1} ms over {} transactions, longest read {:.1} ms",
@@ -467,7 +521,14 @@ pub(crate) fn next_size(current: usize, done: usize, held: Duration, floor: Dura
 
 /// `<job>-<prefix><first>-<last>.<ext>`, with `-2`, `-3` ... when taken (rowids of tables
 /// without an INTEGER PRIMARY KEY may be reused after a VACUUM).
-fn unique_dest(dir: &Path, job: &str, prefix: &str, first: i64, last: i64, format: Format) -> PathBuf {
+fn unique_dest(
+    dir: &Path,
+    job: &str,
+    prefix: &str,
+    first: i64,
+    last: i64,
+    format: Format,
+) -> PathBuf {
     let ext = match format {
         Format::Jsonl => "jsonl.gz",
         Format::Csv => "csv.gz",
@@ -495,10 +556,18 @@ fn write_file(dest: &Path, encoder: &Encoder, rows: &[Row]) -> anyhow::Result<u6
         .with_context(|| format!("starting to write {}", temp.display()))?;
     gz.write_all(&text)
         .and_then(|()| gz.flush())
-        .with_context(|| format!("writing archive file {} (is the disk full?)", temp.display()))?;
-    let pending = gz
-        .finish()
-        .with_context(|| format!("writing archive file {} (is the disk full?)", temp.display()))?;
+        .with_context(|| {
+            format!(
+                "writing archive file {} (is the disk full?)",
+                temp.display()
+            )
+        })?;
+    let pending = gz.finish().with_context(|| {
+        format!(
+            "writing archive file {} (is the disk full?)",
+            temp.display()
+        )
+    })?;
     let path = pending.commit()?;
     Ok(std::fs::metadata(&path)?.len())
 }
@@ -511,9 +580,12 @@ fn verify_file(path: &Path, rows: Option<usize>) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     let mut lines = 0usize;
     loop {
-        let n = decoder
-            .read(&mut buf)
-            .with_context(|| format!("verifying archive file {}: it does not decompress", path.display()))?;
+        let n = decoder.read(&mut buf).with_context(|| {
+            format!(
+                "verifying archive file {}: it does not decompress",
+                path.display()
+            )
+        })?;
         if n == 0 {
             break;
         }
@@ -552,7 +624,11 @@ mod tests {
             (20_000, 20_000, ms(1), ms(1), 20_000),
         ];
         for (current, done, held, floor, expected) in cases {
-            assert_eq!(next_size(current, done, held, floor), expected, "{current} {done} {held:?} {floor:?}");
+            assert_eq!(
+                next_size(current, done, held, floor),
+                expected,
+                "{current} {done} {held:?} {floor:?}"
+            );
         }
     }
 

@@ -19,7 +19,11 @@ pub enum Bound {
     /// (`...Z`, `...+00:00`, naive, with or without fractions). Rows written with a space
     /// separator (SQLite's `datetime()`) sort below every `T` time of their day, so the rows
     /// of the cut-off day at or after the cut-off time in that spelling are excluded apart.
-    Iso { t: String, space: String, day: String },
+    Iso {
+        t: String,
+        space: String,
+        day: String,
+    },
     Integer(i64),
 }
 
@@ -103,7 +107,9 @@ impl Table {
             .iter()
             .map(|p| {
                 columns.iter().position(|c| c == p).with_context(|| {
-                    format!("table `{name}` has no payload column `{p}`; check gateway.columns.payload")
+                    format!(
+                        "table `{name}` has no payload column `{p}`; check gateway.columns.payload"
+                    )
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -120,7 +126,10 @@ impl Table {
     }
 
     pub fn payload_columns(&self) -> Vec<String> {
-        self.payload.iter().map(|&i| self.columns[i].clone()).collect()
+        self.payload
+            .iter()
+            .map(|&i| self.columns[i].clone())
+            .collect()
     }
 
     fn column_list(&self) -> String {
@@ -192,11 +201,18 @@ impl Selection {
         let sql = if time_indexed {
             // `+rowid` keeps SQLite from walking the table backwards (its max() shortcut) instead of
             // reading the old part of the time index.
-            format!("SELECT max(+rowid) FROM \"{}\" WHERE {}", self.table.name, self.old)
+            format!(
+                "SELECT max(+rowid) FROM \"{}\" WHERE {}",
+                self.table.name, self.old
+            )
         } else {
             format!("SELECT max(rowid) FROM \"{}\"", self.table.name)
         };
-        let params = if time_indexed { self.named(&[]) } else { Vec::new() };
+        let params = if time_indexed {
+            self.named(&[])
+        } else {
+            Vec::new()
+        };
         conn.query_row(&sql, params.as_slice(), |r| r.get(0))
             .with_context(|| format!("finding the last row to archive in `{}`", self.table.name))
     }
@@ -234,7 +250,9 @@ impl Selection {
             let rowid: i64 = r.get(0)?;
             last = Some(rowid);
             if r.get::<_, Option<bool>>(1)?.unwrap_or(false) {
-                let values = (0..n).map(|i| r.get::<_, Value>(i + 2)).collect::<Result<_, _>>()?;
+                let values = (0..n)
+                    .map(|i| r.get::<_, Value>(i + 2))
+                    .collect::<Result<_, _>>()?;
                 wanted.push(Row { rowid, values });
             }
         }
@@ -259,7 +277,9 @@ impl Selection {
         while let Some(r) = rows.next()? {
             let rowid: i64 = r.get(0)?;
             if wanted.contains(&rowid) {
-                let values = (0..n).map(|i| r.get::<_, Value>(i + 1)).collect::<Result<_, _>>()?;
+                let values = (0..n)
+                    .map(|i| r.get::<_, Value>(i + 1))
+                    .collect::<Result<_, _>>()?;
                 out.push(Row { rowid, values });
             }
         }
@@ -277,7 +297,8 @@ mod tests {
         let cutoff = Utc.with_ymd_and_hms(2025, 8, 3, 12, 0, 0).unwrap();
         let bound = Bound::new(TimeFormat::Iso8601, cutoff);
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (ts TEXT); CREATE INDEX i ON t(ts);").unwrap();
+        conn.execute_batch("CREATE TABLE t (ts TEXT); CREATE INDEX i ON t(ts);")
+            .unwrap();
         let cases = [
             ("2025-08-03T11:59:59.999999Z", true),
             ("2025-08-03T11:59:59+00:00", true),
@@ -296,17 +317,27 @@ mod tests {
         let cond = bound.condition("ts");
         for (ts, old) in cases {
             let p = bound.params();
-            let named: Vec<(&str, &dyn ToSql)> = p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
+            let named: Vec<(&str, &dyn ToSql)> =
+                p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
             let got: bool = conn
-                .query_row(&format!("SELECT {cond} FROM (SELECT '{ts}' AS ts)"), named.as_slice(), |r| r.get(0))
+                .query_row(
+                    &format!("SELECT {cond} FROM (SELECT '{ts}' AS ts)"),
+                    named.as_slice(),
+                    |r| r.get(0),
+                )
                 .unwrap();
             assert_eq!(got, old, "{ts}");
         }
         let plan: String = {
             let p = bound.params();
-            let named: Vec<(&str, &dyn ToSql)> = p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
-            conn.query_row(&format!("EXPLAIN QUERY PLAN SELECT max(+rowid) FROM t WHERE {cond}"), named.as_slice(), |r| r.get(3))
-                .unwrap()
+            let named: Vec<(&str, &dyn ToSql)> =
+                p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
+            conn.query_row(
+                &format!("EXPLAIN QUERY PLAN SELECT max(+rowid) FROM t WHERE {cond}"),
+                named.as_slice(),
+                |r| r.get(3),
+            )
+            .unwrap()
         };
         assert!(plan.contains("USING COVERING INDEX i"), "{plan}");
     }
@@ -314,7 +345,13 @@ mod tests {
     #[test]
     fn unix_bounds() {
         let cutoff = Utc.with_ymd_and_hms(2025, 8, 3, 12, 0, 0).unwrap();
-        assert_eq!(Bound::new(TimeFormat::UnixSeconds, cutoff), Bound::Integer(1_754_222_400));
-        assert_eq!(Bound::new(TimeFormat::UnixMillis, cutoff), Bound::Integer(1_754_222_400_000));
+        assert_eq!(
+            Bound::new(TimeFormat::UnixSeconds, cutoff),
+            Bound::Integer(1_754_222_400)
+        );
+        assert_eq!(
+            Bound::new(TimeFormat::UnixMillis, cutoff),
+            Bound::Integer(1_754_222_400_000)
+        );
     }
 }
