@@ -53,7 +53,7 @@ fn is_listed(token: &str, keys: &[String]) -> bool {
         return keys.iter().any(|k| k == inner);
     }
     match serde_json::from_str::<String>(token) {
-        Ok(decoded) => keys.iter().any(|k| *k == decoded),
+        Ok(decoded) => keys.contains(&decoded),
         Err(_) => false,
     }
 }
