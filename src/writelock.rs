@@ -16,14 +16,15 @@ use anyhow::Context;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// How long the gateway must have been quiet after a commit before we start (WAL). BobaMixer
-/// writes a new session and its first record as two `sqlite3` processes, a process start apart.
-const SETTLE: Duration = Duration::from_millis(20);
+/// writes a new session and its first record as two `sqlite3` processes, a process start
+/// apart, and a loaded machine can stretch that gap to tens of milliseconds.
+const SETTLE: Duration = Duration::from_millis(50);
 /// How often the commit counter is read while waiting for a gap (WAL).
 const POLL: Duration = Duration::from_millis(1);
 /// With no gateway commit seen for this long, the gateway is idle: go.
-const IDLE: Duration = Duration::from_millis(150);
+const IDLE: Duration = Duration::from_millis(250);
 /// A gateway that never pauses long enough still gets our transaction after this long.
-const MAX_WAIT: Duration = Duration::from_millis(600);
+const MAX_WAIT: Duration = Duration::from_millis(1000);
 /// The least room left to the gateway after each of our write transactions (rollback journal).
 const MIN_PAUSE: Duration = Duration::from_millis(10);
 
