@@ -30,6 +30,15 @@ pub enum Format {
     Csv,
 }
 
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl.gz",
+            Format::Csv => "csv.gz",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Then {
@@ -43,6 +52,16 @@ pub enum Rows {
     All,
     Ok,
     Failed,
+}
+
+impl Rows {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rows::All => "all",
+            Rows::Ok => "ok",
+            Rows::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -101,8 +101,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     conn.pragma_update(None, "foreign_keys", false)
         .context("turning off foreign key actions on our gateway connection")?;
     let table = Table::inspect(&conn, &gateway.table, &gateway.columns.payload)?;
-    let cutoff = ctx.now
-        - chrono::Duration::from_std(spec.older_than).context("older_than is out of range")?;
+    let cutoff = chrono::Duration::from_std(spec.older_than)
+        .ok()
+        .and_then(|d| ctx.now.checked_sub_signed(d))
+        .context(
+            "archive `older_than` reaches before the year 0; accepted: a duration such as 90d",
+        )?;
     let bound = Bound::new(gateway.columns.time_format, cutoff);
     let old = bound.condition(&gateway.columns.time);
     let mut wanted = old.clone();
@@ -412,14 +416,16 @@ impl Archiver<'_, '_> {
         })?;
         let files = rows.div_ceil(u64::from(self.spec.batch));
         let table = &selection.table.name;
+        let cutoff =
+            self.ctx.now - chrono::Duration::from_std(self.spec.older_than).unwrap_or_default();
         lines.push(format!(
-            "archive: {rows} rows of `{table}` older than {} ({}, rows: {:?}), {bytes} bytes of row data, into {files} {:?} files in {}",
+            "archive: {rows} rows of `{table}` older than {} ({}, rows: {}), {bytes} bytes of row data, into {files} {} files in {}",
             bound.describe(),
-            self.ctx.now.to_rfc3339(),
-            self.spec.rows,
-            self.spec.format,
+            cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.spec.rows.name(),
+            self.spec.format.extension(),
             self.spec.to.display()
-        ).to_lowercase().replace(&self.spec.to.display().to_string().to_lowercase(), &self.spec.to.display().to_string()));
+        ));
         lines.push(match self.spec.then {
             Then::Delete => format!("delete: {rows} rows ({bytes} bytes) from `{table}` in write transactions of about {} ms each", TARGET_HOLD.as_millis()),
             Then::StripPayloads => format!(
@@ -529,10 +535,7 @@ fn unique_dest(
     last: i64,
     format: Format,
 ) -> PathBuf {
-    let ext = match format {
-        Format::Jsonl => "jsonl.gz",
-        Format::Csv => "csv.gz",
-    };
+    let ext = format.extension();
     let base = format!("{job}-{prefix}{first}-{last}");
     let mut dest = dir.join(format!("{base}.{ext}"));
     let mut n = 2;
