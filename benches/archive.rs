@@ -116,7 +116,9 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
     }
 }
 
-/// The seed recipe; the CLI gets a 5 s busy timeout, or it fails outright against a writing gateway.
+/// The seed recipe. The CLI gets a busy timeout (5 s for the export, 60 s for the DELETE), or
+/// it fails outright against a writing gateway: after the export's long read transaction,
+/// hundreds of the gateway's writes are queued and a 5 s wait is not enough to get in.
 fn recipe(db: &Path, dir: &Path, rate: f64, bound: &str) -> Outcome {
     let sim = start_sim(db, rate, dir, "recipe");
     let start = Instant::now();
@@ -132,7 +134,7 @@ fn recipe(db: &Path, dir: &Path, rate: f64, bound: &str) -> Outcome {
     assert!(export.success(), "the recipe's export failed");
     let delete_start = Instant::now();
     let delete = Command::new("sqlite3")
-        .args(["-cmd", ".timeout 5000"])
+        .args(["-cmd", ".timeout 60000"])
         .arg(db)
         .arg(format!("DELETE FROM requests WHERE timestamp < '{bound}'"))
         .status()

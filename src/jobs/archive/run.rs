@@ -134,6 +134,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let time_indexed = select::leads_an_index(&conn, &table.name, &gateway.columns.time)?;
     let selection = Selection {
         table,
+        time: gateway.columns.time.clone(),
         old,
         wanted,
         params: bound.params(),
@@ -235,6 +236,7 @@ impl Archiver<'_, '_> {
         let encoder = self.encoder(&table);
         let selection = Selection {
             table,
+            time: String::new(),
             old: String::new(),
             wanted: String::new(),
             params: Vec::new(),

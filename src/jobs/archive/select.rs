@@ -8,9 +8,12 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{Connection, ToSql};
+use rusqlite::{Connection, OptionalExtension, ToSql};
 
 use crate::gateway::TimeFormat;
+
+/// Time index entries read per read transaction while looking for the last old row.
+pub const INDEX_CHUNK: usize = 20_000;
 
 /// The cut-off as the time column spells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +181,8 @@ pub fn value_bytes(v: &Value) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Selection {
     pub table: Table,
+    /// The time column.
+    pub time: String,
     /// True for rows older than the cut-off: the time condition alone, which the time index
     /// answers without reading rows.
     pub old: String,
@@ -195,26 +200,75 @@ impl Selection {
             .collect()
     }
 
-    /// The highest rowid a run has to look at. One query: through the time index when there
-    /// is one, else the table's largest rowid (cheap) and every window is read.
+    /// The highest rowid a run has to look at.
+    ///
+    /// With a time index, the old part of the index is walked in pieces of [`INDEX_CHUNK`]
+    /// entries, each its own short read transaction (one pass over a million entries would
+    /// hold the gateway's commits off for a tenth of a second). Without one, the table's
+    /// largest rowid (one lookup) and every window is read.
     pub fn last_rowid(&self, conn: &Connection, time_indexed: bool) -> anyhow::Result<Option<i64>> {
-        let sql = if time_indexed {
-            // `+rowid` keeps SQLite from walking the table backwards (its max() shortcut) instead of
-            // reading the old part of the time index.
-            format!(
-                "SELECT max(+rowid) FROM \"{}\" WHERE {}",
-                self.table.name, self.old
-            )
-        } else {
-            format!("SELECT max(rowid) FROM \"{}\"", self.table.name)
-        };
-        let params = if time_indexed {
-            self.named(&[])
-        } else {
-            Vec::new()
-        };
-        conn.query_row(&sql, params.as_slice(), |r| r.get(0))
-            .with_context(|| format!("finding the last row to archive in `{}`", self.table.name))
+        let table = &self.table.name;
+        let time = &self.time;
+        let context = || format!("finding the last row to archive in `{table}`");
+        if !time_indexed {
+            return conn
+                .query_row(&format!("SELECT max(rowid) FROM \"{table}\""), [], |r| {
+                    r.get(0)
+                })
+                .with_context(context);
+        }
+        let chunk = format!(
+            "SELECT \"{time}\", rowid FROM \"{table}\" WHERE {} AND \"{time}\" >= :from ORDER BY \"{time}\" LIMIT {INDEX_CHUNK}",
+            self.old
+        );
+        // Ties at a chunk's end are read again by the next chunk (>=); a chunk of one time
+        // only is finished by one query on that time.
+        let tie = format!("SELECT max(+rowid) FROM \"{table}\" WHERE \"{time}\" = :from");
+        // Text sorts above every integer in SQLite, so the smallest integer starts at the
+        // beginning whatever the column's format.
+        let mut from = Value::Integer(i64::MIN);
+        let mut best: Option<i64> = None;
+        loop {
+            let extra = [(":from", from.clone())];
+            let params = self.named(&extra);
+            let mut stmt = conn.prepare_cached(&chunk).with_context(context)?;
+            let rows: Vec<(Value, i64)> = stmt
+                .query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))
+                .with_context(context)?
+                .collect::<Result<_, _>>()
+                .with_context(context)?;
+            let Some((last_time, _)) = rows.last().cloned() else {
+                return Ok(best);
+            };
+            best = rows.iter().map(|(_, id)| *id).chain(best).max();
+            if rows.len() < INDEX_CHUNK {
+                return Ok(best);
+            }
+            if rows.iter().all(|(t, _)| *t == last_time) {
+                let tied: Option<i64> = conn
+                    .query_row(&tie, &[(":from", &last_time as &dyn ToSql)][..], |r| {
+                        r.get(0)
+                    })
+                    .with_context(context)?;
+                best = tied.into_iter().chain(best).max();
+                // Move past this time: the next chunk starts at the first greater value.
+                from = last_time;
+                let next: Option<Value> = conn
+                    .query_row(
+                        &format!("SELECT \"{time}\" FROM \"{table}\" WHERE \"{time}\" > :from ORDER BY \"{time}\" LIMIT 1"),
+                        &[(":from", &from as &dyn ToSql)][..],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .with_context(context)?;
+                match next {
+                    Some(v) => from = v,
+                    None => return Ok(best),
+                }
+            } else {
+                from = last_time;
+            }
+        }
     }
 
     /// Reads up to `limit` rows with rowid in `(after, end]`, in one read transaction, and
@@ -340,6 +394,50 @@ mod tests {
             .unwrap()
         };
         assert!(plan.contains("USING COVERING INDEX i"), "{plan}");
+    }
+
+    #[test]
+    fn the_last_old_row_is_found_in_index_chunks_across_ties() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, ts INTEGER); CREATE INDEX i ON t(ts);",
+        )
+        .unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for n in 0..30_000_i64 {
+            tx.execute("INSERT INTO t (ts) VALUES (?1)", [n]).unwrap();
+        }
+        // More rows of one time than a chunk holds.
+        for _ in 0..25_000 {
+            tx.execute("INSERT INTO t (ts) VALUES (30000)", []).unwrap();
+        }
+        for n in 30_001..40_000_i64 {
+            tx.execute("INSERT INTO t (ts) VALUES (?1)", [n]).unwrap();
+        }
+        // A late row with an old time: the highest rowid of all old rows.
+        tx.execute("INSERT INTO t (ts) VALUES (5)", []).unwrap();
+        tx.execute("INSERT INTO t (ts) VALUES (99999)", []).unwrap();
+        tx.commit().unwrap();
+        let table = Table::inspect(&conn, "t", &[]).unwrap();
+        for (cut, expected) in [
+            (35_000, 65_000),
+            (1, 1),
+            (0, 0),
+            (30_001, 65_000),
+            (100_000, 65_001),
+        ] {
+            let bound = Bound::Integer(cut);
+            let selection = Selection {
+                table: table.clone(),
+                time: "ts".into(),
+                old: bound.condition("ts"),
+                wanted: bound.condition("ts"),
+                params: bound.params(),
+            };
+            let got = selection.last_rowid(&conn, true).unwrap();
+            let expected = (expected > 0).then_some(expected);
+            assert_eq!(got, expected, "cut {cut}");
+        }
     }
 
     #[test]
