@@ -499,3 +499,28 @@ fn vacuum_without_room_for_a_copy_is_refused_and_alerts() {
     // ANALYZE ran (it changes sqlite_stat1) but no VACUUM: the rows are the same.
     assert_eq!(rows(&db, "requests").1.len(), 1200);
 }
+
+#[test]
+fn check_warns_that_vacuum_blocks_the_gateway_unless_it_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    for (vacuum, warned) in [("auto", true), ("always", true), ("never", false)] {
+        let jobs = format!(
+            "  care:\n    schedule: \"0 3 * * *\"\n    maintenance: {{vacuum: {vacuum}}}\n"
+        );
+        let config = jobs_file(dir.path(), &db, "bobamixer", &jobs);
+        let out = caretaker()
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("VACUUM holds an exclusive lock"),
+            warned,
+            "vacuum: {vacuum}: {stderr}"
+        );
+    }
+}
