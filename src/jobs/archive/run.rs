@@ -90,7 +90,29 @@ struct Archiver<'c, 'a> {
     rows_per_transaction: usize,
     /// The shortest write lock seen: about the fixed cost of a commit.
     floor: Option<Duration>,
+    /// Batches recorded in the state database: their files may exist, their rows may not be
+    /// purged yet. At most two: the one being purged and the one being written.
+    pendings: Vec<Pending>,
+    in_flight: Option<InFlight>,
     tally: Tally,
+}
+
+impl Drop for Archiver<'_, '_> {
+    /// A run that stops early still waits for the file being written: a writer finishing after
+    /// the next run looked for it would publish rows that run archives again.
+    fn drop(&mut self) {
+        if let Some(batch) = self.in_flight.take() {
+            let _ = batch.writer.join();
+        }
+    }
+}
+
+/// A batch whose file is being written on its own thread.
+struct InFlight {
+    pending: Pending,
+    writer: std::thread::JoinHandle<anyhow::Result<u64>>,
+    rows: u64,
+    row_bytes: u64,
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
@@ -149,6 +171,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         pacer,
         rows_per_transaction: FIRST_ROWS_PER_TRANSACTION,
         floor: None,
+        pendings: Vec::new(),
+        in_flight: None,
         tally: Tally::default(),
     };
     if ctx.dry_run {
@@ -216,7 +240,7 @@ impl Archiver<'_, '_> {
         if !buffer.is_empty() {
             self.batch(&selection.table, &encoder, "", buffer.into())?;
         }
-        Ok(())
+        self.drain()
     }
 
     /// BobaMixer's `sessions` rows left without usage records once those are purged, and
@@ -250,10 +274,11 @@ impl Archiver<'_, '_> {
             self.tally.sessions += rows.len() as u64;
             self.batch(&selection.table, &encoder, "sessions-", rows)?;
         }
-        Ok(())
+        self.drain()
     }
 
-    /// One batch: record it, write its file durably, purge its rows, clear the record.
+    /// One batch: record it, start writing its file, and meanwhile complete the previous batch
+    /// (its file durable, then its rows purged).
     fn batch(
         &mut self,
         table: &Table,
@@ -292,37 +317,81 @@ impl Archiver<'_, '_> {
             },
             keys,
         };
-        self.ctx
-            .state
-            .put(NS, self.ctx.job, &pending)
-            .context("recording the planned archive file in the state database")?;
-        let written = write_file(&dest, encoder, &rows)?;
-        verify_file(
-            &dest,
-            (self.spec.format == Format::Jsonl).then_some(rows.len()),
-        )?;
-        self.tally.rows += rows.len() as u64;
-        self.tally.bytes += rows.iter().map(Row::bytes).sum::<u64>();
-        self.tally.files += 1;
-        self.tally.file_bytes += written;
-        self.tally.purged += self.purge(&pending)?;
-        self.ctx.state.remove(NS, self.ctx.job)?;
+        self.pendings.push(pending.clone());
+        self.save_pendings()?;
+        let expected = (self.spec.format == Format::Jsonl).then_some(rows.len());
+        let row_bytes = rows.iter().map(Row::bytes).sum::<u64>();
+        let count = rows.len() as u64;
+        let encoder = encoder.clone();
+        // The file is encoded, compressed and made durable on its own thread while this one
+        // purges the previous batch, whose file is already durable: the pauses left to the
+        // gateway between write transactions are spent compressing.
+        let writer = std::thread::spawn(move || -> anyhow::Result<u64> {
+            let written = write_file(&dest, &encoder, &rows)?;
+            verify_file(&dest, expected)?;
+            Ok(written)
+        });
+        let previous = self.in_flight.replace(InFlight {
+            pending,
+            writer,
+            rows: count,
+            row_bytes,
+        });
+        if let Some(previous) = previous {
+            self.complete(previous)?;
+        }
         Ok(())
     }
 
-    /// Finishes a batch a crash interrupted: purges its rows if its file was published.
+    /// Waits for a batch's file to be durable, then purges its rows and forgets the batch.
+    fn complete(&mut self, batch: InFlight) -> anyhow::Result<()> {
+        let written = batch.writer.join().map_err(|_| {
+            anyhow::anyhow!("the archive writer thread panicked (a caretaker bug)")
+        })??;
+        self.tally.rows += batch.rows;
+        self.tally.bytes += batch.row_bytes;
+        self.tally.files += 1;
+        self.tally.file_bytes += written;
+        self.tally.purged += self.purge(&batch.pending)?;
+        self.pendings.retain(|p| p.file != batch.pending.file);
+        self.save_pendings()
+    }
+
+    /// Completes the batch still being written, if any.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        match self.in_flight.take() {
+            Some(batch) => self.complete(batch),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the batches whose files may exist and whose rows may still be in the table.
+    fn save_pendings(&self) -> anyhow::Result<()> {
+        if self.pendings.is_empty() {
+            self.ctx.state.remove(NS, self.ctx.job)
+        } else {
+            self.ctx.state.put(NS, self.ctx.job, &self.pendings)
+        }
+        .context("recording the archive files in flight in the state database")
+    }
+
+    /// Finishes the batches a crash interrupted: purges the rows of each whose file was
+    /// published; the others' rows are still in the table and are archived again.
     fn resume(&mut self) -> anyhow::Result<()> {
-        let Some(pending) = self.ctx.state.get::<Pending>(NS, self.ctx.job)? else {
+        let Some(pendings) = self.ctx.state.get::<Vec<Pending>>(NS, self.ctx.job)? else {
             return Ok(());
         };
-        if pending.file.exists() {
+        for pending in &pendings {
+            if !pending.file.exists() {
+                continue;
+            }
             verify_file(&pending.file, None).with_context(|| {
                 format!(
                     "the archive file {} of an interrupted run is damaged; its rows are still in the table: move the file away and run the job again",
                     pending.file.display()
                 )
             })?;
-            let n = self.purge(&pending)?;
+            let n = self.purge(pending)?;
             self.tally.resumed += pending.keys.len() as u64;
             self.tally.purged += n;
         }
@@ -396,7 +465,12 @@ impl Archiver<'_, '_> {
         sessions: Option<i64>,
     ) -> anyhow::Result<Report> {
         let mut lines = Vec::new();
-        if let Some(p) = self.ctx.state.get::<Pending>(NS, self.ctx.job)? {
+        for p in self
+            .ctx
+            .state
+            .get::<Vec<Pending>>(NS, self.ctx.job)?
+            .unwrap_or_default()
+        {
             lines.push(if p.file.exists() {
                 format!("resume: {} is complete; its {} rows would be purged from `{}`", p.file.display(), p.keys.len(), p.table)
             } else {
@@ -498,6 +572,7 @@ impl Archiver<'_, '_> {
             .figure("resumed_rows", t.resumed as f64)
             .figure("longest_lock_ms", ms(self.pacer.longest()))
             .figure("write_transactions", self.pacer.transactions() as f64)
+            .figure("lock_seconds", self.pacer.total().as_secs_f64())
             .figure("longest_read_ms", ms(t.longest_read))
     }
 }
