@@ -208,11 +208,11 @@ impl Archiver<'_, '_> {
         time_indexed: bool,
         mut each: impl FnMut(&mut Self, Vec<Row>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let Some(end) = selection.last_rowid(&self.conn, time_indexed)? else {
+        let (end, read) = selection.last_rowid(&self.conn, time_indexed)?;
+        self.tally.longest_read = self.tally.longest_read.max(read);
+        let Some(end) = end else {
             return Ok(());
         };
-        self.tally.longest_read = self.tally.longest_read.max(started.elapsed());
         let mut after = i64::MIN;
         loop {
             self.ctx.checkpoint()?;

@@ -5,6 +5,8 @@
 //! rowid order, a bounded window per read transaction: with a rollback journal a read
 //! transaction holds off the gateway's commits, so none may last long.
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
@@ -206,16 +208,25 @@ impl Selection {
     /// entries, each its own short read transaction (one pass over a million entries would
     /// hold the gateway's commits off for a tenth of a second). Without one, the table's
     /// largest rowid (one lookup) and every window is read.
-    pub fn last_rowid(&self, conn: &Connection, time_indexed: bool) -> anyhow::Result<Option<i64>> {
+    ///
+    /// Also returns the longest single read transaction it took.
+    pub fn last_rowid(
+        &self,
+        conn: &Connection,
+        time_indexed: bool,
+    ) -> anyhow::Result<(Option<i64>, Duration)> {
+        let mut longest = Duration::ZERO;
         let table = &self.table.name;
         let time = &self.time;
         let context = || format!("finding the last row to archive in `{table}`");
         if !time_indexed {
-            return conn
+            let started = Instant::now();
+            let last = conn
                 .query_row(&format!("SELECT max(rowid) FROM \"{table}\""), [], |r| {
                     r.get(0)
                 })
-                .with_context(context);
+                .with_context(context)?;
+            return Ok((last, started.elapsed()));
         }
         let chunk = format!(
             "SELECT \"{time}\", rowid FROM \"{table}\" WHERE {} AND \"{time}\" >= :from ORDER BY \"{time}\" LIMIT {INDEX_CHUNK}",
@@ -231,18 +242,20 @@ impl Selection {
         loop {
             let extra = [(":from", from.clone())];
             let params = self.named(&extra);
+            let started = Instant::now();
             let mut stmt = conn.prepare_cached(&chunk).with_context(context)?;
             let rows: Vec<(Value, i64)> = stmt
                 .query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))
                 .with_context(context)?
                 .collect::<Result<_, _>>()
                 .with_context(context)?;
+            longest = longest.max(started.elapsed());
             let Some((last_time, _)) = rows.last().cloned() else {
-                return Ok(best);
+                return Ok((best, longest));
             };
             best = rows.iter().map(|(_, id)| *id).chain(best).max();
             if rows.len() < INDEX_CHUNK {
-                return Ok(best);
+                return Ok((best, longest));
             }
             if rows.iter().all(|(t, _)| *t == last_time) {
                 let tied: Option<i64> = conn
@@ -263,7 +276,7 @@ impl Selection {
                     .with_context(context)?;
                 match next {
                     Some(v) => from = v,
-                    None => return Ok(best),
+                    None => return Ok((best, longest)),
                 }
             } else {
                 from = last_time;
@@ -434,7 +447,7 @@ mod tests {
                 wanted: bound.condition("ts"),
                 params: bound.params(),
             };
-            let got = selection.last_rowid(&conn, true).unwrap();
+            let (got, _) = selection.last_rowid(&conn, true).unwrap();
             let expected = (expected > 0).then_some(expected);
             assert_eq!(got, expected, "cut {cut}");
         }
