@@ -524,3 +524,66 @@ fn check_warns_that_vacuum_blocks_the_gateway_unless_it_is_off() {
         );
     }
 }
+
+#[test]
+fn custom_schema_with_unix_millis_and_no_time_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE llm_usage_log (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, model TEXT,
+         prompt_tokens INTEGER, completion_tokens INTEGER, total_cost_usd REAL, request_json TEXT)",
+    )
+    .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let day = 86_400_000_i64;
+    for i in 0..1000_i64 {
+        // Oldest first, 30 days back to now; every row carries a nested key.
+        let ts = now - 30 * day + i * 30 * day / 1000;
+        let json = format!(
+            r#"{{"model": "m", "auth": {{"api_key": "sk-secret-{i}"}}, "messages": [{{"api_key": "sk-{i}"}}]}}"#
+        );
+        conn.execute(
+            "INSERT INTO llm_usage_log (ts, model, prompt_tokens, completion_tokens, total_cost_usd, request_json) VALUES (?1, 'm', 10, 20, 0.25, ?2)",
+            rusqlite::params![ts, json],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let (names, original) = rows(&db, "llm_usage_log");
+    let to = dir.path().join("archive");
+    let config = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway:\n  database: {}\n  schema: custom\n  table: llm_usage_log\n  columns:\n    time: ts\n    time_format: unix_millis\n    model: model\n    input_tokens: prompt_tokens\n    output_tokens: completion_tokens\n    cost: total_cost_usd\n    payload: [request_json]\nstate_dir: {}\njobs:\n{}",
+            db.display(),
+            dir.path().join("state").display(),
+            archive_job(&to, "      batch: 100\n")
+        ),
+    )
+    .unwrap();
+    let out = run_job(&config, "arch", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, now_rows) = rows(&db, "llm_usage_log");
+    let archives = archived(&to, "arch-");
+    let n = assert_union(
+        &names,
+        &["request_json"],
+        &original,
+        &now_rows,
+        &archives,
+        "id",
+    );
+    assert!(
+        (480..=520).contains(&n),
+        "{n} of 1000 rows over 30 days are older than 15 days"
+    );
+    let cutoff = now - 15 * day;
+    for v in now_rows.values() {
+        assert!(
+            matches!(v[1], Value::Integer(ts) if ts >= cutoff - 60_000),
+            "{v:?}"
+        );
+    }
+}
