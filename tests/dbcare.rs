@@ -587,3 +587,32 @@ fn custom_schema_with_unix_millis_and_no_time_index() {
         );
     }
 }
+
+#[test]
+fn truncate_checkpoint_empties_the_wal_of_a_wal_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    sample::create_bobamixer(&db, &options(500)).unwrap();
+    {
+        // Leave committed frames in the WAL, as a gateway between checkpoints does.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; UPDATE usage_records SET tool = tool || '';",
+        )
+        .unwrap();
+    }
+    let wal = dir.path().join("usage.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let jobs = "  care:\n    on_signal: USR1\n    maintenance: {checkpoint: truncate, analyze: false, vacuum: never}\n";
+    let config = jobs_file(dir.path(), &db, "bobamixer", jobs);
+    let out = run_job(&config, "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("truncate checkpoint copied"), "{stdout}");
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "{stdout}");
+}
