@@ -25,3 +25,4 @@ pub mod schedule;
 pub mod sim;
 pub mod state;
 pub mod units;
+pub mod writelock;

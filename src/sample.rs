@@ -173,7 +173,11 @@ fn build_then_publish(
             .with_context(|| format!("opening the temporary database {}", tmp.display()))?;
         // The build is one throwaway transaction on a private file: durability comes from the
         // fsync before the rename, not from SQLite's per-commit syncs.
-        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;")?;
+        // BobaMixer declares foreign keys but never enables them, and its sessions are written
+        // when they close, after their records; bundled SQLite enables them by default.
+        conn.execute_batch(
+            "PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA foreign_keys = OFF;",
+        )?;
         let summary = fill(&mut conn)?;
         // Closing checkpoints and removes a WAL file, so the single renamed file is complete.
         conn.close()
