@@ -20,6 +20,17 @@ fn main() {
     let data = sqlite_like(TOTAL_BYTES);
     let mb = data.len() as f64 / 1e6;
     println!("input: {mb:.1} MB of SQLite-like pages, level {LEVEL}");
+    // Wall-clock figures mean little on a busy machine; say how busy it was.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!(
+            "load average: {} on {} CPUs",
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    }
 
     let (single, single_time) = timed(|| {
         let mut encoder = GzEncoder::new(Vec::new(), Compression::new(LEVEL));
@@ -30,6 +41,7 @@ fn main() {
     });
     report("flate2 GzEncoder, 1 thread", mb, single.len(), single_time);
 
+    let mut parallel_sizes = Vec::new();
     for threads in [1, 2] {
         let (parallel, time) = timed(|| {
             let mut writer =
@@ -44,37 +56,70 @@ fn main() {
             time,
         );
         println!(
-            "  size vs flate2: {:+.2}%",
-            (parallel.len() as f64 / single.len() as f64 - 1.0) * 100.0
+            "  size vs flate2: {:+.3}%, speed vs flate2: {:.2}x",
+            (parallel.len() as f64 / single.len() as f64 - 1.0) * 100.0,
+            single_time.wall.as_secs_f64() / time.wall.as_secs_f64()
         );
         assert_round_trip(&parallel, &data);
+        parallel_sizes.push((threads, parallel.len()));
     }
 
     match gzip_cli(&data) {
         Ok((size, time)) => {
             report("gzip -6 CLI", mb, size, time);
-            println!(
-                "  ParallelGzWriter size vs gzip -6: see above; flate2 vs gzip -6: {:+.2}%",
-                (single.len() as f64 / size as f64 - 1.0) * 100.0
-            );
+            let versus = |ours: usize| (ours as f64 / size as f64 - 1.0) * 100.0;
+            println!("  flate2 size vs gzip -6: {:+.3}%", versus(single.len()));
+            for (threads, ours) in parallel_sizes {
+                println!(
+                    "  ParallelGzWriter ({threads} thread(s)) size vs gzip -6: {:+.3}%",
+                    versus(ours)
+                );
+            }
         }
         Err(e) => println!("gzip -6 CLI: not measured ({e})"),
     }
 }
 
-fn report(name: &str, mb: f64, size: usize, time: Duration) {
+fn report(name: &str, mb: f64, size: usize, time: Timing) {
+    let cpu = time.cpu.map_or_else(
+        || "n/a".to_string(),
+        |cpu| format!("{:.1} s", cpu.as_secs_f64()),
+    );
     println!(
-        "{name:<32} {:>8.1} MB/s  {:>12} bytes  ratio {:.3}",
-        mb / time.as_secs_f64(),
+        "{name:<32} {:>8.1} MB/s  {:>12} bytes  ratio {:.3}  (wall {:.1} s, cpu {cpu})",
+        mb / time.wall.as_secs_f64(),
         size,
-        mb * 1e6 / size as f64
+        mb * 1e6 / size as f64,
+        time.wall.as_secs_f64(),
     );
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+/// Wall time, and the CPU time this process spent (all threads) when the OS tells us.
+#[derive(Clone, Copy)]
+struct Timing {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Timing) {
+    let cpu_start = process_cpu_time();
     let start = Instant::now();
     let value = f();
-    (value, start.elapsed())
+    let wall = start.elapsed();
+    let cpu = cpu_start
+        .zip(process_cpu_time())
+        .map(|(start, end)| end.saturating_sub(start));
+    (value, Timing { wall, cpu })
+}
+
+/// User plus system CPU time of this process from /proc/self/stat (Linux), in clock ticks
+/// of 1/100 s, the value Linux uses for USER_HZ on every mainstream architecture.
+fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name, which may itself contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn assert_round_trip(compressed: &[u8], original: &[u8]) {
@@ -86,7 +131,7 @@ fn assert_round_trip(compressed: &[u8], original: &[u8]) {
 }
 
 /// Pipes `data` through `gzip -6` and returns the compressed size and the wall time.
-fn gzip_cli(data: &[u8]) -> std::io::Result<(usize, Duration)> {
+fn gzip_cli(data: &[u8]) -> std::io::Result<(usize, Timing)> {
     let start = Instant::now();
     let mut child = Command::new("gzip")
         .arg("-6")
@@ -109,7 +154,12 @@ fn gzip_cli(data: &[u8]) -> std::io::Result<(usize, Duration)> {
     if !status.success() {
         return Err(std::io::Error::other(format!("gzip exited with {status}")));
     }
-    Ok((size, start.elapsed()))
+    // gzip's CPU time is its own process's, not ours.
+    let timing = Timing {
+        wall: start.elapsed(),
+        cpu: None,
+    };
+    Ok((size, timing))
 }
 
 /// Pages of pipe-separated request-log rows with varying numbers, each page partly empty

@@ -24,7 +24,11 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "caretaker", version, about = "Keeps an LLM gateway's SQLite data healthy: backups, integrity, maintenance, archiving, log rotation, pricing, budget and health alerts.")]
+#[command(
+    name = "caretaker",
+    version,
+    about = "Keeps an LLM gateway's SQLite data healthy: backups, integrity, maintenance, archiving, log rotation, pricing, budget and health alerts."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,10 +87,16 @@ pub fn main(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Run(c) => run(&c.config),
         Command::Check(c) => check(&c.config),
-        Command::RunJob { name, config, dry_run } => run_job(&config.config, &name, dry_run),
+        Command::RunJob {
+            name,
+            config,
+            dry_run,
+        } => run_job(&config.config, &name, dry_run),
         Command::Status { config, json } => status(&config.config, json),
         Command::Restore { archive, to, force } => restore(&archive, &to, force),
-        Command::Demo { dir } => crate::demo::run(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo"))),
+        Command::Demo { dir } => {
+            crate::demo::run(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo")))
+        }
     };
     ExitCode::from(code)
 }
@@ -144,9 +154,17 @@ fn check(path: &Path) -> u8 {
             let next: Vec<String> = s
                 .upcoming(now, config.timezone, 3)
                 .iter()
-                .map(|t| t.with_timezone(&config.timezone).format("%Y-%m-%d %H:%M:%S %Z").to_string())
+                .map(|t| {
+                    t.with_timezone(&config.timezone)
+                        .format("%Y-%m-%d %H:%M:%S %Z")
+                        .to_string()
+                })
                 .collect();
-            line.push_str(&format!("\n    schedule \"{}\": next {}", s.as_str(), next.join(", ")));
+            line.push_str(&format!(
+                "\n    schedule \"{}\": next {}",
+                s.as_str(),
+                next.join(", ")
+            ));
         }
         if !signals.is_empty() {
             line.push_str(&format!("\n    on {}", signals.join(", ")));
@@ -164,7 +182,11 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
     crate::logging::init(&config.log);
     let Some(job) = config.job(name) else {
         let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
-        eprintln!("error: no job `{name}` in {}; jobs: {}", path.display(), names.join(", "));
+        eprintln!(
+            "error: no job `{name}` in {}; jobs: {}",
+            path.display(),
+            names.join(", ")
+        );
         return exit::USAGE;
     };
     let state = match State::open(&config.state_dir) {
@@ -174,7 +196,14 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             return exit::FAILED;
         }
     };
-    let outcome = runner::run(&config, &state, job, Trigger::Manual, dry_run, Arc::new(AtomicBool::new(false)));
+    let outcome = runner::run(
+        &config,
+        &state,
+        job,
+        Trigger::Manual,
+        dry_run,
+        Arc::new(AtomicBool::new(false)),
+    );
     // Deliver what this run raised before exiting, as the daemon would.
     let delivered = Sink::from_settings(&config.alerts).and_then(|sinks| {
         tokio::runtime::Builder::new_current_thread()
@@ -247,19 +276,25 @@ fn status(path: &Path, json: bool) -> u8 {
             jobs.push(JobStatus {
                 name: job.name.clone(),
                 kind: job.kind.name(),
-                last_duration_s: last.as_ref().and_then(|r| r.duration()).map(|d| d.as_secs_f64()),
+                last_duration_s: last
+                    .as_ref()
+                    .and_then(|r| r.duration())
+                    .map(|d| d.as_secs_f64()),
                 last_run: last,
-                next_run: job.schedule.as_ref().and_then(|s| s.next_after(now, config.timezone)),
+                next_run: job
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.next_after(now, config.timezone)),
             });
         }
         let pending_alerts = alerts::pending(&state)?
             .into_iter()
-            .map(|(m, sink, attempts, last_error)| PendingAlert {
-                id: m.id,
-                subject: m.subject,
-                sink,
-                attempts,
-                last_error,
+            .map(|p| PendingAlert {
+                id: p.message.id,
+                subject: p.message.subject,
+                sink: p.sink,
+                attempts: p.attempts,
+                last_error: p.last_error,
             })
             .collect();
         Ok(Status {
@@ -276,12 +311,19 @@ fn status(path: &Path, json: bool) -> u8 {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
         return exit::OK;
     }
     let tz = config.timezone;
-    let fmt = |t: chrono::DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
-    println!("{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}", "JOB", "KIND", "LAST RUN", "RESULT", "DURATION", "NEXT RUN");
+    let fmt =
+        |t: chrono::DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
+    println!(
+        "{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}",
+        "JOB", "KIND", "LAST RUN", "RESULT", "DURATION", "NEXT RUN"
+    );
     for j in &status.jobs {
         let (last, result) = match &j.last_run {
             Some(r) => (fmt(r.started_at), r.result.clone()),
@@ -311,7 +353,9 @@ fn status(path: &Path, json: bool) -> u8 {
             p.sink,
             p.attempts,
             p.subject,
-            p.last_error.as_ref().map_or(String::new(), |e| format!(" — last error: {e}"))
+            p.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" — last error: {e}"))
         );
     }
     exit::OK

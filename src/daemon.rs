@@ -34,6 +34,8 @@ enum Event {
     Run(SignalName),
     Terminate,
     FileChanged,
+    /// The price file of this `pricing` job (with `watch: true`) changed.
+    PricesChanged(String),
     JobDone(String, Outcome),
 }
 
@@ -54,6 +56,10 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // Handlers first: once the pid file exists, `kill -USR1 $(cat caretaker.pid)` must find
+    // them installed, or the default action of the signal would end the daemon.
+    let (events_tx, events) = mpsc::unbounded_channel();
+    spawn_signal_thread(events_tx.clone())?;
     let instance = match Instance::acquire(&config.state_dir) {
         Ok(i) => i,
         Err(e @ crate::locks::InstanceError::Held { .. }) => return Err(StartError::Locked(e)),
@@ -64,7 +70,11 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(Daemon::start(config_path.to_path_buf(), config)?.run());
+    let result = runtime.block_on(async {
+        Daemon::start(config_path.to_path_buf(), config, events_tx, events)?
+            .run()
+            .await
+    });
     // Jobs still running past shutdown_timeout are abandoned here; their temporary files
     // carry the temp marker and are swept at the next start.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -87,20 +97,42 @@ struct Daemon {
     sinks_tx: watch::Sender<Arc<Vec<Sink>>>,
     deliver: Arc<Notify>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// One watcher per pricing job with `watch: true`; rebuilt on reload.
+    price_watchers: Vec<notify::RecommendedWatcher>,
+    /// Pricing jobs whose price file changed, and when the debounce lets them run.
+    prices_due: HashMap<String, tokio::time::Instant>,
 }
 
 impl Daemon {
-    fn start(config_path: PathBuf, config: Config) -> anyhow::Result<Daemon> {
+    fn start(
+        config_path: PathBuf,
+        config: Config,
+        events_tx: mpsc::UnboundedSender<Event>,
+        events: mpsc::UnboundedReceiver<Event>,
+    ) -> anyhow::Result<Daemon> {
         let state = Arc::new(State::open(&config.state_dir)?);
         let now = Utc::now();
         let interrupted = state.close_interrupted_runs(now)?;
         if interrupted > 0 {
-            tracing::warn!(runs = interrupted, "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again");
+            tracing::warn!(
+                runs = interrupted,
+                "runs were interrupted by the last stop of the daemon; their jobs left no partial output that looks valid and will run again"
+            );
         }
-        let (events_tx, events) = mpsc::unbounded_channel();
-        spawn_signal_thread(events_tx.clone())?;
-        let watcher = watch_file(&config_path, events_tx.clone())
-            .map_err(|e| tracing::warn!("not watching {} for changes: {e:#}; reload with SIGHUP", config_path.display()))
+        let retried = alerts::retry_failed_now(&state, now)?;
+        if retried > 0 {
+            tracing::info!(
+                deliveries = retried,
+                "retrying undelivered alerts now instead of waiting for their backoff"
+            );
+        }
+        let watcher = watch_file(&config_path, events_tx.clone(), || Event::FileChanged)
+            .map_err(|e| {
+                tracing::warn!(
+                    "not watching {} for changes: {e:#}; reload with SIGHUP",
+                    config_path.display()
+                )
+            })
             .ok();
         let sinks = Sink::from_settings(&config.alerts)?;
         let (sinks_tx, sinks_rx) = watch::channel(Arc::new(sinks));
@@ -120,11 +152,53 @@ impl Daemon {
             sinks_tx,
             deliver,
             _watcher: watcher,
+            price_watchers: Vec::new(),
+            prices_due: HashMap::new(),
         })
+    }
+
+    /// Watches the price file of each pricing job with `watch: true`. The job itself reads
+    /// and checks the file when it runs: an invalid file fails that run (alerted) and
+    /// changes nothing.
+    fn watch_prices(&mut self) {
+        self.price_watchers.clear();
+        for (job, path) in crate::jobs::pricing::watched_files(&self.config) {
+            let tx = self.events_tx.clone();
+            let name = job.clone();
+            match watch_file(&path, tx, move || Event::PricesChanged(name.clone())) {
+                Ok(w) => self.price_watchers.push(w),
+                Err(e) => {
+                    tracing::warn!(job = %job, "not watching the price file {}: {e:#}; the job runs on its schedule and signals only", path.display())
+                }
+            }
+        }
+    }
+
+    fn run_price_changes(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .prices_due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.prices_due.remove(&name);
+            if self.shutdown.load(Ordering::SeqCst) {
+                continue;
+            }
+            tracing::info!(job = %name, "the price file changed");
+            if self.running.contains(&name) {
+                self.queued.insert(name);
+            } else {
+                self.spawn(&name, Trigger::FileChanged);
+            }
+        }
     }
 
     async fn run(mut self) -> anyhow::Result<()> {
         self.plan_schedule(Utc::now(), true);
+        self.watch_prices();
         notify_systemd(&[sd_notify::NotifyState::Ready]);
         if let Some(interval) = sd_notify::watchdog_enabled() {
             tokio::spawn(async move {
@@ -145,16 +219,23 @@ impl Daemon {
             self.fire_due(Utc::now());
             let sleep = self.sleep_duration(Utc::now());
             let reload_at = self.reload_at;
+            let prices_at = self.prices_due.values().min().copied();
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = async { tokio::time::sleep_until(reload_at.expect("guarded")).await }, if reload_at.is_some() => {
                     self.reload_at = None;
                     self.reload("the jobs file changed");
                 }
+                _ = async { tokio::time::sleep_until(prices_at.expect("guarded")).await }, if prices_at.is_some() => {
+                    self.run_price_changes();
+                }
                 Some(event) = self.events.recv() => match event {
                     Event::Hangup => self.reload("SIGHUP"),
                     Event::FileChanged => {
                         self.reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
+                    }
+                    Event::PricesChanged(job) => {
+                        self.prices_due.insert(job, tokio::time::Instant::now() + RELOAD_DEBOUNCE);
                     }
                     Event::Run(signal) => self.on_signal(signal),
                     Event::JobDone(name, outcome) => self.job_done(name, outcome),
@@ -220,7 +301,11 @@ impl Daemon {
             }
             // From `now`, not `at`: after a long stall (suspend) the job runs once, not once
             // per missed slot.
-            match job.schedule.as_ref().and_then(|s| s.next_after(now, config.timezone)) {
+            match job
+                .schedule
+                .as_ref()
+                .and_then(|s| s.next_after(now, config.timezone))
+            {
                 Some(next) => self.next_due.insert(name, next),
                 None => self.next_due.remove(&name),
             };
@@ -308,15 +393,23 @@ impl Daemon {
                 }
                 self.config = Arc::new(new);
                 self.plan_schedule(now, false);
+                self.watch_prices();
                 self.raise(vec![AlertEvent::Resolve {
                     key: "config-invalid".into(),
                     job: None,
                     what: "the jobs file is invalid".into(),
                 }]);
-                tracing::info!(reason = why, jobs = self.config.jobs.len(), "configuration reloaded");
+                tracing::info!(
+                    reason = why,
+                    jobs = self.config.jobs.len(),
+                    "configuration reloaded"
+                );
             }
             Err(errors) => {
-                tracing::error!(reason = why, "the new jobs file is invalid; the old configuration keeps running:\n{errors}");
+                tracing::error!(
+                    reason = why,
+                    "the new jobs file is invalid; the old configuration keeps running:\n{errors}"
+                );
                 self.raise(vec![AlertEvent::Raise(Alert {
                     key: "config-invalid".into(),
                     severity: Severity::Warning,
@@ -334,7 +427,13 @@ impl Daemon {
 
     fn raise(&self, events: Vec<AlertEvent>) {
         let sinks = runner::sink_names(&self.config);
-        if let Err(e) = alerts::submit(&self.state, &self.config.alerts, &sinks, Utc::now(), &events) {
+        if let Err(e) = alerts::submit(
+            &self.state,
+            &self.config.alerts,
+            &sinks,
+            Utc::now(),
+            &events,
+        ) {
             tracing::error!("could not queue an alert: {e:#}");
         }
         self.deliver.notify_one();
@@ -367,14 +466,20 @@ impl Daemon {
     }
 }
 
-async fn delivery_loop(state: Arc<State>, sinks: watch::Receiver<Arc<Vec<Sink>>>, wake: Arc<Notify>) {
+async fn delivery_loop(
+    state: Arc<State>,
+    sinks: watch::Receiver<Arc<Vec<Sink>>>,
+    wake: Arc<Notify>,
+) {
     loop {
         let current = sinks.borrow().clone();
         if let Err(e) = alerts::deliver_due(&state, &current, Utc::now()).await {
             tracing::error!("alert delivery: {e:#}");
         }
         let sleep = match alerts::next_delivery(&state) {
-            Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::from_millis(10)),
+            Ok(Some(t)) => (t - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::from_millis(10)),
             _ => MAX_SLEEP,
         }
         .min(MAX_SLEEP);
@@ -387,8 +492,9 @@ async fn delivery_loop(state: Arc<State>, sinks: watch::Receiver<Arc<Vec<Sink>>>
 
 fn spawn_signal_thread(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
-        .context("installing signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT])
+            .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -409,18 +515,28 @@ fn spawn_signal_thread(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Watches the jobs file's directory (editors replace files by rename, which a watch on the
-/// file itself would miss).
-fn watch_file(path: &Path, tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<notify::RecommendedWatcher> {
+/// Watches a file's directory (editors replace files by rename, which a watch on the file
+/// itself would miss) and sends `make_event()` when the file changes.
+fn watch_file(
+    path: &Path,
+    tx: mpsc::UnboundedSender<Event>,
+    make_event: impl Fn() -> Event + Send + 'static,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     let path = std::path::absolute(path)?;
-    let dir = path.parent().context("the jobs file has no directory")?.to_path_buf();
-    let name = path.file_name().context("the jobs file has no name")?.to_os_string();
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?
+        .to_path_buf();
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?
+        .to_os_string();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res
             && !event.kind.is_access()
             && event.paths.iter().any(|p| p.file_name() == Some(&name))
         {
-            let _ = tx.send(Event::FileChanged);
+            let _ = tx.send(make_event());
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;

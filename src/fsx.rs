@@ -82,7 +82,11 @@ impl PendingFile {
             .with_context(|| format!("flushing {} to disk", self.temp.display()))?;
         drop(file);
         fs::rename(&self.temp, &self.dest).with_context(|| {
-            format!("renaming {} to {}", self.temp.display(), self.dest.display())
+            format!(
+                "renaming {} to {}",
+                self.temp.display(),
+                self.dest.display()
+            )
         })?;
         let dir = self.dest.parent().unwrap_or(Path::new("."));
         sync_dir(dir).with_context(|| format!("flushing directory {}", dir.display()))?;
@@ -130,8 +134,9 @@ pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     for entry in entries {
         let entry = entry?;
         if entry.file_name().to_string_lossy().contains(TEMP_MARKER) {
-            fs::remove_file(entry.path())
-                .with_context(|| format!("removing stale temporary file {}", entry.path().display()))?;
+            fs::remove_file(entry.path()).with_context(|| {
+                format!("removing stale temporary file {}", entry.path().display())
+            })?;
             removed.push(entry.path());
         }
     }
@@ -148,7 +153,10 @@ mod tests {
         let dest = dir.path().join("out.json");
         write_atomic(&dest, b"{}").unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"{}");
-        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

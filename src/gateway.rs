@@ -28,6 +28,20 @@ pub enum TimeFormat {
     UnixMillis,
 }
 
+impl TimeFormat {
+    /// `t` in the column's own format, to compare against the raw column so its index is used.
+    /// ISO text bounds are `YYYY-MM-DDTHH:MM:SS`: all three Apantli spellings of the same
+    /// second sort at or after it, and `datetime()`'s space separator would sort wrongly.
+    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match self {
+            TimeFormat::Iso8601 => Value::Text(t.format("%Y-%m-%dT%H:%M:%S").to_string()),
+            TimeFormat::UnixSeconds => Value::Integer(t.timestamp()),
+            TimeFormat::UnixMillis => Value::Integer(t.timestamp_millis()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CostColumns {
     Single(String),
@@ -151,12 +165,13 @@ pub fn validate(raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
         );
         Preset::Custom
     });
-    let busy_timeout = raw
-        .busy_timeout
-        .map_or(Duration::from_secs(2), |d| d.0);
+    let busy_timeout = raw.busy_timeout.map_or(Duration::from_secs(2), |d| d.0);
     let (table, columns) = match preset.table_and_columns() {
         Some(found) => {
-            for (key, set) in [("table", raw.table.is_some()), ("columns", raw.columns.is_some())] {
+            for (key, set) in [
+                ("table", raw.table.is_some()),
+                ("columns", raw.columns.is_some()),
+            ] {
                 if set {
                     checks.error(
                         &format!("gateway.{key}"),
@@ -296,7 +311,19 @@ impl Gateway {
         .context("setting NO_CKPT_ON_CLOSE on the gateway connection")?;
         conn.busy_timeout(self.busy_timeout)
             .context("setting the busy timeout on the gateway connection")?;
+        // The bundled SQLite enforces foreign keys by default; the gateways' own connections
+        // do not (BobaMixer declares ON DELETE CASCADE but never enables it), and a cascade
+        // they never run must not start with ours.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .context("turning foreign key enforcement off, as the gateway has it")?;
         Ok(conn)
+    }
+
+    /// `t` as the time column stores it, for `WHERE time >= ?` bounds. ISO-8601 bounds are
+    /// naive `YYYY-MM-DDTHH:MM:SS`, which sorts correctly against all three of Apantli's
+    /// spellings (`Z`, `+00:00`, naive) and lets an index on the column serve the range.
+    pub fn time_value(&self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
+        self.columns.time_format.bound(t)
     }
 
     /// The SQL expression of a row's total cost.

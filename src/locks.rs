@@ -34,7 +34,9 @@ pub struct Instance {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
-    #[error("another caretaker daemon (pid {pid}) already runs on state_dir {dir}; stop it first or give this one another state_dir")]
+    #[error(
+        "another caretaker daemon (pid {pid}) already runs on state_dir {dir}; stop it first or give this one another state_dir"
+    )]
     Held { pid: String, dir: PathBuf },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -95,10 +97,17 @@ pub fn try_job(state_dir: &Path, job: &str) -> anyhow::Result<Option<Held>> {
 /// The gateway lock: waits for the job that holds it, but stops waiting when told to stop.
 pub fn gateway(state_dir: &Path, stop: &Stop) -> anyhow::Result<Result<Held, Stopped>> {
     let file = open(&lock_path(state_dir, "gateway"))?;
+    let mut told = false;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(Ok(Held(file))),
             Err(TryLockError::WouldBlock) => {
+                if !told {
+                    tracing::info!(
+                        "waiting for the gateway lock: another job is working on the gateway database"
+                    );
+                    told = true;
+                }
                 if let Err(stopped) = stop.check() {
                     return Ok(Err(stopped));
                 }

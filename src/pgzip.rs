@@ -1,4 +1,4 @@
-//! Parallel gzip compression (pigz-style): one standard gzip member built from blocks deflated on worker threads.
+//! Parallel gzip compression, pigz-style: one gzip member from blocks deflated on worker threads.
 //!
 //! The input is cut into [`BLOCK_SIZE`] blocks. Each block is raw-deflated on its own
 //! compressor, primed with the previous block's last 32 KiB as a preset dictionary so the
@@ -49,7 +49,9 @@ struct Deflated {
 
 /// A [`Write`] that gzips everything written to it using `threads` worker threads.
 ///
-/// Call [`finish`](Self::finish) to write the trailer and get the inner writer back.
+/// Call [`finish`](Self::finish) to write the trailer and get the inner writer back. After
+/// any error the stream is incomplete and the writer should be dropped: its output will not
+/// pass as a valid gzip file.
 pub struct ParallelGzWriter<W: Write> {
     inner: W,
     level: Compression,
@@ -306,4 +308,59 @@ fn gzip_header(level: u32) -> [u8; 10] {
 
 fn invalid_input(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_dies_without_a_result_is_an_error_not_a_panic() {
+        let mut writer = ParallelGzWriter::new(Vec::new(), 6, 1).expect("valid settings");
+        // What a panicking worker leaves behind: a result channel whose sender is gone.
+        let (sender, receiver) = mpsc::sync_channel(1);
+        drop(sender);
+        writer.pending.push_back(receiver);
+        let err = writer.finish().expect_err("the lost block is reported");
+        assert!(
+            err.to_string().contains("without delivering its block"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_deflate_failure_reaches_the_caller() {
+        let mut writer = ParallelGzWriter::new(Vec::new(), 6, 1).expect("valid settings");
+        let (sender, receiver) = mpsc::sync_channel(1);
+        sender
+            .send(Err(io::Error::other("deflating a gzip block: simulated")))
+            .expect("channel has room");
+        writer.pending.push_back(receiver);
+        let err = writer.flush().expect_err("the failed block is reported");
+        assert!(err.to_string().contains("simulated"), "{err}");
+    }
+
+    #[test]
+    fn block_outputs_concatenate_into_one_deflate_stream() {
+        let first: Vec<u8> = (0..BLOCK_SIZE).map(|i| (i % 251) as u8).collect();
+        let second = b"tail".repeat(1000);
+        let a = deflate_block(&first, &[], Compression::new(6), false).expect("first block");
+        let dictionary = &first[first.len() - DICTIONARY_SIZE..];
+        let b = deflate_block(&second, dictionary, Compression::new(6), true).expect("last block");
+        let mut stream = a.bytes;
+        stream.extend_from_slice(&b.bytes);
+
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::DeflateDecoder::new(&stream[..]),
+            &mut decoded,
+        )
+        .expect("one raw deflate stream");
+        assert_eq!(decoded.len(), first.len() + second.len());
+        assert!(decoded[..first.len()] == first[..] && decoded[first.len()..] == second[..]);
+
+        let mut crc = a.crc;
+        crc.combine(&b.crc);
+        assert_eq!(crc.finalize(), crc32fast::hash(&decoded));
+    }
 }

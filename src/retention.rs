@@ -167,7 +167,7 @@ impl fmt::Display for CalendarSpan {
 /// Why a text could not be read as a [`CalendarSpan`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid time span {input:?}: {problem}; expected numbers with units y (years), m (months), \
+    "invalid time span {input:?}: {problem}; expected whole numbers with units y (years), m (months), \
      w (weeks of 7 days), d (days), h (hours), each at most once and in that order, \
      e.g. \"1y2m3d4h\", \"30d\", \"2w\", \"6h\""
 )]
@@ -345,6 +345,23 @@ enum Bucket {
     Year(i32),
 }
 
+/// A counted rule's progress down the list of backups.
+struct CountedRule {
+    /// Backups this rule may still keep; -1 for unlimited.
+    left: i32,
+    rule: Rule,
+    last_kept: Option<Bucket>,
+}
+
+/// A `within_<tier>` rule: its window and its progress down the list of backups.
+struct TierWindow {
+    tier: Tier,
+    span: CalendarSpan,
+    /// Backups after this instant are inside; `None` means all of them are.
+    start: Option<DateTime<Utc>>,
+    last_kept: Option<Bucket>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rule {
     Last,
@@ -409,7 +426,7 @@ pub struct Decision<T> {
 pub fn decide<T>(backups: Vec<(DateTime<Utc>, T)>, policy: &Policy, tz: Tz) -> Vec<Decision<T>> {
     let mut backups = backups;
     // Stable, so equal times stay in input order, as restic's sort.Stable does.
-    backups.sort_by(|a, b| b.0.cmp(&a.0));
+    backups.sort_by_key(|b| std::cmp::Reverse(b.0));
     let Some(&(newest, _)) = backups.first() else {
         return Vec::new();
     };
@@ -433,16 +450,27 @@ pub fn decide<T>(backups: Vec<(DateTime<Utc>, T)>, policy: &Policy, tz: Tz) -> V
             .map(|s| (s, s.before(newest, tz)))
     };
     let within = window(policy.within);
-    let mut counted: Vec<(i32, Rule, Option<Bucket>)> = policy
+    let mut counted: Vec<CountedRule> = policy
         .counted_rules()
         .into_iter()
-        .filter(|&(n, _)| n > 0 || n == UNLIMITED)
-        .map(|(n, rule)| (n, rule, None))
+        .filter(|&(left, _)| left > 0 || left == UNLIMITED)
+        .map(|(left, rule)| CountedRule {
+            left,
+            rule,
+            last_kept: None,
+        })
         .collect();
-    let mut tiers_within: Vec<(Tier, CalendarSpan, Option<DateTime<Utc>>, Option<Bucket>)> = policy
+    let mut tiers_within: Vec<TierWindow> = policy
         .tiers_within()
         .into_iter()
-        .filter_map(|(span, tier)| window(span).map(|(s, start)| (tier, s, start, None)))
+        .filter_map(|(span, tier)| {
+            window(span).map(|(span, start)| TierWindow {
+                tier,
+                span,
+                start,
+                last_kept: None,
+            })
+        })
         .collect();
 
     let inside = |time: DateTime<Utc>, start: Option<DateTime<Utc>>| start.is_none_or(|s| time > s);
@@ -455,47 +483,41 @@ pub fn decide<T>(backups: Vec<(DateTime<Utc>, T)>, policy: &Policy, tz: Tz) -> V
             let local = time.with_timezone(&tz);
             let mut reasons = Vec::new();
 
-            if let Some((span, start)) = within {
-                if inside(time, start) {
-                    reasons.push(Reason::Within(span));
-                }
+            if let Some((span, start)) = within
+                && inside(time, start)
+            {
+                reasons.push(Reason::Within(span));
             }
-            for (left, rule, last_kept) in counted.iter_mut() {
-                if *left == 0 {
-                    continue;
-                }
-                let bucket = match rule {
+            for counted in counted.iter_mut().filter(|c| c.left != 0) {
+                let bucket = match counted.rule {
                     Rule::Last => Bucket::Nth(nr),
                     Rule::Tier(tier) => tier.bucket(local),
                 };
-                let new_bucket = *last_kept != Some(bucket);
+                let new_bucket = counted.last_kept != Some(bucket);
                 if new_bucket || is_oldest {
-                    reasons.push(match rule {
+                    reasons.push(match counted.rule {
                         Rule::Last => Reason::Last,
                         Rule::Tier(tier) => Reason::Tier {
-                            tier: *tier,
+                            tier,
                             oldest: !new_bucket,
                         },
                     });
-                    *last_kept = Some(bucket);
-                    if *left > 0 {
-                        *left -= 1;
+                    counted.last_kept = Some(bucket);
+                    if counted.left > 0 {
+                        counted.left -= 1;
                     }
                 }
             }
-            for (tier, span, start, last_kept) in tiers_within.iter_mut() {
-                if !inside(time, *start) {
-                    continue;
-                }
-                let bucket = tier.bucket(local);
-                let new_bucket = *last_kept != Some(bucket);
+            for window in tiers_within.iter_mut().filter(|w| inside(time, w.start)) {
+                let bucket = window.tier.bucket(local);
+                let new_bucket = window.last_kept != Some(bucket);
                 if new_bucket || is_oldest {
                     reasons.push(Reason::TierWithin {
-                        tier: *tier,
-                        span: *span,
+                        tier: window.tier,
+                        span: window.span,
                         oldest: !new_bucket,
                     });
-                    *last_kept = Some(bucket);
+                    window.last_kept = Some(bucket);
                 }
             }
             if nr == 0 && reasons.is_empty() {
@@ -509,4 +531,490 @@ pub fn decide<T>(backups: Vec<(DateTime<Utc>, T)>, policy: &Policy, tz: Tz) -> V
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::{America::New_York, Europe::Berlin, UTC};
+
+    /// Runs `decide` on backups given as RFC 3339 texts (any offset) and returns the kept
+    /// ones, newest first, as (input text, reasons).
+    fn kept(backups: &[&str], policy: &Policy, tz: Tz) -> Vec<(String, Vec<String>)> {
+        let backups = backups
+            .iter()
+            .map(|text| {
+                let time = DateTime::parse_from_rfc3339(text)
+                    .unwrap_or_else(|e| panic!("test time {text}: {e}"))
+                    .with_timezone(&Utc);
+                (time, text.to_string())
+            })
+            .collect();
+        decide(backups, policy, tz)
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| (d.item, d.reasons.iter().map(ToString::to_string).collect()))
+            .collect()
+    }
+
+    /// Kept backups with their reasons, newest first.
+    type Expected<'a> = &'a [(&'a str, &'a [&'a str])];
+
+    fn expect(pairs: Expected) -> Vec<(String, Vec<String>)> {
+        pairs
+            .iter()
+            .map(|(time, reasons)| {
+                (
+                    time.to_string(),
+                    reasons.iter().map(ToString::to_string).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn span(text: &str) -> CalendarSpan {
+        text.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn spans_parse_from_the_accepted_forms() {
+        let ymdh = |years, months, days, hours| CalendarSpan {
+            years,
+            months,
+            days,
+            hours,
+        };
+        let cases = [
+            ("1y2m3d4h", ymdh(1, 2, 3, 4)),
+            ("30d", ymdh(0, 0, 30, 0)),
+            ("2w", ymdh(0, 0, 14, 0)),
+            ("1w2d", ymdh(0, 0, 9, 0)),
+            ("6h", ymdh(0, 0, 0, 6)),
+            ("18m", ymdh(0, 18, 0, 0)),
+            ("1y12h", ymdh(1, 0, 0, 12)),
+            ("0d", ymdh(0, 0, 0, 0)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(span(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_spans_are_rejected_naming_the_input_and_the_accepted_forms() {
+        let cases = [
+            ("", "it is empty"),
+            ("d", "expected a number"),
+            ("30", "has no unit"),
+            ("3x", "unknown unit 'x'"),
+            ("3D", "unknown unit 'D'"),
+            ("1d1y", "out of order"),
+            ("1d1d", "repeated"),
+            ("-1d", "expected a number"),
+            ("1.5d", "unknown unit '.'"),
+            (" 1d", "expected a number"),
+            ("99999999999d", "too large"),
+            ("613566757w", "days is too large"),
+        ];
+        for (text, problem) in cases {
+            let err = text.parse::<CalendarSpan>().expect_err(text).to_string();
+            assert!(err.contains(&format!("{text:?}")), "{text}: {err}");
+            assert!(err.contains(problem), "{text}: {err}");
+            assert!(
+                err.contains("e.g. \"1y2m3d4h\", \"30d\", \"2w\", \"6h\""),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn spans_display_like_restic() {
+        for (text, shown) in [
+            ("1y2m3d4h", "1y2m3d4h"),
+            ("2w", "14d"),
+            ("1m14d", "1m14d"),
+            ("0h", "0h"),
+        ] {
+            assert_eq!(span(text).to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn keep_config_parses_into_a_policy() {
+        let config: KeepConfig = serde_json::from_str(
+            r#"{"last": 3, "daily": 7, "weekly": -1, "within": "2d", "within_monthly": "1y"}"#,
+        )
+        .expect("valid keep section");
+        let policy = config.to_policy().expect("valid policy");
+        assert_eq!(
+            policy,
+            Policy {
+                last: 3,
+                daily: 7,
+                weekly: -1,
+                within: Some(span("2d")),
+                within_monthly: Some(span("1y")),
+                ..Policy::default()
+            }
+        );
+    }
+
+    #[test]
+    fn keep_config_rejects_bad_sections_saying_what_is_accepted() {
+        let unknown = serde_json::from_str::<KeepConfig>(r#"{"dayly": 7}"#)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            unknown.contains("dayly") && unknown.contains("daily"),
+            "{unknown}"
+        );
+
+        let cases: &[(&str, &[&str])] = &[
+            ("{}", &["keeps nothing", "last, hourly", "within_yearly"]),
+            (r#"{"daily": 0}"#, &["keeps nothing"]),
+            (r#"{"daily": -2}"#, &["keep.daily = -2", "-1 to keep all"]),
+            (
+                r#"{"last": 1, "within_weekly": "3x"}"#,
+                &["keep.within_weekly", "\"3x\"", "e.g."],
+            ),
+            (
+                r#"{"within": "0d"}"#,
+                &["keep.within = \"0d\"", "zero length"],
+            ),
+        ];
+        for (json, fragments) in cases {
+            let config: KeepConfig = serde_json::from_str(json).expect(json);
+            let err = config.to_policy().expect_err(json);
+            for fragment in *fragments {
+                assert!(err.contains(fragment), "{json}: {err:?} lacks {fragment:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn daily_buckets_follow_local_days_across_dst_changes() {
+        let daily = Policy {
+            daily: -1,
+            ..Policy::default()
+        };
+        // Spring forward (23-hour day) and fall back (25-hour day): the first and last hour
+        // of the local day are one daily bucket, though they fall on two UTC dates.
+        let cases: &[(&str, Tz, &[&str], Expected)] = &[
+            (
+                "spring forward, Berlin",
+                Berlin,
+                &[
+                    "2026-03-29T23:30:00+02:00",
+                    "2026-03-29T00:30:00+01:00",
+                    "2026-03-28T12:00:00+01:00",
+                ],
+                &[
+                    ("2026-03-29T23:30:00+02:00", &["daily snapshot"]),
+                    ("2026-03-28T12:00:00+01:00", &["daily snapshot"]),
+                ],
+            ),
+            (
+                "fall back, Berlin",
+                Berlin,
+                &[
+                    "2026-10-25T23:30:00+01:00",
+                    "2026-10-25T00:30:00+02:00",
+                    "2026-10-24T12:00:00+02:00",
+                ],
+                &[
+                    ("2026-10-25T23:30:00+01:00", &["daily snapshot"]),
+                    ("2026-10-24T12:00:00+02:00", &["daily snapshot"]),
+                ],
+            ),
+            (
+                "fall back, same backups in UTC",
+                UTC,
+                &[
+                    "2026-10-25T23:30:00+01:00",
+                    "2026-10-25T00:30:00+02:00",
+                    "2026-10-24T12:00:00+02:00",
+                ],
+                &[
+                    ("2026-10-25T23:30:00+01:00", &["daily snapshot"]),
+                    ("2026-10-25T00:30:00+02:00", &["daily snapshot"]),
+                    ("2026-10-24T12:00:00+02:00", &["oldest daily snapshot"]),
+                ],
+            ),
+            (
+                "fall back, New York",
+                New_York,
+                &[
+                    "2026-11-01T23:30:00-05:00",
+                    "2026-11-01T00:30:00-04:00",
+                    "2026-10-31T12:00:00-04:00",
+                ],
+                &[
+                    ("2026-11-01T23:30:00-05:00", &["daily snapshot"]),
+                    ("2026-10-31T12:00:00-04:00", &["daily snapshot"]),
+                ],
+            ),
+        ];
+        for (name, tz, backups, expected) in cases {
+            assert_eq!(kept(backups, &daily, *tz), expect(expected), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_repeated_hour_when_dst_ends_is_two_hourly_buckets() {
+        let hourly = Policy {
+            hourly: -1,
+            ..Policy::default()
+        };
+        let backups = [
+            "2026-10-25T02:40:00+01:00",
+            "2026-10-25T02:10:00+01:00",
+            "2026-10-25T02:40:00+02:00",
+            "2026-10-25T02:10:00+02:00",
+            "2026-10-25T01:10:00+02:00",
+        ];
+        assert_eq!(
+            kept(&backups, &hourly, Berlin),
+            expect(&[
+                ("2026-10-25T02:40:00+01:00", &["hourly snapshot"]),
+                ("2026-10-25T02:40:00+02:00", &["hourly snapshot"]),
+                ("2026-10-25T01:10:00+02:00", &["hourly snapshot"]),
+            ])
+        );
+    }
+
+    #[test]
+    fn within_counts_calendar_days_across_dst_changes() {
+        // From 12:00 CEST on the spring-forward day, "1d" reaches back to 12:00 CET the day
+        // before: 23 elapsed hours, not 24.
+        let within = Policy {
+            within: Some(span("1d")),
+            ..Policy::default()
+        };
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (
+                "spring forward",
+                &[
+                    "2026-03-29T12:00:00+02:00",
+                    "2026-03-28T12:30:00+01:00",
+                    "2026-03-28T11:30:00+01:00",
+                ],
+                &["2026-03-29T12:00:00+02:00", "2026-03-28T12:30:00+01:00"],
+            ),
+            (
+                "fall back: 25 elapsed hours",
+                &[
+                    "2026-10-25T12:00:00+01:00",
+                    "2026-10-24T12:30:00+02:00",
+                    "2026-10-24T11:30:00+02:00",
+                ],
+                &["2026-10-25T12:00:00+01:00", "2026-10-24T12:30:00+02:00"],
+            ),
+            (
+                // 02:30 on March 29 does not exist; the window starts at 03:30 CEST instead.
+                "window start in the DST gap",
+                &[
+                    "2026-03-30T02:30:00+02:00",
+                    "2026-03-29T03:40:00+02:00",
+                    "2026-03-29T03:20:00+02:00",
+                ],
+                &["2026-03-30T02:30:00+02:00", "2026-03-29T03:40:00+02:00"],
+            ),
+        ];
+        for (name, backups, expected) in cases {
+            let got: Vec<String> = kept(backups, &within, Berlin)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
+            assert_eq!(got, *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_month_before_march_31_rolls_over_like_restic() {
+        // February 31 does not exist; like Go's AddDate it becomes March 3, not February 28.
+        let policy = Policy {
+            within: Some(span("1m")),
+            ..Policy::default()
+        };
+        let backups = [
+            "2026-03-31T12:00:00Z",
+            "2026-03-03T12:30:00Z",
+            "2026-03-03T11:30:00Z",
+            "2026-02-28T13:00:00Z",
+        ];
+        let got: Vec<String> = kept(&backups, &policy, UTC)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(got, ["2026-03-31T12:00:00Z", "2026-03-03T12:30:00Z"]);
+    }
+
+    #[test]
+    fn iso_week_53_spans_the_new_year() {
+        // 2020-12-31 (Thursday) and 2021-01-01 (Friday) are both in ISO week 53 of 2020.
+        let backups = [
+            "2021-01-05T12:00:00+01:00",
+            "2021-01-04T12:00:00+01:00",
+            "2021-01-01T12:00:00+01:00",
+            "2020-12-31T12:00:00+01:00",
+            "2020-12-28T12:00:00+01:00",
+            "2020-12-20T12:00:00+01:00",
+        ];
+        let weekly = Policy {
+            weekly: -1,
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&backups, &weekly, Berlin),
+            expect(&[
+                ("2021-01-05T12:00:00+01:00", &["weekly snapshot"]),
+                ("2021-01-01T12:00:00+01:00", &["weekly snapshot"]),
+                ("2020-12-20T12:00:00+01:00", &["weekly snapshot"]),
+            ])
+        );
+        let weekly_and_yearly = Policy {
+            weekly: 2,
+            yearly: 2,
+            ..Policy::default()
+        };
+        assert_eq!(
+            kept(&backups, &weekly_and_yearly, Berlin),
+            expect(&[
+                (
+                    "2021-01-05T12:00:00+01:00",
+                    &["weekly snapshot", "yearly snapshot"]
+                ),
+                ("2021-01-01T12:00:00+01:00", &["weekly snapshot"]),
+                ("2020-12-31T12:00:00+01:00", &["yearly snapshot"]),
+            ])
+        );
+    }
+
+    #[test]
+    fn year_month_and_day_follow_the_local_calendar_at_new_year() {
+        // 03:00 UTC on 2021-01-01 is still 2020-12-31 in New York.
+        let backups = [
+            "2021-01-01T06:00:00Z",
+            "2021-01-01T03:00:00Z",
+            "2020-12-31T12:00:00Z",
+            "2019-06-01T12:00:00Z",
+        ];
+        let policy = |yearly, monthly, daily| Policy {
+            yearly,
+            monthly,
+            daily,
+            ..Policy::default()
+        };
+        let cases: &[(Policy, Tz, &[&str])] = &[
+            (
+                policy(-1, 0, 0),
+                New_York,
+                &[
+                    "2021-01-01T06:00:00Z",
+                    "2021-01-01T03:00:00Z",
+                    "2019-06-01T12:00:00Z",
+                ],
+            ),
+            (
+                policy(-1, 0, 0),
+                UTC,
+                &[
+                    "2021-01-01T06:00:00Z",
+                    "2020-12-31T12:00:00Z",
+                    "2019-06-01T12:00:00Z",
+                ],
+            ),
+            (
+                policy(0, 2, 0),
+                New_York,
+                &["2021-01-01T06:00:00Z", "2021-01-01T03:00:00Z"],
+            ),
+            (
+                policy(0, 0, 2),
+                New_York,
+                &["2021-01-01T06:00:00Z", "2021-01-01T03:00:00Z"],
+            ),
+            (
+                policy(0, 0, 2),
+                UTC,
+                &["2021-01-01T06:00:00Z", "2020-12-31T12:00:00Z"],
+            ),
+        ];
+        for (policy, tz, expected) in cases {
+            let got: Vec<String> = kept(&backups, policy, *tz)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
+            assert_eq!(got, *expected, "{policy:?} in {tz}");
+        }
+    }
+
+    #[test]
+    fn the_newest_backup_is_never_deleted() {
+        let backups = ["2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z"];
+        // Counts below -1 are ignored, so this policy has no rule that keeps anything.
+        let broken = Policy {
+            daily: -5,
+            ..Policy::default()
+        };
+        assert!(!broken.is_empty());
+        assert_eq!(
+            kept(&backups, &broken, UTC),
+            expect(&[("2026-01-03T00:00:00Z", &["newest backup"])])
+        );
+    }
+
+    #[test]
+    fn an_empty_policy_keeps_everything() {
+        let backups = ["2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z"];
+        let empty = Policy {
+            within: Some(CalendarSpan::default()),
+            ..Policy::default()
+        };
+        assert!(empty.is_empty());
+        assert_eq!(
+            kept(&backups, &empty, UTC),
+            expect(&[
+                ("2026-01-03T00:00:00Z", &["policy is empty"]),
+                ("2026-01-02T00:00:00Z", &["policy is empty"]),
+            ])
+        );
+        assert!(decide(Vec::<(DateTime<Utc>, ())>::new(), &Policy::default(), UTC).is_empty());
+    }
+
+    #[test]
+    fn decisions_are_newest_first_and_ties_keep_input_order() {
+        let t = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .expect(text)
+                .with_timezone(&Utc)
+        };
+        let backups = vec![
+            (t("2026-01-01T00:00:00Z"), "a"),
+            (t("2026-01-03T00:00:00Z"), "b"),
+            (t("2026-01-03T00:00:00Z"), "c"),
+            (t("2026-01-02T00:00:00Z"), "d"),
+        ];
+        let last_one = Policy {
+            last: 1,
+            ..Policy::default()
+        };
+        let decisions = decide(backups, &last_one, UTC);
+        let order: Vec<(&str, bool)> = decisions.iter().map(|d| (d.item, d.keep)).collect();
+        assert_eq!(
+            order,
+            [("b", true), ("c", false), ("d", false), ("a", false)]
+        );
+    }
+
+    #[test]
+    fn huge_spans_reach_back_to_the_beginning_of_time() {
+        let backups = ["2026-01-03T00:00:00Z", "1970-01-01T00:00:00Z"];
+        for text in ["4000000000y", "4000000000h", "4000000000m"] {
+            let policy = Policy {
+                within: Some(span(text)),
+                ..Policy::default()
+            };
+            assert_eq!(kept(&backups, &policy, Berlin).len(), 2, "{text}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::alerts::{self, Alert, AlertEvent, Severity};
 use crate::config::Config;
 use crate::config::values::SignalName;
-use crate::jobs::{Context, Job, Report, Stop};
+use crate::jobs::{Context, Job, Report, Stop, Stopped};
 use crate::locks;
 use crate::state::State;
 
@@ -20,6 +20,8 @@ pub enum Trigger {
     Schedule(DateTime<Utc>),
     CatchUp(DateTime<Utc>),
     Signal(SignalName),
+    /// A file the job watches changed (a pricing job's price table).
+    FileChanged,
     Manual,
 }
 
@@ -29,6 +31,7 @@ impl fmt::Display for Trigger {
             Trigger::Schedule(_) => f.write_str("schedule"),
             Trigger::CatchUp(_) => f.write_str("catch-up"),
             Trigger::Signal(s) => write!(f, "signal {s}"),
+            Trigger::FileChanged => f.write_str("file change"),
             Trigger::Manual => f.write_str("manual"),
         }
     }
@@ -76,14 +79,24 @@ pub fn run(
     let _job_lock = match locks::try_job(&config.state_dir, &job.name) {
         Ok(Some(held)) => held,
         Ok(None) => return skipped("already running".into()),
-        Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+        Err(e) => return failed(config, state, job, early(e, dry_run, trigger), started),
     };
     let stop = Stop::new(shutdown, job.timeout);
     let _gateway_lock = if job.kind.touches_gateway() {
         match locks::gateway(&config.state_dir, &stop) {
             Ok(Ok(held)) => Some(held),
-            Ok(Err(stopped)) => return skipped(format!("waited for another job on the gateway and was {stopped}")),
-            Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+            // Shutting down while waiting is no fault; a timeout spent waiting is: the job did
+            // not run when it should have, and the operator hears of it.
+            Ok(Err(Stopped::Shutdown)) => {
+                return skipped("the daemon is shutting down".into());
+            }
+            Ok(Err(stopped @ Stopped::Timeout)) => {
+                let e = anyhow::anyhow!(
+                    "waited for another job working on the gateway database and {stopped}; give the jobs schedules that do not overlap, or a longer timeout"
+                );
+                return failed(config, state, job, early(e, dry_run, trigger), started);
+            }
+            Err(e) => return failed(config, state, job, early(e, dry_run, trigger), started),
         }
     } else {
         None
@@ -94,7 +107,7 @@ pub fn run(
     } else {
         match state.run_started(&job.name, &trigger.to_string(), now) {
             Ok(id) => Some(id),
-            Err(e) => return failed(config, state, job, trigger, None, format!("{e:#}"), started),
+            Err(e) => return failed(config, state, job, early(e, dry_run, trigger), started),
         }
     };
     tracing::info!(job = %job.name, kind = job.kind.name(), %trigger, dry_run, "job started");
@@ -117,7 +130,9 @@ pub fn run(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(anyhow::anyhow!("the job panicked: {what} (this is a caretaker bug; please report it)"))
+            Err(anyhow::anyhow!(
+                "the job panicked: {what} (this is a caretaker bug; please report it)"
+            ))
         }
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -131,7 +146,16 @@ pub fn run(
                     job: Some(job.name.clone()),
                     what: format!("{} job fails", job.kind.name()),
                 });
-                finish(config, state, run_id, "ok", &report.summary, None, &report.figures, &events);
+                finish(
+                    config,
+                    state,
+                    run_id,
+                    "ok",
+                    &report.summary,
+                    None,
+                    &report.figures,
+                    &events,
+                );
             }
             Outcome {
                 result: Result::Ok,
@@ -140,17 +164,14 @@ pub fn run(
             }
         }
         Err(e) => {
-            let message = format!("{e:#}");
-            if !dry_run {
-                push_failure(config, job, &message, &mut events);
-            }
-            finish(config, state, run_id, "failed", "", Some(&message), &[], &events);
-            tracing::error!(job = %job.name, seconds, error = %message, "job failed");
-            Outcome {
-                result: Result::Failed(message),
-                report: None,
-                seconds,
-            }
+            let failure = Failure {
+                run_id,
+                trigger,
+                message: format!("{e:#}"),
+                events,
+                dry_run,
+            };
+            failed(config, state, job, failure, started)
         }
     }
 }
@@ -172,23 +193,66 @@ fn push_failure(config: &Config, job: &Job, message: &str, events: &mut Vec<Aler
     }
 }
 
+/// A failure before the job itself started; it is still recorded as a run.
+fn early(e: anyhow::Error, dry_run: bool, trigger: Trigger) -> Failure {
+    Failure {
+        run_id: None,
+        trigger,
+        message: format!("{e:#}"),
+        events: Vec::new(),
+        dry_run,
+    }
+}
+
+/// A run that ended in an error, before or during the job itself.
+struct Failure {
+    run_id: Option<i64>,
+    trigger: Trigger,
+    message: String,
+    /// Alerts the job raised before it failed.
+    events: Vec<AlertEvent>,
+    dry_run: bool,
+}
+
 fn failed(
     config: &Config,
     state: &State,
     job: &Job,
-    trigger: Trigger,
-    run_id: Option<i64>,
-    message: String,
+    failure: Failure,
     started: Instant,
 ) -> Outcome {
-    tracing::error!(job = %job.name, %trigger, error = %message, "job could not start");
-    let mut events = Vec::new();
-    push_failure(config, job, &message, &mut events);
-    finish(config, state, run_id, "failed", "", Some(&message), &[], &events);
+    let Failure {
+        run_id,
+        trigger,
+        message,
+        mut events,
+        dry_run,
+    } = failure;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::error!(job = %job.name, seconds, error = %message, "job failed");
+    let run_id = match run_id {
+        None if !dry_run => state
+            .run_started(&job.name, &trigger.to_string(), Utc::now())
+            .ok(),
+        other => other,
+    };
+    if !dry_run {
+        push_failure(config, job, &message, &mut events);
+    }
+    finish(
+        config,
+        state,
+        run_id,
+        "failed",
+        "",
+        Some(&message),
+        &[],
+        &events,
+    );
     Outcome {
         result: Result::Failed(message),
         report: None,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
     }
 }
 
@@ -211,6 +275,13 @@ fn finish(
     }
     if let Err(e) = alerts::submit(state, &config.alerts, &sink_names(config), now, events) {
         tracing::error!(error = %format!("{e:#}"), "could not queue alerts");
+    }
+    // Only recorded runs change what the metrics file shows.
+    if run_id.is_some()
+        && let Some(path) = &config.metrics_file
+        && let Err(e) = crate::metrics::write(config, state, path)
+    {
+        tracing::warn!(error = %format!("{e:#}"), "could not rewrite the metrics file");
     }
 }
 

@@ -173,7 +173,11 @@ fn build_then_publish(
             .with_context(|| format!("opening the temporary database {}", tmp.display()))?;
         // The build is one throwaway transaction on a private file: durability comes from the
         // fsync before the rename, not from SQLite's per-commit syncs.
-        conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA cache_size = -65536;")?;
+        // BobaMixer declares foreign keys but never enables them, and its sessions are written
+        // when they close, after their records; bundled SQLite enables them by default.
+        conn.execute_batch(
+            "PRAGMA synchronous = OFF; PRAGMA cache_size = -65536; PRAGMA foreign_keys = OFF;",
+        )?;
         let summary = fill(&mut conn)?;
         // Closing checkpoints and removes a WAL file, so the single renamed file is complete.
         conn.close()
@@ -216,14 +220,24 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Makes a rename in `path`'s directory durable.
-pub(crate) fn sync_parent_dir(path: &Path) -> anyhow::Result<()> {
+fn sync_parent_dir(path: &Path) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+    crate::fsx::sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Turns the journal off for the bulk load: the file is private until renamed and deleted on
+/// failure, so a rollback journal (or a WAL, which would write every page twice) buys nothing.
+/// Only WAL is stored in the file, so a rollback-journal database reopens in its default mode.
+fn bulk_load_mode(conn: &Connection) -> anyhow::Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = OFF", [], |r| r.get(0))?;
+    ensure!(
+        mode == "off",
+        "turning the journal off for the bulk load left {mode:?}"
+    );
+    Ok(())
 }
 
 /// Row `i` of `rows`, spread evenly over `[start, start + span)` with jitter, never decreasing:
@@ -659,7 +673,7 @@ impl ApantliRowMaker {
     ) -> ApantliRow {
         let model = self.pick_model(rng);
         let max_tokens = [256, 1024, 2048, 4096][rng.random_range(0..4)];
-        let mut request = RequestData {
+        let request = RequestData {
             model: model.provider_model,
             messages: [
                 Message {
@@ -676,10 +690,16 @@ impl ApantliRowMaker {
             stream: false,
             api_key: self.api_key(model.provider),
         };
-        let skeleton = python_json(&request).len();
-        let pad = self.payload_bytes.saturating_sub(skeleton);
-        request.messages[1].content = self.text(rng, pad);
-        let request_data = python_json(&request);
+        // Serialize once with an empty user message, then splice the padding into it: the filler
+        // needs no JSON escaping, so the result is what serializing the padded request gives.
+        let mut request_data = python_json(&request);
+        const EMPTY_USER_CONTENT: &str = r#""content": ""}]"#;
+        let at_content = request_data
+            .find(EMPTY_USER_CONTENT)
+            .expect("the user message is the last one and empty")
+            + r#""content": ""#.len();
+        let pad = self.payload_bytes.saturating_sub(request_data.len());
+        request_data.insert_str(at_content, self.text(rng, pad));
 
         // About four bytes per token, as for English text.
         let prompt_tokens =
@@ -785,6 +805,7 @@ impl ApantliRowMaker {
 fn fill_apantli(conn: &mut Connection, opts: &SampleOptions) -> anyhow::Result<SampleSummary> {
     conn.execute_batch(APANTLI_SCHEMA)
         .context("creating the Apantli schema")?;
+    bulk_load_mode(conn)?;
     let mut rng = SampleRng::seed_from_u64(opts.seed);
     let maker = ApantliRowMaker::new(&mut rng, opts.payload_bytes);
     let (start, span) = (opts.start(), TimeDelta::days(i64::from(opts.days)));
@@ -1039,6 +1060,10 @@ impl SessionRow {
 fn fill_bobamixer(conn: &mut Connection, opts: &SampleOptions) -> anyhow::Result<SampleSummary> {
     conn.execute_batch(BOBAMIXER_SCHEMA)
         .context("creating the BobaMixer schema")?;
+    // Sessions are written when they close, after their records; BobaMixer never enables
+    // foreign keys, but the bundled SQLite turns them on by default.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    bulk_load_mode(conn)?;
     let mut rng = SampleRng::seed_from_u64(opts.seed);
     let (start, span) = (opts.start(), TimeDelta::days(i64::from(opts.days)));
     let mut summary = SampleSummary::empty();
@@ -1103,6 +1128,11 @@ fn fill_bobamixer(conn: &mut Connection, opts: &SampleOptions) -> anyhow::Result
         }
     }
     tx.commit().context("committing the sample rows")?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    ensure!(
+        mode == "wal",
+        "switching the sample back to WAL left journal mode {mode:?}"
+    );
     Ok(summary)
 }
 

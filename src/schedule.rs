@@ -24,9 +24,7 @@ impl Schedule {
         let trimmed = text.trim();
         let fields = trimmed.split_whitespace().count();
         if !trimmed.starts_with('@') && !(5..=6).contains(&fields) {
-            return Err(format!(
-                "`{text}` has {fields} fields; {ACCEPTED}"
-            ));
+            return Err(format!("`{text}` has {fields} fields; {ACCEPTED}"));
         }
         let parser = CronParser::builder()
             .seconds(Seconds::Optional)
@@ -111,54 +109,94 @@ mod tests {
     /// (zone, pattern, after (UTC), expected next runs as local RFC 3339)
     const CASES: &[(&str, &str, &str, &[&str])] = &[
         // Europe/Berlin spring forward: 2026-03-29 02:00 CET -> 03:00 CEST. 02:30 does not exist.
-        ("Europe/Berlin", "30 2 * * *", "2026-03-27T12:00:00Z", &[
-            "2026-03-28T02:30:00+01:00",
-            "2026-03-29T03:00:00+02:00",
-            "2026-03-30T02:30:00+02:00",
-        ]),
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            "2026-03-27T12:00:00Z",
+            &[
+                "2026-03-28T02:30:00+01:00",
+                "2026-03-29T03:00:00+02:00",
+                "2026-03-30T02:30:00+02:00",
+            ],
+        ),
         // Europe/Berlin fall back: 2026-10-25 03:00 CEST -> 02:00 CET. 02:30 happens twice; run once.
-        ("Europe/Berlin", "30 2 * * *", "2026-10-24T12:00:00Z", &[
-            "2026-10-25T02:30:00+02:00",
-            "2026-10-26T02:30:00+01:00",
-        ]),
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            "2026-10-24T12:00:00Z",
+            &["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"],
+        ),
         // A daily 10:00 job keeps 10:00 local across the change (the bug measured in tokio-cron-scheduler).
-        ("Europe/Berlin", "0 10 * * *", "2026-03-28T12:00:00Z", &[
-            "2026-03-29T10:00:00+02:00",
-            "2026-03-30T10:00:00+02:00",
-        ]),
+        (
+            "Europe/Berlin",
+            "0 10 * * *",
+            "2026-03-28T12:00:00Z",
+            &["2026-03-29T10:00:00+02:00", "2026-03-30T10:00:00+02:00"],
+        ),
         // America/New_York spring forward: 2026-03-08 02:00 EST -> 03:00 EDT.
-        ("America/New_York", "15 2 * * *", "2026-03-07T12:00:00Z", &[
-            "2026-03-08T03:00:00-04:00",
-            "2026-03-09T02:15:00-04:00",
-        ]),
+        (
+            "America/New_York",
+            "15 2 * * *",
+            "2026-03-07T12:00:00Z",
+            &["2026-03-08T03:00:00-04:00", "2026-03-09T02:15:00-04:00"],
+        ),
         // America/New_York fall back: 2026-11-01 02:00 EDT -> 01:00 EST. 01:30 happens twice.
-        ("America/New_York", "30 1 * * *", "2026-10-31T12:00:00Z", &[
-            "2026-11-01T01:30:00-04:00",
-            "2026-11-02T01:30:00-05:00",
-        ]),
+        (
+            "America/New_York",
+            "30 1 * * *",
+            "2026-10-31T12:00:00Z",
+            &["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"],
+        ),
         // Hourly across the New York fall-back: the repeated hour is one wall-clock hour.
-        ("America/New_York", "@hourly", "2026-11-01T04:30:00Z", &[
-            "2026-11-01T01:00:00-04:00",
-        ]),
+        (
+            "America/New_York",
+            "@hourly",
+            "2026-11-01T04:30:00Z",
+            &["2026-11-01T01:00:00-04:00"],
+        ),
         // Month ends: the 31st skips short months; `L` is not needed for that.
-        ("UTC", "0 0 31 * *", "2026-01-31T01:00:00Z", &[
-            "2026-03-31T00:00:00+00:00",
-            "2026-05-31T00:00:00+00:00",
-        ]),
-        ("UTC", "0 0 29 2 *", "2026-01-01T00:00:00Z", &["2028-02-29T00:00:00+00:00"]),
+        (
+            "UTC",
+            "0 0 31 * *",
+            "2026-01-31T01:00:00Z",
+            &["2026-03-31T00:00:00+00:00", "2026-05-31T00:00:00+00:00"],
+        ),
+        (
+            "UTC",
+            "0 0 29 2 *",
+            "2026-01-01T00:00:00Z",
+            &["2028-02-29T00:00:00+00:00"],
+        ),
         // Six fields: seconds first.
-        ("UTC", "*/20 * * * * *", "2026-01-01T00:00:05Z", &[
-            "2026-01-01T00:00:20+00:00",
-            "2026-01-01T00:00:40+00:00",
-        ]),
+        (
+            "UTC",
+            "*/20 * * * * *",
+            "2026-01-01T00:00:05Z",
+            &["2026-01-01T00:00:20+00:00", "2026-01-01T00:00:40+00:00"],
+        ),
         // Day of month OR day of week, as crontab does.
-        ("UTC", "0 0 13 * FRI", "2026-11-01T00:00:00Z", &[
-            "2026-11-06T00:00:00+00:00",
-            "2026-11-13T00:00:00+00:00",
-            "2026-11-20T00:00:00+00:00",
-        ]),
-        ("Europe/Berlin", "@weekly", "2026-11-22T12:00:00Z", &["2026-11-29T00:00:00+01:00"]),
-        ("UTC", "@yearly", "2026-06-01T00:00:00Z", &["2027-01-01T00:00:00+00:00"]),
+        (
+            "UTC",
+            "0 0 13 * FRI",
+            "2026-11-01T00:00:00Z",
+            &[
+                "2026-11-06T00:00:00+00:00",
+                "2026-11-13T00:00:00+00:00",
+                "2026-11-20T00:00:00+00:00",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "@weekly",
+            "2026-11-22T12:00:00Z",
+            &["2026-11-29T00:00:00+01:00"],
+        ),
+        (
+            "UTC",
+            "@yearly",
+            "2026-06-01T00:00:00Z",
+            &["2027-01-01T00:00:00+00:00"],
+        ),
     ];
 
     #[test]
@@ -181,7 +219,10 @@ mod tests {
         let hourly = Schedule::parse("0 * * * *").unwrap();
         let runs = hourly.upcoming(utc("2026-11-01T03:30:00Z"), tz, 3);
         assert_eq!(
-            runs.iter().map(|t| local(tz, &t.to_rfc3339())).collect::<Vec<_>>().len(),
+            runs.iter()
+                .map(|t| local(tz, &t.to_rfc3339()))
+                .collect::<Vec<_>>()
+                .len(),
             3
         );
         assert!(runs.windows(2).all(|w| w[0] < w[1]));
@@ -199,7 +240,13 @@ mod tests {
 
     #[test]
     fn bad_expressions_say_what_is_accepted() {
-        for bad in ["0 25 * * *", "* * *", "@fortnightly", "1 2 3 4 5 6 7", "0 0 * * MONDAY-ish"] {
+        for bad in [
+            "0 25 * * *",
+            "* * *",
+            "@fortnightly",
+            "1 2 3 4 5 6 7",
+            "0 0 * * MONDAY-ish",
+        ] {
             let err = Schedule::parse(bad).unwrap_err();
             assert!(err.contains("accepted: 5 fields"), "{bad}: {err}");
             assert!(err.contains(bad), "{bad}: {err}");

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use crate::sample::{
     APANTLI_INSERT, APANTLI_SCHEMA, ApantliRow, ApantliRowMaker, BOBA_INSERT_SESSION,
     BOBA_INSERT_USAGE, BOBAMIXER_SCHEMA, RowKind, SampleRng, SessionRow, Spelling, UsageRecord,
-    sync_parent_dir,
 };
 
 /// Apantli's busy timeout: a write waits this long for a lock before the row is lost.
@@ -238,7 +236,7 @@ pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport
             text.push_str(&key.to_string());
             text.push('\n');
         }
-        write_atomically(path, text.as_bytes())?;
+        crate::fsx::write_atomic(path, text.as_bytes())?;
     }
     Ok(tally.into_report(opts, elapsed))
 }
@@ -283,6 +281,8 @@ fn write_bobamixer(
     let conn = Connection::open(db)?;
     // rusqlite waits 5 s by default; the sqlite3 CLI BobaMixer runs does not wait at all.
     conn.busy_timeout(Duration::ZERO)?;
+    // The sqlite3 CLI leaves foreign keys off; the bundled SQLite turns them on by default.
+    conn.pragma_update(None, "foreign_keys", false)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
     if let Some(session) = session {
         session.insert(&mut conn.prepare(BOBA_INSERT_SESSION)?)?;
@@ -420,29 +420,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Writes `bytes` to `path` so readers see the old file or the whole new one: temp file in the
-/// same directory, fsync, rename, fsync the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} does not name a file", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    sync_parent_dir(path)
 }
 
 /// Parses a duration such as `30s`, `500ms`, `1.5s`, `2m` or `1h`.

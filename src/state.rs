@@ -102,7 +102,10 @@ impl State {
         crate::fsx::private_dir(state_dir)?;
         let path = state_dir.join("state.db");
         let conn = Connection::open(&path).with_context(|| {
-            format!("opening the state database {} (check state_dir and its permissions)", path.display())
+            format!(
+                "opening the state database {} (check state_dir and its permissions)",
+                path.display()
+            )
         })?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -175,8 +178,11 @@ impl State {
     }
 
     pub fn last_success(&self, job: &str) -> anyhow::Result<Option<RunRecord>> {
-        self.runs_where("job = ?1 AND result = 'ok' ORDER BY id DESC LIMIT 1", params![job])
-            .map(|mut v| v.pop())
+        self.runs_where(
+            "job = ?1 AND result = 'ok' ORDER BY id DESC LIMIT 1",
+            params![job],
+        )
+        .map(|mut v| v.pop())
     }
 
     pub fn runs_of(&self, job: &str, limit: usize) -> anyhow::Result<Vec<RunRecord>> {
@@ -186,7 +192,11 @@ impl State {
         )
     }
 
-    fn runs_where(&self, clause: &str, params: &[&dyn rusqlite::ToSql]) -> anyhow::Result<Vec<RunRecord>> {
+    fn runs_where(
+        &self,
+        clause: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> anyhow::Result<Vec<RunRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT id, job, trigger, started_at, ended_at, result, summary, error FROM runs WHERE {clause}"
@@ -210,9 +220,11 @@ impl State {
     pub fn last_due(&self, job: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
         Ok(self
             .conn()
-            .query_row("SELECT last_due FROM schedule WHERE job = ?1", params![job], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT last_due FROM schedule WHERE job = ?1",
+                params![job],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()?
             .map(from_millis))
     }
@@ -228,7 +240,11 @@ impl State {
 
     /// Small JSON documents a job keeps between runs (progress, per-file state, sent budget
     /// thresholds), namespaced by job.
-    pub fn get<T: serde::de::DeserializeOwned>(&self, ns: &str, key: &str) -> anyhow::Result<Option<T>> {
+    pub fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        ns: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<T>> {
         let text: Option<String> = self
             .conn()
             .query_row(
@@ -239,9 +255,9 @@ impl State {
             .optional()?;
         match text {
             None => Ok(None),
-            Some(t) => serde_json::from_str(&t)
-                .map(Some)
-                .with_context(|| format!("reading state `{ns}/{key}` from {}", self.path.display())),
+            Some(t) => serde_json::from_str(&t).map(Some).with_context(|| {
+                format!("reading state `{ns}/{key}` from {}", self.path.display())
+            }),
         }
     }
 
@@ -256,8 +272,10 @@ impl State {
     }
 
     pub fn remove(&self, ns: &str, key: &str) -> anyhow::Result<()> {
-        self.conn()
-            .execute("DELETE FROM kv WHERE ns = ?1 AND key = ?2", params![ns, key])?;
+        self.conn().execute(
+            "DELETE FROM kv WHERE ns = ?1 AND key = ?2",
+            params![ns, key],
+        )?;
         Ok(())
     }
 }
@@ -273,7 +291,14 @@ mod tests {
         let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
         let id = state.run_started("b", "schedule", t0).unwrap();
         state
-            .run_finished(id, t0 + chrono::Duration::seconds(3), "ok", "done", None, &[("bytes".into(), 5.0)])
+            .run_finished(
+                id,
+                t0 + chrono::Duration::seconds(3),
+                "ok",
+                "done",
+                None,
+                &[("bytes".into(), 5.0)],
+            )
             .unwrap();
         state.run_started("b", "signal", t0).unwrap();
         assert_eq!(state.close_interrupted_runs(t0).unwrap(), 1);
@@ -288,7 +313,9 @@ mod tests {
         let state = State::open(dir.path()).unwrap();
         let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         state.set_last_due("j", t).unwrap();
-        state.set_last_due("j", t - chrono::Duration::hours(1)).unwrap();
+        state
+            .set_last_due("j", t - chrono::Duration::hours(1))
+            .unwrap();
         assert_eq!(state.last_due("j").unwrap(), Some(t));
     }
 
@@ -297,7 +324,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path()).unwrap();
         state.put("archive", "progress", &vec![1, 2, 3]).unwrap();
-        assert_eq!(state.get::<Vec<i32>>("archive", "progress").unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(
+            state.get::<Vec<i32>>("archive", "progress").unwrap(),
+            Some(vec![1, 2, 3])
+        );
         state.remove("archive", "progress").unwrap();
         assert_eq!(state.get::<Vec<i32>>("archive", "progress").unwrap(), None);
     }

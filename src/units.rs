@@ -6,12 +6,10 @@
 
 use std::time::Duration;
 
-const SIZE_ACCEPTED: &str =
-    "a whole number of bytes, optionally followed by B, KB, MB, GB, TB (powers of 1000) \
+const SIZE_ACCEPTED: &str = "a whole number of bytes, optionally followed by B, KB, MB, GB, TB (powers of 1000) \
      or KiB, MiB, GiB, TiB (powers of 1024), e.g. 512MB or 5GiB";
 
-const DURATION_ACCEPTED: &str =
-    "a whole number followed by s, m, h, d or w (seconds, minutes, hours, days, weeks), \
+const DURATION_ACCEPTED: &str = "a whole number followed by s, m, h, d or w (seconds, minutes, hours, days, weeks), \
      e.g. 90s, 15m, 6h, 30d or 2w";
 
 const SHARE_ACCEPTED: &str = "a percentage from 0% to 100%, e.g. 75% or 12.5%";
@@ -173,7 +171,11 @@ mod tests {
             ("2w", 1_209_600),
         ];
         for &(text, want) in good {
-            assert_eq!(parse_duration(text), Ok(Duration::from_secs(want)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(want)),
+                "{text}"
+            );
         }
         let bad: &[(&str, &str)] = &[
             ("", "not a duration"),
@@ -195,12 +197,7 @@ mod tests {
 
     #[test]
     fn shares() {
-        let good: &[(&str, f64)] = &[
-            ("0%", 0.0),
-            ("75%", 0.75),
-            ("12.5%", 0.125),
-            ("100%", 1.0),
-        ];
+        let good: &[(&str, f64)] = &[("0%", 0.0), ("75%", 0.75), ("12.5%", 0.125), ("100%", 1.0)];
         for &(text, want) in good {
             assert_eq!(parse_share(text), Ok(want), "{text}");
         }

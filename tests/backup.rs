@@ -232,8 +232,12 @@ fn restore_refuses_to_overwrite_without_force_and_keeps_a_safety_copy() {
     ] {
         fs::write(format!("{}{suffix}", target.display()), content).unwrap();
     }
+    // The target's directory is not ours: its mode stays as it is.
+    fs::set_permissions(rig.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let out = rig.restore(&archive, &target, true);
     assert!(out.status.success(), "{}", text(&out));
+    let mode = fs::metadata(rig.dir.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
     for suffix in ["-wal", "-shm", "-journal"] {
         assert!(
             !Path::new(&format!("{}{suffix}", target.display())).exists(),

@@ -1,155 +1,24 @@
 //! Alert email delivery against a real SMTP server (aiosmtpd, run from tests/support/smtp_server.py).
 
+#[path = "common/health.rs"]
+mod harness;
+
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use caretaker::alerts::email::{
     DeliveryError, EmailConfig, EmailMessage, EmailSink, Secret, SmtpSettings, TlsMode,
 };
+use harness::{SmtpServer, body, header, make_certs};
 use serde_json::json;
 use tempfile::TempDir;
 
-const INSTALL_HINT: &str =
-    "the email tests need python3 with aiosmtpd and trustme: run `pip install aiosmtpd trustme`";
 const USER: &str = "alerts@example.com";
 const PASSWORD: &str = "pw-Zq7#kV9!unique";
-const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
-
-fn server_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py")
-}
-
-/// Fails (never skips) when the server's requirements are missing, saying how to install them.
-fn require_python() {
-    let output = Command::new("python3")
-        .args(["-c", "import aiosmtpd, trustme"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); {INSTALL_HINT}"));
-    assert!(
-        output.status.success(),
-        "python3 cannot import aiosmtpd/trustme: {}; {INSTALL_HINT}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-}
-
-/// A test CA and a server certificate for 127.0.0.1, made fresh with trustme.
-struct Certs {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_certs(dir: &Path) -> Certs {
-    require_python();
-    let certs = dir.join("certs");
-    let output = Command::new("python3")
-        .arg(server_script())
-        .arg("--make-certs")
-        .arg(&certs)
-        .output()
-        .expect("running smtp_server.py --make-certs");
-    assert!(
-        output.status.success(),
-        "smtp_server.py --make-certs failed: {}; {INSTALL_HINT}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Certs {
-        ca: certs.join("ca.pem"),
-        cert: certs.join("server.pem"),
-        key: certs.join("server.key"),
-    }
-}
-
-/// The python SMTP server as a child process; killed when dropped.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    maildir: PathBuf,
-    stderr_path: PathBuf,
-}
-
-impl SmtpServer {
-    fn start(dir: &Path, extra_args: &[&str]) -> Self {
-        require_python();
-        let port_file = dir.join("smtp.port");
-        let maildir = dir.join("mail");
-        let stderr_path = dir.join("smtp.stderr");
-        let child = Command::new("python3")
-            .arg(server_script())
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--maildir")
-            .arg(&maildir)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr_path).expect("creating the server's stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start python3 ({e}); {INSTALL_HINT}"));
-        let mut server = SmtpServer {
-            child,
-            port: 0,
-            maildir,
-            stderr_path,
-        };
-        let started = Instant::now();
-        server.port = loop {
-            // The server writes the file atomically once it is listening.
-            if let Ok(text) = fs::read_to_string(&port_file) {
-                break text.trim().parse().expect("port file holds a port number");
-            }
-            if let Some(status) = server.child.try_wait().expect("polling the server") {
-                panic!(
-                    "smtp_server.py exited with {status} before listening: {}; {INSTALL_HINT}",
-                    server.stderr()
-                );
-            }
-            assert!(
-                started.elapsed() < STARTUP_DEADLINE,
-                "smtp_server.py did not listen within {STARTUP_DEADLINE:?}: {}",
-                server.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        server
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// Every message received so far: (raw message, envelope JSON), in arrival order.
-    fn received(&self) -> Vec<(String, serde_json::Value)> {
-        let Ok(entries) = fs::read_dir(&self.maildir) else {
-            return Vec::new();
-        };
-        let mut emls: Vec<PathBuf> = entries
-            .map(|entry| entry.expect("reading the maildir").path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
-            .collect();
-        emls.sort();
-        emls.iter()
-            .map(|eml| {
-                let raw = fs::read_to_string(eml).expect("reading a received message");
-                let meta = fs::read_to_string(eml.with_extension("json"))
-                    .expect("reading a received envelope");
-                (raw, serde_json::from_str(&meta).expect("envelope is JSON"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn settings(port: u16, tls: TlsMode) -> SmtpSettings {
     SmtpSettings {
@@ -179,34 +48,10 @@ fn message() -> EmailMessage {
     }
 }
 
-/// Header value by name (case-insensitive), unfolding continuation lines.
-fn header(raw: &str, name: &str) -> Option<String> {
-    let head = raw.split("\r\n\r\n").next()?;
-    let mut unfolded: Vec<String> = Vec::new();
-    for line in head.split("\r\n") {
-        if line.starts_with([' ', '\t']) {
-            unfolded.last_mut()?.push_str(line);
-        } else {
-            unfolded.push(line.to_owned());
-        }
-    }
-    unfolded.iter().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name)
-            .then(|| value.trim().to_owned())
-    })
-}
-
-fn body(raw: &str) -> String {
-    raw.split_once("\r\n\r\n")
-        .map(|(_, body)| body.replace("\r\n", "\n"))
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn plain_delivery_carries_headers_and_body() {
     let dir = TempDir::new().unwrap();
-    let server = SmtpServer::start(dir.path(), &[]);
+    let server = SmtpServer::start(dir.path(), 0, &[]);
     let mut settings = settings(server.port, TlsMode::None);
     settings.to = vec![
         "ops@example.com".into(),
@@ -258,6 +103,7 @@ async fn starttls_with_the_test_ca_and_auth_delivers() {
     let auth = format!("{USER}:{PASSWORD}");
     let server = SmtpServer::start(
         dir.path(),
+        0,
         &[
             "--starttls",
             certs.cert.to_str().unwrap(),
@@ -309,6 +155,7 @@ async fn implicit_tls_with_auth_delivers() {
     let auth = format!("{USER}:{PASSWORD}");
     let server = SmtpServer::start(
         dir.path(),
+        0,
         &[
             "--tls",
             certs.cert.to_str().unwrap(),
@@ -337,6 +184,7 @@ async fn untrusted_certificate_is_refused_as_transient() {
     let certs = make_certs(dir.path());
     let server = SmtpServer::start(
         dir.path(),
+        0,
         &[
             "--starttls",
             certs.cert.to_str().unwrap(),
@@ -362,6 +210,7 @@ async fn wrong_password_is_transient_and_never_shown() {
     let auth = format!("{USER}:{PASSWORD}");
     let server = SmtpServer::start(
         dir.path(),
+        0,
         &[
             "--starttls",
             certs.cert.to_str().unwrap(),
@@ -435,7 +284,7 @@ async fn silent_server_times_out_as_transient() {
 #[tokio::test]
 async fn rejected_recipient_is_permanent() {
     let dir = TempDir::new().unwrap();
-    let server = SmtpServer::start(dir.path(), &["--reject-rcpt", "nobody@example.com"]);
+    let server = SmtpServer::start(dir.path(), 0, &["--reject-rcpt", "nobody@example.com"]);
     let mut settings = settings(server.port, TlsMode::None);
     settings.to = vec!["nobody@example.com".into()];
     let sink = EmailSink::new(settings).unwrap();
@@ -452,7 +301,7 @@ async fn rejected_recipient_is_permanent() {
 #[tokio::test]
 async fn deferred_recipient_is_transient() {
     let dir = TempDir::new().unwrap();
-    let server = SmtpServer::start(dir.path(), &["--defer-rcpt", "later@example.com"]);
+    let server = SmtpServer::start(dir.path(), 0, &["--defer-rcpt", "later@example.com"]);
     let mut settings = settings(server.port, TlsMode::None);
     settings.to = vec!["later@example.com".into()];
     let sink = EmailSink::new(settings).unwrap();
@@ -471,7 +320,7 @@ async fn starttls_not_offered_fails_before_any_credentials_are_sent() {
     let dir = TempDir::new().unwrap();
     let certs = make_certs(dir.path());
     // A plain server: no STARTTLS. The sink must stop rather than continue unencrypted.
-    let server = SmtpServer::start(dir.path(), &[]);
+    let server = SmtpServer::start(dir.path(), 0, &[]);
     let settings = with_auth(
         settings(server.port, TlsMode::Starttls),
         PASSWORD,

@@ -76,6 +76,20 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+/// Reads a `Message` from the first eight columns: id, key, resolved, severity, job, subject, body, created_at.
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        resolved: r.get(2)?,
+        severity: severity_from(&r.get::<_, String>(3)?),
+        job: r.get(4)?,
+        subject: r.get(5)?,
+        body: r.get(6)?,
+        created_at: from_millis(r.get(7)?),
+    })
+}
+
 fn severity_from(s: &str) -> Severity {
     match s {
         "critical" => Severity::Critical,
@@ -87,7 +101,7 @@ fn severity_from(s: &str) -> Severity {
 /// Where alerts go.
 pub enum Sink {
     File(PathBuf),
-    Email(EmailSink),
+    Email(Box<EmailSink>),
 }
 
 impl Sink {
@@ -104,15 +118,16 @@ impl Sink {
             sinks.push(Sink::File(path.clone()));
         }
         if let Some(smtp) = &settings.email {
-            sinks.push(Sink::Email(EmailSink::new(smtp.clone())?));
+            sinks.push(Sink::Email(Box::new(EmailSink::new(smtp.clone())?)));
         }
         Ok(sinks)
     }
 
     async fn send(&self, msg: &Message) -> Result<(), DeliveryError> {
         match self {
-            Sink::File(path) => append_line(path, msg)
-                .map_err(|e| DeliveryError::Transient(format!("{e:#}"))),
+            Sink::File(path) => {
+                append_line(path, msg).map_err(|e| DeliveryError::Transient(format!("{e:#}")))
+            }
             Sink::Email(sink) => {
                 sink.send(&EmailMessage {
                     subject: msg.subject.clone(),
@@ -184,7 +199,14 @@ pub fn submit(
                      ON CONFLICT(key) DO UPDATE SET active = 1, last_sent_at = excluded.last_sent_at",
                     params![a.key, millis(now)],
                 )?;
-                (&a.key, false, a.severity, a.job.as_deref(), a.what.as_str(), a.body.clone())
+                (
+                    &a.key,
+                    false,
+                    a.severity,
+                    a.job.as_deref(),
+                    a.what.as_str(),
+                    a.body.clone(),
+                )
             }
             AlertEvent::Resolve { key, job, what } => {
                 let changed = tx.execute(
@@ -195,7 +217,14 @@ pub fn submit(
                     continue;
                 }
                 let body = format!("The condition has cleared: {what}.\nNothing more to do.");
-                (key, true, Severity::Info, job.as_deref(), what.as_str(), body)
+                (
+                    key,
+                    true,
+                    Severity::Info,
+                    job.as_deref(),
+                    what.as_str(),
+                    body,
+                )
             }
         };
         tx.execute(
@@ -220,7 +249,8 @@ pub fn submit(
         }
         queued += 1;
     }
-    tx.commit().context("queuing alerts in the state database")?;
+    tx.commit()
+        .context("queuing alerts in the state database")?;
     Ok(queued)
 }
 
@@ -233,7 +263,11 @@ pub struct Delivered {
 
 /// Sends every delivery that is due. Safe to run from several processes at once: a delivery
 /// is claimed before it is sent, so no message goes out twice.
-pub async fn deliver_due(state: &State, sinks: &[Sink], now: DateTime<Utc>) -> anyhow::Result<Delivered> {
+pub async fn deliver_due(
+    state: &State,
+    sinks: &[Sink],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Delivered> {
     let mut done = Delivered::default();
     for sink in sinks {
         let due: Vec<Message> = {
@@ -244,18 +278,7 @@ pub async fn deliver_due(state: &State, sinks: &[Sink], now: DateTime<Utc>) -> a
                  WHERE d.sink = ?1 AND d.delivered_at IS NULL AND d.gave_up = 0 AND d.next_attempt_at <= ?2
                  ORDER BY o.id",
             )?;
-            let rows = stmt.query_map(params![sink.name(), millis(now)], |r| {
-                Ok(Message {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    resolved: r.get(2)?,
-                    severity: severity_from(&r.get::<_, String>(3)?),
-                    job: r.get(4)?,
-                    subject: r.get(5)?,
-                    body: r.get(6)?,
-                    created_at: from_millis(r.get(7)?),
-                })
-            })?;
+            let rows = stmt.query_map(params![sink.name(), millis(now)], message_from_row)?;
             rows.collect::<Result<_, _>>()?
         };
         for msg in due {
@@ -265,7 +288,7 @@ pub async fn deliver_due(state: &State, sinks: &[Sink], now: DateTime<Utc>) -> a
                 let conn = state.conn();
                 let claim = millis(now + chrono::Duration::minutes(5));
                 let claimed = conn.execute(
-                    "UPDATE deliveries SET next_attempt_at = ?3, attempts = attempts + 1
+                    "UPDATE deliveries SET next_attempt_at = ?3, attempts = attempts + 1, last_error = NULL
                      WHERE outbox_id = ?1 AND sink = ?2 AND delivered_at IS NULL AND next_attempt_at <= ?4",
                     params![msg.id, sink.name(), claim, millis(now)],
                 )?;
@@ -289,7 +312,9 @@ pub async fn deliver_due(state: &State, sinks: &[Sink], now: DateTime<Utc>) -> a
                     done.sent += 1;
                 }
                 Err(DeliveryError::Transient(e)) => {
-                    let next = now + chrono::Duration::from_std(email::backoff(attempts)).unwrap_or_default();
+                    // `attempts` counts this one; the first retry waits backoff(0).
+                    let wait = email::backoff(attempts.saturating_sub(1));
+                    let next = now + chrono::Duration::from_std(wait).unwrap_or_default();
                     tracing::warn!(sink = sink.name(), alert = msg.id, attempt = attempts, error = %e, retry_at = %next, "alert delivery failed; will retry");
                     conn.execute(
                         "UPDATE deliveries SET next_attempt_at = ?3, last_error = ?4 WHERE outbox_id = ?1 AND sink = ?2",
@@ -311,6 +336,22 @@ pub async fn deliver_due(state: &State, sinks: &[Sink], now: DateTime<Utc>) -> a
     Ok(done)
 }
 
+/// Makes every delivery that failed and waits for its backoff due now; the daemon calls it at
+/// start-up, because a restart is usually the operator's answer to a broken mail setup.
+/// A delivery claimed by a process still sending it has no error recorded and is left alone,
+/// so it cannot go out twice.
+pub fn retry_failed_now(state: &State, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let changed = state
+        .conn()
+        .execute(
+            "UPDATE deliveries SET next_attempt_at = ?1
+             WHERE delivered_at IS NULL AND gave_up = 0 AND last_error IS NOT NULL AND next_attempt_at > ?1",
+            params![millis(now)],
+        )
+        .context("rescheduling failed alert deliveries in the state database")?;
+    Ok(changed)
+}
+
 /// When the next delivery is due, if any is pending.
 pub fn next_delivery(state: &State) -> anyhow::Result<Option<DateTime<Utc>>> {
     let next: Option<i64> = state.conn().query_row(
@@ -321,8 +362,17 @@ pub fn next_delivery(state: &State) -> anyhow::Result<Option<DateTime<Utc>>> {
     Ok(next.map(from_millis))
 }
 
+/// A message not yet delivered to one sink.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub message: Message,
+    pub sink: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
 /// Alerts not yet delivered everywhere, for `status`.
-pub fn pending(state: &State) -> anyhow::Result<Vec<(Message, String, u32, Option<String>)>> {
+pub fn pending(state: &State) -> anyhow::Result<Vec<Pending>> {
     let conn = state.conn();
     let mut stmt = conn.prepare(
         "SELECT o.id, o.key, o.resolved, o.severity, o.job, o.subject, o.body, o.created_at, d.sink, d.attempts, d.last_error
@@ -330,21 +380,12 @@ pub fn pending(state: &State) -> anyhow::Result<Vec<(Message, String, u32, Optio
          WHERE d.delivered_at IS NULL AND d.gave_up = 0 ORDER BY o.id",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((
-            Message {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                resolved: r.get(2)?,
-                severity: severity_from(&r.get::<_, String>(3)?),
-                job: r.get(4)?,
-                subject: r.get(5)?,
-                body: r.get(6)?,
-                created_at: from_millis(r.get(7)?),
-            },
-            r.get(8)?,
-            r.get(9)?,
-            r.get(10)?,
-        ))
+        Ok(Pending {
+            message: message_from_row(r)?,
+            sink: r.get(8)?,
+            attempts: r.get(9)?,
+            last_error: r.get(10)?,
+        })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -391,21 +432,82 @@ mod tests {
         let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
         assert_eq!(submit(&state, &s, &["file"], t0, &[raise("k")]).unwrap(), 1);
         // Within repeat_after: suppressed. After it: sent again.
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(1), &[raise("k")]).unwrap(), 0);
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(7), &[raise("k")]).unwrap(), 1);
-        let resolve = AlertEvent::Resolve { key: "k".into(), job: Some("nightly".into()), what: "backup failed".into() };
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(8), &[resolve.clone()]).unwrap(), 1);
-        assert_eq!(submit(&state, &s, &["file"], t0 + chrono::Duration::hours(9), &[resolve]).unwrap(), 0);
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(1),
+                &[raise("k")]
+            )
+            .unwrap(),
+            0
+        );
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(7),
+                &[raise("k")]
+            )
+            .unwrap(),
+            1
+        );
+        let resolve = AlertEvent::Resolve {
+            key: "k".into(),
+            job: Some("nightly".into()),
+            what: "backup failed".into(),
+        };
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(8),
+                std::slice::from_ref(&resolve)
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0 + chrono::Duration::hours(9),
+                &[resolve]
+            )
+            .unwrap(),
+            0
+        );
         let sinks = Sink::from_settings(&s).unwrap();
-        let done = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(9)).await.unwrap();
-        assert_eq!(done, Delivered { sent: 3, retrying: 0, given_up: 0 });
+        let done = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(9))
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Delivered {
+                sent: 3,
+                retrying: 0,
+                given_up: 0
+            }
+        );
         let text = std::fs::read_to_string(&file).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0]["subject"], "[caretaker] critical nightly: backup failed");
+        assert_eq!(
+            lines[0]["subject"],
+            "[caretaker] critical nightly: backup failed"
+        );
         assert_eq!(lines[2]["resolved"], true);
         // Delivered messages are not sent again.
-        let again = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(10)).await.unwrap();
+        let again = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(10))
+            .await
+            .unwrap();
         assert_eq!(again.sent, 0);
         assert!(pending(&state).unwrap().is_empty());
     }
@@ -425,6 +527,24 @@ mod tests {
         assert_eq!(done.retrying, 1);
         assert_eq!(pending(&state).unwrap().len(), 1);
         let next = next_delivery(&state).unwrap().unwrap();
-        assert!(next > t0);
+        // The first retry waits the base backoff.
+        assert_eq!(
+            next,
+            t0 + chrono::Duration::from_std(email::BACKOFF_BASE).unwrap()
+        );
+        // A restart retries it at once; a delivery still claimed (no error yet) is left alone.
+        submit(&state, &s, &["file"], t0, &[raise("claimed")]).unwrap();
+        state
+            .conn()
+            .execute(
+                "UPDATE deliveries SET attempts = 1, next_attempt_at = ?1 WHERE outbox_id = 2",
+                params![millis(t0 + chrono::Duration::minutes(5))],
+            )
+            .unwrap();
+        let restart = t0 + chrono::Duration::seconds(1);
+        assert_eq!(retry_failed_now(&state, restart).unwrap(), 1);
+        assert_eq!(next_delivery(&state).unwrap(), Some(restart));
+        let due = deliver_due(&state, &sinks, restart).await.unwrap();
+        assert_eq!(due.retrying, 1, "only the failed delivery was due");
     }
 }

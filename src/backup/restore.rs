@@ -80,7 +80,11 @@ pub fn restore(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fsx::private_dir(&dir)?;
+    // A missing directory is created private; an existing one (the gateway's own, or /tmp for
+    // an inspection) is left exactly as it is.
+    if !dir.exists() {
+        fsx::private_dir(&dir)?;
+    }
 
     let manifest = archive::peek_manifest(archive)?;
     super::ensure_free(

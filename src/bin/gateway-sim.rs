@@ -77,7 +77,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let json = serde_json::to_string(&report).context("serializing the report")?;
     println!("{json}");
     if let Some(path) = &args.report {
-        sim::write_atomically(path, format!("{json}\n").as_bytes())?;
+        caretaker::fsx::write_atomic(path, format!("{json}\n").as_bytes())?;
     }
     Ok(())
 }

@@ -102,7 +102,10 @@ impl de::Error for Error {
     }
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        Error::Custom(format!("expected {exp}, found {}", describe_unexpected(&unexp)))
+        Error::Custom(format!(
+            "expected {exp}, found {}",
+            describe_unexpected(&unexp)
+        ))
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
@@ -308,7 +311,11 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         self.deserialize_seq(visitor)
     }
 
@@ -347,7 +354,8 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
                 variants.join(", ")
             ));
         }
-        visitor.visit_enum(text.into_deserializer())
+        visitor
+            .visit_enum(text.into_deserializer())
             .map_err(|e: de::value::Error| Error::Custom(e.to_string()))
     }
 
@@ -454,7 +462,10 @@ where
 {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         let Some((entry, path)) = self.entries.next() else {
             return Ok(None);
         };
@@ -483,6 +494,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
     struct Inner {
         count: Option<u32>,
         flag: Option<bool>,
@@ -490,6 +502,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
     struct Outer {
         name: Option<String>,
         inner: Option<Inner>,
@@ -518,7 +531,8 @@ mod tests {
 
     #[test]
     fn a_good_document_reads_without_errors() {
-        let (root, _) = parse("name: x\ninner: {count: 3, flag: true}\nlist: [1, 2]\nmode: full\n").unwrap();
+        let (root, _) =
+            parse("name: x\ninner: {count: 3, flag: true}\nlist: [1, 2]\nmode: full\n").unwrap();
         let rec = Recorder::default();
         let v: Outer = read(&root, "", &rec).unwrap();
         assert_eq!(v.inner.unwrap().count, Some(3));
@@ -531,19 +545,26 @@ mod tests {
             "name: x\nbogus: 1\ninner:\n  count: seven\n  flag: yes\n  other: 2\nlist: [1, 300]\nmode: fast\n",
         );
         let paths: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
-        assert_eq!(
-            paths.len(),
-            6,
-            "expected six errors, got {found:#?}"
-        );
-        for p in ["bogus", "inner.count", "inner.flag", "inner.other", "list[1]", "mode"] {
+        assert_eq!(paths.len(), 6, "expected six errors, got {found:#?}");
+        for p in [
+            "bogus",
+            "inner.count",
+            "inner.flag",
+            "inner.other",
+            "list[1]",
+            "mode",
+        ] {
             assert!(paths.contains(&p), "missing {p} in {found:#?}");
         }
         let count = found.iter().find(|f| f.0 == "inner.count").unwrap();
         assert_eq!((count.1, count.2), (4, 10));
         assert!(count.3.contains("seven"), "{}", count.3);
         let bogus = found.iter().find(|f| f.0 == "bogus").unwrap();
-        assert!(bogus.3.contains("accepted keys here: name, inner, list, mode"));
+        assert!(
+            bogus
+                .3
+                .contains("accepted keys here: name, inner, list, mode")
+        );
         let mode = found.iter().find(|f| f.0 == "mode").unwrap();
         assert!(mode.3.contains("accepted: quick, full"), "{}", mode.3);
         let flag = found.iter().find(|f| f.0 == "inner.flag").unwrap();

@@ -7,6 +7,7 @@
 
 mod de;
 mod error;
+mod keys;
 mod raw;
 pub mod values;
 pub mod yaml;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use keys::{ITEM, JOB_PATH, accepted_keys};
 
 use crate::alerts::email::SmtpSettings;
 use crate::gateway::Gateway;
@@ -91,7 +93,11 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigErr
         Ok(parsed) => parsed,
         Err(issue) => {
             return Err(ConfigErrors::single(ConfigError::at(
-                path, text, issue.pos, &issue.path, issue.message,
+                path,
+                text,
+                issue.pos,
+                &issue.path,
+                issue.message,
             )));
         }
     };
@@ -109,33 +115,56 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigErr
     let recorder = de::Recorder::default();
     let raw_top: Option<raw::Top> = de::read(&tree, "", &recorder);
     let mut jobs = Vec::new();
-    match tree.get("jobs").map(|e| &e.value) {
-        Some(node) => match &node.kind {
+    if let Some(node) = tree.get("jobs").map(|e| &e.value) {
+        match &node.kind {
             yaml::NodeKind::Map(entries) => {
                 for entry in entries {
                     let job_path = format!("jobs.{}", entry.key);
-                    if let Some(raw_job) = de::read::<crate::jobs::RawJob>(&entry.value, &job_path, &recorder) {
-                        if let Some(job) = crate::jobs::validate(&entry.key, raw_job, &mut checks) {
-                            jobs.push(job);
-                        }
+                    let raw_job =
+                        de::read::<crate::jobs::RawJob>(&entry.value, &job_path, &recorder);
+                    if let Some(job) =
+                        raw_job.and_then(|raw| crate::jobs::validate(&entry.key, raw, &mut checks))
+                    {
+                        jobs.push(job);
                     }
                 }
             }
             _ if node.is_null() => {}
-            _ => checks.error("jobs", format!("expected a mapping of job names to jobs, found {}", node.describe())),
-        },
-        None => {}
+            _ => checks.error(
+                "jobs",
+                format!(
+                    "expected a mapping of job names to jobs, found {}",
+                    node.describe()
+                ),
+            ),
+        }
     }
     for found in recorder.into_found() {
-        checks.errors.push(ConfigError::at(path, text, found.pos, &found.path, found.message));
+        checks.errors.push(ConfigError::at(
+            path,
+            text,
+            found.pos,
+            &found.path,
+            found.message,
+        ));
     }
     let config = raw_top.and_then(|top| raw::validate(top, jobs, &mut checks));
-    let Checks { mut errors, warnings, .. } = checks;
+    let Checks {
+        mut errors,
+        warnings,
+        ..
+    } = checks;
     match config {
         Some(config) if errors.is_empty() => Ok((config, warnings)),
         _ => {
             if errors.is_empty() {
-                errors.push(ConfigError::at(path, text, tree.pos, "", "the jobs file is not valid".into()));
+                errors.push(ConfigError::at(
+                    path,
+                    text,
+                    tree.pos,
+                    "",
+                    "the jobs file is not valid".into(),
+                ));
             }
             errors.sort_by_key(|e| (e.line, e.column));
             Err(ConfigErrors(errors))
@@ -156,8 +185,13 @@ pub struct Checks<'a> {
 impl Checks<'_> {
     pub fn error(&mut self, key_path: &str, message: impl Into<String>) {
         let pos = self.tree.locate(key_path);
-        self.errors
-            .push(ConfigError::at(self.file, self.text, pos, key_path, message.into()));
+        self.errors.push(ConfigError::at(
+            self.file,
+            self.text,
+            pos,
+            key_path,
+            message.into(),
+        ));
     }
 
     pub fn warn(&mut self, message: impl Into<String>) {

@@ -121,12 +121,27 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             }
         }
     }
+    if let Some(gateway) = &gateway {
+        for job in &jobs {
+            for (key, message) in job.kind.gateway_problems(gateway) {
+                checks.error(
+                    &format!("jobs.{}.{}.{key}", job.name, job.kind.name()),
+                    message,
+                );
+            }
+        }
+    }
     Some(Config {
         source: checks.file.to_path_buf(),
         gateway: gateway?,
-        state_dir: checks.path(&top.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/caretaker"))),
+        state_dir: checks.path(
+            &top.state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/caretaker")),
+        ),
         timezone: top.timezone.map_or(chrono_tz::UTC, |z| z.0),
-        shutdown_timeout: top.shutdown_timeout.map_or(StdDuration::from_secs(30), |d| d.0),
+        shutdown_timeout: top
+            .shutdown_timeout
+            .map_or(StdDuration::from_secs(30), |d| d.0),
         metrics_file: top.metrics_file.map(|p| checks.path(&p)),
         log,
         alerts,

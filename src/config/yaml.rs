@@ -30,7 +30,10 @@ pub struct Node {
 pub enum NodeKind {
     /// `plain` scalars are the only ones YAML resolves to null, booleans and numbers;
     /// a quoted `"5"` stays a string.
-    Scalar { value: String, plain: bool },
+    Scalar {
+        value: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<Entry>),
 }
@@ -297,7 +300,13 @@ mod tests {
         let (root, issues) = parse("a:\n  b: 1\n  c: [x, y]\n").unwrap();
         assert!(issues.is_empty());
         assert_eq!(root.locate("a.b"), Pos { line: 2, column: 3 });
-        assert_eq!(root.locate("a.c[1]"), Pos { line: 3, column: 10 });
+        assert_eq!(
+            root.locate("a.c[1]"),
+            Pos {
+                line: 3,
+                column: 10
+            }
+        );
         assert_eq!(root.locate("a.missing"), Pos { line: 1, column: 1 });
     }
 
@@ -307,7 +316,9 @@ mod tests {
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].pos, Pos { line: 3, column: 3 });
         assert!(issues[0].message.contains("first defined at line 2"));
-        let NodeKind::Scalar { value, .. } = &root.get("jobs").unwrap().value.get("x").unwrap().value.kind else {
+        let NodeKind::Scalar { value, .. } =
+            &root.get("jobs").unwrap().value.get("x").unwrap().value.kind
+        else {
             panic!("scalar expected")
         };
         assert_eq!(value, "1");
@@ -323,6 +334,9 @@ mod tests {
     #[test]
     fn aliases_resolve_to_the_anchored_node() {
         let (root, _) = parse("a: &x {k: 1}\nb: *x\n").unwrap();
-        assert!(matches!(root.get("b").unwrap().value.kind, NodeKind::Map(_)));
+        assert!(matches!(
+            root.get("b").unwrap().value.kind,
+            NodeKind::Map(_)
+        ));
     }
 }

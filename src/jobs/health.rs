@@ -1,12 +1,38 @@
 //! The `health` job: conditions that alert while they hold and resolve when they clear.
+//!
+//! A run gathers [`Facts`] (free space, file sizes, the newest backup, request counts), then
+//! [`evaluate`] turns them and the spec into [`Verdict`]s with no I/O and the clock passed in,
+//! and [`events`] turns those into alert events: a condition that holds raises
+//! `health:<job>:<condition>` (the outbox repeats it at most every `repeat_after`), one that
+//! is clear resolves it (the outbox sends one "resolved" message if it was raised). A fact
+//! that cannot be measured raises and resolves nothing, and fails the run, so the operator
+//! hears that the check itself is broken.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
 use serde::Deserialize;
 
-use super::{Context, Report};
-use crate::config::Checks;
+use super::{Context, Kind, Report};
+use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::values::{self, Share, Size};
+use crate::config::{Checks, Config};
+use crate::gateway::Gateway;
+
+/// Each statement counting requests holds a read lock on the gateway's database; Apantli's
+/// writers wait at most 5 s for it and BobaMixer's not at all. The count is therefore split
+/// into time slices, sized so that one statement takes about this long.
+const SLICE_TARGET: Duration = Duration::from_millis(50);
+/// How often one slice is tried again after waiting `gateway.busy_timeout` behind the gateway.
+const BUSY_RETRIES: u32 = 3;
+/// The first slice's width, before the measured statement times resize it.
+const FIRST_SLICE: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,18 +82,44 @@ pub struct Spec {
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let mut ok = true;
     let backup_max_age = match raw.backup_max_age {
-        Some(RawBackupAge { job: Some(job), age: Some(age) }) => Some(BackupAge { job, age: age.0 }),
+        Some(RawBackupAge {
+            job: Some(job),
+            age: Some(age),
+        }) => Some(BackupAge { job, age: age.0 }),
         Some(_) => {
-            checks.error(&format!("{path}.backup_max_age"), "needs both keys; accepted: {job: <backup job name>, age: 26h}");
+            checks.error(
+                &format!("{path}.backup_max_age"),
+                "needs both keys; accepted: {job: <backup job name>, age: 26h}",
+            );
             ok = false;
             None
         }
         None => None,
     };
     let error_rate_max = match raw.error_rate_max {
-        Some(RawErrorRate { share: Some(share), over: Some(over) }) => Some(ErrorRate { share: share.0, over: over.0 }),
+        Some(RawErrorRate {
+            share: Some(share),
+            over: Some(over),
+        }) => {
+            if over.0.is_zero() {
+                checks.error(
+                    &format!("{path}.error_rate_max.over"),
+                    "a window of 0s holds no requests; accepted: a duration above zero such as 1h",
+                );
+                ok = false;
+                None
+            } else {
+                Some(ErrorRate {
+                    share: share.0,
+                    over: over.0,
+                })
+            }
+        }
         Some(_) => {
-            checks.error(&format!("{path}.error_rate_max"), "needs both keys; accepted: {share: 5%, over: 1h}");
+            checks.error(
+                &format!("{path}.error_rate_max"),
+                "needs both keys; accepted: {share: 5%, over: 1h}",
+            );
             ok = false;
             None
         }
@@ -87,12 +139,987 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         && spec.backup_max_age.is_none()
         && spec.error_rate_max.is_none()
     {
-        checks.error(path, "a health job needs at least one condition; accepted: disk_free_min, database_max_size, wal_max_size, backup_max_age, error_rate_max");
+        checks.error(
+            path,
+            "a health job needs at least one condition; accepted: disk_free_min, database_max_size, wal_max_size, backup_max_age, error_rate_max",
+        );
         return None;
     }
     ok.then_some(spec)
 }
 
-pub fn run(_spec: &Spec, _ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    super::not_implemented("health")
+/// Problems that only show against the validated gateway: `(key below the job's health
+/// block, message)`. The loader reports them at `check` time.
+pub fn gateway_problems(spec: &Spec, gateway: &Gateway) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if spec.error_rate_max.is_some() && gateway.columns.error.is_none() {
+        problems.push((
+            "error_rate_max".to_string(),
+            format!(
+                "cannot be evaluated: the gateway's `{}` schema has no error column, so failed requests cannot be told apart; accepted: remove error_rate_max, or use `schema: custom` with `columns.error`",
+                format!("{:?}", gateway.preset).to_lowercase()
+            ),
+        ));
+    }
+    problems
+}
+
+/// One filesystem that holds some of the paths the job watches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filesystem {
+    /// Where it is mounted (the topmost directory on the same device).
+    pub mount: PathBuf,
+    /// What of ours lives on it, e.g. `gateway database`, `state_dir`, `backups of nightly`.
+    pub holds: Vec<String>,
+    pub total_bytes: u64,
+    /// Free space available to unprivileged processes (`f_bavail`): what caretaker and the
+    /// gateway can actually use.
+    pub available_bytes: u64,
+}
+
+impl Filesystem {
+    pub fn free_share(&self) -> f64 {
+        if self.total_bytes == 0 {
+            // Pseudo filesystems report no blocks: nothing can run out there.
+            1.0
+        } else {
+            self.available_bytes as f64 / self.total_bytes as f64
+        }
+    }
+}
+
+/// Requests in the error-rate window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestCounts {
+    pub total: u64,
+    pub failed: u64,
+}
+
+/// The newest successful run of the backup job named in `backup_max_age`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewestBackup {
+    pub job: String,
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// What one run measured. A fact is `None` when the spec does not ask for it or when it could
+/// not be measured; the latter is listed in `problems`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub filesystems: Vec<Filesystem>,
+    pub database: Option<PathBuf>,
+    pub database_bytes: Option<u64>,
+    pub wal_bytes: Option<u64>,
+    pub newest_backup: Option<NewestBackup>,
+    pub requests: Option<RequestCounts>,
+    /// The longest a request-counting statement took (each holds a read lock).
+    pub longest_statement: Option<Duration>,
+    /// Facts that could not be measured, each with what to check.
+    pub problems: Vec<String>,
+}
+
+/// One condition's state in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The condition's part of the alert key: `disk_free:<mount>`, `database_size`,
+    /// `wal_size`, `backup_age`, `error_rate`.
+    pub condition: String,
+    pub holds: bool,
+    pub severity: Severity,
+    /// The subject phrase; the same words while it holds and when it resolves.
+    pub what: String,
+    /// The figures, in a sentence.
+    pub detail: String,
+    /// What the operator can do.
+    pub advice: String,
+}
+
+/// Turns measured facts into one verdict per condition that could be evaluated.
+pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
+    if let Some(min) = spec.disk_free_min {
+        for fs in &facts.filesystems {
+            let share = fs.free_share();
+            verdicts.push(Verdict {
+                condition: format!("disk_free:{}", fs.mount.display()),
+                holds: share < min,
+                severity: Severity::Critical,
+                what: format!(
+                    "free space on {} below {}",
+                    fs.mount.display(),
+                    fmt_share(min)
+                ),
+                detail: format!(
+                    "{} has {} free of {} ({}); disk_free_min is {}. It holds: {}.",
+                    fs.mount.display(),
+                    fmt_bytes(fs.available_bytes),
+                    fmt_bytes(fs.total_bytes),
+                    fmt_share(share),
+                    fmt_share(min),
+                    fs.holds.join(", ")
+                ),
+                advice: "A full filesystem makes the gateway lose request rows and stops backups. \
+                         Free space (old files, a tighter backup `keep`, an archive job for old rows) \
+                         or grow the filesystem."
+                    .into(),
+            });
+        }
+    }
+    let database = facts.database.as_deref().map_or_else(
+        || "the gateway database".into(),
+        |p| p.display().to_string(),
+    );
+    if let (Some(max), Some(bytes)) = (spec.database_max_size, facts.database_bytes) {
+        verdicts.push(Verdict {
+            condition: "database_size".into(),
+            holds: bytes > max,
+            severity: Severity::Warning,
+            what: format!("gateway database larger than {}", fmt_bytes(max)),
+            detail: format!(
+                "{database} is {}; database_max_size is {}.",
+                fmt_bytes(bytes),
+                fmt_bytes(max)
+            ),
+            advice: "Archive old rows (an `archive` job with `then: delete` or `strip_payloads`), \
+                     then give the space back with a `maintenance` job (`vacuum: auto` or `always`)."
+                .into(),
+        });
+    }
+    if let (Some(max), Some(bytes)) = (spec.wal_max_size, facts.wal_bytes) {
+        verdicts.push(Verdict {
+            condition: "wal_size".into(),
+            holds: bytes > max,
+            severity: Severity::Warning,
+            what: format!("gateway WAL larger than {}", fmt_bytes(max)),
+            detail: format!(
+                "{database}-wal is {}; wal_max_size is {}.",
+                fmt_bytes(bytes),
+                fmt_bytes(max)
+            ),
+            advice: "A WAL grows while a reader keeps an old snapshot open, so checkpoints cannot \
+                     finish. Look for a long-running reader of the database (an open sqlite3 shell, \
+                     a stuck export); a `maintenance` job with `checkpoint: truncate` shrinks the file \
+                     once it is gone."
+                .into(),
+        });
+    }
+    if let (Some(limit), Some(newest)) = (&spec.backup_max_age, &facts.newest_backup) {
+        let max = chrono::TimeDelta::from_std(limit.age).unwrap_or(chrono::TimeDelta::MAX);
+        let (holds, detail) = match newest.at {
+            Some(at) => {
+                let age = now - at;
+                (
+                    age > max,
+                    format!(
+                        "The newest successful run of `{}` started at {} ({} ago); backup_max_age is {}.",
+                        limit.job,
+                        at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        fmt_age(age),
+                        fmt_duration(limit.age)
+                    ),
+                )
+            }
+            None => (
+                true,
+                format!(
+                    "`{}` has no successful run recorded; backup_max_age is {}.",
+                    limit.job,
+                    fmt_duration(limit.age)
+                ),
+            ),
+        };
+        verdicts.push(Verdict {
+            condition: "backup_age".into(),
+            holds,
+            severity: Severity::Critical,
+            what: format!(
+                "no successful {} backup within {}",
+                limit.job,
+                fmt_duration(limit.age)
+            ),
+            detail,
+            advice: format!(
+                "`caretaker status` shows the job's last error; `caretaker run-job {}` runs it now.",
+                limit.job
+            ),
+        });
+    }
+    if let (Some(limit), Some(counts)) = (&spec.error_rate_max, facts.requests) {
+        let share = if counts.total == 0 {
+            0.0
+        } else {
+            counts.failed as f64 / counts.total as f64
+        };
+        verdicts.push(Verdict {
+            condition: "error_rate".into(),
+            holds: share > limit.share,
+            severity: Severity::Warning,
+            what: format!(
+                "gateway error rate above {} over {}",
+                fmt_share(limit.share),
+                fmt_duration(limit.over)
+            ),
+            detail: format!(
+                "{} of {} requests in the last {} failed ({}); error_rate_max is {}.",
+                counts.failed,
+                counts.total,
+                fmt_duration(limit.over),
+                fmt_share(share),
+                fmt_share(limit.share)
+            ),
+            advice: "The error column of the recent failed rows names the provider's error \
+                     (rate limits, expired keys, an unreachable provider)."
+                .into(),
+        });
+    }
+    verdicts
+}
+
+/// The alert events of a run's verdicts: raise what holds, resolve what is clear.
+pub fn events(job: &str, verdicts: &[Verdict]) -> Vec<AlertEvent> {
+    verdicts
+        .iter()
+        .map(|v| {
+            let key = format!("health:{job}:{}", v.condition);
+            if v.holds {
+                AlertEvent::Raise(Alert {
+                    key,
+                    severity: v.severity,
+                    job: Some(job.to_string()),
+                    what: v.what.clone(),
+                    body: format!(
+                        "{}\n\n{}\n\nThis alert repeats while the condition holds (at most every alerts.repeat_after); \
+                         a \"resolved\" message follows when it clears.",
+                        v.detail, v.advice
+                    ),
+                })
+            } else {
+                AlertEvent::Resolve {
+                    key,
+                    job: Some(job.to_string()),
+                    what: v.what.clone(),
+                }
+            }
+        })
+        .collect()
+}
+
+pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let facts = gather(spec, ctx)?;
+    let verdicts = evaluate(spec, &facts, ctx.now);
+    let holding: Vec<&str> = verdicts
+        .iter()
+        .filter(|v| v.holds)
+        .map(|v| v.condition.as_str())
+        .collect();
+    let mut report = Report::new(if holding.is_empty() {
+        format!("{} conditions checked, none holds", verdicts.len())
+    } else {
+        format!(
+            "{} conditions checked, {} {}: {}",
+            verdicts.len(),
+            holding.len(),
+            if holding.len() == 1 { "holds" } else { "hold" },
+            holding.join(", ")
+        )
+    });
+    if let Some(min) = facts
+        .filesystems
+        .iter()
+        .map(Filesystem::free_share)
+        .min_by(f64::total_cmp)
+    {
+        report = report.figure("disk_free_share_min", min);
+    }
+    if let Some(bytes) = facts.database_bytes {
+        report = report.figure("database_bytes", bytes as f64);
+    }
+    if let Some(bytes) = facts.wal_bytes {
+        report = report.figure("wal_bytes", bytes as f64);
+    }
+    if let Some(at) = facts.newest_backup.as_ref().and_then(|b| b.at) {
+        report = report.figure("backup_age_seconds", (ctx.now - at).num_seconds() as f64);
+    }
+    if let Some(counts) = facts.requests {
+        report = report
+            .figure("requests_in_window", counts.total as f64)
+            .figure("failed_requests_in_window", counts.failed as f64);
+    }
+    if let Some(longest) = facts.longest_statement {
+        report = report.figure("longest_read_ms", longest.as_secs_f64() * 1000.0);
+    }
+    report = report.figure("conditions_holding", holding.len() as f64);
+    let events = events(ctx.job, &verdicts);
+    if ctx.dry_run {
+        report.plan = verdicts
+            .iter()
+            .map(|v| {
+                let key = format!("health:{}:{}", ctx.job, v.condition);
+                if v.holds {
+                    format!("would raise {key}: {} — {}", v.what, v.detail)
+                } else {
+                    format!("would resolve {key} if raised: {}", v.detail)
+                }
+            })
+            .collect();
+    } else {
+        ctx.alerts.extend(events);
+    }
+    if !facts.problems.is_empty() {
+        anyhow::bail!(
+            "the health check could not measure everything (the conditions it could measure were evaluated):\n- {}",
+            facts.problems.join("\n- ")
+        );
+    }
+    Ok(report)
+}
+
+/// Measures what `spec` asks about. Problems with one fact are collected in
+/// `Facts::problems` so that the others are still evaluated; only a stop request is an error.
+pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
+    let config = ctx.config;
+    let database = config.gateway.database.clone();
+    let mut facts = Facts {
+        database: Some(database.clone()),
+        ..Facts::default()
+    };
+    if spec.disk_free_min.is_some() {
+        let (filesystems, problems) = filesystems(&watched_paths(config));
+        facts.filesystems = filesystems;
+        facts.problems.extend(problems);
+    }
+    if spec.database_max_size.is_some() {
+        match std::fs::metadata(&database) {
+            Ok(m) => facts.database_bytes = Some(m.len()),
+            Err(e) => facts.problems.push(format!(
+                "database_max_size: cannot read the size of {}: {e}; check gateway.database",
+                database.display()
+            )),
+        }
+    }
+    if spec.wal_max_size.is_some() {
+        let wal = wal_path(&database);
+        match std::fs::metadata(&wal) {
+            Ok(m) => facts.wal_bytes = Some(m.len()),
+            // No WAL file: a rollback-journal database, or a WAL one with no writer open.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => facts.wal_bytes = Some(0),
+            Err(e) => facts.problems.push(format!(
+                "wal_max_size: cannot read the size of {}: {e}",
+                wal.display()
+            )),
+        }
+    }
+    if let Some(limit) = &spec.backup_max_age {
+        match ctx.state.last_success(&limit.job) {
+            Ok(run) => {
+                facts.newest_backup = Some(NewestBackup {
+                    job: limit.job.clone(),
+                    at: run.map(|r| r.started_at),
+                })
+            }
+            Err(e) => facts.problems.push(format!(
+                "backup_max_age: reading the runs of `{}` from the state database: {e:#}",
+                limit.job
+            )),
+        }
+    }
+    if let Some(limit) = &spec.error_rate_max {
+        ctx.checkpoint()?;
+        match count_requests(&config.gateway, ctx, limit.over) {
+            Ok((counts, longest)) => {
+                facts.requests = Some(counts);
+                facts.longest_statement = Some(longest);
+            }
+            Err(e) if e.is::<super::Stopped>() => return Err(e),
+            Err(e) => facts.problems.push(format!("error_rate_max: {e:#}")),
+        }
+    }
+    Ok(facts)
+}
+
+fn wal_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_os_string();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// The directories whose filesystems `disk_free_min` watches, each with what it holds.
+pub fn watched_paths(config: &Config) -> Vec<(PathBuf, String)> {
+    let gateway_dir = config
+        .gateway
+        .database
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut paths = vec![
+        (gateway_dir, "gateway database".to_string()),
+        (config.state_dir.clone(), "state_dir".to_string()),
+    ];
+    for job in &config.jobs {
+        match &job.kind {
+            Kind::Backup(s) => paths.push((s.to.clone(), format!("backups of {}", job.name))),
+            Kind::Archive(s) => paths.push((s.to.clone(), format!("archives of {}", job.name))),
+            _ => {}
+        }
+    }
+    paths
+}
+
+/// Groups `paths` by filesystem and measures each once. A path that does not exist yet (a
+/// backup directory before the first backup) is measured at its nearest existing parent,
+/// where it will be created.
+fn filesystems(paths: &[(PathBuf, String)]) -> (Vec<Filesystem>, Vec<String>) {
+    let mut by_device: BTreeMap<u64, Filesystem> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (path, holds) in paths {
+        match measure(path) {
+            Ok((device, fs)) => {
+                let entry = by_device.entry(device).or_insert(fs);
+                if !entry.holds.contains(holds) {
+                    entry.holds.push(holds.clone());
+                }
+            }
+            Err(e) => problems.push(format!("disk_free_min: {holds}: {e:#}")),
+        }
+    }
+    let mut filesystems: Vec<Filesystem> = by_device.into_values().collect();
+    for fs in &mut filesystems {
+        fs.holds.sort();
+    }
+    filesystems.sort_by(|a, b| a.mount.cmp(&b.mount));
+    (filesystems, problems)
+}
+
+/// The device and free space of the filesystem `path` is (or will be) on; `holds` is left
+/// for the caller, who knows what the path is for.
+fn measure(path: &Path) -> anyhow::Result<(u64, Filesystem)> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .with_context(|| format!("no part of {} exists", path.display()))?;
+    let existing = existing
+        .canonicalize()
+        .with_context(|| format!("resolving {}", existing.display()))?;
+    let device = std::fs::metadata(&existing)
+        .with_context(|| format!("reading {}", existing.display()))?
+        .dev();
+    // statvfs of the path itself, not a lookup in the mount table: it is always the
+    // filesystem the path is on, bind mounts and overlays included.
+    let stats = rustix::fs::statvfs(&existing)
+        .with_context(|| format!("reading the free space of {}", existing.display()))?;
+    Ok((
+        device,
+        Filesystem {
+            mount: mount_point(&existing, device),
+            holds: Vec::new(),
+            total_bytes: stats.f_blocks.saturating_mul(stats.f_frsize),
+            available_bytes: stats.f_bavail.saturating_mul(stats.f_frsize),
+        },
+    ))
+}
+
+/// The topmost ancestor of `path` on `device`: the mount point, named in alerts because it
+/// is what `df` shows.
+fn mount_point(path: &Path, device: u64) -> PathBuf {
+    let mut mount = path;
+    while let Some(parent) = mount.parent() {
+        match std::fs::metadata(parent) {
+            Ok(m) if m.dev() == device => mount = parent,
+            _ => break,
+        }
+    }
+    mount.to_path_buf()
+}
+
+/// Counts requests and failed requests of the last `over`, in time slices so that no one
+/// statement holds the gateway's read lock for long. Returns the longest statement time.
+fn count_requests(
+    gateway: &Gateway,
+    ctx: &Context<'_>,
+    over: Duration,
+) -> anyhow::Result<(RequestCounts, Duration)> {
+    let Some(error) = &gateway.columns.error else {
+        anyhow::bail!(
+            "the gateway schema has no error column, so the error rate cannot be evaluated; remove error_rate_max or set gateway.columns.error"
+        );
+    };
+    let conn = gateway.connect(true)?;
+    let time = &gateway.columns.time;
+    let table = &gateway.table;
+    let sql_between = format!(
+        "SELECT COUNT(*), COUNT(\"{error}\") FROM \"{table}\" WHERE \"{time}\" >= ?1 AND \"{time}\" < ?2"
+    );
+    let sql_from =
+        format!("SELECT COUNT(*), COUNT(\"{error}\") FROM \"{table}\" WHERE \"{time}\" >= ?1");
+    let end = ctx.now;
+    let over = chrono::TimeDelta::from_std(over).unwrap_or(chrono::TimeDelta::MAX);
+    let mut lo = end - over;
+    let mut width = FIRST_SLICE.min(over);
+    let mut counts = RequestCounts::default();
+    let mut longest = Duration::ZERO;
+    loop {
+        let hi = lo + width;
+        let last = hi >= end;
+        let started = Instant::now();
+        // The last slice has no upper bound: rows stamped a little ahead of our clock count too.
+        let bounds: Vec<Value> = if last {
+            vec![gateway.columns.time_format.bound(lo)]
+        } else {
+            vec![
+                gateway.columns.time_format.bound(lo),
+                gateway.columns.time_format.bound(hi),
+            ]
+        };
+        let sql = if last { &sql_from } else { &sql_between };
+        let mut busy = 0;
+        let (total, failed): (i64, i64) = loop {
+            match conn.query_row(sql, rusqlite::params_from_iter(&bounds), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            }) {
+                // Our busy timeout ran out behind a gateway write: the gateway goes first, and
+                // the slice is tried again rather than failing the whole check.
+                Err(e) if is_busy(&e) && busy < BUSY_RETRIES => {
+                    busy += 1;
+                    ctx.checkpoint()?;
+                }
+                Err(e) if is_busy(&e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "counting requests in {table} of {}: the gateway's writes kept it locked through {} waits of gateway.busy_timeout; the next run tries again",
+                        gateway.database.display(),
+                        busy + 1
+                    )));
+                }
+                result => {
+                    break result.with_context(|| {
+                        format!(
+                            "counting requests in {table} of {}",
+                            gateway.database.display()
+                        )
+                    })?;
+                }
+            }
+        };
+        let took = started.elapsed();
+        longest = longest.max(took);
+        counts.total += total.max(0) as u64;
+        counts.failed += failed.max(0) as u64;
+        if last {
+            break;
+        }
+        lo = hi;
+        width = next_width(width, took);
+        ctx.checkpoint()?;
+    }
+    Ok((counts, longest))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Halves the slice after a slow statement, doubles it after a quick one; never below a
+/// second, the resolution of the time bounds.
+fn next_width(width: chrono::TimeDelta, took: Duration) -> chrono::TimeDelta {
+    if took > SLICE_TARGET * 2 {
+        (width / 2).max(chrono::TimeDelta::seconds(1))
+    } else if took < SLICE_TARGET / 2 {
+        width.checked_mul(2).unwrap_or(width)
+    } else {
+        width
+    }
+}
+
+fn fmt_share(share: f64) -> String {
+    let percent = share * 100.0;
+    if (percent - percent.round()).abs() < 1e-9 {
+        format!("{percent:.0}%")
+    } else {
+        format!("{percent:.1}%")
+    }
+}
+
+/// Sizes in the decimal units the jobs file uses (`5GB`), one decimal.
+fn fmt_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)];
+    for (unit, size) in UNITS {
+        if bytes as f64 >= size {
+            let value = bytes as f64 / size;
+            return if (value - value.round()).abs() < 0.05 {
+                format!("{value:.0} {unit}")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+/// A configured duration as the jobs file writes it: the largest whole unit.
+fn fmt_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= size && secs.is_multiple_of(size) {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// An elapsed time to the minute: `3d 2h`, `26h 5m` reads worse than `1d 2h 5m`.
+fn fmt_age(age: chrono::TimeDelta) -> String {
+    let minutes = age.num_minutes().max(0);
+    let (d, h, m) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    match (d, h) {
+        (0, 0) => format!("{m}m"),
+        (0, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::gateway::TimeFormat;
+
+    fn spec() -> Spec {
+        Spec {
+            disk_free_min: Some(0.10),
+            database_max_size: Some(5_000_000_000),
+            wal_max_size: Some(1_000_000_000),
+            backup_max_age: Some(BackupAge {
+                job: "nightly".into(),
+                age: Duration::from_secs(26 * 3600),
+            }),
+            error_rate_max: Some(ErrorRate {
+                share: 0.05,
+                over: Duration::from_secs(3600),
+            }),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0).unwrap()
+    }
+
+    fn fs(mount: &str, available: u64, total: u64) -> Filesystem {
+        Filesystem {
+            mount: mount.into(),
+            holds: vec!["state_dir".into()],
+            total_bytes: total,
+            available_bytes: available,
+        }
+    }
+
+    fn healthy() -> Facts {
+        Facts {
+            filesystems: vec![fs("/", 500, 1000), fs("/backup", 200, 1000)],
+            database: Some("/var/lib/apantli/requests.db".into()),
+            database_bytes: Some(4_000_000_000),
+            wal_bytes: Some(0),
+            newest_backup: Some(NewestBackup {
+                job: "nightly".into(),
+                at: Some(now() - chrono::TimeDelta::hours(25)),
+            }),
+            requests: Some(RequestCounts {
+                total: 1000,
+                failed: 50,
+            }),
+            longest_statement: None,
+            problems: Vec::new(),
+        }
+    }
+
+    fn holding(spec: &Spec, facts: &Facts) -> Vec<String> {
+        evaluate(spec, facts, now())
+            .into_iter()
+            .filter(|v| v.holds)
+            .map(|v| v.condition)
+            .collect()
+    }
+
+    #[test]
+    fn each_condition_holds_just_past_its_limit() {
+        let spec = spec();
+        assert_eq!(holding(&spec, &healthy()), Vec::<String>::new());
+        type Change = fn(&mut Facts);
+        let cases: &[(&str, Change, &[&str])] = &[
+            (
+                "exactly 10% free is enough",
+                |f| f.filesystems[1].available_bytes = 100,
+                &[],
+            ),
+            (
+                "below 10% free",
+                |f| f.filesystems[1].available_bytes = 99,
+                &["disk_free:/backup"],
+            ),
+            (
+                "a filesystem with no blocks never fills",
+                |f| f.filesystems[0] = fs("/proc", 0, 0),
+                &[],
+            ),
+            (
+                "database at its limit",
+                |f| f.database_bytes = Some(5_000_000_000),
+                &[],
+            ),
+            (
+                "database one byte over",
+                |f| f.database_bytes = Some(5_000_000_001),
+                &["database_size"],
+            ),
+            (
+                "WAL over",
+                |f| f.wal_bytes = Some(1_000_000_001),
+                &["wal_size"],
+            ),
+            (
+                "backup exactly 26h old",
+                |f| {
+                    f.newest_backup.as_mut().unwrap().at =
+                        Some(now() - chrono::TimeDelta::hours(26))
+                },
+                &[],
+            ),
+            (
+                "backup a second too old",
+                |f| {
+                    f.newest_backup.as_mut().unwrap().at =
+                        Some(now() - chrono::TimeDelta::hours(26) - chrono::TimeDelta::seconds(1))
+                },
+                &["backup_age"],
+            ),
+            (
+                "never backed up",
+                |f| f.newest_backup.as_mut().unwrap().at = None,
+                &["backup_age"],
+            ),
+            (
+                "error rate exactly 5%",
+                |f| {
+                    f.requests = Some(RequestCounts {
+                        total: 100,
+                        failed: 5,
+                    })
+                },
+                &[],
+            ),
+            (
+                "error rate above 5%",
+                |f| {
+                    f.requests = Some(RequestCounts {
+                        total: 100,
+                        failed: 6,
+                    })
+                },
+                &["error_rate"],
+            ),
+            (
+                "no requests is no error rate",
+                |f| {
+                    f.requests = Some(RequestCounts {
+                        total: 0,
+                        failed: 0,
+                    })
+                },
+                &[],
+            ),
+            (
+                "an unmeasured fact is neither raised nor resolved",
+                |f| f.wal_bytes = None,
+                &[],
+            ),
+        ];
+        for (name, change, expected) in cases {
+            let mut facts = healthy();
+            change(&mut facts);
+            assert_eq!(holding(&spec, &facts), *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn unmeasured_and_unconfigured_conditions_give_no_verdict() {
+        let mut facts = healthy();
+        facts.wal_bytes = None;
+        let conditions: Vec<String> = evaluate(&spec(), &facts, now())
+            .into_iter()
+            .map(|v| v.condition)
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                "disk_free:/",
+                "disk_free:/backup",
+                "database_size",
+                "backup_age",
+                "error_rate"
+            ]
+        );
+        let only_wal = Spec {
+            disk_free_min: None,
+            database_max_size: None,
+            wal_max_size: Some(1),
+            backup_max_age: None,
+            error_rate_max: None,
+        };
+        let verdicts = evaluate(&only_wal, &healthy(), now());
+        assert_eq!(verdicts.len(), 1);
+        assert_eq!(verdicts[0].condition, "wal_size");
+    }
+
+    #[test]
+    fn a_backup_age_reads_across_a_dst_change() {
+        // 2026-03-29 is the spring-forward day in Europe/Berlin; ages are UTC differences, so
+        // the lost local hour neither shortens nor lengthens them.
+        let spec = spec();
+        let mut facts = healthy();
+        facts.newest_backup.as_mut().unwrap().at =
+            Some(Utc.with_ymd_and_hms(2026, 3, 27, 23, 30, 0).unwrap());
+        assert_eq!(holding(&spec, &facts), Vec::<String>::new(), "exactly 26h");
+        facts.newest_backup.as_mut().unwrap().at =
+            Some(Utc.with_ymd_and_hms(2026, 3, 27, 23, 29, 0).unwrap());
+        assert_eq!(holding(&spec, &facts), ["backup_age"]);
+        let verdict = evaluate(&spec, &facts, now())
+            .into_iter()
+            .find(|v| v.condition == "backup_age")
+            .unwrap();
+        assert!(
+            verdict.detail.contains("(1d 2h 1m ago)"),
+            "{}",
+            verdict.detail
+        );
+    }
+
+    #[test]
+    fn verdicts_become_raise_or_resolve_with_stable_words() {
+        let mut facts = healthy();
+        facts.wal_bytes = Some(2_500_000_000);
+        let verdicts = evaluate(&spec(), &facts, now());
+        let raised = events("health", &verdicts);
+        assert_eq!(raised.len(), verdicts.len());
+        let wal = raised
+            .iter()
+            .find_map(|e| match e {
+                AlertEvent::Raise(a) => Some(a),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(wal.key, "health:health:wal_size");
+        assert_eq!(wal.what, "gateway WAL larger than 1 GB");
+        assert!(
+            wal.body
+                .contains("/var/lib/apantli/requests.db-wal is 2.5 GB"),
+            "{}",
+            wal.body
+        );
+        assert!(wal.body.contains("checkpoint: truncate"), "{}", wal.body);
+        facts.wal_bytes = Some(0);
+        let cleared = events("health", &evaluate(&spec(), &facts, now()));
+        let resolve = cleared
+            .iter()
+            .find_map(|e| match e {
+                AlertEvent::Resolve { key, what, .. } if key == "health:health:wal_size" => {
+                    Some(what)
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            resolve, &wal.what,
+            "the resolved subject repeats the raised words"
+        );
+    }
+
+    #[test]
+    fn slices_shrink_after_slow_statements_and_grow_after_quick_ones() {
+        let m = chrono::TimeDelta::minutes;
+        let cases = [
+            (m(16), Duration::from_millis(101), m(8)),
+            (m(16), Duration::from_millis(100), m(16)),
+            (m(16), Duration::from_millis(25), m(16)),
+            (m(16), Duration::from_millis(24), m(32)),
+            (
+                chrono::TimeDelta::seconds(1),
+                Duration::from_secs(3),
+                chrono::TimeDelta::seconds(1),
+            ),
+        ];
+        for (width, took, expected) in cases {
+            assert_eq!(next_width(width, took), expected, "{width} {took:?}");
+        }
+    }
+
+    #[test]
+    fn time_bounds_match_each_column_format() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 5).unwrap()
+            + chrono::TimeDelta::milliseconds(250);
+        assert_eq!(
+            TimeFormat::Iso8601.bound(t),
+            Value::Text("2026-11-22T02:00:05".into())
+        );
+        assert_eq!(
+            TimeFormat::UnixSeconds.bound(t),
+            Value::Integer(1_795_312_805)
+        );
+        assert_eq!(
+            TimeFormat::UnixMillis.bound(t),
+            Value::Integer(1_795_312_805_250)
+        );
+    }
+
+    #[test]
+    fn the_iso_bound_sorts_with_every_apantli_spelling() {
+        let bound = "2025-11-01T03:23:08";
+        for (row, after) in [
+            ("2025-11-01T03:23:08Z", true),
+            ("2025-11-01T03:23:08.830120Z", true),
+            ("2025-11-01T03:23:08.000001+00:00", true),
+            ("2025-11-01T03:23:08.830120", true),
+            ("2025-11-01T03:23:07.999999Z", false),
+            ("2025-11-01T03:23:07+00:00", false),
+        ] {
+            assert_eq!(row >= bound, after, "{row}");
+        }
+    }
+
+    #[test]
+    fn figures_are_written_as_the_jobs_file_writes_them() {
+        assert_eq!(fmt_bytes(999), "999 bytes");
+        assert_eq!(fmt_bytes(1_000_000), "1 MB");
+        assert_eq!(fmt_bytes(1_234_567), "1.2 MB");
+        assert_eq!(fmt_bytes(5_000_000_000), "5 GB");
+        assert_eq!(fmt_share(0.05), "5%");
+        assert_eq!(fmt_share(0.125), "12.5%");
+        assert_eq!(fmt_duration(Duration::from_secs(26 * 3600)), "26h");
+        assert_eq!(fmt_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(fmt_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(fmt_age(chrono::TimeDelta::minutes(59)), "59m");
+        assert_eq!(fmt_age(chrono::TimeDelta::minutes(61)), "1h 1m");
+    }
+
+    #[test]
+    fn a_missing_directory_is_measured_where_it_will_be_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = vec![
+            (dir.path().join("not/yet/there"), "backups of b".to_string()),
+            (dir.path().to_path_buf(), "state_dir".to_string()),
+        ];
+        let (filesystems, problems) = filesystems(&paths);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(filesystems.len(), 1, "{filesystems:?}");
+        assert_eq!(filesystems[0].holds, ["backups of b", "state_dir"]);
+        assert!(filesystems[0].total_bytes > 0);
+        assert!(
+            dir.path()
+                .canonicalize()
+                .unwrap()
+                .starts_with(&filesystems[0].mount)
+        );
+    }
 }

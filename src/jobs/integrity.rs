@@ -1,9 +1,23 @@
 //! The `integrity` job: `quick_check`, or `integrity_check` plus `foreign_key_check`.
+//!
+//! Both checks run in one read transaction. In WAL mode the gateway keeps writing meanwhile;
+//! with a rollback journal (Apantli) its commits wait until the check ends, so on a large
+//! database the check's duration is the gateway's stall (docs/jobs/integrity.md has figures).
 
+use std::time::Instant;
+
+use anyhow::Context as _;
+use rusqlite::{Connection, ErrorCode};
 use serde::Deserialize;
 
 use super::{Context, Report};
+use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::Checks;
+
+/// Findings quoted in the summary and the alert; the rest are counted.
+const QUOTED_FINDINGS: usize = 10;
+/// `quick_check` and `integrity_check` stop after this many problems.
+const MAX_FINDINGS: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +43,207 @@ pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec>
     })
 }
 
-pub fn run(_spec: &Spec, _ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    super::not_implemented("integrity")
+/// What the checks found: empty when the database is sound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub structure: Vec<String>,
+    pub foreign_keys: Vec<String>,
+}
+
+impl Findings {
+    pub fn is_clean(&self) -> bool {
+        self.structure.is_empty() && self.foreign_keys.is_empty()
+    }
+
+    /// One line per kind of problem, quoting the first few of each.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("structural problem", &self.structure),
+            ("foreign key violation", &self.foreign_keys),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            let quoted: Vec<&str> = list
+                .iter()
+                .take(QUOTED_FINDINGS)
+                .map(String::as_str)
+                .collect();
+            let more = list.len().saturating_sub(QUOTED_FINDINGS);
+            parts.push(format!(
+                "{} {what}{}: {}{}",
+                list.len(),
+                if list.len() == 1 { "" } else { "s" },
+                quoted.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        parts.join(". ")
+    }
+}
+
+/// Runs the checks of `depth` on `conn` inside one read transaction.
+///
+/// A database too damaged to be read at all is a finding, not an error: SQLite's "malformed"
+/// and "not a database" answers are reported as structural problems.
+pub fn check(conn: &Connection, depth: Depth) -> anyhow::Result<Findings> {
+    match check_inner(conn, depth) {
+        Ok(f) => Ok(f),
+        Err(e) if is_corruption(&e) => Ok(Findings {
+            structure: vec![format!("SQLite cannot read the database: {e}")],
+            foreign_keys: Vec::new(),
+        }),
+        Err(e) => Err(e).context("running the integrity check on the gateway database"),
+    }
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+fn check_inner(conn: &Connection, depth: Depth) -> rusqlite::Result<Findings> {
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        let pragma = match depth {
+            Depth::Quick => "quick_check",
+            Depth::Full => "integrity_check",
+        };
+        let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({MAX_FINDINGS})"))?;
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        let structure = if lines == ["ok"] { Vec::new() } else { lines };
+        let mut foreign_keys = Vec::new();
+        if depth == Depth::Full {
+            let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(format!(
+                    "{} row {} refers to a missing {} row",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?
+                        .map_or_else(|| "(without rowid)".to_string(), |id| id.to_string()),
+                    r.get::<_, String>(2)?
+                ))
+            })?;
+            for row in rows {
+                foreign_keys.push(row?);
+            }
+        }
+        Ok(Findings {
+            structure,
+            foreign_keys,
+        })
+    })();
+    // Ending a read transaction cannot lose anything; a failure here means the connection is gone.
+    let _ = conn.execute_batch("COMMIT");
+    result
+}
+
+pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let gateway = &ctx.config.gateway;
+    let key = format!("integrity:{}", ctx.job);
+    let pragma = match spec.check {
+        Depth::Quick => "PRAGMA quick_check",
+        Depth::Full => "PRAGMA integrity_check and PRAGMA foreign_key_check",
+    };
+    let db = gateway.database.display().to_string();
+    if ctx.dry_run {
+        let bytes = std::fs::metadata(&gateway.database)
+            .with_context(|| format!("reading the size of {db}"))?
+            .len();
+        let mut report = Report::new(format!("would run {pragma} on {db}"));
+        report.plan.push(format!(
+            "check: {pragma} reads all {bytes} bytes of {db} in one read transaction, changing nothing"
+        ));
+        return Ok(report.figure("database_bytes", bytes as f64));
+    }
+    let conn = gateway.connect(true)?;
+    let started = Instant::now();
+    let findings = check(&conn, spec.check)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if findings.is_clean() {
+        ctx.alerts.push(AlertEvent::Resolve {
+            key,
+            job: Some(ctx.job.to_string()),
+            what: "the gateway database fails its integrity check".into(),
+        });
+        return Ok(Report::new(format!("{db}: {pragma} found no problem"))
+            .figure("check_seconds", seconds)
+            .figure("findings", 0.0));
+    }
+    let described = findings.describe();
+    ctx.alerts.push(AlertEvent::Raise(Alert {
+        key,
+        severity: Severity::Critical,
+        job: Some(ctx.job.to_string()),
+        what: "the gateway database fails its integrity check".into(),
+        body: format!(
+            "{pragma} on {db} reported: {described}\n\n\
+             Stop the gateway if you can, keep a copy of the damaged file (with its -wal and -journal \
+             files), and restore the latest verified backup with `caretaker restore`. \
+             `sqlite3 {db} .recover` can salvage rows the backup does not have."
+        ),
+    }));
+    anyhow::bail!("{db} fails its integrity check ({pragma}): {described}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sound_database_has_no_findings_at_either_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("ok.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE p (id INTEGER PRIMARY KEY); CREATE TABLE c (p REFERENCES p(id));
+             INSERT INTO p VALUES (1); INSERT INTO c VALUES (1);",
+        )
+        .unwrap();
+        for depth in [Depth::Quick, Depth::Full] {
+            assert!(check(&conn, depth).unwrap().is_clean(), "{depth:?}");
+        }
+    }
+
+    #[test]
+    fn foreign_key_violations_are_found_by_the_full_check_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("fk.db")).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE p (id TEXT PRIMARY KEY); CREATE TABLE c (p REFERENCES p(id));
+             INSERT INTO c VALUES ('gone');",
+        )
+        .unwrap();
+        assert!(check(&conn, Depth::Quick).unwrap().is_clean());
+        let full = check(&conn, Depth::Full).unwrap();
+        assert_eq!(full.foreign_keys, vec!["c row 1 refers to a missing p row"]);
+        assert!(
+            full.describe().starts_with("1 foreign key violation: "),
+            "{}",
+            full.describe()
+        );
+    }
+
+    #[test]
+    fn descriptions_quote_the_first_findings_and_count_the_rest() {
+        let findings = Findings {
+            structure: (0..12).map(|i| format!("problem {i}")).collect(),
+            foreign_keys: Vec::new(),
+        };
+        let text = findings.describe();
+        assert!(
+            text.starts_with("12 structural problems: problem 0; "),
+            "{text}"
+        );
+        assert!(text.ends_with("problem 9; and 2 more"), "{text}");
+    }
 }

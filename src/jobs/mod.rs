@@ -82,6 +82,15 @@ impl Kind {
         }
     }
 
+    /// Problems that only show against the validated gateway (a condition its schema cannot
+    /// answer): `(key path below the job's kind block, message)`, reported by `check`.
+    pub fn gateway_problems(&self, gateway: &crate::gateway::Gateway) -> Vec<(String, String)> {
+        match self {
+            Kind::Health(s) => health::gateway_problems(s, gateway),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn run(&self, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         match self {
             Kind::Backup(spec) => backup::run(spec, ctx),
@@ -115,7 +124,8 @@ pub struct RawJob {
     health: Option<health::Raw>,
 }
 
-const KINDS: &str = "backup, verify, integrity, maintenance, archive, logrotate, pricing, budget, health";
+const KINDS: &str =
+    "backup, verify, integrity, maintenance, archive, logrotate, pricing, budget, health";
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -1,14 +1,25 @@
 //! The `pricing` job: recompute the cost of historical requests from a price table.
+//!
+//! The job reads candidate rows in short rowid windows, prices them with a pure [`plan`], and
+//! writes the changes in short write transactions whose lock time it measures and keeps far
+//! below the gateway's busy timeout. Every update is conditional on the cost it was planned
+//! from, so a row changed by someone else meanwhile is left alone.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use rusqlite::types::Value;
+use rusqlite::{Connection, params_from_iter};
 use serde::Deserialize;
 
-use super::{Context, Report};
-use crate::config::Checks;
+use super::{Context, Kind, Report};
 use crate::config::values;
+use crate::config::{Checks, Config};
+use crate::gateway::{CostColumns, Gateway, Preset};
+use crate::prices::{self, PriceTable, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +64,951 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     })
 }
 
-pub fn run(_spec: &Spec, _ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    super::not_implemented("pricing")
+/// The price files the daemon watches: each pricing job with `watch: true`, and its file.
+pub fn watched_files(config: &Config) -> Vec<(String, PathBuf)> {
+    config
+        .jobs
+        .iter()
+        .filter_map(|job| match &job.kind {
+            Kind::Pricing(spec) if spec.watch => Some((job.name.clone(), spec.prices.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rowids read per statement: bounds how long one read holds its shared lock, whatever the
+/// share of matching rows.
+const READ_WINDOW: i64 = 2_000;
+/// The write lock we promise never to exceed by design (far below Apantli's 5 s).
+pub const MAX_LOCK: Duration = Duration::from_millis(50);
+const FIRST_BATCH: usize = 200;
+const MIN_BATCH: usize = 10;
+const MAX_BATCH: usize = 20_000;
+/// How long one batch waits, in all, for a gateway that keeps the write lock before the run
+/// gives up: the gateway's writes go first, and the job fails (alerted) rather than push in.
+/// The job's `timeout` and a shutdown stop the wait sooner.
+const LOCK_PATIENCE: Duration = Duration::from_secs(300);
+/// Changed rows listed one by one in a dry run; the rest are counted.
+const LISTED_CHANGES: usize = 200;
+/// Two costs closer than this (USD) are the same price: recomputing `all` does not rewrite
+/// rows for float noise.
+const SAME_COST_USD: f64 = 1e-12;
+
+/// A cost as the gateway stores it: one column, or BobaMixer's input and output columns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stored {
+    Single(Option<f64>),
+    Split {
+        input: Option<f64>,
+        output: Option<f64>,
+    },
+}
+
+impl Stored {
+    pub fn total(&self) -> f64 {
+        match *self {
+            Stored::Single(c) => c.unwrap_or(0.0),
+            Stored::Split { input, output } => input.unwrap_or(0.0) + output.unwrap_or(0.0),
+        }
+    }
+
+    fn same_as(&self, other: &Stored) -> bool {
+        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= SAME_COST_USD,
+            (None, None) => true,
+            _ => false,
+        };
+        match (*self, *other) {
+            (Stored::Single(a), Stored::Single(b)) => close(a, b),
+            (
+                Stored::Split {
+                    input: a,
+                    output: b,
+                },
+                Stored::Split {
+                    input: c,
+                    output: d,
+                },
+            ) => close(a, c) && close(b, d),
+            _ => false,
+        }
+    }
+}
+
+/// One row to price: the name to look its price up by, its token counts and its cost now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub rowid: i64,
+    pub model: String,
+    pub usage: Usage,
+    pub old: Stored,
+}
+
+/// One row's planned update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Change {
+    pub rowid: i64,
+    pub old: Stored,
+    pub new: Stored,
+}
+
+/// The rows and dollars of one model in a plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelTotals {
+    pub rows: u64,
+    pub old_usd: f64,
+    pub new_usd: f64,
+}
+
+/// What a run changes: the updates, and the models it could not price.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    /// Changed rows by the model name they were looked up by.
+    pub by_model: BTreeMap<String, ModelTotals>,
+    /// Models without a per-token price, and how many candidate rows each has: they keep
+    /// their cost.
+    pub unpriced: BTreeMap<String, u64>,
+    /// Candidates whose recomputed cost equals their cost.
+    pub unchanged: u64,
+}
+
+impl Plan {
+    /// Adds `other` (a later window's plan) to this one.
+    pub fn absorb(&mut self, other: Plan) {
+        self.changes.extend(other.changes);
+        for (model, t) in other.by_model {
+            let mine = self.by_model.entry(model).or_default();
+            mine.rows += t.rows;
+            mine.old_usd += t.old_usd;
+            mine.new_usd += t.new_usd;
+        }
+        for (model, n) in other.unpriced {
+            *self.unpriced.entry(model).or_default() += n;
+        }
+        self.unchanged += other.unchanged;
+    }
+}
+
+/// BobaMixer writes each cost rounded to 6 decimals; so do we, so that recomputed rows look
+/// like the gateway's own.
+fn round6(usd: f64) -> f64 {
+    (usd * 1e6).round() / 1e6
+}
+
+/// Prices `candidates`: a pure function of the rows and the table.
+///
+/// A model without a per-token price is counted in `unpriced` and its rows are left out of
+/// the changes: its cost is never set to 0. Split costs are rounded to 6 decimals each, as
+/// BobaMixer stores them; a single cost is stored as computed, as LiteLLM logs it.
+pub fn plan(
+    candidates: &[Candidate],
+    table: &PriceTable,
+    aliases: &BTreeMap<String, String>,
+) -> Plan {
+    let mut plan = Plan::default();
+    for c in candidates {
+        let Some((_, price)) = table.lookup(&c.model, aliases) else {
+            *plan.unpriced.entry(c.model.clone()).or_default() += 1;
+            continue;
+        };
+        let cost = prices::cost(price, &c.usage);
+        let new = match c.old {
+            Stored::Single(_) => Stored::Single(Some(cost.total)),
+            Stored::Split { .. } => Stored::Split {
+                input: Some(round6(cost.input_usd)),
+                output: Some(round6(cost.output_usd)),
+            },
+        };
+        if new.same_as(&c.old) {
+            plan.unchanged += 1;
+            continue;
+        }
+        let totals = plan.by_model.entry(c.model.clone()).or_default();
+        totals.rows += 1;
+        totals.old_usd += c.old.total();
+        totals.new_usd += new.total();
+        plan.changes.push(Change {
+            rowid: c.rowid,
+            old: c.old,
+            new,
+        });
+    }
+    plan
+}
+
+/// How the job reads and writes one gateway's rows.
+struct Rows<'a> {
+    gateway: &'a Gateway,
+    select: String,
+    update: String,
+    /// Bound after the two rowid parameters.
+    since: Option<Value>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(gateway: &'a Gateway, spec: &Spec, now: chrono::DateTime<chrono::Utc>) -> Rows<'a> {
+        let c = &gateway.columns;
+        let q = |name: &str| format!("\"{name}\"");
+        let mut columns = vec![q(&c.model), q(&c.input_tokens), q(&c.output_tokens)];
+        let missing = match &c.cost {
+            CostColumns::Single(cost) => {
+                columns.push(q(cost));
+                format!("({0} IS NULL OR {0} = 0)", q(cost))
+            }
+            CostColumns::Split { input, output } => {
+                columns.push(q(input));
+                columns.push(q(output));
+                format!(
+                    "(COALESCE({}, 0) = 0 AND COALESCE({}, 0) = 0)",
+                    q(input),
+                    q(output)
+                )
+            }
+        };
+        if gateway.preset == Preset::Apantli {
+            columns.push(q("request_data"));
+            columns.push(q("response_data"));
+        }
+        let mut filters = vec!["rowid > ?1".to_string(), "rowid <= ?2".to_string()];
+        // A failed request cost nothing; the gateways log 0 for it, and so it stays.
+        if let Some(error) = &c.error {
+            filters.push(format!("{} IS NULL", q(error)));
+        }
+        if spec.recompute == Recompute::Missing {
+            filters.push(missing);
+        }
+        // A `since` reaching before the calendar's start is no bound at all.
+        let since = spec
+            .since
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .and_then(|d| now.checked_sub_signed(d))
+            .map(|t| gateway.time_value(t));
+        if since.is_some() {
+            filters.push(format!("{} >= ?3", q(&c.time)));
+        }
+        let select = format!(
+            "SELECT rowid, {} FROM {} WHERE {}",
+            columns.join(", "),
+            q(&gateway.table),
+            filters.join(" AND ")
+        );
+        let update = match &c.cost {
+            CostColumns::Single(cost) => format!(
+                "UPDATE {} SET {1} = ?2 WHERE rowid = ?1 AND {1} IS ?3",
+                q(&gateway.table),
+                q(cost)
+            ),
+            CostColumns::Split { input, output } => format!(
+                "UPDATE {} SET {1} = ?2, {2} = ?3 WHERE rowid = ?1 AND {1} IS ?4 AND {2} IS ?5",
+                q(&gateway.table),
+                q(input),
+                q(output)
+            ),
+        };
+        Rows {
+            gateway,
+            select,
+            update,
+            since,
+        }
+    }
+
+    /// The rowid range to scan: rows written after this are the gateway's, priced by it.
+    fn range(&self, conn: &Connection) -> anyhow::Result<Option<(i64, i64)>> {
+        let sql = format!(
+            "SELECT min(rowid), max(rowid) FROM \"{}\"",
+            self.gateway.table
+        );
+        let (lo, hi): (Option<i64>, Option<i64>) = conn
+            .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .with_context(|| self.reading())?;
+        Ok(lo.zip(hi))
+    }
+
+    fn reading(&self) -> String {
+        format!(
+            "reading table `{}` of the gateway database {} (check gateway.schema and gateway.columns)",
+            self.gateway.table,
+            self.gateway.database.display()
+        )
+    }
+
+    /// Reads the candidates with rowid in `(after, upto]`: one short statement, whose values
+    /// are copied out so that JSON is parsed after the shared lock is gone.
+    fn read_window(&self, conn: &Connection, after: i64, upto: i64) -> anyhow::Result<Vec<RawRow>> {
+        let mut params = vec![Value::Integer(after), Value::Integer(upto)];
+        params.extend(self.since.clone());
+        let mut stmt = conn
+            .prepare_cached(&self.select)
+            .with_context(|| self.reading())?;
+        let split = matches!(self.gateway.columns.cost, CostColumns::Split { .. });
+        let payloads = self.gateway.preset == Preset::Apantli;
+        let rows = stmt
+            .query_map(params_from_iter(params), |r| {
+                let tokens = |i: usize| -> rusqlite::Result<u64> {
+                    Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+                };
+                let (old, next) = if split {
+                    (
+                        Stored::Split {
+                            input: r.get(4)?,
+                            output: r.get(5)?,
+                        },
+                        6,
+                    )
+                } else {
+                    (Stored::Single(r.get(4)?), 5)
+                };
+                Ok(RawRow {
+                    rowid: r.get(0)?,
+                    model: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    input_tokens: tokens(2)?,
+                    output_tokens: tokens(3)?,
+                    old,
+                    request_data: if payloads { r.get(next)? } else { None },
+                    response_data: if payloads { r.get(next + 1)? } else { None },
+                })
+            })
+            .with_context(|| self.reading())?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .with_context(|| self.reading())
+    }
+
+    /// Writes one batch in one write transaction; returns how many rows it changed and how
+    /// long it held the write lock.
+    fn write_batch(
+        &self,
+        conn: &mut Connection,
+        batch: &[Change],
+    ) -> anyhow::Result<(usize, Duration)> {
+        let writing = || {
+            format!(
+                "updating costs in table `{}` of {}",
+                self.gateway.table,
+                self.gateway.database.display()
+            )
+        };
+        // IMMEDIATE: wait for the gateway's lock here (within our busy timeout), before the
+        // clock starts, instead of failing halfway through the batch.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .with_context(writing)?;
+        let locked = Instant::now();
+        let mut changed = 0;
+        {
+            let mut stmt = tx.prepare_cached(&self.update).with_context(writing)?;
+            for change in batch {
+                changed += match (change.new, change.old) {
+                    (Stored::Single(new), Stored::Single(old)) => {
+                        stmt.execute(rusqlite::params![change.rowid, new, old])
+                    }
+                    (
+                        Stored::Split { input, output },
+                        Stored::Split {
+                            input: old_in,
+                            output: old_out,
+                        },
+                    ) => stmt.execute(rusqlite::params![
+                        change.rowid,
+                        input,
+                        output,
+                        old_in,
+                        old_out
+                    ]),
+                    _ => unreachable!("plan keeps the stored shape of each row"),
+                }
+                .with_context(writing)?;
+            }
+        }
+        tx.commit().with_context(writing)?;
+        Ok((changed, locked.elapsed()))
+    }
+}
+
+/// Writes one batch, waiting for the gateway when it holds the lock past our busy timeout:
+/// its writes go first, however long they keep coming, up to [`LOCK_PATIENCE`].
+fn write_with_retries(
+    ctx: &Context<'_>,
+    rows: &Rows<'_>,
+    conn: &mut Connection,
+    batch: &[Change],
+    pacing: &Pacing,
+) -> anyhow::Result<(usize, Duration)> {
+    let began = Instant::now();
+    let mut attempt = 1;
+    loop {
+        match rows.write_batch(conn, batch) {
+            Err(e) if began.elapsed() < LOCK_PATIENCE && is_busy(&e) => {
+                tracing::info!(
+                    job = ctx.job,
+                    attempt,
+                    "the gateway kept the write lock past our busy timeout; trying again after a pause"
+                );
+                attempt += 1;
+                ctx.checkpoint()?;
+                std::thread::sleep(pacing.min_pause * 4);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    })
+}
+
+/// A candidate row as read, before its JSON is parsed.
+struct RawRow {
+    rowid: i64,
+    model: String,
+    input_tokens: u64,
+    output_tokens: u64,
+    old: Stored,
+    request_data: Option<String>,
+    response_data: Option<String>,
+}
+
+impl RawRow {
+    /// Apantli rows are keyed by `request_data`'s model and carry cache tokens in
+    /// `response_data`; other gateways give the model and two token counts.
+    fn candidate(self, preset: Preset) -> Candidate {
+        let (model, usage) = if preset == Preset::Apantli {
+            (
+                apantli_key(&self.model, self.request_data.as_deref()),
+                apantli_usage(
+                    self.input_tokens,
+                    self.output_tokens,
+                    self.response_data.as_deref(),
+                ),
+            )
+        } else {
+            (
+                self.model,
+                Usage {
+                    input_tokens: self.input_tokens,
+                    output_tokens: self.output_tokens,
+                    ..Usage::default()
+                },
+            )
+        };
+        Candidate {
+            rowid: self.rowid,
+            model,
+            usage,
+            old: self.old,
+        }
+    }
+}
+
+/// The one field of a request the price lookup needs. serde skips the others (the messages,
+/// most of the bytes) without building them.
+#[derive(Deserialize)]
+struct RequestModel {
+    model: Option<serde_json::Value>,
+}
+
+/// The one field of a response the token counts need.
+#[derive(Deserialize)]
+struct ResponseUsage {
+    usage: Option<serde_json::Value>,
+}
+
+fn is_json_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
+/// [`prices::apantli_price_key`], several times faster on large requests; anything unusual
+/// (not an object, a repeated key) goes to it unchanged.
+fn apantli_key(model_column: &str, request_data: Option<&str>) -> String {
+    match request_data
+        .filter(|t| is_json_object(t))
+        .map(serde_json::from_str::<RequestModel>)
+    {
+        Some(Ok(RequestModel {
+            model: Some(serde_json::Value::String(m)),
+        })) if !m.trim().is_empty() => m.trim().to_owned(),
+        Some(Ok(_)) => model_column.to_owned(),
+        _ => prices::apantli_price_key(model_column, request_data),
+    }
+}
+
+/// [`prices::usage_from_apantli`], reading only the response's `usage` object; anything
+/// unusual goes to it unchanged.
+fn apantli_usage(prompt_tokens: u64, completion_tokens: u64, response_data: Option<&str>) -> Usage {
+    match response_data
+        .filter(|t| is_json_object(t))
+        .map(serde_json::from_str::<ResponseUsage>)
+    {
+        Some(Ok(ResponseUsage { usage: Some(usage) })) => {
+            let small = serde_json::json!({ "usage": usage }).to_string();
+            prices::usage_from_apantli(prompt_tokens, completion_tokens, Some(&small))
+        }
+        Some(Ok(ResponseUsage { usage: None })) => {
+            prices::usage_from_apantli(prompt_tokens, completion_tokens, None)
+        }
+        _ => prices::usage_from_apantli(prompt_tokens, completion_tokens, response_data),
+    }
+}
+
+/// What executing a plan measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measured {
+    rows_written: u64,
+    batches: u64,
+    longest_write_lock: Duration,
+    /// All write locks together, to set against the run's length.
+    total_write_lock: Duration,
+    elapsed: Duration,
+    longest_read: Duration,
+}
+
+/// How long our write batches may hold the lock, and how long to leave the gateway alone
+/// after each, for the way a gateway's writers meet our lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// The write lock a batch aims at; batches grow below it and shrink above it.
+    pub target_lock: Duration,
+    /// The pause after a batch: at least this ...
+    pub min_pause: Duration,
+    /// ... and at least this many times the lock the batch held.
+    pub pause_per_lock: u32,
+}
+
+impl Pacing {
+    pub fn for_gateway(preset: Preset) -> Pacing {
+        match preset {
+            // Apantli's writers wait up to 5 s for our lock, sleeping in SQLite's busy handler
+            // in steps of at most 25 ms while they have waited less than 130 ms. A writer
+            // that queued behind a batch (at most ~45 ms) wakes within 25 ms of its end: a
+            // pause of 30 ms, and at least the lock's length, lets it in first. A commit in
+            // the rollback journal costs two fsyncs whatever the batch size, so the target
+            // is set well above that and below MAX_LOCK.
+            Preset::Apantli => Pacing {
+                target_lock: Duration::from_millis(30),
+                min_pause: Duration::from_millis(30),
+                pause_per_lock: 1,
+            },
+            // BobaMixer's inserts never wait: one that meets our lock is lost. Nothing but
+            // not writing makes that impossible, so the share of time we hold the lock is
+            // kept below 1 %: an insert meets it with at most that chance while the job runs.
+            // A custom gateway's writers are unknown, so they get the same care.
+            Preset::Bobamixer | Preset::Custom => Pacing {
+                target_lock: Duration::from_millis(2),
+                min_pause: Duration::from_millis(250),
+                pause_per_lock: 100,
+            },
+        }
+    }
+}
+
+/// Sizes write batches so the lock stays near the pacing's target, and paces them.
+struct Batcher {
+    pacing: Pacing,
+    size: usize,
+}
+
+impl Batcher {
+    /// Learns from a batch of `rows` that held the lock for `lock`; returns the pause.
+    fn after(&mut self, rows: usize, lock: Duration) -> Duration {
+        // A band rather than a point: a commit's fixed cost (fsync) makes the lock far from
+        // proportional to the rows, and a doubled batch must still fit under the top.
+        if lock > self.pacing.target_lock * 3 / 2 {
+            self.size = (self.size / 2).max(MIN_BATCH);
+        } else if lock < self.pacing.target_lock * 3 / 4 && rows >= self.size {
+            self.size = (self.size * 2).min(MAX_BATCH);
+        }
+        (lock * self.pacing.pause_per_lock).max(self.pacing.min_pause)
+    }
+}
+
+pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let table = PriceTable::load(&spec.prices).with_context(|| {
+        "loading the price table (nothing was changed; fix the file or `prices`)".to_string()
+    })?;
+    let gateway = &ctx.config.gateway;
+    let rows = Rows::new(gateway, spec, ctx.now);
+    let mut conn = gateway.connect(ctx.dry_run)?;
+    // In WAL mode a commit without fsync keeps the database consistent and only risks this
+    // batch on power loss (the next run redoes it); it shortens the write lock a BobaMixer
+    // insert, which never waits, can collide with. The rollback journal keeps FULL.
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .with_context(|| rows.reading())?;
+    if journal.eq_ignore_ascii_case("wal") {
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .context("setting synchronous = NORMAL on our gateway connection")?;
+    }
+
+    let started = Instant::now();
+    let mut total = Plan::default();
+    let mut measured = Measured::default();
+    let mut pending: Vec<Change> = Vec::new();
+    let mut batcher = Batcher {
+        pacing: Pacing::for_gateway(gateway.preset),
+        size: FIRST_BATCH,
+    };
+    if let Some((lo, hi)) = rows.range(&conn)? {
+        let mut after = lo.saturating_sub(1);
+        while after < hi {
+            ctx.checkpoint()?;
+            let upto = after.saturating_add(READ_WINDOW).min(hi);
+            let started = Instant::now();
+            let raw = rows.read_window(&conn, after, upto)?;
+            measured.longest_read = measured.longest_read.max(started.elapsed());
+            after = upto;
+            let candidates: Vec<Candidate> = raw
+                .into_iter()
+                .map(|r| r.candidate(gateway.preset))
+                .collect();
+            let window = plan(&candidates, &table, &spec.aliases);
+            if !ctx.dry_run {
+                pending.extend_from_slice(&window.changes);
+                let last = after >= hi;
+                while pending.len() >= batcher.size || (last && !pending.is_empty()) {
+                    let n = batcher.size.min(pending.len());
+                    let (changed, lock) =
+                        write_with_retries(ctx, &rows, &mut conn, &pending[..n], &batcher.pacing)?;
+                    pending.drain(..n);
+                    measured.rows_written += changed as u64;
+                    measured.batches += 1;
+                    measured.longest_write_lock = measured.longest_write_lock.max(lock);
+                    measured.total_write_lock += lock;
+                    if lock > MAX_LOCK {
+                        tracing::warn!(
+                            job = ctx.job,
+                            lock_ms = lock.as_secs_f64() * 1e3,
+                            rows = n,
+                            "a pricing batch held the write lock longer than intended; batches shrink"
+                        );
+                    }
+                    let pause = batcher.after(n, lock);
+                    ctx.checkpoint()?;
+                    if !pending.is_empty() || !last {
+                        std::thread::sleep(pause);
+                    }
+                }
+            }
+            total.absorb(Plan {
+                // Written already, or listed below: only a dry run keeps each change.
+                changes: if ctx.dry_run {
+                    window.changes
+                } else {
+                    Vec::new()
+                },
+                ..window
+            });
+        }
+    }
+    measured.elapsed = started.elapsed();
+    Ok(report(spec, &table, &total, &measured, ctx.dry_run))
+}
+
+fn usd(v: f64) -> String {
+    format!("${v:.6}")
+}
+
+/// Label values in figure names are quoted as in Prometheus' text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn report(
+    spec: &Spec,
+    table: &PriceTable,
+    plan: &Plan,
+    measured: &Measured,
+    dry_run: bool,
+) -> Report {
+    let rows: u64 = plan.by_model.values().map(|t| t.rows).sum();
+    let old: f64 = plan.by_model.values().map(|t| t.old_usd).sum();
+    let new: f64 = plan.by_model.values().map(|t| t.new_usd).sum();
+    let unpriced_rows: u64 = plan.unpriced.values().sum();
+    let mut summary = format!(
+        "{} {rows} rows from {} ({} models priced): {} -> {} ({:+.6} USD); {} unchanged",
+        if dry_run {
+            "would re-price"
+        } else {
+            "re-priced"
+        },
+        table.source().display(),
+        table.priced_len(),
+        usd(old),
+        usd(new),
+        new - old,
+        plan.unchanged
+    );
+    if !plan.unpriced.is_empty() {
+        let names: Vec<String> = plan
+            .unpriced
+            .iter()
+            .map(|(m, n)| format!("{m} ({n} rows)"))
+            .collect();
+        let _ = write!(
+            summary,
+            "; {unpriced_rows} rows of {} models without a price kept their cost: {} (add them to the table or to `aliases`)",
+            plan.unpriced.len(),
+            names.join(", ")
+        );
+    }
+    if !dry_run {
+        let _ = write!(
+            summary,
+            "; longest write lock {:.1} ms",
+            measured.longest_write_lock.as_secs_f64() * 1e3
+        );
+    }
+    let mut report = Report::new(summary)
+        .figure(
+            "rows_repriced",
+            if dry_run { rows } else { measured.rows_written } as f64,
+        )
+        .figure("usd_before", old)
+        .figure("usd_after", new)
+        .figure("rows_unchanged", plan.unchanged as f64)
+        .figure("rows_unpriced", unpriced_rows as f64)
+        .figure("write_batches", measured.batches as f64)
+        .figure(
+            "longest_write_lock_ms",
+            measured.longest_write_lock.as_secs_f64() * 1e3,
+        )
+        .figure("longest_read_ms", measured.longest_read.as_secs_f64() * 1e3)
+        .figure(
+            "write_lock_total_ms",
+            measured.total_write_lock.as_secs_f64() * 1e3,
+        )
+        .figure(
+            "write_lock_share",
+            measured.total_write_lock.as_secs_f64() / measured.elapsed.as_secs_f64().max(1e-9),
+        );
+    for (model, n) in &plan.unpriced {
+        report = report.figure(
+            &format!("unpriced_rows{{model=\"{}\"}}", label(model)),
+            *n as f64,
+        );
+    }
+    if dry_run {
+        for (model, t) in &plan.by_model {
+            report.plan.push(format!(
+                "model {model}: {} rows, {} -> {}",
+                t.rows,
+                usd(t.old_usd),
+                usd(t.new_usd)
+            ));
+        }
+        for c in plan.changes.iter().take(LISTED_CHANGES) {
+            report.plan.push(format!(
+                "row {}: {} -> {}",
+                c.rowid,
+                describe(&c.old),
+                describe(&c.new)
+            ));
+        }
+        if plan.changes.len() > LISTED_CHANGES {
+            report.plan.push(format!(
+                "... and {} more rows",
+                plan.changes.len() - LISTED_CHANGES
+            ));
+        }
+        report.plan.push(format!(
+            "total: {rows} rows, {} -> {} ({:+.6} USD); recompute: {}",
+            usd(old),
+            usd(new),
+            new - old,
+            match spec.recompute {
+                Recompute::Missing => "missing",
+                Recompute::All => "all",
+            }
+        ));
+    }
+    report
+}
+
+fn describe(s: &Stored) -> String {
+    let one = |v: Option<f64>| v.map_or_else(|| "NULL".to_string(), usd);
+    match *s {
+        Stored::Single(c) => one(c),
+        Stored::Split { input, output } => format!("in {} + out {}", one(input), one(output)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table() -> PriceTable {
+        PriceTable::from_yaml(
+            "models:\n  gpt-4o: {input_per_million: 2.5, output_per_million: 10}\n",
+            Path::new("test.yaml"),
+        )
+        .unwrap()
+    }
+
+    fn candidate(rowid: i64, model: &str, input: u64, output: u64, old: Stored) -> Candidate {
+        Candidate {
+            rowid,
+            model: model.into(),
+            usage: Usage {
+                input_tokens: input,
+                output_tokens: output,
+                ..Usage::default()
+            },
+            old,
+        }
+    }
+
+    #[test]
+    fn plan_prices_known_models_and_counts_unknown_ones() {
+        let table = table();
+        let aliases = BTreeMap::from([("four-o".to_string(), "gpt-4o".to_string())]);
+        let rows = [
+            candidate(1, "gpt-4o", 1000, 100, Stored::Single(None)),
+            candidate(2, "four-o", 1000, 100, Stored::Single(Some(0.0))),
+            candidate(3, "mystery", 1000, 100, Stored::Single(Some(0.0))),
+            candidate(4, "mystery", 10, 10, Stored::Single(None)),
+            // Already right: nothing to write.
+            candidate(5, "gpt-4o", 1000, 100, Stored::Single(Some(0.0035))),
+            candidate(
+                6,
+                "openai/gpt-4o",
+                1_234_567,
+                7_654_321,
+                Stored::Split {
+                    input: Some(0.0),
+                    output: None,
+                },
+            ),
+        ];
+        let plan = plan(&rows, &table, &aliases);
+        assert_eq!(plan.unpriced, BTreeMap::from([("mystery".to_string(), 2)]));
+        assert_eq!(plan.unchanged, 1);
+        let ids: Vec<i64> = plan.changes.iter().map(|c| c.rowid).collect();
+        assert_eq!(ids, [1, 2, 6]);
+        match plan.changes[0].new {
+            Stored::Single(Some(v)) => assert!((v - 0.0035).abs() < 1e-15, "{v}"),
+            other => panic!("{other:?}"),
+        }
+        // Split costs are rounded to 6 decimals each, as BobaMixer writes them.
+        assert_eq!(
+            plan.changes[2].new,
+            Stored::Split {
+                input: Some(3.086418),
+                output: Some(76.54321)
+            }
+        );
+        assert_eq!(plan.by_model["gpt-4o"].rows, 1);
+        assert_eq!(plan.by_model["four-o"].rows, 1);
+    }
+
+    #[test]
+    fn the_fast_json_readers_agree_with_the_price_module() {
+        use crate::sample::{ApantliRowMaker, RowKind, SampleRng, Spelling};
+        use rand::SeedableRng;
+        let mut rng = SampleRng::seed_from_u64(7);
+        let maker = ApantliRowMaker::new(&mut rng, 2048);
+        let at = chrono::Utc::now();
+        // (model column, request_data, response_data, prompt tokens, completion tokens)
+        type Case = (String, Option<String>, Option<String>, u64, u64);
+        let mut cases: Vec<Case> = (0..400)
+            .map(|i| {
+                let kind = if i % 10 == 0 {
+                    RowKind::Error
+                } else {
+                    RowKind::Priced
+                };
+                let row = maker.row(&mut rng, at, Spelling::Zulu, kind);
+                (
+                    row.model.to_string(),
+                    Some(row.request_data),
+                    row.response_data,
+                    row.prompt_tokens as u64,
+                    row.completion_tokens as u64,
+                )
+            })
+            .collect();
+        for (request, response) in [
+            (r#"{"model": "  openai/gpt-4o  "}"#, r#"{"usage": null}"#),
+            (r#"{"model": ""}"#, r#"{"id": 1}"#),
+            (
+                r#"{"model": 42}"#,
+                r#"{"usage": {"prompt_tokens_details": {"cached_tokens": 5}}}"#,
+            ),
+            (
+                r#"{"model": "a", "model": "b"}"#,
+                r#"{"usage": {"cache_read_input_tokens": 3}, "usage": {}}"#,
+            ),
+            (r#"["openai/gpt-4o"]"#, r#"[{"usage": {}}]"#),
+            ("not json", "not json"),
+            (
+                r#"{"model": "x\u00e9\"y"}"#,
+                r#"{"usage": {"cache_creation_input_tokens": 9, "completion_tokens_details": {"reasoning_tokens": 4}}}"#,
+            ),
+        ] {
+            cases.push((
+                "col".into(),
+                Some(request.into()),
+                Some(response.into()),
+                100,
+                20,
+            ));
+        }
+        cases.push(("col".into(), None, None, 1, 2));
+        for (column, request, response, prompt, completion) in cases {
+            assert_eq!(
+                apantli_key(&column, request.as_deref()),
+                prices::apantli_price_key(&column, request.as_deref()),
+                "{request:?}"
+            );
+            assert_eq!(
+                apantli_usage(prompt, completion, response.as_deref()),
+                prices::usage_from_apantli(prompt, completion, response.as_deref()),
+                "{response:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn batches_shrink_above_the_target_and_grow_below_it() {
+        let pacing = Pacing::for_gateway(Preset::Apantli);
+        let mut b = Batcher { pacing, size: 1000 };
+        let pause = b.after(1000, Duration::from_millis(80));
+        assert_eq!(b.size, 500);
+        assert_eq!(pause, Duration::from_millis(80));
+        // Inside the band: the size stays.
+        b.after(500, Duration::from_millis(30));
+        assert_eq!(b.size, 500);
+        let pause = b.after(500, Duration::from_millis(1));
+        assert_eq!(b.size, 1000);
+        assert_eq!(pause, pacing.min_pause);
+        // A short final batch says nothing about the size.
+        b.after(3, Duration::from_micros(10));
+        assert_eq!(b.size, 1000);
+        for _ in 0..20 {
+            b.after(b.size, Duration::from_secs(1));
+        }
+        assert_eq!(b.size, MIN_BATCH);
+    }
+
+    #[test]
+    fn gateways_that_never_wait_see_our_lock_less_than_one_percent_of_the_time() {
+        for preset in [Preset::Bobamixer, Preset::Custom] {
+            let pacing = Pacing::for_gateway(preset);
+            let mut b = Batcher { pacing, size: 100 };
+            for lock_ms in [1, 2, 4, 10, 40] {
+                let lock = Duration::from_millis(lock_ms);
+                let pause = b.after(100, lock);
+                assert!(
+                    lock.as_secs_f64() / (lock + pause).as_secs_f64() < 0.01,
+                    "{preset:?} {lock_ms} ms"
+                );
+            }
+        }
+    }
 }

@@ -17,21 +17,24 @@ use crate::units::{parse_duration, parse_size};
 #[serde(deny_unknown_fields)]
 pub struct RotateConfig {
     /// Paths or glob patterns; relative ones are taken from the jobs file's directory.
+    /// Rotated copies (`x.1`, `x.2.gz`, `x-20261122`), `.gz` files and hidden files never
+    /// match, so `*` is safe in a log directory.
     pub files: Vec<String>,
     /// Rotate at most once per calendar period in the configured time zone.
     #[serde(default)]
     pub period: Option<Period>,
     /// Rotate whatever the period once a file is larger than this (`100MB`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text_or_number")]
     pub max_size: Option<String>,
     /// Never rotate a file smaller than this.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text_or_number")]
     pub min_size: Option<String>,
     /// Rotated copies kept; 0 deletes the rotated content at once.
     #[serde(default = "default_rotate")]
     pub rotate: u32,
-    /// Delete rotated copies whose modification time is older than this (`30d`).
-    #[serde(default)]
+    /// Delete rotated copies whose modification time is older than this (`30d`); checked
+    /// when the file is rotated, as logrotate does.
+    #[serde(default, deserialize_with = "text_or_number")]
     pub max_age: Option<String>,
     #[serde(default)]
     pub compress: bool,
@@ -50,6 +53,37 @@ pub struct RotateConfig {
     /// Name copies `-YYYYMMDD` (local date) instead of `.1 .2 ...`.
     #[serde(default)]
     pub date_suffix: bool,
+}
+
+/// Reads a size or duration written either as text (`100MB`) or as a bare YAML number
+/// (`min_size: 0`), keeping it as text so that one parser judges both.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct TextOrNumber;
+    impl<'v> serde::de::Visitor<'v> for TextOrNumber {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string such as 100MB or 30d, or a whole number")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'v>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    d.deserialize_any(TextOrNumber)
 }
 
 fn default_rotate() -> u32 {
@@ -244,11 +278,16 @@ impl RotateConfig {
                 continue;
             };
             if file.is_empty() {
-                fail(format!("files[{i}]"), "is empty: expected a path or glob pattern".into());
+                fail(
+                    format!("files[{i}]"),
+                    "is empty: expected a path or glob pattern".into(),
+                );
             } else if let Err(e) = glob::Pattern::new(text) {
                 fail(
                     format!("files[{i}]"),
-                    format!("`{file}` is not a valid glob pattern ({e}): expected a path with * ? [...] wildcards"),
+                    format!(
+                        "`{file}` is not a valid glob pattern ({e}): expected a path with * ? [...] wildcards"
+                    ),
                 );
             } else {
                 patterns.push(text.to_owned());
@@ -257,17 +296,16 @@ impl RotateConfig {
 
         let mut size = |key: &str, value: &Option<String>| -> Option<u64> {
             let text = value.as_deref()?;
-            parse_size(text)
-                .map_err(|e| fail(key.into(), e))
-                .ok()
+            parse_size(text).map_err(|e| fail(key.into(), e)).ok()
         };
         let max_size = size("max_size", &self.max_size);
         let min_size = size("min_size", &self.min_size);
 
-        let max_age = self
-            .max_age
-            .as_deref()
-            .and_then(|text| parse_duration(text).map_err(|e| fail("max_age".into(), e)).ok());
+        let max_age = self.max_age.as_deref().and_then(|text| {
+            parse_duration(text)
+                .map_err(|e| fail("max_age".into(), e))
+                .ok()
+        });
 
         if self.period.is_none() && self.max_size.is_none() {
             fail(

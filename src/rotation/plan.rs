@@ -55,8 +55,14 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trigger {
-    MaxSize { size: u64, max_size: u64 },
-    Period { period: Period, last_rotated: DateTime<Utc> },
+    MaxSize {
+        size: u64,
+        max_size: u64,
+    },
+    Period {
+        period: Period,
+        last_rotated: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,10 +72,21 @@ pub enum SkipReason {
     NotRegular,
     /// Renaming one name of a hard-linked file would leave the writer and the other names
     /// on the rotated copy.
-    HardLinked { nlink: u64 },
-    NotDue { period: Period, last_rotated: DateTime<Utc> },
-    NotOverMaxSize { size: u64, max_size: u64 },
-    BelowMinSize { size: u64, min_size: u64 },
+    HardLinked {
+        nlink: u64,
+    },
+    NotDue {
+        period: Period,
+        last_rotated: DateTime<Utc>,
+    },
+    NotOverMaxSize {
+        size: u64,
+        max_size: u64,
+    },
+    BelowMinSize {
+        size: u64,
+        min_size: u64,
+    },
     Empty,
     /// The dated copy for today already exists (`date_suffix` rotates at most once a day).
     TargetExists(PathBuf),
@@ -90,14 +107,29 @@ impl SkipReason {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    Delete { path: PathBuf, why: DeleteWhy },
+    Delete {
+        path: PathBuf,
+        why: DeleteWhy,
+    },
     /// Shift an older copy (`.1` to `.2`).
-    Rename { from: PathBuf, to: PathBuf },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
     /// Move the live file's content to its first copy by `method`.
-    Move { from: PathBuf, to: PathBuf, method: Method },
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        method: Method,
+    },
     /// `copytruncate` with `rotate: 0`: the content is discarded in place.
-    Truncate { path: PathBuf },
-    Compress { from: PathBuf, to: PathBuf },
+    Truncate {
+        path: PathBuf,
+    },
+    Compress {
+        from: PathBuf,
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -269,10 +301,7 @@ fn plan_file(
 
     let first_copy = if spec.date_suffix {
         let today = now.with_timezone(&tz).date_naive();
-        if let Some(clash) = copies
-            .iter()
-            .find(|c| c.suffix == CopySuffix::Date(today))
-        {
+        if let Some(clash) = copies.iter().find(|c| c.suffix == CopySuffix::Date(today)) {
             file_plan.action = Action::Skip(SkipReason::TargetExists(clash.path.clone()));
             return file_plan;
         }
@@ -282,9 +311,11 @@ fn plan_file(
     };
 
     let too_old = |copy: &RotatedCopy| {
-        spec.max_age.is_some_and(|age| {
-            chrono::Duration::from_std(age).is_ok_and(|age| copy.mtime < now - age)
-        })
+        // A max_age reaching before the start of chrono's calendar deletes nothing.
+        spec.max_age
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .and_then(|age| now.checked_sub_signed(age))
+            .is_some_and(|cutoff| copy.mtime < cutoff)
     };
     // Uncompressed copies still kept after this run, by their path after the shift.
     let mut kept: Vec<PathBuf> = Vec::new();
@@ -313,7 +344,11 @@ fn plan_file(
         let target = match copy.suffix {
             CopySuffix::Number(n) => {
                 let shifted = with_suffix(path, &format!(".{}", n.saturating_add(1)));
-                let shifted = if copy.compressed { gz(&shifted) } else { shifted };
+                let shifted = if copy.compressed {
+                    gz(&shifted)
+                } else {
+                    shifted
+                };
                 steps.push(Step::Rename {
                     from: copy.path.clone(),
                     to: shifted.clone(),
@@ -365,6 +400,18 @@ fn human_size(bytes: u64) -> String {
     format!("{value:.1} {unit}")
 }
 
+/// `30d`, `6h`, `90s`: the largest unit of the jobs file's syntax that divides `age` exactly.
+fn human_duration(age: Duration) -> String {
+    let secs = age.as_secs();
+    [(604_800, "w"), (86_400, "d"), (3_600, "h"), (60, "m")]
+        .into_iter()
+        .find(|&(unit, _)| secs > 0 && secs.is_multiple_of(unit))
+        .map_or_else(
+            || format!("{secs}s"),
+            |(unit, name)| format!("{}{name}", secs / unit),
+        )
+}
+
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -377,7 +424,11 @@ impl fmt::Display for Trigger {
             Trigger::Period {
                 period,
                 last_rotated,
-            } => write!(f, "{period}, last rotated {}", last_rotated.to_rfc3339()),
+            } => write!(
+                f,
+                "{period}, last rotated {}",
+                last_rotated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
         }
     }
 }
@@ -385,7 +436,9 @@ impl fmt::Display for Trigger {
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SkipReason::Symlink => f.write_str("is a symbolic link; rotation refused, name the target instead"),
+            SkipReason::Symlink => {
+                f.write_str("is a symbolic link; rotation refused, name the target instead")
+            }
             SkipReason::NotRegular => f.write_str("not a regular file"),
             SkipReason::HardLinked { nlink } => write!(
                 f,
@@ -394,7 +447,11 @@ impl fmt::Display for SkipReason {
             SkipReason::NotDue {
                 period,
                 last_rotated,
-            } => write!(f, "not due ({period}, last rotated {})", last_rotated.to_rfc3339()),
+            } => write!(
+                f,
+                "not due ({period}, last rotated {})",
+                last_rotated.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
             SkipReason::NotOverMaxSize { size, max_size } => write!(
                 f,
                 "size {} is not over max_size {}",
@@ -425,7 +482,7 @@ impl fmt::Display for Step {
                 match why {
                     DeleteWhy::BeyondRotate(keep) => write!(f, "beyond rotate: {keep})"),
                     DeleteWhy::OlderThanMaxAge(age) => {
-                        write!(f, "older than max_age: {}s)", age.as_secs())
+                        write!(f, "older than max_age: {})", human_duration(*age))
                     }
                     DeleteWhy::RotateZero => f.write_str("rotate: 0)"),
                 }
@@ -487,7 +544,11 @@ impl fmt::Display for Plan {
         if let Some(notify) = &self.notify {
             writeln!(f, "then {notify}")?;
         }
-        let mut after = self.files.iter().flat_map(|file| &file.after_notify).peekable();
+        let mut after = self
+            .files
+            .iter()
+            .flat_map(|file| &file.after_notify)
+            .peekable();
         if after.peek().is_some() {
             writeln!(f, "then")?;
             for step in after {

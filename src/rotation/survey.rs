@@ -69,16 +69,16 @@ pub(crate) fn parse_copy_suffix(rest: &str) -> Option<(CopySuffix, bool)> {
         None => (rest, false),
     };
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(n) = rest.strip_prefix('.') {
-        if all_digits(n) {
-            return n.parse().ok().map(|n| (CopySuffix::Number(n), compressed));
-        }
-    } else if let Some(d) = rest.strip_prefix('-') {
-        if d.len() == 8 && all_digits(d) {
-            return NaiveDate::parse_from_str(d, "%Y%m%d")
-                .ok()
-                .map(|d| (CopySuffix::Date(d), compressed));
-        }
+    if let Some(n) = rest.strip_prefix('.').filter(|n| all_digits(n)) {
+        return n.parse().ok().map(|n| (CopySuffix::Number(n), compressed));
+    }
+    if let Some(d) = rest
+        .strip_prefix('-')
+        .filter(|d| d.len() == 8 && all_digits(d))
+    {
+        return NaiveDate::parse_from_str(d, "%Y%m%d")
+            .ok()
+            .map(|d| (CopySuffix::Date(d), compressed));
     }
     None
 }
@@ -91,7 +91,15 @@ fn is_rotated_name(name: &str) -> bool {
     // `x.log.1` or `x.log-20261122`: find the last `.` or `-` and test what follows.
     name.char_indices()
         .filter(|&(i, c)| (c == '.' || c == '-') && i > 0)
-        .any(|(i, _)| parse_copy_suffix(&name[i..]).is_some())
+        .any(|(i, _)| {
+            let rest = &name[i..];
+            // A number too large to be a copy this module made still marks someone's copy.
+            let huge_number = rest.strip_prefix('.').is_some_and(|n| {
+                let n = n.strip_suffix(".gz").unwrap_or(n);
+                n.len() > 9 && n.bytes().all(|b| b.is_ascii_digit())
+            });
+            huge_number || parse_copy_suffix(rest).is_some()
+        })
 }
 
 fn utc_mtime(meta: &fs::Metadata) -> DateTime<Utc> {
@@ -221,6 +229,7 @@ mod tests {
         let rotated = [
             "x.log.1",
             "x.log.12",
+            "x.log.123456789012345",
             "x.log.2.gz",
             "x.log-20261122",
             "x.log-20261122.gz",

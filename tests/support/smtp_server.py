@@ -7,8 +7,11 @@ it accepts is saved to --maildir as NNNNNN.eml (the raw message as received) wit
 SMTP envelope in NNNNNN.json, both written atomically; the .eml is renamed into place
 last, so a test that sees it can read both.
 
-  smtp_server.py --port-file F --maildir D [--starttls CERT KEY | --tls CERT KEY]
+  smtp_server.py --port-file F --maildir D [--port N] [--starttls CERT KEY | --tls CERT KEY]
                  [--auth USER:PASS] [--reject-rcpt ADDR]... [--defer-rcpt ADDR]...
+
+--port N listens on a fixed port, so a test can stop the server and start it again where
+the daemon under test expects it. Message numbers continue after those already in --maildir.
   smtp_server.py --make-certs DIR   writes ca.pem, server.pem, server.key for 127.0.0.1
                                     and localhost (with trustme), then exits
 
@@ -65,7 +68,10 @@ class Handler:
         self.maildir = maildir
         self.reject = {address.lower() for address in reject}
         self.defer = {address.lower() for address in defer}
-        self.counter = itertools.count(1)
+        # A restarted server must not overwrite what an earlier run received.
+        taken = [int(name[:-4]) for name in os.listdir(maildir)
+                 if name.endswith(".eml") and not name.startswith(".")]
+        self.counter = itertools.count(max(taken, default=0) + 1)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.lower() in self.reject:
@@ -139,7 +145,7 @@ async def serve(args):
             **auth,
         )
 
-    server = await loop.create_server(factory, host="127.0.0.1", port=0, ssl=implicit)
+    server = await loop.create_server(factory, host="127.0.0.1", port=args.port, ssl=implicit)
     port = server.sockets[0].getsockname()[1]
     write_atomically(args.port_file, ("%d\n" % port).encode())
     print("smtp_server: listening on 127.0.0.1:%d" % port, file=sys.stderr, flush=True)
@@ -157,6 +163,7 @@ def main():
     parser.add_argument("--make-certs", metavar="DIR")
     parser.add_argument("--port-file")
     parser.add_argument("--maildir")
+    parser.add_argument("--port", type=int, default=0, help="fixed port (default: an ephemeral one)")
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"))
     tls.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))

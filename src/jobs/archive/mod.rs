@@ -1,13 +1,27 @@
 //! The `archive` job: archive-then-purge of request rows older than a cut-off.
+//!
+//! Per batch: read the rows (short read transactions), record the planned file and the rows'
+//! keys in the state database, write the file (temp, fsync, rename, fsync the directory),
+//! then delete the rows (or NULL their payloads) in short paced write transactions, then
+//! clear the record. A crash anywhere leaves either no file (the temp is swept; the rows are
+//! still in the table and are archived again) or a complete file whose rows the next run
+//! deletes first: no row lost, none in two files.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{Context, Report};
 use crate::config::Checks;
 use crate::config::values;
+
+mod encode;
+mod redact;
+mod run;
+mod select;
+
+pub use redact::redact;
+pub use run::run;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,7 +30,16 @@ pub enum Format {
     Csv,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl.gz",
+            Format::Csv => "csv.gz",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Then {
     Delete,
@@ -29,6 +52,16 @@ pub enum Rows {
     All,
     Ok,
     Failed,
+}
+
+impl Rows {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rows::All => "all",
+            Rows::Ok => "ok",
+            Rows::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,8 +121,4 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         redact: raw.redact.unwrap_or_else(|| vec!["api_key".to_string()]),
         batch,
     })
-}
-
-pub fn run(_spec: &Spec, _ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    super::not_implemented("archive")
 }

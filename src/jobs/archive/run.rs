@@ -1,0 +1,726 @@
+//! Running an archive job: finish what a crash left, then archive and purge batch by batch.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rusqlite::types::Value;
+use rusqlite::{Connection, ToSql};
+use serde::{Deserialize, Serialize};
+
+use super::encode::Encoder;
+use super::select::{self, Bound, Row, Selection, Table};
+use super::{Format, Rows, Spec, Then};
+use crate::fsx::{self, PendingFile};
+use crate::gateway::Preset;
+use crate::jobs::{Context, Report};
+use crate::pgzip::ParallelGzWriter;
+use crate::writelock::Pacer;
+
+/// State namespace of the pending-batch records, keyed by job name.
+const NS: &str = "archive";
+/// Rows looked at per read transaction: a few milliseconds of shared lock.
+const WINDOW: usize = 500;
+/// What each write transaction aims to hold the lock for; the rows per transaction adapt.
+const TARGET_HOLD: Duration = Duration::from_millis(30);
+const FIRST_ROWS_PER_TRANSACTION: usize = 200;
+const GZIP_LEVEL: u32 = 6;
+const GZIP_THREADS: usize = 2;
+
+/// A primary key value, as kept in the pending-batch record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Key {
+    Int(i64),
+    Text(String),
+}
+
+impl Key {
+    fn from_value(v: &Value, table: &str) -> anyhow::Result<Key> {
+        match v {
+            Value::Integer(n) => Ok(Key::Int(*n)),
+            Value::Text(t) => Ok(Key::Text(t.clone())),
+            other => anyhow::bail!(
+                "table `{table}` has a primary key value of type {:?}; the archive job handles integer and text keys only",
+                other.data_type()
+            ),
+        }
+    }
+
+    fn sql(&self) -> &dyn ToSql {
+        match self {
+            Key::Int(n) => n,
+            Key::Text(t) => t,
+        }
+    }
+}
+
+/// The batch in flight, recorded before its file is written and cleared once its rows are
+/// purged. Whether `file` exists tells a resuming run which side of the rename the crash was on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    file: PathBuf,
+    table: String,
+    key_columns: Vec<String>,
+    payload_columns: Vec<String>,
+    then: Then,
+    keys: Vec<Vec<Key>>,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    rows: u64,
+    bytes: u64,
+    files: u64,
+    file_bytes: u64,
+    purged: u64,
+    sessions: u64,
+    resumed: u64,
+    longest_read: Duration,
+}
+
+struct Archiver<'c, 'a> {
+    spec: &'a Spec,
+    ctx: &'c Context<'a>,
+    conn: Connection,
+    pacer: Pacer,
+    rows_per_transaction: usize,
+    /// The shortest write lock seen: about the fixed cost of a commit.
+    floor: Option<Duration>,
+    /// Batches recorded in the state database: their files may exist, their rows may not be
+    /// purged yet. At most two: the one being purged and the one being written.
+    pendings: Vec<Pending>,
+    in_flight: Option<InFlight>,
+    tally: Tally,
+}
+
+impl Drop for Archiver<'_, '_> {
+    /// A run that stops early still waits for the file being written: a writer finishing after
+    /// the next run looked for it would publish rows that run archives again.
+    fn drop(&mut self) {
+        if let Some(batch) = self.in_flight.take() {
+            let _ = batch.writer.join();
+        }
+    }
+}
+
+/// A batch whose file is being written on its own thread.
+struct InFlight {
+    pending: Pending,
+    writer: std::thread::JoinHandle<anyhow::Result<u64>>,
+    rows: u64,
+    row_bytes: u64,
+}
+
+pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let gateway = &ctx.config.gateway;
+    let conn = gateway.connect(ctx.dry_run)?;
+    // Never cascade: a declared ON DELETE CASCADE (BobaMixer's, which the gateway itself never
+    // enables) would delete rows that were not archived.
+    conn.pragma_update(None, "foreign_keys", false)
+        .context("turning off foreign key actions on our gateway connection")?;
+    let table = Table::inspect(&conn, &gateway.table, &gateway.columns.payload)?;
+    let cutoff = chrono::Duration::from_std(spec.older_than)
+        .ok()
+        .and_then(|d| ctx.now.checked_sub_signed(d))
+        .context(
+            "archive `older_than` reaches before the year 0; accepted: a duration such as 90d",
+        )?;
+    let bound = Bound::new(gateway.columns.time_format, cutoff);
+    let old = bound.condition(&gateway.columns.time);
+    let mut wanted = old.clone();
+    match (spec.rows, &gateway.columns.error) {
+        (Rows::All, _) => {}
+        (Rows::Ok, Some(e)) => wanted.push_str(&format!(" AND \"{e}\" IS NULL")),
+        (Rows::Failed, Some(e)) => wanted.push_str(&format!(" AND \"{e}\" IS NOT NULL")),
+        (_, None) => anyhow::bail!(
+            "archive `rows: ok|failed` needs the gateway's error column, and this gateway has none; use `rows: all` or set gateway.columns.error"
+        ),
+    }
+    if spec.then == Then::StripPayloads {
+        anyhow::ensure!(
+            !table.payload.is_empty(),
+            "archive `then: strip_payloads` needs payload columns, and this gateway has none; use `then: delete` or set gateway.columns.payload"
+        );
+        // Rows already stripped have nothing left to archive.
+        let any: Vec<String> = table
+            .payload_columns()
+            .iter()
+            .map(|c| format!("\"{c}\" IS NOT NULL"))
+            .collect();
+        wanted.push_str(&format!(" AND ({})", any.join(" OR ")));
+    }
+    let time_indexed = select::leads_an_index(&conn, &table.name, &gateway.columns.time)?;
+    let selection = Selection {
+        table,
+        time: gateway.columns.time.clone(),
+        old,
+        wanted,
+        params: bound.params(),
+    };
+    let sessions = (gateway.preset == Preset::Bobamixer && spec.then == Then::Delete)
+        .then(|| cutoff.timestamp());
+    let pacer = Pacer::new(&conn)?;
+    let mut archiver = Archiver {
+        spec,
+        ctx,
+        conn,
+        pacer,
+        rows_per_transaction: FIRST_ROWS_PER_TRANSACTION,
+        floor: None,
+        pendings: Vec::new(),
+        in_flight: None,
+        tally: Tally::default(),
+    };
+    if ctx.dry_run {
+        return archiver.survey(&selection, time_indexed, &bound, sessions);
+    }
+    fsx::private_dir(&spec.to)?;
+    fsx::sweep_temps(&spec.to)?;
+    archiver.resume()?;
+    archiver.archive(&selection, time_indexed)?;
+    if let Some(cut) = sessions {
+        archiver.orphaned_sessions(cut)?;
+    }
+    Ok(archiver.report(&bound))
+}
+
+impl Archiver<'_, '_> {
+    fn encoder(&self, table: &Table) -> Encoder {
+        let payload = (0..table.columns.len())
+            .map(|i| table.payload.contains(&i))
+            .collect();
+        Encoder::new(
+            self.spec.format,
+            table.columns.clone(),
+            payload,
+            self.spec.redact.clone(),
+        )
+    }
+
+    /// Calls `each` with the wanted rows of every window up to the last old row.
+    fn scan(
+        &mut self,
+        selection: &Selection,
+        time_indexed: bool,
+        mut each: impl FnMut(&mut Self, Vec<Row>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let (end, read) = selection.last_rowid(&self.conn, time_indexed)?;
+        self.tally.longest_read = self.tally.longest_read.max(read);
+        let Some(end) = end else {
+            return Ok(());
+        };
+        let mut after = i64::MIN;
+        loop {
+            self.ctx.checkpoint()?;
+            let started = Instant::now();
+            let (rows, last) = selection.window(&self.conn, after, end, WINDOW)?;
+            self.tally.longest_read = self.tally.longest_read.max(started.elapsed());
+            let Some(last) = last else { return Ok(()) };
+            after = last;
+            each(self, rows)?;
+        }
+    }
+
+    fn archive(&mut self, selection: &Selection, time_indexed: bool) -> anyhow::Result<()> {
+        let encoder = self.encoder(&selection.table);
+        let batch = self.spec.batch as usize;
+        let mut buffer: VecDeque<Row> = VecDeque::new();
+        self.scan(selection, time_indexed, |me, rows| {
+            buffer.extend(rows);
+            while buffer.len() >= batch {
+                let rows: Vec<Row> = buffer.drain(..batch).collect();
+                me.batch(&selection.table, &encoder, "", rows)?;
+            }
+            Ok(())
+        })?;
+        if !buffer.is_empty() {
+            self.batch(&selection.table, &encoder, "", buffer.into())?;
+        }
+        self.drain()
+    }
+
+    /// BobaMixer's `sessions` rows left without usage records once those are purged, and
+    /// older than the cut-off (a new session gets its first record a moment after it is
+    /// inserted, so young sessions are never touched).
+    fn orphaned_sessions(&mut self, cut: i64) -> anyhow::Result<()> {
+        let rowids: Vec<i64> = self
+            .conn
+            .prepare(
+                "SELECT rowid FROM sessions WHERE COALESCE(ended_at, started_at) < ?1
+                 AND id NOT IN (SELECT session_id FROM usage_records) ORDER BY rowid",
+            )?
+            .query_map([cut], |r| r.get(0))?
+            .collect::<Result<_, _>>()
+            .context("finding BobaMixer sessions without usage records")?;
+        let table = Table::inspect(&self.conn, "sessions", &[])?;
+        let encoder = self.encoder(&table);
+        let selection = Selection {
+            table,
+            time: String::new(),
+            old: String::new(),
+            wanted: String::new(),
+            params: Vec::new(),
+        };
+        for chunk in rowids.chunks(self.spec.batch as usize) {
+            self.ctx.checkpoint()?;
+            let rows = selection.by_rowids(&self.conn, chunk)?;
+            if rows.is_empty() {
+                continue;
+            }
+            self.tally.sessions += rows.len() as u64;
+            self.batch(&selection.table, &encoder, "sessions-", rows)?;
+        }
+        self.drain()
+    }
+
+    /// One batch: record it, start writing its file, and meanwhile complete the previous batch
+    /// (its file durable, then its rows purged).
+    fn batch(
+        &mut self,
+        table: &Table,
+        encoder: &Encoder,
+        prefix: &str,
+        rows: Vec<Row>,
+    ) -> anyhow::Result<()> {
+        let (first, last) = (rows[0].rowid, rows[rows.len() - 1].rowid);
+        let dest = unique_dest(
+            &self.spec.to,
+            self.ctx.job,
+            prefix,
+            first,
+            last,
+            self.spec.format,
+        );
+        let keys = rows
+            .iter()
+            .map(|r| {
+                table
+                    .key
+                    .iter()
+                    .map(|&i| Key::from_value(&r.values[i], &table.name))
+                    .collect()
+            })
+            .collect::<anyhow::Result<Vec<Vec<Key>>>>()?;
+        let pending = Pending {
+            file: dest.clone(),
+            table: table.name.clone(),
+            key_columns: table.key_columns(),
+            payload_columns: table.payload_columns(),
+            then: if prefix.is_empty() {
+                self.spec.then
+            } else {
+                Then::Delete
+            },
+            keys,
+        };
+        self.pendings.push(pending.clone());
+        self.save_pendings()?;
+        let expected = (self.spec.format == Format::Jsonl).then_some(rows.len());
+        let row_bytes = rows.iter().map(Row::bytes).sum::<u64>();
+        let count = rows.len() as u64;
+        let encoder = encoder.clone();
+        // The file is encoded, compressed and made durable on its own thread while this one
+        // purges the previous batch, whose file is already durable: the pauses left to the
+        // gateway between write transactions are spent compressing.
+        let writer = std::thread::spawn(move || -> anyhow::Result<u64> {
+            let written = write_file(&dest, &encoder, &rows)?;
+            verify_file(&dest, expected)?;
+            Ok(written)
+        });
+        let previous = self.in_flight.replace(InFlight {
+            pending,
+            writer,
+            rows: count,
+            row_bytes,
+        });
+        if let Some(previous) = previous {
+            self.complete(previous)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a batch's file to be durable, then purges its rows and forgets the batch.
+    fn complete(&mut self, batch: InFlight) -> anyhow::Result<()> {
+        let written = batch.writer.join().map_err(|_| {
+            anyhow::anyhow!("the archive writer thread panicked (a caretaker bug)")
+        })??;
+        self.tally.rows += batch.rows;
+        self.tally.bytes += batch.row_bytes;
+        self.tally.files += 1;
+        self.tally.file_bytes += written;
+        self.tally.purged += self.purge(&batch.pending)?;
+        self.pendings.retain(|p| p.file != batch.pending.file);
+        self.save_pendings()
+    }
+
+    /// Completes the batch still being written, if any.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        match self.in_flight.take() {
+            Some(batch) => self.complete(batch),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the batches whose files may exist and whose rows may still be in the table.
+    fn save_pendings(&self) -> anyhow::Result<()> {
+        if self.pendings.is_empty() {
+            self.ctx.state.remove(NS, self.ctx.job)
+        } else {
+            self.ctx.state.put(NS, self.ctx.job, &self.pendings)
+        }
+        .context("recording the archive files in flight in the state database")
+    }
+
+    /// Finishes the batches a crash interrupted: purges the rows of each whose file was
+    /// published; the others' rows are still in the table and are archived again.
+    fn resume(&mut self) -> anyhow::Result<()> {
+        let Some(pendings) = self.ctx.state.get::<Vec<Pending>>(NS, self.ctx.job)? else {
+            return Ok(());
+        };
+        for pending in &pendings {
+            if !pending.file.exists() {
+                continue;
+            }
+            verify_file(&pending.file, None).with_context(|| {
+                format!(
+                    "the archive file {} of an interrupted run is damaged; its rows are still in the table: move the file away and run the job again",
+                    pending.file.display()
+                )
+            })?;
+            let n = self.purge(pending)?;
+            self.tally.resumed += pending.keys.len() as u64;
+            self.tally.purged += n;
+        }
+        self.ctx.state.remove(NS, self.ctx.job)?;
+        Ok(())
+    }
+
+    /// Deletes (or strips) the rows of `pending` in short write transactions whose size adapts
+    /// to hold the lock about [`TARGET_HOLD`]. Rows already gone are skipped: purging twice is
+    /// harmless, which is what makes resuming safe.
+    fn purge(&mut self, pending: &Pending) -> anyhow::Result<u64> {
+        let filter: Vec<String> = pending
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("\"{c}\" = ?{}", i + 1))
+            .collect();
+        let sql = match pending.then {
+            Then::Delete => format!(
+                "DELETE FROM \"{}\" WHERE {}",
+                pending.table,
+                filter.join(" AND ")
+            ),
+            Then::StripPayloads => {
+                let set: Vec<String> = pending
+                    .payload_columns
+                    .iter()
+                    .map(|c| format!("\"{c}\" = NULL"))
+                    .collect();
+                format!(
+                    "UPDATE \"{}\" SET {} WHERE {}",
+                    pending.table,
+                    set.join(", "),
+                    filter.join(" AND ")
+                )
+            }
+        };
+        let mut done = 0usize;
+        let mut affected = 0u64;
+        while done < pending.keys.len() {
+            self.ctx.checkpoint()?;
+            let n = self.rows_per_transaction.min(pending.keys.len() - done);
+            let keys = &pending.keys[done..done + n];
+            let (count, held) = self.pacer.write(&mut self.conn, |tx| {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut count = 0u64;
+                for key in keys {
+                    let params: Vec<&dyn ToSql> = key.iter().map(Key::sql).collect();
+                    count += stmt.execute(params.as_slice())? as u64;
+                }
+                Ok(count)
+            })?;
+            affected += count;
+            done += n;
+            self.floor = Some(self.floor.map_or(held, |f| f.min(held)));
+            self.rows_per_transaction = next_size(
+                self.rows_per_transaction,
+                n,
+                held,
+                self.floor.unwrap_or_default(),
+            );
+        }
+        Ok(affected)
+    }
+
+    fn survey(
+        mut self,
+        selection: &Selection,
+        time_indexed: bool,
+        bound: &Bound,
+        sessions: Option<i64>,
+    ) -> anyhow::Result<Report> {
+        let mut lines = Vec::new();
+        for p in self
+            .ctx
+            .state
+            .get::<Vec<Pending>>(NS, self.ctx.job)?
+            .unwrap_or_default()
+        {
+            lines.push(if p.file.exists() {
+                format!("resume: {} is complete; its {} rows would be purged from `{}`", p.file.display(), p.keys.len(), p.table)
+            } else {
+                format!("resume: {} was never published; its rows are still in `{}` and are archived again", p.file.display(), p.table)
+            });
+        }
+        let (mut rows, mut bytes, mut payload) = (0u64, 0u64, 0u64);
+        let payload_idx = selection.table.payload.clone();
+        self.scan(selection, time_indexed, |_, found| {
+            rows += found.len() as u64;
+            for r in &found {
+                bytes += r.bytes();
+                payload += payload_idx
+                    .iter()
+                    .map(|&i| select::value_bytes(&r.values[i]))
+                    .sum::<u64>();
+            }
+            Ok(())
+        })?;
+        let files = rows.div_ceil(u64::from(self.spec.batch));
+        let table = &selection.table.name;
+        let cutoff =
+            self.ctx.now - chrono::Duration::from_std(self.spec.older_than).unwrap_or_default();
+        lines.push(format!(
+            "archive: {rows} rows of `{table}` older than {} ({}, rows: {}), {bytes} bytes of row data, into {files} {} files in {}",
+            bound.describe(),
+            cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.spec.rows.name(),
+            self.spec.format.extension(),
+            self.spec.to.display()
+        ));
+        lines.push(match self.spec.then {
+            Then::Delete => format!("delete: {rows} rows ({bytes} bytes) from `{table}` in write transactions of about {} ms each", TARGET_HOLD.as_millis()),
+            Then::StripPayloads => format!(
+                "strip: set {} to NULL in {rows} rows of `{table}` ({payload} payload bytes)",
+                selection.table.payload_columns().join(", ")
+            ),
+        });
+        let mut orphans = 0;
+        if let Some(cut) = sessions {
+            orphans = self.conn.query_row(
+                "SELECT count(*) FROM sessions WHERE COALESCE(ended_at, started_at) < ?1
+                 AND id NOT IN (SELECT session_id FROM usage_records)",
+                [cut],
+                |r| r.get::<_, i64>(0),
+            )?;
+            lines.push(format!(
+                "sessions: archive and delete {orphans} `sessions` rows older than the cut-off that have no usage records now (more once the rows above are deleted)"
+            ));
+        }
+        let mut report = Report::new(format!(
+            "would archive {rows} rows ({bytes} bytes) into {files} files"
+        ))
+        .figure("rows", rows as f64)
+        .figure("bytes", bytes as f64)
+        .figure("payload_bytes", payload as f64)
+        .figure("orphaned_sessions", orphans as f64);
+        report.plan = lines;
+        Ok(report)
+    }
+
+    fn report(&self, bound: &Bound) -> Report {
+        let t = &self.tally;
+        let verb = match self.spec.then {
+            Then::Delete => "deleted",
+            Then::StripPayloads => "stripped",
+        };
+        let mut summary = format!(
+            "archived {} rows older than {} into {} files ({} bytes) in {}; {} rows {verb}",
+            t.rows,
+            bound.describe(),
+            t.files,
+            t.file_bytes,
+            self.spec.to.display(),
+            t.purged
+        );
+        if t.sessions > 0 {
+            summary.push_str(&format!(", including {} orphaned sessions", t.sessions));
+        }
+        if t.resumed > 0 {
+            summary.push_str(&format!(
+                "; finished {} rows of an interrupted run",
+                t.resumed
+            ));
+        }
+        summary.push_str(&format!(
+            "; longest write lock {:.1} ms over {} transactions, longest read {:.1} ms",
+            ms(self.pacer.longest()),
+            self.pacer.transactions(),
+            ms(t.longest_read)
+        ));
+        Report::new(summary)
+            .figure("rows_archived", t.rows as f64)
+            .figure("row_bytes", t.bytes as f64)
+            .figure("files_written", t.files as f64)
+            .figure("archive_bytes", t.file_bytes as f64)
+            .figure("rows_purged", t.purged as f64)
+            .figure("sessions_deleted", t.sessions as f64)
+            .figure("resumed_rows", t.resumed as f64)
+            .figure("longest_lock_ms", ms(self.pacer.longest()))
+            .figure("write_transactions", self.pacer.transactions() as f64)
+            .figure("lock_seconds", self.pacer.total().as_secs_f64())
+            .figure("longest_read_ms", ms(t.longest_read))
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Rows for the next write transaction, aiming its lock time at [`TARGET_HOLD`].
+///
+/// A commit has a fixed cost (the journal's fsyncs: about 20-30 ms on a virtual disk) and a
+/// cost per row. `floor` is the shortest hold seen so far, an estimate of the fixed part;
+/// only the part above it scales with the rows. When the fixed part alone reaches the target,
+/// shrinking would only multiply commits, so the size stays. Steps are at most half or double
+/// so one slow fsync does not collapse the size.
+pub(crate) fn next_size(current: usize, done: usize, held: Duration, floor: Duration) -> usize {
+    if done < current {
+        return current;
+    }
+    let per_rows = held.saturating_sub(floor).max(Duration::from_micros(100));
+    let room = TARGET_HOLD.saturating_sub(floor);
+    let ideal = if room.is_zero() && held <= TARGET_HOLD + TARGET_HOLD / 2 {
+        current
+    } else {
+        (done as f64 * room.as_secs_f64() / per_rows.as_secs_f64()) as usize
+    };
+    ideal.clamp(current / 2, current * 2).clamp(10, 20_000)
+}
+
+/// `<job>-<prefix><first>-<last>.<ext>`, with `-2`, `-3` ... when taken (rowids of tables
+/// without an INTEGER PRIMARY KEY may be reused after a VACUUM).
+fn unique_dest(
+    dir: &Path,
+    job: &str,
+    prefix: &str,
+    first: i64,
+    last: i64,
+    format: Format,
+) -> PathBuf {
+    let ext = format.extension();
+    let base = format!("{job}-{prefix}{first}-{last}");
+    let mut dest = dir.join(format!("{base}.{ext}"));
+    let mut n = 2;
+    while dest.exists() {
+        dest = dir.join(format!("{base}-{n}.{ext}"));
+        n += 1;
+    }
+    dest
+}
+
+/// Writes the rows gzipped to `dest` durably (mode 0600); returns the file's size.
+fn write_file(dest: &Path, encoder: &Encoder, rows: &[Row]) -> anyhow::Result<u64> {
+    let pending = PendingFile::create(dest)?;
+    let temp = pending.temp_path().to_path_buf();
+    let mut text = Vec::with_capacity(rows.iter().map(|r| r.bytes() as usize + 64).sum());
+    encoder.header(&mut text);
+    for row in rows {
+        encoder.line(&row.values, &mut text);
+    }
+    let mut gz = ParallelGzWriter::new(pending, GZIP_LEVEL, GZIP_THREADS)
+        .with_context(|| format!("starting to write {}", temp.display()))?;
+    gz.write_all(&text)
+        .and_then(|()| gz.flush())
+        .with_context(|| {
+            format!(
+                "writing archive file {} (is the disk full?)",
+                temp.display()
+            )
+        })?;
+    let pending = gz.finish().with_context(|| {
+        format!(
+            "writing archive file {} (is the disk full?)",
+            temp.display()
+        )
+    })?;
+    let path = pending.commit()?;
+    Ok(std::fs::metadata(&path)?.len())
+}
+
+/// Decompresses `path` completely (a truncated or damaged gzip fails) and, for JSON lines,
+/// checks that it holds `rows` lines.
+fn verify_file(path: &Path, rows: Option<usize>) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut decoder = flate2::read::GzDecoder::new(file);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0usize;
+    loop {
+        let n = decoder.read(&mut buf).with_context(|| {
+            format!(
+                "verifying archive file {}: it does not decompress",
+                path.display()
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    if let Some(rows) = rows {
+        anyhow::ensure!(
+            lines == rows,
+            "verifying archive file {}: {lines} lines where {rows} rows were written",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_sizes_move_toward_the_target_within_bounds() {
+        let ms = Duration::from_millis;
+        // (rows now, rows done, lock held, fixed cost estimate) -> next rows
+        let cases = [
+            (200, 200, ms(15), ms(10), 400),
+            (200, 200, ms(30), ms(10), 200),
+            (200, 200, ms(50), ms(10), 100),
+            (200, 200, ms(500), ms(10), 100),
+            (200, 50, ms(50), ms(10), 200),
+            // The fixed cost alone reaches the target: keep the size.
+            (200, 200, ms(32), ms(30), 200),
+            (200, 200, ms(40), ms(35), 200),
+            // ... unless the rows make it far too long.
+            (200, 200, ms(90), ms(35), 100),
+            (10, 10, ms(100), ms(5), 10),
+            (20_000, 20_000, ms(1), ms(1), 20_000),
+        ];
+        for (current, done, held, floor, expected) in cases {
+            assert_eq!(
+                next_size(current, done, held, floor),
+                expected,
+                "{current} {done} {held:?} {floor:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn taken_names_get_a_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = unique_dest(dir.path(), "arch", "", 1, 2000, Format::Jsonl);
+        assert_eq!(first.file_name().unwrap(), "arch-1-2000.jsonl.gz");
+        std::fs::write(&first, b"").unwrap();
+        let second = unique_dest(dir.path(), "arch", "", 1, 2000, Format::Jsonl);
+        assert_eq!(second.file_name().unwrap(), "arch-1-2000-2.jsonl.gz");
+        let sessions = unique_dest(dir.path(), "arch", "sessions-", 5, 9, Format::Csv);
+        assert_eq!(sessions.file_name().unwrap(), "arch-sessions-5-9.csv.gz");
+    }
+}

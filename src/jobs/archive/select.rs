@@ -1,0 +1,468 @@
+//! Which rows are old enough, and reading them in short read transactions.
+//!
+//! The cut-off is computed in Rust and compared against the time column in its own format,
+//! so the time index (Apantli's `idx_timestamp`) serves the comparison. Rows are then read in
+//! rowid order, a bounded window per read transaction: with a rollback journal a read
+//! transaction holds off the gateway's commits, so none may last long.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, ToSql};
+
+use crate::gateway::TimeFormat;
+
+/// Time index entries read per read transaction while looking for the last old row.
+pub const INDEX_CHUNK: usize = 20_000;
+
+/// The cut-off as the time column spells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// ISO-8601 text: rows sort below `YYYY-MM-DDTHH:MM:SS` in all of Apantli's spellings
+    /// (`...Z`, `...+00:00`, naive, with or without fractions). Rows written with a space
+    /// separator (SQLite's `datetime()`) sort below every `T` time of their day, so the rows
+    /// of the cut-off day at or after the cut-off time in that spelling are excluded apart.
+    Iso {
+        t: String,
+        space: String,
+        day: String,
+    },
+    Integer(i64),
+}
+
+impl Bound {
+    pub fn new(format: TimeFormat, cutoff: DateTime<Utc>) -> Bound {
+        match format {
+            TimeFormat::Iso8601 => Bound::Iso {
+                t: cutoff.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                space: cutoff.format("%Y-%m-%d %H:%M:%S").to_string(),
+                day: cutoff.format("%Y-%m-%dT").to_string(),
+            },
+            TimeFormat::UnixSeconds => Bound::Integer(cutoff.timestamp()),
+            TimeFormat::UnixMillis => Bound::Integer(cutoff.timestamp_millis()),
+        }
+    }
+
+    /// A SQL condition true for rows older than the cut-off, using `:cut` parameters.
+    pub fn condition(&self, column: &str) -> String {
+        match self {
+            Bound::Iso { .. } => format!(
+                "(\"{column}\" < :cut AND NOT (\"{column}\" >= :cut_space AND \"{column}\" < :cut_day))"
+            ),
+            Bound::Integer(_) => format!("\"{column}\" < :cut"),
+        }
+    }
+
+    pub fn params(&self) -> Vec<(&'static str, Value)> {
+        match self {
+            Bound::Iso { t, space, day } => vec![
+                (":cut", Value::Text(t.clone())),
+                (":cut_space", Value::Text(space.clone())),
+                (":cut_day", Value::Text(day.clone())),
+            ],
+            Bound::Integer(n) => vec![(":cut", Value::Integer(*n))],
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Bound::Iso { t, .. } => format!("'{t}'"),
+            Bound::Integer(n) => n.to_string(),
+        }
+    }
+}
+
+/// A table's columns as caretaker needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub name: String,
+    pub columns: Vec<String>,
+    /// Indices of the primary key columns: how an archived row is found again to delete it.
+    pub key: Vec<usize>,
+    /// Indices of the payload columns.
+    pub payload: Vec<usize>,
+}
+
+impl Table {
+    pub fn inspect(conn: &Connection, name: &str, payload: &[String]) -> anyhow::Result<Table> {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info(\"{name}\")"))?;
+        let info: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(1)?, r.get(5)?)))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading the columns of table `{name}`"))?;
+        anyhow::ensure!(
+            !info.is_empty(),
+            "the gateway database has no table `{name}`; check gateway.schema / gateway.table"
+        );
+        let columns: Vec<String> = info.iter().map(|(c, _)| c.clone()).collect();
+        let mut key: Vec<(i64, usize)> = info
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, pk))| *pk > 0)
+            .map(|(i, (_, pk))| (*pk, i))
+            .collect();
+        key.sort();
+        anyhow::ensure!(
+            !key.is_empty(),
+            "table `{name}` has no primary key; the archive job needs one to delete exactly the rows it archived"
+        );
+        let payload = payload
+            .iter()
+            .map(|p| {
+                columns.iter().position(|c| c == p).with_context(|| {
+                    format!(
+                        "table `{name}` has no payload column `{p}`; check gateway.columns.payload"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Table {
+            name: name.to_string(),
+            columns,
+            key: key.into_iter().map(|(_, i)| i).collect(),
+            payload,
+        })
+    }
+
+    pub fn key_columns(&self) -> Vec<String> {
+        self.key.iter().map(|&i| self.columns[i].clone()).collect()
+    }
+
+    pub fn payload_columns(&self) -> Vec<String> {
+        self.payload
+            .iter()
+            .map(|&i| self.columns[i].clone())
+            .collect()
+    }
+
+    fn column_list(&self) -> String {
+        let quoted: Vec<String> = self.columns.iter().map(|c| format!("\"{c}\"")).collect();
+        quoted.join(", ")
+    }
+}
+
+/// Whether some index of `table` starts with `column`.
+pub fn leads_an_index(conn: &Connection, table: &str, column: &str) -> anyhow::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT count(*) FROM pragma_index_list(?1) AS l, pragma_index_info(l.name) AS i
+             WHERE i.seqno = 0 AND i.name = ?2",
+            [table, column],
+            |r| r.get::<_, i64>(0),
+        )
+        .with_context(|| format!("reading the indexes of table `{table}`"))?
+        > 0)
+}
+
+/// One row read from the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub rowid: i64,
+    pub values: Vec<Value>,
+}
+
+impl Row {
+    /// Bytes of row data: text and blob lengths, 8 per number.
+    pub fn bytes(&self) -> u64 {
+        self.values.iter().map(value_bytes).sum()
+    }
+}
+
+pub fn value_bytes(v: &Value) -> u64 {
+    match v {
+        Value::Null => 0,
+        Value::Integer(_) | Value::Real(_) => 8,
+        Value::Text(t) => t.len() as u64,
+        Value::Blob(b) => b.len() as u64,
+    }
+}
+
+/// The rows of one table that a run archives: a SQL condition and its parameters.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub table: Table,
+    /// The time column.
+    pub time: String,
+    /// True for rows older than the cut-off: the time condition alone, which the time index
+    /// answers without reading rows.
+    pub old: String,
+    /// `old` plus the `rows:` filter and, for `strip_payloads`, payloads not yet stripped.
+    pub wanted: String,
+    pub params: Vec<(&'static str, Value)>,
+}
+
+impl Selection {
+    fn named<'a>(&'a self, extra: &'a [(&'static str, Value)]) -> Vec<(&'a str, &'a dyn ToSql)> {
+        self.params
+            .iter()
+            .chain(extra)
+            .map(|(n, v)| (*n, v as &dyn ToSql))
+            .collect()
+    }
+
+    /// The highest rowid a run has to look at.
+    ///
+    /// With a time index, the old part of the index is walked in pieces of [`INDEX_CHUNK`]
+    /// entries, each its own short read transaction (one pass over a million entries would
+    /// hold the gateway's commits off for a tenth of a second). Without one, the table's
+    /// largest rowid (one lookup) and every window is read.
+    ///
+    /// Also returns the longest single read transaction it took.
+    pub fn last_rowid(
+        &self,
+        conn: &Connection,
+        time_indexed: bool,
+    ) -> anyhow::Result<(Option<i64>, Duration)> {
+        let mut longest = Duration::ZERO;
+        let table = &self.table.name;
+        let time = &self.time;
+        let context = || format!("finding the last row to archive in `{table}`");
+        if !time_indexed {
+            let started = Instant::now();
+            let last = conn
+                .query_row(&format!("SELECT max(rowid) FROM \"{table}\""), [], |r| {
+                    r.get(0)
+                })
+                .with_context(context)?;
+            return Ok((last, started.elapsed()));
+        }
+        let chunk = format!(
+            "SELECT \"{time}\", rowid FROM \"{table}\" WHERE {} AND \"{time}\" >= :from ORDER BY \"{time}\" LIMIT {INDEX_CHUNK}",
+            self.old
+        );
+        // Ties at a chunk's end are read again by the next chunk (>=); a chunk of one time
+        // only is finished by one query on that time.
+        let tie = format!("SELECT max(+rowid) FROM \"{table}\" WHERE \"{time}\" = :from");
+        // Text sorts above every integer in SQLite, so the smallest integer starts at the
+        // beginning whatever the column's format.
+        let mut from = Value::Integer(i64::MIN);
+        let mut best: Option<i64> = None;
+        loop {
+            let extra = [(":from", from.clone())];
+            let params = self.named(&extra);
+            let started = Instant::now();
+            let mut stmt = conn.prepare_cached(&chunk).with_context(context)?;
+            let rows: Vec<(Value, i64)> = stmt
+                .query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))
+                .with_context(context)?
+                .collect::<Result<_, _>>()
+                .with_context(context)?;
+            longest = longest.max(started.elapsed());
+            let Some((last_time, _)) = rows.last().cloned() else {
+                return Ok((best, longest));
+            };
+            best = rows.iter().map(|(_, id)| *id).chain(best).max();
+            if rows.len() < INDEX_CHUNK {
+                return Ok((best, longest));
+            }
+            if rows.iter().all(|(t, _)| *t == last_time) {
+                let tied: Option<i64> = conn
+                    .query_row(&tie, &[(":from", &last_time as &dyn ToSql)][..], |r| {
+                        r.get(0)
+                    })
+                    .with_context(context)?;
+                best = tied.into_iter().chain(best).max();
+                // Move past this time: the next chunk starts at the first greater value.
+                from = last_time;
+                let next: Option<Value> = conn
+                    .query_row(
+                        &format!("SELECT \"{time}\" FROM \"{table}\" WHERE \"{time}\" > :from ORDER BY \"{time}\" LIMIT 1"),
+                        &[(":from", &from as &dyn ToSql)][..],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .with_context(context)?;
+                match next {
+                    Some(v) => from = v,
+                    None => return Ok((best, longest)),
+                }
+            } else {
+                from = last_time;
+            }
+        }
+    }
+
+    /// Reads up to `limit` rows with rowid in `(after, end]`, in one read transaction, and
+    /// returns the wanted ones with the last rowid looked at (`None`: nothing left).
+    pub fn window(
+        &self,
+        conn: &Connection,
+        after: i64,
+        end: i64,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<Row>, Option<i64>)> {
+        let sql = format!(
+            "SELECT rowid, ({}) AS wanted, {} FROM \"{}\" WHERE rowid > :after AND rowid <= :end ORDER BY rowid LIMIT :limit",
+            self.wanted,
+            self.table.column_list(),
+            self.table.name
+        );
+        let extra = [
+            (":after", Value::Integer(after)),
+            (":end", Value::Integer(end)),
+            (":limit", Value::Integer(limit as i64)),
+        ];
+        let params = self.named(&extra);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params.as_slice())?;
+        let mut wanted = Vec::new();
+        let mut last = None;
+        let n = self.table.columns.len();
+        while let Some(r) = rows
+            .next()
+            .with_context(|| format!("reading rows of `{}`", self.table.name))?
+        {
+            let rowid: i64 = r.get(0)?;
+            last = Some(rowid);
+            if r.get::<_, Option<bool>>(1)?.unwrap_or(false) {
+                let values = (0..n)
+                    .map(|i| r.get::<_, Value>(i + 2))
+                    .collect::<Result<_, _>>()?;
+                wanted.push(Row { rowid, values });
+            }
+        }
+        Ok((wanted, last))
+    }
+
+    /// Reads the rows with the given rowids (sorted), in one read transaction.
+    pub fn by_rowids(&self, conn: &Connection, rowids: &[i64]) -> anyhow::Result<Vec<Row>> {
+        let (Some(first), Some(last)) = (rowids.first(), rowids.last()) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT rowid, {} FROM \"{}\" WHERE rowid >= ?1 AND rowid <= ?2 ORDER BY rowid",
+            self.table.column_list(),
+            self.table.name
+        );
+        let wanted: std::collections::HashSet<i64> = rowids.iter().copied().collect();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let n = self.table.columns.len();
+        let mut rows = stmt.query([first, last])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let rowid: i64 = r.get(0)?;
+            if wanted.contains(&rowid) {
+                let values = (0..n)
+                    .map(|i| r.get::<_, Value>(i + 1))
+                    .collect::<Result<_, _>>()?;
+                out.push(Row { rowid, values });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn iso_bound_sorts_every_spelling_right() {
+        let cutoff = Utc.with_ymd_and_hms(2025, 8, 3, 12, 0, 0).unwrap();
+        let bound = Bound::new(TimeFormat::Iso8601, cutoff);
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (ts TEXT); CREATE INDEX i ON t(ts);")
+            .unwrap();
+        let cases = [
+            ("2025-08-03T11:59:59.999999Z", true),
+            ("2025-08-03T11:59:59+00:00", true),
+            ("2025-08-03T11:59:59", true),
+            ("2025-08-03 11:59:59", true),
+            ("2025-08-02 23:00:00", true),
+            ("2025-08-03T12:00:00Z", false),
+            ("2025-08-03T12:00:00", false),
+            ("2025-08-03T12:00:00.000001", false),
+            ("2025-08-03T12:00:00+00:00", false),
+            ("2025-08-03 12:00:00", false),
+            ("2025-08-03 13:00:00", false),
+            ("2025-08-04 01:00:00", false),
+            ("2025-08-04T00:00:00Z", false),
+        ];
+        let cond = bound.condition("ts");
+        for (ts, old) in cases {
+            let p = bound.params();
+            let named: Vec<(&str, &dyn ToSql)> =
+                p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
+            let got: bool = conn
+                .query_row(
+                    &format!("SELECT {cond} FROM (SELECT '{ts}' AS ts)"),
+                    named.as_slice(),
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(got, old, "{ts}");
+        }
+        let plan: String = {
+            let p = bound.params();
+            let named: Vec<(&str, &dyn ToSql)> =
+                p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
+            conn.query_row(
+                &format!("EXPLAIN QUERY PLAN SELECT max(+rowid) FROM t WHERE {cond}"),
+                named.as_slice(),
+                |r| r.get(3),
+            )
+            .unwrap()
+        };
+        assert!(plan.contains("USING COVERING INDEX i"), "{plan}");
+    }
+
+    #[test]
+    fn the_last_old_row_is_found_in_index_chunks_across_ties() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, ts INTEGER); CREATE INDEX i ON t(ts);",
+        )
+        .unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for n in 0..30_000_i64 {
+            tx.execute("INSERT INTO t (ts) VALUES (?1)", [n]).unwrap();
+        }
+        // More rows of one time than a chunk holds.
+        for _ in 0..25_000 {
+            tx.execute("INSERT INTO t (ts) VALUES (30000)", []).unwrap();
+        }
+        for n in 30_001..40_000_i64 {
+            tx.execute("INSERT INTO t (ts) VALUES (?1)", [n]).unwrap();
+        }
+        // A late row with an old time: the highest rowid of all old rows.
+        tx.execute("INSERT INTO t (ts) VALUES (5)", []).unwrap();
+        tx.execute("INSERT INTO t (ts) VALUES (99999)", []).unwrap();
+        tx.commit().unwrap();
+        let table = Table::inspect(&conn, "t", &[]).unwrap();
+        for (cut, expected) in [
+            (35_000, 65_000),
+            (1, 1),
+            (0, 0),
+            (30_001, 65_000),
+            (100_000, 65_001),
+        ] {
+            let bound = Bound::Integer(cut);
+            let selection = Selection {
+                table: table.clone(),
+                time: "ts".into(),
+                old: bound.condition("ts"),
+                wanted: bound.condition("ts"),
+                params: bound.params(),
+            };
+            let (got, _) = selection.last_rowid(&conn, true).unwrap();
+            let expected = (expected > 0).then_some(expected);
+            assert_eq!(got, expected, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn unix_bounds() {
+        let cutoff = Utc.with_ymd_and_hms(2025, 8, 3, 12, 0, 0).unwrap();
+        assert_eq!(
+            Bound::new(TimeFormat::UnixSeconds, cutoff),
+            Bound::Integer(1_754_222_400)
+        );
+        assert_eq!(
+            Bound::new(TimeFormat::UnixMillis, cutoff),
+            Bound::Integer(1_754_222_400_000)
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! `metrics_file`: every job's last run, the gateway's file sizes and budget spend, in the
+//! Prometheus text format for node_exporter's textfile collector.
+//!
+//! The file is rewritten whole after each job run, atomically, from the state database, so it
+//! never shows half a write and always agrees with `caretaker status`. [`gather`] reads,
+//! [`render`] is a pure function of what was read.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::fsx::PendingFile;
+use crate::state::{RunRecord, State};
+
+/// The run results `caretaker_job_last_result` has one series for each.
+const RESULTS: [&str; 4] = ["ok", "failed", "interrupted", "running"];
+
+/// What a budget job keeps in the state database for the metrics file, one entry per limit:
+/// `state.put("budget:<job>", "spend", &Vec<BudgetSpend>)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetSpend {
+    /// The limit's `name` in the jobs file.
+    pub limit: String,
+    /// `day`, `week` or `month`.
+    pub period: String,
+    pub period_start: DateTime<Utc>,
+    pub spend_usd: f64,
+    pub limit_usd: f64,
+}
+
+/// One job as the metrics file shows it.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    pub name: String,
+    pub kind: &'static str,
+    pub last_run: Option<RunRecord>,
+    pub last_success: Option<DateTime<Utc>>,
+    /// The figures of the last successful run (a failed run has none).
+    pub figures: Vec<(String, f64)>,
+    pub budgets: Vec<BudgetSpend>,
+}
+
+/// Everything the metrics file shows, read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub jobs: Vec<JobMetrics>,
+    pub database_bytes: Option<u64>,
+    pub wal_bytes: Option<u64>,
+    /// Alert deliveries not yet made (one per alert and sink).
+    pub alerts_undelivered: usize,
+    /// Alert conditions currently raised.
+    pub alerts_active: usize,
+}
+
+/// Reads the snapshot from the state database and the gateway's files.
+pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
+    let mut jobs = Vec::with_capacity(config.jobs.len());
+    for job in &config.jobs {
+        let last_success = state.last_success(&job.name)?;
+        let figures = last_success
+            .as_ref()
+            .map(|run| run_figures(state, run.id))
+            .transpose()?
+            .unwrap_or_default();
+        let budgets = state
+            .get::<Vec<BudgetSpend>>(&format!("budget:{}", job.name), "spend")
+            .unwrap_or_else(|e| {
+                // A layout this version does not know: leave the series out, keep the rest.
+                tracing::debug!(job = %job.name, "budget spend not shown in the metrics file: {e:#}");
+                None
+            })
+            .unwrap_or_default();
+        jobs.push(JobMetrics {
+            name: job.name.clone(),
+            kind: job.kind.name(),
+            last_run: state.last_run(&job.name)?,
+            last_success: last_success.map(|r| r.started_at),
+            figures,
+            budgets,
+        });
+    }
+    let size = |path: &Path| std::fs::metadata(path).ok().map(|m| m.len());
+    let database = &config.gateway.database;
+    let mut wal = database.as_os_str().to_os_string();
+    wal.push("-wal");
+    Ok(Snapshot {
+        jobs,
+        database_bytes: size(database),
+        // No WAL file is an empty WAL, as long as the database itself is there.
+        wal_bytes: size(Path::new(&wal)).or(size(database).map(|_| 0)),
+        alerts_undelivered: crate::alerts::pending(state)?.len(),
+        alerts_active: crate::alerts::active(state)?.len(),
+    })
+}
+
+fn run_figures(state: &State, run_id: i64) -> anyhow::Result<Vec<(String, f64)>> {
+    let text: Option<String> = state
+        .conn()
+        .query_row(
+            "SELECT figures FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(&text).with_context(|| {
+            format!("reading the figures of run {run_id} from the state database")
+        }),
+    }
+}
+
+/// One metric family: its header once, then its samples.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{key}=\"{}\"", escape_label(value));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", number(value));
+    }
+}
+
+/// Label values escape backslash, double quote and line feed; nothing else.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{value}")
+    }
+}
+
+fn seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+/// The metrics file's text. Series of a job that never ran (or never succeeded) are left out
+/// rather than written as 0, which would read as "ran at 1970".
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let jobs = &snapshot.jobs;
+    {
+        let name = "caretaker_job_last_run_timestamp_seconds";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "When the job's last run started (Unix time).",
+        );
+        for j in jobs {
+            if let Some(run) = &j.last_run {
+                f.sample(
+                    name,
+                    &[("job", &j.name), ("kind", j.kind)],
+                    seconds(run.started_at),
+                );
+            }
+        }
+    }
+    {
+        let name = "caretaker_job_last_run_duration_seconds";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "How long the job's last finished run took.",
+        );
+        for j in jobs {
+            if let Some(d) = j.last_run.as_ref().and_then(RunRecord::duration) {
+                f.sample(name, &[("job", &j.name), ("kind", j.kind)], d.as_secs_f64());
+            }
+        }
+    }
+    {
+        let name = "caretaker_job_last_result";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "1 for the result of the job's last run (ok, failed, interrupted, running), 0 for the others.",
+        );
+        for j in jobs {
+            if let Some(run) = &j.last_run {
+                for result in RESULTS {
+                    let value = if run.result == result { 1.0 } else { 0.0 };
+                    f.sample(
+                        name,
+                        &[("job", &j.name), ("kind", j.kind), ("result", result)],
+                        value,
+                    );
+                }
+            }
+        }
+    }
+    {
+        let name = "caretaker_job_last_success_timestamp_seconds";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "When the job's last successful run started (Unix time).",
+        );
+        for j in jobs {
+            if let Some(at) = j.last_success {
+                f.sample(name, &[("job", &j.name), ("kind", j.kind)], seconds(at));
+            }
+        }
+    }
+    {
+        let name = "caretaker_job_figure";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "The figures the job's last successful run reported (bytes_written, rows_archived, rows_repriced, ...).",
+        );
+        for j in jobs {
+            for (figure, value) in &j.figures {
+                f.sample(
+                    name,
+                    &[("job", &j.name), ("kind", j.kind), ("name", figure)],
+                    *value,
+                );
+            }
+        }
+    }
+    {
+        let name = "caretaker_gateway_database_bytes";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Size of the gateway's database file.",
+        );
+        if let Some(bytes) = snapshot.database_bytes {
+            f.sample(name, &[], bytes as f64);
+        }
+    }
+    {
+        let name = "caretaker_gateway_wal_bytes";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Size of the gateway database's -wal file (0 when there is none).",
+        );
+        if let Some(bytes) = snapshot.wal_bytes {
+            f.sample(name, &[], bytes as f64);
+        }
+    }
+    for (name, help, value) in [
+        (
+            "caretaker_budget_spend_usd",
+            "Spend in the current period of a budget limit, in USD.",
+            (|b: &BudgetSpend| b.spend_usd) as fn(&BudgetSpend) -> f64,
+        ),
+        (
+            "caretaker_budget_limit_usd",
+            "A budget limit, in USD.",
+            |b| b.limit_usd,
+        ),
+        (
+            "caretaker_budget_period_start_timestamp_seconds",
+            "Start of a budget limit's current period (Unix time).",
+            |b| seconds(b.period_start),
+        ),
+    ] {
+        let mut f = Family::new(&mut out, name, "gauge", help);
+        for j in jobs {
+            for b in &j.budgets {
+                f.sample(
+                    name,
+                    &[("job", &j.name), ("limit", &b.limit), ("period", &b.period)],
+                    value(b),
+                );
+            }
+        }
+    }
+    {
+        let name = "caretaker_alerts_undelivered";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Alert deliveries waiting in the outbox (one per alert and sink).",
+        );
+        f.sample(name, &[], snapshot.alerts_undelivered as f64);
+    }
+    {
+        let name = "caretaker_alerts_active";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Alert conditions currently raised and not resolved.",
+        );
+        f.sample(name, &[], snapshot.alerts_active as f64);
+    }
+    out
+}
+
+/// Gathers, renders and atomically replaces `path`.
+///
+/// The file is mode 0644, unlike everything else caretaker writes: it holds no secret, and
+/// node_exporter reads it as another user.
+pub fn write(config: &Config, state: &State, path: &Path) -> anyhow::Result<()> {
+    let text = render(&gather(config, state)?);
+    let mut pending = PendingFile::create(path).with_context(|| {
+        format!(
+            "writing the metrics file {} (check metrics_file and that its directory exists)",
+            path.display()
+        )
+    })?;
+    pending
+        .write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", pending.temp_path().display()))?;
+    pending
+        .file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("making {} readable", pending.temp_path().display()))?;
+    pending.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn run(result: &str, started: DateTime<Utc>, seconds: i64) -> RunRecord {
+        RunRecord {
+            id: 1,
+            job: "nightly".into(),
+            trigger: "schedule".into(),
+            started_at: started,
+            ended_at: (result != "running").then(|| started + chrono::TimeDelta::seconds(seconds)),
+            result: result.into(),
+            summary: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_job_renders_its_run_result_and_figures() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
+        let snapshot = Snapshot {
+            jobs: vec![
+                JobMetrics {
+                    name: "nightly".into(),
+                    kind: "backup",
+                    last_run: Some(run("failed", t, 3)),
+                    last_success: Some(t - chrono::TimeDelta::days(1)),
+                    figures: vec![("bytes_written".into(), 1234.5)],
+                    budgets: Vec::new(),
+                },
+                JobMetrics {
+                    name: "never".into(),
+                    kind: "verify",
+                    last_run: None,
+                    last_success: None,
+                    figures: Vec::new(),
+                    budgets: Vec::new(),
+                },
+            ],
+            database_bytes: Some(4096),
+            wal_bytes: Some(0),
+            alerts_undelivered: 2,
+            alerts_active: 1,
+        };
+        let text = render(&snapshot);
+        for line in [
+            "caretaker_job_last_run_timestamp_seconds{job=\"nightly\",kind=\"backup\"} 1795312800",
+            "caretaker_job_last_run_duration_seconds{job=\"nightly\",kind=\"backup\"} 3",
+            "caretaker_job_last_result{job=\"nightly\",kind=\"backup\",result=\"failed\"} 1",
+            "caretaker_job_last_result{job=\"nightly\",kind=\"backup\",result=\"ok\"} 0",
+            "caretaker_job_last_success_timestamp_seconds{job=\"nightly\",kind=\"backup\"} 1795226400",
+            "caretaker_job_figure{job=\"nightly\",kind=\"backup\",name=\"bytes_written\"} 1234.5",
+            "caretaker_gateway_database_bytes 4096",
+            "caretaker_gateway_wal_bytes 0",
+            "caretaker_alerts_undelivered 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("job=\"never\""), "{text}");
+    }
+
+    #[test]
+    fn label_values_and_special_numbers_are_escaped() {
+        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
+        assert_eq!(escape_label("two\nlines"), "two\\nlines");
+        assert_eq!(number(f64::NAN), "NaN");
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(number(0.25), "0.25");
+        assert_eq!(number(1e21), "1000000000000000000000");
+    }
+}

@@ -1,0 +1,618 @@
+//! Database care against real sample databases and a live simulated gateway: archive-then-purge,
+//! maintenance and integrity, including kill -9 in the middle of an archive run, a full disk
+//! and a damaged file.
+
+#[path = "common/dbcare.rs"]
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use caretaker::sample::{self, SampleOptions};
+use chrono::{DurationRound, TimeDelta, Utc};
+use common::*;
+use rusqlite::types::Value;
+
+const APANTLI_PAYLOAD: &[&str] = &["request_data", "response_data"];
+
+fn options(rows: u64) -> SampleOptions {
+    SampleOptions {
+        rows,
+        days: 30,
+        now: Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap(),
+        seed: 7,
+        ..SampleOptions::default()
+    }
+}
+
+/// The `arch` job; `extra` holds more `archive:` keys (indented six spaces), batch 300 unless set.
+fn archive_job(to: &Path, extra: &str) -> String {
+    let batch = if extra.contains("batch:") {
+        ""
+    } else {
+        "      batch: 300\n"
+    };
+    format!(
+        "  arch:\n    on_signal: USR1\n    archive:\n      older_than: 15d\n      to: {}\n{batch}{extra}",
+        to.display()
+    )
+}
+
+fn assert_private(files: &[PathBuf]) {
+    for f in files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+}
+
+#[test]
+fn apantli_archive_while_the_gateway_writes_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    sample::create_apantli(&db, &options(4000)).unwrap();
+    let (names, original) = rows(&db, "requests");
+    let to = dir.path().join("archive");
+    let config = jobs_file(dir.path(), &db, "apantli", &archive_job(&to, ""));
+
+    let sim = Sim::start(&db, "apantli", 10.0, dir.path());
+    let out = run_job(&config, "arch", &[]);
+    let report = sim.stop();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        report.failed, 0,
+        "gateway writes failed: {:?}",
+        report.errors
+    );
+    assert!(report.committed > 0);
+
+    let (_, now) = rows(&db, "requests");
+    let archives = archived(&to, "arch-");
+    assert_private(&archive_files(&to));
+    let n = assert_union(&names, APANTLI_PAYLOAD, &original, &now, &archives, "id");
+    assert!(
+        n > 1000 && n < 3000,
+        "{n} rows archived of 4000 spread over 30 days"
+    );
+    // Nothing old is left behind, nothing young was taken.
+    let cutoff = (Utc::now() - TimeDelta::days(15))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let cutoff_margin = (Utc::now() - TimeDelta::days(15) - TimeDelta::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    for (k, v) in &now {
+        if let Value::Text(ts) = &v[1] {
+            assert!(
+                ts.as_str() >= cutoff_margin.as_str(),
+                "row {k} at {ts} is older than the cut-off and was kept"
+            );
+        }
+    }
+    for (_, lines) in &archives {
+        for l in lines {
+            assert!(l["timestamp"].as_str().unwrap() < cutoff.as_str());
+        }
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("longest write lock"), "{stdout}");
+}
+
+#[test]
+fn bobamixer_archive_while_the_gateway_writes_keeps_every_row_and_drops_orphaned_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    sample::create_bobamixer(&db, &options(4000)).unwrap();
+    let (names, original) = rows(&db, "usage_records");
+    let (session_names, sessions_before) = rows(&db, "sessions");
+    let to = dir.path().join("archive");
+    let config = jobs_file(dir.path(), &db, "bobamixer", &archive_job(&to, ""));
+
+    let sim = Sim::start(&db, "bobamixer", 5.0, dir.path());
+    let out = run_job(&config, "arch", &[]);
+    let report = sim.stop();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        report.failed, 0,
+        "gateway writes failed: {:?}",
+        report.errors
+    );
+
+    let (_, now) = rows(&db, "usage_records");
+    let usage = archived(&to, "arch-")
+        .into_iter()
+        .filter(|(f, _)| !f.to_string_lossy().contains("-sessions-"))
+        .collect::<Vec<_>>();
+    let n = assert_union(&names, &[], &original, &now, &usage, "id");
+    assert!(n > 1000, "{n}");
+
+    let (_, sessions_now) = rows(&db, "sessions");
+    let session_archives = archived(&to, "arch-sessions-");
+    let gone = assert_union(
+        &session_names,
+        &[],
+        &sessions_before,
+        &sessions_now,
+        &session_archives,
+        "id",
+    );
+    assert!(gone > 0, "no orphaned session was archived");
+    // Every session still referenced is still there.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let dangling: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM usage_records WHERE session_id NOT IN (SELECT id FROM sessions)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(dangling, 0);
+}
+
+#[test]
+fn maintenance_while_the_gateway_writes_loses_nothing() {
+    for (schema, rate, vacuum) in [("apantli", 10.0, "always"), ("bobamixer", 5.0, "never")] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("gw.db");
+        if schema == "apantli" {
+            sample::create_apantli(&db, &options(3000)).unwrap();
+        } else {
+            sample::create_bobamixer(&db, &options(3000)).unwrap();
+        }
+        let jobs = format!(
+            "  care:\n    on_signal: USR1\n    maintenance:\n      checkpoint: passive\n      analyze: true\n      vacuum: {vacuum}\n"
+        );
+        let config = jobs_file(dir.path(), &db, schema, &jobs);
+        let sim = Sim::start(&db, schema, rate, dir.path());
+        let out = run_job(&config, "care", &[]);
+        let report = sim.stop();
+        assert!(out.status.success(), "{schema}: {}", text(&out));
+        assert_eq!(
+            report.failed, 0,
+            "{schema}: gateway writes failed: {:?}",
+            report.errors
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("bytes_before="), "{stdout}");
+        if schema == "apantli" {
+            assert!(
+                stdout.contains("checkpoint skipped: the database uses a rollback journal"),
+                "{stdout}"
+            );
+            assert!(stdout.contains("VACUUM held an exclusive lock"), "{stdout}");
+        } else {
+            assert!(stdout.contains("passive checkpoint copied"), "{stdout}");
+            assert!(stdout.contains("VACUUM skipped: vacuum: never"), "{stdout}");
+        }
+    }
+}
+
+#[test]
+fn strip_payloads_to_csv_of_failed_rows_keeps_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    let mut opts = options(2000);
+    opts.error_share = 0.2;
+    sample::create_apantli(&db, &opts).unwrap();
+    let (_, original) = rows(&db, "requests");
+    let to = dir.path().join("archive");
+    let jobs = archive_job(
+        &to,
+        "      format: csv\n      then: strip_payloads\n      rows: failed\n",
+    );
+    let config = jobs_file(dir.path(), &db, "apantli", &jobs);
+    let out = run_job(&config, "arch", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, now) = rows(&db, "requests");
+    assert_eq!(now.len(), original.len(), "strip_payloads deletes no row");
+    let mut stripped = 0;
+    for (k, before) in &original {
+        let after = &now[k];
+        let is_stripped = after[9] == Value::Null && before[9] != Value::Null;
+        if is_stripped {
+            stripped += 1;
+            assert_ne!(
+                before[11],
+                Value::Null,
+                "row {k} succeeded but was stripped"
+            );
+            assert_eq!(&after[..9], &before[..9], "row {k}: metadata changed");
+        } else {
+            assert_eq!(after, before, "row {k} changed");
+        }
+    }
+    assert!(stripped > 50, "{stripped}");
+    let files = archive_files(&to);
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_string_lossy().ends_with(".csv.gz"))
+    );
+    let csv: String = files.iter().map(|f| gunzip(f)).collect();
+    assert!(!csv.contains("sk-"));
+    assert!(csv.starts_with("id,timestamp,model,"), "{}", &csv[..80]);
+    // A second run finds nothing left to archive.
+    let again = run_job(&config, "arch", &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("rows_archived=0"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[test]
+fn dry_run_reports_rows_and_bytes_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    sample::create_apantli(&db, &options(1000)).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let to = dir.path().join("archive");
+    let config = jobs_file(dir.path(), &db, "apantli", &archive_job(&to, ""));
+    let out = run_job(&config, "arch", &["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("archive: ") && stdout.contains("bytes of row data"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("delete: "), "{stdout}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert!(archive_files(&to).is_empty());
+}
+
+#[test]
+fn bad_combinations_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    sample::create_bobamixer(&db, &options(100)).unwrap();
+    let to = dir.path().join("archive");
+    for (extra, expected) in [
+        ("      rows: failed\n", "needs the gateway's error column"),
+        ("      then: strip_payloads\n", "needs payload columns"),
+    ] {
+        let config = jobs_file(dir.path(), &db, "bobamixer", &archive_job(&to, extra));
+        let out = run_job(&config, "arch", &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expected),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+/// Kills `run-job` with SIGKILL at random moments of an archive run, then lets a second run
+/// finish: the table and the archive files together hold every original row exactly once.
+#[test]
+fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
+    let runs: usize = std::env::var("CARETAKER_FAULT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine.db");
+    sample::create_apantli(&pristine, &options(800)).unwrap();
+    let (names, original) = rows(&pristine, "requests");
+
+    // How long an undisturbed run takes, to spread the kills over it.
+    let full = {
+        let case = dir.path().join("timing");
+        std::fs::create_dir(&case).unwrap();
+        let db = case.join("requests.db");
+        std::fs::copy(&pristine, &db).unwrap();
+        let config = jobs_file(
+            &case,
+            &db,
+            "apantli",
+            &archive_job(&case.join("archive"), "      batch: 30\n"),
+        );
+        let start = Instant::now();
+        let out = run_job(&config, "arch", &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        start.elapsed()
+    };
+    let mut killed_mid_run = 0;
+    for i in 0..runs {
+        let case = dir.path().join(format!("case{i}"));
+        std::fs::create_dir(&case).unwrap();
+        let db = case.join("requests.db");
+        std::fs::copy(&pristine, &db).unwrap();
+        let to = case.join("archive");
+        let config = jobs_file(
+            &case,
+            &db,
+            "apantli",
+            &archive_job(&to, "      batch: 30\n"),
+        );
+        let mut child = caretaker()
+            .args(["run-job", "arch", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The kill lands at a random moment of the run: this delay is the fault being injected.
+        let at = full.mul_f64(rand::random::<f64>());
+        std::thread::sleep(at);
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            killed_mid_run += 1;
+        }
+        let out = run_job(&config, "arch", &[]);
+        assert!(out.status.success(), "case {i} rerun: {}", text(&out));
+        let (_, now) = rows(&db, "requests");
+        let archives = archived(&to, "arch-");
+        assert_union(&names, APANTLI_PAYLOAD, &original, &now, &archives, "id");
+        let leftovers: Vec<_> = archive_files(&to)
+            .into_iter()
+            .filter(|f| f.to_string_lossy().contains(caretaker::fsx::TEMP_MARKER))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "case {i}: temporaries left: {leftovers:?}"
+        );
+    }
+    assert!(
+        killed_mid_run * 2 >= runs,
+        "only {killed_mid_run} of {runs} kills landed during a run"
+    );
+}
+
+/// Unmounts the small filesystem when the test ends, pass or fail.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_the_archive_write_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    sample::create_apantli(&db, &options(2000)).unwrap();
+    let before = rows(&db, "requests").1;
+    let to = dir.path().join("small");
+    std::fs::create_dir(&to).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&to)
+        .output()
+        .unwrap();
+    assert!(
+        mount.status.success(),
+        "this test needs a small filesystem: mounting a 64 KiB tmpfs failed (run as root, or in a container allowed to mount): {}",
+        text(&mount)
+    );
+    let _guard = Mounted(to.clone());
+    let config = jobs_file(
+        dir.path(),
+        &db,
+        "apantli",
+        &archive_job(&to, "      batch: 2000\n"),
+    );
+    let out = run_job(&config, "arch", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is the disk full?"), "{stderr}");
+    assert_eq!(
+        rows(&db, "requests").1,
+        before,
+        "rows were deleted although their archive was not written"
+    );
+    assert!(archive_files(&to).is_empty(), "{:?}", archive_files(&to));
+}
+
+fn corrupt(db: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+    let len = f.metadata().unwrap().len();
+    // Overwrite ten pages in the middle of the file (not the header) with garbage.
+    f.seek(SeekFrom::Start((len / 2) / 4096 * 4096)).unwrap();
+    f.write_all(&vec![0xA5; 10 * 4096]).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn integrity_passes_a_sound_database_and_alerts_on_a_damaged_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    sample::create_apantli(&db, &options(2000)).unwrap();
+    for check in ["quick", "full"] {
+        let jobs = format!("  check:\n    on_signal: USR1\n    integrity: {{check: {check}}}\n");
+        let config = jobs_file(dir.path(), &db, "apantli", &jobs);
+        let out = run_job(&config, "check", &[]);
+        assert!(out.status.success(), "{check}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("found no problem"),
+            "{}",
+            text(&out)
+        );
+    }
+    let copy_dir = dir.path().join("copy");
+    std::fs::create_dir(&copy_dir).unwrap();
+    let copy = copy_dir.join("requests.db");
+    std::fs::copy(&db, &copy).unwrap();
+    corrupt(&copy);
+    for check in ["quick", "full"] {
+        let jobs = format!("  check:\n    on_signal: USR1\n    integrity: {{check: {check}}}\n");
+        let config = jobs_file(&copy_dir, &copy, "apantli", &jobs);
+        let out = run_job(&config, "check", &[]);
+        assert_eq!(out.status.code(), Some(1), "{check}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("fails its integrity check"),
+            "{}",
+            text(&out)
+        );
+        let alerts = std::fs::read_to_string(copy_dir.join("alerts.jsonl")).unwrap();
+        let found: Vec<serde_json::Value> = alerts
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|a: &serde_json::Value| a["key"] == "integrity:check")
+            .collect();
+        assert!(!found.is_empty(), "{alerts}");
+        assert_eq!(found[0]["severity"], "critical", "{alerts}");
+    }
+}
+
+#[test]
+fn vacuum_without_room_for_a_copy_is_refused_and_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(
+        mount.status.success(),
+        "this test needs a small filesystem: mounting a 4 MiB tmpfs failed (run as root, or in a container allowed to mount): {}",
+        text(&mount)
+    );
+    let _guard = Mounted(small.clone());
+    let built = dir.path().join("built.db");
+    sample::create_apantli(&built, &options(1200)).unwrap();
+    let db = small.join("requests.db");
+    std::fs::copy(&built, &db).unwrap();
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(
+        size > 1_500_000 && size < 4_000_000,
+        "sample of {size} bytes does not fit the test"
+    );
+    let jobs = "  care:\n    on_signal: USR1\n    maintenance: {vacuum: always}\n";
+    let config = jobs_file(dir.path(), &db, "apantli", jobs);
+    let out = run_job(&config, "care", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VACUUM of")
+            && stderr.contains("refused")
+            && stderr.contains("twice the database"),
+        "{stderr}"
+    );
+    let alerts = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
+    assert!(alerts.contains("vacuum-space:care"), "{alerts}");
+    // ANALYZE ran (it changes sqlite_stat1) but no VACUUM: the rows are the same.
+    assert_eq!(rows(&db, "requests").1.len(), 1200);
+}
+
+#[test]
+fn check_warns_that_vacuum_blocks_the_gateway_unless_it_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    for (vacuum, warned) in [("auto", true), ("always", true), ("never", false)] {
+        let jobs = format!(
+            "  care:\n    schedule: \"0 3 * * *\"\n    maintenance: {{vacuum: {vacuum}}}\n"
+        );
+        let config = jobs_file(dir.path(), &db, "bobamixer", &jobs);
+        let out = caretaker()
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("VACUUM holds an exclusive lock"),
+            warned,
+            "vacuum: {vacuum}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn custom_schema_with_unix_millis_and_no_time_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE llm_usage_log (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, model TEXT,
+         prompt_tokens INTEGER, completion_tokens INTEGER, total_cost_usd REAL, request_json TEXT)",
+    )
+    .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let day = 86_400_000_i64;
+    for i in 0..1000_i64 {
+        // Oldest first, 30 days back to now; every row carries a nested key.
+        let ts = now - 30 * day + i * 30 * day / 1000;
+        let json = format!(
+            r#"{{"model": "m", "auth": {{"api_key": "sk-secret-{i}"}}, "messages": [{{"api_key": "sk-{i}"}}]}}"#
+        );
+        conn.execute(
+            "INSERT INTO llm_usage_log (ts, model, prompt_tokens, completion_tokens, total_cost_usd, request_json) VALUES (?1, 'm', 10, 20, 0.25, ?2)",
+            rusqlite::params![ts, json],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let (names, original) = rows(&db, "llm_usage_log");
+    let to = dir.path().join("archive");
+    let config = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway:\n  database: {}\n  schema: custom\n  table: llm_usage_log\n  columns:\n    time: ts\n    time_format: unix_millis\n    model: model\n    input_tokens: prompt_tokens\n    output_tokens: completion_tokens\n    cost: total_cost_usd\n    payload: [request_json]\nstate_dir: {}\njobs:\n{}",
+            db.display(),
+            dir.path().join("state").display(),
+            archive_job(&to, "      batch: 100\n")
+        ),
+    )
+    .unwrap();
+    let out = run_job(&config, "arch", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, now_rows) = rows(&db, "llm_usage_log");
+    let archives = archived(&to, "arch-");
+    let n = assert_union(
+        &names,
+        &["request_json"],
+        &original,
+        &now_rows,
+        &archives,
+        "id",
+    );
+    assert!(
+        (480..=520).contains(&n),
+        "{n} of 1000 rows over 30 days are older than 15 days"
+    );
+    let cutoff = now - 15 * day;
+    for v in now_rows.values() {
+        assert!(
+            matches!(v[1], Value::Integer(ts) if ts >= cutoff - 60_000),
+            "{v:?}"
+        );
+    }
+}
+
+#[test]
+fn truncate_checkpoint_empties_the_wal_of_a_wal_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    sample::create_bobamixer(&db, &options(500)).unwrap();
+    {
+        // Leave committed frames in the WAL, as a gateway between checkpoints does.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; UPDATE usage_records SET tool = tool || '';",
+        )
+        .unwrap();
+    }
+    let wal = dir.path().join("usage.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    let jobs = "  care:\n    on_signal: USR1\n    maintenance: {checkpoint: truncate, analyze: false, vacuum: never}\n";
+    let config = jobs_file(dir.path(), &db, "bobamixer", jobs);
+    let out = run_job(&config, "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("truncate checkpoint copied"), "{stdout}");
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "{stdout}");
+}

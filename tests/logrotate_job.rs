@@ -1,0 +1,373 @@
+//! The `logrotate` job through the real binary: `run-job` and the daemon, with a busy writer.
+
+mod harness;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use caretaker::rotation::FileState;
+use chrono::Utc;
+use harness::{Sandbox, wait_for};
+
+const LONG: Duration = Duration::from_secs(30);
+const ROTATIONS: usize = 10;
+
+/// The python writer from `tests/support`: numbered lines as fast as it can, reopening its
+/// log on SIGHUP.
+struct Writer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Writer {
+    fn spawn(log: &Path, pid_file: &Path) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/log_writer.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(log)
+            .arg(pid_file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let started = wait_for(LONG, || pid_file.exists().then_some(()));
+        assert!(started.is_some(), "the writer never wrote its pid file");
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits until the live log has grown past `bytes`, i.e. the writer writes to it (after
+    /// a rotation with `create`, only once it has reopened).
+    fn wait_writing(&self, bytes: u64) {
+        let writing = wait_for(LONG, || {
+            fs::metadata(&self.log)
+                .is_ok_and(|m| m.len() > bytes)
+                .then_some(())
+        });
+        assert!(
+            writing.is_some(),
+            "the writer did not write to {}",
+            self.log.display()
+        );
+    }
+
+    /// Stops the writer and returns how many lines it wrote.
+    fn stop(self) -> u64 {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("child pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let output = self.child.wait_with_output().expect("writer exits");
+        assert!(output.status.success(), "writer failed: {output:?}");
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .parse()
+            .expect("the writer prints its line count")
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// How often each line number occurs across `app.log` and its copies, compressed or not.
+fn count_lines(dir: &Path) -> HashMap<u64, u32> {
+    let mut counts = HashMap::new();
+    for name in names(dir).into_iter().filter(|n| n.starts_with("app.log")) {
+        let path = dir.join(&name);
+        let mut text = String::new();
+        let file = fs::File::open(&path).expect("open log");
+        if name.ends_with(".gz") {
+            flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text)
+        } else {
+            std::io::BufReader::new(file).read_to_string(&mut text)
+        }
+        .unwrap_or_else(|e| panic!("reading {name}: {e}"));
+        for line in text.lines() {
+            let n: u64 = line
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: bad line {line:?}"));
+            *counts.entry(n).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Lines lost and lines found more than once, checking that nothing else was found.
+fn loss(dir: &Path, written: u64) -> (u64, u64) {
+    let counts = count_lines(dir);
+    let lost = (0..written).filter(|n| !counts.contains_key(n)).count() as u64;
+    let duplicated = counts.values().map(|&c| u64::from(c - 1)).sum();
+    assert_eq!(
+        counts.len() as u64 + lost,
+        written,
+        "a line number beyond those written was found"
+    );
+    (lost, duplicated)
+}
+
+/// A `logs` job over `logs/app.log` with `method` and extra keys (YAML flow mapping items).
+fn write_logs_job(sb: &Sandbox, extra: &str) {
+    fs::create_dir_all(sb.path("logs")).expect("logs dir");
+    sb.write_jobs(&format!(
+        "  logs:\n    on_signal: USR1\n    logrotate: {{files: [logs/app.log], max_size: 1B, rotate: 20, compress: true, delay_compress: true, {extra}}}\n"
+    ));
+}
+
+fn run_job(sb: &Sandbox, args: &[&str]) -> Output {
+    let mut all = vec!["run-job", "logs"];
+    all.extend_from_slice(args);
+    sb.caretaker(&all)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn saved_state(sb: &Sandbox) -> BTreeMap<PathBuf, FileState> {
+    sb.state()
+        .get("logrotate", "logs")
+        .expect("state readable")
+        .unwrap_or_default()
+}
+
+/// Runs `caretaker run-job logs` ten times while the writer writes, each run once the writer
+/// writes to the live log; returns how many lines it wrote.
+fn rotate_with_run_job(sb: &Sandbox, writer: Writer) -> u64 {
+    for round in 0..ROTATIONS {
+        writer.wait_writing(4096);
+        let output = run_job(sb, &[]);
+        let shown = text(&output);
+        assert!(output.status.success(), "round {round}: {shown}");
+        assert!(shown.contains("files_rotated=1"), "round {round}: {shown}");
+        if round > 0 {
+            // delay_compress: each run compresses the previous run's copy.
+            assert!(
+                shown.contains("files_compressed=1"),
+                "round {round}: {shown}"
+            );
+        }
+    }
+    writer.wait_writing(4096);
+    writer.stop()
+}
+
+#[test]
+fn run_job_with_create_and_notify_loses_no_line() {
+    let sb = Sandbox::new();
+    write_logs_job(
+        &sb,
+        "method: create, notify: {pid_file: logs/writer.pid, signal: HUP}",
+    );
+    let logs = sb.path("logs");
+    let writer = Writer::spawn(&logs.join("app.log"), &logs.join("writer.pid"));
+    let written = rotate_with_run_job(&sb, writer);
+
+    let copies: Vec<String> = names(&logs)
+        .into_iter()
+        .filter(|n| n.starts_with("app.log."))
+        .collect();
+    assert_eq!(copies.len(), ROTATIONS, "{copies:?}");
+    assert_eq!(
+        copies.iter().filter(|n| n.ends_with(".gz")).count(),
+        ROTATIONS - 1,
+        "all copies but the newest are compressed: {copies:?}"
+    );
+    let (lost, duplicated) = loss(&logs, written);
+    println!(
+        "run-job, create + notify: {written} lines written in {ROTATIONS} rotations, {lost} lost, {duplicated} duplicated"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert!(saved_state(&sb).contains_key(&logs.join("app.log")));
+}
+
+#[test]
+fn run_job_with_copytruncate_measures_the_lines_it_loses() {
+    let sb = Sandbox::new();
+    write_logs_job(&sb, "method: copytruncate");
+    let logs = sb.path("logs");
+    let writer = Writer::spawn(&logs.join("app.log"), &logs.join("writer.pid"));
+    let written = rotate_with_run_job(&sb, writer);
+    let (lost, duplicated) = loss(&logs, written);
+    println!(
+        "run-job, copytruncate: {written} lines written in {ROTATIONS} rotations, {lost} lost ({:.1} per rotation), {duplicated} duplicated",
+        lost as f64 / ROTATIONS as f64
+    );
+    assert!(written > 0);
+}
+
+#[test]
+fn the_daemon_rotates_on_usr1_without_losing_a_line() {
+    let sb = Sandbox::new();
+    write_logs_job(
+        &sb,
+        "method: create, notify: {pid_file: logs/writer.pid, signal: HUP}",
+    );
+    let logs = sb.path("logs");
+    let writer = Writer::spawn(&logs.join("app.log"), &logs.join("writer.pid"));
+    let daemon = sb.start_daemon();
+    let state = sb.state();
+    for round in 0..ROTATIONS {
+        writer.wait_writing(4096);
+        daemon.signal("USR1");
+        let finished = wait_for(LONG, || {
+            let runs = state.runs_of("logs", 100).expect("runs");
+            (runs.iter().filter(|r| r.ended_at.is_some()).count() == round + 1).then_some(runs)
+        });
+        let runs = finished
+            .unwrap_or_else(|| panic!("round {round}: no run finished:\n{}", daemon.log_text()));
+        assert!(
+            runs.iter().all(|r| r.result == "ok"),
+            "round {round}: {runs:?}\n{}",
+            daemon.log_text()
+        );
+    }
+    writer.wait_writing(4096);
+    let written = writer.stop();
+    let (lost, duplicated) = loss(&logs, written);
+    println!(
+        "daemon on USR1, create + notify: {written} lines written in {ROTATIONS} rotations, {lost} lost, {duplicated} duplicated"
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    let copies = names(&logs)
+        .into_iter()
+        .filter(|n| n.starts_with("app.log."))
+        .count();
+    assert_eq!(copies, ROTATIONS);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let sb = Sandbox::new();
+    write_logs_job(&sb, "method: create");
+    let logs = sb.path("logs");
+    fs::write(logs.join("app.log"), "0\n1\n").expect("write log");
+    fs::write(logs.join("app.log.1"), "old\n").expect("write copy");
+    let before = names(&logs);
+
+    let output = run_job(&sb, &["--dry-run"]);
+    let shown = text(&output);
+    assert!(output.status.success(), "{shown}");
+    let app = logs.join("app.log");
+    for expected in [
+        format!("{}: rotate (size 4 B is over max_size 1 B)", app.display()),
+        format!(
+            "rename {} -> {}",
+            logs.join("app.log.1").display(),
+            logs.join("app.log.2").display()
+        ),
+        format!("compress {0}.2 -> {0}.2.gz", app.display()),
+        "would rotate 1 of 1 log file(s)".to_string(),
+    ] {
+        assert!(shown.contains(&expected), "missing `{expected}` in {shown}");
+    }
+    assert_eq!(names(&logs), before);
+    assert_eq!(fs::read_to_string(&app).expect("log"), "0\n1\n");
+    assert!(saved_state(&sb).is_empty(), "a dry run saved state");
+}
+
+#[test]
+fn a_corrupted_state_is_replaced_with_a_warning() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.path("logs")).expect("logs dir");
+    sb.write_jobs(
+        "  logs:\n    on_signal: USR1\n    logrotate: {files: [logs/app.log], period: daily}\n",
+    );
+    let app = sb.path("logs/app.log");
+    fs::write(&app, "line\n").expect("write log");
+    sb.state()
+        .put("logrotate", "logs", &"{\"truncated\": ")
+        .expect("plant a corrupted state");
+
+    let output = run_job(&sb, &[]);
+    let shown = text(&output);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("recorded 1 first seen"), "{shown}");
+    assert!(shown.contains("corrupted"), "{shown}");
+    let saved = saved_state(&sb);
+    let recorded = saved.get(&app).expect("the log is recorded").last_rotated;
+    assert!((Utc::now() - recorded).num_seconds().abs() < 60);
+    assert_eq!(names(&sb.path("logs")), ["app.log"]);
+}
+
+#[test]
+fn one_failing_file_fails_the_run_after_the_others_are_rotated_and_saved() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.path("logs")).expect("logs dir");
+    sb.write_jobs(
+        "  logs:\n    on_signal: USR1\n    logrotate: {files: [logs/*.log, logs/missing.log], max_size: 1B}\n",
+    );
+    let logs = sb.path("logs");
+    fs::write(logs.join("a.log"), "a\n").expect("write a");
+    fs::write(logs.join("b.log"), "b\n").expect("write b");
+    // A second name for b.log: rotating one name would split them.
+    fs::hard_link(logs.join("b.log"), sb.path("b-link")).expect("hard link");
+    fs::write(logs.join("c.log"), "c\n").expect("write c");
+
+    let output = run_job(&sb, &[]);
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{shown}");
+    for expected in [
+        "rotated 2 of 3 log file(s)",
+        "2 error(s)",
+        "b.log: has 2 hard links",
+        "missing.log: no log file matches",
+    ] {
+        assert!(shown.contains(expected), "missing `{expected}` in {shown}");
+    }
+    assert_eq!(
+        names(&logs),
+        ["a.log", "a.log.1", "b.log", "c.log", "c.log.1"]
+    );
+    let saved = saved_state(&sb);
+    let keys: Vec<&PathBuf> = saved.keys().collect();
+    assert_eq!(keys, [&logs.join("a.log"), &logs.join("c.log")]);
+    // The failure reaches the operator as an alert.
+    let alerted = wait_for(LONG, || {
+        sb.alerts().contains("job-failed:logs").then_some(())
+    });
+    assert!(alerted.is_some(), "no alert: {}", sb.alerts());
+}
+
+#[test]
+fn a_log_keeps_its_state_however_the_jobs_file_is_named() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.path("logs")).expect("logs dir");
+    sb.write_jobs(
+        "  logs:\n    on_signal: USR1\n    logrotate: {files: [logs/app.log], period: daily}\n",
+    );
+    let app = sb.path("logs/app.log");
+    fs::write(&app, "line\n").expect("write log");
+    let by_full_path = run_job(&sb, &[]);
+    assert!(
+        text(&by_full_path).contains("recorded 1 first seen"),
+        "{}",
+        text(&by_full_path)
+    );
+
+    let by_relative_name = Command::new(harness::BIN)
+        .args(["run-job", "logs", "--config", "jobs.yaml"])
+        .current_dir(sb.dir.path())
+        .env_remove("CARETAKER_CONFIG")
+        .output()
+        .expect("run caretaker");
+    let shown = text(&by_relative_name);
+    assert!(by_relative_name.status.success(), "{shown}");
+    assert!(shown.contains("recorded 0 first seen"), "{shown}");
+    let saved = saved_state(&sb);
+    assert_eq!(saved.keys().collect::<Vec<_>>(), [&app]);
+}
