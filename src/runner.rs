@@ -67,6 +67,8 @@ pub fn run(
     dry_run: bool,
     shutdown: Arc<AtomicBool>,
 ) -> Outcome {
+    // Every line logged during the run, the job's own included, names the job.
+    let _span = tracing::info_span!("run", job = %job.name).entered();
     let started = Instant::now();
     let skipped = |why: String| {
         tracing::info!(job = %job.name, %trigger, "skipped: {why}");
@@ -110,6 +112,8 @@ pub fn run(
             Err(e) => return failed(config, state, job, early(e, dry_run, trigger), started),
         }
     };
+    // Time spent waiting for the locks is not the job's duration.
+    let started = Instant::now();
     tracing::info!(job = %job.name, kind = job.kind.name(), %trigger, dry_run, "job started");
     let mut ctx = Context {
         job: &job.name,
