@@ -20,6 +20,17 @@ pub enum Period {
     Month,
 }
 
+impl Period {
+    /// The name the jobs file uses: `day`, `week` or `month`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
 /// The first local date of the period containing `date`, and the first date after it.
 fn date_bounds(period: Period, date: NaiveDate) -> (NaiveDate, NaiveDate) {
     match period {

@@ -103,6 +103,16 @@ fn crossing_75_then_100_percent_sends_two_alerts_and_reruns_send_none() {
         "top models, most expensive first: {body}"
     );
     assert_eq!(figure(&report, "spent_usd{limit=\"daily\"}"), 8.0);
+    // What the metrics file shows: the spend against the limit in the current local day.
+    let shown: Vec<caretaker::metrics::BudgetSpend> =
+        state.get("budget:spend", "spend").unwrap().unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(
+        (shown[0].limit.as_str(), shown[0].period.as_str()),
+        ("daily", "day")
+    );
+    assert_eq!((shown[0].spend_usd, shown[0].limit_usd), (8.0, 10.0));
+    assert_eq!(shown[0].period_start, utc("2026-11-21T23:00:00Z"));
 
     let (_, again) = run_at(&config, &state, "spend", now, false).unwrap();
     assert!(

@@ -19,6 +19,7 @@ use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::Checks;
 use crate::config::values::Share;
 use crate::gateway::Gateway;
+use crate::metrics::BudgetSpend;
 use crate::periods::{self, Period};
 
 #[derive(Debug, Deserialize)]
@@ -438,6 +439,22 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         done.extend(c.percents.iter().copied());
         ctx.state.put(&ns, &c.sent_key(), &done)?;
         ctx.alerts.push(AlertEvent::Raise(alert));
+    }
+    if !ctx.dry_run {
+        // What the metrics file shows for this job: spend against each limit, this period.
+        let shown: Vec<BudgetSpend> = spec
+            .limits
+            .iter()
+            .zip(&spends)
+            .map(|(limit, spend)| BudgetSpend {
+                limit: limit.name.clone(),
+                period: limit.period.name().to_string(),
+                period_start: periods::bounds(limit.period, ctx.now, tz).0,
+                spend_usd: spend.spent,
+                limit_usd: limit.usd,
+            })
+            .collect();
+        ctx.state.put(&ns, "spend", &shown)?;
     }
 
     let mut parts = Vec::new();
