@@ -210,16 +210,4 @@ impl Checks<'_> {
     pub fn base_dir(&self) -> &Path {
         self.base
     }
-
-    /// Whether `key_path` is written in the file (as opposed to taking its default).
-    pub fn is_set(&self, key_path: &str) -> bool {
-        let mut node = self.tree;
-        for key in key_path.split('.') {
-            match node.get(key) {
-                Some(e) => node = &e.value,
-                None => return false,
-            }
-        }
-        true
-    }
 }

@@ -302,10 +302,3 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
-
-/// The answer of a kind whose runner is not built yet: a failure, never a silent success.
-pub fn not_implemented(kind: &str) -> anyhow::Result<Report> {
-    anyhow::bail!(
-        "the `{kind}` job kind is not implemented in this version of caretaker; remove the job or upgrade"
-    )
-}
