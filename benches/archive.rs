@@ -7,58 +7,16 @@
 //! second, default 100).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use caretaker::sample::{self, SampleOptions};
 use caretaker::sim::SimReport;
 use chrono::{TimeDelta, Utc};
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-struct Sim {
-    child: Child,
-    report: PathBuf,
-}
-
-fn start_sim(db: &Path, rate: f64, dir: &Path, tag: &str) -> Sim {
-    let ready = dir.join(format!("{tag}.ready"));
-    let report = dir.join(format!("{tag}.sim.json"));
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
-        .arg("--db")
-        .arg(db)
-        .args(["--style", "apantli", "--rate", &rate.to_string()])
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--report")
-        .arg(&report)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting gateway-sim");
-    let start = Instant::now();
-    while !ready.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "gateway-sim never committed a row"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Sim { child, report }
-}
-
-fn stop_sim(mut sim: Sim) -> SimReport {
-    let pid = rustix::process::Pid::from_raw(sim.child.id() as i32).expect("a child pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-        .expect("signalling gateway-sim");
-    sim.child.wait().expect("waiting for gateway-sim");
-    serde_json::from_slice(&std::fs::read(&sim.report).expect("the simulator's report"))
-        .expect("parsing the simulator's report")
-}
+use common::{Sim, env_or};
 
 fn count(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).expect("opening the database");
@@ -92,7 +50,7 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
         ),
     )
     .expect("writing the jobs file");
-    let sim = start_sim(db, rate, dir, "caretaker");
+    let sim = Sim::start(db, dir, rate, "caretaker");
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
         .args(["run-job", "arch", "--config"])
@@ -101,7 +59,7 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
         .output()
         .expect("running caretaker");
     let seconds = start.elapsed().as_secs_f64();
-    let sim = stop_sim(sim);
+    let sim = sim.stop();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -120,7 +78,7 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
 /// it fails outright against a writing gateway: after the export's long read transaction,
 /// hundreds of the gateway's writes are queued and a 5 s wait is not enough to get in.
 fn recipe(db: &Path, dir: &Path, rate: f64, bound: &str) -> Outcome {
-    let sim = start_sim(db, rate, dir, "recipe");
+    let sim = Sim::start(db, dir, rate, "recipe");
     let start = Instant::now();
     let export = Command::new("sh")
         .arg("-c")
@@ -141,7 +99,7 @@ fn recipe(db: &Path, dir: &Path, rate: f64, bound: &str) -> Outcome {
         .expect("running the delete");
     let delete_ms = delete_start.elapsed().as_secs_f64() * 1000.0;
     let seconds = start.elapsed().as_secs_f64();
-    let sim = stop_sim(sim);
+    let sim = sim.stop();
     assert!(delete.success(), "the recipe's DELETE failed");
     Outcome {
         seconds,
