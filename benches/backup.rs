@@ -110,7 +110,7 @@ fn main() {
     fs::write(
         &config,
         format!(
-            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  bench:\n    on_signal: USR1\n    backup: {{to: {}, level: 6, keep: {{last: 1}}, verify: quick}}\n",
+            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  bench:\n    on_signal: USR1\n    backup: {{to: {}, keep: {{last: 1}}, verify: quick}}\n",
             db.display(),
             dir.join("state").display(),
             out_dir.display()
@@ -134,8 +134,9 @@ fn main() {
     let failed =
         (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
     results.push(Measured {
-        name: "caretaker run-job (snapshot, quick_check, parallel gzip -6, read-back, publish)"
-            .into(),
+        name:
+            "caretaker run-job (snapshot, quick_check, parallel gzip level 7, read-back, publish)"
+                .into(),
         seconds: failed.is_none().then_some(seconds),
         bytes: archive.and_then(|a| fs::metadata(a).ok()).map(|m| m.len()),
         sim: Some(sim),

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod periods;
 pub mod pgzip;
 pub mod prices;
+pub mod readahead;
 pub mod retention;
 pub mod rotation;
 pub mod runner;

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fsx::PendingFile;
 use crate::pgzip::ParallelGzWriter;
+use crate::readahead::ReadAhead;
 
 /// The archive format this version writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -236,7 +237,10 @@ fn open_tar(path: &Path) -> anyhow::Result<(tar::Archive<Box<dyn Read>>, bool)> 
         head.starts_with(&[0x1f, 0x8b])
     };
     let reader: Box<dyn Read> = if compressed {
-        Box::new(flate2::bufread::GzDecoder::new(file))
+        Box::new(
+            ReadAhead::new(flate2::bufread::GzDecoder::new(file))
+                .context("starting a thread to decompress it")?,
+        )
     } else {
         Box::new(file)
     };
