@@ -43,7 +43,7 @@ pub struct PendingFile {
 
 impl PendingFile {
     pub fn create(dest: &Path) -> anyhow::Result<PendingFile> {
-        let dir = dest.parent().unwrap_or(Path::new("."));
+        let dir = parent_dir(dest);
         let name = dest
             .file_name()
             .with_context(|| format!("{} has no file name", dest.display()))?
@@ -88,7 +88,7 @@ impl PendingFile {
                 self.dest.display()
             )
         })?;
-        let dir = self.dest.parent().unwrap_or(Path::new("."));
+        let dir = parent_dir(&self.dest);
         sync_dir(dir).with_context(|| format!("flushing directory {}", dir.display()))?;
         Ok(std::mem::take(&mut self.dest))
     }
@@ -123,6 +123,14 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The directory holding `path`: `.` for a bare file name, whose `parent()` is the empty path.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// Removes temporary files left in `dir` by a process that was killed mid-write.
 pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
@@ -146,6 +154,13 @@ pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_file_name_is_written_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("report.json")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("/")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/report.json")), Path::new("a"));
+    }
 
     #[test]
     fn a_committed_file_is_private_and_complete_and_no_temp_remains() {

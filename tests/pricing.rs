@@ -566,9 +566,13 @@ fn the_bobamixer_gateway_meets_our_write_lock_less_than_one_percent_of_the_time(
         sim["failed"].as_u64().unwrap(),
         sim["attempted"].as_u64().unwrap(),
     );
-    assert!(attempted > 50, "{sim}");
+    // The simulator runs only while the job does (about 2 s at 20 inserts/s), so the count
+    // of lost inserts is a small binomial sample: with a 1 % chance each, 4 or more lost in
+    // ~50 happens about once in a thousand runs, while a job that held the lock a fifth of
+    // the time would lose about 10.
+    assert!(attempted >= 20, "the simulator barely ran: {sim}");
     assert!(
-        failed * 100 <= attempted * 2,
+        failed <= 3 + attempted / 50,
         "the gateway lost more rows than the lock share explains: {sim}"
     );
 }

@@ -1,10 +1,14 @@
 //! The `integrity` job: `quick_check`, or `integrity_check` plus `foreign_key_check`.
 //!
-//! Both checks run in one read transaction. In WAL mode the gateway keeps writing meanwhile;
-//! with a rollback journal (Apantli) its commits wait until the check ends, so on a large
-//! database the check's duration is the gateway's stall (docs/jobs/integrity.md has figures).
+//! Both checks run in one read transaction. In WAL mode the gateway keeps writing meanwhile, so
+//! the live database is checked. With a rollback journal (Apantli) the gateway's commits wait
+//! for as long as a read transaction lasts, and a full check of a 2 GB file outlasts Apantli's
+//! 5 s busy timeout; so by default such a database is first copied the way the backup job
+//! copies it (the kernel copies the file under one short read transaction, about 0.4 s per GB)
+//! and the copy, byte for byte the database's file, is checked while the gateway writes on.
 
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rusqlite::{Connection, ErrorCode};
@@ -12,7 +16,10 @@ use serde::Deserialize;
 
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
+use crate::backup::{free_bytes, human_bytes, snapshot};
 use crate::config::Checks;
+use crate::gateway::Gateway;
+use crate::writelock::journal_mode;
 
 /// Findings quoted in the summary and the alert; the rest are counted.
 const QUOTED_FINDINGS: usize = 10;
@@ -26,21 +33,45 @@ pub enum Depth {
     Full,
 }
 
+/// Whether the check reads the live database or a copy of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Copy {
+    /// A copy when the database has a rollback journal, the live database in WAL mode.
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Raw {
     check: Option<Depth>,
+    copy: Option<Copy>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub check: Depth,
+    pub copy: Copy,
 }
 
 pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec> {
     Some(Spec {
         check: raw.check.unwrap_or(Depth::Quick),
+        copy: raw.copy.unwrap_or(Copy::Auto),
     })
+}
+
+impl Copy {
+    /// Whether to check a copy, given the database's journal mode.
+    pub fn applies(self, wal: bool) -> bool {
+        match self {
+            Copy::Auto => !wal,
+            Copy::Always => true,
+            Copy::Never => false,
+        }
+    }
 }
 
 /// What the checks found: empty when the database is sound.
@@ -155,28 +186,46 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         Depth::Full => "PRAGMA integrity_check and PRAGMA foreign_key_check",
     };
     let db = gateway.database.display().to_string();
+    let conn = gateway.connect(true)?;
+    let on_copy = spec.copy.applies(journal_mode(&conn)? == "wal");
     if ctx.dry_run {
-        let bytes = std::fs::metadata(&gateway.database)
-            .with_context(|| format!("reading the size of {db}"))?
-            .len();
+        let bytes = database_bytes(&gateway.database)?;
         let mut report = Report::new(format!("would run {pragma} on {db}"));
-        report.plan.push(format!(
-            "check: {pragma} reads all {bytes} bytes of {db} in one read transaction, changing nothing"
-        ));
+        report.plan.push(if on_copy {
+            format!(
+                "copy: {bytes} bytes of {db} into {} under one read transaction, then check the copy: {pragma}, changing nothing",
+                ctx.config.state_dir.display()
+            )
+        } else {
+            format!(
+                "check: {pragma} reads all {bytes} bytes of {db} in one read transaction, changing nothing"
+            )
+        });
         return Ok(report.figure("database_bytes", bytes as f64));
     }
-    let conn = gateway.connect(true)?;
     let started = Instant::now();
-    let findings = check(&conn, spec.check)?;
+    let (findings, lock) = if on_copy {
+        drop(conn);
+        check_a_copy(gateway, &ctx.config.state_dir, ctx.job, spec.check)?
+    } else {
+        let findings = check(&conn, spec.check)?;
+        (findings, started.elapsed())
+    };
     let seconds = started.elapsed().as_secs_f64();
+    let checked = if on_copy {
+        format!("{db} (a copy)")
+    } else {
+        db.clone()
+    };
     if findings.is_clean() {
         ctx.alerts.push(AlertEvent::Resolve {
             key,
             job: Some(ctx.job.to_string()),
             what: "the gateway database fails its integrity check".into(),
         });
-        return Ok(Report::new(format!("{db}: {pragma} found no problem"))
+        return Ok(Report::new(format!("{checked}: {pragma} found no problem"))
             .figure("check_seconds", seconds)
+            .figure("read_txn_ms", lock.as_secs_f64() * 1000.0)
             .figure("findings", 0.0));
     }
     let described = findings.describe();
@@ -186,13 +235,101 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         job: Some(ctx.job.to_string()),
         what: "the gateway database fails its integrity check".into(),
         body: format!(
-            "{pragma} on {db} reported: {described}\n\n\
+            "{pragma} on {checked} reported: {described}\n\n\
              Stop the gateway if you can, keep a copy of the damaged file (with its -wal and -journal \
              files), and restore the latest verified backup with `caretaker restore`. \
              `sqlite3 {db} .recover` can salvage rows the backup does not have."
         ),
     }));
-    anyhow::bail!("{db} fails its integrity check ({pragma}): {described}")
+    anyhow::bail!("{checked} fails its integrity check ({pragma}): {described}")
+}
+
+fn database_bytes(db: &Path) -> anyhow::Result<u64> {
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let size = std::fs::metadata(db)
+        .with_context(|| format!("reading the size of {}", db.display()))?
+        .len();
+    Ok(size + std::fs::metadata(wal).map_or(0, |m| m.len()))
+}
+
+/// Copies the gateway database into `state_dir` as the backup job does and checks the copy.
+/// Returns the findings and how long the copy held the gateway's database.
+fn check_a_copy(
+    gateway: &Gateway,
+    state_dir: &Path,
+    job: &str,
+    depth: Depth,
+) -> anyhow::Result<(Findings, Duration)> {
+    // One fixed name per job: the job lock keeps two runs of it apart, and a run killed midway
+    // leaves a copy that the next run removes first.
+    let copy = ScratchCopy(state_dir.join(format!("integrity-{job}.copy.db")));
+    copy.remove()?;
+    let needed = database_bytes(&gateway.database)?;
+    let free = free_bytes(state_dir)?;
+    if free < needed {
+        anyhow::bail!(
+            "not enough free space in {} for a copy of {} to check: about {} needed, {} available; \
+             free space there, or set `copy: never` to check the live database (its commits then wait \
+             for the whole check)",
+            state_dir.display(),
+            gateway.database.display(),
+            human_bytes(needed),
+            human_bytes(free)
+        );
+    }
+    let snap = match snapshot::take(gateway, &copy.0) {
+        Ok(snap) => snap,
+        // A file too damaged to copy is what the check is there to find.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<rusqlite::Error>()
+                    .is_some_and(is_corruption)
+            }) =>
+        {
+            let findings = Findings {
+                structure: vec![format!("SQLite cannot read the database: {e:#}")],
+                foreign_keys: Vec::new(),
+            };
+            return Ok((findings, Duration::ZERO));
+        }
+        Err(e) => return Err(e.context("copying the gateway database to check the copy")),
+    };
+    let conn = Connection::open_with_flags(
+        &copy.0,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening the copy {}", copy.0.display()))?;
+    let findings = check(&conn, depth)?;
+    drop(conn);
+    Ok((findings, snap.held))
+}
+
+/// The scratch copy and the files SQLite keeps beside it, removed when the check is done.
+struct ScratchCopy(PathBuf);
+
+impl ScratchCopy {
+    fn remove(&self) -> anyhow::Result<()> {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let path = PathBuf::from(format!("{}{suffix}", self.0.display()));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing the scratch copy {}", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ScratchCopy {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!("{e:#}");
+        }
+    }
 }
 
 #[cfg(test)]
