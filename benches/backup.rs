@@ -11,7 +11,6 @@
 //! default 600).
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use caretaker::sim::SimReport;
 
 mod common;
 
-use common::{Sim, env_or};
+use common::{Sim, apantli_sample, bench_dir, env_or, run_job};
 
 struct Measured {
     name: String,
@@ -61,23 +60,8 @@ fn main() {
     let rate: f64 = env_or("CARETAKER_BENCH_RATE", 100.0);
     let timeout = Duration::from_secs(env_or("CARETAKER_BENCH_TIMEOUT", 600));
     let temp = tempfile::tempdir().expect("creating a temporary directory");
-    let dir = std::env::var_os("CARETAKER_BENCH_DIR")
-        .map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
-    fs::create_dir_all(&dir).expect("creating the bench directory");
-    let db = dir.join(format!("requests-{rows}.db"));
-    if !db.exists() {
-        let start = Instant::now();
-        let opts = caretaker::sample::SampleOptions {
-            rows,
-            ..Default::default()
-        };
-        caretaker::sample::create_apantli(&db, &opts).expect("creating the sample database");
-        println!(
-            "created {} in {:.0} s",
-            db.display(),
-            start.elapsed().as_secs_f64()
-        );
-    }
+    let dir = bench_dir(&temp);
+    let db = apantli_sample(&dir, rows);
     let size = fs::metadata(&db).expect("sample database").len();
     println!(
         "database: {} rows, {:.0} MB, rollback journal; gateway-sim apantli at {rate} writes/s; {} cores",
@@ -118,14 +102,7 @@ fn main() {
     )
     .expect("writing the jobs file");
     let sim = Sim::start(&db, &dir, rate, "caretaker");
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-        .args(["run-job", "bench", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running caretaker");
-    let seconds = start.elapsed().as_secs_f64();
+    let (out, seconds) = run_job("bench", &config);
     let sim = sim.stop();
     let archive = caretaker::backup::list(&out_dir, "bench")
         .expect("listing caretaker's output")

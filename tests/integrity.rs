@@ -1,5 +1,6 @@
-//! The integrity check on a copy: rollback-journal databases are copied under one short read
-//! transaction and the copy is checked, so the gateway's commits do not wait for the check.
+//! The integrity check on a copy: for a full check, rollback-journal databases are copied under
+//! one short read transaction and the copy is checked, so the gateway's commits do not wait for
+//! the check.
 
 #[path = "common/dbcare.rs"]
 mod common;
@@ -19,6 +20,10 @@ fn options(rows: u64) -> SampleOptions {
 
 fn integrity_job(extra: &str) -> String {
     format!("  check:\n    on_signal: USR1\n    integrity: {{check: full{extra}}}\n")
+}
+
+fn quick_job() -> String {
+    "  check:\n    on_signal: USR1\n    integrity: {check: quick}\n".to_string()
 }
 
 /// What `state_dir` holds besides caretaker's own state database.
@@ -43,6 +48,9 @@ fn a_rollback_database_is_checked_on_a_copy_while_the_gateway_writes() {
     let copied = run_job(&config, "check", &[]);
     let config = jobs_file(dir.path(), &db, "apantli", &integrity_job(", copy: never"));
     let live = run_job(&config, "check", &[]);
+    // A quick check copies nothing by default: copying takes about as long as the check.
+    let config = jobs_file(dir.path(), &db, "apantli", &quick_job());
+    let quick = run_job(&config, "check", &[]);
     let report = sim.stop();
 
     assert!(copied.status.success(), "{}", text(&copied));
@@ -58,6 +66,13 @@ fn a_rollback_database_is_checked_on_a_copy_while_the_gateway_writes() {
         stdout.contains("found no problem") && !stdout.contains("(a copy)"),
         "{}",
         text(&live)
+    );
+    assert!(quick.status.success(), "{}", text(&quick));
+    let stdout = String::from_utf8_lossy(&quick.stdout);
+    assert!(
+        stdout.contains("requests.db: PRAGMA quick_check found no problem"),
+        "{}",
+        text(&quick)
     );
     assert_eq!(report.failed, 0, "the gateway lost writes: {report:?}");
     assert!(report.committed > 0, "{report:?}");

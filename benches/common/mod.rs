@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use caretaker::sim::SimReport;
@@ -14,6 +14,55 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The directory a benchmark works in: `CARETAKER_BENCH_DIR`, or `temp`.
+pub fn bench_dir(temp: &tempfile::TempDir) -> PathBuf {
+    let dir = std::env::var_os("CARETAKER_BENCH_DIR")
+        .map_or_else(|| temp.path().to_path_buf(), PathBuf::from);
+    fs::create_dir_all(&dir).expect("creating the bench directory");
+    dir
+}
+
+/// The sample Apantli database of `rows` rows in `dir`, created on first use and kept.
+pub fn apantli_sample(dir: &Path, rows: u64) -> PathBuf {
+    let db = dir.join(format!("requests-{rows}.db"));
+    if !db.exists() {
+        let start = Instant::now();
+        let opts = caretaker::sample::SampleOptions {
+            rows,
+            ..Default::default()
+        };
+        caretaker::sample::create_apantli(&db, &opts).expect("creating the sample database");
+        println!(
+            "created {} in {:.0} s",
+            db.display(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    db
+}
+
+/// Runs `caretaker run-job JOB --config CONFIG`; its output and wall time in seconds.
+pub fn run_job(job: &str, config: &Path) -> (Output, f64) {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+        .args(["run-job", job, "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running caretaker");
+    (out, start.elapsed().as_secs_f64())
+}
+
+/// The value of `name=` among the figures of a run-job summary line.
+pub fn figure(out: &str, name: &str) -> Option<f64> {
+    out.split(&format!("{name}="))
+        .nth(1)?
+        .split([' ', ')'])
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A gateway-sim process writing Apantli-style rows for the duration of one measurement.

@@ -3,9 +3,9 @@
 //! Both checks run in one read transaction. In WAL mode the gateway keeps writing meanwhile, so
 //! the live database is checked. With a rollback journal (Apantli) the gateway's commits wait
 //! for as long as a read transaction lasts, and a full check of a 2 GB file outlasts Apantli's
-//! 5 s busy timeout; so by default such a database is first copied the way the backup job
-//! copies it (the kernel copies the file under one short read transaction, about 0.4 s per GB)
-//! and the copy, byte for byte the database's file, is checked while the gateway writes on.
+//! 5 s busy timeout; so by default a full check of such a database first copies it the way the
+//! backup job does (under one read transaction, about half as long as the full check would
+//! hold it) and checks the copy, byte for byte the database's file, while the gateway writes on.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ pub enum Depth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Copy {
-    /// A copy when the database has a rollback journal, the live database in WAL mode.
+    /// A copy for a full check of a rollback-journal database, the live database otherwise.
     Auto,
     Always,
     Never,
@@ -64,10 +64,13 @@ pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec>
 }
 
 impl Copy {
-    /// Whether to check a copy, given the database's journal mode.
-    pub fn applies(self, wal: bool) -> bool {
+    /// Whether to check a copy, given the database's journal mode and the depth of the check.
+    /// The copy holds the gateway's commits for about 1.1-1.4 s per GB; a live `quick_check`
+    /// of a file in the page cache holds them about 0.7-1 s per GB, a live full check 2-2.6 s
+    /// per GB (docs/benchmarks.md). So a copy shortens the stall of a full check only.
+    pub fn applies(self, wal: bool, depth: Depth) -> bool {
         match self {
-            Copy::Auto => !wal,
+            Copy::Auto => !wal && depth == Depth::Full,
             Copy::Always => true,
             Copy::Never => false,
         }
@@ -187,7 +190,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     };
     let db = gateway.database.display().to_string();
     let conn = gateway.connect(true)?;
-    let on_copy = spec.copy.applies(journal_mode(&conn)? == "wal");
+    let on_copy = spec.copy.applies(journal_mode(&conn)? == "wal", spec.check);
     if ctx.dry_run {
         let bytes = database_bytes(&gateway.database)?;
         let mut report = Report::new(format!("would run {pragma} on {db}"));
@@ -335,6 +338,25 @@ impl Drop for ScratchCopy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_copies_for_a_full_check_of_a_rollback_journal_database_only() {
+        let cases = [
+            (Copy::Auto, false, Depth::Full, true),
+            (Copy::Auto, false, Depth::Quick, false),
+            (Copy::Auto, true, Depth::Full, false),
+            (Copy::Auto, true, Depth::Quick, false),
+            (Copy::Always, true, Depth::Quick, true),
+            (Copy::Never, false, Depth::Full, false),
+        ];
+        for (copy, wal, depth, expected) in cases {
+            assert_eq!(
+                copy.applies(wal, depth),
+                expected,
+                "{copy:?} wal={wal} {depth:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_sound_database_has_no_findings_at_either_depth() {
