@@ -4,8 +4,9 @@
 //! the live database is checked. With a rollback journal (Apantli) the gateway's commits wait
 //! for as long as a read transaction lasts, and a full check of a 2 GB file outlasts Apantli's
 //! 5 s busy timeout; so by default a full check of such a database first copies it the way the
-//! backup job does (under one read transaction, about half as long as the full check would
-//! hold it) and checks the copy, byte for byte the database's file, while the gateway writes on.
+//! backup job does (read into memory under one read transaction, a fraction of the time the
+//! full check would hold it) and checks the copy, byte for byte the database's file, while the
+//! gateway writes on.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -65,9 +66,9 @@ pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec>
 
 impl Copy {
     /// Whether to check a copy, given the database's journal mode and the depth of the check.
-    /// The copy holds the gateway's commits for about 1.1-1.4 s per GB; a live `quick_check`
-    /// of a file in the page cache holds them about 0.7-1 s per GB, a live full check 2-2.6 s
-    /// per GB (docs/benchmarks.md). So a copy shortens the stall of a full check only.
+    /// Writing the copy out loads the disk the gateway fsyncs to about as long as a live
+    /// `quick_check` holds the gateway (both about 1-1.5 s per GB); a live full check holds
+    /// it 2-4.5 s per GB (docs/benchmarks.md). So a copy pays for a full check only.
     pub fn applies(self, wal: bool, depth: Depth) -> bool {
         match self {
             Copy::Auto => !wal && depth == Depth::Full,
