@@ -55,11 +55,24 @@ pub struct Alert {
 #[derive(Debug, Clone)]
 pub enum AlertEvent {
     Raise(Alert),
+    /// The condition behind an already raised key got worse, and the raiser has decided that
+    /// exactly once (a budget crossing its next threshold in the same period): queued now,
+    /// whatever `repeat_after` says. It stays one condition under one key, so one resolve
+    /// clears it.
+    Escalate(Alert),
     /// The condition behind `key` has cleared.
     Resolve {
         key: String,
         job: Option<String>,
         what: String,
+    },
+    /// The condition behind `key` has cleared, with a body of the raiser's own: how it ended and
+    /// its final figures (a budget period that ended, with its final spend).
+    ResolveWith {
+        key: String,
+        job: Option<String>,
+        what: String,
+        body: String,
     },
 }
 
@@ -180,7 +193,7 @@ pub fn submit(
     let mut queued = 0;
     for event in events {
         let (key, resolved, severity, job, what, body) = match event {
-            AlertEvent::Raise(a) => {
+            AlertEvent::Raise(a) | AlertEvent::Escalate(a) => {
                 let last: Option<(i64, i64)> = tx
                     .query_row(
                         "SELECT active, last_sent_at FROM alert_state WHERE key = ?1",
@@ -188,7 +201,7 @@ pub fn submit(
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .ok();
-                if let Some((1, sent)) = last {
+                if let (AlertEvent::Raise(_), Some((1, sent))) = (event, last) {
                     let since = now - from_millis(sent);
                     if since.to_std().unwrap_or(Duration::ZERO) < settings.repeat_after {
                         continue;
@@ -208,7 +221,8 @@ pub fn submit(
                     a.body.clone(),
                 )
             }
-            AlertEvent::Resolve { key, job, what } => {
+            AlertEvent::Resolve { key, job, what }
+            | AlertEvent::ResolveWith { key, job, what, .. } => {
                 let changed = tx.execute(
                     "UPDATE alert_state SET active = 0 WHERE key = ?1 AND active = 1",
                     params![key],
@@ -216,7 +230,10 @@ pub fn submit(
                 if changed == 0 {
                     continue;
                 }
-                let body = format!("The condition has cleared: {what}.\nNothing more to do.");
+                let body = match event {
+                    AlertEvent::ResolveWith { body, .. } => body.clone(),
+                    _ => format!("The condition has cleared: {what}.\nNothing more to do."),
+                };
                 (
                     key,
                     true,
@@ -388,6 +405,20 @@ pub fn pending(state: &State) -> anyhow::Result<Vec<Pending>> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Marks every raised key that starts with `prefix` as no longer raised, without a message;
+/// returns how many. For keys a newer version no longer uses (the budget job's keys of
+/// before its alerts were resolved), so that they do not count as active for ever.
+pub fn retire(state: &State, prefix: &str) -> anyhow::Result<usize> {
+    // `substr` rather than LIKE: LIKE ignores case and treats `_` and `%` as wildcards.
+    state
+        .conn()
+        .execute(
+            "UPDATE alert_state SET active = 0 WHERE active = 1 AND substr(key, 1, length(?1)) = ?1",
+            params![prefix],
+        )
+        .with_context(|| format!("retiring the alert keys `{prefix}*` in the state database"))
 }
 
 /// Condition keys that are currently raised, for `status`.
