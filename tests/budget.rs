@@ -489,7 +489,13 @@ fn run_job_delivers_the_alert_to_the_alerts_file_once() {
     apantli_db(&db);
     // Now, by the real clock the binary reads too.
     spend(&db, Utc::now(), "gpt-4o", 9.0, false);
-    let config = write_config(dir.path(), &db, "apantli", "timezone: UTC", JOBS);
+    let config = write_config(
+        dir.path(),
+        &db,
+        "apantli",
+        &format!("timezone: {}", zone_far_from_midnight()),
+        JOBS,
+    );
     let run = || {
         let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
             .args(["run-job", "spend", "--config"])
@@ -558,4 +564,203 @@ fn bad_limits_are_refused_with_their_place_in_the_file() {
     ] {
         assert!(errors.contains(needle), "missing {needle:?} in:\n{errors}");
     }
+}
+
+/// A jobs file whose alerts go to the SMTP server on 127.0.0.1:`port` (plain SMTP) and to
+/// `alerts.jsonl`, for the budget job of [`JOBS`] in `zone`.
+fn smtp_config(dir: &Path, db: &Path, zone: &str, port: u16) -> std::path::PathBuf {
+    let path = dir.join("jobs.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "gateway: {{database: {db}, schema: apantli, busy_timeout: 5s}}\nstate_dir: {state}\ntimezone: {zone}\n\
+             alerts:\n  email:\n    smtp: {{host: 127.0.0.1, port: {port}, tls: none, timeout: 20s}}\n    from: \"caretaker <alerts@example.com>\"\n    to: [ops@example.com]\n  file: {file}\n\
+             jobs:\n{JOBS}",
+            db = db.display(),
+            state = dir.join("state").display(),
+            file = dir.join("alerts.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A body as sent, decoded when lettre chose quoted-printable (it does for lines longer
+/// than 76 characters, as budget bodies have): soft line breaks joined, `=XX` bytes decoded.
+fn decoded_body(raw: &str) -> String {
+    let body = harness::body(raw);
+    let qp = harness::header(raw, "Content-Transfer-Encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("quoted-printable"));
+    if !qp {
+        return body;
+    }
+    let joined = body.replace("=\n", "");
+    let mut bytes = Vec::new();
+    let mut rest = joined.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'=' && tail.len() >= 2 {
+            let hex = std::str::from_utf8(&tail[..2]).expect("ASCII after =");
+            bytes.push(u8::from_str_radix(hex, 16).expect("=XX in quoted-printable"));
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).expect("the body is UTF-8")
+}
+
+/// (subject, body) of every mail the server received, in arrival order.
+fn mails(server: &harness::SmtpServer) -> Vec<(String, String)> {
+    server
+        .received()
+        .iter()
+        .map(|(raw, _)| {
+            (
+                harness::header(raw, "Subject").expect("every mail has a subject"),
+                decoded_body(raw),
+            )
+        })
+        .collect()
+}
+
+/// A zone whose local midnight is hours away by the real clock, for the tests that run the
+/// binary: a day that rolls over mid-test would turn a "back under" into a "period ended".
+fn zone_far_from_midnight() -> &'static str {
+    use chrono::Timelike;
+    if matches!(Utc::now().hour(), 0 | 23) {
+        "Etc/GMT-12"
+    } else {
+        "UTC"
+    }
+}
+
+#[tokio::test]
+async fn local_midnight_sends_one_resolved_mail_through_a_real_smtp_server_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = harness::SmtpServer::start(dir.path(), 0, &[]);
+    let db = dir.path().join("requests.db");
+    apantli_db(&db);
+    let config = load(&smtp_config(dir.path(), &db, "Europe/Berlin", server.port));
+    let sinks = alerts::Sink::from_settings(&config.alerts).unwrap();
+    let names = caretaker::runner::sink_names(&config);
+    // One scheduled run as the daemon does it, with the clock passed in: the job, then its
+    // events into the outbox, then delivery.
+    let run = |state: &State, now: DateTime<Utc>| {
+        let (_, events) = run_at(&config, state, "spend", now, false).unwrap();
+        alerts::submit(state, &config.alerts, &names, now, &events).unwrap();
+        events
+    };
+    // 2026-10-25 is Berlin's 25-hour day: 00:10 CEST is 22:10 UTC the day before.
+    spend(&db, utc("2026-10-24T22:10:00Z"), "gpt-4o", 4.0, false);
+    spend(&db, utc("2026-10-25T22:00:00Z"), "gpt-4o", 4.0, false);
+    let state = State::open(&config.state_dir).unwrap();
+    assert_eq!(run(&state, utc("2026-10-25T22:30:00Z")).len(), 1);
+    let done = alerts::deliver_due(&state, &sinks, utc("2026-10-25T22:30:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(done.sent, 2, "mail and file: {}", server.stderr());
+    spend(&db, utc("2026-10-25T22:50:00Z"), "sonnet", 1.0, false);
+
+    // Just after the local midnight (23:00 UTC): the 25th's alert ends, with its final spend.
+    let midnight = utc("2026-10-25T23:02:00Z");
+    assert_eq!(run(&state, midnight).len(), 1);
+    alerts::deliver_due(&state, &sinks, midnight).await.unwrap();
+    // The daemon restarts and runs again, in the same minute and later: nothing more.
+    drop(state);
+    let state = State::open(&config.state_dir).unwrap();
+    assert!(run(&state, midnight).is_empty());
+    assert!(run(&state, utc("2026-10-25T23:30:00Z")).is_empty());
+    alerts::deliver_due(&state, &sinks, utc("2026-10-25T23:30:00Z"))
+        .await
+        .unwrap();
+    assert!(alerts::pending(&state).unwrap().is_empty());
+    assert!(alerts::active(&state).unwrap().is_empty());
+
+    let got = mails(&server);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(
+        got[0].0,
+        "[caretaker] warning spend: budget daily at 80 % of $10.00 (2026-10-25)"
+    );
+    let resolved: Vec<_> = got
+        .iter()
+        .filter(|(s, _)| s.contains("resolved:"))
+        .collect();
+    assert_eq!(resolved.len(), 1, "exactly one resolved mail: {got:#?}");
+    assert_eq!(
+        resolved[0].0,
+        "[caretaker] info spend: resolved: budget daily 2026-10-25 ended at $9.00, 90 % of $10.00"
+    );
+    for needle in [
+        "Budget `daily` (day 2026-10-25) ended at 2026-10-26 00:00 CET: $9.00 spent of $10.00, 90.0 % of the limit",
+        "Thresholds alerted in 2026-10-25: 75 %.",
+    ] {
+        assert!(
+            resolved[0].1.contains(needle),
+            "missing {needle:?} in:\n{}",
+            resolved[0].1
+        );
+    }
+}
+
+#[test]
+fn run_job_mails_the_crossing_and_exactly_one_resolved_message_when_the_spend_is_back_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = harness::SmtpServer::start(dir.path(), 0, &[]);
+    let db = dir.path().join("requests.db");
+    apantli_db(&db);
+    let zone = zone_far_from_midnight();
+    // Now, by the real clock the binary reads too.
+    spend(&db, Utc::now(), "gpt-4o", 9.0, false);
+    let config = smtp_config(dir.path(), &db, zone, server.port);
+    let run = || {
+        let out = harness::run_job(&config, "spend");
+        assert!(out.status.success(), "{}", harness::describe(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let stdout = run();
+    assert!(stdout.contains("1 alert sent, 0 resolved"), "{stdout}");
+    let got = mails(&server);
+    assert_eq!(got.len(), 1, "{got:#?}\n{}", server.stderr());
+    assert!(
+        got[0]
+            .0
+            .starts_with("[caretaker] warning spend: budget daily at 90 % of $10.00 ("),
+        "{}",
+        got[0].0
+    );
+
+    // The rows are re-priced: the gateway had logged three times the real price.
+    Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE requests SET cost = cost / 3", [])
+        .unwrap();
+    let stdout = run();
+    assert!(stdout.contains("0 alerts sent, 1 resolved"), "{stdout}");
+    // A third run, a new process like a restarted daemon: nothing more.
+    let stdout = run();
+    assert!(stdout.contains("0 alerts sent, 0 resolved"), "{stdout}");
+
+    let got = mails(&server);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let resolved: Vec<_> = got
+        .iter()
+        .filter(|(s, _)| s.contains("resolved:"))
+        .collect();
+    assert_eq!(resolved.len(), 1, "exactly one resolved mail: {got:#?}");
+    let (subject, body) = resolved[0];
+    assert!(
+        subject.starts_with(
+            "[caretaker] info spend: resolved: budget daily back under 75 % of $10.00 ("
+        ) && subject.ends_with("): $3.00"),
+        "{subject}"
+    );
+    assert!(
+        body.contains("$3.00 spent of $10.00, 30.0 % of the limit, back under 75 %"),
+        "{body}"
+    );
+    let status = harness::status(&config);
+    assert_eq!(status["pending_alerts"], serde_json::json!([]), "{status}");
+    assert_eq!(status["active_alerts"], serde_json::json!([]), "{status}");
 }

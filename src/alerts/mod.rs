@@ -544,6 +544,129 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_escalation_passes_repeat_after_and_a_resolve_carries_its_own_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let file = dir.path().join("alerts.jsonl");
+        let s = settings(file.clone());
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
+        let minute = |m| t0 + chrono::Duration::minutes(m);
+        let AlertEvent::Raise(alert) = raise("budget:spend:daily:2026-11-22") else {
+            panic!("raise() makes a raise");
+        };
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0,
+                &[AlertEvent::Raise(alert.clone())]
+            )
+            .unwrap(),
+            1
+        );
+        // Within repeat_after a raise is held back, an escalation is not.
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                minute(1),
+                &[AlertEvent::Raise(alert.clone())]
+            )
+            .unwrap(),
+            0
+        );
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                minute(2),
+                &[AlertEvent::Escalate(alert.clone())]
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(active(&state).unwrap(), [alert.key.clone()]);
+        let resolve = AlertEvent::ResolveWith {
+            key: alert.key.clone(),
+            job: Some("spend".into()),
+            what: "budget daily 2026-11-22 ended at $12.00".into(),
+            body: "Budget `daily` ended: $12.00 spent of $10.00.".into(),
+        };
+        // One resolve for the key, however often it comes.
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                minute(3),
+                std::slice::from_ref(&resolve)
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(
+            submit(&state, &s, &["file"], minute(4), &[resolve]).unwrap(),
+            0
+        );
+        assert!(active(&state).unwrap().is_empty());
+        let sinks = Sink::from_settings(&s).unwrap();
+        assert_eq!(
+            deliver_due(&state, &sinks, minute(5)).await.unwrap().sent,
+            3
+        );
+        let last: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(last["resolved"], true);
+        assert_eq!(
+            last["body"],
+            "Budget `daily` ended: $12.00 spent of $10.00."
+        );
+        assert_eq!(
+            last["subject"],
+            "[caretaker] info spend: resolved: budget daily 2026-11-22 ended at $12.00"
+        );
+    }
+
+    #[test]
+    fn retire_deactivates_exactly_the_keys_with_the_prefix_and_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let s = settings(dir.path().join("alerts.jsonl"));
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
+        let keys = [
+            "budget:spend:a:1:75",
+            "budget:spend:b:1:100",
+            "budget:Spend:a:1:75",
+            "budget:spendx:a",
+            "health:spend:x",
+        ];
+        let events: Vec<AlertEvent> = keys.iter().map(|k| raise(k)).collect();
+        assert_eq!(
+            submit(&state, &s, &["file"], t0, &events).unwrap(),
+            keys.len()
+        );
+        assert_eq!(retire(&state, "budget:spend:").unwrap(), 2);
+        assert_eq!(
+            active(&state).unwrap(),
+            ["budget:Spend:a:1:75", "budget:spendx:a", "health:spend:x"]
+        );
+        assert_eq!(
+            pending(&state).unwrap().len(),
+            keys.len(),
+            "retiring queues nothing"
+        );
+    }
+
+    #[tokio::test]
     async fn a_failing_sink_keeps_the_alert_queued_with_backoff() {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path()).unwrap();
