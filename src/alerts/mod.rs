@@ -588,7 +588,7 @@ mod tests {
             .unwrap(),
             1
         );
-        assert_eq!(active(&state).unwrap(), [alert.key.clone()]);
+        assert_eq!(active(&state).unwrap(), std::slice::from_ref(&alert.key));
         let resolve = AlertEvent::ResolveWith {
             key: alert.key.clone(),
             job: Some("spend".into()),
