@@ -55,11 +55,24 @@ pub struct Alert {
 #[derive(Debug, Clone)]
 pub enum AlertEvent {
     Raise(Alert),
+    /// The condition behind an already raised key got worse, and the raiser has decided that
+    /// exactly once (a budget crossing its next threshold in the same period): queued now,
+    /// whatever `repeat_after` says. It stays one condition under one key, so one resolve
+    /// clears it.
+    Escalate(Alert),
     /// The condition behind `key` has cleared.
     Resolve {
         key: String,
         job: Option<String>,
         what: String,
+    },
+    /// The condition behind `key` has cleared, with a body of the raiser's own: how it ended and
+    /// its final figures (a budget period that ended, with its final spend).
+    ResolveWith {
+        key: String,
+        job: Option<String>,
+        what: String,
+        body: String,
     },
 }
 
@@ -180,7 +193,7 @@ pub fn submit(
     let mut queued = 0;
     for event in events {
         let (key, resolved, severity, job, what, body) = match event {
-            AlertEvent::Raise(a) => {
+            AlertEvent::Raise(a) | AlertEvent::Escalate(a) => {
                 let last: Option<(i64, i64)> = tx
                     .query_row(
                         "SELECT active, last_sent_at FROM alert_state WHERE key = ?1",
@@ -188,7 +201,7 @@ pub fn submit(
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .ok();
-                if let Some((1, sent)) = last {
+                if let (AlertEvent::Raise(_), Some((1, sent))) = (event, last) {
                     let since = now - from_millis(sent);
                     if since.to_std().unwrap_or(Duration::ZERO) < settings.repeat_after {
                         continue;
@@ -208,7 +221,8 @@ pub fn submit(
                     a.body.clone(),
                 )
             }
-            AlertEvent::Resolve { key, job, what } => {
+            AlertEvent::Resolve { key, job, what }
+            | AlertEvent::ResolveWith { key, job, what, .. } => {
                 let changed = tx.execute(
                     "UPDATE alert_state SET active = 0 WHERE key = ?1 AND active = 1",
                     params![key],
@@ -216,7 +230,10 @@ pub fn submit(
                 if changed == 0 {
                     continue;
                 }
-                let body = format!("The condition has cleared: {what}.\nNothing more to do.");
+                let body = match event {
+                    AlertEvent::ResolveWith { body, .. } => body.clone(),
+                    _ => format!("The condition has cleared: {what}.\nNothing more to do."),
+                };
                 (
                     key,
                     true,
@@ -390,6 +407,20 @@ pub fn pending(state: &State) -> anyhow::Result<Vec<Pending>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Marks every raised key that starts with `prefix` as no longer raised, without a message;
+/// returns how many. For keys a newer version no longer uses (the budget job's keys of
+/// before its alerts were resolved), so that they do not count as active for ever.
+pub fn retire(state: &State, prefix: &str) -> anyhow::Result<usize> {
+    // `substr` rather than LIKE: LIKE ignores case and treats `_` and `%` as wildcards.
+    state
+        .conn()
+        .execute(
+            "UPDATE alert_state SET active = 0 WHERE active = 1 AND substr(key, 1, length(?1)) = ?1",
+            params![prefix],
+        )
+        .with_context(|| format!("retiring the alert keys `{prefix}*` in the state database"))
+}
+
 /// Condition keys that are currently raised, for `status`.
 pub fn active(state: &State) -> anyhow::Result<Vec<String>> {
     let conn = state.conn();
@@ -510,6 +541,129 @@ mod tests {
             .unwrap();
         assert_eq!(again.sent, 0);
         assert!(pending(&state).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_escalation_passes_repeat_after_and_a_resolve_carries_its_own_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let file = dir.path().join("alerts.jsonl");
+        let s = settings(file.clone());
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
+        let minute = |m| t0 + chrono::Duration::minutes(m);
+        let AlertEvent::Raise(alert) = raise("budget:spend:daily:2026-11-22") else {
+            panic!("raise() makes a raise");
+        };
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                t0,
+                &[AlertEvent::Raise(alert.clone())]
+            )
+            .unwrap(),
+            1
+        );
+        // Within repeat_after a raise is held back, an escalation is not.
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                minute(1),
+                &[AlertEvent::Raise(alert.clone())]
+            )
+            .unwrap(),
+            0
+        );
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                minute(2),
+                &[AlertEvent::Escalate(alert.clone())]
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(active(&state).unwrap(), std::slice::from_ref(&alert.key));
+        let resolve = AlertEvent::ResolveWith {
+            key: alert.key.clone(),
+            job: Some("spend".into()),
+            what: "budget daily 2026-11-22 ended at $12.00".into(),
+            body: "Budget `daily` ended: $12.00 spent of $10.00.".into(),
+        };
+        // One resolve for the key, however often it comes.
+        assert_eq!(
+            submit(
+                &state,
+                &s,
+                &["file"],
+                minute(3),
+                std::slice::from_ref(&resolve)
+            )
+            .unwrap(),
+            1
+        );
+        assert_eq!(
+            submit(&state, &s, &["file"], minute(4), &[resolve]).unwrap(),
+            0
+        );
+        assert!(active(&state).unwrap().is_empty());
+        let sinks = Sink::from_settings(&s).unwrap();
+        assert_eq!(
+            deliver_due(&state, &sinks, minute(5)).await.unwrap().sent,
+            3
+        );
+        let last: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(last["resolved"], true);
+        assert_eq!(
+            last["body"],
+            "Budget `daily` ended: $12.00 spent of $10.00."
+        );
+        assert_eq!(
+            last["subject"],
+            "[caretaker] info spend: resolved: budget daily 2026-11-22 ended at $12.00"
+        );
+    }
+
+    #[test]
+    fn retire_deactivates_exactly_the_keys_with_the_prefix_and_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let s = settings(dir.path().join("alerts.jsonl"));
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
+        let keys = [
+            "budget:spend:a:1:75",
+            "budget:spend:b:1:100",
+            "budget:Spend:a:1:75",
+            "budget:spendx:a",
+            "health:spend:x",
+        ];
+        let events: Vec<AlertEvent> = keys.iter().map(|k| raise(k)).collect();
+        assert_eq!(
+            submit(&state, &s, &["file"], t0, &events).unwrap(),
+            keys.len()
+        );
+        assert_eq!(retire(&state, "budget:spend:").unwrap(), 2);
+        assert_eq!(
+            active(&state).unwrap(),
+            ["budget:Spend:a:1:75", "budget:spendx:a", "health:spend:x"]
+        );
+        assert_eq!(
+            pending(&state).unwrap().len(),
+            keys.len(),
+            "retiring queues nothing"
+        );
     }
 
     #[tokio::test]

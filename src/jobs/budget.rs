@@ -1,9 +1,12 @@
-//! The `budget` job: spend against limits per calendar period, one alert per crossing.
+//! The `budget` job: spend against limits per calendar period, one alert per crossing, one
+//! "resolved" message when the period ends or the spend is back under.
 //!
 //! The spend is read from the gateway in one short read per period; [`decide`] turns it and
-//! the thresholds already alerted into the alerts to send, as a pure function of the clock
-//! and the zone. Sent thresholds live in the state database, so a restart sends no repeat.
+//! the alerts raised so far into what to raise and what to resolve, as a pure function of the
+//! clock and the zone. Raised alerts live in the state database, so a restart neither raises
+//! nor resolves anything twice.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -12,7 +15,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rusqlite::Connection;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
@@ -231,19 +234,49 @@ pub fn limit_spend(limit: &Limit, rows: &[ModelSpend]) -> LimitSpend {
     LimitSpend { spent, top }
 }
 
-/// Thresholds already alerted, in percent, by [`sent_key`] (limit name and period label).
-pub type Sent = BTreeMap<String, BTreeSet<u32>>;
+/// The key of a limit's alert in one period. One key per limit and period: the thresholds
+/// crossed in it raise and escalate that one condition, and one "resolved" message ends it. A
+/// new period has a new key, so its crossings raise afresh.
+pub fn alert_key(job: &str, limit: &str, label: &str) -> String {
+    format!("budget:{job}:{limit}:{label}")
+}
 
-/// The state key of a limit's thresholds in one period: a new period has a new key, so it
-/// starts with none sent.
-pub fn sent_key(limit: &str, label: &str) -> String {
-    format!("{limit}@{label}")
+/// A limit's budget alert that is raised and not resolved yet, as kept in the state database
+/// (namespace `budget:<job>`, key `alerts`, by limit name). There is at most one per limit:
+/// the one of the period it was raised in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Active {
+    pub key: String,
+    pub period: Period,
+    pub label: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// Thresholds alerted in this period and still reached, in percent: one fallen under is
+    /// dropped, so that crossing it again alerts again.
+    pub percents: BTreeSet<u32>,
+    /// Every threshold alerted in this period, for the "resolved" message.
+    pub alerted: BTreeSet<u32>,
+    /// The spend and the limit when last measured: what a resolve says when the limit is gone.
+    pub spent: f64,
+    pub usd: f64,
+}
+
+/// The raised budget alerts of one job, by limit name.
+pub type Actives = BTreeMap<String, Active>;
+
+/// Whether `active` belongs to a period other than `limit`'s current one: the period has
+/// rolled over (or the limit now counts by another kind of period).
+pub fn is_stale(active: &Active, limit: &Limit, now: DateTime<Utc>, tz: Tz) -> bool {
+    active.period != limit.period || active.label != periods::period_label(limit.period, now, tz)
 }
 
 /// A limit that reached thresholds not alerted yet in this period.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Crossing {
     pub limit: String,
+    pub key: String,
+    /// No alert of this limit is raised in this period yet: a raise, not an escalation.
+    pub first: bool,
     pub period: Period,
     pub label: String,
     /// Thresholds newly reached, in percent, ascending; the alert names the highest.
@@ -262,38 +295,127 @@ impl Crossing {
     pub fn highest(&self) -> u32 {
         self.percents.last().copied().unwrap_or(0)
     }
-
-    pub fn sent_key(&self) -> String {
-        sent_key(&self.limit, &self.label)
-    }
 }
 
-/// The alerts to send: for each limit (with `spends` in the same order), the thresholds its
-/// spend has reached in the period containing `now` in `tz` that `sent` does not hold yet.
-/// Several thresholds reached at once make one crossing naming all of them.
+/// Why a raised budget alert is resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cleared {
+    /// Its period is over; the spend is the period's final one.
+    PeriodEnded,
+    /// The limit counts by another kind of period now (`day` became `month`).
+    PeriodChanged(Period),
+    /// The spend is under every threshold again (rows re-priced or archived, the limit or its
+    /// thresholds raised); `lowest` is the lowest threshold, in percent.
+    BackUnder { lowest: u32 },
+    /// The limit is no longer in the jobs file; the spend is the last one measured.
+    LimitRemoved,
+}
+
+/// A raised budget alert to resolve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    pub limit: String,
+    pub active: Active,
+    pub why: Cleared,
+    /// The spend at the end: the whole ended period's, or the current one.
+    pub spent: f64,
+    pub usd: f64,
+}
+
+/// What one run does: resolve, then raise; and the raised alerts it leaves behind.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub resolutions: Vec<Resolution>,
+    pub crossings: Vec<Crossing>,
+    pub actives: Actives,
+}
+
+/// Decides a run, as a pure function of the clock `now` in zone `tz`.
+///
+/// `spends` is each limit's spend in its current period (same order as `spec.limits`);
+/// `ended` is, for a limit whose raised alert belongs to a period that is over, that
+/// period's final spend ([`is_stale`] says which); `actives` are the alerts raised and not
+/// resolved, as recorded. A limit's alert is resolved when its period is over, when its spend
+/// is under every threshold again, or when the limit is gone; thresholds reached and not
+/// alerted yet in the current period raise its alert (or escalate it when it is already
+/// raised in this period). Several thresholds reached at once make one crossing naming all.
+/// Run twice on the same inputs and the recorded `actives` of the first, it does nothing more.
 pub fn decide(
     spec: &Spec,
+    job: &str,
     spends: &[LimitSpend],
-    sent: &Sent,
+    ended: &BTreeMap<String, f64>,
+    actives: &Actives,
     now: DateTime<Utc>,
     tz: Tz,
-) -> Vec<Crossing> {
-    let none = BTreeSet::new();
-    spec.limits
-        .iter()
-        .zip(spends)
-        .filter_map(|(limit, spend)| {
-            let label = periods::period_label(limit.period, now, tz);
-            let already = sent.get(&sent_key(&limit.name, &label)).unwrap_or(&none);
-            let percents = periods::crossings(limit.usd, &limit.warn_at, spend.spent, already);
-            if percents.is_empty() {
-                return None;
-            }
-            let (start, end) = periods::bounds(limit.period, now, tz);
-            Some(Crossing {
+) -> Plan {
+    let mut plan = Plan::default();
+    for (name, active) in actives {
+        if !spec.limits.iter().any(|l| &l.name == name) {
+            plan.resolutions.push(Resolution {
+                limit: name.clone(),
+                active: active.clone(),
+                why: Cleared::LimitRemoved,
+                spent: active.spent,
+                usd: active.usd,
+            });
+        }
+    }
+    for (limit, spend) in spec.limits.iter().zip(spends) {
+        let mut current = actives.get(&limit.name);
+        if let Some(active) = current
+            && is_stale(active, limit, now, tz)
+        {
+            plan.resolutions.push(Resolution {
                 limit: limit.name.clone(),
+                active: active.clone(),
+                why: if active.period == limit.period {
+                    Cleared::PeriodEnded
+                } else {
+                    Cleared::PeriodChanged(limit.period)
+                },
+                spent: ended.get(&limit.name).copied().unwrap_or(active.spent),
+                usd: limit.usd,
+            });
+            current = None;
+        }
+        let reached: BTreeSet<u32> =
+            periods::crossings(limit.usd, &limit.warn_at, spend.spent, &BTreeSet::new())
+                .into_iter()
+                .collect();
+        if reached.is_empty() {
+            if let Some(active) = current {
+                plan.resolutions.push(Resolution {
+                    limit: limit.name.clone(),
+                    active: active.clone(),
+                    why: Cleared::BackUnder {
+                        lowest: limit
+                            .warn_at
+                            .first()
+                            .map_or(100, |s| (s * 100.0).round() as u32),
+                    },
+                    spent: spend.spent,
+                    usd: limit.usd,
+                });
+            }
+            continue;
+        }
+        let label = periods::period_label(limit.period, now, tz);
+        let (start, end) = periods::bounds(limit.period, now, tz);
+        let key = alert_key(job, &limit.name, &label);
+        let alerted = current.map(|a| &a.percents);
+        let percents: Vec<u32> = reached
+            .iter()
+            .filter(|p| alerted.is_none_or(|a| !a.contains(p)))
+            .copied()
+            .collect();
+        if !percents.is_empty() {
+            plan.crossings.push(Crossing {
+                limit: limit.name.clone(),
+                key: key.clone(),
+                first: current.is_none(),
                 period: limit.period,
-                label,
+                label: label.clone(),
                 percents,
                 spent: spend.spent,
                 usd: limit.usd,
@@ -303,36 +425,50 @@ pub fn decide(
                 top: spend.top.clone(),
                 model: limit.model.as_ref().map(|g| g.as_str().to_string()),
                 provider: limit.provider.as_ref().map(|g| g.as_str().to_string()),
-            })
-        })
-        .collect()
+            });
+        }
+        let mut alerted = current.map(|a| a.alerted.clone()).unwrap_or_default();
+        alerted.extend(reached.iter().copied());
+        // A threshold the spend fell back under is forgotten, so crossing it again alerts again.
+        plan.actives.insert(
+            limit.name.clone(),
+            Active {
+                key,
+                period: limit.period,
+                label,
+                start,
+                end,
+                percents: reached,
+                alerted,
+                spent: spend.spent,
+                usd: limit.usd,
+            },
+        );
+    }
+    plan
 }
 
-fn period_name(p: Period) -> &'static str {
-    match p {
-        Period::Day => "day",
-        Period::Week => "week",
-        Period::Month => "month",
-    }
+fn percent_list(percents: impl IntoIterator<Item = u32>) -> String {
+    percents
+        .into_iter()
+        .map(|p| format!("{p} %"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The alert for one crossing: the spend, the limit, the share, the top models and the
-/// projection to the period's end. Its key is unique per limit, threshold and period.
+/// projection to the period's end, under the key of the limit's period.
 pub fn alert(job: &str, c: &Crossing, tz: Tz) -> Alert {
     let share = c.spent / c.usd * 100.0;
     let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
     let mut body = format!(
-        "Budget `{}` ({} {}): ${:.2} spent of ${:.2}, {share:.1} % of the limit; crossed {} %.\n",
+        "Budget `{}` ({} {}): ${:.2} spent of ${:.2}, {share:.1} % of the limit; crossed {}.\n",
         c.limit,
-        period_name(c.period),
+        c.period.name(),
         c.label,
         c.spent,
         c.usd,
-        c.percents
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(" %, ")
+        percent_list(c.percents.iter().copied())
     );
     let _ = writeln!(
         body,
@@ -357,11 +493,15 @@ pub fn alert(job: &str, c: &Crossing, tz: Tz) -> Alert {
     for (model, usd) in &c.top {
         let _ = writeln!(body, "  {model:<40} ${usd:.2}");
     }
-    body.push_str(
-        "\nThis threshold is not alerted again in this period. Raise the limit in the jobs file, or look at `caretaker status` and the gateway's dashboard for who spends.",
+    let _ = write!(
+        body,
+        "\nThis threshold is not alerted again in this period unless the spend falls back under it. \
+         A \"resolved\" message follows when the period ends ({}) or the spend is back under every threshold. \
+         Raise the limit in the jobs file, or look at `caretaker status` and the gateway's dashboard for who spends.",
+        local(c.end)
     );
     Alert {
-        key: format!("budget:{job}:{}:{}:{}", c.limit, c.label, c.highest()),
+        key: c.key.clone(),
         severity: if c.highest() >= 100 {
             Severity::Critical
         } else {
@@ -374,6 +514,157 @@ pub fn alert(job: &str, c: &Crossing, tz: Tz) -> Alert {
         ),
         body,
     }
+}
+
+/// The event for one crossing: a raise, or an escalation of the alert already raised in this
+/// period (which `repeat_after` must not hold back: it is a new threshold, decided once).
+pub fn raise_event(job: &str, c: &Crossing, tz: Tz) -> AlertEvent {
+    let alert = alert(job, c, tz);
+    if c.first {
+        AlertEvent::Raise(alert)
+    } else {
+        AlertEvent::Escalate(alert)
+    }
+}
+
+/// The "resolved" message for one resolution: why the alert ended and the final spend.
+pub fn resolve_event(job: &str, r: &Resolution, tz: Tz) -> AlertEvent {
+    let local = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string();
+    let a = &r.active;
+    let share = r.spent / r.usd * 100.0;
+    let of = format!(
+        "${:.2} spent of ${:.2}, {share:.1} % of the limit",
+        r.spent, r.usd
+    );
+    let (what, mut body) = match r.why {
+        Cleared::PeriodEnded => (
+            format!(
+                "budget {} {} ended at ${:.2}, {share:.0} % of ${:.2}",
+                r.limit, a.label, r.spent, r.usd
+            ),
+            format!(
+                "Budget `{}` ({} {}) ended at {}: {of} (the final spend of that period).\n\
+                 The new period starts afresh: its crossings alert again.\n",
+                r.limit,
+                a.period.name(),
+                a.label,
+                local(a.end)
+            ),
+        ),
+        Cleared::PeriodChanged(to) => (
+            format!(
+                "budget {} {} ended: the limit counts by {} now",
+                r.limit,
+                a.label,
+                to.name()
+            ),
+            format!(
+                "Budget `{}` ({} {}) ended: the limit counts by {} now. Its spend in {}: {of}.\n",
+                r.limit,
+                a.period.name(),
+                a.label,
+                to.name(),
+                a.label
+            ),
+        ),
+        Cleared::BackUnder { lowest } => (
+            format!(
+                "budget {} back under {lowest} % of ${:.2} ({}): ${:.2}",
+                r.limit, r.usd, a.label, r.spent
+            ),
+            format!(
+                "Budget `{}` ({} {}): {of}, back under {lowest} %, its lowest threshold.\n\
+                 The spend went down (rows re-priced or archived) or the limit or its thresholds were raised. \
+                 A threshold crossed again in this period alerts again.\n",
+                r.limit,
+                a.period.name(),
+                a.label
+            ),
+        ),
+        Cleared::LimitRemoved => (
+            format!(
+                "budget {} removed from the jobs file ({})",
+                r.limit, a.label
+            ),
+            format!(
+                "Budget `{}` ({} {}) is no longer in the jobs file. Last measured: {of}.\n",
+                r.limit,
+                a.period.name(),
+                a.label
+            ),
+        ),
+    };
+    let _ = writeln!(
+        body,
+        "Thresholds alerted in {}: {}.",
+        a.label,
+        percent_list(a.alerted.iter().copied())
+    );
+    AlertEvent::ResolveWith {
+        key: a.key.clone(),
+        job: Some(job.to_string()),
+        what,
+        body,
+    }
+}
+
+/// Before resolved budget alerts, the thresholds sent were kept per limit and period (key
+/// `<limit>@<label>`) and each crossing had its own alert key, never resolved. Carries this
+/// period's thresholds over (so an upgrade mid-period re-sends nothing); `clean` also drops
+/// those records and retires the old keys without a message (a mail per old crossing would
+/// flood the operator for alerts of long-gone periods).
+fn migrate_legacy(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    ns: &str,
+    clean: bool,
+) -> anyhow::Result<Actives> {
+    let tz = ctx.config.timezone;
+    let mut actives = Actives::new();
+    for limit in &spec.limits {
+        let label = periods::period_label(limit.period, ctx.now, tz);
+        let Some(percents) = ctx
+            .state
+            .get::<BTreeSet<u32>>(ns, &format!("{}@{label}", limit.name))?
+        else {
+            continue;
+        };
+        if percents.is_empty() {
+            continue;
+        }
+        let (start, end) = periods::bounds(limit.period, ctx.now, tz);
+        actives.insert(
+            limit.name.clone(),
+            Active {
+                key: alert_key(ctx.job, &limit.name, &label),
+                period: limit.period,
+                label,
+                start,
+                end,
+                alerted: percents.clone(),
+                percents,
+                spent: 0.0,
+                usd: limit.usd,
+            },
+        );
+    }
+    if clean {
+        ctx.state
+            .conn()
+            .execute(
+                "DELETE FROM kv WHERE ns = ?1 AND key LIKE '%@%'",
+                rusqlite::params![ns],
+            )
+            .with_context(|| {
+                format!(
+                    "dropping the old budget records of job `{}` from {}",
+                    ctx.job,
+                    ctx.state.path().display()
+                )
+            })?;
+        crate::alerts::retire(ctx.state, &format!("{ns}:"))?;
+    }
+    Ok(actives)
 }
 
 /// Label values in figure names are quoted as in Prometheus' text format.
@@ -393,54 +684,84 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             gateway.preset
         );
     }
+    let ns = format!("budget:{}", ctx.job);
+    let recorded: Option<Actives> = ctx.state.get(&ns, "alerts")?;
+    let actives = match &recorded {
+        Some(a) => a.clone(),
+        None => migrate_legacy(spec, ctx, &ns, !ctx.dry_run)?,
+    };
+
+    // One read per distinct period: the current ones, and those of raised alerts whose period
+    // is over (their final spend goes into the "resolved" message).
     let conn = gateway.connect(true)?;
-    let mut by_period: BTreeMap<Period, Vec<ModelSpend>> = BTreeMap::new();
+    let mut by_bounds: BTreeMap<(DateTime<Utc>, DateTime<Utc>), Vec<ModelSpend>> = BTreeMap::new();
     let mut longest_read = Duration::ZERO;
-    for limit in &spec.limits {
-        if by_period.contains_key(&limit.period) {
-            continue;
+    let mut read = |start: DateTime<Utc>, end: DateTime<Utc>| -> anyhow::Result<()> {
+        if let Entry::Vacant(slot) = by_bounds.entry((start, end)) {
+            let started = Instant::now();
+            let rows = spend_by_model(&conn, gateway, start, end, spec.include_failed)?;
+            longest_read = longest_read.max(started.elapsed());
+            slot.insert(rows);
         }
+        Ok(())
+    };
+    for limit in &spec.limits {
         let (start, end) = periods::bounds(limit.period, ctx.now, tz);
-        let started = Instant::now();
-        let rows = spend_by_model(&conn, gateway, start, end, spec.include_failed)?;
-        longest_read = longest_read.max(started.elapsed());
-        by_period.insert(limit.period, rows);
+        read(start, end)?;
+        if let Some(active) = actives.get(&limit.name)
+            && is_stale(active, limit, ctx.now, tz)
+        {
+            read(active.start, active.end)?;
+        }
     }
     drop(conn);
     let spends: Vec<LimitSpend> = spec
         .limits
         .iter()
-        .map(|l| limit_spend(l, &by_period[&l.period]))
+        .map(|l| limit_spend(l, &by_bounds[&periods::bounds(l.period, ctx.now, tz)]))
         .collect();
-
-    let ns = format!("budget:{}", ctx.job);
-    let mut sent = Sent::new();
-    for limit in &spec.limits {
-        let key = sent_key(
-            &limit.name,
-            &periods::period_label(limit.period, ctx.now, tz),
-        );
-        if let Some(set) = ctx.state.get::<BTreeSet<u32>>(&ns, &key)? {
-            sent.insert(key, set);
-        }
-    }
-    let crossings = decide(spec, &spends, &sent, ctx.now, tz);
+    let ended: BTreeMap<String, f64> = spec
+        .limits
+        .iter()
+        .filter_map(|l| {
+            let active = actives.get(&l.name)?;
+            is_stale(active, l, ctx.now, tz).then(|| {
+                (
+                    l.name.clone(),
+                    limit_spend(l, &by_bounds[&(active.start, active.end)]).spent,
+                )
+            })
+        })
+        .collect();
+    let plan = decide(spec, ctx.job, &spends, &ended, &actives, ctx.now, tz);
 
     let mut report = Report::new(String::new());
-    for c in &crossings {
-        let alert = alert(ctx.job, c, tz);
-        if ctx.dry_run {
-            report.plan.push(format!("would alert: {}", alert.what));
-            continue;
+    let events: Vec<AlertEvent> = plan
+        .resolutions
+        .iter()
+        .map(|r| resolve_event(ctx.job, r, tz))
+        .chain(plan.crossings.iter().map(|c| raise_event(ctx.job, c, tz)))
+        .collect();
+    if ctx.dry_run {
+        for event in &events {
+            match event {
+                AlertEvent::Raise(a) | AlertEvent::Escalate(a) => {
+                    report.plan.push(format!("would alert: {}", a.what));
+                }
+                AlertEvent::Resolve { what, .. } | AlertEvent::ResolveWith { what, .. } => {
+                    report.plan.push(format!("would resolve: {what}"));
+                }
+            }
         }
-        // Recorded before the alert is queued: a crash in between loses one mail rather
-        // than sending it twice, which is what "once" promises.
-        let mut done = sent.get(&c.sent_key()).cloned().unwrap_or_default();
-        done.extend(c.percents.iter().copied());
-        ctx.state.put(&ns, &c.sent_key(), &done)?;
-        ctx.alerts.push(AlertEvent::Raise(alert));
-    }
-    if !ctx.dry_run {
+    } else {
+        // Recorded before the events are queued: a crash in between loses a message rather
+        // than sending it twice, which is what "once" promises. The outbox de-duplicates by
+        // key as well: a resolve of a key not raised, or a raise of a key raised within
+        // `repeat_after`, queues nothing.
+        if recorded.as_ref() != Some(&plan.actives) {
+            ctx.state.put(&ns, "alerts", &plan.actives)?;
+        }
+        ctx.alerts.extend(events);
         // What the metrics file shows for this job: spend against each limit, this period.
         let shown: Vec<BudgetSpend> = spec
             .limits
@@ -484,26 +805,17 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 limit.usd,
             );
     }
+    let (raised, resolved) = (plan.crossings.len(), plan.resolutions.len());
+    let verb = if ctx.dry_run { "would be " } else { "" };
     report.summary = format!(
-        "{}; {} {}",
+        "{}; {raised} {} {verb}sent, {resolved} {verb}resolved",
         parts.join("; "),
-        crossings.len(),
-        match (ctx.dry_run, crossings.len()) {
-            (true, 1) => "alert would be sent",
-            (true, _) => "alerts would be sent",
-            (false, 1) => "alert sent",
-            (false, _) => "alerts sent",
-        }
+        if raised == 1 { "alert" } else { "alerts" },
     );
+    let counted = |n: usize| if ctx.dry_run { 0.0 } else { n as f64 };
     Ok(report
-        .figure(
-            "alerts_sent",
-            if ctx.dry_run {
-                0.0
-            } else {
-                crossings.len() as f64
-            },
-        )
+        .figure("alerts_sent", counted(raised))
+        .figure("alerts_resolved", counted(resolved))
         .figure("longest_read_ms", longest_read.as_secs_f64() * 1e3))
 }
 
@@ -559,80 +871,336 @@ mod tests {
         assert_eq!(limit_spend(&openai, &rows).spent, 4.0);
     }
 
-    #[test]
-    fn decide_alerts_each_threshold_once_per_period() {
-        let berlin = chrono_tz::Europe::Berlin;
-        let spec = Spec {
-            limits: vec![limit("daily", Period::Day, 50.0, &[0.75, 1.0], None)],
+    fn daily(usd: f64) -> Spec {
+        Spec {
+            limits: vec![limit("daily", Period::Day, usd, &[0.75, 1.0], None)],
             include_failed: false,
-        };
-        let at = |spent: f64| {
-            vec![LimitSpend {
-                spent,
-                top: vec![("gpt-4o".into(), spent)],
-            }]
-        };
-        let now = utc("2026-11-22T10:00:00Z");
-        let mut sent = Sent::new();
-        assert!(decide(&spec, &at(30.0), &sent, now, berlin).is_empty());
-        let first = decide(&spec, &at(40.0), &sent, now, berlin);
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].percents, [75]);
-        assert_eq!(first[0].label, "2026-11-22");
-        sent.insert(first[0].sent_key(), [75].into());
-        assert!(decide(&spec, &at(40.0), &sent, now, berlin).is_empty());
-        let second = decide(&spec, &at(55.0), &sent, now, berlin);
-        assert_eq!(second[0].percents, [100]);
-        sent.get_mut(&second[0].sent_key()).unwrap().insert(100);
-        assert!(decide(&spec, &at(80.0), &sent, now, berlin).is_empty());
-        // Both at once: one crossing naming both, keyed by the highest.
-        let fresh = decide(&spec, &at(60.0), &Sent::new(), now, berlin);
-        assert_eq!(fresh[0].percents, [75, 100]);
-        assert_eq!(fresh[0].highest(), 100);
+        }
+    }
+
+    fn spent(usd: f64) -> Vec<LimitSpend> {
+        vec![LimitSpend {
+            spent: usd,
+            top: vec![("gpt-4o".into(), usd)],
+        }]
+    }
+
+    /// What the state database gives back after a restart: the recorded alerts, through JSON.
+    fn restart(actives: &Actives) -> Actives {
+        serde_json::from_str(&serde_json::to_string(actives).unwrap()).unwrap()
+    }
+
+    /// One run of the table: the clock, the spend of the current period, the final spend of
+    /// an ended one; the raises expected as (key, percents, first) and the resolves as (key,
+    /// why, final spend).
+    struct Step<'a> {
+        at: &'a str,
+        spent: f64,
+        ended: Option<f64>,
+        raises: &'a [(&'a str, &'a [u32], bool)],
+        resolves: &'a [(&'a str, Cleared, f64)],
+    }
+
+    fn step<'a>(
+        at: &'a str,
+        spent: f64,
+        ended: Option<f64>,
+        raises: &'a [(&'a str, &'a [u32], bool)],
+        resolves: &'a [(&'a str, Cleared, f64)],
+    ) -> Step<'a> {
+        Step {
+            at,
+            spent,
+            ended,
+            raises,
+            resolves,
+        }
+    }
+
+    /// Runs `steps` in order on one limit, carrying the recorded alerts from run to run
+    /// through a restart each time, and checks each run's plan.
+    fn walk(spec: &Spec, tz: Tz, steps: &[Step<'_>]) -> Actives {
+        let mut actives = Actives::new();
+        for (i, s) in steps.iter().enumerate() {
+            let ended: BTreeMap<String, f64> = s
+                .ended
+                .map(|e| ("daily".to_string(), e))
+                .into_iter()
+                .collect();
+            let plan = decide(
+                spec,
+                "spend",
+                &spent(s.spent),
+                &ended,
+                &actives,
+                utc(s.at),
+                tz,
+            );
+            let raises: Vec<(&str, &[u32], bool)> = plan
+                .crossings
+                .iter()
+                .map(|c| (c.key.as_str(), c.percents.as_slice(), c.first))
+                .collect();
+            assert_eq!(raises, s.raises, "step {i} at {} in {tz}: raises", s.at);
+            let resolves: Vec<(&str, Cleared, f64)> = plan
+                .resolutions
+                .iter()
+                .map(|r| (r.active.key.as_str(), r.why, r.spent))
+                .collect();
+            assert_eq!(
+                resolves, s.resolves,
+                "step {i} at {} in {tz}: resolves",
+                s.at
+            );
+            actives = restart(&plan.actives);
+            // The same run again, as after a restart mid-period, decides nothing more.
+            let again = decide(
+                spec,
+                "spend",
+                &spent(s.spent),
+                &BTreeMap::new(),
+                &actives,
+                utc(s.at),
+                tz,
+            );
+            assert!(
+                again.crossings.is_empty() && again.resolutions.is_empty(),
+                "step {i} at {}: a re-run decided {again:?}",
+                s.at
+            );
+            assert_eq!(again.actives, actives, "step {i}: a re-run changes nothing");
+        }
+        actives
+    }
+
+    const ENDED: Cleared = Cleared::PeriodEnded;
+    const UNDER: Cleared = Cleared::BackUnder { lowest: 75 };
+
+    #[test]
+    fn crossings_raise_then_escalate_one_key_and_reruns_do_nothing() {
+        const DAY: &str = "budget:spend:daily:2026-11-22";
+        #[rustfmt::skip]
+        let steps = [
+            step("2026-11-22T08:00:00Z", 30.0, None, &[], &[]),
+            step("2026-11-22T09:00:00Z", 40.0, None, &[(DAY, &[75], true)], &[]),
+            step("2026-11-22T09:10:00Z", 41.0, None, &[], &[]),
+            step("2026-11-22T10:00:00Z", 55.0, None, &[(DAY, &[100], false)], &[]),
+            step("2026-11-22T11:00:00Z", 80.0, None, &[], &[]),
+        ];
+        let left = walk(&daily(50.0), chrono_tz::Europe::Berlin, &steps);
+        assert_eq!(left["daily"].percents, BTreeSet::from([75, 100]));
+        // Both at once: one crossing naming both, keyed by the period.
+        let both = decide(
+            &daily(50.0),
+            "spend",
+            &spent(60.0),
+            &BTreeMap::new(),
+            &Actives::new(),
+            utc("2026-11-22T10:00:00Z"),
+            chrono_tz::Europe::Berlin,
+        );
+        assert_eq!(both.crossings[0].percents, [75, 100]);
+        assert_eq!(both.crossings[0].highest(), 100);
     }
 
     #[test]
-    fn a_new_local_day_starts_fresh_across_midnight_and_dst() {
-        let spec = Spec {
-            limits: vec![limit("daily", Period::Day, 10.0, &[0.75], None)],
-            include_failed: false,
-        };
-        let over = [LimitSpend {
-            spent: 9.0,
-            top: Vec::new(),
-        }];
-        // (zone, before, after, label before, label after, hours of the day after)
+    fn local_midnight_resolves_the_old_period_with_its_final_spend_also_on_dst_days() {
+        // (zone, raised before midnight, just after the local midnight, old label, new label)
         #[rustfmt::skip]
         let cases = [
             // Berlin midnight is 23:00 UTC in winter: still the 22nd in UTC, already the 23rd locally.
-            (chrono_tz::Europe::Berlin, "2026-11-22T22:59:00Z", "2026-11-22T23:01:00Z", "2026-11-22", "2026-11-23", 24),
+            (chrono_tz::Europe::Berlin, "2026-11-22T22:59:00Z", "2026-11-22T23:01:00Z", "2026-11-22", "2026-11-23"),
             // Berlin falls back on 2026-10-25: that day lasts 25 hours, to 23:00 UTC.
-            (chrono_tz::Europe::Berlin, "2026-10-25T22:59:00Z", "2026-10-25T23:01:00Z", "2026-10-25", "2026-10-26", 24),
-            // Berlin springs forward on 2026-03-29: that day starts at 23:00 UTC on the 28th and lasts 23 hours.
-            (chrono_tz::Europe::Berlin, "2026-03-28T22:59:00Z", "2026-03-28T23:01:00Z", "2026-03-28", "2026-03-29", 23),
+            (chrono_tz::Europe::Berlin, "2026-10-25T22:59:00Z", "2026-10-25T23:01:00Z", "2026-10-25", "2026-10-26"),
+            // Berlin springs forward on 2026-03-29: that day starts at 23:00 UTC on the 28th.
+            (chrono_tz::Europe::Berlin, "2026-03-28T22:59:00Z", "2026-03-28T23:01:00Z", "2026-03-28", "2026-03-29"),
             // New York springs forward on 2026-03-08 (midnight at 05:00 UTC) ...
-            (chrono_tz::America::New_York, "2026-03-08T04:59:00Z", "2026-03-08T05:01:00Z", "2026-03-07", "2026-03-08", 23),
+            (chrono_tz::America::New_York, "2026-03-08T04:59:00Z", "2026-03-08T05:01:00Z", "2026-03-07", "2026-03-08"),
             // ... and falls back on 2026-11-01 (midnight at 04:00 UTC, the day lasts 25 hours).
-            (chrono_tz::America::New_York, "2026-11-01T03:59:00Z", "2026-11-01T04:01:00Z", "2026-10-31", "2026-11-01", 25),
+            (chrono_tz::America::New_York, "2026-11-01T03:59:00Z", "2026-11-01T04:01:00Z", "2026-10-31", "2026-11-01"),
         ];
-        for (tz, before, after, label_before, label_after, hours) in cases {
-            let first = decide(&spec, &over, &Sent::new(), utc(before), tz);
-            assert_eq!(first[0].label, label_before, "{tz} {before}");
-            let sent = Sent::from([(first[0].sent_key(), BTreeSet::from([75]))]);
-            assert!(decide(&spec, &over, &sent, utc(before), tz).is_empty());
-            let next = decide(&spec, &over, &sent, utc(after), tz);
-            assert_eq!(
-                next.len(),
-                1,
-                "{tz} {after}: a new day starts with nothing sent"
+        for (tz, before, after, old, new) in cases {
+            let (old_key, new_key) = (
+                format!("budget:spend:daily:{old}"),
+                format!("budget:spend:daily:{new}"),
             );
-            assert_eq!(next[0].label, label_after);
+            let raise_old = [(old_key.as_str(), &[75][..], true)];
+            let resolve_old = [(old_key.as_str(), ENDED, 9.5)];
+            let raise_new = [(new_key.as_str(), &[75][..], true)];
+            let steps = [
+                step(before, 9.0, None, &raise_old, &[]),
+                // After midnight: the old day is resolved with its final spend (read over its
+                // whole span, so a row logged in its last minute counts); the new one starts at 0.
+                step(after, 0.0, Some(9.5), &[], &resolve_old),
+                step(after, 8.0, None, &raise_new, &[]),
+            ];
+            let left = walk(&daily(10.0), tz, &steps);
+            let day = &left["daily"];
+            assert_eq!(day.label, new, "{tz}");
+            assert!(day.start <= utc(after) && utc(after) < day.end, "{tz}");
             assert_eq!(
-                (next[0].end - next[0].start).num_hours(),
-                hours,
-                "{tz} {after}"
+                day.start,
+                utc(before) + chrono::Duration::minutes(1),
+                "{tz}: the new day starts at the local midnight"
             );
         }
+    }
+
+    #[test]
+    fn a_new_period_already_over_resolves_the_old_and_raises_the_new_in_one_run() {
+        #[rustfmt::skip]
+        let steps = [
+            step("2026-11-22T12:00:00Z", 10.0, None, &[("budget:spend:daily:2026-11-22", &[75, 100], true)], &[]),
+            // The daemon was down over midnight; the first run of the 24th finds both.
+            step("2026-11-24T12:00:00Z", 8.0, Some(12.0), &[("budget:spend:daily:2026-11-24", &[75], true)], &[("budget:spend:daily:2026-11-22", ENDED, 12.0)]),
+        ];
+        walk(&daily(10.0), chrono_tz::Europe::Berlin, &steps);
+    }
+
+    #[test]
+    fn spend_back_under_resolves_and_a_new_crossing_raises_again() {
+        let berlin = chrono_tz::Europe::Berlin;
+        const DAY: &str = "budget:spend:daily:2026-11-22";
+        #[rustfmt::skip]
+        let steps = [
+            step("2026-11-22T09:00:00Z", 11.0, None, &[(DAY, &[75, 100], true)], &[]),
+            // Re-priced down to 80 %: still raised (75 % holds), nothing sent.
+            step("2026-11-22T10:00:00Z", 8.0, None, &[], &[]),
+            // ... up again past 100 %: that threshold was fallen under, so it alerts again.
+            step("2026-11-22T11:00:00Z", 10.5, None, &[(DAY, &[100], false)], &[]),
+            // Rows archived: under every threshold, resolved with the spend now.
+            step("2026-11-22T12:00:00Z", 3.0, None, &[], &[(DAY, UNDER, 3.0)]),
+            step("2026-11-22T13:00:00Z", 7.5, None, &[(DAY, &[75], true)], &[]),
+        ];
+        walk(&daily(10.0), berlin, &steps);
+        // The limit raised in the jobs file: the same spend is back under.
+        let actives = decide(
+            &daily(10.0),
+            "spend",
+            &spent(9.0),
+            &BTreeMap::new(),
+            &Actives::new(),
+            utc("2026-11-22T09:00:00Z"),
+            berlin,
+        )
+        .actives;
+        let raised = decide(
+            &daily(20.0),
+            "spend",
+            &spent(9.0),
+            &BTreeMap::new(),
+            &actives,
+            utc("2026-11-22T09:10:00Z"),
+            berlin,
+        );
+        assert_eq!(raised.resolutions.len(), 1);
+        assert_eq!(
+            (raised.resolutions[0].why, raised.resolutions[0].usd),
+            (UNDER, 20.0)
+        );
+        assert!(raised.actives.is_empty());
+        // A limit gone from the jobs file: resolved with the spend last measured.
+        let gone = decide(
+            &Spec {
+                limits: Vec::new(),
+                include_failed: false,
+            },
+            "spend",
+            &[],
+            &BTreeMap::new(),
+            &actives,
+            utc("2026-11-22T09:10:00Z"),
+            berlin,
+        );
+        assert_eq!(gone.resolutions.len(), 1);
+        assert_eq!(
+            (gone.resolutions[0].why, gone.resolutions[0].spent),
+            (Cleared::LimitRemoved, 9.0)
+        );
+        // A limit that counts by month now: its day alert ends, the month starts with its own.
+        let mut monthly = daily(10.0);
+        monthly.limits[0].period = Period::Month;
+        let moved = decide(
+            &monthly,
+            "spend",
+            &spent(9.0),
+            &BTreeMap::from([("daily".to_string(), 9.0)]),
+            &actives,
+            utc("2026-11-22T09:10:00Z"),
+            berlin,
+        );
+        assert_eq!(
+            moved.resolutions[0].why,
+            Cleared::PeriodChanged(Period::Month)
+        );
+        assert_eq!(moved.crossings[0].key, "budget:spend:daily:2026-11");
+    }
+
+    #[test]
+    fn the_resolved_message_says_why_and_the_final_spend() {
+        let berlin = chrono_tz::Europe::Berlin;
+        let actives = decide(
+            &daily(10.0),
+            "spend",
+            &spent(11.0),
+            &BTreeMap::new(),
+            &Actives::new(),
+            utc("2026-11-22T12:00:00Z"),
+            berlin,
+        )
+        .actives;
+        let plan = decide(
+            &daily(10.0),
+            "spend",
+            &spent(0.0),
+            &BTreeMap::from([("daily".to_string(), 12.5)]),
+            &actives,
+            utc("2026-11-22T23:05:00Z"),
+            berlin,
+        );
+        let AlertEvent::ResolveWith {
+            key,
+            what,
+            body,
+            job,
+        } = resolve_event("spend", &plan.resolutions[0], berlin)
+        else {
+            panic!("a budget alert resolves with its own body");
+        };
+        assert_eq!(key, "budget:spend:daily:2026-11-22");
+        assert_eq!(job.as_deref(), Some("spend"));
+        assert_eq!(
+            what,
+            "budget daily 2026-11-22 ended at $12.50, 125 % of $10.00"
+        );
+        for needle in [
+            "Budget `daily` (day 2026-11-22) ended at 2026-11-23 00:00 CET: $12.50 spent of $10.00, 125.0 % of the limit",
+            "Thresholds alerted in 2026-11-22: 75 %, 100 %.",
+        ] {
+            assert!(body.contains(needle), "missing {needle:?} in:\n{body}");
+        }
+        let under = decide(
+            &daily(10.0),
+            "spend",
+            &spent(2.0),
+            &BTreeMap::new(),
+            &actives,
+            utc("2026-11-22T13:00:00Z"),
+            berlin,
+        );
+        let AlertEvent::ResolveWith { what, body, .. } =
+            resolve_event("spend", &under.resolutions[0], berlin)
+        else {
+            panic!("a budget alert resolves with its own body");
+        };
+        assert_eq!(
+            what,
+            "budget daily back under 75 % of $10.00 (2026-11-22): $2.00"
+        );
+        assert!(
+            body.contains("$2.00 spent of $10.00, 20.0 % of the limit, back under 75 %"),
+            "{body}"
+        );
     }
 
     #[test]
@@ -654,12 +1222,33 @@ mod tests {
         }];
         // Noon in Berlin: half the day gone, so the projection doubles the spend.
         let now = utc("2026-11-22T11:00:00Z");
-        let c = &decide(&spec, &spends, &Sent::new(), now, berlin)[0];
+        let c = &decide(
+            &spec,
+            "spend",
+            &spends,
+            &BTreeMap::new(),
+            &Actives::new(),
+            now,
+            berlin,
+        )
+        .crossings[0];
         assert_eq!(c.projected, 80.0);
         let a = alert("spend", c, berlin);
-        assert_eq!(a.key, "budget:spend:daily:2026-11-22:75");
+        assert_eq!(a.key, "budget:spend:daily:2026-11-22");
         assert_eq!(a.severity, Severity::Warning);
         assert_eq!(a.what, "budget daily at 80 % of $50.00 (2026-11-22)");
+        assert!(matches!(
+            raise_event("spend", c, berlin),
+            AlertEvent::Raise(_)
+        ));
+        let escalation = Crossing {
+            first: false,
+            ..c.clone()
+        };
+        assert!(matches!(
+            raise_event("spend", &escalation, berlin),
+            AlertEvent::Escalate(_)
+        ));
         for needle in [
             "$40.00 spent of $50.00, 80.0 % of the limit; crossed 75 %",
             "Projected to the end of the period (2026-11-23 00:00 CET): $80.00, 160.0 %",
@@ -667,6 +1256,7 @@ mod tests {
             "$30.00",
             "gpt-4.1-mini",
             "model gpt-*",
+            "A \"resolved\" message follows when the period ends (2026-11-23 00:00 CET)",
         ] {
             assert!(
                 a.body.contains(needle),
