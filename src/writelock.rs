@@ -132,8 +132,9 @@ impl Pacer {
     /// Blocks until a good moment for a write transaction.
     ///
     /// Rollback journal: the room left after our previous transaction (at least as long as it
-    /// held the lock), counted from its end, so work done meanwhile is not waited for twice. WAL: once the gateway has committed since our last transaction and then
-    /// stayed quiet for [`SETTLE`], or has been quiet for [`IDLE`], or after [`MAX_WAIT`].
+    /// held the lock), counted from its end, so work done meanwhile is not waited for twice.
+    /// WAL: once the gateway has committed since our last transaction and then stayed quiet
+    /// for [`SETTLE`], or has been quiet for [`IDLE`], or after [`MAX_WAIT`].
     fn wait_for_gap(&mut self, conn: &Connection) -> anyhow::Result<()> {
         if !self.wal {
             if self.count > 0 {
