@@ -1,20 +1,25 @@
-//! Re-pricing 1M Apantli rows: caretaker's pricing job against a `recalculate_costs.py`-style
-//! script (read every row, compute, UPDATE one by one in one transaction), on the same file.
+//! Re-pricing 1M Apantli rows while the simulated gateway writes: caretaker's pricing job
+//! against a `recalculate_costs.py`-style script (read every row, compute, UPDATE one by one in
+//! one transaction), each on its own copy of the same file, measured in the same run.
 //!
-//! Run with `cargo bench --bench pricing`; `PRICING_BENCH_ROWS` changes the row count. Each
-//! side starts from the same state: every successful row's cost set to NULL. Prints wall
-//! time, rows per second, the longest write lock each held on the gateway, and the ratios;
-//! then caretaker alone on the everyday case, 5 % of the rows logged at cost 0.
+//! `cargo bench --bench pricing` (see benches/pricing.sh). Environment: `CARETAKER_BENCH_ROWS`
+//! (default 1000000), `CARETAKER_BENCH_DIR` (default the temp dir; its filesystem's fsync cost
+//! weighs on both sides: /dev/shm measures the work, a disk directory the disk),
+//! `CARETAKER_BENCH_RATE` (gateway writes per second, default 100). Each side starts with
+//! every successful row's cost NULL. Prints wall time, rows/s, the longest write lock, the
+//! gateway's failed writes and longest stall, caretaker's time per phase, and the ratios; then
+//! caretaker alone on the everyday case, 5 % of the rows logged at cost 0.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use caretaker::config;
-use caretaker::jobs::{Context, Stop};
 use caretaker::sample::{self, SampleOptions};
-use caretaker::state::State;
-use chrono::Utc;
+use caretaker::sim::SimReport;
+
+mod common;
+
+use common::{Sim, env_or};
 
 /// The seed recipe: what operators run today (a script in the style of LiteLLM-based
 /// gateways' `recalculate_costs.py`), with the same price rules as caretaker.
@@ -74,19 +79,101 @@ done = time.monotonic()
 print(json.dumps({"rows": len(updates), "seconds": done - start, "lock_seconds": done - locked}))
 "#;
 
-fn reset(db: &Path) -> u64 {
-    let conn = rusqlite::Connection::open(db).expect("opening the bench database");
-    conn.execute("UPDATE requests SET cost = NULL WHERE error IS NULL", [])
-        .expect("resetting costs") as u64
+fn figure(stdout: &str, name: &str) -> f64 {
+    stdout
+        .split([' ', '(', ')'])
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+struct Outcome {
+    rows: f64,
+    seconds: f64,
+    longest_lock_ms: f64,
+    sim: SimReport,
+    stdout: String,
+}
+
+/// Runs the real binary's pricing job on `db` while gateway-sim writes.
+fn caretaker(db: &Path, dir: &Path, prices: &Path, rate: f64, tag: &str) -> Outcome {
+    let config = dir.join("jobs.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  reprice:\n    on_signal: USR2\n    pricing: {{prices: {}}}\n",
+            db.display(),
+            dir.join("state").display(),
+            prices.display()
+        ),
+    )
+    .expect("writing the jobs file");
+    let sim = Sim::start(db, dir, rate, tag);
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+        .args(["run-job", "reprice", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running caretaker");
+    let seconds = start.elapsed().as_secs_f64();
+    let sim = sim.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "caretaker failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Outcome {
+        rows: figure(&stdout, "rows_repriced"),
+        seconds,
+        longest_lock_ms: figure(&stdout, "longest_write_lock_ms"),
+        sim,
+        stdout,
+    }
+}
+
+fn reference(db: &Path, dir: &Path, prices: &Path, rate: f64) -> Option<Outcome> {
+    let sim = Sim::start(db, dir, rate, "reference");
+    let start = Instant::now();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(REFERENCE)
+        .arg(db)
+        .arg(prices)
+        .output();
+    let seconds = start.elapsed().as_secs_f64();
+    let sim = sim.stop();
+    match out {
+        Ok(out) if out.status.success() => {
+            let result: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("the reference prints JSON");
+            Some(Outcome {
+                rows: result["rows"].as_f64().unwrap_or(f64::NAN),
+                seconds,
+                longest_lock_ms: result["lock_seconds"].as_f64().unwrap_or(f64::NAN) * 1e3,
+                sim,
+                stdout: String::new(),
+            })
+        }
+        Ok(out) => {
+            println!("reference failed: {}", String::from_utf8_lossy(&out.stderr));
+            None
+        }
+        Err(e) => {
+            println!("reference not run (python3: {e})");
+            None
+        }
+    }
 }
 
 fn main() {
-    let rows: u64 = std::env::var("PRICING_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let db = dir.path().join("requests.db");
+    let rows: u64 = env_or("CARETAKER_BENCH_ROWS", 1_000_000);
+    let rate: f64 = env_or("CARETAKER_BENCH_RATE", 100.0);
+    let base = std::env::var_os("CARETAKER_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(&base).expect("creating the bench directory");
     let prices = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/litellm/model_prices_and_context_window.json");
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
@@ -99,9 +186,10 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
     }
+    let pristine = dir.path().join("pristine.db");
     let t = Instant::now();
     sample::create_apantli(
-        &db,
+        &pristine,
         &SampleOptions {
             rows,
             zero_cost_share: 0.0,
@@ -109,61 +197,78 @@ fn main() {
         },
     )
     .expect("creating the sample database");
-    let size = std::fs::metadata(&db).map_or(0, |m| m.len());
+    let nulls = {
+        let conn = rusqlite::Connection::open(&pristine).expect("opening the sample");
+        conn.execute("UPDATE requests SET cost = NULL WHERE error IS NULL", [])
+            .expect("resetting costs")
+    };
+    let size = std::fs::metadata(&pristine).map_or(0, |m| m.len());
     println!(
-        "sample: {rows} Apantli rows, {:.0} MB, built in {:.1} s",
+        "sample: {rows} Apantli rows ({nulls} with cost NULL), {:.0} MB, built in {:.1} s, in {}",
         size as f64 / 1e6,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        base.display()
     );
+    let ours_dir = dir.path().join("caretaker");
+    let theirs_dir = dir.path().join("reference");
+    for d in [&ours_dir, &theirs_dir] {
+        std::fs::create_dir(d).expect("creating a run directory");
+    }
+    let ours_db = ours_dir.join("requests.db");
+    let theirs_db = theirs_dir.join("requests.db");
+    std::fs::copy(&pristine, &ours_db).expect("copying the sample");
+    std::fs::copy(&pristine, &theirs_db).expect("copying the sample");
+    std::fs::remove_file(&pristine).expect("removing the pristine copy");
 
-    let nulls = reset(&db);
-    let jobs = dir.path().join("jobs.yaml");
-    std::fs::write(
-        &jobs,
+    let ours = caretaker(&ours_db, &ours_dir, &prices, rate, "caretaker");
+    println!("caretaker: {}", ours.stdout.trim());
+    let theirs = reference(&theirs_db, &theirs_dir, &prices, rate);
+    std::fs::remove_file(&theirs_db).expect("removing the reference's copy");
+
+    let row = |name: &str, o: &Outcome| {
         format!(
-            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  reprice:\n    on_signal: USR2\n    pricing: {{prices: {}}}\n",
-            db.display(),
-            dir.path().join("state").display(),
-            prices.display()
-        ),
-    )
-    .expect("writing the jobs file");
-    let (config, _) = config::load(&jobs).expect("a valid bench jobs file");
-    let state = State::open(&config.state_dir).expect("opening the state");
-    let job = config.job("reprice").expect("the job");
-    let mut ctx = Context {
-        job: &job.name,
-        config: &config,
-        state: &state,
-        now: Utc::now(),
-        dry_run: false,
-        stop: Stop::default(),
-        alerts: Vec::new(),
+            "| {name} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | {} of {} |",
+            o.rows,
+            o.seconds,
+            o.rows / o.seconds,
+            o.longest_lock_ms,
+            o.sim.latency_ms.max,
+            o.sim.failed,
+            o.sim.attempted
+        )
     };
-    let t = Instant::now();
-    let report = job.kind.run(&mut ctx).expect("the pricing job");
-    let ours = t.elapsed();
-    let figure = |name: &str| {
-        report
-            .figures
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(f64::NAN, |(_, v)| *v)
-    };
-    let repriced = figure("rows_repriced");
     println!(
-        "caretaker pricing: {repriced} of {nulls} NULL rows in {:.2} s ({:.0} rows/s); longest write lock {:.1} ms over {} batches (lock share {:.1} %); longest read {:.1} ms",
-        ours.as_secs_f64(),
-        repriced / ours.as_secs_f64(),
-        figure("longest_write_lock_ms"),
-        figure("write_batches"),
-        figure("write_lock_share") * 100.0,
-        figure("longest_read_ms"),
+        "\n| re-pricing {rows} Apantli rows, gateway at {rate}/s | rows re-priced | seconds | rows/s | longest write lock ms | longest gateway stall ms | failed gateway writes |"
     );
+    println!("|---|---|---|---|---|---|---|");
+    println!("{}", row("caretaker pricing", &ours));
+    if let Some(theirs) = &theirs {
+        println!("{}", row("recalculate_costs.py style", theirs));
+    }
+    let f = |name: &str| figure(&ours.stdout, name);
+    println!(
+        "\ncaretaker phases: write lock {:.2} s in {} batches ({:.1} % of the run; UPDATE statements {:.2} s, the rest commits), pauses {:.2} s, reads {:.2} s (longest {:.1} ms), parsing {:.2} s on its own thread (waited for {:.2} s)",
+        f("write_lock_total_ms") / 1e3,
+        f("write_batches"),
+        f("write_lock_share") * 100.0,
+        f("update_seconds"),
+        f("pause_seconds"),
+        f("read_seconds"),
+        f("longest_read_ms"),
+        f("parse_seconds"),
+        f("parse_wait_seconds"),
+    );
+    if let Some(theirs) = &theirs {
+        println!(
+            "ratio: caretaker {:.2}x the reference's rows/s; longest lock {:.0}x shorter",
+            (ours.rows / ours.seconds) / (theirs.rows / theirs.seconds),
+            theirs.longest_lock_ms / ours.longest_lock_ms
+        );
+    }
     if rows >= 1_000_000 {
         println!(
             "goal: 1M rows <= 10 s: {}",
-            if ours <= Duration::from_secs(10) {
+            if ours.seconds <= 10.0 {
                 "met"
             } else {
                 "NOT met"
@@ -171,60 +276,24 @@ fn main() {
         );
     }
 
-    reset(&db);
-    let t = Instant::now();
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(REFERENCE)
-        .arg(&db)
-        .arg(&prices)
-        .output();
-    let theirs = t.elapsed();
-    match out {
-        Ok(out) if out.status.success() => {
-            let result: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("the reference prints JSON");
-            let lock_ms = result["lock_seconds"].as_f64().unwrap_or(f64::NAN) * 1e3;
-            println!(
-                "reference (python3 recalculate_costs.py style): {} rows in {:.2} s; write lock held {:.0} ms (one transaction)",
-                result["rows"],
-                theirs.as_secs_f64(),
-                lock_ms
-            );
-            println!(
-                "ratio: caretaker {:.2}x the reference's speed; longest lock {:.0}x shorter",
-                theirs.as_secs_f64() / ours.as_secs_f64(),
-                lock_ms / figure("longest_write_lock_ms")
-            );
-        }
-        Ok(out) => println!("reference failed: {}", String::from_utf8_lossy(&out.stderr)),
-        Err(e) => println!("reference not run (python3: {e})"),
-    }
-
     // The everyday case: the table is priced, and 5 % of the rows, spread over it, were
     // logged at 0 while their price was unknown.
-    let conn = rusqlite::Connection::open(&db).expect("opening the bench database");
-    conn.execute(
-        "UPDATE requests SET cost = 0 WHERE error IS NULL AND id % 20 = 0",
-        [],
-    )
-    .expect("zeroing 5 % of the costs");
-    drop(conn);
-    let t = Instant::now();
-    let report = job.kind.run(&mut ctx).expect("the pricing job");
-    let figure = |name: &str| {
-        report
-            .figures
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(f64::NAN, |(_, v)| *v)
-    };
+    rusqlite::Connection::open(&ours_db)
+        .expect("opening the bench database")
+        .execute(
+            "UPDATE requests SET cost = 0 WHERE error IS NULL AND id % 20 = 0",
+            [],
+        )
+        .expect("zeroing 5 % of the costs");
+    let everyday = caretaker(&ours_db, &ours_dir, &prices, rate, "everyday");
     println!(
-        "caretaker pricing, 5 % of the rows at cost 0: {} rows in {:.2} s; longest write lock {:.1} ms over {} batches; longest read {:.1} ms",
-        figure("rows_repriced"),
-        t.elapsed().as_secs_f64(),
-        figure("longest_write_lock_ms"),
-        figure("write_batches"),
-        figure("longest_read_ms"),
+        "\n{}",
+        row("caretaker pricing, 5 % of the rows at cost 0", &everyday)
+    );
+    println!(
+        "everyday phases: write lock {:.2} s in {} batches, longest read {:.1} ms",
+        figure(&everyday.stdout, "write_lock_total_ms") / 1e3,
+        figure(&everyday.stdout, "write_batches"),
+        figure(&everyday.stdout, "longest_read_ms"),
     );
 }

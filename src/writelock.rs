@@ -44,6 +44,8 @@ pub struct Pacer {
     total: Duration,
     count: u64,
     last_hold: Duration,
+    /// When our last transaction ended: the room left to the gateway counts from there.
+    last_end: Instant,
     /// WAL: the gateway's commit counter when we last looked, when it last changed, and
     /// whether it changed since our last transaction.
     version: Option<i64>,
@@ -59,6 +61,7 @@ impl Pacer {
             total: Duration::ZERO,
             count: 0,
             last_hold: Duration::ZERO,
+            last_end: Instant::now(),
             version: None,
             changed: Instant::now(),
             fresh_commit: false,
@@ -103,6 +106,7 @@ impl Pacer {
         self.total += held;
         self.count += 1;
         self.last_hold = held;
+        self.last_end = Instant::now();
         Ok((value, held))
     }
 
@@ -121,18 +125,24 @@ impl Pacer {
         self.total += held;
         self.count += 1;
         self.last_hold = held;
+        self.last_end = Instant::now();
         Ok((value, held))
     }
 
     /// Blocks until a good moment for a write transaction.
     ///
     /// Rollback journal: the room left after our previous transaction (at least as long as it
-    /// held the lock). WAL: once the gateway has committed since our last transaction and then
-    /// stayed quiet for [`SETTLE`], or has been quiet for [`IDLE`], or after [`MAX_WAIT`].
+    /// held the lock), counted from its end, so work done meanwhile is not waited for twice.
+    /// WAL: once the gateway has committed since our last transaction and then stayed quiet
+    /// for [`SETTLE`], or has been quiet for [`IDLE`], or after [`MAX_WAIT`].
     fn wait_for_gap(&mut self, conn: &Connection) -> anyhow::Result<()> {
         if !self.wal {
             if self.count > 0 {
-                sleep(self.last_hold.max(MIN_PAUSE));
+                sleep(
+                    self.last_hold
+                        .max(MIN_PAUSE)
+                        .saturating_sub(self.last_end.elapsed()),
+                );
             }
             return Ok(());
         }

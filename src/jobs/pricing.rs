@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,6 +21,7 @@ use crate::config::values;
 use crate::config::{Checks, Config};
 use crate::gateway::{CostColumns, Gateway, Preset};
 use crate::prices::{self, PriceTable, Usage};
+use crate::writelock::Pacer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,9 +78,13 @@ pub fn watched_files(config: &Config) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Rowids read per statement: bounds how long one read holds its shared lock, whatever the
-/// share of matching rows.
-const READ_WINDOW: i64 = 2_000;
+/// Rowids read per statement: bounds how long one read holds its shared lock (a few ms for
+/// Apantli's 2 KB rows), whatever the share of matching rows.
+const READ_WINDOW: i64 = 1_000;
+/// Windows read ahead of the parser thread: enough to keep it busy through a pause.
+const READ_AHEAD: usize = 4;
+/// Our connection's page cache (KiB): holds the pages a batch changes until its COMMIT.
+const CACHE_KIB: i64 = 256 * 1024;
 /// The write lock we promise never to exceed by design (far below Apantli's 5 s).
 pub const MAX_LOCK: Duration = Duration::from_millis(50);
 const FIRST_BATCH: usize = 200;
@@ -88,6 +94,8 @@ const MAX_BATCH: usize = 20_000;
 /// gives up: the gateway's writes go first, and the job fails (alerted) rather than push in.
 /// The job's `timeout` and a shutdown stop the wait sooner.
 const LOCK_PATIENCE: Duration = Duration::from_secs(300);
+/// The pause before trying a batch again when the gateway kept the lock past our busy timeout.
+const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(120);
 /// Changed rows listed one by one in a dry run; the rest are counted.
 const LISTED_CHANGES: usize = 200;
 /// Two costs closer than this (USD) are the same price: recomputing `all` does not rewrite
@@ -375,13 +383,12 @@ impl<'a> Rows<'a> {
             .with_context(|| self.reading())
     }
 
-    /// Writes one batch in one write transaction; returns how many rows it changed and how
-    /// long it held the write lock.
-    fn write_batch(
+    /// Updates one batch inside the write transaction `tx`; returns how many rows changed.
+    fn update_batch(
         &self,
-        conn: &mut Connection,
+        tx: &rusqlite::Transaction<'_>,
         batch: &[Change],
-    ) -> anyhow::Result<(usize, Duration)> {
+    ) -> anyhow::Result<usize> {
         let writing = || {
             format!(
                 "updating costs in table `{}` of {}",
@@ -389,56 +396,54 @@ impl<'a> Rows<'a> {
                 self.gateway.database.display()
             )
         };
-        // IMMEDIATE: wait for the gateway's lock here (within our busy timeout), before the
-        // clock starts, instead of failing halfway through the batch.
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .with_context(writing)?;
-        let locked = Instant::now();
         let mut changed = 0;
-        {
-            let mut stmt = tx.prepare_cached(&self.update).with_context(writing)?;
-            for change in batch {
-                changed += match (change.new, change.old) {
-                    (Stored::Single(new), Stored::Single(old)) => {
-                        stmt.execute(rusqlite::params![change.rowid, new, old])
-                    }
-                    (
-                        Stored::Split { input, output },
-                        Stored::Split {
-                            input: old_in,
-                            output: old_out,
-                        },
-                    ) => stmt.execute(rusqlite::params![
-                        change.rowid,
-                        input,
-                        output,
-                        old_in,
-                        old_out
-                    ]),
-                    _ => unreachable!("plan keeps the stored shape of each row"),
+        let mut stmt = tx.prepare_cached(&self.update).with_context(writing)?;
+        for change in batch {
+            changed += match (change.new, change.old) {
+                (Stored::Single(new), Stored::Single(old)) => {
+                    stmt.execute(rusqlite::params![change.rowid, new, old])
                 }
-                .with_context(writing)?;
+                (
+                    Stored::Split { input, output },
+                    Stored::Split {
+                        input: old_in,
+                        output: old_out,
+                    },
+                ) => stmt.execute(rusqlite::params![
+                    change.rowid,
+                    input,
+                    output,
+                    old_in,
+                    old_out
+                ]),
+                _ => unreachable!("plan keeps the stored shape of each row"),
             }
+            .with_context(writing)?;
         }
-        tx.commit().with_context(writing)?;
-        Ok((changed, locked.elapsed()))
+        Ok(changed)
     }
 }
 
-/// Writes one batch, waiting for the gateway when it holds the lock past our busy timeout:
-/// its writes go first, however long they keep coming, up to [`LOCK_PATIENCE`].
+/// Writes one batch through the pacer, waiting for the gateway when it holds the lock past our
+/// busy timeout: its writes go first, however long they keep coming, up to [`LOCK_PATIENCE`].
 fn write_with_retries(
     ctx: &Context<'_>,
     rows: &Rows<'_>,
     conn: &mut Connection,
+    pacer: &mut Pacer,
     batch: &[Change],
-    pacing: &Pacing,
+    updating: &mut Duration,
 ) -> anyhow::Result<(usize, Duration)> {
     let began = Instant::now();
     let mut attempt = 1;
     loop {
-        match rows.write_batch(conn, batch) {
+        let result = pacer.write(conn, |tx| {
+            let began = Instant::now();
+            let changed = rows.update_batch(tx, batch);
+            *updating += began.elapsed();
+            changed
+        });
+        match result {
             Err(e) if began.elapsed() < LOCK_PATIENCE && is_busy(&e) => {
                 tracing::info!(
                     job = ctx.job,
@@ -447,7 +452,7 @@ fn write_with_retries(
                 );
                 attempt += 1;
                 ctx.checkpoint()?;
-                std::thread::sleep(pacing.min_pause * 4);
+                std::thread::sleep(BUSY_RETRY_PAUSE);
             }
             other => return other,
         }
@@ -557,74 +562,109 @@ fn apantli_usage(prompt_tokens: u64, completion_tokens: u64, response_data: Opti
     }
 }
 
-/// What executing a plan measured.
+/// What executing a plan measured, phase by phase, so that a slow run says where its time went.
 #[derive(Debug, Clone, Copy, Default)]
 struct Measured {
     rows_written: u64,
-    batches: u64,
-    longest_write_lock: Duration,
-    /// All write locks together, to set against the run's length.
-    total_write_lock: Duration,
     elapsed: Duration,
     longest_read: Duration,
+    /// Reading candidate rows (each read holds a shared lock).
+    reading: Duration,
+    /// Parsing JSON and pricing, on the parser thread, alongside the reads and writes.
+    parsing: Duration,
+    /// Waiting for the parser with nothing else to do.
+    waiting_for_parser: Duration,
+    /// Running the UPDATE statements, inside the write lock (the rest of it is the commit).
+    updating: Duration,
+    /// Pauses left to the gateway before our batches, and waits for its lock.
+    pausing: Duration,
 }
 
-/// How long our write batches may hold the lock, and how long to leave the gateway alone
-/// after each, for the way a gateway's writers meet our lock.
+/// How long a write batch may hold the lock, and the room the gateway gets between batches on
+/// top of [`Pacer`]'s, for the way a gateway's writers meet our lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pacing {
+pub struct Aim {
     /// The write lock a batch aims at; batches grow below it and shrink above it.
     pub target_lock: Duration,
-    /// The pause after a batch: at least this ...
-    pub min_pause: Duration,
+    /// The least time from the end of one batch to the start of the next ...
+    pub min_spacing: Duration,
     /// ... and at least this many times the lock the batch held.
-    pub pause_per_lock: u32,
+    pub spacing_per_lock: u32,
 }
 
-impl Pacing {
-    pub fn for_gateway(preset: Preset) -> Pacing {
+impl Aim {
+    pub fn for_gateway(preset: Preset) -> Aim {
         match preset {
-            // Apantli's writers wait up to 5 s for our lock, sleeping in SQLite's busy handler
-            // in steps of at most 25 ms while they have waited less than 130 ms. A writer
-            // that queued behind a batch (at most ~45 ms) wakes within 25 ms of its end: a
-            // pause of 30 ms, and at least the lock's length, lets it in first. A commit in
-            // the rollback journal costs two fsyncs whatever the batch size, so the target
-            // is set well above that and below MAX_LOCK.
-            Preset::Apantli => Pacing {
+            // Apantli's writers wait up to 5 s for our lock; the pacer leaves them at least the
+            // lock's length (and 10 ms) after each batch, and a writer that queued behind a
+            // batch of at most 50 ms retries within 20 ms of its end (SQLite's busy handler
+            // tries at 0, 1, 3, 8, 18, 33, 53 ms). A rollback-journal commit has fixed costs
+            // (journal write, fsyncs, journal delete), so the target is well above them and
+            // below MAX_LOCK.
+            Preset::Apantli => Aim {
                 target_lock: Duration::from_millis(30),
-                min_pause: Duration::from_millis(30),
-                pause_per_lock: 1,
+                min_spacing: Duration::ZERO,
+                spacing_per_lock: 0,
             },
             // BobaMixer's inserts never wait: one that meets our lock is lost. Nothing but
             // not writing makes that impossible, so the share of time we hold the lock is
             // kept below 1 %: an insert meets it with at most that chance while the job runs.
-            // A custom gateway's writers are unknown, so they get the same care.
-            Preset::Bobamixer | Preset::Custom => Pacing {
+            // The pacer then starts each batch in a gap between the gateway's commits. A
+            // custom gateway's writers are unknown, so they get the same care.
+            Preset::Bobamixer | Preset::Custom => Aim {
                 target_lock: Duration::from_millis(2),
-                min_pause: Duration::from_millis(250),
-                pause_per_lock: 100,
+                min_spacing: Duration::from_millis(250),
+                spacing_per_lock: 100,
             },
         }
     }
+
+    /// The least time from the end of a batch that held `lock` to the start of the next.
+    pub fn spacing(&self, lock: Duration) -> Duration {
+        (lock * self.spacing_per_lock).max(self.min_spacing)
+    }
 }
 
-/// Sizes write batches so the lock stays near the pacing's target, and paces them.
+/// Sizes write batches so the lock stays near the aim's target, and keeps the aim's spacing.
 struct Batcher {
-    pacing: Pacing,
+    aim: Aim,
     size: usize,
+    /// When our last batch ended and how long it held the lock.
+    last: Option<(Instant, Duration)>,
 }
 
 impl Batcher {
-    /// Learns from a batch of `rows` that held the lock for `lock`; returns the pause.
-    fn after(&mut self, rows: usize, lock: Duration) -> Duration {
-        // A band rather than a point: a commit's fixed cost (fsync) makes the lock far from
-        // proportional to the rows, and a doubled batch must still fit under the top.
-        if lock > self.pacing.target_lock * 3 / 2 {
-            self.size = (self.size / 2).max(MIN_BATCH);
-        } else if lock < self.pacing.target_lock * 3 / 4 && rows >= self.size {
-            self.size = (self.size * 2).min(MAX_BATCH);
+    fn new(aim: Aim) -> Batcher {
+        Batcher {
+            aim,
+            size: FIRST_BATCH,
+            last: None,
         }
-        (lock * self.pacing.pause_per_lock).max(self.pacing.min_pause)
+    }
+
+    /// Learns from a batch of `rows` that held the lock for `lock`.
+    fn learn(&mut self, rows: usize, lock: Duration) {
+        self.last = Some((Instant::now(), lock));
+        let target = self.aim.target_lock;
+        // A short final batch says nothing about the size; inside the band the size stays,
+        // so that the noise of a loaded machine does not make it swing.
+        let over = lock > target * 3 / 2;
+        let under = lock < target * 3 / 4 && rows >= self.size;
+        if !over && !under {
+            return;
+        }
+        // Toward the target in proportion (a lock grows about linearly with the rows on a
+        // fast filesystem), at most halving or doubling per batch: a commit's fixed cost makes
+        // it far from proportional on a slow one.
+        let ratio = (target.as_secs_f64() / lock.as_secs_f64().max(1e-6)).clamp(0.5, 2.0);
+        self.size = ((self.size as f64 * ratio) as usize).clamp(MIN_BATCH, MAX_BATCH);
+    }
+
+    /// Sleeps what is left of the aim's spacing since the last batch.
+    fn keep_spacing(&self) {
+        if let Some((ended, lock)) = self.last {
+            std::thread::sleep(self.aim.spacing(lock).saturating_sub(ended.elapsed()));
+        }
     }
 }
 
@@ -635,79 +675,114 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let gateway = &ctx.config.gateway;
     let rows = Rows::new(gateway, spec, ctx.now);
     let mut conn = gateway.connect(ctx.dry_run)?;
+    let mut pacer = Pacer::new(&conn)?;
     // In WAL mode a commit without fsync keeps the database consistent and only risks this
     // batch on power loss (the next run redoes it); it shortens the write lock a BobaMixer
     // insert, which never waits, can collide with. The rollback journal keeps FULL.
-    let journal: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .with_context(|| rows.reading())?;
-    if journal.eq_ignore_ascii_case("wal") {
+    if pacer.is_wal() {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .context("setting synchronous = NORMAL on our gateway connection")?;
     }
+    // A batch's changed pages stay in our connection's cache until COMMIT. A cache too small
+    // for them spills in mid-transaction, which takes the exclusive lock early and adds a
+    // journal fsync under the lock. This is our connection's cache, not the gateway's.
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
+        .context("setting cache_size on our gateway connection")?;
 
     let started = Instant::now();
     let mut total = Plan::default();
     let mut measured = Measured::default();
-    let mut pending: Vec<Change> = Vec::new();
-    let mut batcher = Batcher {
-        pacing: Pacing::for_gateway(gateway.preset),
-        size: FIRST_BATCH,
-    };
+    let mut batcher = Batcher::new(Aim::for_gateway(gateway.preset));
     if let Some((lo, hi)) = rows.range(&conn)? {
-        let mut after = lo.saturating_sub(1);
-        while after < hi {
-            ctx.checkpoint()?;
-            let upto = after.saturating_add(READ_WINDOW).min(hi);
-            let started = Instant::now();
-            let raw = rows.read_window(&conn, after, upto)?;
-            measured.longest_read = measured.longest_read.max(started.elapsed());
-            after = upto;
-            let candidates: Vec<Candidate> = raw
-                .into_iter()
-                .map(|r| r.candidate(gateway.preset))
-                .collect();
-            let window = plan(&candidates, &table, &spec.aliases);
-            if !ctx.dry_run {
-                pending.extend_from_slice(&window.changes);
-                let last = after >= hi;
-                while pending.len() >= batcher.size || (last && !pending.is_empty()) {
-                    let n = batcher.size.min(pending.len());
-                    let (changed, lock) =
-                        write_with_retries(ctx, &rows, &mut conn, &pending[..n], &batcher.pacing)?;
-                    pending.drain(..n);
-                    measured.rows_written += changed as u64;
-                    measured.batches += 1;
-                    measured.longest_write_lock = measured.longest_write_lock.max(lock);
-                    measured.total_write_lock += lock;
-                    if lock > MAX_LOCK {
-                        tracing::warn!(
-                            job = ctx.job,
-                            lock_ms = lock.as_secs_f64() * 1e3,
-                            rows = n,
-                            "a pricing batch held the write lock longer than intended; batches shrink"
-                        );
-                    }
-                    let pause = batcher.after(n, lock);
-                    ctx.checkpoint()?;
-                    if !pending.is_empty() || !last {
-                        std::thread::sleep(pause);
+        let (preset, table, aliases) = (gateway.preset, &table, &spec.aliases);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            // Reads stay on this thread, between our write transactions; JSON and prices go
+            // to a second thread, so they overlap the writes and the pauses.
+            let (raw_tx, raw_rx) = mpsc::sync_channel::<Vec<RawRow>>(READ_AHEAD);
+            let (plan_tx, plan_rx) = mpsc::channel::<(Plan, Duration)>();
+            s.spawn(move || {
+                for raw in raw_rx {
+                    let began = Instant::now();
+                    let candidates: Vec<Candidate> =
+                        raw.into_iter().map(|r| r.candidate(preset)).collect();
+                    let window = plan(&candidates, table, aliases);
+                    if plan_tx.send((window, began.elapsed())).is_err() {
+                        break;
                     }
                 }
-            }
-            total.absorb(Plan {
-                // Written already, or listed below: only a dry run keeps each change.
-                changes: if ctx.dry_run {
-                    window.changes
-                } else {
-                    Vec::new()
-                },
-                ..window
             });
-        }
+            let stopped = || anyhow::anyhow!("the pricing job's parser thread stopped");
+            let mut after = lo.saturating_sub(1);
+            let mut in_flight = 0;
+            let mut pending: Vec<Change> = Vec::new();
+            loop {
+                // Read ahead while the parser has room: after a batch these short reads fall
+                // in the pause the pacer leaves the gateway, which counts from the commit.
+                while in_flight < READ_AHEAD && after < hi {
+                    ctx.checkpoint()?;
+                    let upto = after.saturating_add(READ_WINDOW).min(hi);
+                    let began = Instant::now();
+                    let raw = rows.read_window(&conn, after, upto)?;
+                    let took = began.elapsed();
+                    measured.reading += took;
+                    measured.longest_read = measured.longest_read.max(took);
+                    after = upto;
+                    raw_tx.send(raw).map_err(|_| stopped())?;
+                    in_flight += 1;
+                }
+                if in_flight > 0 && (ctx.dry_run || pending.len() < batcher.size) {
+                    let began = Instant::now();
+                    let (window, parsing) = plan_rx.recv().map_err(|_| stopped())?;
+                    measured.waiting_for_parser += began.elapsed();
+                    measured.parsing += parsing;
+                    in_flight -= 1;
+                    if !ctx.dry_run {
+                        pending.extend_from_slice(&window.changes);
+                    }
+                    total.absorb(Plan {
+                        // Written below, or listed: only a dry run keeps each change.
+                        changes: if ctx.dry_run {
+                            window.changes
+                        } else {
+                            Vec::new()
+                        },
+                        ..window
+                    });
+                    continue;
+                }
+                // Here everything read is parsed, or a full batch waits.
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                let n = batcher.size.min(pending.len());
+                let began = Instant::now();
+                batcher.keep_spacing();
+                let (changed, lock) = write_with_retries(
+                    ctx,
+                    &rows,
+                    &mut conn,
+                    &mut pacer,
+                    &pending[..n],
+                    &mut measured.updating,
+                )?;
+                measured.pausing += began.elapsed().saturating_sub(lock);
+                pending.drain(..n);
+                measured.rows_written += changed as u64;
+                if lock > MAX_LOCK {
+                    tracing::warn!(
+                        job = ctx.job,
+                        lock_ms = lock.as_secs_f64() * 1e3,
+                        rows = n,
+                        "a pricing batch held the write lock longer than intended; batches shrink"
+                    );
+                }
+                batcher.learn(n, lock);
+                ctx.checkpoint()?;
+            }
+        })?;
     }
     measured.elapsed = started.elapsed();
-    Ok(report(spec, &table, &total, &measured, ctx.dry_run))
+    Ok(report(spec, &table, &total, &measured, &pacer, ctx.dry_run))
 }
 
 fn usd(v: f64) -> String {
@@ -724,6 +799,7 @@ fn report(
     table: &PriceTable,
     plan: &Plan,
     measured: &Measured,
+    pacer: &Pacer,
     dry_run: bool,
 ) -> Report {
     let rows: u64 = plan.by_model.values().map(|t| t.rows).sum();
@@ -761,7 +837,7 @@ fn report(
         let _ = write!(
             summary,
             "; longest write lock {:.1} ms",
-            measured.longest_write_lock.as_secs_f64() * 1e3
+            pacer.longest().as_secs_f64() * 1e3
         );
     }
     let mut report = Report::new(summary)
@@ -773,20 +849,22 @@ fn report(
         .figure("usd_after", new)
         .figure("rows_unchanged", plan.unchanged as f64)
         .figure("rows_unpriced", unpriced_rows as f64)
-        .figure("write_batches", measured.batches as f64)
-        .figure(
-            "longest_write_lock_ms",
-            measured.longest_write_lock.as_secs_f64() * 1e3,
-        )
+        .figure("write_batches", pacer.transactions() as f64)
+        .figure("longest_write_lock_ms", pacer.longest().as_secs_f64() * 1e3)
         .figure("longest_read_ms", measured.longest_read.as_secs_f64() * 1e3)
-        .figure(
-            "write_lock_total_ms",
-            measured.total_write_lock.as_secs_f64() * 1e3,
-        )
+        .figure("write_lock_total_ms", pacer.total().as_secs_f64() * 1e3)
         .figure(
             "write_lock_share",
-            measured.total_write_lock.as_secs_f64() / measured.elapsed.as_secs_f64().max(1e-9),
-        );
+            pacer.total().as_secs_f64() / measured.elapsed.as_secs_f64().max(1e-9),
+        )
+        .figure("read_seconds", measured.reading.as_secs_f64())
+        .figure("parse_seconds", measured.parsing.as_secs_f64())
+        .figure(
+            "parse_wait_seconds",
+            measured.waiting_for_parser.as_secs_f64(),
+        )
+        .figure("update_seconds", measured.updating.as_secs_f64())
+        .figure("pause_seconds", measured.pausing.as_secs_f64());
     for (model, n) in &plan.unpriced {
         report = report.figure(
             &format!("unpriced_rows{{model=\"{}\"}}", label(model)),
@@ -976,36 +1054,40 @@ mod tests {
 
     #[test]
     fn batches_shrink_above_the_target_and_grow_below_it() {
-        let pacing = Pacing::for_gateway(Preset::Apantli);
-        let mut b = Batcher { pacing, size: 1000 };
-        let pause = b.after(1000, Duration::from_millis(80));
+        let mut b = Batcher::new(Aim::for_gateway(Preset::Apantli));
+        b.size = 1000;
+        b.learn(1000, Duration::from_millis(80));
         assert_eq!(b.size, 500);
-        assert_eq!(pause, Duration::from_millis(80));
         // Inside the band: the size stays.
-        b.after(500, Duration::from_millis(30));
+        b.learn(500, Duration::from_millis(30));
         assert_eq!(b.size, 500);
-        let pause = b.after(500, Duration::from_millis(1));
+        b.learn(500, Duration::from_millis(1));
         assert_eq!(b.size, 1000);
-        assert_eq!(pause, pacing.min_pause);
+        // Toward the target in proportion.
+        b.learn(1000, Duration::from_millis(20));
+        assert_eq!(b.size, 1500);
         // A short final batch says nothing about the size.
-        b.after(3, Duration::from_micros(10));
-        assert_eq!(b.size, 1000);
+        b.learn(3, Duration::from_micros(10));
+        assert_eq!(b.size, 1500);
         for _ in 0..20 {
-            b.after(b.size, Duration::from_secs(1));
+            b.learn(b.size, Duration::from_secs(1));
         }
         assert_eq!(b.size, MIN_BATCH);
+        for _ in 0..30 {
+            b.learn(b.size, Duration::from_micros(1));
+        }
+        assert_eq!(b.size, MAX_BATCH);
     }
 
     #[test]
     fn gateways_that_never_wait_see_our_lock_less_than_one_percent_of_the_time() {
         for preset in [Preset::Bobamixer, Preset::Custom] {
-            let pacing = Pacing::for_gateway(preset);
-            let mut b = Batcher { pacing, size: 100 };
+            let aim = Aim::for_gateway(preset);
             for lock_ms in [1, 2, 4, 10, 40] {
                 let lock = Duration::from_millis(lock_ms);
-                let pause = b.after(100, lock);
+                let spacing = aim.spacing(lock);
                 assert!(
-                    lock.as_secs_f64() / (lock + pause).as_secs_f64() < 0.01,
+                    lock.as_secs_f64() / (lock + spacing).as_secs_f64() < 0.01,
                     "{preset:?} {lock_ms} ms"
                 );
             }
