@@ -298,7 +298,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 ctx,
                 &plan.archive,
                 &dest,
-                &scratch.0,
+                &snap.path,
                 &snap,
                 &includes,
             )

@@ -299,10 +299,10 @@ fn check_a_copy(
         Err(e) => return Err(e.context("copying the gateway database to check the copy")),
     };
     let conn = Connection::open_with_flags(
-        &copy.0,
+        &snap.path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .with_context(|| format!("opening the copy {}", copy.0.display()))?;
+    .with_context(|| format!("opening the copy {}", snap.path.display()))?;
     let findings = check(&conn, depth)?;
     drop(conn);
     Ok((findings, snap.held))
