@@ -19,7 +19,7 @@ use caretaker::sim::SimReport;
 
 mod common;
 
-use common::{Sim, env_or};
+use common::{Sim, env_or, figure, run_job};
 
 /// The seed recipe: what operators run today (a script in the style of LiteLLM-based
 /// gateways' `recalculate_costs.py`), with the same price rules as caretaker.
@@ -79,14 +79,6 @@ done = time.monotonic()
 print(json.dumps({"rows": len(updates), "seconds": done - start, "lock_seconds": done - locked}))
 "#;
 
-fn figure(stdout: &str, name: &str) -> f64 {
-    stdout
-        .split([' ', '(', ')'])
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 struct Outcome {
     rows: f64,
     seconds: f64,
@@ -109,14 +101,7 @@ fn caretaker(db: &Path, dir: &Path, prices: &Path, rate: f64, tag: &str) -> Outc
     )
     .expect("writing the jobs file");
     let sim = Sim::start(db, dir, rate, tag);
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-        .args(["run-job", "reprice", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running caretaker");
-    let seconds = start.elapsed().as_secs_f64();
+    let (out, seconds) = run_job("reprice", &config);
     let sim = sim.stop();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -125,9 +110,9 @@ fn caretaker(db: &Path, dir: &Path, prices: &Path, rate: f64, tag: &str) -> Outc
         String::from_utf8_lossy(&out.stderr)
     );
     Outcome {
-        rows: figure(&stdout, "rows_repriced"),
+        rows: figure(&stdout, "rows_repriced").unwrap_or(f64::NAN),
         seconds,
-        longest_lock_ms: figure(&stdout, "longest_write_lock_ms"),
+        longest_lock_ms: figure(&stdout, "longest_write_lock_ms").unwrap_or(f64::NAN),
         sim,
         stdout,
     }
@@ -245,7 +230,7 @@ fn main() {
     if let Some(theirs) = &theirs {
         println!("{}", row("recalculate_costs.py style", theirs));
     }
-    let f = |name: &str| figure(&ours.stdout, name);
+    let f = |name: &str| figure(&ours.stdout, name).unwrap_or(f64::NAN);
     println!(
         "\ncaretaker phases: write lock {:.2} s in {} batches ({:.1} % of the run; UPDATE statements {:.2} s, the rest commits), pauses {:.2} s, reads {:.2} s (longest {:.1} ms), parsing {:.2} s on its own thread (waited for {:.2} s)",
         f("write_lock_total_ms") / 1e3,
@@ -292,8 +277,8 @@ fn main() {
     );
     println!(
         "everyday phases: write lock {:.2} s in {} batches, longest read {:.1} ms",
-        figure(&everyday.stdout, "write_lock_total_ms") / 1e3,
-        figure(&everyday.stdout, "write_batches"),
-        figure(&everyday.stdout, "longest_read_ms"),
+        figure(&everyday.stdout, "write_lock_total_ms").unwrap_or(f64::NAN) / 1e3,
+        figure(&everyday.stdout, "write_batches").unwrap_or(f64::NAN),
+        figure(&everyday.stdout, "longest_read_ms").unwrap_or(f64::NAN),
     );
 }

@@ -57,10 +57,8 @@ pub fn run_job(job: &str, config: &Path) -> (Output, f64) {
 
 /// The value of `name=` among the figures of a run-job summary line.
 pub fn figure(out: &str, name: &str) -> Option<f64> {
-    out.split(&format!("{name}="))
-        .nth(1)?
-        .split([' ', ')'])
-        .next()?
+    out.split([' ', '(', ')'])
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))?
         .parse()
         .ok()
 }
