@@ -3,16 +3,19 @@
 //!
 //! The two gateways wait differently. Apantli (rollback journal) retries a locked write with
 //! SQLite's busy handler for up to 5 s, sleeping 1, 2, 5, 10, 15, 20, 25, 25, 25, 50 ms between
-//! tries (it tries again 1, 3, 8, 18, 33, 53 ms after it first met the lock). A writer that
-//! meets our write lock finds the database free on its next try if our lock is shorter than its
-//! tries reach and the room we leave afterwards is longer than its sleeps: with holds of at most
-//! ~30 ms and at least [`MIN_PAUSE`] (25 ms, and never less than the hold) before our next lock
-//! of any kind, its try at 33 ms at the latest falls into that room. Our read transactions count
-//! as locks here too: a writer whose try lands in a read right after our write holds the
-//! database's PENDING lock and sleeps again, 20 ms or more. BobaMixer (WAL) has no busy timeout at all:
-//! an insert that meets our write lock fails at once. There we wait until the gateway has just
-//! committed and then stayed quiet for a moment, and start right then: a gateway that records
-//! after each completed LLM call rarely writes again within milliseconds of its last write.
+//! tries: it tries again 1, 3, 8, 18, 33, 53 ms after it first met the lock. A writer that meets
+//! our write lock at its start must find the database free by its try at 33 ms, or it waits
+//! 53 ms. So our locks are short (the archive aims at 15 ms), and after each write we leave the
+//! gateway room before our next lock of any kind ([`room`]): longer than the busy handler's
+//! sleep at that point, and reaching 36 ms past the lock's start, so that a writer that loses
+//! its try at 18 ms to another gateway writer (several wake at once) still gets in at 33 ms.
+//! Reads count as locks here: a writer whose try lands in a read right after our write takes
+//! the PENDING lock and sleeps again, 15 ms or more, before it can commit.
+//!
+//! BobaMixer (WAL) has no busy timeout at all: an insert that meets our write lock fails at
+//! once. There we wait until the gateway has just committed and then stayed quiet for a moment,
+//! and start right then: a gateway that records after each completed LLM call rarely writes
+//! again within milliseconds of its last write.
 
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -32,8 +35,11 @@ const IDLE: Duration = Duration::from_millis(250);
 const MAX_WAIT: Duration = Duration::from_millis(1000);
 /// The least room left to the gateway after each of our write transactions before our next lock
 /// (rollback journal): longer than the busy handler's sleeps up to its try at 33 ms (15 ms at
-/// most), with room for a sleep that overshoots on a loaded machine.
+/// most).
 const MIN_PAUSE: Duration = Duration::from_millis(15);
+/// How far past the start of our write lock the room after it reaches at least: past a waiting
+/// writer's try at 33 ms, with 3 ms for sleeps that overshoot.
+const COVER: Duration = Duration::from_millis(36);
 
 /// The journal mode of a database, read without changing it.
 pub fn journal_mode(conn: &Connection) -> anyhow::Result<String> {
@@ -141,12 +147,11 @@ impl Pacer {
         held
     }
 
-    /// Rollback journal: sleeps until the room after our last write lock has passed, at least
-    /// [`MIN_PAUSE`] and at least as long as that lock was held (the busy handler's sleeps grow
-    /// with the time a writer has waited). Work done meanwhile counts as room.
+    /// Rollback journal: sleeps until the room after our last write lock has passed. Work done
+    /// meanwhile counts as room.
     fn leave_room(&self) {
         if let Some(released) = self.released {
-            let due = released + self.last_hold.max(MIN_PAUSE);
+            let due = released + room(self.last_hold);
             let now = Instant::now();
             if due > now {
                 sleep(due - now);
@@ -202,6 +207,14 @@ impl Pacer {
     }
 }
 
+/// The room owed to the gateway after a write lock held for `held` (rollback journal): at least
+/// [`MIN_PAUSE`], at least `held` (the busy handler's sleep in progress when the lock ends is
+/// never longer than the time the writer has waited), and reaching [`COVER`] past the lock's
+/// start.
+fn room(held: Duration) -> Duration {
+    held.max(MIN_PAUSE).max(COVER.saturating_sub(held))
+}
+
 /// SQLite's counter of commits by other connections.
 fn data_version(conn: &Connection) -> anyhow::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
@@ -230,6 +243,15 @@ mod tests {
     }
 
     #[test]
+    fn the_room_covers_the_busy_handlers_tries() {
+        let ms = Duration::from_millis;
+        // (lock held, room after it)
+        for (held, expected) in [(1, 35), (15, 21), (18, 18), (20, 20), (60, 60)] {
+            assert_eq!(room(ms(held)), ms(expected), "{held} ms");
+        }
+    }
+
+    #[test]
     fn a_lock_after_a_write_waits_for_the_room_owed_to_the_gateway() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
@@ -244,9 +266,9 @@ mod tests {
         // The room is counted from the lock's release, after `worked`; a read waits for it,
         // and so does the next write.
         let (read_at, _) = pacer.read(&conn, |_| Ok(Instant::now())).unwrap();
-        assert!(read_at - worked >= MIN_PAUSE.max(held));
+        assert!(read_at - worked >= room(held));
         let (write_at, _) = pacer.write(&mut conn, |_| Ok(Instant::now())).unwrap();
-        assert!(write_at - worked >= MIN_PAUSE.max(held));
+        assert!(write_at - worked >= room(held));
         assert_eq!(pacer.transactions(), 2);
     }
 
