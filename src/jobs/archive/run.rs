@@ -30,9 +30,9 @@ const WINDOW: usize = 5000;
 const READ_HOLD: Duration = Duration::from_millis(10);
 /// What each write transaction aims to hold the lock for; the rows per transaction adapt. A
 /// gateway writer that meets the lock at its start tries again after 8, 18 and 33 ms: a hold
-/// this long ends before its try at 18 ms, and the room after it (crate::writelock) still
-/// holds its try at 33 ms.
-const TARGET_HOLD: Duration = Duration::from_millis(15);
+/// this long ends about at its try at 18 ms, and the room after it (crate::writelock) holds
+/// its try at 33 ms. Transactions split a batch evenly, so most hold less.
+const TARGET_HOLD: Duration = Duration::from_millis(18);
 const FIRST_ROWS_PER_TRANSACTION: usize = 200;
 const GZIP_LEVEL: u32 = 6;
 const GZIP_THREADS: usize = 2;
@@ -453,7 +453,10 @@ impl Archiver<'_, '_> {
         let mut affected = 0u64;
         while done < pending.keys.len() {
             self.ctx.checkpoint()?;
-            let n = self.rows_per_transaction.min(pending.keys.len() - done);
+            // The rows left split evenly: every transaction costs the gateway the same room
+            // after it, so a short remainder transaction would cost as much as a full one.
+            let left = pending.keys.len() - done;
+            let n = left.div_ceil(left.div_ceil(self.rows_per_transaction));
             let keys = &pending.keys[done..done + n];
             let (count, held) = self.pacer.write(&mut self.conn, |tx| {
                 let mut stmt = tx.prepare_cached(&sql)?;
@@ -608,9 +611,9 @@ fn ms(d: Duration) -> f64 {
 /// estimate of the fixed part; only the part above it scales with the rows. When the fixed part
 /// alone reaches the target, the rows get half the target on top of it: shrinking further would
 /// only multiply commits. Steps are at most half or double so one slow fsync does not collapse
-/// the size.
+/// the size; a transaction of less than half the size (the end of a table) keeps it.
 pub(crate) fn next_size(current: usize, done: usize, held: Duration, floor: Duration) -> usize {
-    if done < current {
+    if done < current / 2 {
         return current;
     }
     let per_rows = held.saturating_sub(floor).max(Duration::from_micros(100));
@@ -722,14 +725,15 @@ mod tests {
         // (rows now, rows done, lock held, fixed cost estimate) -> next rows
         let cases = [
             (200, 200, ms(5), ms(2), 400),
-            (200, 200, ms(15), ms(2), 200),
-            (200, 200, ms(28), ms(2), 100),
+            (200, 200, ms(18), ms(2), 200),
+            (200, 200, ms(34), ms(2), 100),
             (200, 200, ms(500), ms(2), 100),
+            (200, 150, ms(10), ms(2), 300),
             (200, 50, ms(50), ms(2), 200),
             // The fixed cost alone reaches the target: the rows get half the target on top.
-            (200, 200, Duration::from_micros(32_500), ms(25), 200),
+            (200, 200, ms(34), ms(25), 200),
             (200, 200, ms(27), ms(25), 400),
-            (200, 200, ms(40), ms(25), 100),
+            (200, 200, ms(43), ms(25), 100),
             (10, 10, ms(100), ms(5), 10),
             (20_000, 20_000, ms(1), ms(1), 20_000),
         ];
