@@ -157,19 +157,20 @@ fn main() {
 
     let row = |name: &str, o: &Outcome| {
         format!(
-            "| {name} | {:.1} | {:.0} | {:.1} | {:.1} | {} of {} |",
+            "| {name} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {} of {} |",
             o.seconds,
             rows as f64 / o.seconds,
             o.longest_lock_ms,
             o.sim.latency_ms.max,
+            o.sim.latency_ms.p99,
             o.sim.failed,
             o.sim.attempted
         )
     };
     println!(
-        "\n| archive-then-purge of {rows} rows, gateway at {rate}/s | seconds | rows/s | longest write lock ms | longest gateway stall ms | failed gateway writes |"
+        "\n| archive-then-purge of {rows} rows, gateway at {rate}/s | seconds | rows/s | longest write lock ms | longest gateway stall ms | p99 gateway write ms | failed gateway writes |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     println!("{}", row("caretaker archive", &ours));
     println!("{}", row("sqlite3 -json | gzip; DELETE", &theirs));
     println!(

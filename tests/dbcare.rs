@@ -98,6 +98,63 @@ fn apantli_archive_while_the_gateway_writes_keeps_every_row() {
     assert!(stdout.contains("longest write lock"), "{stdout}");
 }
 
+/// At the benchmark's gateway rate, every Apantli-style write waits for our locks less than
+/// half its 5 s busy timeout. The bound is for a loaded 2-core CI machine, where a thread that
+/// holds a lock can wait for a core many times longer than it works; the 50 ms goal of a quiet
+/// machine is measured by `benches/archive.rs` (docs/benchmarks.md). What makes stalls short is
+/// pinned by unit tests: the room after each write before any lock (writelock.rs) and reads
+/// that stop at their time budget (select.rs).
+#[test]
+fn apantli_archive_at_100_writes_per_second_never_stalls_a_write_near_its_timeout() {
+    // In memory where there is a tmpfs: on a disk, a commit's fsync alone (the gateway's or
+    // ours) can take seconds while another process's writeback is flushed, and the bound would
+    // measure the disk. What is left is our locks and the CPU.
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
+    let db = dir.path().join("requests.db");
+    sample::create_apantli(&db, &options(30_000)).unwrap();
+    let (names, original) = rows(&db, "requests");
+    let to = dir.path().join("archive");
+    let config = jobs_file(
+        dir.path(),
+        &db,
+        "apantli",
+        &archive_job(&to, "      batch: 2000\n"),
+    );
+
+    let sim = Sim::start(&db, "apantli", 100.0, dir.path());
+    let out = run_job(&config, "arch", &[]);
+    let report = sim.stop();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        report.failed, 0,
+        "gateway writes failed: {:?}",
+        report.errors
+    );
+    assert!(report.committed > 0);
+    assert!(
+        report.latency_ms.max < caretaker::sim::APANTLI_BUSY_TIMEOUT.as_millis() as f64 / 2.0,
+        "a gateway write waited {:.0} ms (p99 {:.0} ms); {}",
+        report.latency_ms.max,
+        report.latency_ms.p99,
+        text(&out)
+    );
+    let n = assert_union(
+        &names,
+        APANTLI_PAYLOAD,
+        &original,
+        &rows(&db, "requests").1,
+        &archived(&to, "arch-"),
+        "id",
+    );
+    assert!(n > 10_000, "{n} rows archived of 30000 spread over 30 days");
+}
+
 #[test]
 fn bobamixer_archive_while_the_gateway_writes_keeps_every_row_and_drops_orphaned_sessions() {
     let dir = tempfile::tempdir().unwrap();

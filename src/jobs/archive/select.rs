@@ -284,15 +284,19 @@ impl Selection {
         }
     }
 
-    /// Reads up to `limit` rows with rowid in `(after, end]`, in one read transaction, and
-    /// returns the wanted ones with the last rowid looked at (`None`: nothing left).
+    /// Reads up to `limit` rows with rowid in `(after, end]`, in one read transaction that
+    /// stops early once it has lasted `budget`, and returns the wanted ones with the last rowid
+    /// looked at (`None`: nothing left). Rows vary in size; the time bound keeps the shared
+    /// lock short whatever they hold.
     pub fn window(
         &self,
         conn: &Connection,
         after: i64,
         end: i64,
         limit: usize,
+        budget: Duration,
     ) -> anyhow::Result<(Vec<Row>, Option<i64>)> {
+        let started = Instant::now();
         let sql = format!(
             "SELECT rowid, ({}) AS wanted, {} FROM \"{}\" WHERE rowid > :after AND rowid <= :end ORDER BY rowid LIMIT :limit",
             self.wanted,
@@ -321,6 +325,9 @@ impl Selection {
                     .map(|i| r.get::<_, Value>(i + 2))
                     .collect::<Result<_, _>>()?;
                 wanted.push(Row { rowid, values });
+            }
+            if started.elapsed() >= budget {
+                break;
             }
         }
         Ok((wanted, last))
@@ -451,6 +458,47 @@ mod tests {
             let expected = (expected > 0).then_some(expected);
             assert_eq!(got, expected, "cut {cut}");
         }
+    }
+
+    #[test]
+    fn a_window_stops_at_its_time_budget_and_the_next_one_goes_on_from_there() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, ts INTEGER)")
+            .unwrap();
+        for n in 1..=50_i64 {
+            conn.execute("INSERT INTO t (ts) VALUES (?1)", [n % 2])
+                .unwrap();
+        }
+        let table = Table::inspect(&conn, "t", &[]).unwrap();
+        let bound = Bound::Integer(1);
+        let selection = Selection {
+            table,
+            time: "ts".into(),
+            old: bound.condition("ts"),
+            wanted: bound.condition("ts"),
+            params: bound.params(),
+        };
+        // A spent budget still reads one row, so every window makes progress.
+        let mut after = i64::MIN;
+        let mut wanted = Vec::new();
+        let mut windows = 0;
+        while let (rows, Some(last)) = selection
+            .window(&conn, after, 50, 1000, Duration::ZERO)
+            .unwrap()
+        {
+            assert_eq!(last, after.max(0) + 1, "one row per window");
+            wanted.extend(rows.into_iter().map(|r| r.rowid));
+            after = last;
+            windows += 1;
+        }
+        assert_eq!(windows, 50);
+        // ts = n % 2 for row n: the even rows are older than 1.
+        assert_eq!(wanted, (2..=50).step_by(2).collect::<Vec<i64>>());
+        // With time to spare, the row limit ends the window.
+        let (_, last) = selection
+            .window(&conn, i64::MIN, 50, 7, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(last, Some(7));
     }
 
     #[test]
