@@ -16,7 +16,7 @@ use chrono::{TimeDelta, Utc};
 
 mod common;
 
-use common::{Sim, env_or};
+use common::{Sim, env_or, figure, run_job};
 
 fn count(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).expect("opening the database");
@@ -28,14 +28,6 @@ struct Outcome {
     seconds: f64,
     longest_lock_ms: f64,
     sim: SimReport,
-}
-
-fn figure(stdout: &str, name: &str) -> f64 {
-    stdout
-        .split([' ', '(', ')'])
-        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
@@ -51,14 +43,7 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
     )
     .expect("writing the jobs file");
     let sim = Sim::start(db, dir, rate, "caretaker");
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-        .args(["run-job", "arch", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running caretaker");
-    let seconds = start.elapsed().as_secs_f64();
+    let (out, seconds) = run_job("arch", &config);
     let sim = sim.stop();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -69,7 +54,7 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
     println!("caretaker: {stdout}");
     Outcome {
         seconds,
-        longest_lock_ms: figure(&stdout, "longest_lock_ms"),
+        longest_lock_ms: figure(&stdout, "longest_lock_ms").unwrap_or(f64::NAN),
         sim,
     }
 }
