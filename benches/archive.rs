@@ -16,7 +16,7 @@ use chrono::{TimeDelta, Utc};
 
 mod common;
 
-use common::{Sim, env_or, figure, run_job};
+use common::{Sim, copies_for_both_sides, env_or, figure, run_job};
 
 fn count(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).expect("opening the database");
@@ -122,16 +122,9 @@ fn main() {
         .format("%Y-%m-%dT%H:%M:%S")
         .to_string();
 
-    let ours_dir = dir.path().join("caretaker");
-    let theirs_dir = dir.path().join("recipe");
-    for d in [&ours_dir, &theirs_dir] {
-        std::fs::create_dir(d).expect("creating a run directory");
-    }
-    let ours_db = ours_dir.join("requests.db");
-    let theirs_db = theirs_dir.join("requests.db");
-    std::fs::copy(&pristine, &ours_db).expect("copying the sample");
-    std::fs::copy(&pristine, &theirs_db).expect("copying the sample");
-    std::fs::remove_file(&pristine).expect("removing the pristine copy");
+    let (ours_db, theirs_db) = copies_for_both_sides(&pristine, dir.path(), "recipe");
+    let ours_dir = ours_db.parent().expect("a run directory").to_path_buf();
+    let theirs_dir = theirs_db.parent().expect("a run directory").to_path_buf();
 
     let ours = caretaker(&ours_db, &ours_dir, rate);
     let theirs = recipe(&theirs_db, &theirs_dir, rate, &bound);

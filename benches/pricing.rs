@@ -19,7 +19,7 @@ use caretaker::sim::SimReport;
 
 mod common;
 
-use common::{Sim, env_or, figure, run_job};
+use common::{Sim, copies_for_both_sides, env_or, figure, run_job};
 
 /// The seed recipe: what operators run today (a script in the style of LiteLLM-based
 /// gateways' `recalculate_costs.py`), with the same price rules as caretaker.
@@ -194,16 +194,9 @@ fn main() {
         t.elapsed().as_secs_f64(),
         base.display()
     );
-    let ours_dir = dir.path().join("caretaker");
-    let theirs_dir = dir.path().join("reference");
-    for d in [&ours_dir, &theirs_dir] {
-        std::fs::create_dir(d).expect("creating a run directory");
-    }
-    let ours_db = ours_dir.join("requests.db");
-    let theirs_db = theirs_dir.join("requests.db");
-    std::fs::copy(&pristine, &ours_db).expect("copying the sample");
-    std::fs::copy(&pristine, &theirs_db).expect("copying the sample");
-    std::fs::remove_file(&pristine).expect("removing the pristine copy");
+    let (ours_db, theirs_db) = copies_for_both_sides(&pristine, dir.path(), "reference");
+    let ours_dir = ours_db.parent().expect("a run directory").to_path_buf();
+    let theirs_dir = theirs_db.parent().expect("a run directory").to_path_buf();
 
     let ours = caretaker(&ours_db, &ours_dir, &prices, rate, "caretaker");
     println!("caretaker: {}", ours.stdout.trim());

@@ -43,6 +43,21 @@ pub fn apantli_sample(dir: &Path, rows: u64) -> PathBuf {
     db
 }
 
+/// Moves the sample `pristine` into two run directories of `dir`, `caretaker/` and `theirs/`,
+/// one copy each, so that each side starts from the same file; returns the two databases.
+pub fn copies_for_both_sides(pristine: &Path, dir: &Path, theirs: &str) -> (PathBuf, PathBuf) {
+    let dbs = ["caretaker", theirs].map(|side| {
+        let run = dir.join(side);
+        fs::create_dir(&run).expect("creating a run directory");
+        let db = run.join("requests.db");
+        fs::copy(pristine, &db).expect("copying the sample");
+        db
+    });
+    fs::remove_file(pristine).expect("removing the pristine copy");
+    let [ours, theirs] = dbs;
+    (ours, theirs)
+}
+
 /// Runs `caretaker run-job JOB --config CONFIG`; its output and wall time in seconds.
 pub fn run_job(job: &str, config: &Path) -> (Output, f64) {
     let start = Instant::now();
