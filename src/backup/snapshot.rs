@@ -240,6 +240,7 @@ impl Drop for MemoryFile {
 /// against 520-690 ms into a file in `/dev/shm` and 360-550 ms file to file on the disk).
 /// `None` where there is none: no `/dev/shm`, not enough room in it, or half the available
 /// memory does not hold both; the copy then goes to the scratch file `dest`.
+#[cfg(target_os = "linux")]
 fn memory_file(raw: &File, dest: &Path) -> Option<(MemoryFile, Vec<u8>)> {
     let dir = Path::new(MEMORY_DIR);
     // One prefix per destination directory, so that stale files of a killed run are found.
@@ -276,6 +277,11 @@ fn memory_file(raw: &File, dest: &Path) -> Option<(MemoryFile, Vec<u8>)> {
         page[0] = 1;
     }
     Some((file, staged))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn memory_file(_raw: &File, _dest: &Path) -> Option<(MemoryFile, Vec<u8>)> {
+    None
 }
 
 /// Rollback journal: while our SHARED lock is held no writer can commit, so the main file is
