@@ -81,6 +81,9 @@ pub fn watched_files(config: &Config) -> Vec<(String, PathBuf)> {
 /// Rowids read per statement: bounds how long one read holds its shared lock (a few ms for
 /// Apantli's 2 KB rows), whatever the share of matching rows.
 const READ_WINDOW: i64 = 1_000;
+/// How long one read may hold its shared lock before it stops (the rest of its window is read
+/// next), as the archive job's reads do: a gateway commit waits for it.
+const READ_HOLD: Duration = Duration::from_millis(10);
 /// Windows read ahead of the parser thread: enough to keep it busy through a pause.
 const READ_AHEAD: usize = 4;
 /// Our connection's page cache (KiB): holds the pages a batch changes until its COMMIT.
@@ -296,7 +299,7 @@ impl<'a> Rows<'a> {
             filters.push(format!("{} >= ?3", q(&c.time)));
         }
         let select = format!(
-            "SELECT rowid, {} FROM {} WHERE {}",
+            "SELECT rowid, {} FROM {} WHERE {} ORDER BY rowid",
             columns.join(", "),
             q(&gateway.table),
             filters.join(" AND ")
@@ -342,9 +345,17 @@ impl<'a> Rows<'a> {
         )
     }
 
-    /// Reads the candidates with rowid in `(after, upto]`: one short statement, whose values
-    /// are copied out so that JSON is parsed after the shared lock is gone.
-    fn read_window(&self, conn: &Connection, after: i64, upto: i64) -> anyhow::Result<Vec<RawRow>> {
+    /// Reads the candidates with rowid in `(after, upto]`, in rowid order, for at most `budget`
+    /// (at least one row): one short statement, whose values are copied out so that JSON is
+    /// parsed after the shared lock is gone. Returns them with the rowid read up to.
+    fn read_window(
+        &self,
+        conn: &Connection,
+        after: i64,
+        upto: i64,
+        budget: Duration,
+    ) -> anyhow::Result<(Vec<RawRow>, i64)> {
+        let began = Instant::now();
         let mut params = vec![Value::Integer(after), Value::Integer(upto)];
         params.extend(self.since.clone());
         let mut stmt = conn
@@ -379,8 +390,15 @@ impl<'a> Rows<'a> {
                 })
             })
             .with_context(|| self.reading())?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .with_context(|| self.reading())
+        let mut read = Vec::new();
+        for row in rows {
+            read.push(row.with_context(|| self.reading())?);
+            if began.elapsed() >= budget {
+                let through = read.last().map_or(upto, |r: &RawRow| r.rowid);
+                return Ok((read, through));
+            }
+        }
+        Ok((read, upto))
     }
 
     /// Updates one batch inside the write transaction `tx`; returns how many rows changed.
@@ -716,17 +734,19 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             let mut in_flight = 0;
             let mut pending: Vec<Change> = Vec::new();
             loop {
-                // Read ahead while the parser has room: after a batch these short reads fall
-                // in the pause the pacer leaves the gateway, which counts from the commit.
+                // Read ahead while the parser has room: short reads, after the room the pacer
+                // leaves the gateway (JSON and prices are worked out meanwhile on the other
+                // thread).
                 while in_flight < READ_AHEAD && after < hi {
                     ctx.checkpoint()?;
                     let upto = after.saturating_add(READ_WINDOW).min(hi);
-                    let began = Instant::now();
-                    let raw = rows.read_window(&conn, after, upto)?;
-                    let took = began.elapsed();
+                    // Through the pacer: the gateway gets its room after our last write
+                    // first, and each read stops at READ_HOLD, so no writer waits long on it.
+                    let ((raw, through), took) =
+                        pacer.read(&conn, |conn| rows.read_window(conn, after, upto, READ_HOLD))?;
                     measured.reading += took;
                     measured.longest_read = measured.longest_read.max(took);
-                    after = upto;
+                    after = through;
                     raw_tx.send(raw).map_err(|_| stopped())?;
                     in_flight += 1;
                 }
