@@ -119,9 +119,11 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     })();
     let locked = Instant::now();
     let copied = pinned.and_then(|journal_mode| {
-        let copying = || format!("copying {} to {}", source.display(), dest.display());
+        let copying = || format!("copying {} to {}", source.display(), target.display());
         if journal_mode.eq_ignore_ascii_case("wal") {
-            copy_all_pages(&src, dest).with_context(copying)?;
+            // The gateway switched to WAL since we looked: nothing is staged to write out.
+            staged.clear();
+            copy_all_pages(&src, &target).with_context(copying)?;
         } else {
             copy_file(&raw, &mut staged, &mut out).with_context(copying)?;
         }
