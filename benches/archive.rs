@@ -16,7 +16,7 @@ use chrono::{TimeDelta, Utc};
 
 mod common;
 
-use common::{Sim, copies_for_both_sides, env_or, figure, run_job};
+use common::{Sim, copies_for_both_sides, env_or, figure, jobs_file, run_job};
 
 fn count(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).expect("opening the database");
@@ -32,16 +32,16 @@ struct Outcome {
 
 fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
     let config = dir.join("jobs.yaml");
-    std::fs::write(
+    jobs_file(
         &config,
-        format!(
-            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  arch:\n    on_signal: USR1\n    archive: {{older_than: 1d, to: {}, batch: 2000}}\n",
-            db.display(),
-            dir.join("state").display(),
+        db,
+        dir,
+        "arch",
+        &format!(
+            "archive: {{older_than: 1d, to: {}, batch: 2000}}",
             dir.join("archive").display()
         ),
-    )
-    .expect("writing the jobs file");
+    );
     let sim = Sim::start(db, dir, rate, "caretaker");
     let (out, seconds) = run_job("arch", &config);
     let sim = sim.stop();

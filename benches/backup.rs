@@ -18,7 +18,7 @@ use caretaker::sim::SimReport;
 
 mod common;
 
-use common::{Sim, apantli_sample, bench_dir, env_or, run_job};
+use common::{Sim, apantli_sample, bench_dir, env_or, jobs_file, run_job};
 
 struct Measured {
     name: String,
@@ -91,16 +91,16 @@ fn main() {
     let out_dir = dir.join("caretaker-out");
     let _ = fs::remove_dir_all(&out_dir);
     let config = dir.join("jobs.yaml");
-    fs::write(
+    jobs_file(
         &config,
-        format!(
-            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  bench:\n    on_signal: USR1\n    backup: {{to: {}, keep: {{last: 1}}, verify: quick}}\n",
-            db.display(),
-            dir.join("state").display(),
+        &db,
+        &dir,
+        "bench",
+        &format!(
+            "backup: {{to: {}, keep: {{last: 1}}, verify: quick}}",
             out_dir.display()
         ),
-    )
-    .expect("writing the jobs file");
+    );
     let sim = Sim::start(&db, &dir, rate, "caretaker");
     let (out, seconds) = run_job("bench", &config);
     let sim = sim.stop();

@@ -18,7 +18,7 @@ use caretaker::sim::SimReport;
 
 mod common;
 
-use common::{Sim, apantli_sample, bench_dir, env_or, figure, run_job};
+use common::{Sim, apantli_sample, bench_dir, env_or, figure, jobs_file, run_job};
 
 struct Row {
     name: String,
@@ -30,15 +30,13 @@ struct Row {
 
 fn caretaker(db: &Path, dir: &Path, check: &str, copy: &str, rate: f64) -> Row {
     let config = dir.join(format!("integrity-{check}-{copy}.yaml"));
-    fs::write(
+    jobs_file(
         &config,
-        format!(
-            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  bench:\n    on_signal: USR1\n    integrity: {{check: {check}, copy: {copy}}}\n",
-            db.display(),
-            dir.join("state").display(),
-        ),
-    )
-    .expect("writing the jobs file");
+        db,
+        dir,
+        "bench",
+        &format!("integrity: {{check: {check}, copy: {copy}}}"),
+    );
     let sim = Sim::start(db, dir, rate, &format!("{check}-{copy}"));
     let (out, seconds) = run_job("bench", &config);
     let sim = sim.stop();

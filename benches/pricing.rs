@@ -19,7 +19,7 @@ use caretaker::sim::SimReport;
 
 mod common;
 
-use common::{Sim, copies_for_both_sides, env_or, figure, run_job};
+use common::{Sim, copies_for_both_sides, env_or, figure, jobs_file, run_job};
 
 /// The seed recipe: what operators run today (a script in the style of LiteLLM-based
 /// gateways' `recalculate_costs.py`), with the same price rules as caretaker.
@@ -90,16 +90,13 @@ struct Outcome {
 /// Runs the real binary's pricing job on `db` while gateway-sim writes.
 fn caretaker(db: &Path, dir: &Path, prices: &Path, rate: f64, tag: &str) -> Outcome {
     let config = dir.join("jobs.yaml");
-    std::fs::write(
+    jobs_file(
         &config,
-        format!(
-            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  reprice:\n    on_signal: USR2\n    pricing: {{prices: {}}}\n",
-            db.display(),
-            dir.join("state").display(),
-            prices.display()
-        ),
-    )
-    .expect("writing the jobs file");
+        db,
+        dir,
+        "reprice",
+        &format!("pricing: {{prices: {}}}", prices.display()),
+    );
     let sim = Sim::start(db, dir, rate, tag);
     let (out, seconds) = run_job("reprice", &config);
     let sim = sim.stop();

@@ -58,6 +58,20 @@ pub fn copies_for_both_sides(pristine: &Path, dir: &Path, theirs: &str) -> (Path
     (ours, theirs)
 }
 
+/// Writes the jobs file `config` for one job `job` (its kind's YAML given as `kind`, e.g.
+/// `backup: {to: /x}`) on the Apantli database `db`, with its state under `dir/state`.
+pub fn jobs_file(config: &Path, db: &Path, dir: &Path, job: &str, kind: &str) {
+    fs::write(
+        config,
+        format!(
+            "gateway: {{database: {}, schema: apantli}}\nstate_dir: {}\njobs:\n  {job}:\n    on_signal: USR1\n    {kind}\n",
+            db.display(),
+            dir.join("state").display(),
+        ),
+    )
+    .expect("writing the jobs file");
+}
+
 /// Runs `caretaker run-job JOB --config CONFIG`; its output and wall time in seconds.
 pub fn run_job(job: &str, config: &Path) -> (Output, f64) {
     let start = Instant::now();

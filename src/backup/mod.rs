@@ -191,6 +191,51 @@ fn owned_temp(job: &str, purpose: Scratch, name: &str) -> bool {
     purpose == Scratch::Snapshot && ArchiveName::parse(job, stem).is_some()
 }
 
+/// `db` with `suffix` appended to its file name: its `-wal`, `-shm` and `-journal` files.
+pub fn sqlite_companion(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The bytes of a database as it stands: its file and its WAL, if any.
+pub fn database_bytes(db: &Path) -> u64 {
+    [db.to_path_buf(), sqlite_companion(db, "-wal")]
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A scratch copy of a database, removed with the files SQLite put beside it however the run
+/// ends; [`ScratchDb::remove`] also clears what a killed run left under the same name.
+pub struct ScratchDb(pub PathBuf);
+
+impl ScratchDb {
+    pub fn remove(&self) -> anyhow::Result<()> {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let path = sqlite_companion(&self.0, suffix);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing the scratch copy {}", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!("{e:#}");
+        }
+    }
+}
+
 /// Bytes available to us on the filesystem holding `dir`.
 pub fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
     let stat = rustix::fs::statvfs(dir).with_context(|| {

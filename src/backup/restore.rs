@@ -128,9 +128,9 @@ pub fn restore(
     let stamp = now.format("%Y%m%dT%H%M%SZ");
     let mut safety_copies = Vec::new();
     for suffix in ["", "-wal", "-journal"] {
-        let old = with_suffix(to, suffix);
+        let old = super::sqlite_companion(to, suffix);
         if old.is_file() {
-            let copy = with_suffix(to, &format!(".before-restore-{stamp}{suffix}"));
+            let copy = super::sqlite_companion(to, &format!(".before-restore-{stamp}{suffix}"));
             if copy.exists() {
                 return Err(anyhow::anyhow!(
                     "the safety copy {} already exists; move it away and run the restore again",
@@ -187,16 +187,10 @@ impl Restored {
     }
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 fn remove_companions(db: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for suffix in COMPANIONS {
-        let path = with_suffix(db, suffix);
+        let path = super::sqlite_companion(db, suffix);
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -143,8 +143,6 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     drop(staged);
     drop(out);
     let memory = memory.map(Arc::new);
-    let path = target;
-    let dest = path.as_path();
     tracing::debug!(
         wait_ms = (locked - began).as_millis() as u64,
         held_ms = held.as_millis() as u64,
@@ -152,11 +150,11 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     );
 
     let dst = Connection::open_with_flags(
-        dest,
+        &target,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .with_context(|| format!("opening the snapshot {}", dest.display()))?;
-    let stats = |what: &str| format!("reading {what} of the snapshot {}", dest.display());
+    .with_context(|| format!("opening the snapshot {}", target.display()))?;
+    let stats = |what: &str| format!("reading {what} of the snapshot {}", target.display());
     let count = |sql: &str, what: &str| -> anyhow::Result<u64> {
         let n: i64 = dst
             .query_row(sql, [], |r| r.get(0))
@@ -182,10 +180,10 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     };
     dst.close()
         .map_err(|(_, e)| e)
-        .with_context(|| format!("closing the snapshot {}", dest.display()))?;
+        .with_context(|| format!("closing the snapshot {}", target.display()))?;
     let is_wal = journal_mode.eq_ignore_ascii_case("wal");
     Ok(Snapshot {
-        path,
+        path: target,
         memory,
         journal_mode,
         page_size,

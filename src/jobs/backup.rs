@@ -172,7 +172,7 @@ fn truncate_to_second(t: DateTime<Utc>) -> DateTime<Utc> {
 fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
     let db = &ctx.config.gateway.database;
     let size = |p: &Path| fs::metadata(p).map_or("missing".to_string(), |m| human_bytes(m.len()));
-    let wal = sqlite_companion(db, "-wal");
+    let wal = backups::sqlite_companion(db, "-wal");
     let mut lines = vec![format!(
         "snapshot {} ({}{}) into {}, verify: {}",
         db.display(),
@@ -208,23 +208,6 @@ fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
     lines
 }
 
-fn sqlite_companion(db: &Path, suffix: &str) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Removes the snapshot (and any file SQLite put beside it) however the run ends.
-struct ScratchFile(PathBuf);
-
-impl Drop for ScratchFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let _ = fs::remove_file(sqlite_companion(&self.0, suffix));
-        }
-    }
-}
-
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let to = &spec.to;
     let existing: Vec<ArchiveName> = backups::list(to, ctx.job)?
@@ -256,14 +239,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     }
 
     let gateway = &ctx.config.gateway;
-    let source_bytes = [
-        &gateway.database,
-        &sqlite_companion(&gateway.database, "-wal"),
-    ]
-    .iter()
-    .filter_map(|p| fs::metadata(p).ok())
-    .map(|m| m.len())
-    .sum::<u64>();
+    let source_bytes = backups::database_bytes(&gateway.database);
     let includes = spec
         .include
         .iter()
@@ -281,7 +257,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     ctx.checkpoint()?;
 
     let started = Instant::now();
-    let scratch = ScratchFile(plan.archive.scratch_path(to, Scratch::Snapshot));
+    let scratch = backups::ScratchDb(plan.archive.scratch_path(to, Scratch::Snapshot));
     let snap = snapshot::take(gateway, &scratch.0)?;
     let snapshot_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, "snapshot taken");

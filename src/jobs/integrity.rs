@@ -8,7 +8,7 @@
 //! full check would hold it) and checks the copy, byte for byte the database's file, while the
 //! gateway writes on.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::backup::{free_bytes, human_bytes, snapshot};
+use crate::backup::{self, ScratchDb, free_bytes, human_bytes, snapshot};
 use crate::config::Checks;
 use crate::gateway::Gateway;
 use crate::writelock::journal_mode;
@@ -66,9 +66,10 @@ pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec>
 
 impl Copy {
     /// Whether to check a copy, given the database's journal mode and the depth of the check.
-    /// Writing the copy out loads the disk the gateway fsyncs to about as long as a live
-    /// `quick_check` holds the gateway (both about 1-1.5 s per GB); a live full check holds
-    /// it 2-4.5 s per GB (docs/benchmarks.md). So a copy pays for a full check only.
+    /// Where memory is short the copy is a file on the disk the gateway fsyncs to, and writing
+    /// it costs the gateway about what a live `quick_check` holds it (both about 1-1.5 s per
+    /// GB); a live full check holds it 2-4.5 s per GB (docs/benchmarks.md). So `auto` copies
+    /// for a full check only.
     pub fn applies(self, wal: bool, depth: Depth) -> bool {
         match self {
             Copy::Auto => !wal && depth == Depth::Full,
@@ -248,12 +249,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     anyhow::bail!("{checked} fails its integrity check ({pragma}): {described}")
 }
 
+/// The bytes of the gateway database, failing clearly when it is missing.
 fn database_bytes(db: &Path) -> anyhow::Result<u64> {
-    let wal = PathBuf::from(format!("{}-wal", db.display()));
-    let size = std::fs::metadata(db)
-        .with_context(|| format!("reading the size of {}", db.display()))?
-        .len();
-    Ok(size + std::fs::metadata(wal).map_or(0, |m| m.len()))
+    std::fs::metadata(db).with_context(|| format!("reading the size of {}", db.display()))?;
+    Ok(backup::database_bytes(db))
 }
 
 /// Copies the gateway database into `state_dir` as the backup job does and checks the copy.
@@ -266,7 +265,7 @@ fn check_a_copy(
 ) -> anyhow::Result<(Findings, Duration)> {
     // One fixed name per job: the job lock keeps two runs of it apart, and a run killed midway
     // leaves a copy that the next run removes first.
-    let copy = ScratchCopy(state_dir.join(format!("integrity-{job}.copy.db")));
+    let copy = ScratchDb(state_dir.join(format!("integrity-{job}.copy.db")));
     copy.remove()?;
     let needed = database_bytes(&gateway.database)?;
     let free = free_bytes(state_dir)?;
@@ -306,34 +305,6 @@ fn check_a_copy(
     let findings = check(&conn, depth)?;
     drop(conn);
     Ok((findings, snap.held))
-}
-
-/// The scratch copy and the files SQLite keeps beside it, removed when the check is done.
-struct ScratchCopy(PathBuf);
-
-impl ScratchCopy {
-    fn remove(&self) -> anyhow::Result<()> {
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            let path = PathBuf::from(format!("{}{suffix}", self.0.display()));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("removing the scratch copy {}", path.display()));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ScratchCopy {
-    fn drop(&mut self) {
-        if let Err(e) = self.remove() {
-            tracing::warn!("{e:#}");
-        }
-    }
 }
 
 #[cfg(test)]
