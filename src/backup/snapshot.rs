@@ -14,7 +14,8 @@
 //!   drops a row). Under the lock the main file *is* the database, so it is copied as a file:
 //!   on Linux, when memory allows, read into a buffer (the shortest stall) and written after
 //!   the lock is released to a file in `/dev/shm`, so that the snapshot never touches the disk
-//!   the gateway fsyncs to (writing a 1 GB scratch file there stalled Apantli's commits 2-4 s);
+//!   the gateway fsyncs to (writing a 1 GB scratch file there stalled Apantli's commits 0.7-3.7 s;
+//!   `cargo bench --bench snapshot`);
 //!   otherwise copied in the kernel into the scratch file `dest`.
 //!
 //! The connection is [`Gateway::connect`]'s: it never changes the journal mode and never
@@ -236,8 +237,9 @@ impl Drop for MemoryFile {
 
 /// A memory file with room for the database `raw`, its pages allocated, and a buffer of that
 /// size with its pages touched, in which the copy is staged under the lock (reading a cached
-/// file into memory is the fastest copy there is: 210-270 ms for 1 GB on our test machine,
-/// against 520-690 ms into a file in `/dev/shm` and 360-550 ms file to file on the disk).
+/// file into memory is the fastest copy there is: 190-220 ms for 1.08 GB on our test machine,
+/// against 420-450 ms into a file in `/dev/shm` and 290-2,500 ms file to file on the disk;
+/// `cargo bench --bench snapshot`).
 /// `None` where there is none: no `/dev/shm`, not enough room in it, or half the available
 /// memory does not hold both; the copy then goes to the scratch file `dest`.
 #[cfg(target_os = "linux")]
