@@ -613,12 +613,11 @@ pub struct Aim {
 impl Aim {
     pub fn for_gateway(preset: Preset) -> Aim {
         match preset {
-            // Apantli's writers wait up to 5 s for our lock; the pacer leaves them at least the
-            // lock's length (and 10 ms) after each batch, and a writer that queued behind a
-            // batch of at most 50 ms retries within 20 ms of its end (SQLite's busy handler
-            // tries at 0, 1, 3, 8, 18, 33, 53 ms). A rollback-journal commit has fixed costs
-            // (journal write, fsyncs, journal delete), so the target is well above them and
-            // below MAX_LOCK.
+            // Apantli's writers wait up to 5 s for our lock; the pacer leaves them room after
+            // each batch (src/writelock.rs: at least the lock, and reaching 36 ms past its
+            // start), so a writer that met a batch of 30 ms at its start gets in at its busy
+            // handler's try at 33 ms. A rollback-journal commit has fixed costs (journal write,
+            // fsyncs, journal delete), so the target is well above them and below MAX_LOCK.
             Preset::Apantli => Aim {
                 target_lock: Duration::from_millis(30),
                 min_spacing: Duration::ZERO,
@@ -1070,6 +1069,55 @@ mod tests {
                 "{response:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_read_stops_at_its_time_budget_and_the_next_one_goes_on_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("requests.db");
+        crate::sample::create_apantli(
+            &db,
+            &crate::sample::SampleOptions {
+                rows: 40,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
+            .unwrap();
+        let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
+        let gateway = Gateway {
+            database: db,
+            preset: Preset::Apantli,
+            table,
+            columns,
+            busy_timeout: Duration::from_secs(2),
+        };
+        let spec = Spec {
+            prices: "unused.yaml".into(),
+            watch: false,
+            recompute: Recompute::Missing,
+            since: None,
+            aliases: BTreeMap::new(),
+        };
+        let rows = Rows::new(&gateway, &spec, chrono::Utc::now());
+        let (all, through) = rows
+            .read_window(&conn, 0, 40, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(through, 40, "with time to spare the window is read whole");
+        assert!(!all.is_empty());
+        // A spent budget still reads one row, so every read makes progress, and the reads that
+        // follow on from where each stopped find exactly the same rows.
+        let (mut after, mut stepped) = (0, Vec::new());
+        while after < 40 {
+            let (got, through) = rows.read_window(&conn, after, 40, Duration::ZERO).unwrap();
+            assert!(got.len() <= 1 && through > after, "{after} -> {through}");
+            stepped.extend(got.into_iter().map(|r| r.rowid));
+            after = through;
+        }
+        let whole: Vec<i64> = all.into_iter().map(|r| r.rowid).collect();
+        assert_eq!(stepped, whole);
     }
 
     #[test]
