@@ -22,20 +22,18 @@ use crate::writelock::Pacer;
 
 /// State namespace of the pending-batch records, keyed by job name.
 const NS: &str = "archive";
-/// Rows looked at per read transaction at most.
-const WINDOW: usize = 5000;
+/// Rows looked at per read transaction at most; the time limit usually ends a read first.
+const WINDOW: usize = 20_000;
 /// How long one read transaction may hold its shared lock before it stops and hands back the
-/// rows read so far. With a rollback journal a gateway writer that arrives meanwhile waits for
-/// its end (see crate::writelock).
-const READ_HOLD: Duration = Duration::from_millis(10);
-/// What each write transaction aims to hold the lock for; the rows per transaction adapt. A
-/// gateway writer that meets the lock at its start tries again after 8, 18 and 33 ms: a hold
-/// this long ends about at its try at 18 ms, and the room after it (crate::writelock) holds
-/// its try at 33 ms. Transactions split a batch evenly, so most hold less.
-const TARGET_HOLD: Duration = Duration::from_millis(18);
-/// Where a write transaction stops deleting whatever its planned size: before a gateway
-/// writer's try at 18 ms, the commit included.
-const HOLD_LIMIT: Duration = Duration::from_millis(16);
+/// rows read so far: within [`crate::writelock::HOLD_LIMIT`], with a row's read and the statement's end to spare.
+const READ_HOLD: Duration = Duration::from_millis(15);
+/// What each write transaction's planned size aims at; the rows per transaction adapt. Above
+/// [`STOP_DELETING`], so that most transactions end there, as long as allowed: each one costs
+/// the gateway the same room after it.
+const TARGET_HOLD: Duration = Duration::from_millis(16);
+/// Where a write transaction stops deleting whatever its planned size, leaving the commit
+/// (about a millisecond on tmpfs, a few on a loaded machine) within [`crate::writelock::HOLD_LIMIT`].
+const STOP_DELETING: Duration = Duration::from_millis(14);
 const FIRST_ROWS_PER_TRANSACTION: usize = 200;
 const GZIP_LEVEL: u32 = 6;
 const GZIP_THREADS: usize = 2;
@@ -80,6 +78,38 @@ struct Pending {
     keys: Vec<Vec<Key>>,
 }
 
+impl Pending {
+    /// The statement that deletes (or strips) one row of this batch by its key.
+    fn purge_sql(&self) -> String {
+        let filter: Vec<String> = self
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("\"{c}\" = ?{}", i + 1))
+            .collect();
+        match self.then {
+            Then::Delete => format!(
+                "DELETE FROM \"{}\" WHERE {}",
+                self.table,
+                filter.join(" AND ")
+            ),
+            Then::StripPayloads => {
+                let set: Vec<String> = self
+                    .payload_columns
+                    .iter()
+                    .map(|c| format!("\"{c}\" = NULL"))
+                    .collect();
+                format!(
+                    "UPDATE \"{}\" SET {} WHERE {}",
+                    self.table,
+                    set.join(", "),
+                    filter.join(" AND ")
+                )
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Tally {
     rows: u64,
@@ -101,8 +131,13 @@ struct Archiver<'c, 'a> {
     /// The shortest write lock seen: about the fixed cost of a commit.
     floor: Option<Duration>,
     /// Batches recorded in the state database: their files may exist, their rows may not be
-    /// purged yet. At most two: the one being purged and the one being written.
+    /// purged yet. At most three: the one being written, and up to two durable ones in `ready`.
     pendings: Vec<Pending>,
+    /// Durable batches whose rows are being purged, oldest first, with how many of the first
+    /// one's keys are gone. Write transactions take keys across batch ends, so each is as long
+    /// as the target: a short one at a batch's end would cost the gateway the same room.
+    ready: VecDeque<Pending>,
+    purged_of_first: usize,
     in_flight: Option<InFlight>,
     tally: Tally,
 }
@@ -188,6 +223,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         rows_per_transaction: FIRST_ROWS_PER_TRANSACTION,
         floor: None,
         pendings: Vec::new(),
+        ready: VecDeque::new(),
+        purged_of_first: 0,
         in_flight: None,
         tally: Tally::default(),
     };
@@ -366,7 +403,8 @@ impl Archiver<'_, '_> {
         Ok(())
     }
 
-    /// Waits for a batch's file to be durable, then purges its rows and forgets the batch.
+    /// Waits for a batch's file to be durable, then purges its rows in full write transactions;
+    /// a remainder waits for the next batch.
     fn complete(&mut self, batch: InFlight) -> anyhow::Result<()> {
         let written = batch.writer.join().map_err(|_| {
             anyhow::anyhow!("the archive writer thread panicked (a caretaker bug)")
@@ -375,17 +413,16 @@ impl Archiver<'_, '_> {
         self.tally.bytes += batch.row_bytes;
         self.tally.files += 1;
         self.tally.file_bytes += written;
-        self.tally.purged += self.purge(&batch.pending)?;
-        self.pendings.retain(|p| p.file != batch.pending.file);
-        self.save_pendings()
+        self.ready.push_back(batch.pending);
+        self.purge(false)
     }
 
-    /// Completes the batch still being written, if any.
+    /// Completes the batch still being written, if any, and purges every durable batch.
     fn drain(&mut self) -> anyhow::Result<()> {
-        match self.in_flight.take() {
-            Some(batch) => self.complete(batch),
-            None => Ok(()),
+        if let Some(batch) = self.in_flight.take() {
+            self.complete(batch)?;
         }
+        self.purge(true)
     }
 
     /// Records the batches whose files may exist and whose rows may still be in the table.
@@ -404,7 +441,7 @@ impl Archiver<'_, '_> {
         let Some(pendings) = self.ctx.state.get::<Vec<Pending>>(NS, self.ctx.job)? else {
             return Ok(());
         };
-        for pending in &pendings {
+        for pending in pendings {
             if !pending.file.exists() {
                 continue;
             }
@@ -414,71 +451,52 @@ impl Archiver<'_, '_> {
                     pending.file.display()
                 )
             })?;
-            let n = self.purge(pending)?;
             self.tally.resumed += pending.keys.len() as u64;
-            self.tally.purged += n;
+            self.pendings.push(pending.clone());
+            self.ready.push_back(pending);
         }
+        self.purge(true)?;
         self.ctx.state.remove(NS, self.ctx.job)?;
         Ok(())
     }
 
-    /// Deletes (or strips) the rows of `pending` in short write transactions whose size adapts
-    /// to hold the lock about [`TARGET_HOLD`]. Rows already gone are skipped: purging twice is
-    /// harmless, which is what makes resuming safe.
-    fn purge(&mut self, pending: &Pending) -> anyhow::Result<u64> {
-        let filter: Vec<String> = pending
-            .key_columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("\"{c}\" = ?{}", i + 1))
-            .collect();
-        let sql = match pending.then {
-            Then::Delete => format!(
-                "DELETE FROM \"{}\" WHERE {}",
-                pending.table,
-                filter.join(" AND ")
-            ),
-            Then::StripPayloads => {
-                let set: Vec<String> = pending
-                    .payload_columns
-                    .iter()
-                    .map(|c| format!("\"{c}\" = NULL"))
-                    .collect();
-                format!(
-                    "UPDATE \"{}\" SET {} WHERE {}",
-                    pending.table,
-                    set.join(", "),
-                    filter.join(" AND ")
-                )
+    /// Deletes (or strips) the rows of the durable batches in short write transactions whose
+    /// size adapts to hold the lock about [`TARGET_HOLD`], while a full transaction's worth or
+    /// two batches are ready (`all`: until none is left), and forgets each batch once its rows
+    /// are gone. Rows already gone are skipped: purging twice is harmless, which is what makes
+    /// resuming safe.
+    fn purge(&mut self, all: bool) -> anyhow::Result<()> {
+        loop {
+            let ready =
+                self.ready.iter().map(|p| p.keys.len()).sum::<usize>() - self.purged_of_first;
+            // A remainder short of a full transaction waits for the next batch, but only one:
+            // the batches in flight, and their record in the state database, stay few.
+            let wait = ready < self.rows_per_transaction && self.ready.len() < 2;
+            if ready == 0 || (!all && wait) {
+                return Ok(());
             }
-        };
-        let mut done = 0usize;
-        let mut affected = 0u64;
-        while done < pending.keys.len() {
             self.ctx.checkpoint()?;
-            // The rows left split evenly: every transaction costs the gateway the same room
-            // after it, so a short remainder transaction would cost as much as a full one.
-            let left = pending.keys.len() - done;
-            let n = left.div_ceil(left.div_ceil(self.rows_per_transaction));
-            let keys = &pending.keys[done..done + n];
+            let want = self.rows_per_transaction.min(ready);
+            let (skip, batches) = (self.purged_of_first, &self.ready);
             let ((count, n), held) = self.pacer.write(&mut self.conn, |tx| {
                 // Rows that cost more than the last ones did (pages not cached, a busy
                 // machine) end the transaction at the hard limit; the rest go to the next.
                 let started = Instant::now();
-                let mut stmt = tx.prepare_cached(&sql)?;
                 let (mut count, mut n) = (0u64, 0usize);
-                for key in keys {
-                    let params: Vec<&dyn ToSql> = key.iter().map(Key::sql).collect();
-                    count += stmt.execute(params.as_slice())? as u64;
-                    n += 1;
-                    if started.elapsed() >= HOLD_LIMIT {
-                        break;
+                'batches: for (i, pending) in batches.iter().enumerate() {
+                    let mut stmt = tx.prepare_cached(&pending.purge_sql())?;
+                    for key in &pending.keys[if i == 0 { skip } else { 0 }..] {
+                        let params: Vec<&dyn ToSql> = key.iter().map(Key::sql).collect();
+                        count += stmt.execute(params.as_slice())? as u64;
+                        n += 1;
+                        if n == want || started.elapsed() >= STOP_DELETING {
+                            break 'batches;
+                        }
                     }
                 }
                 Ok((count, n))
             })?;
-            affected += count;
-            done += n;
+            self.tally.purged += count;
             self.floor = Some(self.floor.map_or(held, |f| f.min(held)));
             self.rows_per_transaction = next_size(
                 self.rows_per_transaction,
@@ -486,8 +504,21 @@ impl Archiver<'_, '_> {
                 held,
                 self.floor.unwrap_or_default(),
             );
+            self.purged_of_first += n;
+            let mut forgot = false;
+            while let Some(first) = self.ready.pop_front() {
+                if self.purged_of_first < first.keys.len() {
+                    self.ready.push_front(first);
+                    break;
+                }
+                self.purged_of_first -= first.keys.len();
+                self.pendings.retain(|p| p.file != first.file);
+                forgot = true;
+            }
+            if forgot {
+                self.save_pendings()?;
+            }
         }
-        Ok(affected)
     }
 
     fn survey(
@@ -735,14 +766,14 @@ mod tests {
         // (rows now, rows done, lock held, fixed cost estimate) -> next rows
         let cases = [
             (200, 200, ms(5), ms(2), 400),
-            (200, 200, ms(18), ms(2), 200),
-            (200, 200, ms(34), ms(2), 100),
+            (200, 200, ms(16), ms(2), 200),
+            (200, 200, ms(30), ms(2), 100),
             (200, 200, ms(500), ms(2), 100),
-            (200, 150, ms(10), ms(2), 300),
+            (200, 150, ms(9), ms(2), 300),
             (200, 50, ms(50), ms(2), 200),
             // The fixed cost alone reaches the target: the rows get half the target on top.
-            (200, 200, ms(34), ms(25), 200),
-            (200, 200, ms(27), ms(25), 400),
+            (200, 200, ms(33), ms(25), 200),
+            (200, 200, ms(28), ms(25), 400),
             (200, 200, ms(43), ms(25), 100),
             (10, 10, ms(100), ms(5), 10),
             (20_000, 20_000, ms(1), ms(1), 20_000),
