@@ -78,12 +78,14 @@ pub fn watched_files(config: &Config) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// Rowids read per statement: bounds how long one read holds its shared lock (a few ms for
-/// Apantli's 2 KB rows), whatever the share of matching rows.
-const READ_WINDOW: i64 = 1_000;
+/// Rowids read per statement at most; the time limit usually ends a read first. Every read is
+/// followed by the room the pacer owes the gateway, so few long reads cost less than many
+/// short ones.
+const READ_WINDOW: i64 = 5_000;
 /// How long one read may hold its shared lock before it stops (the rest of its window is read
-/// next), as the archive job's reads do: a gateway commit waits for it.
-const READ_HOLD: Duration = Duration::from_millis(10);
+/// next), as the archive job's reads do: a gateway commit waits for it. Within
+/// writelock::HOLD_LIMIT.
+const READ_HOLD: Duration = Duration::from_millis(15);
 /// Windows read ahead of the parser thread: enough to keep it busy through a pause.
 const READ_AHEAD: usize = 4;
 /// Our connection's page cache (KiB): holds the pages a batch changes until its COMMIT.
