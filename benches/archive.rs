@@ -16,7 +16,7 @@ use chrono::{TimeDelta, Utc};
 
 mod common;
 
-use common::{Sim, copies_for_both_sides, env_or, figure, jobs_file, run_job};
+use common::{Sim, copies_for_both_sides, env_or, figure, jobs_file, run_job_beside_gateway};
 
 fn count(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).expect("opening the database");
@@ -42,15 +42,8 @@ fn caretaker(db: &Path, dir: &Path, rate: f64) -> Outcome {
             dir.join("archive").display()
         ),
     );
-    let sim = Sim::start(db, dir, rate, "caretaker");
-    let (out, seconds) = run_job("arch", &config);
-    let sim = sim.stop();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "caretaker failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, seconds, sim) =
+        run_job_beside_gateway("arch", &config, db, dir, rate, "caretaker");
     println!("caretaker: {stdout}");
     Outcome {
         seconds,

@@ -19,7 +19,7 @@ use caretaker::sim::SimReport;
 
 mod common;
 
-use common::{Sim, copies_for_both_sides, env_or, figure, jobs_file, run_job};
+use common::{Sim, copies_for_both_sides, env_or, figure, jobs_file, run_job_beside_gateway};
 
 /// The seed recipe: what operators run today (a script in the style of LiteLLM-based
 /// gateways' `recalculate_costs.py`), with the same price rules as caretaker.
@@ -97,15 +97,7 @@ fn caretaker(db: &Path, dir: &Path, prices: &Path, rate: f64, tag: &str) -> Outc
         "reprice",
         &format!("pricing: {{prices: {}}}", prices.display()),
     );
-    let sim = Sim::start(db, dir, rate, tag);
-    let (out, seconds) = run_job("reprice", &config);
-    let sim = sim.stop();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "caretaker failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, seconds, sim) = run_job_beside_gateway("reprice", &config, db, dir, rate, tag);
     Outcome {
         rows: figure(&stdout, "rows_repriced").unwrap_or(f64::NAN),
         seconds,

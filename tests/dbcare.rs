@@ -55,15 +55,7 @@ fn apantli_archive_while_the_gateway_writes_keeps_every_row() {
     let to = dir.path().join("archive");
     let config = jobs_file(dir.path(), &db, "apantli", &archive_job(&to, ""));
 
-    let sim = Sim::start(&db, "apantli", 10.0, dir.path());
-    let out = run_job(&config, "arch", &[]);
-    let report = sim.stop();
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        report.failed, 0,
-        "gateway writes failed: {:?}",
-        report.errors
-    );
+    let (out, report) = run_job_beside_gateway(&config, "arch", &db, "apantli", 10.0, dir.path());
     assert!(report.committed > 0);
 
     let (_, now) = rows(&db, "requests");
@@ -127,15 +119,7 @@ fn apantli_archive_at_100_writes_per_second_never_stalls_a_write_near_its_timeou
         &archive_job(&to, "      batch: 2000\n"),
     );
 
-    let sim = Sim::start(&db, "apantli", 100.0, dir.path());
-    let out = run_job(&config, "arch", &[]);
-    let report = sim.stop();
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        report.failed, 0,
-        "gateway writes failed: {:?}",
-        report.errors
-    );
+    let (out, report) = run_job_beside_gateway(&config, "arch", &db, "apantli", 100.0, dir.path());
     assert!(report.committed > 0);
     assert!(
         report.latency_ms.max < caretaker::sim::APANTLI_BUSY_TIMEOUT.as_millis() as f64 / 2.0,
@@ -165,15 +149,7 @@ fn bobamixer_archive_while_the_gateway_writes_keeps_every_row_and_drops_orphaned
     let to = dir.path().join("archive");
     let config = jobs_file(dir.path(), &db, "bobamixer", &archive_job(&to, ""));
 
-    let sim = Sim::start(&db, "bobamixer", 5.0, dir.path());
-    let out = run_job(&config, "arch", &[]);
-    let report = sim.stop();
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        report.failed, 0,
-        "gateway writes failed: {:?}",
-        report.errors
-    );
+    run_job_beside_gateway(&config, "arch", &db, "bobamixer", 5.0, dir.path());
 
     let (_, now) = rows(&db, "usage_records");
     let usage = archived(&to, "arch-")
@@ -220,15 +196,7 @@ fn maintenance_while_the_gateway_writes_loses_nothing() {
             "  care:\n    on_signal: USR1\n    maintenance:\n      checkpoint: passive\n      analyze: true\n      vacuum: {vacuum}\n"
         );
         let config = jobs_file(dir.path(), &db, schema, &jobs);
-        let sim = Sim::start(&db, schema, rate, dir.path());
-        let out = run_job(&config, "care", &[]);
-        let report = sim.stop();
-        assert!(out.status.success(), "{schema}: {}", text(&out));
-        assert_eq!(
-            report.failed, 0,
-            "{schema}: gateway writes failed: {:?}",
-            report.errors
-        );
+        let (out, _) = run_job_beside_gateway(&config, "care", &db, schema, rate, dir.path());
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("bytes_before="), "{stdout}");
         if schema == "apantli" {

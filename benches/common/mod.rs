@@ -84,6 +84,28 @@ pub fn run_job(job: &str, config: &Path) -> (Output, f64) {
     (out, start.elapsed().as_secs_f64())
 }
 
+/// Runs `job` while gateway-sim writes to `db` (see [`Sim::start`]); the job must succeed.
+/// Returns its standard output, wall time in seconds, and what the gateway went through.
+pub fn run_job_beside_gateway(
+    job: &str,
+    config: &Path,
+    db: &Path,
+    dir: &Path,
+    rate: f64,
+    tag: &str,
+) -> (String, f64, SimReport) {
+    let sim = Sim::start(db, dir, rate, tag);
+    let (out, seconds) = run_job(job, config);
+    let sim = sim.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "caretaker failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (stdout, seconds, sim)
+}
+
 /// The value of `name=` among the figures of a run-job summary line.
 pub fn figure(out: &str, name: &str) -> Option<f64> {
     out.split([' ', '(', ')'])

@@ -461,61 +461,23 @@ mod tests {
         let file = dir.path().join("alerts.jsonl");
         let s = settings(file.clone());
         let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
-        assert_eq!(submit(&state, &s, &["file"], t0, &[raise("k")]).unwrap(), 1);
+        let hour = |h| t0 + chrono::Duration::hours(h);
+        let queued = |at, event: &AlertEvent| {
+            submit(&state, &s, &["file"], at, std::slice::from_ref(event)).unwrap()
+        };
+        assert_eq!(queued(t0, &raise("k")), 1);
         // Within repeat_after: suppressed. After it: sent again.
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                t0 + chrono::Duration::hours(1),
-                &[raise("k")]
-            )
-            .unwrap(),
-            0
-        );
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                t0 + chrono::Duration::hours(7),
-                &[raise("k")]
-            )
-            .unwrap(),
-            1
-        );
+        assert_eq!(queued(hour(1), &raise("k")), 0);
+        assert_eq!(queued(hour(7), &raise("k")), 1);
         let resolve = AlertEvent::Resolve {
             key: "k".into(),
             job: Some("nightly".into()),
             what: "backup failed".into(),
         };
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                t0 + chrono::Duration::hours(8),
-                std::slice::from_ref(&resolve)
-            )
-            .unwrap(),
-            1
-        );
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                t0 + chrono::Duration::hours(9),
-                &[resolve]
-            )
-            .unwrap(),
-            0
-        );
+        assert_eq!(queued(hour(8), &resolve), 1);
+        assert_eq!(queued(hour(9), &resolve), 0);
         let sinks = Sink::from_settings(&s).unwrap();
-        let done = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(9))
-            .await
-            .unwrap();
+        let done = deliver_due(&state, &sinks, hour(9)).await.unwrap();
         assert_eq!(
             done,
             Delivered {
@@ -536,9 +498,7 @@ mod tests {
         );
         assert_eq!(lines[2]["resolved"], true);
         // Delivered messages are not sent again.
-        let again = deliver_due(&state, &sinks, t0 + chrono::Duration::hours(10))
-            .await
-            .unwrap();
+        let again = deliver_due(&state, &sinks, hour(10)).await.unwrap();
         assert_eq!(again.sent, 0);
         assert!(pending(&state).unwrap().is_empty());
     }
@@ -551,43 +511,16 @@ mod tests {
         let s = settings(file.clone());
         let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap();
         let minute = |m| t0 + chrono::Duration::minutes(m);
+        let queued = |at, event: &AlertEvent| {
+            submit(&state, &s, &["file"], at, std::slice::from_ref(event)).unwrap()
+        };
         let AlertEvent::Raise(alert) = raise("budget:spend:daily:2026-11-22") else {
             panic!("raise() makes a raise");
         };
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                t0,
-                &[AlertEvent::Raise(alert.clone())]
-            )
-            .unwrap(),
-            1
-        );
+        assert_eq!(queued(t0, &AlertEvent::Raise(alert.clone())), 1);
         // Within repeat_after a raise is held back, an escalation is not.
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                minute(1),
-                &[AlertEvent::Raise(alert.clone())]
-            )
-            .unwrap(),
-            0
-        );
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                minute(2),
-                &[AlertEvent::Escalate(alert.clone())]
-            )
-            .unwrap(),
-            1
-        );
+        assert_eq!(queued(minute(1), &AlertEvent::Raise(alert.clone())), 0);
+        assert_eq!(queued(minute(2), &AlertEvent::Escalate(alert.clone())), 1);
         assert_eq!(active(&state).unwrap(), std::slice::from_ref(&alert.key));
         let resolve = AlertEvent::ResolveWith {
             key: alert.key.clone(),
@@ -596,21 +529,8 @@ mod tests {
             body: "Budget `daily` ended: $12.00 spent of $10.00.".into(),
         };
         // One resolve for the key, however often it comes.
-        assert_eq!(
-            submit(
-                &state,
-                &s,
-                &["file"],
-                minute(3),
-                std::slice::from_ref(&resolve)
-            )
-            .unwrap(),
-            1
-        );
-        assert_eq!(
-            submit(&state, &s, &["file"], minute(4), &[resolve]).unwrap(),
-            0
-        );
+        assert_eq!(queued(minute(3), &resolve), 1);
+        assert_eq!(queued(minute(4), &resolve), 0);
         assert!(active(&state).unwrap().is_empty());
         let sinks = Sink::from_settings(&s).unwrap();
         assert_eq!(

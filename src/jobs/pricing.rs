@@ -21,7 +21,7 @@ use crate::config::values;
 use crate::config::{Checks, Config};
 use crate::gateway::{CostColumns, Gateway, Preset};
 use crate::prices::{self, PriceTable, Usage};
-use crate::writelock::Pacer;
+use crate::writelock::{HOLD_LIMIT, Pacer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,8 +84,8 @@ pub fn watched_files(config: &Config) -> Vec<(String, PathBuf)> {
 const READ_WINDOW: i64 = 5_000;
 /// How long one read may hold its shared lock before it stops (the rest of its window is read
 /// next), as the archive job's reads do: a gateway commit waits for it. Within
-/// writelock::HOLD_LIMIT.
-const READ_HOLD: Duration = Duration::from_millis(15);
+/// [`HOLD_LIMIT`], with a row's read and the statement's end to spare.
+const READ_HOLD: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(1));
 /// Windows read ahead of the parser thread: enough to keep it busy through a pause.
 const READ_AHEAD: usize = 4;
 /// Our connection's page cache (KiB): holds the pages a batch changes until its COMMIT.

@@ -105,6 +105,28 @@ impl Sim {
     }
 }
 
+/// Runs `job` while gateway-sim writes `style` rows to `db` at `rate` per second; the job must
+/// succeed and the gateway lose no write. Returns the job's output and the gateway's report.
+pub fn run_job_beside_gateway(
+    config: &Path,
+    job: &str,
+    db: &Path,
+    style: &str,
+    rate: f64,
+    dir: &Path,
+) -> (Output, SimReport) {
+    let sim = Sim::start(db, style, rate, dir);
+    let out = run_job(config, job, &[]);
+    let report = sim.stop();
+    assert!(out.status.success(), "{style}: {}", text(&out));
+    assert_eq!(
+        report.failed, 0,
+        "{style}: gateway writes failed: {:?}",
+        report.errors
+    );
+    (out, report)
+}
+
 /// Every row of `table`, keyed by its primary key (or rowid) as text, values in column order.
 pub fn rows(db: &Path, table: &str) -> (Vec<String>, BTreeMap<String, Vec<Value>>) {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();

@@ -18,22 +18,22 @@ use crate::fsx::{self, PendingFile};
 use crate::gateway::Preset;
 use crate::jobs::{Context, Report};
 use crate::pgzip::ParallelGzWriter;
-use crate::writelock::Pacer;
+use crate::writelock::{HOLD_LIMIT, Pacer};
 
 /// State namespace of the pending-batch records, keyed by job name.
 const NS: &str = "archive";
 /// Rows looked at per read transaction at most; the time limit usually ends a read first.
 const WINDOW: usize = 20_000;
 /// How long one read transaction may hold its shared lock before it stops and hands back the
-/// rows read so far: within [`crate::writelock::HOLD_LIMIT`], with a row's read and the statement's end to spare.
-const READ_HOLD: Duration = Duration::from_millis(15);
+/// rows read so far: within [`HOLD_LIMIT`], with a row's read and the statement's end to spare.
+const READ_HOLD: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(1));
 /// What each write transaction's planned size aims at; the rows per transaction adapt. Above
 /// [`STOP_DELETING`], so that most transactions end there, as long as allowed: each one costs
 /// the gateway the same room after it.
-const TARGET_HOLD: Duration = Duration::from_millis(16);
+const TARGET_HOLD: Duration = HOLD_LIMIT;
 /// Where a write transaction stops deleting whatever its planned size, leaving the commit
-/// (about a millisecond on tmpfs, a few on a loaded machine) within [`crate::writelock::HOLD_LIMIT`].
-const STOP_DELETING: Duration = Duration::from_millis(14);
+/// (about a millisecond on tmpfs, a few on a loaded machine) within [`HOLD_LIMIT`].
+const STOP_DELETING: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(2));
 const FIRST_ROWS_PER_TRANSACTION: usize = 200;
 const GZIP_LEVEL: u32 = 6;
 const GZIP_THREADS: usize = 2;
