@@ -19,6 +19,7 @@ pub mod periods;
 pub mod pgzip;
 pub mod prices;
 pub mod readahead;
+pub mod redact;
 pub mod retention;
 pub mod rotation;
 pub mod runner;

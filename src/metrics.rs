@@ -146,9 +146,10 @@ impl<'a> Family<'a> {
     }
 }
 
-/// Label values escape backslash, double quote and line feed; nothing else.
-fn escape_label(value: &str) -> String {
-    value
+/// Label values escape backslash, double quote and line feed; nothing else. API keys are
+/// redacted first: a label can carry a gateway's value (a model name in a figure's name).
+pub fn escape_label(value: &str) -> String {
+    crate::redact::api_keys(value)
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -426,6 +427,11 @@ mod tests {
     fn label_values_and_special_numbers_are_escaped() {
         assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
         assert_eq!(escape_label("two\nlines"), "two\\nlines");
+        let key = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+        assert_eq!(
+            escape_label(&format!("unpriced_rows{{model=\"mystery-{key}\"}}")),
+            r#"unpriced_rows{model=\"mystery-sk-[redacted]\"}"#
+        );
         assert_eq!(number(f64::NAN), "NaN");
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(number(f64::NEG_INFINITY), "-Inf");

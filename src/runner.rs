@@ -1,5 +1,6 @@
 //! One job run: locks, the run itself, its record in the state database, its alerts, its log line.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::config::Config;
 use crate::config::values::SignalName;
 use crate::jobs::{Context, Job, Report, Stop, Stopped};
 use crate::locks;
+use crate::redact;
 use crate::state::State;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +129,7 @@ pub fn run(
     let result = catch_unwind(AssertUnwindSafe(|| job.kind.run(&mut ctx)));
     let mut events = std::mem::take(&mut ctx.alerts);
     let result = match result {
-        Ok(r) => r,
+        Ok(r) => r.map(redacted),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -178,6 +180,20 @@ pub fn run(
             failed(config, state, job, failure, started)
         }
     }
+}
+
+/// The report with every API key in it redacted: its text quotes the gateway's values (a model
+/// name), and from here it is logged, recorded, printed and turned into metrics labels.
+fn redacted(mut report: Report) -> Report {
+    let clean = |text: &mut String| {
+        if let Cow::Owned(clean) = redact::api_keys(text) {
+            *text = clean;
+        }
+    };
+    clean(&mut report.summary);
+    report.figures.iter_mut().for_each(|(name, _)| clean(name));
+    report.plan.iter_mut().for_each(clean);
+    report
 }
 
 fn push_failure(config: &Config, job: &Job, message: &str, events: &mut Vec<AlertEvent>) {
@@ -232,6 +248,8 @@ fn failed(
         mut events,
         dry_run,
     } = failure;
+    // Errors can quote what the gateway stored (a model name), API keys included.
+    let message = redact::api_keys(&message).into_owned();
     let seconds = started.elapsed().as_secs_f64();
     tracing::error!(job = %job.name, seconds, error = %message, "job failed");
     let run_id = match run_id {

@@ -52,13 +52,7 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     let dir = TempDir::new().unwrap();
     let certs = make_certs(dir.path());
     let auth = format!("{USER}:{PASSWORD}");
-    let tls_args = [
-        "--starttls",
-        certs.cert.to_str().unwrap(),
-        certs.key.to_str().unwrap(),
-        "--auth",
-        &auth,
-    ];
+    let tls_args = [&certs.starttls()[..], &["--auth", &auth]].concat();
     let server = SmtpServer::start(dir.path(), 0, &tls_args);
     let port = server.port;
     let db = gateway(dir.path());

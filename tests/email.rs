@@ -104,13 +104,7 @@ async fn starttls_with_the_test_ca_and_auth_delivers() {
     let server = SmtpServer::start(
         dir.path(),
         0,
-        &[
-            "--starttls",
-            certs.cert.to_str().unwrap(),
-            certs.key.to_str().unwrap(),
-            "--auth",
-            &auth,
-        ],
+        &[&certs.starttls()[..], &["--auth", &auth]].concat(),
     );
 
     // Through the configuration path, as the daemon does it: password from a 0600 file.
@@ -182,15 +176,7 @@ async fn implicit_tls_with_auth_delivers() {
 async fn untrusted_certificate_is_refused_as_transient() {
     let dir = TempDir::new().unwrap();
     let certs = make_certs(dir.path());
-    let server = SmtpServer::start(
-        dir.path(),
-        0,
-        &[
-            "--starttls",
-            certs.cert.to_str().unwrap(),
-            certs.key.to_str().unwrap(),
-        ],
-    );
+    let server = SmtpServer::start(dir.path(), 0, &certs.starttls());
     // No ca_file: the test CA is not trusted, so the handshake must fail.
     let sink = EmailSink::new(settings(server.port, TlsMode::Starttls)).unwrap();
 
@@ -211,13 +197,7 @@ async fn wrong_password_is_transient_and_never_shown() {
     let server = SmtpServer::start(
         dir.path(),
         0,
-        &[
-            "--starttls",
-            certs.cert.to_str().unwrap(),
-            certs.key.to_str().unwrap(),
-            "--auth",
-            &auth,
-        ],
+        &[&certs.starttls()[..], &["--auth", &auth]].concat(),
     );
     let wrong = "wrong-Xy8$pw-unique";
     let settings = with_auth(settings(server.port, TlsMode::Starttls), wrong, &certs.ca);
@@ -236,6 +216,56 @@ async fn wrong_password_is_transient_and_never_shown() {
         assert!(!shown.contains(PASSWORD), "password leaked: {shown}");
     }
     assert!(server.received().is_empty());
+}
+
+/// A server that quotes our AUTH argument back in its refusal (AUTH PLAIN: base64 of
+/// `\0user\0password`; AUTH LOGIN: base64 of the user name, then of the password): the error
+/// keeps the refusal and loses the password in every encoding.
+#[tokio::test]
+async fn an_echoed_auth_argument_is_scrubbed_from_the_error() {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    for mechanism in ["PLAIN", "LOGIN"] {
+        let dir = TempDir::new().unwrap();
+        let certs = make_certs(dir.path());
+        let server = SmtpServer::start(
+            dir.path(),
+            0,
+            &[&certs.starttls()[..], &["--echo-auth", mechanism]].concat(),
+        );
+        let settings = with_auth(
+            settings(server.port, TlsMode::Starttls),
+            PASSWORD,
+            &certs.ca,
+        );
+        let error = EmailSink::new(settings)
+            .unwrap()
+            .send(&message())
+            .await
+            .unwrap_err();
+        let DeliveryError::Transient(text) = &error else {
+            panic!("{mechanism}: expected Transient, got {error:?}");
+        };
+        assert!(
+            text.contains("refused our login (535 ") && text.contains("[redacted]"),
+            "{mechanism}: {text}"
+        );
+        for shown in [error.to_string(), format!("{error:?}")] {
+            for form in [
+                PASSWORD.to_string(),
+                b64(PASSWORD),
+                b64(&format!("\0{USER}\0{PASSWORD}")),
+            ] {
+                assert!(!shown.contains(&form), "{mechanism}: {form} in {shown}");
+            }
+        }
+        if mechanism == "LOGIN" {
+            assert!(
+                text.contains(&b64(USER)),
+                "the user name is no secret: {text}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -13,10 +13,12 @@ use std::time::Duration;
 use anyhow::Context;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
-use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Deserialize;
+
+use crate::redact::Scrubber;
 
 /// Used when `smtp.timeout` is not given: long enough for a slow relay, short enough that a
 /// hung server does not hold up the next alert for long.
@@ -424,13 +426,24 @@ pub enum DeliveryError {
     Permanent(String),
 }
 
+impl DeliveryError {
+    /// The same kind of error with its text passed through `f`.
+    pub fn map_text(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            DeliveryError::Transient(text) => DeliveryError::Transient(f(text)),
+            DeliveryError::Permanent(text) => DeliveryError::Permanent(f(text)),
+        }
+    }
+}
+
 /// Delivers alert mail through one configured SMTP server.
 pub struct EmailSink {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     to: Vec<Mailbox>,
-    /// Kept only to scrub it from error text a server might echo back.
-    password: Option<Secret>,
+    /// The password in every form the AUTH exchange sends it, to remove from any error text
+    /// (a server may echo the AUTH argument in its refusal).
+    scrubber: Scrubber,
     timeout: Duration,
     server: String,
 }
@@ -487,17 +500,24 @@ impl EmailSink {
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
             .port(settings.port)
             .tls(tls)
-            .timeout(Some(settings.timeout));
+            .timeout(Some(settings.timeout))
+            // Named rather than left to lettre's default, because the scrubber must know every
+            // form in which the password leaves this process.
+            .authentication(AUTH_MECHANISMS.to_vec());
+        let mut scrubber = Scrubber::default();
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             builder =
                 builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+            scrubber = Scrubber::new(auth_forms(user, password.expose()));
+        } else if let Some(password) = &settings.password {
+            scrubber = Scrubber::new([password.expose().to_owned()]);
         }
 
         Ok(Self {
             transport: builder.build(),
             from,
             to,
-            password: settings.password,
+            scrubber,
             timeout: settings.timeout,
             server,
         })
@@ -511,7 +531,7 @@ impl EmailSink {
         let message = self.build(msg)?;
         // lettre bounds only the TCP connect by its timeout; a server that accepts and then stalls
         // would hang forever, so the whole exchange gets one deadline.
-        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+        let outcome = match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
             Err(_elapsed) => Err(DeliveryError::Transient(format!(
                 "SMTP server {} did not complete the delivery within {}s",
                 self.server,
@@ -519,7 +539,9 @@ impl EmailSink {
             ))),
             Ok(Ok(_response)) => Ok(()),
             Ok(Err(e)) => Err(self.classify(&e)),
-        }
+        };
+        // Every error text leaves through here, to the log, `status` and the state database.
+        outcome.map_err(|e| e.map_text(|text| self.scrubber.scrub(&text).into_owned()))
     }
 
     fn build(&self, msg: &EmailMessage) -> Result<Message, DeliveryError> {
@@ -542,7 +564,7 @@ impl EmailSink {
     }
 
     fn classify(&self, e: &lettre::transport::smtp::Error) -> DeliveryError {
-        let text = self.scrub(&format!("SMTP server {}: {e}", self.server));
+        let text = format!("SMTP server {}: {e}", self.server);
         let code = e.status().map(|code| code.to_string());
         match code.as_deref() {
             // RFC 4954: AUTH required, mechanism too weak, credentials invalid, encryption
@@ -552,25 +574,33 @@ impl EmailSink {
                     .source()
                     .map(|reply| reply.to_string())
                     .unwrap_or_default();
-                DeliveryError::Transient(self.scrub(&format!(
+                DeliveryError::Transient(format!(
                     "SMTP server {} refused our login ({code} {reply}): check smtp.username and the password",
                     self.server
-                )))
+                ))
             }
             _ if e.is_permanent() => DeliveryError::Permanent(text),
             _ => DeliveryError::Transient(text),
         }
     }
+}
 
-    /// Removes the password from text that may carry a server's reply.
-    fn scrub(&self, text: &str) -> String {
-        match &self.password {
-            Some(secret) if !secret.expose().is_empty() => {
-                text.replace(secret.expose(), "[redacted]")
-            }
-            _ => text.to_owned(),
-        }
-    }
+/// The AUTH mechanisms we offer, in order of preference: both send the password base64-encoded
+/// ([`auth_forms`] lists how).
+const AUTH_MECHANISMS: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Login];
+
+/// Every form in which [`AUTH_MECHANISMS`] send the password: as typed (a server may echo it
+/// decoded), base64 of the password alone (AUTH LOGIN's second answer) and base64 of the AUTH
+/// PLAIN argument `\0user\0password`. AUTH LOGIN's first answer, the base64 of the user name,
+/// is no secret.
+fn auth_forms(user: &str, password: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    vec![
+        password.to_owned(),
+        b64(password),
+        b64(&format!("\0{user}\0{password}")),
+    ]
 }
 
 /// Delay before retry number `attempt` (0 for the first retry): 30 s doubling per attempt, at
@@ -706,9 +736,12 @@ mod tests {
         let mut settings = settings_with_password("hunter2");
         settings.tls = TlsMode::None;
         let sink = EmailSink::new(settings).unwrap();
+        // "u" and "hunter2": the password, its base64 (AUTH LOGIN) and that of "\0u\0hunter2"
+        // (AUTH PLAIN).
         assert_eq!(
-            sink.scrub("535 bad login alice/hunter2 (hunter2)"),
-            "535 bad login alice/[redacted] ([redacted])"
+            sink.scrubber
+                .scrub("535 bad login u/hunter2 aHVudGVyMg== AHUAaHVudGVyMg== (AHUAaHVudG)"),
+            "535 bad login u/[redacted] [redacted] [redacted] ([redacted])"
         );
         assert!(!format!("{sink:?}").contains("hunter2"));
     }

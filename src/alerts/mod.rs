@@ -19,6 +19,7 @@ use rusqlite::params;
 use serde::Serialize;
 
 use crate::config::AlertSettings;
+use crate::redact::api_keys;
 use crate::state::{State, from_millis, millis};
 use email::{DeliveryError, EmailMessage, EmailSink};
 
@@ -244,6 +245,8 @@ pub fn submit(
                 )
             }
         };
+        // Alert texts quote the gateway's values (a budget's top models): API keys in them
+        // go before the text is kept, sent or shown.
         tx.execute(
             "INSERT INTO outbox (key, resolved, severity, job, subject, body, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -252,8 +255,8 @@ pub fn submit(
                 resolved,
                 severity.as_str(),
                 job,
-                subject(severity, job, what, resolved),
-                body,
+                api_keys(&subject(severity, job, what, resolved)),
+                api_keys(&body),
                 millis(now)
             ],
         )?;

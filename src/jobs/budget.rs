@@ -22,7 +22,7 @@ use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::Checks;
 use crate::config::values::Share;
 use crate::gateway::Gateway;
-use crate::metrics::BudgetSpend;
+use crate::metrics::{BudgetSpend, escape_label as label};
 use crate::periods::{self, Period};
 
 #[derive(Debug, Deserialize)]
@@ -665,11 +665,6 @@ fn migrate_legacy(
         crate::alerts::retire(ctx.state, &format!("{ns}:"))?;
     }
     Ok(actives)
-}
-
-/// Label values in figure names are quoted as in Prometheus' text format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {

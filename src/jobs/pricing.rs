@@ -20,6 +20,8 @@ use super::{Context, Kind, Report};
 use crate::config::values;
 use crate::config::{Checks, Config};
 use crate::gateway::{CostColumns, Gateway, Preset};
+// Label values in figure names are quoted as in the metrics file.
+use crate::metrics::escape_label as label;
 use crate::prices::{self, PriceTable, Usage};
 use crate::writelock::{HOLD_LIMIT, Pacer};
 
@@ -810,11 +812,6 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 
 fn usd(v: f64) -> String {
     format!("${v:.6}")
-}
-
-/// Label values in figure names are quoted as in Prometheus' text format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 fn report(

@@ -245,6 +245,17 @@ pub struct Certs {
     pub key: PathBuf,
 }
 
+impl Certs {
+    /// The server's arguments for STARTTLS with this certificate.
+    pub fn starttls(&self) -> [&str; 3] {
+        [
+            "--starttls",
+            self.cert.to_str().unwrap(),
+            self.key.to_str().unwrap(),
+        ]
+    }
+}
+
 pub fn make_certs(dir: &Path) -> Certs {
     require_python("aiosmtpd, trustme");
     let certs = dir.join("certs");

@@ -8,8 +8,12 @@ SMTP envelope in NNNNNN.json, both written atomically; the .eml is renamed into 
 last, so a test that sees it can read both.
 
   smtp_server.py --port-file F --maildir D [--port N] [--starttls CERT KEY | --tls CERT KEY]
-                 [--auth USER:PASS] [--reject-rcpt ADDR]... [--defer-rcpt ADDR]...
+                 [--auth USER:PASS] [--echo-auth PLAIN|LOGIN]
+                 [--reject-rcpt ADDR]... [--defer-rcpt ADDR]...
 
+--echo-auth MECH offers only that AUTH mechanism and refuses every login with a 535 reply that
+quotes back the base64 the client sent, as some servers do: the password in the clear for
+anyone who keeps the reply.
 --port N listens on a fixed port, so a test can stop the server and start it again where
 the daemon under test expects it. Message numbers continue after those already in --maildir.
   smtp_server.py --make-certs DIR   writes ca.pem, server.pem, server.key for 127.0.0.1
@@ -20,6 +24,7 @@ Needs: pip install aiosmtpd trustme
 
 import argparse
 import asyncio
+import base64
 import itertools
 import json
 import os
@@ -94,6 +99,37 @@ class Handler:
         return "250 Message accepted for delivery"
 
 
+class EchoingHandler(Handler):
+    """Refuses every AUTH, quoting the client's base64 answers in the 535 reply.
+
+    aiosmtpd hands over what it decoded; base64 is canonical, so encoding it again gives back
+    exactly the text the client sent.
+    """
+
+    @staticmethod
+    def refusal(*answers):
+        from aiosmtpd.smtp import AuthResult
+
+        quoted = " ".join(base64.b64encode(a).decode() for a in answers)
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Authentication credentials invalid: %s" % quoted)
+
+    async def auth_PLAIN(self, server, args):
+        if len(args) > 1:
+            answer = base64.b64decode(args[1])
+        else:
+            answer = await server.challenge_auth("")
+        return self.refusal(answer)
+
+    async def auth_LOGIN(self, server, args):
+        if len(args) > 1:
+            user = base64.b64decode(args[1])
+        else:
+            user = await server.challenge_auth("Username:")
+        password = await server.challenge_auth("Password:")
+        return self.refusal(user, password)
+
+
 def authenticator_for(user, password):
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -119,12 +155,13 @@ async def serve(args):
     from aiosmtpd.smtp import SMTP
 
     os.makedirs(args.maildir, exist_ok=True)
-    handler = Handler(args.maildir, args.reject_rcpt, args.defer_rcpt)
+    handler = (EchoingHandler if args.echo_auth else Handler)(
+        args.maildir, args.reject_rcpt, args.defer_rcpt)
     starttls = server_context(*args.starttls) if args.starttls else None
     implicit = server_context(*args.tls) if args.tls else None
     auth = {}
-    if args.auth:
-        user, _, password = args.auth.partition(":")
+    if args.auth or args.echo_auth:
+        user, _, password = (args.auth or ":").partition(":")
         auth = dict(
             authenticator=authenticator_for(user, password),
             auth_required=True,
@@ -132,6 +169,8 @@ async def serve(args):
             # STARTTLS, so it would otherwise never offer AUTH there.
             auth_require_tls=implicit is None,
         )
+    if args.echo_auth:
+        auth["auth_exclude_mechanism"] = [m for m in ("PLAIN", "LOGIN") if m != args.echo_auth]
 
     loop = asyncio.get_running_loop()
 
@@ -168,6 +207,9 @@ def main():
     tls.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"))
     tls.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--auth", metavar="USER:PASS")
+    parser.add_argument("--echo-auth", choices=("PLAIN", "LOGIN"),
+                        help="offer only this AUTH mechanism and refuse every login, quoting "
+                             "the client's base64 in the reply")
     parser.add_argument("--reject-rcpt", metavar="ADDR", action="append", default=[],
                         help="answer RCPT TO for ADDR with 550 (permanent)")
     parser.add_argument("--defer-rcpt", metavar="ADDR", action="append", default=[],

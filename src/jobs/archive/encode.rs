@@ -10,7 +10,7 @@ use std::io::Write;
 use rusqlite::types::Value;
 
 use super::Format;
-use super::redact::redact;
+use crate::redact::json::redact;
 
 /// Turns rows of one table into archive lines.
 #[derive(Debug, Clone)]

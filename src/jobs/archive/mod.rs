@@ -16,11 +16,10 @@ use crate::config::Checks;
 use crate::config::values;
 
 mod encode;
-mod redact;
 mod run;
 mod select;
 
-pub use redact::redact;
+pub use crate::redact::json::redact;
 pub use run::run;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

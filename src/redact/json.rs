@@ -1,4 +1,4 @@
-//! Redaction of JSON keys inside payload text, keeping every other byte as the gateway wrote it.
+//! Redaction of JSON keys inside archived payload text, keeping every other byte as the gateway wrote it.
 //!
 //! The payload is scanned, not parsed and re-serialized: key order, spacing and number
 //! spellings stay exactly as stored, and text that is not valid JSON (truncated payloads) is
