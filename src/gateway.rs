@@ -298,7 +298,7 @@ impl Gateway {
         } else {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         };
-        let conn = Connection::open_with_flags(&self.database, flags).with_context(|| {
+        let conn = crate::sqlite::open(&self.database, flags).with_context(|| {
             format!(
                 "opening the gateway database {} (check gateway.database and that caretaker may read it)",
                 self.database.display()
@@ -319,6 +319,90 @@ impl Gateway {
         Ok(conn)
     }
 
+    /// Every column the configuration names, each with the jobs-file key that names it.
+    /// A preset's columns are all named by `gateway.schema`.
+    pub fn named_columns(&self) -> Vec<(String, &str)> {
+        let c = &self.columns;
+        let mut named: Vec<(&str, &str)> = vec![
+            ("time", &c.time),
+            ("model", &c.model),
+            ("input_tokens", &c.input_tokens),
+            ("output_tokens", &c.output_tokens),
+        ];
+        named.extend(c.provider.as_deref().map(|p| ("provider", p)));
+        match &c.cost {
+            CostColumns::Single(cost) => named.push(("cost", cost)),
+            CostColumns::Split { input, output } => {
+                named.push(("input_cost", input));
+                named.push(("output_cost", output));
+            }
+        }
+        named.extend(c.error.as_deref().map(|e| ("error", e)));
+        let mut out: Vec<(String, &str)> = named
+            .into_iter()
+            .map(|(k, v)| (format!("gateway.columns.{k}"), v))
+            .collect();
+        out.extend(
+            c.payload
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("gateway.columns.payload[{i}]"), p.as_str())),
+        );
+        if self.preset != Preset::Custom {
+            for (key, _) in &mut out {
+                *key = "gateway.schema".to_string();
+            }
+        }
+        out
+    }
+
+    /// Checks that the gateway's table and every column the configuration names exist, before
+    /// a job reads or changes a row. `check` cannot see the database, so every job that reads
+    /// the request table calls this at the start of each run (dry runs too): a name that is
+    /// wrong would otherwise make a filter constant (see `crate::sqlite`) or fail halfway.
+    pub fn check_columns(&self, conn: &Connection) -> anyhow::Result<()> {
+        let db = self.database.display();
+        let table = &self.table;
+        let existing: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
+            .with_context(|| format!("reading the columns of table `{table}` in {db}"))?;
+        let fix = match self.preset {
+            Preset::Custom => "fix it in the jobs file".to_string(),
+            preset => format!(
+                "`schema: {}` expects this column: point gateway.database at that gateway's database, or describe this one with `schema: custom`",
+                format!("{preset:?}").to_lowercase()
+            ),
+        };
+        if existing.is_empty() {
+            let key = match self.preset {
+                Preset::Custom => "gateway.table",
+                _ => "gateway.schema",
+            };
+            let tables: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .with_context(|| format!("listing the tables of {db}"))?;
+            anyhow::bail!(
+                "{key}: the gateway database {db} has no table `{table}`; its tables are: {}; nothing was read or changed; {fix}",
+                if tables.is_empty() {
+                    "none (is it empty, or not the gateway's database?)".to_string()
+                } else {
+                    tables.join(", ")
+                }
+            );
+        }
+        for (key, column) in self.named_columns() {
+            if !existing.iter().any(|e| e.eq_ignore_ascii_case(column)) {
+                anyhow::bail!(
+                    "{key}: table `{table}` in {db} has no column `{column}`; its columns are: {}; nothing was read or changed; {fix}",
+                    existing.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// `t` as the time column stores it, for `WHERE time >= ?` bounds. ISO-8601 bounds are
     /// naive `YYYY-MM-DDTHH:MM:SS`, which sorts correctly against all three of Apantli's
     /// spellings (`Z`, `+00:00`, naive) and lets an index on the column serve the range.
@@ -334,5 +418,41 @@ impl Gateway {
                 format!("(COALESCE(\"{input}\", 0) + COALESCE(\"{output}\", 0))")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_gateway_connection_reads_a_misspelt_double_quoted_column_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("requests.db");
+        rusqlite::Connection::open(&database)
+            .unwrap()
+            .execute_batch(include_str!("gateway/apantli.sql"))
+            .unwrap();
+        let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
+        let gateway = Gateway {
+            database,
+            preset: Preset::Apantli,
+            table,
+            columns,
+            busy_timeout: Duration::from_millis(100),
+        };
+        let conn = gateway.connect(true).unwrap();
+        gateway.check_columns(&conn).unwrap();
+        let err = conn
+            .query_row(
+                "SELECT count(*) FROM requests WHERE \"eror\" IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no such column: \"eror\""),
+            "{err}"
+        );
     }
 }
