@@ -361,19 +361,41 @@ impl Gateway {
     /// the request table calls this at the start of each run (dry runs too): a name that is
     /// wrong would otherwise make a filter constant (see `crate::sqlite`) or fail halfway.
     pub fn check_columns(&self, conn: &Connection) -> anyhow::Result<()> {
+        let existing = self.check_table(conn)?;
+        for (key, column) in self.named_columns() {
+            if !existing.iter().any(|e| e.eq_ignore_ascii_case(column)) {
+                anyhow::bail!(
+                    "{key}: table `{}` in {} has no column `{column}`; its columns are: {}; nothing was read or changed; {}",
+                    self.table,
+                    self.database.display(),
+                    existing.join(", "),
+                    self.fix("column")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What to do about a name the database does not have.
+    fn fix(&self, what: &str) -> String {
+        match self.preset {
+            Preset::Custom => "fix it in the jobs file".to_string(),
+            preset => format!(
+                "`schema: {}` expects this {what}: point gateway.database at that gateway's database, or describe this one with `schema: custom`",
+                format!("{preset:?}").to_lowercase()
+            ),
+        }
+    }
+
+    /// Checks that the gateway's table exists, naming the tables that do when it does not.
+    /// Returns its columns.
+    pub fn check_table(&self, conn: &Connection) -> anyhow::Result<Vec<String>> {
         let db = self.database.display();
         let table = &self.table;
         let existing: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info(?1)")
             .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
             .with_context(|| format!("reading the columns of table `{table}` in {db}"))?;
-        let fix = match self.preset {
-            Preset::Custom => "fix it in the jobs file".to_string(),
-            preset => format!(
-                "`schema: {}` expects this column: point gateway.database at that gateway's database, or describe this one with `schema: custom`",
-                format!("{preset:?}").to_lowercase()
-            ),
-        };
         if existing.is_empty() {
             let key = match self.preset {
                 Preset::Custom => "gateway.table",
@@ -384,23 +406,16 @@ impl Gateway {
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .with_context(|| format!("listing the tables of {db}"))?;
             anyhow::bail!(
-                "{key}: the gateway database {db} has no table `{table}`; its tables are: {}; nothing was read or changed; {fix}",
+                "{key}: the gateway database {db} has no table `{table}`; its tables are: {}; nothing was read or changed; {}",
                 if tables.is_empty() {
                     "none (is it empty, or not the gateway's database?)".to_string()
                 } else {
                     tables.join(", ")
-                }
+                },
+                self.fix("table")
             );
         }
-        for (key, column) in self.named_columns() {
-            if !existing.iter().any(|e| e.eq_ignore_ascii_case(column)) {
-                anyhow::bail!(
-                    "{key}: table `{table}` in {db} has no column `{column}`; its columns are: {}; nothing was read or changed; {fix}",
-                    existing.join(", ")
-                );
-            }
-        }
-        Ok(())
+        Ok(existing)
     }
 
     /// `t` as the time column stores it, for `WHERE time >= ?` bounds. ISO-8601 bounds are

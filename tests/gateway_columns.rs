@@ -127,17 +127,30 @@ fn apantli_without(db: &Path, drop: &str) {
         .unwrap();
 }
 
+/// Runs `job` of `jobs` on an Apantli database in `dir` without the column `without`: the
+/// run must fail; returns its standard error.
+fn refusal(dir: &Path, without: &str, jobs: &str, job: &str, extra: &[&str]) -> String {
+    let db = dir.join("requests.db");
+    if !db.exists() {
+        apantli_without(&db, without);
+    }
+    let config = jobs_file(dir, &db, "apantli", jobs);
+    let out = run_job(&config, job, extra);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{job} {extra:?}: {}",
+        text(&out)
+    );
+    stderr(&out)
+}
+
 #[test]
 fn budget_on_a_preset_database_without_cost_fails_instead_of_reporting_nothing_spent() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("requests.db");
-    apantli_without(&db, "cost");
     let jobs = "  spend:\n    on_signal: USR1\n    budget:\n      limits:\n        - {name: daily, period: day, usd: 1, warn_at: [100%]}\n";
-    let config = jobs_file(dir.path(), &db, "apantli", jobs);
     for extra in [&["--dry-run"][..], &[]] {
-        let out = run_job(&config, "spend", extra);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", text(&out));
-        let err = stderr(&out);
+        let err = refusal(dir.path(), "cost", jobs, "spend", extra);
         assert!(
             err.contains("gateway.schema")
                 && err.contains("no column `cost`")
@@ -150,13 +163,8 @@ fn budget_on_a_preset_database_without_cost_fails_instead_of_reporting_nothing_s
 #[test]
 fn health_on_a_preset_database_without_timestamp_fails_instead_of_counting_every_row_as_recent() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("requests.db");
-    apantli_without(&db, "timestamp");
     let jobs = "  health:\n    on_signal: USR1\n    health:\n      error_rate_max: {share: 50%, over: 1h}\n";
-    let config = jobs_file(dir.path(), &db, "apantli", jobs);
-    let out = run_job(&config, "health", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let err = stderr(&out);
+    let err = refusal(dir.path(), "timestamp", jobs, "health", &[]);
     assert!(
         err.contains("error_rate_max")
             && err.contains("gateway.schema")
@@ -168,8 +176,6 @@ fn health_on_a_preset_database_without_timestamp_fails_instead_of_counting_every
 #[test]
 fn pricing_on_a_preset_database_without_cost_fails_before_reading_a_row() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("requests.db");
-    apantli_without(&db, "cost");
     let prices = dir.path().join("prices.yaml");
     std::fs::write(
         &prices,
@@ -180,10 +186,7 @@ fn pricing_on_a_preset_database_without_cost_fails_before_reading_a_row() {
         "  price:\n    on_signal: USR1\n    pricing:\n      prices: {}\n",
         prices.display()
     );
-    let config = jobs_file(dir.path(), &db, "apantli", &jobs);
-    let out = run_job(&config, "price", &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let err = stderr(&out);
+    let err = refusal(dir.path(), "cost", &jobs, "price", &["--dry-run"]);
     assert!(
         err.contains("gateway.schema") && err.contains("no column `cost`"),
         "{err}"
