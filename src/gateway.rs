@@ -361,7 +361,9 @@ impl Gateway {
     /// the request table calls this at the start of each run (dry runs too): a name that is
     /// wrong would otherwise make a filter constant (see `crate::sqlite`) or fail halfway.
     pub fn check_columns(&self, conn: &Connection) -> anyhow::Result<()> {
-        let existing = self.check_table(conn)?;
+        let Some(existing) = self.check_table(conn)? else {
+            return Ok(());
+        };
         for (key, column) in self.named_columns() {
             if !existing.iter().any(|e| e.eq_ignore_ascii_case(column)) {
                 anyhow::bail!(
@@ -388,14 +390,25 @@ impl Gateway {
     }
 
     /// Checks that the gateway's table exists, naming the tables that do when it does not.
-    /// Returns its columns.
-    pub fn check_table(&self, conn: &Connection) -> anyhow::Result<Vec<String>> {
+    /// Returns its columns, or `None` when a gateway transaction kept the schema locked for
+    /// all of `busy_timeout`: the job's own statements then wait and retry as they always do,
+    /// and with double-quoted literals off (`crate::sqlite`) a wrong name still fails each of
+    /// them ("no such column") before it reads or changes a row.
+    pub fn check_table(&self, conn: &Connection) -> anyhow::Result<Option<Vec<String>>> {
         let db = self.database.display();
         let table = &self.table;
-        let existing: Vec<String> = conn
+        let existing: Vec<String> = match conn
             .prepare("SELECT name FROM pragma_table_info(?1)")
             .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
-            .with_context(|| format!("reading the columns of table `{table}` in {db}"))?;
+        {
+            Err(e) if crate::sqlite::is_busy(&e) => {
+                tracing::info!(database = %db, "the gateway kept its database locked; the check of its table and columns is left to the statements that follow");
+                return Ok(None);
+            }
+            read => {
+                read.with_context(|| format!("reading the columns of table `{table}` in {db}"))?
+            }
+        };
         if existing.is_empty() {
             let key = match self.preset {
                 Preset::Custom => "gateway.table",
@@ -415,7 +428,7 @@ impl Gateway {
                 self.fix("table")
             );
         }
-        Ok(existing)
+        Ok(Some(existing))
     }
 
     /// `t` as the time column stores it, for `WHERE time >= ?` bounds. ISO-8601 bounds are

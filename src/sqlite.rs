@@ -27,6 +27,15 @@ pub fn open_or_create(path: &Path) -> rusqlite::Result<Connection> {
     open(path, OpenFlags::default())
 }
 
+/// Whether `e` is SQLite giving up on a lock another connection holds (after our busy
+/// timeout): a retry later may succeed, unlike every other error.
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
