@@ -298,7 +298,7 @@ impl Gateway {
         } else {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         };
-        let conn = Connection::open_with_flags(&self.database, flags).with_context(|| {
+        let conn = crate::sqlite::open(&self.database, flags).with_context(|| {
             format!(
                 "opening the gateway database {} (check gateway.database and that caretaker may read it)",
                 self.database.display()
@@ -319,6 +319,118 @@ impl Gateway {
         Ok(conn)
     }
 
+    /// Every column the configuration names, each with the jobs-file key that names it.
+    /// A preset's columns are all named by `gateway.schema`.
+    pub fn named_columns(&self) -> Vec<(String, &str)> {
+        let c = &self.columns;
+        let mut named: Vec<(&str, &str)> = vec![
+            ("time", &c.time),
+            ("model", &c.model),
+            ("input_tokens", &c.input_tokens),
+            ("output_tokens", &c.output_tokens),
+        ];
+        named.extend(c.provider.as_deref().map(|p| ("provider", p)));
+        match &c.cost {
+            CostColumns::Single(cost) => named.push(("cost", cost)),
+            CostColumns::Split { input, output } => {
+                named.push(("input_cost", input));
+                named.push(("output_cost", output));
+            }
+        }
+        named.extend(c.error.as_deref().map(|e| ("error", e)));
+        let mut out: Vec<(String, &str)> = named
+            .into_iter()
+            .map(|(k, v)| (format!("gateway.columns.{k}"), v))
+            .collect();
+        out.extend(
+            c.payload
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("gateway.columns.payload[{i}]"), p.as_str())),
+        );
+        if self.preset != Preset::Custom {
+            for (key, _) in &mut out {
+                *key = "gateway.schema".to_string();
+            }
+        }
+        out
+    }
+
+    /// Checks that the gateway's table and every column the configuration names exist, before
+    /// a job reads or changes a row. `check` cannot see the database, so every job that reads
+    /// the request table calls this at the start of each run (dry runs too): a name that is
+    /// wrong would otherwise make a filter constant (see `crate::sqlite`) or fail halfway.
+    pub fn check_columns(&self, conn: &Connection) -> anyhow::Result<()> {
+        let Some(existing) = self.check_table(conn)? else {
+            return Ok(());
+        };
+        for (key, column) in self.named_columns() {
+            if !existing.iter().any(|e| e.eq_ignore_ascii_case(column)) {
+                anyhow::bail!(
+                    "{key}: table `{}` in {} has no column `{column}`; its columns are: {}; nothing was read or changed; {}",
+                    self.table,
+                    self.database.display(),
+                    existing.join(", "),
+                    self.fix("column")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What to do about a name the database does not have.
+    fn fix(&self, what: &str) -> String {
+        match self.preset {
+            Preset::Custom => "fix it in the jobs file".to_string(),
+            preset => format!(
+                "`schema: {}` expects this {what}: point gateway.database at that gateway's database, or describe this one with `schema: custom`",
+                format!("{preset:?}").to_lowercase()
+            ),
+        }
+    }
+
+    /// Checks that the gateway's table exists, naming the tables that do when it does not.
+    /// Returns its columns, or `None` when a gateway transaction kept the schema locked for
+    /// all of `busy_timeout`: the job's own statements then wait and retry as they always do,
+    /// and with double-quoted literals off (`crate::sqlite`) a wrong name still fails each of
+    /// them ("no such column") before it reads or changes a row.
+    pub fn check_table(&self, conn: &Connection) -> anyhow::Result<Option<Vec<String>>> {
+        let db = self.database.display();
+        let table = &self.table;
+        let existing: Vec<String> = match conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
+        {
+            Err(e) if crate::sqlite::is_busy(&e) => {
+                tracing::info!(database = %db, "the gateway kept its database locked; the check of its table and columns is left to the statements that follow");
+                return Ok(None);
+            }
+            read => {
+                read.with_context(|| format!("reading the columns of table `{table}` in {db}"))?
+            }
+        };
+        if existing.is_empty() {
+            let key = match self.preset {
+                Preset::Custom => "gateway.table",
+                _ => "gateway.schema",
+            };
+            let tables: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .with_context(|| format!("listing the tables of {db}"))?;
+            anyhow::bail!(
+                "{key}: the gateway database {db} has no table `{table}`; its tables are: {}; nothing was read or changed; {}",
+                if tables.is_empty() {
+                    "none (is it empty, or not the gateway's database?)".to_string()
+                } else {
+                    tables.join(", ")
+                },
+                self.fix("table")
+            );
+        }
+        Ok(Some(existing))
+    }
+
     /// `t` as the time column stores it, for `WHERE time >= ?` bounds. ISO-8601 bounds are
     /// naive `YYYY-MM-DDTHH:MM:SS`, which sorts correctly against all three of Apantli's
     /// spellings (`Z`, `+00:00`, naive) and lets an index on the column serve the range.
@@ -334,5 +446,41 @@ impl Gateway {
                 format!("(COALESCE(\"{input}\", 0) + COALESCE(\"{output}\", 0))")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_gateway_connection_reads_a_misspelt_double_quoted_column_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("requests.db");
+        rusqlite::Connection::open(&database)
+            .unwrap()
+            .execute_batch(include_str!("gateway/apantli.sql"))
+            .unwrap();
+        let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
+        let gateway = Gateway {
+            database,
+            preset: Preset::Apantli,
+            table,
+            columns,
+            busy_timeout: Duration::from_millis(100),
+        };
+        let conn = gateway.connect(true).unwrap();
+        gateway.check_columns(&conn).unwrap();
+        let err = conn
+            .query_row(
+                "SELECT count(*) FROM requests WHERE \"eror\" IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no such column: \"eror\""),
+            "{err}"
+        );
     }
 }

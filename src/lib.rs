@@ -26,6 +26,7 @@ pub mod runner;
 pub mod sample;
 pub mod schedule;
 pub mod sim;
+pub mod sqlite;
 pub mod state;
 pub mod units;
 pub mod writelock;

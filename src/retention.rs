@@ -388,6 +388,12 @@ pub enum Reason {
     NewestBackup,
     /// The policy has no rules; everything is kept rather than everything deleted.
     EmptyPolicy,
+    /// The caller paused retention for this run (a backup job whose new archive failed its
+    /// shrink guard): nothing is deleted to make room for it.
+    Paused,
+    /// This backup failed a check when it was written: it takes no keep slot, and stays while
+    /// it is newer than the oldest backup the policy keeps.
+    Held,
 }
 
 impl fmt::Display for Reason {
@@ -406,6 +412,8 @@ impl fmt::Display for Reason {
             } => write!(f, "{}{} within {span}", oldest(*o), tier.name()),
             Reason::NewestBackup => f.write_str("newest backup"),
             Reason::EmptyPolicy => f.write_str("policy is empty"),
+            Reason::Paused => f.write_str("retention paused"),
+            Reason::Held => f.write_str("held: failed its shrink guard"),
         }
     }
 }

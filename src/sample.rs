@@ -169,7 +169,7 @@ fn build_then_publish(
     }
     let tmp = temp_path_beside(path)?;
     let result = (|| {
-        let mut conn = Connection::open(&tmp)
+        let mut conn = crate::sqlite::open_or_create(&tmp)
             .with_context(|| format!("opening the temporary database {}", tmp.display()))?;
         // The build is one throwaway transaction on a private file: durability comes from the
         // fsync before the rename, not from SQLite's per-commit syncs.

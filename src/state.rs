@@ -101,7 +101,7 @@ impl State {
     pub fn open(state_dir: &Path) -> anyhow::Result<State> {
         crate::fsx::private_dir(state_dir)?;
         let path = state_dir.join("state.db");
-        let conn = Connection::open(&path).with_context(|| {
+        let conn = crate::sqlite::open_or_create(&path).with_context(|| {
             format!(
                 "opening the state database {} (check state_dir and its permissions)",
                 path.display()

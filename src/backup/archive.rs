@@ -397,10 +397,10 @@ pub struct CheckReport {
 /// Runs SQLite's own consistency checks on a database file of ours (a snapshot or an
 /// extracted copy, never the gateway's). Corruption is an error.
 pub fn check_database(path: &Path, level: CheckLevel) -> anyhow::Result<CheckReport> {
-    use rusqlite::{Connection, OpenFlags};
+    use rusqlite::OpenFlags;
     let checking = || format!("checking the database copy {}", path.display());
     // Read-write so a copy in WAL mode opens without a -shm file from its writer.
-    let conn = Connection::open_with_flags(
+    let conn = crate::sqlite::open(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )

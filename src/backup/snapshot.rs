@@ -150,7 +150,7 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
         "snapshot copied"
     );
 
-    let dst = Connection::open_with_flags(
+    let dst = crate::sqlite::open(
         &target,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
@@ -198,7 +198,7 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
 /// WAL: one online-backup step of every page from the pinned read transaction; there is no
 /// second step for a commit to restart. (The main file alone would miss the WAL's pages.)
 fn copy_all_pages(src: &Connection, dest: &Path) -> anyhow::Result<()> {
-    let mut dst = Connection::open_with_flags(
+    let mut dst = crate::sqlite::open(
         dest,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )

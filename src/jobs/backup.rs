@@ -6,6 +6,7 @@
 //! (fsync, rename, fsync the directory), then prune this job's archives by the keep policy.
 //! An archive that fails a check is never published, so it is never counted or kept.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,12 +17,13 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::{Context, Report};
+use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel, Manifest};
 use crate::backup::snapshot::{self, Snapshot};
 use crate::backup::{self as backups, ArchiveName, Format, Scratch, human_bytes};
 use crate::config::Checks;
 use crate::fsx;
-use crate::retention::{self, Decision, KeepConfig, Policy};
+use crate::retention::{self, Decision, KeepConfig, Policy, Reason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +55,50 @@ pub struct Raw {
     level: Option<u32>,
     keep: Option<KeepConfig>,
     verify: Option<VerifyLevel>,
+    shrink_guard: Option<ShrinkGuard>,
+}
+
+/// `shrink_guard`: a new snapshot with fewer than this share of the rows or of the bytes of the
+/// newest archive that passed the guard is held: still written, but retention deletes nothing
+/// in that run and never counts it. A gateway database that was emptied, replaced or mostly
+/// deleted would otherwise push the good archives out of the keep policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ShrinkGuard {
+    Off,
+    Under(f64),
+}
+
+/// The default: a fall to under half.
+const DEFAULT_SHRINK_GUARD: ShrinkGuard = ShrinkGuard::Under(0.5);
+
+impl<'de> Deserialize<'de> for ShrinkGuard {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ShrinkGuard;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a percentage such as 50%, or off")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ShrinkGuard, E> {
+                if s == "off" {
+                    return Ok(ShrinkGuard::Off);
+                }
+                crate::units::parse_share(s)
+                    .map(ShrinkGuard::Under)
+                    .map_err(|e| E::custom(format!("{e}, or `off`")))
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<ShrinkGuard, E> {
+                if b {
+                    Err(E::custom(
+                        "`true` is not a shrink guard: expected a percentage such as 50%, or `off`",
+                    ))
+                } else {
+                    Ok(ShrinkGuard::Off)
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +109,7 @@ pub struct Spec {
     pub level: u32,
     pub keep: Policy,
     pub verify: VerifyLevel,
+    pub shrink_guard: ShrinkGuard,
 }
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
@@ -111,6 +158,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         level,
         keep: keep?,
         verify: raw.verify.unwrap_or(VerifyLevel::Quick),
+        shrink_guard: raw.shrink_guard.unwrap_or(DEFAULT_SHRINK_GUARD),
     })
 }
 
@@ -142,34 +190,149 @@ impl Spec {
 }
 
 /// The run's plan: the new archive's name from `now`, and the keep policy applied in `tz` to
-/// the `existing` archives of the job plus the new one.
+/// the `existing` archives of the job (each with whether it is held) plus the new one, as if the
+/// new one passes its shrink guard.
 pub fn plan(
     job: &str,
     spec: &Spec,
     now: DateTime<Utc>,
     tz: Tz,
-    existing: Vec<ArchiveName>,
+    existing: Vec<(ArchiveName, bool)>,
 ) -> Plan {
     let archive = ArchiveName::new(job, truncate_to_second(now), spec.format());
     let mut all = existing;
-    all.push(archive.clone());
+    all.push((archive.clone(), false));
     Plan {
-        retention: prune(all, &spec.keep, tz),
+        retention: prune(all, &spec.keep, tz, true),
         archive,
     }
 }
 
-/// The keep policy's verdict on `archives`, newest first. The newest is always kept.
-pub fn prune(archives: Vec<ArchiveName>, policy: &Policy, tz: Tz) -> Vec<Decision<ArchiveName>> {
-    let timed = archives.into_iter().map(|a| (a.time, a)).collect();
-    retention::decide(timed, policy, tz)
+/// The keep policy's verdict on `archives`, newest first; each comes with whether it is held
+/// (it failed its shrink guard when written). The newest archive that is not held is always
+/// kept. A held archive takes no keep slot, so no archive is ever deleted to make room for it,
+/// and it stays while it is newer than the oldest archive the policy keeps. With `may_prune`
+/// false (this run's own archive is held) every archive stays.
+pub fn prune(
+    archives: Vec<(ArchiveName, bool)>,
+    policy: &Policy,
+    tz: Tz,
+    may_prune: bool,
+) -> Vec<Decision<ArchiveName>> {
+    let newest_first = |decisions: &mut Vec<Decision<ArchiveName>>| {
+        decisions.sort_by_key(|d| std::cmp::Reverse(d.time));
+    };
+    if !may_prune {
+        let mut all: Vec<Decision<ArchiveName>> = archives
+            .into_iter()
+            .map(|(a, _)| Decision {
+                time: a.time,
+                item: a,
+                keep: true,
+                reasons: vec![Reason::Paused],
+            })
+            .collect();
+        newest_first(&mut all);
+        return all;
+    }
+    let (held, counted): (Vec<_>, Vec<_>) = archives.into_iter().partition(|(_, held)| *held);
+    let timed = counted.into_iter().map(|(a, _)| (a.time, a)).collect();
+    let mut decisions = retention::decide(timed, policy, tz);
+    let oldest_kept = decisions.iter().filter(|d| d.keep).map(|d| d.time).min();
+    for (a, _) in held {
+        let keep = oldest_kept.is_none_or(|oldest| a.time > oldest);
+        decisions.push(Decision {
+            time: a.time,
+            item: a,
+            keep,
+            reasons: if keep { vec![Reason::Held] } else { Vec::new() },
+        });
+    }
+    newest_first(&mut decisions);
+    decisions
+}
+
+/// The rows of the gateway's table and the bytes of a database copy: what the shrink guard
+/// compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// Why `new` fell sharply against `base`: to under `share` of its rows or of its bytes. `None`
+/// when it did not.
+pub fn shrunk(base: Extent, new: Extent, share: f64) -> Option<String> {
+    let fell = |new: u64, base: u64| (new as f64) < share * base as f64;
+    let percent = |new: u64, base: u64| new as f64 * 100.0 / base.max(1) as f64;
+    let mut why = Vec::new();
+    if fell(new.rows, base.rows) {
+        why.push(format!(
+            "its rows fell from {} to {} ({:.1}%)",
+            base.rows,
+            new.rows,
+            percent(new.rows, base.rows)
+        ));
+    }
+    if fell(new.bytes, base.bytes) {
+        why.push(format!(
+            "its size fell from {} to {} ({:.1}%)",
+            human_bytes(base.bytes),
+            human_bytes(new.bytes),
+            percent(new.bytes, base.bytes)
+        ));
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "{}, under the shrink guard's {}%",
+            why.join(" and "),
+            share * 100.0
+        )
+    })
+}
+
+/// The state key holding this job's held archives: file name -> why it was held.
+const HELD: &str = "held";
+
+fn state_ns(job: &str) -> String {
+    format!("backup:{job}")
+}
+
+/// The newest archive that is not held and whose manifest reads, with its extent: what a new
+/// snapshot is compared against. An unreadable archive is skipped (the verify job reports it).
+fn baseline(
+    archives: &[(ArchiveName, PathBuf)],
+    held: &BTreeMap<String, String>,
+) -> Option<(ArchiveName, Extent)> {
+    archives
+        .iter()
+        .rev()
+        .filter(|(name, _)| !held.contains_key(&name.file_name()))
+        .find_map(|(name, path)| match archive::peek_manifest(path) {
+            Ok(m) => Some((
+                name.clone(),
+                Extent {
+                    rows: m.row_count.unwrap_or(0),
+                    bytes: m.page_count.saturating_mul(m.page_size),
+                },
+            )),
+            Err(e) => {
+                tracing::warn!(archive = %path.display(), error = %format!("{e:#}"), "skipping an unreadable archive as the shrink guard's baseline");
+                None
+            }
+        })
 }
 
 fn truncate_to_second(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
-fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
+fn plan_lines(
+    plan: &Plan,
+    spec: &Spec,
+    ctx: &Context<'_>,
+    base: Option<&(ArchiveName, Extent)>,
+) -> Vec<String> {
     let db = &ctx.config.gateway.database;
     let size = |p: &Path| fs::metadata(p).map_or("missing".to_string(), |m| human_bytes(m.len()));
     let wal = backups::sqlite_companion(db, "-wal");
@@ -192,6 +355,18 @@ fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
     for include in &spec.include {
         lines.push(format!("include {} ({})", include.display(), size(include)));
     }
+    lines.push(match (spec.shrink_guard, base) {
+        (ShrinkGuard::Off, _) => "shrink guard: off".to_string(),
+        (ShrinkGuard::Under(_), None) => {
+            "shrink guard: no earlier archive to compare with".to_string()
+        }
+        (ShrinkGuard::Under(share), Some((name, e))) => format!(
+            "shrink guard: under {}% of the {} rows or {} of {name}, the archive is held and retention deletes nothing",
+            share * 100.0,
+            e.rows,
+            human_bytes(e.bytes)
+        ),
+    });
     for d in &plan.retention {
         let new = if d.item == plan.archive {
             " (this run)"
@@ -210,19 +385,29 @@ fn plan_lines(plan: &Plan, spec: &Spec, ctx: &Context<'_>) -> Vec<String> {
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let to = &spec.to;
-    let existing: Vec<ArchiveName> = backups::list(to, ctx.job)?
-        .into_iter()
-        .map(|(n, _)| n)
+    let listed = backups::list(to, ctx.job)?;
+    let ns = state_ns(ctx.job);
+    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, HELD)?.unwrap_or_default();
+    let base = match spec.shrink_guard {
+        ShrinkGuard::Off => None,
+        ShrinkGuard::Under(_) => baseline(&listed, &held),
+    };
+    let existing = listed
+        .iter()
+        .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
         .collect();
     let plan = plan(ctx.job, spec, ctx.now, ctx.config.timezone, existing);
     if ctx.dry_run {
+        // The table must exist for the run to write anything; say so now.
+        let gateway = &ctx.config.gateway;
+        gateway.check_table(&gateway.connect(true)?)?;
         let mut report = Report::new(format!(
             "would write {} and keep {} of {} archives",
             plan.archive,
             plan.retention.iter().filter(|d| d.keep).count(),
             plan.retention.len()
         ));
-        report.plan = plan_lines(&plan, spec, ctx);
+        report.plan = plan_lines(&plan, spec, ctx, base.as_ref());
         return Ok(report);
     }
     fsx::private_dir(to)?;
@@ -261,6 +446,30 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let snap = snapshot::take(gateway, &scratch.0)?;
     let snapshot_ms = started.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, "snapshot taken");
+    let Some(rows) = snap.rows else {
+        bail!(
+            "the gateway database {} has no table `{}`: it was emptied, truncated or replaced, or gateway.database names the wrong file; no archive was written and none was deleted. If the gateway lost its data, stop it and restore the newest good archive in {} with `caretaker restore`",
+            gateway.database.display(),
+            gateway.table,
+            to.display()
+        );
+    };
+    let extent = Extent {
+        rows,
+        bytes: snap.page_count.saturating_mul(snap.page_size),
+    };
+    let shrink = match (spec.shrink_guard, &base) {
+        (ShrinkGuard::Under(share), Some((name, base))) => {
+            shrunk(*base, extent, share).map(|why| format!("{why} of {name}"))
+        }
+        _ => None,
+    };
+    if let Some(why) = &shrink {
+        // Recorded before the archive is published: a run killed in between leaves a name that
+        // matches no file, never a held archive that retention would count.
+        held.insert(plan.archive.file_name(), why.clone());
+        ctx.state.put(&ns, HELD, &held)?;
+    }
     ctx.checkpoint()?;
 
     // Everything after the snapshot only costs CPU and disk; on a small machine it must not
@@ -292,14 +501,43 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         verify_ms,
     } = after;
 
-    let (kept, deleted) = apply_retention(ctx.job, spec, ctx.config.timezone)?;
+    let (kept, deleted) =
+        apply_retention(ctx.job, spec, ctx.config.timezone, &held, shrink.is_none())?;
+    held.retain(|file, _| spec.to.join(file).exists());
+    ctx.state.put(&ns, HELD, &held)?;
+    let alert_key = format!("backup-shrunk:{}", ctx.job);
+    let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
+    match &shrink {
+        Some(why) => ctx.alerts.push(AlertEvent::Raise(Alert {
+            key: alert_key,
+            severity: Severity::Critical,
+            job: Some(ctx.job.to_string()),
+            what,
+            body: format!(
+                "The snapshot of {} written to {} is suspect: {why}.\n\n\
+                 It was kept, but retention deleted nothing in this run and never counts it, so the \
+                 earlier archives stay. Until a snapshot passes the guard, every run is compared with \
+                 the same earlier archive and held the same way.\n\n\
+                 If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
+                 If the change was expected (a purge, a VACUUM, a new database), run the job once with \
+                 `shrink_guard: off`, then set the guard back.",
+                gateway.database.display(),
+                published.display()
+            ),
+        })),
+        None => ctx.alerts.push(AlertEvent::Resolve {
+            key: alert_key,
+            job: Some(ctx.job.to_string()),
+            what,
+        }),
+    }
     let mut report =
         Report::new(format!(
-        "wrote {} ({}, {} rows, {} mode){}; kept {kept} archives, deleted {}",
+        "wrote {} ({}, {rows} rows, {} mode){}{}; kept {kept} archives, deleted {}",
         published.display(),
         human_bytes(archive_bytes),
-        snap.rows.map_or("no".to_string(), |r| r.to_string()),
         snap.journal_mode,
+        shrink.as_ref().map_or(String::new(), |why| format!("; HELD, retention paused: {why}")),
         check.as_ref().filter(|c| c.foreign_key_violations > 0).map_or(String::new(), |c| format!(
             "; {} rows without their foreign-key parent (as in the gateway database), e.g. {}",
             c.foreign_key_violations,
@@ -314,7 +552,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         .figure("verify_ms", verify_ms)
         .figure("database_bytes", size as f64)
         .figure("archive_bytes", archive_bytes as f64)
-        .figure("rows", snap.rows.unwrap_or(0) as f64)
+        .figure("rows", rows as f64)
+        .figure("held", f64::from(u8::from(shrink.is_some())))
         .figure("kept", kept as f64)
         .figure("deleted", deleted.len() as f64);
     if let Some(c) = &check {
@@ -442,13 +681,23 @@ fn manifest(
 }
 
 /// Deletes this job's archives the keep policy does not keep. Runs only after a new archive
-/// was published, so a failing backup never prunes the good ones before it.
-fn apply_retention(job: &str, spec: &Spec, tz: Tz) -> anyhow::Result<(usize, Vec<String>)> {
-    let archives: Vec<ArchiveName> = backups::list(&spec.to, job)?
+/// was published, so a failing backup never prunes the good ones before it; `held` archives
+/// take no keep slot, and with `may_prune` false nothing is deleted.
+fn apply_retention(
+    job: &str,
+    spec: &Spec,
+    tz: Tz,
+    held: &BTreeMap<String, String>,
+    may_prune: bool,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    let archives = backups::list(&spec.to, job)?
         .into_iter()
-        .map(|(n, _)| n)
+        .map(|(n, _)| {
+            let is_held = held.contains_key(&n.file_name());
+            (n, is_held)
+        })
         .collect();
-    let decisions = prune(archives, &spec.keep, tz);
+    let decisions = prune(archives, &spec.keep, tz, may_prune);
     let mut kept = 0;
     let mut deleted = Vec::new();
     for d in decisions {
@@ -481,6 +730,7 @@ mod tests {
             level: 6,
             keep,
             verify: VerifyLevel::Quick,
+            shrink_guard: DEFAULT_SHRINK_GUARD,
         }
     }
 
@@ -503,8 +753,14 @@ mod tests {
             ..Policy::default()
         };
         let existing = vec![
-            ArchiveName::new("nightly", utc(2026, 3, 1, 2, 0), Format::TarGz),
-            ArchiveName::new("nightly", utc(2026, 3, 2, 2, 0), Format::TarGz),
+            (
+                ArchiveName::new("nightly", utc(2026, 3, 1, 2, 0), Format::TarGz),
+                false,
+            ),
+            (
+                ArchiveName::new("nightly", utc(2026, 3, 2, 2, 0), Format::TarGz),
+                false,
+            ),
         ];
         let now = utc(2026, 3, 3, 2, 0) + chrono::Duration::milliseconds(730);
         let plan = plan("nightly", &spec(keep), now, chrono_tz::UTC, existing);
@@ -533,15 +789,15 @@ mod tests {
             utc(2026, 10, 25, 12, 0),  // 13:00 on the 25th
             utc(2026, 10, 25, 23, 30), // 00:30 on the 26th
         ];
-        let names: Vec<ArchiveName> = times
+        let names: Vec<(ArchiveName, bool)> = times
             .iter()
-            .map(|&t| ArchiveName::new("b", t, Format::TarGz))
+            .map(|&t| (ArchiveName::new("b", t, Format::TarGz), false))
             .collect();
-        let berlin = prune(names.clone(), &keep, chrono_tz::Europe::Berlin);
+        let berlin = prune(names.clone(), &keep, chrono_tz::Europe::Berlin, true);
         let kept_berlin: Vec<DateTime<Utc>> =
             berlin.iter().filter(|d| d.keep).map(|d| d.time).collect();
         assert_eq!(kept_berlin, [times[3], times[2], times[0]]);
-        let in_utc = prune(names, &keep, chrono_tz::UTC);
+        let in_utc = prune(names, &keep, chrono_tz::UTC, true);
         let kept_utc: Vec<DateTime<Utc>> =
             in_utc.iter().filter(|d| d.keep).map(|d| d.time).collect();
         // In UTC the first two share the 24th, and the oldest is kept while the count lasts.
@@ -558,11 +814,171 @@ mod tests {
         .to_policy()
         .unwrap();
         let names = vec![
-            ArchiveName::new("b", utc(2026, 1, 1, 0, 0), Format::Tar),
-            ArchiveName::new("b", utc(2026, 1, 2, 0, 0), Format::Tar),
+            (
+                ArchiveName::new("b", utc(2026, 1, 1, 0, 0), Format::Tar),
+                false,
+            ),
+            (
+                ArchiveName::new("b", utc(2026, 1, 2, 0, 0), Format::Tar),
+                false,
+            ),
         ];
-        let decisions = prune(names, &keep, chrono_tz::America::New_York);
+        let decisions = prune(names, &keep, chrono_tz::America::New_York, true);
         assert!(decisions[0].keep);
         assert!(!decisions[1].keep);
+    }
+
+    /// Day `d` of March 2026 at 02:00, held or not.
+    fn day(d: u32, held: bool) -> (ArchiveName, bool) {
+        (
+            ArchiveName::new("b", utc(2026, 3, d, 2, 0), Format::TarGz),
+            held,
+        )
+    }
+
+    fn verdicts(decisions: &[Decision<ArchiveName>]) -> Vec<(u32, bool, String)> {
+        use chrono::Datelike;
+        decisions
+            .iter()
+            .map(|d| {
+                let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+                (d.time.day(), d.keep, reasons.join(", "))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_archives_take_no_keep_slot_and_a_held_run_deletes_nothing() {
+        let last2 = Policy {
+            last: 2,
+            ..Policy::default()
+        };
+        let tz = chrono_tz::UTC;
+        /// What, the archives with whether each is held, may_prune, and the verdicts by day.
+        type Case = (
+            &'static str,
+            Vec<(ArchiveName, bool)>,
+            bool,
+            Vec<(u32, bool, &'static str)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "this run's archive (5) is held: nothing is deleted",
+                vec![
+                    day(1, false),
+                    day(2, false),
+                    day(3, false),
+                    day(4, true),
+                    day(5, true),
+                ],
+                false,
+                vec![
+                    (5, true, "retention paused"),
+                    (4, true, "retention paused"),
+                    (3, true, "retention paused"),
+                    (2, true, "retention paused"),
+                    (1, true, "retention paused"),
+                ],
+            ),
+            (
+                "a good run (5) after held ones: they do not push the good ones out",
+                vec![
+                    day(1, false),
+                    day(2, false),
+                    day(3, true),
+                    day(4, true),
+                    day(5, false),
+                ],
+                true,
+                vec![
+                    (5, true, "last snapshot"),
+                    (4, true, "held: failed its shrink guard"),
+                    (3, true, "held: failed its shrink guard"),
+                    (2, true, "last snapshot"),
+                    (1, false, ""),
+                ],
+            ),
+            (
+                "held archives go once older than every archive the policy keeps",
+                vec![
+                    day(2, false),
+                    day(3, true),
+                    day(4, true),
+                    day(5, false),
+                    day(6, false),
+                ],
+                true,
+                vec![
+                    (6, true, "last snapshot"),
+                    (5, true, "last snapshot"),
+                    (4, false, ""),
+                    (3, false, ""),
+                    (2, false, ""),
+                ],
+            ),
+            (
+                "only held archives: all stay",
+                vec![day(1, true), day(2, true)],
+                true,
+                vec![
+                    (2, true, "held: failed its shrink guard"),
+                    (1, true, "held: failed its shrink guard"),
+                ],
+            ),
+        ];
+        for (what, archives, may_prune, expected) in cases {
+            let got = verdicts(&prune(archives, &last2, tz, may_prune));
+            let expected: Vec<(u32, bool, String)> = expected
+                .into_iter()
+                .map(|(d, k, r)| (d, k, r.to_string()))
+                .collect();
+            assert_eq!(got, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_shrink_guard_holds_a_fall_to_under_its_share_of_rows_or_bytes() {
+        let e = |rows, bytes| Extent { rows, bytes };
+        let base = e(1000, 4 << 20);
+        let cases = [
+            (e(1000, 4 << 20), 0.5, None),
+            (e(500, 2 << 20), 0.5, None),
+            (
+                e(499, 4 << 20),
+                0.5,
+                Some("its rows fell from 1000 to 499 (49.9%)"),
+            ),
+            (
+                e(100, 4 << 20),
+                0.5,
+                Some("its rows fell from 1000 to 100 (10.0%)"),
+            ),
+            (
+                e(1000, 1 << 20),
+                0.5,
+                Some("its size fell from 4.0 MiB to 1.0 MiB (25.0%)"),
+            ),
+            (
+                e(0, 0),
+                0.5,
+                Some("its rows fell from 1000 to 0 (0.0%) and its size"),
+            ),
+            (e(100, 4 << 20), 0.05, None),
+            (e(2000, 8 << 20), 1.0, None),
+            (e(999, 4 << 20), 1.0, Some("its rows fell from 1000 to 999")),
+        ];
+        for (new, share, expected) in cases {
+            let got = shrunk(base, new, share);
+            match expected {
+                None => assert_eq!(got, None, "{new:?} at {share}"),
+                Some(text) => {
+                    let got = got.unwrap_or_default();
+                    assert!(got.starts_with(text), "{new:?} at {share}: {got}");
+                    assert!(got.contains("under the shrink guard's"), "{got}");
+                }
+            }
+        }
+        // An empty baseline holds nothing: there is nothing to lose.
+        assert_eq!(shrunk(e(0, 0), e(0, 0), 0.5), None);
     }
 }

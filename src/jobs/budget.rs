@@ -689,6 +689,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     // One read per distinct period: the current ones, and those of raised alerts whose period
     // is over (their final spend goes into the "resolved" message).
     let conn = gateway.connect(true)?;
+    gateway.check_columns(&conn)?;
     let mut by_bounds: BTreeMap<(DateTime<Utc>, DateTime<Utc>), Vec<ModelSpend>> = BTreeMap::new();
     let mut longest_read = Duration::ZERO;
     let mut read = |start: DateTime<Utc>, end: DateTime<Utc>| -> anyhow::Result<()> {

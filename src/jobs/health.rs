@@ -645,6 +645,7 @@ fn count_requests(
         );
     };
     let conn = gateway.connect(true)?;
+    gateway.check_columns(&conn)?;
     let time = &gateway.columns.time;
     let table = &gateway.table;
     let sql_between = format!(

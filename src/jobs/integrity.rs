@@ -297,7 +297,7 @@ fn check_a_copy(
         }
         Err(e) => return Err(e.context("copying the gateway database to check the copy")),
     };
-    let conn = Connection::open_with_flags(
+    let conn = crate::sqlite::open(
         &snap.path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )

@@ -698,6 +698,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let gateway = &ctx.config.gateway;
     let rows = Rows::new(gateway, spec, ctx.now);
     let mut conn = gateway.connect(ctx.dry_run)?;
+    gateway.check_columns(&conn)?;
     let mut pacer = Pacer::new(&conn)?;
     // In WAL mode a commit without fsync keeps the database consistent and only risks this
     // batch on power loss (the next run redoes it); it shortens the write lock a BobaMixer

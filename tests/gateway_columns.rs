@@ -1,0 +1,194 @@
+//! A jobs file that names a table or column the gateway database does not have: every job that
+//! reads the request table refuses at the start of its run (and of its dry run), naming the key,
+//! the column and the columns that do exist, and changes nothing.
+
+#[path = "common/dbcare.rs"]
+mod common;
+
+use std::path::Path;
+
+use caretaker::sample::{self, SampleOptions};
+use chrono::{DurationRound, TimeDelta, Utc};
+use common::*;
+
+fn apantli(db: &Path, rows: u64) {
+    let options = SampleOptions {
+        rows,
+        days: 30,
+        now: Utc::now().duration_trunc(TimeDelta::seconds(1)).unwrap(),
+        seed: 11,
+        ..SampleOptions::default()
+    };
+    sample::create_apantli(db, &options).unwrap();
+}
+
+/// The Apantli columns, as `schema: custom` spells them, with `error` set to `error_column`.
+fn custom_apantli(error_column: &str) -> String {
+    format!(
+        "custom\n  table: requests\n  columns:\n    time: timestamp\n    time_format: iso8601\n    model: model\n    \
+         provider: provider\n    input_tokens: prompt_tokens\n    output_tokens: completion_tokens\n    cost: cost\n    \
+         error: {error_column}\n    payload: [request_data, response_data]"
+    )
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn archive_of_failed_rows_with_a_misspelt_error_column_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    apantli(&db, 1000);
+    let (_, before) = rows(&db, "requests");
+    let to = dir.path().join("archive");
+    let jobs = format!(
+        "  arch:\n    on_signal: USR1\n    archive:\n      older_than: 15d\n      rows: failed\n      to: {}\n",
+        to.display()
+    );
+    let config = jobs_file(dir.path(), &db, &custom_apantli("eror"), &jobs);
+    for extra in [&["--dry-run"][..], &[]] {
+        let out = run_job(&config, "arch", extra);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", text(&out));
+        let err = stderr(&out);
+        for expected in [
+            "gateway.columns.error",
+            "`eror`",
+            "its columns are: id, timestamp, model, provider",
+            "error",
+            "nothing was read or changed",
+        ] {
+            assert!(err.contains(expected), "{extra:?}: {expected}: {err}");
+        }
+    }
+    let (_, after) = rows(&db, "requests");
+    assert_eq!(after, before, "no row may change");
+    assert!(archive_files(&to).is_empty());
+
+    // The same job with the right name archives only the failed rows, as before.
+    let config = jobs_file(dir.path(), &db, &custom_apantli("error"), &jobs);
+    let out = run_job(&config, "arch", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, after) = rows(&db, "requests");
+    assert!(
+        after.len() < before.len() && after.len() > before.len() / 2,
+        "{} of {}",
+        after.len(),
+        before.len()
+    );
+}
+
+#[test]
+fn a_custom_table_that_does_not_exist_is_named_with_the_tables_that_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    apantli(&db, 50);
+    let to = dir.path().join("archive");
+    let schema = custom_apantli("error").replace("table: requests", "table: request");
+    let jobs = format!(
+        "  arch:\n    on_signal: USR1\n    archive:\n      older_than: 15d\n      to: {}\n",
+        to.display()
+    );
+    let config = jobs_file(dir.path(), &db, &schema, &jobs);
+    let out = run_job(&config, "arch", &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("gateway.table")
+            && err.contains("no table `request`")
+            && err.contains("its tables are: requests"),
+        "{err}"
+    );
+}
+
+/// An Apantli-like table whose `drop` column is missing.
+fn apantli_without(db: &Path, drop: &str) {
+    let schema = include_str!("fixtures/schemas/apantli.sql");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(schema).unwrap();
+    // Fill it, then rebuild the table without the column (and the indexes that use it).
+    let now = Utc::now();
+    for i in 0..200_i64 {
+        let t = (now - chrono::Duration::hours(i))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        conn.execute(
+            "INSERT INTO requests (timestamp, model, provider, prompt_tokens, completion_tokens, cost, error)
+             VALUES (?1, 'gpt-4.1-mini', 'openai', 100, 50, 0.5, CASE WHEN ?2 % 10 = 0 THEN 'RateLimitError' END)",
+            rusqlite::params![t, i],
+        )
+        .unwrap();
+    }
+    conn.execute_batch(
+        "DROP INDEX idx_date_provider; DROP INDEX idx_cost; DROP INDEX idx_timestamp;",
+    )
+    .unwrap();
+    conn.execute_batch(&format!("ALTER TABLE requests DROP COLUMN {drop}"))
+        .unwrap();
+}
+
+/// Runs `job` of `jobs` on an Apantli database in `dir` without the column `without`: the
+/// run must fail; returns its standard error.
+fn refusal(dir: &Path, without: &str, jobs: &str, job: &str, extra: &[&str]) -> String {
+    let db = dir.join("requests.db");
+    if !db.exists() {
+        apantli_without(&db, without);
+    }
+    let config = jobs_file(dir, &db, "apantli", jobs);
+    let out = run_job(&config, job, extra);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{job} {extra:?}: {}",
+        text(&out)
+    );
+    stderr(&out)
+}
+
+#[test]
+fn budget_on_a_preset_database_without_cost_fails_instead_of_reporting_nothing_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = "  spend:\n    on_signal: USR1\n    budget:\n      limits:\n        - {name: daily, period: day, usd: 1, warn_at: [100%]}\n";
+    for extra in [&["--dry-run"][..], &[]] {
+        let err = refusal(dir.path(), "cost", jobs, "spend", extra);
+        assert!(
+            err.contains("gateway.schema")
+                && err.contains("no column `cost`")
+                && err.contains("its columns are: id, timestamp"),
+            "{extra:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn health_on_a_preset_database_without_timestamp_fails_instead_of_counting_every_row_as_recent() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = "  health:\n    on_signal: USR1\n    health:\n      error_rate_max: {share: 50%, over: 1h}\n";
+    let err = refusal(dir.path(), "timestamp", jobs, "health", &[]);
+    assert!(
+        err.contains("error_rate_max")
+            && err.contains("gateway.schema")
+            && err.contains("no column `timestamp`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pricing_on_a_preset_database_without_cost_fails_before_reading_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.yaml");
+    std::fs::write(
+        &prices,
+        "models:\n  gpt-4.1-mini: {input_per_million: 0.4, output_per_million: 1.6}\n",
+    )
+    .unwrap();
+    let jobs = format!(
+        "  price:\n    on_signal: USR1\n    pricing:\n      prices: {}\n",
+        prices.display()
+    );
+    let err = refusal(dir.path(), "cost", &jobs, "price", &["--dry-run"]);
+    assert!(
+        err.contains("gateway.schema") && err.contains("no column `cost`"),
+        "{err}"
+    );
+}
