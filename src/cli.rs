@@ -216,8 +216,13 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
     }
     match outcome.result {
         runner::Result::Ok => {
+            // The plan's lines first, each on its own; the prefix goes on the summary line.
             let report = outcome.report.unwrap_or_default();
-            println!("{name}: {}{report}", if dry_run { "dry run: " } else { "" });
+            for line in &report.plan {
+                println!("{line}");
+            }
+            let prefix = if dry_run { "dry run: " } else { "" };
+            println!("{name}: {prefix}{}", report.summary_line());
             exit::OK
         }
         runner::Result::Failed(message) => {

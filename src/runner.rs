@@ -143,7 +143,8 @@ pub fn run(
     let failure_key = format!("job-failed:{}", job.name);
     match result {
         Ok(report) => {
-            tracing::info!(job = %job.name, seconds, summary = %report, "job succeeded");
+            // Rounded for the reader; the state and the metrics keep the whole figures.
+            tracing::info!(job = %job.name, seconds = %crate::units::number(seconds), summary = %report.summary_line(), "job succeeded");
             if !dry_run {
                 events.push(AlertEvent::Resolve {
                     key: failure_key,
@@ -233,7 +234,7 @@ fn failed(
         dry_run,
     } = failure;
     let seconds = started.elapsed().as_secs_f64();
-    tracing::error!(job = %job.name, seconds, error = %message, "job failed");
+    tracing::error!(job = %job.name, seconds = %crate::units::number(seconds), error = %message, "job failed");
     let run_id = match run_id {
         None if !dry_run => state
             .run_started(&job.name, &trigger.to_string(), Utc::now())
