@@ -236,7 +236,8 @@ impl PriceTable {
             .iter()
             .find_map(|name| via_alias(name))
             .or_else(|| {
-                with_prefixes_stripped(first).find_map(|name| via_alias(name).or_else(|| entry(name)))
+                with_prefixes_stripped(first)
+                    .find_map(|name| via_alias(name).or_else(|| entry(name)))
             })
             .or_else(|| {
                 others
@@ -258,10 +259,7 @@ impl PriceTable {
 
 /// The `aliases` keys that match a row carrying `names`: each name as given and without its
 /// `provider/` segments, as [`PriceTable::lookup_row`] tries them. Each key once.
-pub fn aliases_matching<'a>(
-    names: &[&str],
-    aliases: &'a BTreeMap<String, String>,
-) -> Vec<&'a str> {
+pub fn aliases_matching<'a>(names: &[&str], aliases: &'a BTreeMap<String, String>) -> Vec<&'a str> {
     let mut keys: Vec<&'a str> = Vec::new();
     for form in names.iter().flat_map(|name| with_prefixes_stripped(name)) {
         if let Some((key, _)) = aliases.get_key_value(form)

@@ -85,7 +85,7 @@ pub fn run(
     };
     let stop = Stop::new(shutdown, job.timeout);
     let _gateway_lock = if job.kind.touches_gateway() {
-        match locks::gateway(&config.state_dir, &stop) {
+        match locks::gateway(&config.state_dir, &job.name, &stop) {
             Ok(Ok(held)) => Some(held),
             // Shutting down while waiting is no fault; a timeout spent waiting is: the job did
             // not run when it should have, and the operator hears of it.

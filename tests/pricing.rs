@@ -28,6 +28,24 @@ fn now() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 11, 1, 12, 0, 0).unwrap()
 }
 
+/// Runs the real binary with `args` and `--config config`, logging at info; asserts that it
+/// succeeded and returns its stdout and stderr.
+fn caretaker(config: &Path, args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 /// (id, cost) of every Apantli row.
 fn apantli_costs(db: &Path) -> BTreeMap<i64, Option<f64>> {
     let conn = Connection::open(db).unwrap();
@@ -311,17 +329,7 @@ fn dry_run_lists_the_changes_and_their_total_and_changes_nothing() {
         "",
         &pricing_jobs(&litellm_path(), ""),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-        .args(["run-job", "reprice", "--dry-run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = caretaker(&config, &["run-job", "reprice", "--dry-run"]);
     assert_eq!(apantli_costs(&db), before, "a dry run changes nothing");
     assert!(
         stdout
@@ -635,73 +643,62 @@ fn assert_haiku_priced(db: &Path) {
     }
 }
 
-#[test]
-fn an_alias_keyed_by_the_clients_model_name_reprices_apantli_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("requests.db");
+/// A sample Apantli database in `dir` with 12 haiku rows, and a jobs file whose pricing job
+/// has `aliases` (a YAML flow mapping item); returns the database and the jobs file.
+fn haiku_gateway(dir: &Path, aliases: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let db = dir.join("requests.db");
     apantli_with_missing_costs(&db, 300);
     add_haiku_rows(&db, 12);
-    let config = load(&write_config(
-        dir.path(),
+    let config = write_config(
+        dir,
         &db,
         "apantli",
         "",
-        &pricing_jobs(
-            &litellm_path(),
-            &format!("aliases: {{claude-haiku-3.5: {HAIKU_TARGET}}}"),
-        ),
-    ));
+        &pricing_jobs(&litellm_path(), aliases),
+    );
+    (db, config)
+}
+
+/// Re-prices a sample Apantli database with haiku rows under `aliases: {key: HAIKU_TARGET}`,
+/// checks that every haiku row got the target's price, and returns the run's summary.
+fn reprice_haiku_with_alias(key: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, config) = haiku_gateway(dir.path(), &format!("aliases: {{{key}: {HAIKU_TARGET}}}"));
+    let config = load(&config);
     let state = State::open(&config.state_dir).unwrap();
     let (report, _) = run_at(&config, &state, "reprice", now(), false).unwrap();
     assert_haiku_priced(&db);
     assert!(
-        !report.summary.contains("anthropic/claude-3-5-haiku-20241022 ("),
-        "the haiku rows are not unpriced any more: {}",
+        !report.summary.contains("matched none"),
+        "{key}: {}",
         report.summary
     );
-    assert!(!report.summary.contains("matched none"), "{}", report.summary);
+    report.summary
+}
+
+#[test]
+fn an_alias_keyed_by_the_clients_model_name_reprices_apantli_rows() {
+    // The `model` column's name, as the real Apantli writes it.
+    let summary = reprice_haiku_with_alias("claude-haiku-3.5");
+    assert!(
+        !summary.contains("anthropic/claude-3-5-haiku-20241022 ("),
+        "the haiku rows are not unpriced any more: {summary}"
+    );
 }
 
 #[test]
 fn an_alias_keyed_by_the_payloads_model_name_reprices_apantli_rows() {
     // Keyed by request_data's model, with and without its provider prefix.
-    for key in [
-        "anthropic/claude-3-5-haiku-20241022",
-        "claude-3-5-haiku-20241022",
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("requests.db");
-        apantli_with_missing_costs(&db, 300);
-        add_haiku_rows(&db, 12);
-        let config = load(&write_config(
-            dir.path(),
-            &db,
-            "apantli",
-            "",
-            &pricing_jobs(&litellm_path(), &format!("aliases: {{{key}: {HAIKU_TARGET}}}")),
-        ));
-        let state = State::open(&config.state_dir).unwrap();
-        let (report, _) = run_at(&config, &state, "reprice", now(), false).unwrap();
-        assert_haiku_priced(&db);
-        assert!(!report.summary.contains("matched none"), "{key}: {}", report.summary);
-    }
+    reprice_haiku_with_alias("anthropic/claude-3-5-haiku-20241022");
+    reprice_haiku_with_alias("claude-3-5-haiku-20241022");
 }
 
 #[test]
 fn an_alias_that_matches_no_row_or_names_no_price_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("requests.db");
-    apantli_with_missing_costs(&db, 300);
-    add_haiku_rows(&db, 12);
-    let config = write_config(
+    let (db, config) = haiku_gateway(
         dir.path(),
-        &db,
-        "apantli",
-        "",
-        &pricing_jobs(
-            &litellm_path(),
-            "aliases: {claude-haiku-3.5: claude-3-5-haiku-20241022, no-such-client-model: gpt-4o}",
-        ),
+        "aliases: {claude-haiku-3.5: claude-3-5-haiku-20241022, no-such-client-model: gpt-4o}",
     );
     // Through the binary, in a dry run and a real run: what a person reads.
     for dry_run in [true, false] {
@@ -709,39 +706,30 @@ fn an_alias_that_matches_no_row_or_names_no_price_is_reported() {
         if dry_run {
             args.push("--dry-run");
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-            .args(&args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (stdout, _) = caretaker(&config, &args);
         assert!(
             stdout.contains("1 of 2 aliases matched none of the ")
                 && stdout.contains("rows looked at: no-such-client-model ("),
             "dry run {dry_run}: {stdout}"
         );
         assert!(
-            stdout.contains(
-                "1 aliases name a model without a per-token price in "
-            ) && stdout.contains(": claude-haiku-3.5 -> claude-3-5-haiku-20241022"),
+            stdout.contains("1 aliases name a model without a per-token price in ")
+                && stdout.contains(": claude-haiku-3.5 -> claude-3-5-haiku-20241022"),
             "dry run {dry_run}: {stdout}"
         );
         if dry_run {
             assert!(
-                stdout.lines().any(|l| l
-                    .starts_with("alias no-such-client-model -> gpt-4o: matched none of the ")),
+                stdout
+                    .lines()
+                    .any(|l| l
+                        .starts_with("alias no-such-client-model -> gpt-4o: matched none of the ")),
                 "{stdout}"
             );
             assert!(
                 stdout
                     .lines()
-                    .any(|l| l == "alias claude-haiku-3.5 -> claude-3-5-haiku-20241022: matched 12 rows"),
+                    .any(|l| l
+                        == "alias claude-haiku-3.5 -> claude-3-5-haiku-20241022: matched 12 rows"),
                 "{stdout}"
             );
         }
@@ -818,7 +806,10 @@ fn every_documented_alias_names_a_priced_model_of_the_shipped_table() {
     let files: std::collections::BTreeSet<&str> =
         examples.iter().map(|(f, ..)| f.as_str()).collect();
     for must in ["jobs.example.yaml", "docs/jobs/pricing.md"] {
-        assert!(files.contains(must), "no aliases example found in {must}: {examples:?}");
+        assert!(
+            files.contains(must),
+            "no aliases example found in {must}: {examples:?}"
+        );
     }
     let broken: Vec<String> = examples
         .iter()
@@ -846,30 +837,8 @@ fn printed_figures(line: &str) -> Vec<(String, String)> {
 #[test]
 fn what_a_person_reads_has_no_negative_zero_no_float_noise_and_no_glued_first_line() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("requests.db");
-    apantli_with_missing_costs(&db, 400);
-    let config = write_config(
-        dir.path(),
-        &db,
-        "apantli",
-        "",
-        &pricing_jobs(&litellm_path(), ""),
-    );
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        );
-        assert!(out.status.success(), "{stdout}\n{stderr}");
-        (stdout, stderr)
-    };
+    let (_, config) = haiku_gateway(dir.path(), "");
+    let run = |args: &[&str]| caretaker(&config, args);
 
     // The dry run: the plan's lines each on their own, the prefix on the summary line.
     let (dry, _) = run(&["run-job", "reprice", "--dry-run"]);
@@ -892,7 +861,10 @@ fn what_a_person_reads_has_no_negative_zero_no_float_noise_and_no_glued_first_li
     let (done, stderr) = run(&["run-job", "reprice"]);
     let (nothing, _) = run(&["run-job", "reprice"]);
     for (what, line) in [("first run", done.trim()), ("second run", nothing.trim())] {
-        assert!(!line.contains("$-") && !line.contains("-$0.00"), "{what}: {line}");
+        assert!(
+            !line.contains("$-") && !line.contains("-$0.00"),
+            "{what}: {line}"
+        );
         for (name, value) in printed_figures(line) {
             assert!(value != "-0", "{what}: {name}=-0 in {line}");
             let digits = value.trim_start_matches('-').replace('.', "");
@@ -916,7 +888,11 @@ fn what_a_person_reads_has_no_negative_zero_no_float_noise_and_no_glued_first_li
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("no seconds= in the log: {stderr}"));
     assert!(
-        seconds.trim_start_matches("0.").trim_start_matches('0').len() <= 4,
+        seconds
+            .trim_start_matches("0.")
+            .trim_start_matches('0')
+            .len()
+            <= 4,
         "seconds={seconds} is not rounded for a person"
     );
 }

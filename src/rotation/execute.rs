@@ -553,7 +553,10 @@ impl ProcessId {
         let dir = Path::new("/proc").join(pid.as_raw_nonzero().to_string());
         let stat = fs::read_to_string(dir.join("stat")).ok()?;
         // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
-        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
         let zombie = matches!(*fields.first()?, "Z" | "X" | "x");
         let start_time = fields.get(19)?.parse().ok()?;
         let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
