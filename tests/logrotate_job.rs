@@ -420,4 +420,21 @@ fn a_notify_signal_that_kills_the_writer_fails_the_run_with_a_critical_alert() {
             .is_some_and(|b| b.contains("HUP stopped the writer")),
         "{alert}"
     );
+
+    let active = caretaker::alerts::active(&sb.state()).expect("alerts readable");
+    assert!(
+        active.iter().any(|k| k == "writer-stopped:logs"),
+        "{active:?}"
+    );
+
+    // What the docs advise for such a writer: copytruncate, no notify. Its next run resolves it.
+    write_logs_job(&sb, "method: copytruncate");
+    fs::write(logs.join("app.log"), "0\n").expect("write log");
+    let output = run_job(&sb, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let active = caretaker::alerts::active(&sb.state()).expect("alerts readable");
+    assert!(
+        !active.iter().any(|k| k == "writer-stopped:logs"),
+        "{active:?}"
+    );
 }

@@ -100,7 +100,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 ctx.job
             ),
         }));
-    } else if matches!(outcome.notify, Some(Ok(()))) {
+    } else if spec.notify.is_none() || matches!(outcome.notify, Some(Ok(()))) {
+        // The writer took our signal, or the job no longer signals it.
         ctx.alerts.push(AlertEvent::Resolve {
             key: stopped_key,
             job: Some(ctx.job.to_owned()),
