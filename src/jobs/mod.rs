@@ -283,9 +283,7 @@ impl Report {
         self.figures.push((name.to_string(), value));
         self
     }
-}
 
-impl Report {
     /// The summary and its figures on one line, the figures rounded for a person
     /// ([`crate::units::number`]); the state and the metrics keep them whole.
     pub fn summary_line(&self) -> String {
