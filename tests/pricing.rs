@@ -838,6 +838,13 @@ fn printed_figures(line: &str) -> Vec<(String, String)> {
 fn what_a_person_reads_has_no_negative_zero_no_float_noise_and_no_glued_first_line() {
     let dir = tempfile::tempdir().unwrap();
     let (_, config) = haiku_gateway(dir.path(), "");
+    let metrics = dir.path().join("metrics.prom");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("metrics_file: {}\n{text}", metrics.display()),
+    )
+    .unwrap();
     let run = |args: &[&str]| caretaker(&config, args);
 
     // The dry run: the plan's lines each on their own, the prefix on the summary line.
@@ -859,6 +866,23 @@ fn what_a_person_reads_has_no_negative_zero_no_float_noise_and_no_glued_first_li
 
     // A run that re-prices rows, then one that has nothing left to re-price.
     let (done, stderr) = run(&["run-job", "reprice"]);
+    // The metrics keep the figure whole; the printed line rounds it.
+    let printed: f64 = printed_figures(done.trim())
+        .into_iter()
+        .find(|(k, _)| k == "usd_after")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("no usd_after in {done}"));
+    let whole: f64 = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("name=\"usd_after\"") && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("no usd_after in {}", metrics.display()));
+    assert!(
+        whole != printed && (whole - printed).abs() <= 5e-4 * whole,
+        "metrics {whole}, printed {printed}"
+    );
     let (nothing, _) = run(&["run-job", "reprice"]);
     for (what, line) in [("first run", done.trim()), ("second run", nothing.trim())] {
         assert!(
