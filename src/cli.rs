@@ -216,8 +216,13 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
     }
     match outcome.result {
         runner::Result::Ok => {
+            // The plan's lines first, each on its own; the prefix goes on the summary line.
             let report = outcome.report.unwrap_or_default();
-            println!("{name}: {}{report}", if dry_run { "dry run: " } else { "" });
+            for line in &report.plan {
+                println!("{line}");
+            }
+            let prefix = if dry_run { "dry run: " } else { "" };
+            println!("{name}: {prefix}{}", report.summary_line());
             exit::OK
         }
         runner::Result::Failed(message) => {
@@ -320,6 +325,9 @@ fn status(path: &Path, json: bool) -> u8 {
     let tz = config.timezone;
     let fmt =
         |t: chrono::DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
+    // The zone heads the table it applies to, on a line of its own: as a last line it ran
+    // into whatever the terminal showed next.
+    println!("times in {tz}");
     println!(
         "{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}",
         "JOB", "KIND", "LAST RUN", "RESULT", "DURATION", "NEXT RUN"
@@ -342,7 +350,6 @@ fn status(path: &Path, json: bool) -> u8 {
             println!("    last error: {error}");
         }
     }
-    println!("times in {tz}");
     if !status.active_alerts.is_empty() {
         println!("active alerts: {}", status.active_alerts.join(", "));
     }

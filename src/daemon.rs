@@ -295,7 +295,22 @@ impl Daemon {
             };
             let _ = self.state.set_last_due(&name, at);
             if self.running.contains(&name) {
-                tracing::warn!(job = %name, due = %at, "skipped a scheduled run: the previous run is still going");
+                // A run that waits for another job's gateway lock has not started its work:
+                // say so, and whose lock it waits for.
+                match job
+                    .kind
+                    .touches_gateway()
+                    .then(|| crate::locks::gateway_holder(&config.state_dir))
+                    .flatten()
+                    .filter(|holder| *holder != name)
+                {
+                    Some(holder) => {
+                        tracing::warn!(job = %name, due = %at, "skipped a scheduled run: the previous run is still queued, waiting for the gateway lock held by job `{holder}`")
+                    }
+                    None => {
+                        tracing::warn!(job = %name, due = %at, "skipped a scheduled run: the previous run is still going")
+                    }
+                }
             } else {
                 self.spawn(&name, Trigger::Schedule(at));
             }

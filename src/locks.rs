@@ -4,6 +4,7 @@
 //! daemon) and vanish when a process dies, even by kill -9.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,16 +96,28 @@ pub fn try_job(state_dir: &Path, job: &str) -> anyhow::Result<Option<Held>> {
 }
 
 /// The gateway lock: waits for the job that holds it, but stops waiting when told to stop.
-pub fn gateway(state_dir: &Path, stop: &Stop) -> anyhow::Result<Result<Held, Stopped>> {
-    let file = open(&lock_path(state_dir, "gateway"))?;
+///
+/// Once held, the lock file names `job`, so that a run waiting for it (and the daemon, about a
+/// run still waiting) can say whose lock it waits for. The name is only a label: the `flock`
+/// is the lock.
+pub fn gateway(state_dir: &Path, job: &str, stop: &Stop) -> anyhow::Result<Result<Held, Stopped>> {
+    let path = lock_path(state_dir, "gateway");
+    let file = open(&path)?;
     let mut told = false;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(Ok(Held(file))),
+            Ok(()) => {
+                // Best effort: a label that could not be written only makes a message vaguer.
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| file.write_all_at(job.as_bytes(), 0));
+                return Ok(Ok(Held(file)));
+            }
             Err(TryLockError::WouldBlock) => {
                 if !told {
                     tracing::info!(
-                        "waiting for the gateway lock: another job is working on the gateway database"
+                        "waiting for the gateway lock held by {}: another job is working on the gateway database",
+                        describe_holder(gateway_holder(state_dir))
                     );
                     told = true;
                 }
@@ -117,4 +130,21 @@ pub fn gateway(state_dir: &Path, stop: &Stop) -> anyhow::Result<Result<Held, Sto
             Err(TryLockError::Error(e)) => return Err(e).context("taking the gateway lock"),
         }
     }
+}
+
+/// The job named in the gateway lock file: the holder while the lock is held, else the last
+/// one that held it.
+pub fn gateway_holder(state_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(lock_path(state_dir, "gateway"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+/// `job `nightly``, or `another process` when the holder left no name.
+pub fn describe_holder(holder: Option<String>) -> String {
+    holder.map_or_else(
+        || "another process".to_owned(),
+        |job| format!("job `{job}`"),
+    )
 }

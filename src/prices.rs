@@ -188,39 +188,87 @@ impl PriceTable {
         self.models.values().filter(|p| p.is_some()).count()
     }
 
-    /// Finds the price of `model`, returning the table key that matched.
-    ///
-    /// Names are tried in this order, and the first name the table contains decides (if that
-    /// entry has no per-token price, the answer is `None`):
-    /// 1. `aliases[model]`, then that target without its leading `provider/` segments, one
-    ///    at a time. An alias is the operator's explicit word, so it beats the table's own
-    ///    entry of the same name; an alias whose target is missing falls through to step 2.
-    /// 2. `model` as given.
-    /// 3. `model` without its first `provider/` segment (`openai/gpt-4o` → `gpt-4o`), again
-    ///    first through `aliases`, then as is; repeated for each further segment
-    ///    (`openrouter/openai/gpt-4o` → `openai/gpt-4o` → `gpt-4o`).
-    ///
-    /// Table keys are never stripped: a bare `gpt-4o` would match `azure/gpt-4o`,
-    /// `github_copilot/gpt-4o` and others, which price differently.
+    /// Finds the price of `model`, returning the table key that matched: [`PriceTable::lookup_row`]
+    /// for a row that carries one name.
     pub fn lookup(
         &self,
         model: &str,
         aliases: &BTreeMap<String, String>,
     ) -> Option<(&str, &ModelPrice)> {
-        for name in with_prefixes_stripped(model) {
-            if let Some(target) = aliases.get(name) {
-                for candidate in with_prefixes_stripped(target) {
-                    if let Some((key, price)) = self.models.get_key_value(candidate) {
-                        return price.as_ref().map(|p| (key.as_str(), p));
-                    }
-                }
-            }
-            if let Some((key, price)) = self.models.get_key_value(name) {
-                return price.as_ref().map(|p| (key.as_str(), p));
-            }
-        }
-        None
+        self.lookup_row(&[model], aliases)
     }
+
+    /// Finds the price of a row that carries the model names `names`, the name to price it by
+    /// first (Apantli: `request_data`'s model, the provider's name), then the others (Apantli:
+    /// the `model` column, the client's name). Returns the table key that matched.
+    ///
+    /// Names are tried in this order, and the first name the table contains decides (if that
+    /// entry has no per-token price, the answer is `None`):
+    /// 1. `aliases[name]` for each name exactly as the row carries it. An alias is the
+    ///    operator's explicit word, so it beats the table's own entries; its target is tried
+    ///    as given, then without its leading `provider/` segments, one at a time; an alias
+    ///    whose target is missing falls through.
+    /// 2. The first name, then without its first `provider/` segment (`openai/gpt-4o` →
+    ///    `gpt-4o`), and so on for each further segment (`openrouter/openai/gpt-4o` →
+    ///    `openai/gpt-4o` → `gpt-4o`): each first through `aliases`, then in the table.
+    /// 3. The other names without their `provider/` segments, through `aliases` only: a
+    ///    client's name is not the provider's, so it is never looked up in the table.
+    ///
+    /// Table keys are never stripped: a bare `gpt-4o` would match `azure/gpt-4o`,
+    /// `github_copilot/gpt-4o` and others, which price differently.
+    pub fn lookup_row(
+        &self,
+        names: &[&str],
+        aliases: &BTreeMap<String, String>,
+    ) -> Option<(&str, &ModelPrice)> {
+        let entry = |name: &str| {
+            self.models
+                .get_key_value(name)
+                .map(|(key, price)| price.as_ref().map(|p| (key.as_str(), p)))
+        };
+        let via_alias = |name: &str| {
+            aliases
+                .get(name)
+                .and_then(|target| with_prefixes_stripped(target).find_map(entry))
+        };
+        let (first, others) = names.split_first()?;
+        let found = names
+            .iter()
+            .find_map(|name| via_alias(name))
+            .or_else(|| {
+                with_prefixes_stripped(first)
+                    .find_map(|name| via_alias(name).or_else(|| entry(name)))
+            })
+            .or_else(|| {
+                others
+                    .iter()
+                    .flat_map(|name| with_prefixes_stripped(name).skip(1))
+                    .find_map(via_alias)
+            });
+        found.flatten()
+    }
+
+    /// Whether `target` (an alias's right-hand side) names a model with a per-token price,
+    /// as [`PriceTable::lookup_row`] resolves it.
+    pub fn prices_alias_target(&self, target: &str) -> bool {
+        with_prefixes_stripped(target)
+            .find_map(|name| self.models.get(name))
+            .is_some_and(Option::is_some)
+    }
+}
+
+/// The `aliases` keys that match a row carrying `names`: each name as given and without its
+/// `provider/` segments, as [`PriceTable::lookup_row`] tries them. Each key once.
+pub fn aliases_matching<'a>(names: &[&str], aliases: &'a BTreeMap<String, String>) -> Vec<&'a str> {
+    let mut keys: Vec<&'a str> = Vec::new();
+    for form in names.iter().flat_map(|name| with_prefixes_stripped(name)) {
+        if let Some((key, _)) = aliases.get_key_value(form)
+            && !keys.contains(&key.as_str())
+        {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// `a/b/c`, `b/c`, `c`.
@@ -1232,6 +1280,53 @@ mod tests {
         // An alias to a missing model falls through to the name itself.
         let broken = aliases(&[("gpt-4o", "gpt-4o-retired")]);
         assert_eq!(key("gpt-4o", &broken).as_deref(), Some("gpt-4o"));
+    }
+
+    #[test]
+    fn a_row_with_two_names_is_matched_by_an_alias_of_either() {
+        let table = real_table();
+        let key = |names: &[&str], aliases: &BTreeMap<String, String>| {
+            table.lookup_row(names, aliases).map(|(k, _)| k.to_owned())
+        };
+        let haiku = "anthropic.claude-3-5-haiku-20241022-v1:0";
+        // Apantli: request_data's model first (retired from the table), the column second.
+        let row = ["anthropic/claude-3-5-haiku-20241022", "claude-haiku-3.5"];
+        assert_eq!(key(&row, &no_aliases()), None);
+        for alias in [
+            "claude-haiku-3.5",
+            "anthropic/claude-3-5-haiku-20241022",
+            "claude-3-5-haiku-20241022",
+        ] {
+            let a = aliases(&[(alias, haiku)]);
+            assert_eq!(key(&row, &a).as_deref(), Some(haiku), "{alias}");
+            assert_eq!(aliases_matching(&row, &a), [alias], "{alias}");
+        }
+        // The column's exact name beats the table's price of request_data's model ...
+        let row = ["openai/gpt-4o", "cheap"];
+        let a = aliases(&[("cheap", "gpt-4o-mini")]);
+        assert_eq!(key(&row, &a).as_deref(), Some("gpt-4o-mini"));
+        // ... but the column itself is never looked up in the table.
+        assert_eq!(key(&["mystery/x", "gpt-4o"], &no_aliases()), None);
+        // An alias of the column's stripped form comes after the provider's name.
+        let a = aliases(&[("gpt-4o", "gpt-4o-mini")]);
+        assert_eq!(
+            key(&["azure/gpt-4o", "team/gpt-4o"], &a).as_deref(),
+            Some("azure/gpt-4o")
+        );
+        assert_eq!(
+            key(&["mystery/x", "team/gpt-4o"], &a).as_deref(),
+            Some("gpt-4o-mini")
+        );
+        // Each matching key once, whichever names match it.
+        let both = aliases(&[("gpt-4o", "gpt-4o-mini"), ("unused", "gpt-4o")]);
+        assert_eq!(
+            aliases_matching(&["openai/gpt-4o", "gpt-4o"], &both),
+            ["gpt-4o"]
+        );
+        assert!(table.prices_alias_target(haiku));
+        assert!(table.prices_alias_target("anthropic/claude-sonnet-4-5"));
+        assert!(!table.prices_alias_target("claude-3-5-haiku-20241022"));
+        assert!(!table.prices_alias_target("openai/container"));
     }
 
     #[test]

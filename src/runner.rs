@@ -87,7 +87,7 @@ pub fn run(
     };
     let stop = Stop::new(shutdown, job.timeout);
     let _gateway_lock = if job.kind.touches_gateway() {
-        match locks::gateway(&config.state_dir, &stop) {
+        match locks::gateway(&config.state_dir, &job.name, &stop) {
             Ok(Ok(held)) => Some(held),
             // Shutting down while waiting is no fault; a timeout spent waiting is: the job did
             // not run when it should have, and the operator hears of it.
@@ -145,7 +145,8 @@ pub fn run(
     let failure_key = format!("job-failed:{}", job.name);
     match result {
         Ok(report) => {
-            tracing::info!(job = %job.name, seconds, summary = %report, "job succeeded");
+            // Rounded for the reader; the state and the metrics keep the whole figures.
+            tracing::info!(job = %job.name, seconds = %crate::units::number(seconds), summary = %report.summary_line(), "job succeeded");
             if !dry_run {
                 events.push(AlertEvent::Resolve {
                     key: failure_key,
@@ -251,7 +252,7 @@ fn failed(
     // Errors can quote what the gateway stored (a model name), API keys included.
     let message = redact::api_keys(&message).into_owned();
     let seconds = started.elapsed().as_secs_f64();
-    tracing::error!(job = %job.name, seconds, error = %message, "job failed");
+    tracing::error!(job = %job.name, seconds = %crate::units::number(seconds), error = %message, "job failed");
     let run_id = match run_id {
         None if !dry_run => state
             .run_started(&job.name, &trigger.to_string(), Utc::now())

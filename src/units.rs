@@ -1,4 +1,4 @@
-//! Value types of the jobs file: sizes (`512MB`, `5GiB`), durations (`90s`, `2w`) and shares (`75%`).
+//! Value types of the jobs file (sizes `512MB`, durations `2w`, shares `75%`) and the numbers and dollars a person reads.
 //!
 //! Each parser takes the text exactly as written in YAML and returns an error that says what
 //! was wrong and what is accepted, so the configuration loader can prefix it with the file,
@@ -118,6 +118,67 @@ pub fn parse_share(text: &str) -> Result<f64, String> {
     Ok(percent / 100.0)
 }
 
+/// `v` rounded to `digits` significant digits (never fewer than its integer part has), with
+/// trailing zeros trimmed down to `min_decimals` decimals, and no negative zero.
+fn significant(v: f64, digits: i32, min_decimals: usize) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    let magnitude = if v == 0.0 {
+        0
+    } else {
+        v.abs().log10().floor() as i32
+    };
+    let decimals = usize::try_from(digits - 1 - magnitude)
+        .unwrap_or(0)
+        .max(min_decimals);
+    let mut text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        let keep = text.find('.').map_or(0, |dot| dot + 1 + min_decimals);
+        while text.len() > keep && text.ends_with('0') {
+            text.pop();
+        }
+        if text.ends_with('.') {
+            text.pop();
+        }
+    }
+    // `-0.0`, or a tiny negative rounded away, reads as zero.
+    if text.starts_with('-') && text[1..].chars().all(|c| c == '0' || c == '.') {
+        text.remove(0);
+    }
+    text
+}
+
+/// A figure as a person reads it in a summary: 4 significant digits (`0.142035681` → `0.142`,
+/// `0.7834000000000001` → `0.7834`), whole numbers as they are, never `-0`. The state
+/// database, `status --json` and the metrics file keep the full value.
+pub fn number(v: f64) -> String {
+    significant(v, 4, 0)
+}
+
+/// An amount of US dollars as a person reads it: cents from $1 up (`$1834.22`), 3
+/// significant digits below (`$0.783`, `$0.00412`), never fewer than 2 decimals, never `$-0`.
+pub fn usd(v: f64) -> String {
+    let digits = if v.abs() >= 1.0 {
+        format!("{:.2}", v.abs())
+    } else {
+        significant(v.abs(), 3, 2)
+    };
+    let zero = digits.chars().all(|c| c == '0' || c == '.');
+    let sign = if v < 0.0 && !zero { "-" } else { "" };
+    format!("{sign}${digits}")
+}
+
+/// A change in US dollars: [`usd`] with its sign, `+$0.00` for none.
+pub fn usd_change(v: f64) -> String {
+    let amount = usd(v);
+    if amount.starts_with('-') {
+        amount
+    } else {
+        format!("+{amount}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +278,44 @@ mod tests {
             assert!(err.contains(want), "{text}: {err}");
             assert!(err.contains("expected"), "{err}");
         }
+    }
+
+    #[test]
+    fn numbers_and_money_read_as_a_person_needs_them() {
+        let numbers: &[(f64, &str)] = &[
+            (0.0, "0"),
+            (-0.0, "0"),
+            (-1e-13, "-0.0000000000001"),
+            (0.142035681, "0.142"),
+            (0.7834000000000001, "0.7834"),
+            (3.0, "3"),
+            (12.3456, "12.35"),
+            (1834.2157, "1834"),
+            (123_456_789.0, "123456789"),
+            (0.00342, "0.00342"),
+            (-2.5, "-2.5"),
+        ];
+        for &(v, want) in numbers {
+            assert_eq!(number(v), want, "{v:?}");
+        }
+        let money: &[(f64, &str)] = &[
+            (0.0, "$0.00"),
+            (-0.0, "$0.00"),
+            (-1e-9, "-$0.000000001"),
+            (0.5, "$0.50"),
+            (0.7834000000000001, "$0.783"),
+            (0.0035, "$0.0035"),
+            (0.00412, "$0.00412"),
+            (6.410221, "$6.41"),
+            (1834.2157, "$1834.22"),
+            (-0.42, "-$0.42"),
+        ];
+        for &(v, want) in money {
+            assert_eq!(usd(v), want, "{v:?}");
+        }
+        assert_eq!(usd_change(0.0), "+$0.00");
+        assert_eq!(usd_change(-0.0), "+$0.00");
+        assert_eq!(usd_change(6.410221), "+$6.41");
+        assert_eq!(usd_change(-0.42), "-$0.42");
     }
 }

@@ -25,11 +25,16 @@ struct Writer {
 
 impl Writer {
     fn spawn(log: &Path, pid_file: &Path) -> Self {
+        Self::spawn_with(log, pid_file, &[])
+    }
+
+    fn spawn_with(log: &Path, pid_file: &Path, options: &[&str]) -> Self {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/log_writer.py");
         let child = Command::new("python3")
             .arg(script)
             .arg(log)
             .arg(pid_file)
+            .args(options)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs");
@@ -370,4 +375,66 @@ fn a_log_keeps_its_state_however_the_jobs_file_is_named() {
     assert!(shown.contains("recorded 0 first seen"), "{shown}");
     let saved = saved_state(&sb);
     assert_eq!(saved.keys().collect::<Vec<_>>(), [&app]);
+}
+
+#[test]
+fn a_notify_signal_that_kills_the_writer_fails_the_run_with_a_critical_alert() {
+    let sb = Sandbox::new();
+    write_logs_job(
+        &sb,
+        "method: create, notify: {pid_file: logs/writer.pid, signal: HUP}",
+    );
+    let logs = sb.path("logs");
+    // A writer without a SIGHUP handler, as Apantli under uvicorn: HUP kills it.
+    let mut writer = Writer::spawn_with(
+        &logs.join("app.log"),
+        &logs.join("writer.pid"),
+        &["--dies-on-hup"],
+    );
+    writer.wait_writing(4096);
+
+    let output = run_job(&sb, &[]);
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(1), "the run must fail: {shown}");
+    assert!(
+        shown.contains("HUP stopped the writer: process"),
+        "the failure says the signal stopped the writer: {shown}"
+    );
+    let died = writer.child.wait().expect("the writer is our child");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&died),
+        Some(1),
+        "the writer died of SIGHUP: {died:?}"
+    );
+    // run-job delivers what the run raised before it exits: one JSON line per message.
+    let alert = sb
+        .alerts()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("an alert line is JSON"))
+        .find(|a| a["key"] == "writer-stopped:logs")
+        .unwrap_or_else(|| panic!("no writer-stopped alert: {}", sb.alerts()));
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    assert!(
+        alert["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("HUP stopped the writer")),
+        "{alert}"
+    );
+
+    let active = caretaker::alerts::active(&sb.state()).expect("alerts readable");
+    assert!(
+        active.iter().any(|k| k == "writer-stopped:logs"),
+        "{active:?}"
+    );
+
+    // What the docs advise for such a writer: copytruncate, no notify. Its next run resolves it.
+    write_logs_job(&sb, "method: copytruncate");
+    fs::write(logs.join("app.log"), "0\n").expect("write log");
+    let output = run_job(&sb, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let active = caretaker::alerts::active(&sb.state()).expect("alerts readable");
+    assert!(
+        !active.iter().any(|k| k == "writer-stopped:logs"),
+        "{active:?}"
+    );
 }

@@ -28,6 +28,24 @@ fn now() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 11, 1, 12, 0, 0).unwrap()
 }
 
+/// Runs the real binary with `args` and `--config config`, logging at info; asserts that it
+/// succeeded and returns its stdout and stderr.
+fn caretaker(config: &Path, args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 /// (id, cost) of every Apantli row.
 fn apantli_costs(db: &Path) -> BTreeMap<i64, Option<f64>> {
     let conn = Connection::open(db).unwrap();
@@ -311,17 +329,7 @@ fn dry_run_lists_the_changes_and_their_total_and_changes_nothing() {
         "",
         &pricing_jobs(&litellm_path(), ""),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-        .args(["run-job", "reprice", "--dry-run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = caretaker(&config, &["run-job", "reprice", "--dry-run"]);
     assert_eq!(apantli_costs(&db), before, "a dry run changes nothing");
     assert!(
         stdout
@@ -574,5 +582,341 @@ fn the_bobamixer_gateway_meets_our_write_lock_less_than_one_percent_of_the_time(
     assert!(
         failed <= 3 + attempted / 50,
         "the gateway lost more rows than the lock share explains: {sim}"
+    );
+}
+
+/// Apantli rows as the real gateway logs a client's alias: the `model` column holds the
+/// client's name (`claude-haiku-3.5`), `request_data` the provider's
+/// (`anthropic/claude-3-5-haiku-20241022`, a model LiteLLM's table no longer lists). Cost NULL.
+fn add_haiku_rows(db: &Path, n: i64) {
+    let conn = Connection::open(db).unwrap();
+    for i in 0..n {
+        conn.execute(
+            "INSERT INTO requests (timestamp, model, provider, prompt_tokens, completion_tokens, \
+             total_tokens, cost, duration_ms, request_data, response_data, error) \
+             VALUES ('2025-11-01T10:00:00Z', 'claude-haiku-3.5', 'anthropic', ?1, ?2, ?1 + ?2, NULL, 700, ?3, ?4, NULL)",
+            params![
+                1_000 + i,
+                200 + i,
+                r#"{"model": "anthropic/claude-3-5-haiku-20241022", "messages": []}"#,
+                format!(
+                    r#"{{"usage": {{"prompt_tokens": {}, "completion_tokens": {}}}}}"#,
+                    1_000 + i,
+                    200 + i
+                )
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// (cost, prompt tokens, completion tokens) of the haiku rows.
+fn haiku_costs(db: &Path) -> Vec<(Option<f64>, u64, u64)> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT cost, prompt_tokens, completion_tokens FROM requests WHERE model = 'claude-haiku-3.5' ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// The target the docs use for Claude 3.5 Haiku: its Bedrock entry, at the same rates.
+const HAIKU_TARGET: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
+
+fn assert_haiku_priced(db: &Path) {
+    let table = litellm();
+    let rows = haiku_costs(db);
+    assert_eq!(rows.len(), 12);
+    for (cost, prompt, completion) in rows {
+        let (input, output) = litellm_cost(&table, HAIKU_TARGET, prompt, completion, 0, 0)
+            .expect("the target is in LiteLLM's table");
+        let cost = cost.unwrap_or_else(|| panic!("a haiku row ({prompt} tokens) is unpriced"));
+        assert!(close(cost, input + output), "{cost} != {}", input + output);
+    }
+}
+
+/// A sample Apantli database in `dir` with 12 haiku rows, and a jobs file whose pricing job
+/// has `aliases` (a YAML flow mapping item); returns the database and the jobs file.
+fn haiku_gateway(dir: &Path, aliases: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let db = dir.join("requests.db");
+    apantli_with_missing_costs(&db, 300);
+    add_haiku_rows(&db, 12);
+    let config = write_config(
+        dir,
+        &db,
+        "apantli",
+        "",
+        &pricing_jobs(&litellm_path(), aliases),
+    );
+    (db, config)
+}
+
+/// Re-prices a sample Apantli database with haiku rows under `aliases: {key: HAIKU_TARGET}`,
+/// checks that every haiku row got the target's price, and returns the run's summary.
+fn reprice_haiku_with_alias(key: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, config) = haiku_gateway(dir.path(), &format!("aliases: {{{key}: {HAIKU_TARGET}}}"));
+    let config = load(&config);
+    let state = State::open(&config.state_dir).unwrap();
+    let (report, _) = run_at(&config, &state, "reprice", now(), false).unwrap();
+    assert_haiku_priced(&db);
+    assert!(
+        !report.summary.contains("matched none"),
+        "{key}: {}",
+        report.summary
+    );
+    report.summary
+}
+
+#[test]
+fn an_alias_keyed_by_the_clients_model_name_reprices_apantli_rows() {
+    // The `model` column's name, as the real Apantli writes it.
+    let summary = reprice_haiku_with_alias("claude-haiku-3.5");
+    assert!(
+        !summary.contains("anthropic/claude-3-5-haiku-20241022 ("),
+        "the haiku rows are not unpriced any more: {summary}"
+    );
+}
+
+#[test]
+fn an_alias_keyed_by_the_payloads_model_name_reprices_apantli_rows() {
+    // Keyed by request_data's model, with and without its provider prefix.
+    reprice_haiku_with_alias("anthropic/claude-3-5-haiku-20241022");
+    reprice_haiku_with_alias("claude-3-5-haiku-20241022");
+}
+
+#[test]
+fn an_alias_that_matches_no_row_or_names_no_price_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, config) = haiku_gateway(
+        dir.path(),
+        "aliases: {claude-haiku-3.5: claude-3-5-haiku-20241022, no-such-client-model: gpt-4o}",
+    );
+    // Through the binary, in a dry run and a real run: what a person reads.
+    for dry_run in [true, false] {
+        let mut args = vec!["run-job", "reprice"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let (stdout, _) = caretaker(&config, &args);
+        assert!(
+            stdout.contains("1 of 2 aliases matched none of the ")
+                && stdout.contains("rows looked at: no-such-client-model ("),
+            "dry run {dry_run}: {stdout}"
+        );
+        assert!(
+            stdout.contains("1 aliases name a model without a per-token price in ")
+                && stdout.contains(": claude-haiku-3.5 -> claude-3-5-haiku-20241022"),
+            "dry run {dry_run}: {stdout}"
+        );
+        if dry_run {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l
+                        .starts_with("alias no-such-client-model -> gpt-4o: matched none of the ")),
+                "{stdout}"
+            );
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l
+                        == "alias claude-haiku-3.5 -> claude-3-5-haiku-20241022: matched 12 rows"),
+                "{stdout}"
+            );
+        }
+    }
+    // The retired target priced nothing: the rows keep their cost.
+    assert!(haiku_costs(&db).iter().all(|(cost, _, _)| cost.is_none()));
+}
+
+/// Every `aliases:` example the operator may copy (jobs.example.yaml, README.md, docs/**.md
+/// and the demo's jobs file), as (file, line, alias, target). Flow mappings on the line
+/// (`aliases: {a: b, c: d}`) and block mappings below it are both read.
+fn documented_aliases() -> Vec<(String, usize, String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![
+        root.join("jobs.example.yaml"),
+        root.join("README.md"),
+        root.join("src/demo.rs"),
+    ];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                files.push(path);
+            }
+        }
+    }
+    let pair = |text: &str| -> Option<(String, String)> {
+        let (k, v) = text.split_once(": ")?;
+        let clean = |s: &str| s.trim().trim_matches(['"', '\'']).to_string();
+        Some((clean(k), clean(v.split(" #").next().unwrap_or(v))))
+    };
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.strip_prefix(root).unwrap().display().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            // Only YAML: `aliases:` followed by a mapping, not prose or Rust that names the key.
+            let Some(at) = line.find("aliases:") else {
+                continue;
+            };
+            let rest = line[at + "aliases:".len()..].trim();
+            if let Some(flow) = rest.strip_prefix('{') {
+                let body = flow.split('}').next().unwrap();
+                for item in body.split(',').filter(|s| !s.trim().is_empty()) {
+                    let (k, v) = pair(item)
+                        .unwrap_or_else(|| panic!("{name}:{}: cannot read `{item}`", i + 1));
+                    found.push((name.clone(), i + 1, k, v));
+                }
+            } else if rest.is_empty() || rest.starts_with('#') {
+                let indent = line.len() - line.trim_start().len();
+                for (j, below) in lines.iter().enumerate().skip(i + 1) {
+                    let deeper = below.len() - below.trim_start().len() > indent;
+                    if below.trim().is_empty() || !deeper {
+                        break;
+                    }
+                    if let Some((k, v)) = pair(below.trim_start().trim_start_matches("#: ")) {
+                        found.push((name.clone(), j + 1, k, v));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_documented_alias_names_a_priced_model_of_the_shipped_table() {
+    let table = caretaker::prices::PriceTable::load(&litellm_path()).unwrap();
+    let examples = documented_aliases();
+    let files: std::collections::BTreeSet<&str> =
+        examples.iter().map(|(f, ..)| f.as_str()).collect();
+    for must in ["jobs.example.yaml", "docs/jobs/pricing.md"] {
+        assert!(
+            files.contains(must),
+            "no aliases example found in {must}: {examples:?}"
+        );
+    }
+    let broken: Vec<String> = examples
+        .iter()
+        .filter(|(.., target)| !table.prices_alias_target(target))
+        .map(|(file, line, alias, target)| format!("{file}:{line}: {alias} -> {target}"))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "aliases whose target has no per-token price in {}:\n{}",
+        litellm_path().display(),
+        broken.join("\n")
+    );
+}
+
+/// Every `name=value` figure printed after a summary, parsed.
+fn printed_figures(line: &str) -> Vec<(String, String)> {
+    let start = line.rfind(" (").expect("figures after the summary") + 2;
+    line[start..line.len() - 1]
+        .split(' ')
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn what_a_person_reads_has_no_negative_zero_no_float_noise_and_no_glued_first_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, config) = haiku_gateway(dir.path(), "");
+    let metrics = dir.path().join("metrics.prom");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("metrics_file: {}\n{text}", metrics.display()),
+    )
+    .unwrap();
+    let run = |args: &[&str]| caretaker(&config, args);
+
+    // The dry run: the plan's lines each on their own, the prefix on the summary line.
+    let (dry, _) = run(&["run-job", "reprice", "--dry-run"]);
+    let first = dry.lines().next().unwrap();
+    assert!(
+        first.starts_with("model ") && !first.contains("dry run"),
+        "the first line is the plan's own: {dry}"
+    );
+    let summary = dry
+        .lines()
+        .find(|l| l.starts_with("reprice: dry run: "))
+        .unwrap_or_else(|| panic!("no prefixed summary line: {dry}"));
+    assert!(
+        summary.starts_with("reprice: dry run: would re-price "),
+        "{summary}"
+    );
+    assert_eq!(dry.lines().last(), Some(summary), "{dry}");
+
+    // A run that re-prices rows, then one that has nothing left to re-price.
+    let (done, stderr) = run(&["run-job", "reprice"]);
+    // The metrics keep the figure whole; the printed line rounds it.
+    let printed: f64 = printed_figures(done.trim())
+        .into_iter()
+        .find(|(k, _)| k == "usd_after")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("no usd_after in {done}"));
+    let whole: f64 = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("name=\"usd_after\"") && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("no usd_after in {}", metrics.display()));
+    assert!(
+        whole != printed && (whole - printed).abs() <= 5e-4 * whole,
+        "metrics {whole}, printed {printed}"
+    );
+    let (nothing, _) = run(&["run-job", "reprice"]);
+    for (what, line) in [("first run", done.trim()), ("second run", nothing.trim())] {
+        assert!(
+            !line.contains("$-") && !line.contains("-$0.00"),
+            "{what}: {line}"
+        );
+        for (name, value) in printed_figures(line) {
+            assert!(value != "-0", "{what}: {name}=-0 in {line}");
+            let digits = value.trim_start_matches('-').replace('.', "");
+            let significant = digits.trim_start_matches('0').len();
+            assert!(
+                significant <= 4 || !value.contains('.'),
+                "{what}: {name}={value} is not rounded for a person: {line}"
+            );
+        }
+    }
+    assert!(
+        nothing.contains("re-priced 0 rows from ")
+            && nothing.contains(": $0.00 -> $0.00 (+$0.00); "),
+        "{nothing}"
+    );
+    assert!(nothing.contains(" usd_before=0 usd_after=0 "), "{nothing}");
+    // The run's log line: its duration rounded too.
+    let seconds = stderr
+        .split("seconds=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no seconds= in the log: {stderr}"));
+    assert!(
+        seconds
+            .trim_start_matches("0.")
+            .trim_start_matches('0')
+            .len()
+            <= 4,
+        "seconds={seconds} is not rounded for a person"
     );
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::{Context, Report};
+use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::Checks;
 use crate::rotation::{self, Action, FileState, Outcome, Plan, RotateConfig, RotateSpec};
 
@@ -86,7 +87,31 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     if let Some(Err(e)) = &outcome.notify {
         errors.push(format!("notifying the writer: {e}"));
     }
+    let stopped_key = format!("writer-stopped:{}", ctx.job);
+    if let Some(what) = &outcome.writer_stopped {
+        // The gateway is down: this is not one more failed rotation.
+        ctx.alerts.push(AlertEvent::Raise(Alert {
+            key: stopped_key,
+            severity: Severity::Critical,
+            job: Some(ctx.job.to_owned()),
+            what: "the notify signal stopped the log writer".into(),
+            body: format!(
+                "The logrotate job `{}` rotated its logs and signalled the writer, and the signal stopped it:\n\n{what}\n\nThe process is not running now. Start it again, then change `notify` (or `method: copytruncate`) as docs/jobs/logrotate.md describes for your gateway.",
+                ctx.job
+            ),
+        }));
+    } else if spec.notify.is_none() || matches!(outcome.notify, Some(Ok(()))) {
+        // The writer took our signal, or the job no longer signals it.
+        ctx.alerts.push(AlertEvent::Resolve {
+            key: stopped_key,
+            job: Some(ctx.job.to_owned()),
+            what: "the notify signal stopped the log writer".into(),
+        });
+    }
     let mut summary = figures.summary();
+    if outcome.writer_stopped.is_some() {
+        summary.insert_str(0, "the notify signal stopped the log writer; ");
+    }
     if let Some(note) = state_note {
         summary.push_str("; ");
         summary.push_str(&note);

@@ -283,6 +283,21 @@ impl Report {
         self.figures.push((name.to_string(), value));
         self
     }
+
+    /// The summary and its figures on one line, the figures rounded for a person
+    /// ([`crate::units::number`]); the state and the metrics keep them whole.
+    pub fn summary_line(&self) -> String {
+        let mut line = self.summary.clone();
+        if !self.figures.is_empty() {
+            let figures: Vec<String> = self
+                .figures
+                .iter()
+                .map(|(k, v)| format!("{k}={}", crate::units::number(*v)))
+                .collect();
+            line.push_str(&format!(" ({})", figures.join(" ")));
+        }
+        line
+    }
 }
 
 impl fmt::Display for Report {
@@ -290,15 +305,6 @@ impl fmt::Display for Report {
         for line in &self.plan {
             writeln!(f, "{line}")?;
         }
-        write!(f, "{}", self.summary)?;
-        if !self.figures.is_empty() {
-            let figures: Vec<String> = self
-                .figures
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            write!(f, " ({})", figures.join(" "))?;
-        }
-        Ok(())
+        f.write_str(&self.summary_line())
     }
 }

@@ -23,6 +23,7 @@ use crate::gateway::{CostColumns, Gateway, Preset};
 // Label values in figure names are quoted as in the metrics file.
 use crate::metrics::escape_label as label;
 use crate::prices::{self, PriceTable, Usage};
+use crate::units::{usd, usd_change};
 use crate::writelock::{HOLD_LIMIT, Pacer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -155,6 +156,9 @@ impl Stored {
 pub struct Candidate {
     pub rowid: i64,
     pub model: String,
+    /// The gateway's model column when it differs from `model` (Apantli: the client's name,
+    /// `claude-haiku-3.5`, while `model` is the provider's): `aliases` match it too.
+    pub column: Option<String>,
     pub usage: Usage,
     pub old: Stored,
 }
@@ -186,6 +190,9 @@ pub struct Plan {
     pub unpriced: BTreeMap<String, u64>,
     /// Candidates whose recomputed cost equals their cost.
     pub unchanged: u64,
+    /// Candidates matched by each `aliases` key (one of the row's names, as given or without
+    /// provider prefixes, is the key); a key missing here matched no row.
+    pub alias_rows: BTreeMap<String, u64>,
 }
 
 impl Plan {
@@ -202,6 +209,9 @@ impl Plan {
             *self.unpriced.entry(model).or_default() += n;
         }
         self.unchanged += other.unchanged;
+        for (alias, n) in other.alias_rows {
+            *self.alias_rows.entry(alias).or_default() += n;
+        }
     }
 }
 
@@ -223,7 +233,14 @@ pub fn plan(
 ) -> Plan {
     let mut plan = Plan::default();
     for c in candidates {
-        let Some((_, price)) = table.lookup(&c.model, aliases) else {
+        let names: &[&str] = match &c.column {
+            Some(column) => &[&c.model, column],
+            None => &[&c.model],
+        };
+        for alias in prices::aliases_matching(names, aliases) {
+            *plan.alias_rows.entry(alias.to_owned()).or_default() += 1;
+        }
+        let Some((_, price)) = table.lookup_row(names, aliases) else {
             *plan.unpriced.entry(c.model.clone()).or_default() += 1;
             continue;
         };
@@ -506,9 +523,12 @@ impl RawRow {
     /// Apantli rows are keyed by `request_data`'s model and carry cache tokens in
     /// `response_data`; other gateways give the model and two token counts.
     fn candidate(self, preset: Preset) -> Candidate {
-        let (model, usage) = if preset == Preset::Apantli {
+        let (model, column, usage) = if preset == Preset::Apantli {
+            let key = apantli_key(&self.model, self.request_data.as_deref());
+            let column = (key != self.model).then_some(self.model);
             (
-                apantli_key(&self.model, self.request_data.as_deref()),
+                key,
+                column,
                 apantli_usage(
                     self.input_tokens,
                     self.output_tokens,
@@ -518,6 +538,7 @@ impl RawRow {
         } else {
             (
                 self.model,
+                None,
                 Usage {
                     input_tokens: self.input_tokens,
                     output_tokens: self.output_tokens,
@@ -528,6 +549,7 @@ impl RawRow {
         Candidate {
             rowid: self.rowid,
             model,
+            column,
             usage,
             old: self.old,
         }
@@ -811,10 +833,6 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     Ok(report(spec, &table, &total, &measured, &pacer, ctx.dry_run))
 }
 
-fn usd(v: f64) -> String {
-    format!("${v:.6}")
-}
-
 fn report(
     spec: &Spec,
     table: &PriceTable,
@@ -824,11 +842,13 @@ fn report(
     dry_run: bool,
 ) -> Report {
     let rows: u64 = plan.by_model.values().map(|t| t.rows).sum();
-    let old: f64 = plan.by_model.values().map(|t| t.old_usd).sum();
-    let new: f64 = plan.by_model.values().map(|t| t.new_usd).sum();
+    // Folded from +0.0: an empty float `sum` is -0.0, which would print as `-0`.
+    let old = plan.by_model.values().fold(0.0, |a, t| a + t.old_usd);
+    let new = plan.by_model.values().fold(0.0, |a, t| a + t.new_usd);
     let unpriced_rows: u64 = plan.unpriced.values().sum();
+    let looked_at = rows + plan.unchanged + unpriced_rows;
     let mut summary = format!(
-        "{} {rows} rows from {} ({} models priced): {} -> {} ({:+.6} USD); {} unchanged",
+        "{} {rows} rows from {} ({} models priced): {} -> {} ({}); {} unchanged",
         if dry_run {
             "would re-price"
         } else {
@@ -838,9 +858,13 @@ fn report(
         table.priced_len(),
         usd(old),
         usd(new),
-        new - old,
+        usd_change(new - old),
         plan.unchanged
     );
+    let aliases = alias_findings(spec, table, plan, looked_at);
+    for finding in &aliases {
+        let _ = write!(summary, "; {finding}");
+    }
     if !plan.unpriced.is_empty() {
         let names: Vec<String> = plan
             .unpriced
@@ -893,6 +917,14 @@ fn report(
         );
     }
     if dry_run {
+        for (alias, target) in &spec.aliases {
+            report.plan.push(match plan.alias_rows.get(alias) {
+                Some(n) => format!("alias {alias} -> {target}: matched {n} rows"),
+                None => format!(
+                    "alias {alias} -> {target}: matched none of the {looked_at} rows looked at"
+                ),
+            });
+        }
         for (model, t) in &plan.by_model {
             report.plan.push(format!(
                 "model {model}: {} rows, {} -> {}",
@@ -916,10 +948,10 @@ fn report(
             ));
         }
         report.plan.push(format!(
-            "total: {rows} rows, {} -> {} ({:+.6} USD); recompute: {}",
+            "total: {rows} rows, {} -> {} ({}); recompute: {}",
             usd(old),
             usd(new),
-            new - old,
+            usd_change(new - old),
             match spec.recompute {
                 Recompute::Missing => "missing",
                 Recompute::All => "all",
@@ -927,6 +959,43 @@ fn report(
         ));
     }
     report
+}
+
+/// What the operator should know about `aliases`: each one that matched none of the rows the
+/// run looked at (its key is none of their names: Apantli rows are matched by the `model`
+/// column and by `request_data`'s model), and each one whose target has no price in the
+/// table. Unmatched aliases are only told when the run looked at rows at all.
+fn alias_findings(spec: &Spec, table: &PriceTable, plan: &Plan, looked_at: u64) -> Vec<String> {
+    let mut findings = Vec::new();
+    let unmatched: Vec<&str> = spec
+        .aliases
+        .keys()
+        .filter(|alias| !plan.alias_rows.contains_key(*alias))
+        .map(String::as_str)
+        .collect();
+    if looked_at > 0 && !unmatched.is_empty() {
+        findings.push(format!(
+            "{} of {} aliases matched none of the {looked_at} rows looked at: {} (an alias matches a row's model column or request model, as written or without its provider/ prefix)",
+            unmatched.len(),
+            spec.aliases.len(),
+            unmatched.join(", ")
+        ));
+    }
+    let unpriced: Vec<String> = spec
+        .aliases
+        .iter()
+        .filter(|(_, target)| !table.prices_alias_target(target))
+        .map(|(alias, target)| format!("{alias} -> {target}"))
+        .collect();
+    if !unpriced.is_empty() {
+        findings.push(format!(
+            "{} aliases name a model without a per-token price in {}, so their rows are priced by their own names or not at all: {}",
+            unpriced.len(),
+            table.source().display(),
+            unpriced.join(", ")
+        ));
+    }
+    findings
 }
 
 fn describe(s: &Stored) -> String {
@@ -954,6 +1023,7 @@ mod tests {
         Candidate {
             rowid,
             model: model.into(),
+            column: None,
             usage: Usage {
                 input_tokens: input,
                 output_tokens: output,
@@ -985,11 +1055,18 @@ mod tests {
                 },
             ),
         ];
+        let mut rows = rows.to_vec();
+        // An Apantli row whose payload model is unknown, with the alias in its column.
+        rows.push(Candidate {
+            column: Some("four-o".into()),
+            ..candidate(7, "acme/unknown", 1000, 100, Stored::Single(None))
+        });
         let plan = plan(&rows, &table, &aliases);
+        assert_eq!(plan.alias_rows, BTreeMap::from([("four-o".to_string(), 2)]));
         assert_eq!(plan.unpriced, BTreeMap::from([("mystery".to_string(), 2)]));
         assert_eq!(plan.unchanged, 1);
         let ids: Vec<i64> = plan.changes.iter().map(|c| c.rowid).collect();
-        assert_eq!(ids, [1, 2, 6]);
+        assert_eq!(ids, [1, 2, 6, 7]);
         match plan.changes[0].new {
             Stored::Single(Some(v)) => assert!((v - 0.0035).abs() < 1e-15, "{v}"),
             other => panic!("{other:?}"),

@@ -177,6 +177,12 @@ impl NotifySignal {
         })
     }
 
+    /// INT, TERM and QUIT ask a process to stop (a supervisor then restarts it); the others
+    /// are sent to a writer that stays up and reopens its log.
+    pub fn asks_to_stop(self) -> bool {
+        matches!(self, Self::Int | Self::Term | Self::Quit)
+    }
+
     pub(crate) fn to_rustix(self) -> rustix::process::Signal {
         use rustix::process::Signal;
         match self {

@@ -35,6 +35,9 @@ pub struct Outcome {
     pub files: Vec<FileOutcome>,
     /// The notification's result, when one was due.
     pub notify: Option<Result<(), String>>,
+    /// Set when the notify signal stopped the writer (it died instead of reopening its log):
+    /// what happened. `notify` holds the same as an error.
+    pub writer_stopped: Option<String>,
     /// State entries to merge into the saved map: files rotated successfully and files
     /// seen for the first time. A failed rotation leaves its entry unchanged.
     pub state: BTreeMap<PathBuf, FileState>,
@@ -129,10 +132,12 @@ pub fn execute(plan: &Plan) -> Outcome {
         files.push(outcome);
     }
 
+    let mut writer_stopped = None;
     let notify = match &plan.notify {
-        Some(notify) if files.iter().any(|f| f.rotated) => {
-            Some(send_notify(notify).map_err(|e| format!("{e:#}")))
-        }
+        Some(notify) if files.iter().any(|f| f.rotated) => Some(send_notify(notify).map_err(|e| {
+            writer_stopped = e.downcast_ref::<WriterStopped>().map(|w| w.0.clone());
+            format!("{e:#}")
+        })),
         _ => None,
     };
     let notified = !matches!(notify, Some(Err(_)));
@@ -174,6 +179,7 @@ pub fn execute(plan: &Plan) -> Outcome {
     Outcome {
         files,
         notify,
+        writer_stopped,
         state,
     }
 }
@@ -476,6 +482,99 @@ fn compress(from: &Path, to: &Path) -> Result<()> {
     remove(from)
 }
 
+/// The notify signal stopped the writer instead of making it reopen its log.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct WriterStopped(String);
+
+/// How long a writer that still has the signal pending may take to act on it; the kernel's
+/// default action (a process without a handler dies) takes effect on delivery, milliseconds.
+const GRACE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a writer that has taken the signal is still watched: a handler may exit on it.
+const GRACE_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+/// Where `/proc` cannot say whether the signal is still pending, the whole watch.
+const GRACE_BLIND: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Watches the signalled process for a short bounded grace; `Err(after)` when it is gone
+/// (exited, a zombie, or its pid now names another process).
+fn survives(
+    pid: rustix::process::Pid,
+    before: Option<ProcessId>,
+    signal: super::config::NotifySignal,
+) -> std::result::Result<(), std::time::Duration> {
+    let sent = std::time::Instant::now();
+    loop {
+        let now = ProcessId::read(pid);
+        let gone = match (&before, &now) {
+            (Some(b), Some(n)) => n.zombie || n.start_time != b.start_time,
+            (Some(_), None) => true,
+            // No /proc (or not for this process): whether the pid answers at all.
+            (None, _) => rustix::process::test_kill_process(pid).is_err(),
+        };
+        let waited = sent.elapsed();
+        if gone {
+            return Err(waited);
+        }
+        let taken = match (&before, &now) {
+            (Some(_), Some(n)) => !n.pending.contains(signal.to_rustix().as_raw()),
+            _ => false,
+        };
+        let settled = if before.is_some() {
+            (taken && waited >= GRACE_MIN) || waited >= GRACE_MAX
+        } else {
+            waited >= GRACE_BLIND
+        };
+        if settled {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// What `/proc/PID` says about a process: when it started (a reused pid starts later), whether
+/// it is a zombie, and the signals pending for it.
+struct ProcessId {
+    start_time: u64,
+    zombie: bool,
+    pending: Pending,
+}
+
+/// Pending signal numbers, from the `SigPnd` and `ShdPnd` masks.
+struct Pending(u64);
+
+impl Pending {
+    fn contains(&self, signal: i32) -> bool {
+        (1..=64).contains(&signal) && self.0 & (1 << (signal - 1)) != 0
+    }
+}
+
+impl ProcessId {
+    fn read(pid: rustix::process::Pid) -> Option<ProcessId> {
+        let dir = Path::new("/proc").join(pid.as_raw_nonzero().to_string());
+        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        let zombie = matches!(*fields.first()?, "Z" | "X" | "x");
+        let start_time = fields.get(19)?.parse().ok()?;
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let mask = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        Some(ProcessId {
+            start_time,
+            zombie,
+            pending: Pending(mask("SigPnd:") | mask("ShdPnd:")),
+        })
+    }
+}
+
 fn send_notify(notify: &Notify) -> Result<()> {
     match notify {
         Notify::Signal { pid_file, signal } => {
@@ -494,12 +593,26 @@ fn send_notify(notify: &Notify) -> Result<()> {
                         text.trim()
                     )
                 })?;
+            let before = ProcessId::read(pid);
             rustix::process::kill_process(pid, signal.to_rustix()).with_context(|| {
                 format!(
                     "sending {signal} to process {} from {} (is the writer running?)",
                     pid.as_raw_nonzero(),
                     pid_file.display()
                 )
+            })?;
+            if signal.asks_to_stop() {
+                return Ok(());
+            }
+            survives(pid, before, *signal).map_err(|after| {
+                WriterStopped(format!(
+                    "{signal} stopped the writer: process {} from {} was gone {} ms after the signal, so it does not reopen its log on {signal}; \
+                     start it again, and rotate its log another way (docs/jobs/logrotate.md: per gateway, what works)",
+                    pid.as_raw_nonzero(),
+                    pid_file.display(),
+                    after.as_millis()
+                ))
+                .into()
             })
         }
         Notify::Command(argv) => {

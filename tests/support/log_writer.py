@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A log writer for the rotation tests: appends numbered lines as fast as it can.
 
-Usage: log_writer.py LOG PID_FILE
+Usage: log_writer.py LOG PID_FILE [--dies-on-hup]
 Each line is one write(2) in append mode, so a line is never split. SIGHUP makes it reopen
 LOG (as daemons do after a rotation); SIGTERM makes it stop and print how many lines it
 wrote. The pid file is written, atomically, only once both handlers are installed.
+With --dies-on-hup SIGHUP keeps its default action, as in a server without a handler for it
+(Apantli under uvicorn): the process dies.
 """
 import os
 import signal
@@ -25,7 +27,11 @@ def on_term(_signum, _frame):
     stop = True
 
 
-signal.signal(signal.SIGHUP, on_hup)
+if "--dies-on-hup" in sys.argv[3:]:
+    # Explicitly: an ignored SIGHUP would be inherited from whoever started us.
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+else:
+    signal.signal(signal.SIGHUP, on_hup)
 signal.signal(signal.SIGTERM, on_term)
 
 
