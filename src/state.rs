@@ -97,10 +97,47 @@ impl RunRecord {
     }
 }
 
+/// Makes `db` (and a `-wal` or `-shm` an older version left world-readable) mode 0600 before
+/// SQLite opens it. SQLite creates a database's `-wal` and `-shm` with the mode of the
+/// database file, so a database that is private before its first open has private companions
+/// from their first byte, whoever opens it later (an operator's `sqlite3` too). A umask would
+/// only cover this process, and all of its threads and files at once (the metrics file is
+/// meant to be world-readable), so it is not used.
+fn private_database(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = std::fs::Permissions::from_mode(0o600);
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| {
+            format!(
+                "opening the state database {} (check state_dir and its permissions)",
+                db.display()
+            )
+        })?;
+    file.set_permissions(private.clone())
+        .with_context(|| format!("making {} private (mode 0600)", db.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let companion = crate::backup::sqlite_companion(db, suffix);
+        match std::fs::set_permissions(&companion, private.clone()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| {
+                    format!("making {} private (mode 0600)", companion.display())
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl State {
     pub fn open(state_dir: &Path) -> anyhow::Result<State> {
         crate::fsx::private_dir(state_dir)?;
         let path = state_dir.join("state.db");
+        private_database(&path)?;
         let conn = Connection::open(&path).with_context(|| {
             format!(
                 "opening the state database {} (check state_dir and its permissions)",
@@ -113,11 +150,6 @@ impl State {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the tables of {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
         Ok(State {
             conn: Mutex::new(conn),
             path,
@@ -305,6 +337,38 @@ mod tests {
         assert_eq!(state.last_run("b").unwrap().unwrap().result, "interrupted");
         let ok = state.last_success("b").unwrap().unwrap();
         assert_eq!(ok.duration(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn the_state_database_and_its_wal_and_shm_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        let state = State::open(dir.path()).unwrap();
+        state.put("k", "v", &1).unwrap();
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            assert_eq!(mode(name), 0o600, "{name}");
+        }
+        drop(state);
+        // Companions an older version left world-readable are made private at the next open.
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            let path = dir.path().join(name);
+            if !path.exists() {
+                std::fs::write(&path, b"").unwrap();
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let state = State::open(dir.path()).unwrap();
+        state.put("k", "v", &2).unwrap();
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            assert_eq!(mode(name), 0o600, "{name}");
+        }
     }
 
     #[test]
