@@ -69,6 +69,9 @@ pub struct State {
     path: PathBuf,
 }
 
+/// Why a run is `interrupted`.
+const INTERRUPTED: &str = "the process running it ended during the run (killed or crashed); the job left no partial output that looks valid and runs again at its next time";
+
 pub fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -91,6 +94,17 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// The run as it stands, given whether a process holds its job's lock: one still
+    /// `running` with no process behind it was interrupted (the daemon or `run-job` running it
+    /// was killed); the daemon records it so at its next start, `status` shows it so now.
+    pub fn settled(mut self, job_running: bool) -> RunRecord {
+        if self.result == "running" && !job_running {
+            self.result = "interrupted".into();
+            self.error = Some(INTERRUPTED.into());
+        }
+        self
+    }
+
     pub fn duration(&self) -> Option<Duration> {
         self.ended_at
             .and_then(|e| (e - self.started_at).to_std().ok())
@@ -196,12 +210,37 @@ impl State {
         Ok(())
     }
 
-    /// Runs left `running` by a daemon that died: they did not finish.
+    /// Runs left `running` by a process that died: they did not finish. A run whose job lock
+    /// is held (a `run-job` beside a daemon that starts) is still going and is left alone.
     pub fn close_interrupted_runs(&self, at: DateTime<Utc>) -> anyhow::Result<usize> {
-        Ok(self.conn().execute(
-            "UPDATE runs SET ended_at = ?1, result = 'interrupted', error = 'the process ended during the run' WHERE result = 'running'",
-            params![millis(at)],
-        )?)
+        let running: Vec<(i64, String)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id, job FROM runs WHERE result = 'running'")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        let state_dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut closed = 0;
+        for (id, job) in running {
+            if crate::locks::job_running(state_dir, &job)? {
+                continue;
+            }
+            closed += self.conn().execute(
+                "UPDATE runs SET ended_at = ?2, result = 'interrupted', error = ?3 WHERE id = ?1 AND result = 'running'",
+                params![id, millis(at), INTERRUPTED],
+            )?;
+        }
+        Ok(closed)
+    }
+
+    /// The last run of `job` as it stands: see [`RunRecord::settled`].
+    pub fn last_run_settled(&self, job: &str) -> anyhow::Result<Option<RunRecord>> {
+        let Some(run) = self.last_run(job)? else {
+            return Ok(None);
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let running = run.result == "running" && crate::locks::job_running(dir, job)?;
+        Ok(Some(run.settled(running)))
     }
 
     pub fn last_run(&self, job: &str) -> anyhow::Result<Option<RunRecord>> {
@@ -333,6 +372,16 @@ mod tests {
             )
             .unwrap();
         state.run_started("b", "signal", t0).unwrap();
+        // Still going in another process: its job lock is held.
+        let held = crate::locks::try_job(dir.path(), "b").unwrap().unwrap();
+        assert_eq!(state.last_run_settled("b").unwrap().unwrap().result, "running");
+        assert_eq!(state.close_interrupted_runs(t0).unwrap(), 0);
+        drop(held);
+        assert_eq!(
+            state.last_run_settled("b").unwrap().unwrap().result,
+            "interrupted"
+        );
+        assert_eq!(state.last_run("b").unwrap().unwrap().result, "running");
         assert_eq!(state.close_interrupted_runs(t0).unwrap(), 1);
         assert_eq!(state.last_run("b").unwrap().unwrap().result, "interrupted");
         let ok = state.last_success("b").unwrap().unwrap();
