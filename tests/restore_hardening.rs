@@ -198,6 +198,11 @@ fn hostile(p: &Parts) -> Vec<(&'static str, Vec<u8>, &'static str)> {
     h.set_size(p.database.len() as u64);
     h.set_mode(0o600);
     pax.append_data(&mut h, db, p.database.as_slice()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(p.include.len() as u64);
+    h.set_mode(0o600);
+    pax.append_data(&mut h, &p.manifest.files[0].entry, p.include.as_slice())
+        .unwrap();
     cases.push((
         "pax header",
         gzip(&pax.into_inner().unwrap()),
