@@ -272,6 +272,26 @@ fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
 
     daemon.signal("KILL");
     assert!(daemon.wait_exit(LONG).is_some(), "the daemon did not die");
+    // Killed, the daemon left its state database's -wal and -shm behind: like every file it
+    // created in state_dir, they are private.
+    let mut seen = Vec::new();
+    let mut dirs = vec![sb.path("state")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::metadata(&path).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{} is {mode:o}", path.display());
+            if meta.is_dir() {
+                dirs.push(path.clone());
+            }
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    for name in ["state.db", "state.db-wal", "state.db-shm", "caretaker.lock"] {
+        assert!(seen.iter().any(|s| s == name), "{name} not in {seen:?}");
+    }
     let json = status_json();
     assert_eq!(result(&json), "interrupted", "{json:#}");
     let error = json["jobs"][0]["last_run"]["error"].as_str().unwrap();
