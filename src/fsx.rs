@@ -147,8 +147,13 @@ fn temp_writer(dest_name: &str, file_name: &str) -> Option<i32> {
         .find_map(|suffix| rest.strip_suffix(suffix).filter(|r| r.len() == 8))?;
     let digits = |s: &str, hex: bool| {
         !s.is_empty()
-            && s.chars()
-                .all(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() })
+            && s.chars().all(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
     };
     (digits(pid, false) && digits(random, true))
         .then(|| pid.parse().ok())
@@ -162,7 +167,22 @@ pub fn sweep_dead_temps(dest: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let Some(name) = dest.file_name().map(|n| n.to_string_lossy()) else {
         return Ok(Vec::new());
     };
-    let dir = parent_dir(dest);
+    sweep(parent_dir(dest), |file_name| {
+        temp_writer(&name, file_name)
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| {
+                rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+            })
+    })
+}
+
+/// Removes temporary files left in `dir` by a process that was killed mid-write.
+pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    sweep(dir, |name| name.contains(TEMP_MARKER))
+}
+
+/// Removes the files of `dir` whose names `stale` picks; returns their paths.
+fn sweep(dir: &Path, stale: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -171,33 +191,7 @@ pub fn sweep_dead_temps(dest: &Path) -> anyhow::Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let Some(pid) = entry.file_name().to_str().and_then(|n| temp_writer(&name, n)) else {
-            continue;
-        };
-        let gone = rustix::process::Pid::from_raw(pid).is_some_and(|pid| {
-            rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
-        });
-        if gone {
-            fs::remove_file(entry.path()).with_context(|| {
-                format!("removing stale temporary file {}", entry.path().display())
-            })?;
-            removed.push(entry.path());
-        }
-    }
-    Ok(removed)
-}
-
-/// Removes temporary files left in `dir` by a process that was killed mid-write.
-pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().contains(TEMP_MARKER) {
+        if stale(&entry.file_name().to_string_lossy()) {
             fs::remove_file(entry.path()).with_context(|| {
                 format!("removing stale temporary file {}", entry.path().display())
             })?;

@@ -374,7 +374,10 @@ mod tests {
         state.run_started("b", "signal", t0).unwrap();
         // Still going in another process: its job lock is held.
         let held = crate::locks::try_job(dir.path(), "b").unwrap().unwrap();
-        assert_eq!(state.last_run_settled("b").unwrap().unwrap().result, "running");
+        assert_eq!(
+            state.last_run_settled("b").unwrap().unwrap().result,
+            "running"
+        );
         assert_eq!(state.close_interrupted_runs(t0).unwrap(), 0);
         drop(held);
         assert_eq!(

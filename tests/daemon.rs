@@ -243,9 +243,7 @@ fn a_job_that_cannot_start_within_its_timeout_fails_and_alerts() {
 #[test]
 fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
     let sb = Sandbox::new();
-    let header = sb
-        .header()
-        .replace("busy_timeout: 1s", "busy_timeout: 60s");
+    let header = sb.header().replace("busy_timeout: 1s", "busy_timeout: 60s");
     harness::write_replace(
         &sb.jobs_file(),
         &format!("{header}jobs:\n  slow:\n    on_signal: USR1\n    integrity: {{}}\n"),

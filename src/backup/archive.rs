@@ -309,16 +309,7 @@ fn next_file<'a, R: Read>(
                 long_name.is_none(),
                 "two long-name entries in a row: not a tar stream caretaker writes"
             );
-            let size = entry.size();
-            ensure!(
-                size <= NAME_LIMIT,
-                "a long-name entry declares {size} bytes; names of up to {NAME_LIMIT} bytes are accepted"
-            );
-            let mut bytes = Vec::with_capacity(size as usize);
-            (&mut entry)
-                .take(NAME_LIMIT)
-                .read_to_end(&mut bytes)
-                .context("reading a long entry name")?;
+            let mut bytes = read_bounded(&mut entry, NAME_LIMIT, "a long-name entry")?;
             while bytes.last() == Some(&0) {
                 bytes.pop();
             }
@@ -337,6 +328,25 @@ fn next_file<'a, R: Read>(
         );
         return Ok(Some((name, entry)));
     }
+}
+
+/// The data of `entry` (`what`), refused when its header declares more than `limit` bytes.
+fn read_bounded<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    limit: u64,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let size = entry.size();
+    ensure!(
+        size <= limit,
+        "{what} declares {size} bytes; up to {limit} bytes are accepted"
+    );
+    let mut bytes = Vec::with_capacity(size as usize);
+    entry
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {what}"))?;
+    Ok(bytes)
 }
 
 fn kind_name(kind: tar::EntryType) -> String {
@@ -362,16 +372,8 @@ fn first_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> anyhow::Result<
         name == MANIFEST_ENTRY,
         "the first entry is `{name}`, not {MANIFEST_ENTRY}: not a caretaker backup archive"
     );
-    let size = first.size();
-    ensure!(
-        size <= MANIFEST_LIMIT,
-        "{MANIFEST_ENTRY} declares {size} bytes; a manifest of up to {MANIFEST_LIMIT} bytes is accepted: not a caretaker backup archive"
-    );
-    let mut json = Vec::with_capacity(size as usize);
-    (&mut first)
-        .take(MANIFEST_LIMIT)
-        .read_to_end(&mut json)
-        .context("reading manifest.json")?;
+    let json = read_bounded(&mut first, MANIFEST_LIMIT, MANIFEST_ENTRY)
+        .context("not a caretaker backup archive")?;
     let manifest: Manifest = serde_json::from_slice(&json).context("parsing manifest.json")?;
     ensure!(
         manifest.format == FORMAT_VERSION,
@@ -650,12 +652,8 @@ pub fn extract(
             .with_context(|| format!("writing {}", file_path.display()))?;
         contents
     };
-    let (check, rows) = check_copy(file_path, level, Some(&contents.manifest)).with_context(|| {
-        format!(
-            "the database in {} does not check out",
-            archive.display()
-        )
-    })?;
+    let (check, rows) = check_copy(file_path, level, Some(&contents.manifest))
+        .with_context(|| format!("the database in {} does not check out", archive.display()))?;
     Ok(Extracted {
         manifest: contents.manifest,
         compressed: contents.compressed,
@@ -689,7 +687,9 @@ fn check_copy(
     )
     .with_context(checking)?;
     let number = |sql: &str| -> anyhow::Result<u64> {
-        let n: i64 = conn.query_row(sql, [], |r| r.get(0)).with_context(checking)?;
+        let n: i64 = conn
+            .query_row(sql, [], |r| r.get(0))
+            .with_context(checking)?;
         Ok(n.max(0) as u64)
     };
     if let Some(m) = expect {

@@ -292,7 +292,11 @@ fn openers(to: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for proc in procs.flatten() {
-        let Some(pid) = proc.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = proc
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -301,9 +305,9 @@ fn openers(to: &Path) -> Vec<i32> {
         let Ok(fds) = fs::read_dir(proc.path().join("fd")) else {
             continue;
         };
-        let open = fds.flatten().any(|fd| {
-            fs::metadata(fd.path()).is_ok_and(|m| files.contains(&(m.dev(), m.ino())))
-        });
+        let open = fds
+            .flatten()
+            .any(|fd| fs::metadata(fd.path()).is_ok_and(|m| files.contains(&(m.dev(), m.ino()))));
         if open {
             found.push(pid);
         }
@@ -326,7 +330,9 @@ fn process_name(pid: i32) -> String {
 /// whose first byte is zero is not hot.
 fn first_byte(path: &Path) -> Option<u8> {
     let mut byte = [0];
-    let n = fs::File::open(path).and_then(|mut f| f.read(&mut byte)).ok()?;
+    let n = fs::File::open(path)
+        .and_then(|mut f| f.read(&mut byte))
+        .ok()?;
     (n == 1).then_some(byte[0])
 }
 
