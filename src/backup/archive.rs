@@ -384,8 +384,9 @@ fn first_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> anyhow::Result<
     Ok(manifest)
 }
 
-/// What a manifest must say of the database for it to be one: SQLite files are whole pages, of
-/// a power-of-two size from 512 bytes to 64 KiB, and never empty.
+/// What a manifest must say of the database for it to be one: at least one page, of a
+/// power-of-two size from 512 bytes to 64 KiB, and all of its pages within the file. (A file
+/// may be longer than its pages: SQLite ignores bytes past the page count in its header.)
 fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
     ensure!(
         m.size > 0 && m.page_count > 0,
@@ -400,8 +401,10 @@ fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
         m.page_size
     );
     ensure!(
-        m.page_size.checked_mul(m.page_count) == Some(m.size),
-        "the manifest gives the database {} bytes but {} pages of {} bytes: these do not agree",
+        m.page_size
+            .checked_mul(m.page_count)
+            .is_some_and(|pages| pages <= m.size),
+        "the manifest gives the database {} bytes, fewer than its {} pages of {} bytes",
         m.size,
         m.page_count,
         m.page_size
@@ -773,4 +776,91 @@ fn check_copy(
 /// competes with the gateway for CPU, which the kernel shares fairly.
 pub fn compression_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(size: u64, page_size: u64, page_count: u64) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            job: "b".into(),
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            source: "/g.db".into(),
+            database: "g.db".into(),
+            size,
+            sha256: String::new(),
+            sqlite_version: String::new(),
+            page_size,
+            page_count,
+            journal_mode: "wal".into(),
+            table: "t".into(),
+            row_count: Some(1),
+            files: Vec::new(),
+            tool: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_must_describe_at_least_one_page_within_the_file() {
+        let cases = [
+            (manifest(8192, 4096, 2), None),
+            (manifest(8200, 4096, 2), None),
+            (manifest(65536, 65536, 1), None),
+            (manifest(0, 4096, 0), Some("empty")),
+            (manifest(4096, 4096, 0), Some("empty")),
+            (manifest(0, 4096, 1), Some("empty")),
+            (manifest(4096, 4096, 2), Some("fewer than its 2 pages")),
+            (manifest(4096, 1000, 4), Some("page size of 1000")),
+            (manifest(256, 256, 1), Some("page size of 256")),
+            (manifest(u64::MAX, 65536, u64::MAX), Some("fewer than")),
+        ];
+        for (m, error) in cases {
+            let got = check_manifest(&m).err().map(|e| e.to_string());
+            match (error, got) {
+                (None, None) => {}
+                (Some(want), Some(got)) if got.contains(want) => {}
+                (want, got) => panic!("{m:?}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_sqlite_header_must_match_the_manifest() {
+        let header = |page_size: u16, pages: u32, counter: u32, valid_for: u32| {
+            let mut h = vec![0u8; SQLITE_HEADER];
+            h[..16].copy_from_slice(SQLITE_MAGIC);
+            h[16..18].copy_from_slice(&page_size.to_be_bytes());
+            h[24..28].copy_from_slice(&counter.to_be_bytes());
+            h[28..32].copy_from_slice(&pages.to_be_bytes());
+            h[92..96].copy_from_slice(&valid_for.to_be_bytes());
+            h
+        };
+        let m = manifest(8192, 4096, 2);
+        let big = manifest(65536 * 3, 65536, 3);
+        let cases = [
+            (header(4096, 2, 7, 7), &m, None),
+            // A stale in-header count (another version wrote last) is not held against it.
+            (header(4096, 9, 7, 6), &m, None),
+            (header(4096, 0, 7, 7), &m, None),
+            (header(1, 3, 1, 1), &big, None),
+            (header(4096, 3, 7, 7), &m, Some("3 pages by its header")),
+            (header(1024, 2, 7, 7), &m, Some("pages of 1024 bytes")),
+            (vec![7u8; SQLITE_HEADER], &m, Some("not an SQLite database")),
+            (
+                header(4096, 2, 7, 7)[..50].to_vec(),
+                &m,
+                Some("not an SQLite"),
+            ),
+        ];
+        for (head, m, error) in cases {
+            let got = check_sqlite_header(&head, m).err().map(|e| e.to_string());
+            match (error, got) {
+                (None, None) => {}
+                (Some(want), Some(got)) if got.contains(want) => {}
+                (want, got) => panic!("want {want:?}, got {got:?}"),
+            }
+        }
+    }
 }
