@@ -323,14 +323,15 @@ fn hostile_archives_are_refused_by_restore_verify_and_the_backups_read_back() {
     println!("hostile archives tried: {}", cases.len());
 }
 
-/// A second process holding an open write transaction on `db`, until dropped.
-struct Writer(Child);
+/// A second process using `db` through one SQLite connection: it runs `before`, says it is
+/// ready, waits for a line on its stdin, runs `after` and exits.
+struct Gateway(Child);
 
-impl Writer {
-    fn start(db: &Path, table: &str) -> Writer {
+impl Gateway {
+    fn start(db: &Path, before: &[&str], after: &[&str]) -> Gateway {
         let script = format!(
-            "import sqlite3, sys\nc = sqlite3.connect({db:?}, isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nc.execute('DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} LIMIT 5)')\nprint('ready', flush=True)\nsys.stdin.readline()\nc.execute('COMMIT')\nprint('committed', flush=True)\n",
-            db = db.to_str().unwrap()
+            "import sqlite3, sys\nc = sqlite3.connect({:?}, isolation_level=None)\nfor s in {before:?}: c.execute(s).fetchall()\nprint('ready', flush=True)\nsys.stdin.readline()\nfor s in {after:?}: c.execute(s).fetchall()\nprint('done', flush=True)\n",
+            db.to_str().unwrap()
         );
         let mut child = Command::new("python3")
             .args(["-c", &script])
@@ -343,16 +344,25 @@ impl Writer {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "ready");
-        Writer(child)
+        Gateway(child)
     }
 
-    /// Lets it commit; it must succeed, its journal intact.
-    fn commit(mut self) {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Lets it go on; what it runs next must succeed.
+    fn finish(mut self) {
         writeln!(self.0.stdin.as_mut().unwrap()).unwrap();
         let out = self.0.wait_with_output().unwrap();
-        assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "committed");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
     }
+}
+
+/// Deletes 5 rows of `table`.
+fn delete_5(table: &str) -> String {
+    format!("DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} LIMIT 5)")
 }
 
 #[test]
@@ -361,54 +371,53 @@ fn restore_refuses_a_target_in_use_and_names_the_process() {
     let archive = rig.backed_up();
     let target = rig.dir.path().join("live.db");
     support::create_db(&target, Schema::Apantli, 40);
-    let count = |db: &Path| support::keys(db, Schema::Apantli).len();
+    let count = |db: &Path, schema| support::keys(db, schema).len();
+    let refused_naming = |target: &Path, pid: u32| {
+        let out = rig.restore(&archive, target, true);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("pid {pid} (python")), "{stderr}");
+        assert!(stderr.contains("Stop the gateway first"), "{stderr}");
+        stderr.into_owned()
+    };
 
     // A writer in the middle of a transaction: a lock held, its journal beside the file.
-    let writer = Writer::start(&target, "requests");
+    let delete = delete_5("requests");
+    let writer = Gateway::start(&target, &["BEGIN IMMEDIATE", &delete], &["COMMIT"]);
     let journal = PathBuf::from(format!("{}-journal", target.display()));
     assert!(journal.exists());
     let before = fs::read(&target).unwrap();
-    let out = rig.restore(&archive, &target, true);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let pid = writer.0.id();
-    assert!(stderr.contains(&format!("pid {pid} (python")), "{stderr}");
-    assert!(stderr.contains("Stop the gateway first"), "{stderr}");
+    let stderr = refused_naming(&target, writer.pid());
+    assert!(stderr.contains("holds a lock on"), "{stderr}");
     assert_eq!(
         fs::read(&target).unwrap(),
         before,
         "the target is untouched"
     );
     assert!(journal.exists(), "the writer's journal is untouched");
-    writer.commit();
-    assert_eq!(count(&target), 35, "the writer's transaction committed");
+    writer.finish();
+    assert_eq!(count(&target, Schema::Apantli), 35, "the writer committed");
 
     // A process that only has it open (an idle gateway) is found too.
-    let mut idle = Command::new("python3")
-        .args([
-            "-c",
-            &format!(
-                "import sqlite3, sys\nc = sqlite3.connect({:?})\nc.execute('SELECT count(*) FROM requests').fetchall()\nprint('ready', flush=True)\nsys.stdin.readline()\n",
-                target.to_str().unwrap()
-            ),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(idle.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let out = rig.restore(&archive, &target, true);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&format!("pid {} (python", idle.id())),
-        "{}",
-        text(&out)
+    let idle = Gateway::start(&target, &["SELECT count(*) FROM requests"], &[&delete]);
+    let stderr = refused_naming(&target, idle.pid());
+    assert!(stderr.contains("has it open"), "{stderr}");
+    idle.finish();
+    assert_eq!(count(&target, Schema::Apantli), 30);
+
+    // A gateway in WAL mode keeping its connection: its lock on the -shm names it.
+    let wal_target = rig.dir.path().join("usage.db");
+    support::create_db(&wal_target, Schema::Bobamixer, 40);
+    let delete = delete_5("usage_records");
+    let wal = Gateway::start(
+        &wal_target,
+        &["PRAGMA journal_mode=WAL", &delete],
+        &[&delete],
     );
-    writeln!(idle.stdin.as_mut().unwrap()).unwrap();
-    idle.wait().unwrap();
+    let stderr = refused_naming(&wal_target, wal.pid());
+    assert!(stderr.contains("usage.db-shm"), "{stderr}");
+    wal.finish();
+    assert_eq!(count(&wal_target, Schema::Bobamixer), 30);
 
     // A hot journal or a WAL with transactions that no process owns: what a crash left.
     for (suffix, content) in [
@@ -425,31 +434,10 @@ fn restore_refuses_a_target_in_use_and_names_the_process() {
         fs::remove_file(&companion).unwrap();
     }
 
-    // The gateway simulator writing in WAL mode is found by its lock and named.
-    let wal_target = rig.dir.path().join("usage.db");
-    support::create_db(&wal_target, Schema::Bobamixer, 40);
-    let sim = support::Sim::start(&wal_target, Schema::Bobamixer, 20.0, rig.dir.path());
-    let out = rig.restore(&archive, &wal_target, true);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("(gateway-sim)"),
-        "{}",
-        text(&out)
-    );
-    let (report, committed) = sim.stop();
-    assert_eq!(report.failed, 0, "{report:?}");
-    assert_eq!(
-        support::keys(&wal_target, Schema::Bobamixer)
-            .intersection(&committed)
-            .count(),
-        committed.len(),
-        "every row the writer committed is still there"
-    );
-
     // Once nothing uses it, the restore goes ahead.
     let out = rig.restore(&archive, &target, true);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(count(&target), 300);
+    assert_eq!(count(&target, Schema::Apantli), 300);
 }
 
 #[test]

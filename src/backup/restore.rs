@@ -82,7 +82,7 @@ pub fn restore(
         if !force {
             return Err(RestoreError::Exists(to.to_path_buf()));
         }
-        refuse_in_use(to)?;
+        refuse_in_use(to, false)?;
     }
     let dir = match to.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -123,10 +123,13 @@ pub fn restore(
         }
     }
 
-    if existing.is_some() {
-        // Again: a gateway started during the extraction must not lose its journal either.
-        refuse_in_use(to)?;
-    }
+    // Again, now under a lock that keeps every SQLite connection out until the new file is in
+    // place: a gateway started during the extraction must not lose its journal either, and none
+    // can start a transaction (and a journal) between this check and the rename.
+    let locked = match existing {
+        Some(_) => TargetLock::take(to)?,
+        None => None,
+    };
     let stamp = now.format("%Y%m%dT%H%M%SZ");
     let mut safety_copies = Vec::new();
     for suffix in ["", "-wal", "-journal"] {
@@ -141,7 +144,12 @@ pub fn restore(
                 .into());
             }
             fs::hard_link(&old, &copy)
-                .or_else(|_| fs::copy(&old, &copy).map(|_| ()))
+                .or_else(|_| match (&locked, suffix) {
+                    // Through the locked descriptor: closing any other descriptor of the file
+                    // would drop this process's lock on it (POSIX).
+                    (Some(lock), "") => lock.copy_to(&copy),
+                    _ => fs::copy(&old, &copy).map(|_| ()),
+                })
                 .with_context(|| {
                     format!(
                         "keeping a safety copy of {} as {}",
@@ -155,6 +163,7 @@ pub fn restore(
     let removed = remove_companions(to)?;
     fsx::sync_dir(&dir).with_context(|| format!("flushing directory {}", dir.display()))?;
     let path = pending.commit()?;
+    drop(locked);
     Ok(Restored {
         manifest: extracted.manifest,
         path,
@@ -202,15 +211,71 @@ impl Restored {
 const DB_LOCKS: (u64, u64) = (0x4000_0000, 512);
 const SHM_LOCKS: (u64, u64) = (120, 9);
 
+/// A POSIX write lock over the whole database file being replaced, the kind SQLite takes: no
+/// SQLite connection can read or begin a transaction (and create a journal) while it is held.
+/// Held for the safety copy, the removal of the stale files and the rename: milliseconds.
+struct TargetLock(fs::File);
+
+impl TargetLock {
+    /// Takes the lock and checks the rest under it; `None` when the file cannot be opened for
+    /// writing (a lock needs that), in which case the checks ran without it.
+    fn take(to: &Path) -> Result<Option<TargetLock>, RestoreError> {
+        use rustix::fs::{FlockOperation, fcntl_lock};
+        let file = match fs::OpenOptions::new().read(true).write(true).open(to) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                refuse_in_use(to, false)?;
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("opening {} to lock it", to.display()))
+                    .into());
+            }
+        };
+        match fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => {
+                drop(file);
+                refuse_in_use(to, false)?;
+                return Err(RestoreError::InUse(format!(
+                    "{} is in use: a process holds a lock on it. Stop the gateway first, then restore again; nothing was changed",
+                    to.display()
+                )));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(io::Error::from(e))
+                    .context(format!("locking {}", to.display()))
+                    .into());
+            }
+        }
+        refuse_in_use(to, true)?;
+        Ok(Some(TargetLock(file)))
+    }
+
+    /// Copies the locked file to `copy` (a new file), durably.
+    fn copy_to(&self, copy: &Path) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut source = &self.0;
+        source.seek(SeekFrom::Start(0))?;
+        let mut out = fs::File::create_new(copy)?;
+        io::copy(&mut source, &mut out)?;
+        out.sync_all()
+    }
+}
+
 /// Fails with [`RestoreError::InUse`] when a process uses the database at `to`: it holds a
 /// lock on it or its `-shm`, has one of its files open (found on Linux by scanning
-/// `/proc/*/fd`), or left a hot journal or a WAL that holds transactions.
-fn refuse_in_use(to: &Path) -> Result<(), RestoreError> {
+/// `/proc/*/fd`), or left a hot journal or a WAL that holds transactions. With `locked`, this
+/// process holds a lock on `to`: no other can hold one then, and `to` is not opened, as
+/// closing any descriptor of it would drop that lock (POSIX).
+fn refuse_in_use(to: &Path, locked: bool) -> Result<(), RestoreError> {
     let mut reasons = Vec::new();
     let mut pids = Vec::new();
-    for (suffix, range) in [("", DB_LOCKS), ("-shm", SHM_LOCKS)] {
+    let tests = [("", DB_LOCKS), ("-shm", SHM_LOCKS)];
+    for (suffix, range) in &tests[usize::from(locked)..] {
         let path = super::sqlite_companion(to, suffix);
-        if let Some(pid) = lock_holder(&path, range)
+        if let Some(pid) = lock_holder(&path, *range)
             .with_context(|| format!("testing for locks on {}", path.display()))?
         {
             reasons.push(format!(
