@@ -5,11 +5,13 @@
 //! count against the manifest, then `integrity_check`) before PATH is touched; a temporary
 //! file left by a killed restore is removed first. A PATH that a process is using (a lock
 //! held on it, a hot journal or a WAL beside it, a process with it open) is refused: replacing
-//! it would remove that process's journal and leave it writing into the replaced file. What is replaced is hard-linked to `PATH.before-restore-<time>` (with its `-wal`
-//! or `-journal`, which may hold committed data), stale `-wal`, `-shm` and `-journal` files
-//! are removed *before* the new file is renamed over PATH (SQLite would otherwise replay an
-//! old WAL into the restored database), and the rename is the last step. A crash at any point
-//! leaves PATH old or new, and the safety copy complete.
+//! it would remove that process's journal and leave it writing into the replaced file; the
+//! last such check holds a lock of SQLite's kind on PATH until the rename. What is replaced is
+//! hard-linked to `PATH.before-restore-<time>` (with its `-wal` or `-journal`, which may hold
+//! committed data), stale `-wal`, `-shm` and `-journal` files are removed *before* the new
+//! file is renamed over PATH (SQLite would otherwise replay an old WAL into the restored
+//! database), and the rename is the last step. A crash at any point leaves PATH old or new,
+//! and the safety copy complete.
 
 use std::fs;
 use std::io::{self, Read};
@@ -123,6 +125,11 @@ pub fn restore(
         }
     }
 
+    // On disk before the lock below, which is then held for milliseconds, not for this flush.
+    pending
+        .file()
+        .sync_all()
+        .with_context(|| format!("flushing {} to disk", temp.display()))?;
     // Again, now under a lock that keeps every SQLite connection out until the new file is in
     // place: a gateway started during the extraction must not lose its journal either, and none
     // can start a transaction (and a journal) between this check and the rename.
