@@ -277,7 +277,7 @@ fn status(path: &Path, json: bool) -> u8 {
     let gather = || -> anyhow::Result<Status> {
         let mut jobs = Vec::new();
         for job in &config.jobs {
-            let last = state.last_run(&job.name)?;
+            let last = state.last_run_settled(&job.name)?;
             jobs.push(JobStatus {
                 name: job.name.clone(),
                 kind: job.kind.name(),
@@ -378,6 +378,10 @@ fn restore(archive: &Path, to: &Path, force: bool) -> u8 {
         Err(e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_))) => {
             eprintln!("error: {e}");
             exit::USAGE
+        }
+        Err(e @ RestoreError::InUse(_)) => {
+            eprintln!("error: {e}");
+            exit::LOCKED
         }
         Err(RestoreError::Failed(e)) => {
             eprintln!("error: {e:#}");

@@ -49,7 +49,8 @@ impl PendingFile {
             .with_context(|| format!("{} has no file name", dest.display()))?
             .to_string_lossy();
         let temp = dir.join(format!(
-            ".{name}{TEMP_MARKER}-{}-{:08x}",
+            "{}{}-{:08x}",
+            temp_prefix(&name),
             std::process::id(),
             rand::random::<u32>()
         ));
@@ -131,8 +132,57 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// What the temporary files of a file named `name` start with; the writer's pid follows.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}{TEMP_MARKER}-")
+}
+
+/// The pid that wrote `file_name` if it is a temporary file of `dest_name` (or a `-wal`,
+/// `-shm` or `-journal` SQLite put beside one): `.<dest_name><TEMP_MARKER>-<pid>-<8 hex>`.
+fn temp_writer(dest_name: &str, file_name: &str) -> Option<i32> {
+    let rest = file_name.strip_prefix(&temp_prefix(dest_name))?;
+    let (pid, rest) = rest.split_once('-')?;
+    let random = ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .find_map(|suffix| rest.strip_suffix(suffix).filter(|r| r.len() == 8))?;
+    let digits = |s: &str, hex: bool| {
+        !s.is_empty()
+            && s.chars().all(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+    };
+    (digits(pid, false) && digits(random, true))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Removes the temporary files of `dest` whose writer no longer runs (killed mid-write), for
+/// writers that share a directory with files not ours (a restore beside the gateway's
+/// database). A live writer's file, or one whose pid was reused, is left alone.
+pub fn sweep_dead_temps(dest: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let Some(name) = dest.file_name().map(|n| n.to_string_lossy()) else {
+        return Ok(Vec::new());
+    };
+    sweep(parent_dir(dest), |file_name| {
+        temp_writer(&name, file_name)
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| {
+                rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+            })
+    })
+}
+
 /// Removes temporary files left in `dir` by a process that was killed mid-write.
 pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    sweep(dir, |name| name.contains(TEMP_MARKER))
+}
+
+/// Removes the files of `dir` whose names `stale` picks; returns their paths.
+fn sweep(dir: &Path, stale: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -140,8 +190,8 @@ pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
     };
     for entry in entries {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().contains(TEMP_MARKER) {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if stale(&entry.file_name().to_string_lossy()) {
             fs::remove_file(entry.path()).with_context(|| {
                 format!("removing stale temporary file {}", entry.path().display())
             })?;
@@ -185,6 +235,42 @@ mod tests {
         }
         assert!(!dest.exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn temporaries_are_told_by_name_and_writer() {
+        let cases = [
+            (".db.caretaker-tmp-12-0123abcd", Some(12)),
+            (".db.caretaker-tmp-12-0123abcd-wal", Some(12)),
+            (".db.caretaker-tmp-12-0123abcd-journal", Some(12)),
+            (".db.caretaker-tmp-12-0123abc", None),
+            (".db.caretaker-tmp-12-0123abcd-x", None),
+            (".db.caretaker-tmp--0123abcd", None),
+            (".db2.caretaker-tmp-12-0123abcd", None),
+            (".db.caretaker-tmp-1x-0123abcd", None),
+            ("db.caretaker-tmp-12-0123abcd", None),
+        ];
+        for (name, pid) in cases {
+            assert_eq!(temp_writer("db", name), pid, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_dead_writers_temps_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("db");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = dir.path().join(format!(".db{TEMP_MARKER}-{dead}-0000abcd"));
+        let live = dir
+            .path()
+            .join(format!(".db{TEMP_MARKER}-{}-0000abcd", std::process::id()));
+        for p in [&stale, &live] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(sweep_dead_temps(&dest).unwrap(), vec![stale]);
+        assert!(live.exists());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -85,13 +85,47 @@ fn lock_path(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join("locks").join(format!("{name}.lock"))
 }
 
+/// How long a busy job lock is tried again before the job counts as running elsewhere:
+/// [`job_running`] (`status`) tests the lock by taking it for a few microseconds, and a run
+/// starting in that instant must not be skipped for it.
+const PROBE_GRACE: Duration = Duration::from_millis(50);
+
+fn job_lock(state_dir: &Path, job: &str) -> PathBuf {
+    lock_path(state_dir, &format!("job-{job}"))
+}
+
 /// The per-job lock: `None` when the job is already running somewhere.
 pub fn try_job(state_dir: &Path, job: &str) -> anyhow::Result<Option<Held>> {
-    let file = open(&lock_path(state_dir, &format!("job-{job}")))?;
+    let file = open(&job_lock(state_dir, job))?;
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(Held(file))),
+            Err(TryLockError::WouldBlock) if started.elapsed() < PROBE_GRACE => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(e).context("taking the job lock"),
+        }
+    }
+}
+
+/// Whether a process (the daemon or `run-job`) is running `job` now: its job lock is held.
+/// A run recorded as `running` whose lock nobody holds belongs to a process that was killed.
+/// Creates nothing; takes the lock for an instant when it is free (see [`PROBE_GRACE`]).
+pub fn job_running(state_dir: &Path, job: &str) -> anyhow::Result<bool> {
+    let path = job_lock(state_dir, job);
+    let file = match OpenOptions::new().read(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("opening lock file {}", path.display())),
+    };
     match file.try_lock() {
-        Ok(()) => Ok(Some(Held(file))),
-        Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(e)) => Err(e).context("taking the job lock"),
+        Ok(()) => Ok(false),
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("testing the lock {}", path.display()))
+        }
     }
 }
 

@@ -69,6 +69,9 @@ pub struct State {
     path: PathBuf,
 }
 
+/// Why a run is `interrupted`.
+const INTERRUPTED: &str = "the process running it ended during the run (killed or crashed); the job left no partial output that looks valid and runs again at its next time";
+
 pub fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -91,16 +94,64 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// The run as it stands, given whether a process holds its job's lock: one still
+    /// `running` with no process behind it was interrupted (the daemon or `run-job` running it
+    /// was killed); the daemon records it so at its next start, `status` shows it so now.
+    pub fn settled(mut self, job_running: bool) -> RunRecord {
+        if self.result == "running" && !job_running {
+            self.result = "interrupted".into();
+            self.error = Some(INTERRUPTED.into());
+        }
+        self
+    }
+
     pub fn duration(&self) -> Option<Duration> {
         self.ended_at
             .and_then(|e| (e - self.started_at).to_std().ok())
     }
 }
 
+/// Makes `db` (and a `-wal` or `-shm` an older version left world-readable) mode 0600 before
+/// SQLite opens it. SQLite creates a database's `-wal` and `-shm` with the mode of the
+/// database file, so a database that is private before its first open has private companions
+/// from their first byte, whoever opens it later (an operator's `sqlite3` too). A umask would
+/// only cover this process, and all of its threads and files at once (the metrics file is
+/// meant to be world-readable), so it is not used.
+fn private_database(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = std::fs::Permissions::from_mode(0o600);
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| {
+            format!(
+                "opening the state database {} (check state_dir and its permissions)",
+                db.display()
+            )
+        })?;
+    file.set_permissions(private.clone())
+        .with_context(|| format!("making {} private (mode 0600)", db.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let companion = crate::backup::sqlite_companion(db, suffix);
+        match std::fs::set_permissions(&companion, private.clone()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| {
+                    format!("making {} private (mode 0600)", companion.display())
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl State {
     pub fn open(state_dir: &Path) -> anyhow::Result<State> {
         crate::fsx::private_dir(state_dir)?;
         let path = state_dir.join("state.db");
+        private_database(&path)?;
         let conn = crate::sqlite::open_or_create(&path).with_context(|| {
             format!(
                 "opening the state database {} (check state_dir and its permissions)",
@@ -113,11 +164,6 @@ impl State {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the tables of {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
         Ok(State {
             conn: Mutex::new(conn),
             path,
@@ -164,12 +210,37 @@ impl State {
         Ok(())
     }
 
-    /// Runs left `running` by a daemon that died: they did not finish.
+    /// Runs left `running` by a process that died: they did not finish. A run whose job lock
+    /// is held (a `run-job` beside a daemon that starts) is still going and is left alone.
     pub fn close_interrupted_runs(&self, at: DateTime<Utc>) -> anyhow::Result<usize> {
-        Ok(self.conn().execute(
-            "UPDATE runs SET ended_at = ?1, result = 'interrupted', error = 'the process ended during the run' WHERE result = 'running'",
-            params![millis(at)],
-        )?)
+        let running: Vec<(i64, String)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id, job FROM runs WHERE result = 'running'")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        let state_dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut closed = 0;
+        for (id, job) in running {
+            if crate::locks::job_running(state_dir, &job)? {
+                continue;
+            }
+            closed += self.conn().execute(
+                "UPDATE runs SET ended_at = ?2, result = 'interrupted', error = ?3 WHERE id = ?1 AND result = 'running'",
+                params![id, millis(at), INTERRUPTED],
+            )?;
+        }
+        Ok(closed)
+    }
+
+    /// The last run of `job` as it stands: see [`RunRecord::settled`].
+    pub fn last_run_settled(&self, job: &str) -> anyhow::Result<Option<RunRecord>> {
+        let Some(run) = self.last_run(job)? else {
+            return Ok(None);
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let running = run.result == "running" && crate::locks::job_running(dir, job)?;
+        Ok(Some(run.settled(running)))
     }
 
     pub fn last_run(&self, job: &str) -> anyhow::Result<Option<RunRecord>> {
@@ -301,10 +372,55 @@ mod tests {
             )
             .unwrap();
         state.run_started("b", "signal", t0).unwrap();
+        // Still going in another process: its job lock is held.
+        let held = crate::locks::try_job(dir.path(), "b").unwrap().unwrap();
+        assert_eq!(
+            state.last_run_settled("b").unwrap().unwrap().result,
+            "running"
+        );
+        assert_eq!(state.close_interrupted_runs(t0).unwrap(), 0);
+        drop(held);
+        assert_eq!(
+            state.last_run_settled("b").unwrap().unwrap().result,
+            "interrupted"
+        );
+        assert_eq!(state.last_run("b").unwrap().unwrap().result, "running");
         assert_eq!(state.close_interrupted_runs(t0).unwrap(), 1);
         assert_eq!(state.last_run("b").unwrap().unwrap().result, "interrupted");
         let ok = state.last_success("b").unwrap().unwrap();
         assert_eq!(ok.duration(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn the_state_database_and_its_wal_and_shm_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        let state = State::open(dir.path()).unwrap();
+        state.put("k", "v", &1).unwrap();
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            assert_eq!(mode(name), 0o600, "{name}");
+        }
+        drop(state);
+        // Companions an older version left world-readable are made private at the next open.
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            let path = dir.path().join(name);
+            if !path.exists() {
+                std::fs::write(&path, b"").unwrap();
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let state = State::open(dir.path()).unwrap();
+        state.put("k", "v", &2).unwrap();
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            assert_eq!(mode(name), 0o600, "{name}");
+        }
     }
 
     #[test]

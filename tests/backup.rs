@@ -225,10 +225,13 @@ fn restore_refuses_to_overwrite_without_force_and_keeps_a_safety_copy() {
     );
     assert_eq!(fs::read(&target).unwrap(), before);
 
+    // What a cleanly stopped gateway can leave: an empty WAL, a -shm, a journal whose header
+    // is zeroed (journal_mode=PERSIST). A hot journal or a WAL with frames is refused (see
+    // tests/restore_hardening.rs).
     for (suffix, content) in [
-        ("-wal", &b"stale wal"[..]),
+        ("-wal", &b""[..]),
         ("-shm", b"stale shm"),
-        ("-journal", b"stale journal"),
+        ("-journal", b"\0\0\0\0\0\0\0\0 stale journal"),
     ] {
         fs::write(format!("{}{suffix}", target.display()), content).unwrap();
     }

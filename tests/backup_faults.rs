@@ -10,19 +10,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::{Rig, Schema, integrity, text};
+use support::{Rig, Schema, integrity, names, text};
 
 fn sha(path: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(path).unwrap()))
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 /// kill -9 runs: 20 in the normal suite, `CARETAKER_FAULT_RUNS` in the slow fault suite.
@@ -210,9 +201,7 @@ fn an_unreadable_source_fails_clearly_and_writes_nothing() {
 #[test]
 fn corrupted_archives_are_refused_by_restore_and_verify() {
     let rig = Rig::new(Schema::Bobamixer, 300, "keep: {last: 10}");
-    let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
-    let good = rig.archives().pop().unwrap();
+    let good = rig.backed_up();
     let bytes = fs::read(&good).unwrap();
 
     let flipped = {
@@ -229,25 +218,7 @@ fn corrupted_archives_are_refused_by_restore_and_verify() {
             .path()
             .join(format!("{}.tar.gz", what.replace(' ', "-")));
         fs::write(&bad, content).unwrap();
-        let target = rig.dir.path().join("restored.db");
-        let out = rig.restore(&bad, &target, false);
-        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(bad.to_str().unwrap()),
-            "{what}: the error names the archive: {stderr}"
-        );
-        assert!(
-            !target.exists(),
-            "{what}: nothing may be restored from a bad archive"
-        );
-        assert!(
-            names(rig.dir.path())
-                .iter()
-                .all(|n| !n.contains("caretaker-tmp")),
-            "{what}: {:?}",
-            names(rig.dir.path())
-        );
+        rig.assert_refused(&bad, what, &[]);
     }
 
     // An uncompressed archive has no CRC: the SHA-256 of the database catches the flip.

@@ -239,3 +239,67 @@ fn a_job_that_cannot_start_within_its_timeout_fails_and_alerts() {
     assert_eq!(run.result, "failed");
     assert!(run.error.as_deref().unwrap_or("").contains("timeout"));
 }
+
+#[test]
+fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
+    let sb = Sandbox::new();
+    let header = sb.header().replace("busy_timeout: 1s", "busy_timeout: 60s");
+    harness::write_replace(
+        &sb.jobs_file(),
+        &format!("{header}jobs:\n  slow:\n    on_signal: USR1\n    integrity: {{}}\n"),
+    );
+    // A second process's exclusive lock would do the same; the job waits on it inside its run.
+    let blocker = rusqlite::Connection::open(sb.path("requests.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut daemon = sb.start_daemon();
+    daemon.signal("USR1");
+    let started = wait_for(LONG, || {
+        runs(&sb, "slow")
+            .iter()
+            .any(|r| r.result == "running")
+            .then_some(())
+    });
+    assert!(started.is_some(), "no run started:\n{}", daemon.log_text());
+    let result = |json: &serde_json::Value| json["jobs"][0]["last_run"]["result"].clone();
+    let status_json = || {
+        let out = sb.caretaker(&["status", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(result(&status_json()), "running", "the live run is running");
+
+    daemon.signal("KILL");
+    assert!(daemon.wait_exit(LONG).is_some(), "the daemon did not die");
+    // Killed, the daemon left its state database's -wal and -shm behind: like every file it
+    // created in state_dir, they are private.
+    let mut seen = Vec::new();
+    let mut dirs = vec![sb.path("state")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::metadata(&path).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{} is {mode:o}", path.display());
+            if meta.is_dir() {
+                dirs.push(path.clone());
+            }
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    for name in ["state.db", "state.db-wal", "state.db-shm", "caretaker.lock"] {
+        assert!(seen.iter().any(|s| s == name), "{name} not in {seen:?}");
+    }
+    let json = status_json();
+    assert_eq!(result(&json), "interrupted", "{json:#}");
+    let error = json["jobs"][0]["last_run"]["error"].as_str().unwrap();
+    assert!(error.contains("ended during the run"), "{error}");
+    let out = sb.caretaker(&["status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table.lines().find(|l| l.starts_with("slow")).unwrap();
+    assert!(line.contains("interrupted"), "{table}");
+    // What status shows is what the next daemon records.
+    drop(blocker);
+    let _daemon = sb.start_daemon();
+    assert_eq!(runs(&sb, "slow")[0].result, "interrupted");
+}

@@ -2,8 +2,13 @@
 //!
 //! `manifest.json` is the first entry, so a reader knows the database's name, size and
 //! SHA-256 before the database itself streams past. Reading checks everything the format can
-//! check: gzip CRC and length (by reading to the very end), tar headers, the SHA-256 and size
-//! of the database and of every included file, and that nothing is missing or extra.
+//! check: gzip CRC and length (by reading to the very end, and nothing after it), tar headers
+//! (regular files only: no link, device, FIFO or extension entry is ever ours), the SHA-256
+//! and size of the database and of every included file, the SQLite header of the database
+//! against the manifest, and that nothing is missing or extra. Nothing an archive declares is
+//! read into memory beyond a small bound ([`MANIFEST_LIMIT`], [`NAME_LIMIT`]). [`extract`]
+//! adds what only SQLite can check on the extracted copy; every restore and test restore goes
+//! through it.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -28,6 +33,17 @@ pub const MANIFEST_ENTRY: &str = "manifest.json";
 pub const FILES_DIR: &str = "files";
 
 const IO_BUFFER: usize = 1 << 20;
+
+/// The largest `manifest.json` read: a real one is a few KiB (one entry per included file);
+/// the bound keeps an archive that declares gigabytes from taking that much memory.
+pub const MANIFEST_LIMIT: u64 = 1 << 20;
+
+/// The longest entry name read from a GNU long-name entry (Linux's `PATH_MAX`).
+pub const NAME_LIMIT: u64 = 4096;
+
+/// The SQLite header's length and its first bytes.
+const SQLITE_HEADER: usize = 100;
+const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 
 /// What an archive holds, as written to `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +238,10 @@ pub fn read(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Content
 pub fn peek_manifest(path: &Path) -> anyhow::Result<Manifest> {
     (|| {
         let (mut archive, _) = open_tar(path)?;
-        let mut entries = archive.entries().context("reading the tar stream")?;
+        let mut entries = archive
+            .entries()
+            .context("reading the tar stream")?
+            .raw(true);
         first_manifest(&mut entries)
     })()
     .with_context(|| format!("reading the backup archive {}", path.display()))
@@ -238,7 +257,7 @@ fn open_tar(path: &Path) -> anyhow::Result<(tar::Archive<Box<dyn Read>>, bool)> 
     };
     let reader: Box<dyn Read> = if compressed {
         Box::new(
-            ReadAhead::new(flate2::bufread::GzDecoder::new(file))
+            ReadAhead::new(OneGzipMember(flate2::bufread::GzDecoder::new(file)))
                 .context("starting a thread to decompress it")?,
         )
     } else {
@@ -247,62 +266,268 @@ fn open_tar(path: &Path) -> anyhow::Result<(tar::Archive<Box<dyn Read>>, bool)> 
     Ok((tar::Archive::new(reader), compressed))
 }
 
+/// A gzip stream that must be the whole file: we write one member and nothing after it, so
+/// bytes past its end (a second member, appended garbage) mean the file is not what we wrote.
+struct OneGzipMember<R: io::BufRead>(flate2::bufread::GzDecoder<R>);
+
+impl<R: io::BufRead> Read for OneGzipMember<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let rest = self.0.get_mut().fill_buf()?;
+            if !rest.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "there is data after the end of the gzip stream",
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The next member of the archive, with its name. Only regular files belong in an archive of
+/// ours (and the GNU long-name entries tar writes before names over 100 bytes, read up to
+/// [`NAME_LIMIT`]); anything else is refused by name and type. `entries` must be raw, so the
+/// tar crate reads no extension entry into memory by itself.
+fn next_file<'a, R: Read>(
+    entries: &mut tar::Entries<'a, R>,
+) -> anyhow::Result<Option<(String, tar::Entry<'a, R>)>> {
+    let mut long_name: Option<String> = None;
+    loop {
+        let Some(entry) = entries.next() else {
+            ensure!(
+                long_name.is_none(),
+                "the tar stream ends after a long-name entry, without the member it names"
+            );
+            return Ok(None);
+        };
+        let mut entry = entry.context("reading a tar header")?;
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname() {
+            ensure!(
+                long_name.is_none(),
+                "two long-name entries in a row: not a tar stream caretaker writes"
+            );
+            let mut bytes = read_bounded(&mut entry, NAME_LIMIT, "a long-name entry")?;
+            while bytes.last() == Some(&0) {
+                bytes.pop();
+            }
+            long_name =
+                Some(String::from_utf8(bytes).context("a tar entry's long name is not UTF-8")?);
+            continue;
+        }
+        let name = match long_name {
+            Some(name) => name,
+            None => entry_name(&entry)?,
+        };
+        ensure!(
+            kind.is_file(),
+            "entry `{name}` is {}; only regular files are accepted in a caretaker backup archive",
+            kind_name(kind)
+        );
+        return Ok(Some((name, entry)));
+    }
+}
+
+/// The data of `entry` (`what`), refused when its header declares more than `limit` bytes.
+fn read_bounded<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    limit: u64,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let size = entry.size();
+    ensure!(
+        size <= limit,
+        "{what} declares {size} bytes; up to {limit} bytes are accepted"
+    );
+    let mut bytes = Vec::with_capacity(size as usize);
+    entry
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {what}"))?;
+    Ok(bytes)
+}
+
+fn kind_name(kind: tar::EntryType) -> String {
+    use tar::EntryType as T;
+    match kind {
+        T::Link => "a hard link".into(),
+        T::Symlink => "a symbolic link".into(),
+        T::Char => "a character device".into(),
+        T::Block => "a block device".into(),
+        T::Directory => "a directory".into(),
+        T::Fifo => "a FIFO".into(),
+        T::Continuous => "a contiguous file".into(),
+        T::GNULongLink => "a GNU long link name".into(),
+        T::GNUSparse => "a sparse file".into(),
+        T::XGlobalHeader | T::XHeader => "a pax extended header".into(),
+        other => format!("an entry of type `{}`", other.as_byte().escape_ascii()),
+    }
+}
+
 fn first_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> anyhow::Result<Manifest> {
-    let mut first = entries
-        .next()
-        .context("the archive has no entries")?
-        .context("reading the first tar entry")?;
-    let name = entry_name(&first)?;
+    let (name, mut first) = next_file(entries)?.context("the archive has no entries")?;
     ensure!(
         name == MANIFEST_ENTRY,
         "the first entry is `{name}`, not {MANIFEST_ENTRY}: not a caretaker backup archive"
     );
-    let mut json = Vec::new();
-    first
-        .read_to_end(&mut json)
-        .context("reading manifest.json")?;
+    let json = read_bounded(&mut first, MANIFEST_LIMIT, MANIFEST_ENTRY)
+        .context("not a caretaker backup archive")?;
     let manifest: Manifest = serde_json::from_slice(&json).context("parsing manifest.json")?;
     ensure!(
         manifest.format == FORMAT_VERSION,
         "the archive has format {} but this caretaker reads format {FORMAT_VERSION}",
         manifest.format
     );
+    check_manifest(&manifest)?;
     Ok(manifest)
+}
+
+/// What a manifest must say of the database for it to be one: at least one page, of a
+/// power-of-two size from 512 bytes to 64 KiB, and all of its pages within the file. (A file
+/// may be longer than its pages: SQLite ignores bytes past the page count in its header.)
+fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
+    ensure!(
+        m.size > 0 && m.page_count > 0,
+        "the manifest describes an empty database `{}` ({} bytes, {} pages); a backup holds a database of at least one page",
+        m.database,
+        m.size,
+        m.page_count
+    );
+    ensure!(
+        m.page_size.is_power_of_two() && (512..=65536).contains(&m.page_size),
+        "the manifest gives the database a page size of {}; SQLite's are powers of two from 512 to 65536",
+        m.page_size
+    );
+    ensure!(
+        m.page_size
+            .checked_mul(m.page_count)
+            .is_some_and(|pages| pages <= m.size),
+        "the manifest gives the database {} bytes, fewer than its {} pages of {} bytes",
+        m.size,
+        m.page_count,
+        m.page_size
+    );
+    Ok(())
+}
+
+/// Checks the first bytes of the database entry: the SQLite header, its page size and (when
+/// the header's count is current) its page count against the manifest's.
+fn check_sqlite_header(head: &[u8], m: &Manifest) -> anyhow::Result<()> {
+    ensure!(
+        head.len() == SQLITE_HEADER && head.starts_with(SQLITE_MAGIC),
+        "`{}` is not an SQLite database: it does not start with the SQLite header",
+        m.database
+    );
+    let page_size = match u16::from_be_bytes([head[16], head[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    };
+    ensure!(
+        page_size == m.page_size,
+        "`{}` has pages of {page_size} bytes but the manifest says {}",
+        m.database,
+        m.page_size
+    );
+    let word = |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    // The in-header page count is current only when its version-valid-for number equals the
+    // change counter (SQLite's file format, section 1.3.7).
+    let pages = u64::from(word(28));
+    if pages != 0 && word(92) == word(24) {
+        ensure!(
+            pages == m.page_count,
+            "`{}` has {pages} pages by its header but the manifest says {}",
+            m.database,
+            m.page_count
+        );
+    }
+    Ok(())
+}
+
+/// Passes bytes through, keeping the first [`SQLITE_HEADER`] of them.
+struct KeepHead<W: Write> {
+    inner: W,
+    head: Vec<u8>,
+}
+
+impl<W: Write> Write for KeepHead<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let want = (SQLITE_HEADER - self.head.len()).min(n);
+        self.head.extend_from_slice(&buf[..want]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Accepts only zeros: what may follow a tar stream's end marker (padding to a record).
+struct OnlyZeros;
+
+impl Write for OnlyZeros {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.iter().any(|&b| b != 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "there is data after the end of the tar stream",
+            ));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn read_inner(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Contents> {
     let (mut archive, compressed) = open_tar(path)?;
-    let mut entries = archive.entries().context("reading the tar stream")?;
+    let mut entries = archive
+        .entries()
+        .context("reading the tar stream")?
+        .raw(true);
     let manifest = first_manifest(&mut entries)?;
 
     let mut seen_database = false;
     let mut seen_files = vec![false; manifest.files.len()];
-    for entry in entries {
-        let mut entry = entry.context("reading a tar entry")?;
-        let name = entry_name(&entry)?;
-        let (expected_sha, expected_size, out): (&str, u64, &mut dyn Write) =
-            if name == manifest.database && !seen_database {
-                seen_database = true;
-                (&manifest.sha256, manifest.size, &mut *database_out)
-            } else if let Some(i) = manifest
-                .files
-                .iter()
-                .position(|f| f.entry == name)
-                .filter(|&i| !seen_files[i])
-            {
-                seen_files[i] = true;
-                (
-                    &manifest.files[i].sha256,
-                    manifest.files[i].size,
-                    &mut io::sink(),
-                )
-            } else {
-                bail!("unexpected entry `{name}` that the manifest does not list");
-            };
-        let mut hashing = HashingWriter::new(out);
+    while let Some((name, mut entry)) = next_file(&mut entries)? {
+        let is_database = name == manifest.database && !seen_database;
+        let (expected_sha, expected_size): (&str, u64) = if is_database {
+            seen_database = true;
+            (&manifest.sha256, manifest.size)
+        } else if let Some(i) = manifest
+            .files
+            .iter()
+            .position(|f| f.entry == name)
+            .filter(|&i| !seen_files[i])
+        {
+            seen_files[i] = true;
+            (&manifest.files[i].sha256, manifest.files[i].size)
+        } else {
+            bail!("unexpected entry `{name}` that the manifest does not list");
+        };
+        // The header's size first: a short or long entry fails before any byte is copied.
+        let declared = entry.size();
+        ensure!(
+            declared == expected_size,
+            "`{name}` has {declared} bytes but the manifest says {expected_size}"
+        );
+        let mut sink = io::sink();
+        let out: &mut dyn Write = if is_database {
+            &mut *database_out
+        } else {
+            &mut sink
+        };
+        let mut hashing = HashingWriter::new(KeepHead {
+            inner: out,
+            head: Vec::with_capacity(SQLITE_HEADER),
+        });
         let size =
             io::copy(&mut entry, &mut hashing).with_context(|| format!("reading `{name}`"))?;
-        let (sha, _) = hashing.finish();
+        let (sha, kept) = hashing.finish();
         ensure!(
             size == expected_size,
             "`{name}` has {size} bytes but the manifest says {expected_size}"
@@ -311,6 +536,9 @@ fn read_inner(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Conte
             sha == expected_sha,
             "the SHA-256 of `{name}` is {sha} but the manifest says {expected_sha}: the archive is corrupt"
         );
+        if is_database {
+            check_sqlite_header(&kept.head, &manifest)?;
+        }
     }
     ensure!(
         seen_database,
@@ -324,8 +552,8 @@ fn read_inner(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Conte
         );
     }
     // tar stops at its end marker; the gzip trailer (CRC-32 and length) is only checked once
-    // the decoder reaches the end of the stream.
-    io::copy(&mut archive.into_inner(), &mut io::sink())
+    // the decoder reaches the end of the stream, and nothing may follow either.
+    io::copy(&mut archive.into_inner(), &mut OnlyZeros)
         .context("reading the end of the archive")?;
     Ok(Contents {
         manifest,
@@ -397,14 +625,88 @@ pub struct CheckReport {
 /// Runs SQLite's own consistency checks on a database file of ours (a snapshot or an
 /// extracted copy, never the gateway's). Corruption is an error.
 pub fn check_database(path: &Path, level: CheckLevel) -> anyhow::Result<CheckReport> {
-    use rusqlite::OpenFlags;
+    check_copy(path, level, None).map(|(report, _)| report)
+}
+
+/// What a verified extraction found.
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub manifest: Manifest,
+    pub compressed: bool,
+    pub check: CheckReport,
+    /// Rows of the manifest's table, counted in the copy (equal to the manifest's).
+    pub rows: Option<u64>,
+}
+
+/// Reads `archive` as [`read`] does, writing its database into `file` (open at `file_path`,
+/// empty, ours), then opens the copy as SQLite, checks it at `level` and against the
+/// manifest: its size, page size, page count and the row count of its table. The one check
+/// every restore and test restore goes through.
+pub fn extract(
+    archive: &Path,
+    file: &mut File,
+    file_path: &Path,
+    level: CheckLevel,
+) -> anyhow::Result<Extracted> {
+    let contents = {
+        let mut out = BufWriter::with_capacity(IO_BUFFER, &mut *file);
+        let contents = read(archive, &mut out)?;
+        out.flush()
+            .with_context(|| format!("writing {}", file_path.display()))?;
+        contents
+    };
+    let (check, rows) = check_copy(file_path, level, Some(&contents.manifest))
+        .with_context(|| format!("the database in {} does not check out", archive.display()))?;
+    Ok(Extracted {
+        manifest: contents.manifest,
+        compressed: contents.compressed,
+        check,
+        rows,
+    })
+}
+
+/// [`check_database`], and with `expect` also the copy's size, page size, page count and the
+/// row count of the manifest's table against the manifest (the rows counted are returned).
+fn check_copy(
+    path: &Path,
+    level: CheckLevel,
+    expect: Option<&Manifest>,
+) -> anyhow::Result<(CheckReport, Option<u64>)> {
+    use rusqlite::{OpenFlags, OptionalExtension};
     let checking = || format!("checking the database copy {}", path.display());
+    if let Some(m) = expect {
+        let size = std::fs::metadata(path).with_context(checking)?.len();
+        ensure!(
+            size == m.size,
+            "the copy {} has {size} bytes but the manifest says {}",
+            path.display(),
+            m.size
+        );
+    }
     // Read-write so a copy in WAL mode opens without a -shm file from its writer.
     let conn = crate::sqlite::open(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(checking)?;
+    let number = |sql: &str| -> anyhow::Result<u64> {
+        let n: i64 = conn
+            .query_row(sql, [], |r| r.get(0))
+            .with_context(checking)?;
+        Ok(n.max(0) as u64)
+    };
+    if let Some(m) = expect {
+        // SQLite reads the header here: a file that is not a database fails now.
+        let page_size = number("PRAGMA page_size")?;
+        let page_count = number("PRAGMA page_count")?;
+        ensure!(
+            (page_size, page_count) == (m.page_size, m.page_count),
+            "SQLite finds {page_count} pages of {page_size} bytes in {} but the manifest says {} of {}",
+            path.display(),
+            m.page_count,
+            m.page_size
+        );
+    }
     let pragma = match level {
         CheckLevel::Quick => "PRAGMA quick_check(20)",
         CheckLevel::Integrity | CheckLevel::Full => "PRAGMA integrity_check(20)",
@@ -420,13 +722,40 @@ pub fn check_database(path: &Path, level: CheckLevel) -> anyhow::Result<CheckRep
             problems.join("; ")
         );
     }
+    let mut rows = None;
+    if let Some(m) = expect {
+        let has_table = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [&m.table],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .with_context(checking)?
+            .is_some();
+        if has_table {
+            rows = Some(number(&format!(
+                "SELECT count(*) FROM \"{}\"",
+                m.table.replace('"', "\"\"")
+            ))?);
+        }
+        let show = |r: Option<u64>| r.map_or("no table".to_string(), |n| format!("{n} rows"));
+        ensure!(
+            rows == m.row_count,
+            "table `{}` of {} has {} but the manifest says {}: the archive does not hold the database it describes",
+            m.table,
+            path.display(),
+            show(rows),
+            show(m.row_count)
+        );
+    }
     let mut report = CheckReport::default();
     if level == CheckLevel::Full {
         let mut stmt = conn
             .prepare("PRAGMA foreign_key_check")
             .with_context(checking)?;
-        let mut rows = stmt.query([]).with_context(checking)?;
-        while let Some(row) = rows.next().with_context(checking)? {
+        let mut found = stmt.query([]).with_context(checking)?;
+        while let Some(row) = found.next().with_context(checking)? {
             report.foreign_key_violations += 1;
             if report.examples.len() < 20 {
                 let table: String = row.get(0).with_context(checking)?;
@@ -436,13 +765,102 @@ pub fn check_database(path: &Path, level: CheckLevel) -> anyhow::Result<CheckRep
                 report.examples.push(format!("{table} {rowid} -> {parent}"));
             }
         }
+        drop(found);
+        drop(stmt);
     }
     conn.close().map_err(|(_, e)| e).with_context(checking)?;
-    Ok(report)
+    Ok((report, rows))
 }
 
 /// Worker threads for compression: every core; the snapshot is already taken, so this only
 /// competes with the gateway for CPU, which the kernel shares fairly.
 pub fn compression_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(size: u64, page_size: u64, page_count: u64) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            job: "b".into(),
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            source: "/g.db".into(),
+            database: "g.db".into(),
+            size,
+            sha256: String::new(),
+            sqlite_version: String::new(),
+            page_size,
+            page_count,
+            journal_mode: "wal".into(),
+            table: "t".into(),
+            row_count: Some(1),
+            files: Vec::new(),
+            tool: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_must_describe_at_least_one_page_within_the_file() {
+        let cases = [
+            (manifest(8192, 4096, 2), None),
+            (manifest(8200, 4096, 2), None),
+            (manifest(65536, 65536, 1), None),
+            (manifest(0, 4096, 0), Some("empty")),
+            (manifest(4096, 4096, 0), Some("empty")),
+            (manifest(0, 4096, 1), Some("empty")),
+            (manifest(4096, 4096, 2), Some("fewer than its 2 pages")),
+            (manifest(4096, 1000, 4), Some("page size of 1000")),
+            (manifest(256, 256, 1), Some("page size of 256")),
+            (manifest(u64::MAX, 65536, u64::MAX), Some("fewer than")),
+        ];
+        for (m, error) in cases {
+            let got = check_manifest(&m).err().map(|e| e.to_string());
+            match (error, got) {
+                (None, None) => {}
+                (Some(want), Some(got)) if got.contains(want) => {}
+                (want, got) => panic!("{m:?}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_sqlite_header_must_match_the_manifest() {
+        let header = |page_size: u16, pages: u32, counter: u32, valid_for: u32| {
+            let mut h = vec![0u8; SQLITE_HEADER];
+            h[..16].copy_from_slice(SQLITE_MAGIC);
+            h[16..18].copy_from_slice(&page_size.to_be_bytes());
+            h[24..28].copy_from_slice(&counter.to_be_bytes());
+            h[28..32].copy_from_slice(&pages.to_be_bytes());
+            h[92..96].copy_from_slice(&valid_for.to_be_bytes());
+            h
+        };
+        let m = manifest(8192, 4096, 2);
+        let big = manifest(65536 * 3, 65536, 3);
+        let cases = [
+            (header(4096, 2, 7, 7), &m, None),
+            // A stale in-header count (another version wrote last) is not held against it.
+            (header(4096, 9, 7, 6), &m, None),
+            (header(4096, 0, 7, 7), &m, None),
+            (header(1, 3, 1, 1), &big, None),
+            (header(4096, 3, 7, 7), &m, Some("3 pages by its header")),
+            (header(1024, 2, 7, 7), &m, Some("pages of 1024 bytes")),
+            (vec![7u8; SQLITE_HEADER], &m, Some("not an SQLite database")),
+            (
+                header(4096, 2, 7, 7)[..50].to_vec(),
+                &m,
+                Some("not an SQLite"),
+            ),
+        ];
+        for (head, m, error) in cases {
+            let got = check_sqlite_header(&head, m).err().map(|e| e.to_string());
+            match (error, got) {
+                (None, None) => {}
+                (Some(want), Some(got)) if got.contains(want) => {}
+                (want, got) => panic!("want {want:?}, got {got:?}"),
+            }
+        }
+    }
 }

@@ -1,12 +1,11 @@
 //! The `verify` job: periodic test restores of a backup job's archives.
 //!
 //! A test restore does what `caretaker restore` does short of replacing anything: it reads
-//! the whole archive (gzip CRC, tar, SHA-256 of every entry against the manifest), writes the
-//! database to a scratch file beside the archives and runs `integrity_check` and
-//! `foreign_key_check` on it. It never opens the gateway's database.
+//! the whole archive and writes the database to a scratch file beside the archives through
+//! [`archive::extract`] (gzip CRC, tar, SHA-256 of every entry, SQLite header, page and row
+//! counts against the manifest), with `integrity_check` and `foreign_key_check`. It never opens the gateway's database.
 
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
@@ -191,22 +190,17 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
     )?;
     let scratch = name.scratch_path(dir, Scratch::Verify);
     let result = (|| {
-        let file = fs::OpenOptions::new()
+        let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&scratch)
             .with_context(|| format!("creating the scratch file {}", scratch.display()))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let contents = archive::read(archive, &mut out)?;
-        out.flush()
-            .with_context(|| format!("writing {}", scratch.display()))?;
-        drop(out);
-        let check = archive::check_database(&scratch, CheckLevel::Full)?;
+        let extracted = archive::extract(archive, &mut file, &scratch, CheckLevel::Full)?;
         Ok(Tested {
-            rows: contents.manifest.row_count,
-            bytes: contents.manifest.size,
-            foreign_key_violations: check.foreign_key_violations,
+            rows: extracted.rows,
+            bytes: extracted.manifest.size,
+            foreign_key_violations: extracted.check.foreign_key_violations,
         })
     })();
     for suffix in ["", "-wal", "-shm", "-journal"] {

@@ -186,6 +186,31 @@ impl Rig {
             .expect("running caretaker restore")
     }
 
+    /// Runs the backup job `nightly`, which must succeed, and returns its newest archive.
+    pub fn backed_up(&self) -> PathBuf {
+        let out = self.run_job("nightly");
+        assert!(out.status.success(), "{}", text(&out));
+        self.archives().pop().unwrap()
+    }
+
+    /// Restoring `bad` fails (exit 1) with an error naming it and each of `words`, and leaves
+    /// neither the target nor a temporary file.
+    pub fn assert_refused(&self, bad: &Path, what: &str, words: &[&str]) {
+        let target = self.dir.path().join("restored.db");
+        let out = self.restore(bad, &target, false);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for word in words.iter().chain([&bad.to_str().unwrap()]) {
+            assert!(stderr.contains(word), "{what}: `{word}` not in: {stderr}");
+        }
+        assert!(!target.exists(), "{what}: nothing may be restored");
+        let dir = names(self.dir.path());
+        assert!(
+            dir.iter().all(|n| !n.contains("caretaker-tmp")),
+            "{what}: {dir:?}"
+        );
+    }
+
     /// This job's archives in `to`, oldest first.
     pub fn archives(&self) -> Vec<PathBuf> {
         caretaker::backup::list(&self.to, "nightly")
@@ -239,6 +264,16 @@ pub fn keys(db: &Path, schema: Schema) -> BTreeSet<String> {
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+/// The names of the files in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
 }
 
 pub fn integrity(db: &Path) -> String {
