@@ -21,6 +21,33 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const LOCKED: u8 = 3;
+    /// Standard output was closed by its reader (`caretaker check | head -1`): what a shell
+    /// reports for a program killed by SIGPIPE (128 + 13), as `set -o pipefail` scripts expect
+    /// of coreutils. Nothing is printed.
+    pub const BROKEN_PIPE: u8 = 141;
+}
+
+/// Writes a command's output to stdout at once. A reader that went away is a quiet exit with
+/// [`exit::BROKEN_PIPE`]; any other failure (a full disk: `check > /dev/full`) is said on
+/// stderr and is [`exit::FAILED`]. Never a panic, as `println!` would be.
+fn emit(text: &str) -> Result<(), u8> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(exit::BROKEN_PIPE),
+        Err(e) => {
+            say(&format!("error: writing to standard output: {e}"));
+            Err(exit::FAILED)
+        }
+    }
+}
+
+/// Writes one line to stderr. Where stderr itself cannot be written, there is nobody left to
+/// tell: the failure is dropped rather than turned into a panic, as `eprintln!` would.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 #[derive(Debug, Parser)]
@@ -102,15 +129,19 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, u8> {
-    match config::load(path) {
+    load_for(path, config::Purpose::Run)
+}
+
+fn load_for(path: &Path, purpose: config::Purpose) -> Result<Config, u8> {
+    match config::load_for(path, purpose) {
         Ok((config, warnings)) => {
             for w in warnings {
-                eprintln!("warning: {w}");
+                say(&format!("warning: {w}"));
             }
             Ok(config)
         }
         Err(errors) => {
-            eprintln!("{errors}");
+            say(&errors.to_string());
             Err(exit::USAGE)
         }
     }
@@ -120,28 +151,28 @@ fn run(path: &Path) -> u8 {
     match daemon::run(path) {
         Ok(()) => exit::OK,
         Err(StartError::Config(errors)) => {
-            eprintln!("{errors}");
+            say(&format!("{errors}"));
             exit::USAGE
         }
         Err(StartError::Locked(e)) => {
-            eprintln!("error: {e}");
+            say(&format!("error: {e}"));
             exit::LOCKED
         }
         Err(StartError::Other(e)) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             exit::FAILED
         }
     }
 }
 
 fn check(path: &Path) -> u8 {
-    let config = match load(path) {
+    let config = match load_for(path, config::Purpose::Check) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let now = Utc::now();
-    println!(
-        "{}: valid; {} job{}, times in {}",
+    let mut out = format!(
+        "{}: valid; {} job{}, times in {}\n",
         path.display(),
         config.jobs.len(),
         if config.jobs.len() == 1 { "" } else { "s" },
@@ -169,9 +200,13 @@ fn check(path: &Path) -> u8 {
         if !signals.is_empty() {
             line.push_str(&format!("\n    on {}", signals.join(", ")));
         }
-        println!("{line}");
+        out.push_str(&line);
+        out.push('\n');
     }
-    exit::OK
+    match emit(&out) {
+        Ok(()) => exit::OK,
+        Err(code) => code,
+    }
 }
 
 fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
@@ -182,17 +217,17 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
     crate::logging::init(&config.log);
     let Some(job) = config.job(name) else {
         let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
-        eprintln!(
+        say(&format!(
             "error: no job `{name}` in {}; jobs: {}",
             path.display(),
             names.join(", ")
-        );
+        ));
         return exit::USAGE;
     };
     let state = match State::open(&config.state_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             return exit::FAILED;
         }
     };
@@ -212,20 +247,23 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             .block_on(alerts::deliver_due(&state, &sinks, Utc::now()))
     });
     if let Err(e) = delivered {
-        eprintln!("warning: alerts stay queued for the daemon: {e:#}");
+        say(&format!("warning: alerts stay queued for the daemon: {e:#}"));
     }
     match outcome.result {
         runner::Result::Ok => {
             let report = outcome.report.unwrap_or_default();
-            println!("{name}: {}{report}", if dry_run { "dry run: " } else { "" });
-            exit::OK
+            let out = format!("{name}: {}{report}\n", if dry_run { "dry run: " } else { "" });
+            match emit(&out) {
+                Ok(()) => exit::OK,
+                Err(code) => code,
+            }
         }
         runner::Result::Failed(message) => {
-            eprintln!("{name}: failed: {message}");
+            say(&format!("{name}: failed: {message}"));
             exit::FAILED
         }
         runner::Result::Skipped(why) => {
-            eprintln!("{name}: not run: {why}");
+            say(&format!("{name}: not run: {why}"));
             exit::FAILED
         }
     }

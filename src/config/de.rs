@@ -24,13 +24,20 @@ pub struct Found {
 #[derive(Default)]
 pub struct Recorder {
     found: RefCell<Vec<Found>>,
+    /// (path, message) of everything in `found`: a set, so that recording stays linear in a
+    /// file of thousands of errors.
+    seen: RefCell<HashSet<(String, String)>>,
     skip: RefCell<HashSet<String>>,
 }
 
 impl Recorder {
     fn record(&self, pos: Pos, path: &str, message: String) {
         let mut found = self.found.borrow_mut();
-        if !found.iter().any(|f| f.path == path && f.message == message) {
+        if self
+            .seen
+            .borrow_mut()
+            .insert((path.to_string(), message.clone()))
+        {
             found.push(Found {
                 pos,
                 path: path.to_string(),

@@ -17,18 +17,45 @@ pub struct ConfigError {
     pub source_line: Option<String>,
 }
 
+/// The jobs file's text with where each line starts, so that showing the line of an error
+/// costs the same whether the file has 10 errors or 20,000.
+pub struct Source<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Source { text, starts }
+    }
+
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// Line `line` (counted from 1) without its line break.
+    pub fn line(&self, line: usize) -> Option<&'a str> {
+        let start = *self.starts.get(line.checked_sub(1)?)?;
+        let rest = &self.text[start..];
+        let end = rest.find('\n').unwrap_or(rest.len());
+        Some(rest[..end].strip_suffix('\r').unwrap_or(&rest[..end]))
+    }
+}
+
 impl ConfigError {
-    pub fn at(file: &Path, text: &str, pos: Pos, key_path: &str, message: String) -> Self {
+    pub fn at(file: &Path, source: &Source<'_>, pos: Pos, key_path: &str, message: String) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             line: pos.line,
             column: pos.column,
             key_path: key_path.to_string(),
             message,
-            source_line: pos
-                .line
-                .checked_sub(1)
-                .and_then(|i| text.lines().nth(i))
+            source_line: source
+                .line(pos.line)
+                .filter(|l| !l.is_empty() || pos.line < source.starts.len())
                 .map(str::to_string),
         }
     }
@@ -78,13 +105,24 @@ impl ConfigErrors {
     }
 }
 
+/// The most errors shown one by one; a file with thousands (a pasted log, a generated file)
+/// is summed up after these.
+pub const SHOWN_ERRORS: usize = 100;
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.0.iter().take(SHOWN_ERRORS).enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "error: {e}")?;
+        }
+        if self.0.len() > SHOWN_ERRORS {
+            write!(
+                f,
+                "\n... and {} more errors, not shown",
+                self.0.len() - SHOWN_ERRORS
+            )?;
         }
         write!(
             f,
