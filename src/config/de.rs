@@ -215,7 +215,11 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
                     visitor.visit_bool(value == "true")
                 } else if let Ok(n) = value.parse::<i64>() {
                     visitor.visit_i64(n)
-                } else if let Ok(f) = value.parse::<f64>() {
+                } else if let Ok(n) = value.parse::<u64>() {
+                    // Above i64: still a whole number, not a rounded float.
+                    visitor.visit_u64(n)
+                } else if let Some(f) = value.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                    // `1e999` and `inf` stay text: no number the file could mean.
                     visitor.visit_f64(f)
                 } else {
                     visitor.visit_str(value)

@@ -348,6 +348,21 @@ impl Checks<'_> {
         }
     }
 
+    /// A path key's value resolved as [`Checks::path`] does. An empty one (`to: ""`) is an
+    /// error and `None`: it would resolve to the jobs file's own directory, where a job would
+    /// then write, and retention delete.
+    pub fn given_path(&mut self, key_path: &str, p: Option<&Path>) -> Option<PathBuf> {
+        let p = p?;
+        if p.as_os_str().is_empty() {
+            self.error(
+                key_path,
+                "is empty; accepted: a path (relative ones are taken from the jobs file's directory)",
+            );
+            return None;
+        }
+        Some(self.path(p))
+    }
+
     pub fn base_dir(&self) -> &Path {
         self.base
     }

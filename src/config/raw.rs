@@ -112,7 +112,7 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             });
             AlertSettings {
                 email,
-                file: raw.file.map(|p| checks.path(&p)),
+                file: checks.given_path("alerts.file", raw.file.as_deref()),
                 repeat_after: raw
                     .repeat_after
                     .map_or(StdDuration::from_secs(6 * 3600), |d| d.0),
@@ -138,16 +138,18 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             }
         }
     }
+    let metrics_file = checks.given_path("metrics_file", top.metrics_file.as_deref());
+    let state_dir = top.state_dir.as_deref().map_or(
+        Some(PathBuf::from("/var/lib/caretaker")),
+        |p| checks.given_path("state_dir", Some(p)),
+    );
     Some(Config {
         source: checks.file.to_path_buf(),
         gateway: gateway?,
-        state_dir: checks.path(
-            &top.state_dir
-                .unwrap_or_else(|| PathBuf::from("/var/lib/caretaker")),
-        ),
+        state_dir: state_dir?,
         timezone: top.timezone.map_or(chrono_tz::UTC, |z| z.0),
         shutdown_timeout,
-        metrics_file: top.metrics_file.map(|p| checks.path(&p)),
+        metrics_file,
         log,
         alerts,
         jobs,
@@ -197,7 +199,7 @@ fn check_references(jobs: &[Job], checks: &mut Checks<'_>) {
                 None if in_file => {}
                 Some(kind) => checks.error(
                     &key_path,
-                    format!("names job `{dep}`, which is a {kind} job; accepted: the name of a job with a `backup` block"),
+                    format!("names job `{dep}`, whose kind is {kind}, not backup; accepted: the name of a job with a `backup` block"),
                 ),
                 None => checks.error(
                     &key_path,
