@@ -247,12 +247,17 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             .block_on(alerts::deliver_due(&state, &sinks, Utc::now()))
     });
     if let Err(e) = delivered {
-        say(&format!("warning: alerts stay queued for the daemon: {e:#}"));
+        say(&format!(
+            "warning: alerts stay queued for the daemon: {e:#}"
+        ));
     }
     match outcome.result {
         runner::Result::Ok => {
             let report = outcome.report.unwrap_or_default();
-            let out = format!("{name}: {}{report}\n", if dry_run { "dry run: " } else { "" });
+            let out = format!(
+                "{name}: {}{report}\n",
+                if dry_run { "dry run: " } else { "" }
+            );
             match emit(&out) {
                 Ok(()) => exit::OK,
                 Err(code) => code,

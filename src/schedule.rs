@@ -258,7 +258,12 @@ mod tests {
 
     #[test]
     fn patterns_that_never_fire_are_refused() {
-        for never in ["0 0 30 2 *", "0 0 31 2 *", "0 0 31 4,6,9,11 *", "0 0 0 30 2 * "] {
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 0 30 2 * ",
+        ] {
             let err = Schedule::parse(never).unwrap_err();
             assert!(err.contains("never fires"), "{never}: {err}");
             assert!(err.contains(never), "{never}: {err}");

@@ -99,7 +99,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .and_then(|n| n.checked_mul(seconds))
         .map(Duration::from_secs)
         .filter(|&d| d <= MAX_DURATION)
-        .ok_or_else(|| format!("`{text}` is too long a duration; accepted: up to {MAX_DURATION_TEXT}"))
+        .ok_or_else(|| {
+            format!("`{text}` is too long a duration; accepted: up to {MAX_DURATION_TEXT}")
+        })
 }
 
 /// Parses a share such as `75%` into a fraction (`0.75`).
@@ -170,7 +172,10 @@ mod tests {
         for &(text, want) in bad {
             let err = parse_size(text).expect_err(text);
             assert!(err.contains(want), "{text}: {err}");
-            assert!(err.contains("expected") || err.contains("accepted"), "{err}");
+            assert!(
+                err.contains("expected") || err.contains("accepted"),
+                "{err}"
+            );
         }
     }
 

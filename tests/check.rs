@@ -78,22 +78,27 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// `check` refuses the sandbox's jobs file (exit 2) naming `place` and saying `phrase`.
+fn assert_refused(sb: &Sandbox, what: &str, place: &str, phrase: &str) {
+    let out = sb.caretaker(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+    assert!(
+        stderr.contains(place),
+        "{what}: expected `{place}` in:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(phrase),
+        "{what}: expected `{phrase}` in:\n{stderr}"
+    );
+}
+
 #[test]
 fn bad_files_are_refused_with_file_line_column_key_and_what_is_accepted() {
     for (what, jobs, place, phrase) in BAD {
         let sb = Sandbox::new();
         sb.write_jobs(jobs);
-        let out = sb.caretaker(&["check"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
-        assert!(
-            stderr.contains(place),
-            "{what}: expected `{place}` in:\n{stderr}"
-        );
-        assert!(
-            stderr.contains(phrase),
-            "{what}: expected `{phrase}` in:\n{stderr}"
-        );
+        assert_refused(&sb, what, place, phrase);
     }
 }
 
@@ -231,11 +236,7 @@ fn values_that_can_never_work_are_refused_at_their_key() {
     for (what, jobs, place, phrase) in NEVER_WORK {
         let sb = Sandbox::new();
         sb.write_jobs(jobs);
-        let out = sb.caretaker(&["check"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
-        assert!(stderr.contains(place), "{what}: expected `{place}` in:\n{stderr}");
-        assert!(stderr.contains(phrase), "{what}: expected `{phrase}` in:\n{stderr}");
+        assert_refused(&sb, what, place, phrase);
     }
 }
 
@@ -276,11 +277,7 @@ fn every_duration_has_an_upper_bound_said_in_the_error() {
             sb.header().replace(from, to)
         );
         harness::write_replace(&sb.jobs_file(), &text);
-        let out = sb.caretaker(&["check"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{to}: {stderr}");
-        assert!(stderr.contains(place), "{to}: expected `{place}` in:\n{stderr}");
-        assert!(stderr.contains(phrase), "{to}: expected `{phrase}` in:\n{stderr}");
+        assert_refused(&sb, to, place, phrase);
     }
 }
 
@@ -296,7 +293,10 @@ fn a_file_that_is_not_utf8_is_placed_at_its_first_bad_byte() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("jobs.yaml:9:5: byte 0xff"), "{stderr}");
-    assert!(stderr.contains(&format!("at byte offset {offset} ")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("at byte offset {offset} ")),
+        "{stderr}"
+    );
     assert!(stderr.contains("accepted: a UTF-8 text file"), "{stderr}");
     // The path was given: it is the file the operator meant.
     assert!(!stderr.contains("--config"), "{stderr}");
@@ -310,9 +310,13 @@ fn an_empty_file_says_so_and_shows_a_minimal_one() {
         let out = sb.caretaker(&["check"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text:?}: {stderr}");
-        assert!(stderr.contains("the jobs file is empty"), "{text:?}: {stderr}");
         assert!(
-            stderr.contains("gateway:\n  database: ") && stderr.contains("  schema: apantli\njobs:\n"),
+            stderr.contains("the jobs file is empty"),
+            "{text:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("gateway:\n  database: ")
+                && stderr.contains("  schema: apantli\njobs:\n"),
             "{text:?}: {stderr}"
         );
     }
@@ -326,7 +330,8 @@ fn a_tab_in_the_indentation_is_placed_at_the_tab() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("jobs.yaml:11:3: a tab is used for indentation here; accepted: spaces only"),
+        stderr
+            .contains("jobs.yaml:11:3: a tab is used for indentation here; accepted: spaces only"),
         "{stderr}"
     );
 }

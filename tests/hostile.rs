@@ -42,10 +42,13 @@ fn job(body: &str) -> Vec<u8> {
 
 /// "Billion laughs": nine levels of nine aliases each, a few hundred bytes of text.
 fn laughs(item: &str) -> Vec<u8> {
-    let mut text = format!("{HEADER}a: &a [{}]\n", vec![item; 9].join(","));
+    let mut text = format!("{HEADER}a: &a [{}]\n", [item; 9].join(","));
     let mut prev = 'a';
     for c in 'b'..='j' {
-        text.push_str(&format!("{c}: &{c} [{}]\n", vec![format!("*{prev}"); 9].join(",")));
+        text.push_str(&format!(
+            "{c}: &{c} [{}]\n",
+            vec![format!("*{prev}"); 9].join(",")
+        ));
         prev = c;
     }
     text.push_str("jobs:\n  h:\n    on_signal: USR1\n    integrity: {}\n");
@@ -73,21 +76,36 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "nested lists",
-            format!("{HEADER}x: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+            format!(
+                "{HEADER}x: {}{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+            .into_bytes(),
         ),
         (
             "nested mappings",
-            format!("{HEADER}x: {}1{}\n", "{a: ".repeat(50_000), "}".repeat(50_000)).into_bytes(),
+            format!(
+                "{HEADER}x: {}1{}\n",
+                "{a: ".repeat(50_000),
+                "}".repeat(50_000)
+            )
+            .into_bytes(),
         ),
         (
             "20,000 duplicate keys",
-            with_jobs(&many("  h:\n    on_signal: USR1\n    integrity: {}\n", 20_000)),
+            with_jobs(&many(
+                "  h:\n    on_signal: USR1\n    integrity: {}\n",
+                20_000,
+            )),
         ),
         (
             "20,000 unknown keys",
             format!(
                 "{HEADER}{}jobs: {{}}\n",
-                (0..20_000).map(|i| format!("k{i}: 1\n")).collect::<String>()
+                (0..20_000)
+                    .map(|i| format!("k{i}: 1\n"))
+                    .collect::<String>()
             )
             .into_bytes(),
         ),
@@ -101,10 +119,19 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "over a megabyte",
-            format!("{HEADER}{}", many("# padding padding padding padding\n", 40_000))
-                .into_bytes(),
+            format!(
+                "{HEADER}{}",
+                many("# padding padding padding padding\n", 40_000)
+            )
+            .into_bytes(),
         ),
-        ("a 900 KB value", job(&format!("    integrity: {{check: {}}}\n", "q".repeat(900_000)))),
+        (
+            "a 900 KB value",
+            job(&format!(
+                "    integrity: {{check: {}}}\n",
+                "q".repeat(900_000)
+            )),
+        ),
         ("not UTF-8", {
             let mut b = with_jobs("  h:\n    on_signal: USR1\n    integrity: {}\n");
             b.insert(HEADER.len() + 10, 0xff);
@@ -117,64 +144,210 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ("null root", b"~\n".to_vec()),
         ("scalar root", b"hello\n".to_vec()),
         ("list root", b"[1, 2]\n".to_vec()),
-        ("two documents", format!("{HEADER}---\n{HEADER}").into_bytes()),
+        (
+            "two documents",
+            format!("{HEADER}---\n{HEADER}").into_bytes(),
+        ),
         ("tab indentation", job("\tintegrity: {}\n")),
         ("a mapping as key", with_jobs("  ? {a: 1}\n  : b\n")),
         ("tags", job("    integrity: !!binary aGVsbG8=\n")),
-        ("CRLF line ends", with_jobs("  h:\r\n    on_signal: USR1\r\n    integrity: {}\r\n")),
+        (
+            "CRLF line ends",
+            with_jobs("  h:\r\n    on_signal: USR1\r\n    integrity: {}\r\n"),
+        ),
         ("a byte order mark", {
             let mut b = "\u{feff}".as_bytes().to_vec();
             b.extend(job("    integrity: {}\n"));
             b
         }),
-        ("busy_timeout 25d", with_header("busy_timeout: 1s", "busy_timeout: 25d")),
-        ("busy_timeout u64::MAX seconds", with_header("busy_timeout: 1s", &format!("busy_timeout: {huge}s"))),
-        ("shutdown_timeout u64::MAX seconds", with_header("shutdown_timeout: 5s", &format!("shutdown_timeout: {huge}s"))),
-        ("shutdown_timeout 99999w", with_header("shutdown_timeout: 5s", "shutdown_timeout: 99999w")),
-        ("repeat_after u64::MAX seconds", with_header("file: alerts.jsonl", &format!("file: alerts.jsonl\n  repeat_after: {huge}s"))),
-        ("state_dir empty", with_header("state_dir: state", "state_dir: \"\"")),
-        ("time zone garbage", with_header("state_dir: state", "state_dir: state\ntimezone: \"../../etc/passwd\"")),
+        (
+            "busy_timeout 25d",
+            with_header("busy_timeout: 1s", "busy_timeout: 25d"),
+        ),
+        (
+            "busy_timeout u64::MAX seconds",
+            with_header("busy_timeout: 1s", &format!("busy_timeout: {huge}s")),
+        ),
+        (
+            "shutdown_timeout u64::MAX seconds",
+            with_header(
+                "shutdown_timeout: 5s",
+                &format!("shutdown_timeout: {huge}s"),
+            ),
+        ),
+        (
+            "shutdown_timeout 99999w",
+            with_header("shutdown_timeout: 5s", "shutdown_timeout: 99999w"),
+        ),
+        (
+            "repeat_after u64::MAX seconds",
+            with_header(
+                "file: alerts.jsonl",
+                &format!("file: alerts.jsonl\n  repeat_after: {huge}s"),
+            ),
+        ),
+        (
+            "state_dir empty",
+            with_header("state_dir: state", "state_dir: \"\""),
+        ),
+        (
+            "time zone garbage",
+            with_header(
+                "state_dir: state",
+                "state_dir: state\ntimezone: \"../../etc/passwd\"",
+            ),
+        ),
         (
             "smtp timeout u64::MAX seconds",
             with_header(
                 "file: alerts.jsonl",
-                &format!("file: alerts.jsonl\n  email:\n    smtp: {{host: localhost, port: 1, tls: none, timeout: {huge}s}}\n    from: a@example.com\n    to: [b@example.com]"),
+                &format!(
+                    "file: alerts.jsonl\n  email:\n    smtp: {{host: localhost, port: 1, tls: none, timeout: {huge}s}}\n    from: a@example.com\n    to: [b@example.com]"
+                ),
             ),
         ),
-        ("job timeout u64::MAX seconds", job(&format!("    timeout: {huge}s\n    integrity: {{}}\n"))),
-        ("job timeout 36500d", job("    timeout: 36500d\n    integrity: {}\n")),
-        ("older_than beyond any date", job("    archive: {to: arch, older_than: 9999999999d}\n")),
-        ("older_than a century", job("    archive: {to: arch, older_than: 36500d}\n")),
+        (
+            "job timeout u64::MAX seconds",
+            job(&format!("    timeout: {huge}s\n    integrity: {{}}\n")),
+        ),
+        (
+            "job timeout 36500d",
+            job("    timeout: 36500d\n    integrity: {}\n"),
+        ),
+        (
+            "older_than beyond any date",
+            job("    archive: {to: arch, older_than: 9999999999d}\n"),
+        ),
+        (
+            "older_than a century",
+            job("    archive: {to: arch, older_than: 36500d}\n"),
+        ),
         ("backup to empty", job("    backup: {to: \"\"}\n")),
-        ("backup level beyond u32", job("    backup: {to: b, level: 4294967296}\n")),
-        ("backup keep negative", job("    backup: {to: b, keep: {daily: -99999999999}}\n")),
-        ("backup keep huge", job(&format!("    backup: {{to: b, keep: {{daily: {huge}0}}}}\n"))),
-        ("keep within a million years", job("    backup: {to: b, keep: {within: 1000000y}}\n")),
-        ("sizes beyond u64", job(&format!("    health: {{database_max_size: {huge}0, wal_max_size: 99999999TiB}}\n"))),
-        ("size of u64::MAX bytes", job(&format!("    health: {{database_max_size: {huge}}}\n"))),
-        ("health ages beyond any date", job(&format!("    health: {{error_rate_max: {{share: 5%, over: {huge}s}}}}\n"))),
-        ("health window of a century", job("    health: {error_rate_max: {share: 5%, over: 36500d}}\n")),
-        ("share as float garbage", job("    maintenance: {vacuum_threshold: 1e999%}\n")),
-        ("batch as float", job("    archive: {to: arch, older_than: 1d, batch: 1e400}\n")),
-        ("schedule 30 February", with_jobs("  h:\n    schedule: \"0 0 30 2 *\"\n    integrity: {}\n")),
-        ("schedule 31 February", with_jobs("  h:\n    schedule: \"0 0 31 2 *\"\n    integrity: {}\n")),
-        ("schedule of 10,000 fields", with_jobs(&format!("  h:\n    schedule: \"{}\"\n    integrity: {{}}\n", "* ".repeat(10_000)))),
-        ("schedule step 0", with_jobs("  h:\n    schedule: \"*/0 * * * *\"\n    integrity: {}\n")),
-        ("verify of a non-backup job", with_jobs("  h:\n    on_signal: USR1\n    verify: {backups_of: i}\n  i:\n    on_signal: USR1\n    integrity: {}\n")),
-        ("verify of itself", with_jobs("  h:\n    on_signal: USR1\n    verify: {backups_of: h}\n")),
-        ("health age of a non-backup job", with_jobs("  h:\n    on_signal: USR1\n    health: {backup_max_age: {job: i, age: 1d}}\n  i:\n    on_signal: USR1\n    integrity: {}\n")),
-        ("10,000 signals", job(&format!("    on_signal: [{}]\n    integrity: {{}}\n", vec!["USR1"; 10_000].join(",")))),
-        ("a 10,000 character job name", with_jobs(&format!("  {}:\n    on_signal: USR1\n    integrity: {{}}\n", "n".repeat(10_000)))),
-        ("a job name of control characters", with_jobs("  \"\\e[31m\\u0007\":\n    on_signal: USR1\n    integrity: {}\n")),
+        (
+            "backup level beyond u32",
+            job("    backup: {to: b, level: 4294967296}\n"),
+        ),
+        (
+            "backup keep negative",
+            job("    backup: {to: b, keep: {daily: -99999999999}}\n"),
+        ),
+        (
+            "backup keep huge",
+            job(&format!(
+                "    backup: {{to: b, keep: {{daily: {huge}0}}}}\n"
+            )),
+        ),
+        (
+            "keep within a million years",
+            job("    backup: {to: b, keep: {within: 1000000y}}\n"),
+        ),
+        (
+            "sizes beyond u64",
+            job(&format!(
+                "    health: {{database_max_size: {huge}0, wal_max_size: 99999999TiB}}\n"
+            )),
+        ),
+        (
+            "size of u64::MAX bytes",
+            job(&format!("    health: {{database_max_size: {huge}}}\n")),
+        ),
+        (
+            "health ages beyond any date",
+            job(&format!(
+                "    health: {{error_rate_max: {{share: 5%, over: {huge}s}}}}\n"
+            )),
+        ),
+        (
+            "health window of a century",
+            job("    health: {error_rate_max: {share: 5%, over: 36500d}}\n"),
+        ),
+        (
+            "share as float garbage",
+            job("    maintenance: {vacuum_threshold: 1e999%}\n"),
+        ),
+        (
+            "batch as float",
+            job("    archive: {to: arch, older_than: 1d, batch: 1e400}\n"),
+        ),
+        (
+            "schedule 30 February",
+            with_jobs("  h:\n    schedule: \"0 0 30 2 *\"\n    integrity: {}\n"),
+        ),
+        (
+            "schedule 31 February",
+            with_jobs("  h:\n    schedule: \"0 0 31 2 *\"\n    integrity: {}\n"),
+        ),
+        (
+            "schedule of 10,000 fields",
+            with_jobs(&format!(
+                "  h:\n    schedule: \"{}\"\n    integrity: {{}}\n",
+                "* ".repeat(10_000)
+            )),
+        ),
+        (
+            "schedule step 0",
+            with_jobs("  h:\n    schedule: \"*/0 * * * *\"\n    integrity: {}\n"),
+        ),
+        (
+            "verify of a non-backup job",
+            with_jobs(
+                "  h:\n    on_signal: USR1\n    verify: {backups_of: i}\n  i:\n    on_signal: USR1\n    integrity: {}\n",
+            ),
+        ),
+        (
+            "verify of itself",
+            with_jobs("  h:\n    on_signal: USR1\n    verify: {backups_of: h}\n"),
+        ),
+        (
+            "health age of a non-backup job",
+            with_jobs(
+                "  h:\n    on_signal: USR1\n    health: {backup_max_age: {job: i, age: 1d}}\n  i:\n    on_signal: USR1\n    integrity: {}\n",
+            ),
+        ),
+        (
+            "10,000 signals",
+            job(&format!(
+                "    on_signal: [{}]\n    integrity: {{}}\n",
+                vec!["USR1"; 10_000].join(",")
+            )),
+        ),
+        (
+            "a 10,000 character job name",
+            with_jobs(&format!(
+                "  {}:\n    on_signal: USR1\n    integrity: {{}}\n",
+                "n".repeat(10_000)
+            )),
+        ),
+        (
+            "a job name of control characters",
+            with_jobs("  \"\\e[31m\\u0007\":\n    on_signal: USR1\n    integrity: {}\n"),
+        ),
     ]
 }
 
-/// Runs `caretaker` with `args`, bounded in address space and in time.
-fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String) {
+/// GNU time, where installed, to measure each command's peak memory.
+const TIME: &str = "/usr/bin/time";
+
+/// The most memory one command may use, measured where [`TIME`] is installed.
+const PEAK_RSS_KB: u64 = 200 * 1024;
+
+/// Runs `caretaker` with `args`, bounded in address space and in time. Returns how it ended,
+/// its output and, where GNU time is installed, its peak resident memory in KiB.
+fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, Option<u64>) {
     let out = sb.path("out.txt");
+    let rss = sb.path("rss.txt");
+    let _ = fs::remove_file(&rss);
+    let measure = Path::new(TIME).exists();
+    let exec = if measure {
+        format!("exec {TIME} -f %M -o '{}'", rss.display())
+    } else {
+        "exec".to_string()
+    };
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v {ADDRESS_SPACE_KB}; exec \"$0\" \"$@\""))
+        .arg(format!(
+            "ulimit -v {ADDRESS_SPACE_KB}; {exec} \"$0\" \"$@\""
+        ))
         .arg(harness::BIN)
         .args(args)
         .env_remove("CARETAKER_CONFIG")
@@ -190,9 +363,16 @@ fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String) {
         let _ = child.wait();
         panic!("caretaker {args:?} did not finish within {DEADLINE:?}");
     };
+    let measured = fs::read_to_string(&rss).unwrap_or_default();
+    // GNU time reports a killed command in its output file and exits 128 + the signal.
+    assert!(
+        !measured.contains("terminated by signal"),
+        "caretaker {args:?}: {measured}"
+    );
+    let peak = measured.lines().last().and_then(|l| l.trim().parse().ok());
     let text = fs::read_to_string(&out).unwrap_or_default()
         + &fs::read_to_string(sb.path("err.txt")).unwrap_or_default();
-    (status, text)
+    (status, text, peak)
 }
 
 fn assert_sane(what: &str, args: &[&str], status: ExitStatus, output: &str) {
@@ -201,7 +381,12 @@ fn assert_sane(what: &str, args: &[&str], status: ExitStatus, output: &str) {
         "{what}: caretaker {args:?} was killed ({status}); output:\n{}",
         head(output)
     );
-    assert_ne!(status.code(), Some(101), "{what}: {args:?} panicked:\n{}", head(output));
+    assert_ne!(
+        status.code(),
+        Some(101),
+        "{what}: {args:?} panicked:\n{}",
+        head(output)
+    );
     assert!(
         !output.contains("panicked"),
         "{what}: {args:?} panicked:\n{}",
@@ -240,7 +425,10 @@ fn run_for_a_moment(what: &str, sb: &Sandbox, config: &Path) {
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what}: the daemon neither started nor exited within {DEADLINE:?}:\n{}", head(&log_text()));
+            panic!(
+                "{what}: the daemon neither started nor exited within {DEADLINE:?}:\n{}",
+                head(&log_text())
+            );
         }
         Some(Some(exited)) => exited,
         Some(None) => {
@@ -252,7 +440,10 @@ fn run_for_a_moment(what: &str, sb: &Sandbox, config: &Path) {
             let Some(stopped) = stopped else {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{what}: the daemon did not stop within {DEADLINE:?}:\n{}", head(&log_text()));
+                panic!(
+                    "{what}: the daemon did not stop within {DEADLINE:?}:\n{}",
+                    head(&log_text())
+                );
             };
             assert_eq!(stopped.code(), Some(0), "{what}:\n{}", head(&log_text()));
             stopped
@@ -266,6 +457,7 @@ fn run_for_a_moment(what: &str, sb: &Sandbox, config: &Path) {
 fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
     let inputs = hostile_inputs();
     let mut commands = 0;
+    let mut peak: Option<(u64, String)> = None;
     for (what, bytes) in &inputs {
         let sb = Sandbox::new();
         let config = sb.jobs_file();
@@ -282,16 +474,29 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
             vec!["restore", config_arg, "--to", restored.to_str().unwrap()],
         ];
         for args in &runs {
-            let (status, output) = bounded(&sb, args);
+            let (status, output, rss) = bounded(&sb, args);
             assert_sane(what, args, status, &output);
+            if let Some(kb) = rss {
+                assert!(
+                    kb <= PEAK_RSS_KB,
+                    "{what}: {args:?} took {kb} KiB; accepted: up to {PEAK_RSS_KB} KiB"
+                );
+                if peak.as_ref().is_none_or(|(max, _)| kb > *max) {
+                    peak = Some((kb, format!("{what}: {}", args[0])));
+                }
+            }
             commands += 1;
         }
         run_for_a_moment(what, &sb, &config);
         commands += 1;
     }
     eprintln!(
-        "{} hostile jobs files, {commands} command runs: no panic, no hang",
-        inputs.len()
+        "{} hostile jobs files, {commands} command runs: no panic, no hang; peak memory {}",
+        inputs.len(),
+        peak.map_or(
+            "not measured (no GNU time)".to_string(),
+            |(kb, at)| format!("{} MiB ({at})", kb / 1024)
+        )
     );
     assert!(inputs.len() >= 59, "the table shrank to {}", inputs.len());
 }
@@ -323,7 +528,11 @@ fn no_hostile_jobs_file_takes_a_running_daemon_down_on_reload() {
         });
         assert!(seen.is_some(), "{what}: no reload within {DEADLINE:?}");
     }
-    assert!(!daemon.log_text().contains("panicked"), "{}", daemon.log_text());
+    assert!(
+        !daemon.log_text().contains("panicked"),
+        "{}",
+        daemon.log_text()
+    );
     // Still alive and still answering: a good file is taken again.
     write_replace(
         &sb.jobs_file(),
@@ -350,7 +559,12 @@ fn a_full_stdout_is_an_error_and_exit_1() {
     let out = Command::new(harness::BIN)
         .args(["check", "--config"])
         .arg(sb.jobs_file())
-        .stdout(fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
+        .stdout(
+            fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -368,7 +582,11 @@ fn a_full_stdout_is_an_error_and_exit_1() {
 fn a_closed_stdout_ends_the_command_quietly_with_141() {
     let sb = Sandbox::new();
     sb.write_jobs("  h:\n    on_signal: USR1\n    integrity: {}\n");
-    for args in [&["check"][..], &["run-job", "h"], &["run-job", "h", "--dry-run"]] {
+    for args in [
+        &["check"][..],
+        &["run-job", "h"],
+        &["run-job", "h", "--dry-run"],
+    ] {
         let mut child = Command::new(harness::BIN)
             .args(args)
             .arg("--config")

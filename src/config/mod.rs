@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-pub use error::{ConfigError, ConfigErrors};
 use error::Source;
+pub use error::{ConfigError, ConfigErrors};
 pub use keys::{ITEM, JOB_PATH, accepted_keys};
 
 use crate::alerts::email::SmtpSettings;
@@ -112,8 +112,8 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<(Config, Vec<String>), 
 /// Reads at most [`MAX_FILE_SIZE`] bytes of a regular file. The file is opened without
 /// blocking, so a FIFO put in its place cannot hang a reload.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
     use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,

@@ -8,6 +8,7 @@ use serde::de::IgnoredAny;
 
 use super::values::{Duration, Zone};
 use super::{AlertSettings, Checks, Config, LogFormat, LogSettings, Purpose};
+use crate::alerts::email::{ConfigProblem, EmailConfig, SmtpSettings};
 use crate::gateway::{self, RawGateway};
 use crate::jobs::Job;
 
@@ -139,10 +140,12 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
         }
     }
     let metrics_file = checks.given_path("metrics_file", top.metrics_file.as_deref());
-    let state_dir = top.state_dir.as_deref().map_or(
-        Some(PathBuf::from("/var/lib/caretaker")),
-        |p| checks.given_path("state_dir", Some(p)),
-    );
+    let state_dir = top
+        .state_dir
+        .as_deref()
+        .map_or(Some(PathBuf::from("/var/lib/caretaker")), |p| {
+            checks.given_path("state_dir", Some(p))
+        });
     Some(Config {
         source: checks.file.to_path_buf(),
         gateway: gateway?,
@@ -160,9 +163,9 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
 /// shell is a warning: the daemon's environment (its unit file, an EnvironmentFile) is where
 /// it must be set, and `run` and `run-job` still refuse to start without it.
 fn resolve_email(
-    email: &crate::alerts::email::EmailConfig,
+    email: &EmailConfig,
     checks: &mut Checks<'_>,
-) -> Result<(crate::alerts::email::SmtpSettings, Vec<String>), Vec<(String, String)>> {
+) -> Result<(SmtpSettings, Vec<String>), Vec<ConfigProblem>> {
     let unset = email
         .smtp
         .password_env
@@ -193,7 +196,10 @@ fn check_references(jobs: &[Job], checks: &mut Checks<'_>) {
         for (key, dep) in job.kind.depends_on() {
             let key_path = format!("jobs.{}.{key}", job.name);
             // A job of the file that failed its own checks has its own errors already.
-            let in_file = checks.tree.get("jobs").is_some_and(|j| j.value.get(dep).is_some());
+            let in_file = checks
+                .tree
+                .get("jobs")
+                .is_some_and(|j| j.value.get(dep).is_some());
             match kinds.get(dep) {
                 Some(&"backup") => {}
                 None if in_file => {}
