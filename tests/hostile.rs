@@ -207,6 +207,27 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "SMTP password from /dev/zero",
+            with_header(
+                "file: alerts.jsonl",
+                "file: alerts.jsonl\n  email:\n    smtp: {host: localhost, username: u, password_file: /dev/zero}\n    from: a@example.com\n    to: [b@example.com]",
+            ),
+        ),
+        (
+            "SMTP password from a FIFO",
+            with_header(
+                "file: alerts.jsonl",
+                "file: alerts.jsonl\n  email:\n    smtp: {host: localhost, username: u, password_file: fifo}\n    from: a@example.com\n    to: [b@example.com]",
+            ),
+        ),
+        (
+            "CA file from /dev/zero",
+            with_header(
+                "file: alerts.jsonl",
+                "file: alerts.jsonl\n  email:\n    smtp: {host: localhost, ca_file: /dev/zero}\n    from: a@example.com\n    to: [b@example.com]",
+            ),
+        ),
+        (
             "job timeout u64::MAX seconds",
             job(&format!("    timeout: {huge}s\n    integrity: {{}}\n")),
         ),
@@ -330,6 +351,16 @@ const TIME: &str = "/usr/bin/time";
 
 /// The most memory one command may use, measured where [`TIME`] is installed.
 const PEAK_RSS_KB: u64 = 200 * 1024;
+
+/// A FIFO named `fifo` beside the jobs file, for the inputs that point a file key at it:
+/// opening it for reading blocks until a writer comes, which none does.
+fn make_fifo(sb: &Sandbox) {
+    let status = Command::new("mkfifo")
+        .arg(sb.path("fifo"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo");
+}
 
 /// Runs `caretaker` with `args`, bounded in address space and in time. Returns how it ended,
 /// its output and, where GNU time is installed, its peak resident memory in KiB.
@@ -460,6 +491,7 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
     let mut peak: Option<(u64, String)> = None;
     for (what, bytes) in &inputs {
         let sb = Sandbox::new();
+        make_fifo(&sb);
         let config = sb.jobs_file();
         fs::write(&config, bytes).unwrap();
         let config_arg = config.to_str().unwrap();
@@ -498,7 +530,7 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
             |(kb, at)| format!("{} MiB ({at})", kb / 1024)
         )
     );
-    assert!(inputs.len() >= 59, "the table shrank to {}", inputs.len());
+    assert!(inputs.len() >= 62, "the table shrank to {}", inputs.len());
 }
 
 /// Every hostile file saved over the watched jobs file of a running daemon: each reload is
@@ -507,6 +539,7 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
 #[test]
 fn no_hostile_jobs_file_takes_a_running_daemon_down_on_reload() {
     let sb = Sandbox::new();
+    make_fifo(&sb);
     sb.write_jobs("  h:\n    on_signal: USR1\n    integrity: {}\n");
     let mut daemon = sb.start_daemon();
     let reloads = |d: &harness::Daemon| {

@@ -166,6 +166,39 @@ fn resolve_email(
     email: &EmailConfig,
     checks: &mut Checks<'_>,
 ) -> Result<(SmtpSettings, Vec<String>), Vec<ConfigProblem>> {
+    // Both files are read during validation, so on every reload: one that is not a regular
+    // file (a FIFO would block the daemon's loop forever, /dev/zero would fill its memory) or
+    // is far larger than its content can be is refused before it is opened.
+    let files = [
+        ("smtp.password_file", email.smtp.password_file.as_deref()),
+        ("smtp.ca_file", email.smtp.ca_file.as_deref()),
+    ];
+    let unreadable: Vec<ConfigProblem> = files
+        .into_iter()
+        .filter_map(|(key, file)| {
+            let path = checks.base_dir().join(file?);
+            let meta = std::fs::metadata(&path).ok()?;
+            let problem = if !meta.is_file() {
+                format!(
+                    "{} is not a regular file; accepted: a text file",
+                    path.display()
+                )
+            } else if meta.len() > super::MAX_FILE_SIZE {
+                format!(
+                    "{} is larger than {} KiB; accepted: a password or PEM file of up to {} KiB",
+                    path.display(),
+                    super::MAX_FILE_SIZE >> 10,
+                    super::MAX_FILE_SIZE >> 10
+                )
+            } else {
+                return None;
+            };
+            Some((key.to_string(), problem))
+        })
+        .collect();
+    if !unreadable.is_empty() {
+        return Err(unreadable);
+    }
     let unset = email
         .smtp
         .password_env
