@@ -266,6 +266,12 @@ const BOUNDS: &[(&str, &str, &str, &str)] = &[
         "jobs.yaml:9:3: alerts.repeat_after",
         "accepted: up to 365d",
     ),
+    (
+        "file: alerts.jsonl",
+        "file: alerts.jsonl\n  email:\n    smtp: {host: localhost, tls: none, timeout: 18446744073709551615s}\n    from: a@example.com\n    to: [b@example.com]",
+        "jobs.yaml:10:40: alerts.email.smtp.timeout",
+        "accepted: up to 1h",
+    ),
 ];
 
 #[test]

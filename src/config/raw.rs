@@ -52,6 +52,9 @@ pub const MAX_BUSY_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(600), 
 /// The longest `shutdown_timeout`: a stop that waits longer than an hour is a hang to the
 /// service manager; its own stop timeout must stay above this anyway.
 pub const MAX_SHUTDOWN_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(3600), "1h");
+/// The longest `alerts.email.smtp.timeout`: one delivery that may take longer holds back every
+/// alert behind it.
+pub const MAX_SMTP_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(3600), "1h");
 /// The longest `alerts.repeat_after`: an unresolved alert is repeated at least once a year.
 pub const MAX_REPEAT_AFTER: (StdDuration, &str) = (StdDuration::from_secs(365 * 86_400), "365d");
 
@@ -102,7 +105,10 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
                     for w in warnings {
                         checks.warn(w);
                     }
-                    Some(settings)
+                    let (max, text) = MAX_SMTP_TIMEOUT;
+                    checks
+                        .at_most("alerts.email.smtp.timeout", settings.timeout, max, text)
+                        .then_some(settings)
                 }
                 Err(errors) => {
                     for (key, message) in errors {
