@@ -92,6 +92,14 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
             )
             .into_bytes(),
         ),
+        ("nesting by chained aliases", {
+            let mut text = format!("{HEADER}a0: &a0 {}x{}\n", "[".repeat(60), "]".repeat(60));
+            for i in 1..50 {
+                let (open, close) = ("[".repeat(60), "]".repeat(60));
+                text.push_str(&format!("a{i}: &a{i} {open}*a{}{close}\n", i - 1));
+            }
+            text.into_bytes()
+        }),
         (
             "20,000 duplicate keys",
             with_jobs(&many(
@@ -530,7 +538,7 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
             |(kb, at)| format!("{} MiB ({at})", kb / 1024)
         )
     );
-    assert!(inputs.len() >= 62, "the table shrank to {}", inputs.len());
+    assert!(inputs.len() >= 63, "the table shrank to {}", inputs.len());
 }
 
 /// Every hostile file saved over the watched jobs file of a running daemon: each reload is

@@ -163,6 +163,7 @@ pub fn parse(text: &str) -> Result<(Node, Vec<SyntaxIssue>), SyntaxIssue> {
         values: 0,
         text: 0,
         depth: 0,
+        deepest: 0,
     };
     let root = loop {
         let (event, span) = reader.next()?;
@@ -246,14 +247,29 @@ struct Reader<'a> {
     /// Values and bytes of text in the tree so far, every alias copy included.
     values: usize,
     text: usize,
+    /// How many lists and mappings enclose the value being read.
     depth: usize,
+    /// The deepest level reached within the value being read, alias copies included.
+    deepest: usize,
 }
 
-/// What a value adds to the tree: its values and bytes of text, nested ones included.
+/// What a value adds to the tree: its values and bytes of text, nested ones included, and
+/// how many levels of lists and mappings it nests.
 #[derive(Debug, Clone, Copy)]
 struct Cost {
     values: usize,
     text: usize,
+    height: usize,
+}
+
+fn too_deep(pos: Pos, path: &str) -> SyntaxIssue {
+    SyntaxIssue {
+        pos,
+        path: path.to_string(),
+        message: format!(
+            "lists and mappings are nested more than {MAX_DEPTH} levels deep here, aliases included; accepted: up to {MAX_DEPTH} levels (a jobs file needs 6)"
+        ),
+    }
 }
 
 fn too_big(pos: Pos, path: &str, what: &str) -> SyntaxIssue {
@@ -288,7 +304,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Counts one more value of `text` bytes, or says where the file went over the limits.
+    /// Adds `cost` to the tree's size, or says where the file went over the limits.
     fn count(&mut self, cost: Cost, pos: Pos, path: &str, what: &str) -> Result<(), SyntaxIssue> {
         self.values = self.values.saturating_add(cost.values);
         self.text = self.text.saturating_add(cost.text);
@@ -300,36 +316,44 @@ impl<'a> Reader<'a> {
 
     fn node(&mut self, event: Event<'a>, span: Span, path: &str) -> Result<Node, SyntaxIssue> {
         let pos = Pos::from_span(&span);
-        let before = Cost {
-            values: self.values,
-            text: self.text,
-        };
+        let before = (self.values, self.text);
         if let Event::Scalar(value, ..) = &event {
             let cost = Cost {
                 values: 1,
                 text: value.len(),
+                height: 0,
             };
             self.count(cost, pos, path, "this value")?;
-        } else if matches!(event, Event::SequenceStart(..) | Event::MappingStart(..)) {
-            self.count(Cost { values: 1, text: 0 }, pos, path, "this value")?;
+        }
+        let container = matches!(event, Event::SequenceStart(..) | Event::MappingStart(..));
+        if container {
+            let cost = Cost {
+                values: 1,
+                text: 0,
+                height: 1,
+            };
+            self.count(cost, pos, path, "this value")?;
             if self.depth >= MAX_DEPTH {
-                return Err(SyntaxIssue {
-                    pos,
-                    path: path.to_string(),
-                    message: format!(
-                        "lists and mappings are nested more than {MAX_DEPTH} levels deep here; accepted: up to {MAX_DEPTH} levels (a jobs file needs 6)"
-                    ),
-                });
+                return Err(too_deep(pos, path));
             }
         }
-        self.depth += 1;
+        let outer = std::mem::replace(&mut self.deepest, self.depth);
+        if container {
+            self.depth += 1;
+            self.deepest = self.depth;
+        }
         let built = self.build(event, pos, path);
-        self.depth -= 1;
+        if container {
+            self.depth -= 1;
+        }
+        let height = self.deepest - self.depth;
+        self.deepest = self.deepest.max(outer);
         let (node, anchor) = built?;
         if anchor > 0 {
             let cost = Cost {
-                values: self.values - before.values,
-                text: self.text - before.text,
+                values: self.values - before.0,
+                text: self.text - before.1,
+                height,
             };
             self.anchors.insert(anchor, (node.clone(), cost));
         }
@@ -381,8 +405,13 @@ impl<'a> Reader<'a> {
                         message: "alias to an unknown anchor".into(),
                     });
                 };
-                // Counted before it is copied: the copy is what would exhaust memory.
+                // Counted before it is copied: the copy is what would exhaust memory, and its
+                // nesting adds to where it stands.
                 self.count(cost, pos, path, "this alias")?;
+                if self.depth + cost.height > MAX_DEPTH {
+                    return Err(too_deep(pos, path));
+                }
+                self.deepest = self.deepest.max(self.depth + cost.height);
                 let node = self.anchors[&id].0.clone();
                 // The copy keeps the anchor's positions; the alias is where it stands.
                 (Node { pos, ..node }, 0)
@@ -427,6 +456,7 @@ impl<'a> Reader<'a> {
             let cost = Cost {
                 values: 0,
                 text: key.len(),
+                height: 0,
             };
             self.count(cost, key_pos, &child, "this key")?;
             let (event, span) = self.next()?;
@@ -494,6 +524,36 @@ mod tests {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.pos.line >= 1);
         assert!(err.message.starts_with("YAML syntax error"));
+    }
+
+    /// (what, text, line of the error, phrase)
+    const TOO_BIG: &[(&str, &str, usize, &str)] = &[
+        (
+            "billion laughs",
+            "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+            5,
+            "this alias makes the file hold more than 100000 values",
+        ),
+        (
+            "nesting by aliases",
+            "a: &a [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[x]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\nb: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+            2,
+            "nested more than 64 levels deep here, aliases included",
+        ),
+    ];
+
+    #[test]
+    fn the_tree_is_bounded_while_it_is_read_aliases_included() {
+        for (what, text, line, phrase) in TOO_BIG {
+            let err = parse(text).expect_err(what);
+            assert_eq!(err.pos.line, *line, "{what}: {err:?}");
+            assert!(err.message.contains(phrase), "{what}: {}", err.message);
+        }
+        // Just inside the limits: 64 levels, and an alias copied many times.
+        let deep = format!("a: {}x{}\n", "[".repeat(63), "]".repeat(63));
+        assert!(parse(&deep).is_ok());
+        let copies = format!("a: &a [1, 2, 3]\nb: [{}]\n", vec!["*a"; 1000].join(", "));
+        assert!(parse(&copies).is_ok());
     }
 
     #[test]
