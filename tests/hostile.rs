@@ -126,6 +126,25 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "20,000 bad addresses on one line",
+            with_header(
+                "file: alerts.jsonl",
+                &format!(
+                    "file: alerts.jsonl\n  email:\n    smtp: {{host: localhost}}\n    from: a@example.com\n    to: [{}]",
+                    vec!["not an address"; 20_000].join(", ")
+                ),
+            ),
+        ),
+        (
+            "20,000 bad values in a mapping of free names",
+            job(&format!(
+                "    pricing:\n      file: prices.json\n      aliases:\n{}",
+                (0..20_000)
+                    .map(|i| format!("        m{i}: [x]\n"))
+                    .collect::<String>()
+            )),
+        ),
+        (
             "over a megabyte",
             format!(
                 "{HEADER}{}",
@@ -538,7 +557,7 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
             |(kb, at)| format!("{} MiB ({at})", kb / 1024)
         )
     );
-    assert!(inputs.len() >= 63, "the table shrank to {}", inputs.len());
+    assert!(inputs.len() >= 65, "the table shrank to {}", inputs.len());
 }
 
 /// Every hostile file saved over the watched jobs file of a running daemon: each reload is

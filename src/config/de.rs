@@ -60,9 +60,12 @@ impl Recorder {
 /// problem is then in the recorder.
 pub fn read<T: DeserializeOwned>(node: &Node, path: &str, recorder: &Recorder) -> Option<T> {
     let start = recorder.found.borrow().len();
-    // Each failed pass records at least one new error and skips its key, so the passes end;
-    // the cap only guards against a value that fails without saying where.
-    for _ in 0..256 {
+    // Each failed pass records at least one new error and skips its key, so the passes end.
+    // A pass stops at the first bad item of a list or mapping, so each bad item costs one
+    // pass over the value: the cap keeps a list of 20,000 bad items to 64 passes (and 64 of
+    // its errors, more than are shown), and guards against a value that fails without saying
+    // where.
+    for _ in 0..64 {
         let before = recorder.found.borrow().len();
         let de = De {
             node,

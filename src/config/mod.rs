@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use error::Source;
 pub use error::{ConfigError, ConfigErrors};
+use error::{Source, excerpt};
 pub use keys::{ITEM, JOB_PATH, accepted_keys};
 
 use crate::alerts::email::SmtpSettings;
@@ -151,6 +151,15 @@ fn not_utf8(path: &Path, bytes: &[u8], offset: usize) -> ConfigError {
         .position(|&b| b == b'\n')
         .map_or(bytes.len(), |i| offset + i);
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    // The bytes before the bad one are UTF-8 (that is how it was found): the caret stands
+    // after their characters, under the stand-in the bad byte is shown as.
+    let caret = String::from_utf8_lossy(&bytes[line_start..offset])
+        .chars()
+        .count();
+    let (source_line, caret) = excerpt(
+        &String::from_utf8_lossy(&bytes[line_start..line_end]),
+        caret + 1,
+    );
     ConfigError {
         file: path.to_path_buf(),
         line,
@@ -160,7 +169,8 @@ fn not_utf8(path: &Path, bytes: &[u8], offset: usize) -> ConfigError {
             "byte 0x{:02x} at byte offset {offset} of the file is not UTF-8 text; accepted: a UTF-8 text file (convert it with `iconv -t UTF-8`)",
             bytes[offset]
         ),
-        source_line: Some(String::from_utf8_lossy(&bytes[line_start..line_end]).into_owned()),
+        source_line: Some(source_line),
+        caret,
     }
 }
 
@@ -207,24 +217,19 @@ pub fn parse_for(
         Ok(parsed) => parsed,
         Err(issue) => {
             let issue = yaml::blame_tabs(text, issue);
-            return Err(ConfigErrors::single(ConfigError::at(
-                path,
-                &source,
-                issue.pos,
-                &issue.path,
-                issue.message,
-            )));
+            let mut error = ConfigError::at(path, issue.pos, &issue.path, issue.message);
+            error.show_line(&source);
+            return Err(ConfigErrors::single(error));
         }
     };
     let mut checks = Checks {
         file: path,
-        source: &source,
         purpose,
         tree: &tree,
         base: &base,
         errors: syntax
             .into_iter()
-            .map(|i| ConfigError::at(path, &source, i.pos, &i.path, i.message))
+            .map(|i| ConfigError::at(path, i.pos, &i.path, i.message))
             .collect(),
         warnings: Vec::new(),
     };
@@ -256,13 +261,9 @@ pub fn parse_for(
         }
     }
     for found in recorder.into_found() {
-        checks.errors.push(ConfigError::at(
-            path,
-            &source,
-            found.pos,
-            &found.path,
-            found.message,
-        ));
+        checks
+            .errors
+            .push(ConfigError::at(path, found.pos, &found.path, found.message));
     }
     let config = raw_top.and_then(|top| raw::validate(top, jobs, &mut checks));
     let Checks {
@@ -276,13 +277,15 @@ pub fn parse_for(
             if errors.is_empty() {
                 errors.push(ConfigError::at(
                     path,
-                    &source,
                     tree.pos,
                     "",
                     "the jobs file is not valid".into(),
                 ));
             }
             errors.sort_by_key(|e| (e.line, e.column));
+            for e in errors.iter_mut().take(error::SHOWN_ERRORS) {
+                e.show_line(&source);
+            }
             Err(ConfigErrors(errors))
         }
     }
@@ -291,7 +294,6 @@ pub fn parse_for(
 /// Collects the semantic errors of validation, placing each at its key in the file.
 pub struct Checks<'a> {
     file: &'a Path,
-    source: &'a Source<'a>,
     /// Whether the configuration is for `check` or for running jobs.
     pub purpose: Purpose,
     tree: &'a yaml::Node,
@@ -303,13 +305,8 @@ pub struct Checks<'a> {
 impl Checks<'_> {
     pub fn error(&mut self, key_path: &str, message: impl Into<String>) {
         let pos = self.tree.locate(key_path);
-        self.errors.push(ConfigError::at(
-            self.file,
-            self.source,
-            pos,
-            key_path,
-            message.into(),
-        ));
+        self.errors
+            .push(ConfigError::at(self.file, pos, key_path, message.into()));
     }
 
     /// Refuses a duration above what the key at `key_path` can use (`max_text` says it as the
