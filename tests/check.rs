@@ -326,6 +326,22 @@ fn an_empty_file_says_so_and_shows_a_minimal_one() {
             "{text:?}: {stderr}"
         );
     }
+    // The minimal file shown is itself a valid one.
+    let sb = Sandbox::new();
+    harness::write_replace(&sb.jobs_file(), "");
+    let stderr = String::from_utf8_lossy(&sb.caretaker(&["check"]).stderr).into_owned();
+    let minimal = stderr
+        .split_once("at least:\n")
+        .and_then(|(_, rest)| rest.split_once("\n(every key"))
+        .map(|(minimal, _)| minimal.to_string())
+        .expect(&stderr);
+    harness::write_replace(&sb.jobs_file(), &minimal);
+    let out = sb.caretaker(&["check"]);
+    assert!(
+        out.status.success(),
+        "{minimal}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

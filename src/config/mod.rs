@@ -182,7 +182,8 @@ jobs:
   nightly-backup:
     schedule: \"0 2 * * *\"
     backup:
-      to: /var/backups/apantli";
+      to: /var/backups/apantli
+      keep: {daily: 7, weekly: 4}";
 
 /// Validates jobs file text as if it stood at `path` (relative paths in it resolve against
 /// the directory of `path`).
