@@ -21,6 +21,33 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const LOCKED: u8 = 3;
+    /// Standard output was closed by its reader (`caretaker check | head -1`): what a shell
+    /// reports for a program killed by SIGPIPE (128 + 13), as `set -o pipefail` scripts expect
+    /// of coreutils. Nothing is printed.
+    pub const BROKEN_PIPE: u8 = 141;
+}
+
+/// Writes a command's output to stdout at once. A reader that went away is a quiet exit with
+/// [`exit::BROKEN_PIPE`]; any other failure (a full disk: `check > /dev/full`) is said on
+/// stderr and is [`exit::FAILED`]. Never a panic, as `println!` would be.
+fn emit(text: &str) -> Result<(), u8> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(exit::BROKEN_PIPE),
+        Err(e) => {
+            say(&format!("error: writing to standard output: {e}"));
+            Err(exit::FAILED)
+        }
+    }
+}
+
+/// Writes one line to stderr. Where stderr itself cannot be written, there is nobody left to
+/// tell: the failure is dropped rather than turned into a panic, as `eprintln!` would.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 #[derive(Debug, Parser)]
@@ -102,15 +129,19 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, u8> {
-    match config::load(path) {
+    load_for(path, config::Purpose::Run)
+}
+
+fn load_for(path: &Path, purpose: config::Purpose) -> Result<Config, u8> {
+    match config::load_for(path, purpose) {
         Ok((config, warnings)) => {
             for w in warnings {
-                eprintln!("warning: {w}");
+                say(&format!("warning: {w}"));
             }
             Ok(config)
         }
         Err(errors) => {
-            eprintln!("{errors}");
+            say(&errors.to_string());
             Err(exit::USAGE)
         }
     }
@@ -120,28 +151,28 @@ fn run(path: &Path) -> u8 {
     match daemon::run(path) {
         Ok(()) => exit::OK,
         Err(StartError::Config(errors)) => {
-            eprintln!("{errors}");
+            say(&format!("{errors}"));
             exit::USAGE
         }
         Err(StartError::Locked(e)) => {
-            eprintln!("error: {e}");
+            say(&format!("error: {e}"));
             exit::LOCKED
         }
         Err(StartError::Other(e)) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             exit::FAILED
         }
     }
 }
 
 fn check(path: &Path) -> u8 {
-    let config = match load(path) {
+    let config = match load_for(path, config::Purpose::Check) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let now = Utc::now();
-    println!(
-        "{}: valid; {} job{}, times in {}",
+    let mut out = format!(
+        "{}: valid; {} job{}, times in {}\n",
         path.display(),
         config.jobs.len(),
         if config.jobs.len() == 1 { "" } else { "s" },
@@ -169,9 +200,13 @@ fn check(path: &Path) -> u8 {
         if !signals.is_empty() {
             line.push_str(&format!("\n    on {}", signals.join(", ")));
         }
-        println!("{line}");
+        out.push_str(&line);
+        out.push('\n');
     }
-    exit::OK
+    match emit(&out) {
+        Ok(()) => exit::OK,
+        Err(code) => code,
+    }
 }
 
 fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
@@ -182,17 +217,17 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
     crate::logging::init(&config.log);
     let Some(job) = config.job(name) else {
         let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
-        eprintln!(
+        say(&format!(
             "error: no job `{name}` in {}; jobs: {}",
             path.display(),
             names.join(", ")
-        );
+        ));
         return exit::USAGE;
     };
     let state = match State::open(&config.state_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             return exit::FAILED;
         }
     };
@@ -212,25 +247,32 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             .block_on(alerts::deliver_due(&state, &sinks, Utc::now()))
     });
     if let Err(e) = delivered {
-        eprintln!("warning: alerts stay queued for the daemon: {e:#}");
+        say(&format!(
+            "warning: alerts stay queued for the daemon: {e:#}"
+        ));
     }
     match outcome.result {
         runner::Result::Ok => {
             // The plan's lines first, each on its own; the prefix goes on the summary line.
             let report = outcome.report.unwrap_or_default();
-            for line in &report.plan {
-                println!("{line}");
-            }
             let prefix = if dry_run { "dry run: " } else { "" };
-            println!("{name}: {prefix}{}", report.summary_line());
-            exit::OK
+            let mut out = String::new();
+            for line in &report.plan {
+                out.push_str(line);
+                out.push('\n');
+            }
+            out.push_str(&format!("{name}: {prefix}{}\n", report.summary_line()));
+            match emit(&out) {
+                Ok(()) => exit::OK,
+                Err(code) => code,
+            }
         }
         runner::Result::Failed(message) => {
-            eprintln!("{name}: failed: {message}");
+            say(&format!("{name}: failed: {message}"));
             exit::FAILED
         }
         runner::Result::Skipped(why) => {
-            eprintln!("{name}: not run: {why}");
+            say(&format!("{name}: not run: {why}"));
             exit::FAILED
         }
     }
@@ -269,7 +311,7 @@ fn status(path: &Path, json: bool) -> u8 {
     let state = match State::open(&config.state_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             return exit::FAILED;
         }
     };
@@ -311,24 +353,25 @@ fn status(path: &Path, json: bool) -> u8 {
     let status = match gather() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: reading {}: {e:#}", state.path().display());
+            say(&format!("error: reading {}: {e:#}", state.path().display()));
             return exit::FAILED;
         }
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
-        );
-        return exit::OK;
+        let text = serde_json::to_string_pretty(&status).expect("status serializes");
+        return emit(&format!("{text}\n")).map_or_else(|code| code, |()| exit::OK);
     }
     let tz = config.timezone;
     let fmt =
         |t: chrono::DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string();
     // The zone heads the table it applies to, on a line of its own: as a last line it ran
     // into whatever the terminal showed next.
-    println!("times in {tz}");
-    println!(
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = writeln!(out, "times in {tz}");
+    let _ = writeln!(
+        out,
         "{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}",
         "JOB", "KIND", "LAST RUN", "RESULT", "DURATION", "NEXT RUN"
     );
@@ -337,7 +380,8 @@ fn status(path: &Path, json: bool) -> u8 {
             Some(r) => (fmt(r.started_at), r.result.clone()),
             None => ("never".into(), "-".into()),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}",
             j.name,
             j.kind,
@@ -347,14 +391,15 @@ fn status(path: &Path, json: bool) -> u8 {
             j.next_run.map_or("on signal".into(), fmt)
         );
         if let Some(error) = j.last_run.as_ref().and_then(|r| r.error.as_ref()) {
-            println!("    last error: {error}");
+            let _ = writeln!(out, "    last error: {error}");
         }
     }
     if !status.active_alerts.is_empty() {
-        println!("active alerts: {}", status.active_alerts.join(", "));
+        let _ = writeln!(out, "active alerts: {}", status.active_alerts.join(", "));
     }
     for p in &status.pending_alerts {
-        println!(
+        let _ = writeln!(
+            out,
             "pending alert #{} to {} ({} attempts): {}{}",
             p.id,
             p.sink,
@@ -365,26 +410,25 @@ fn status(path: &Path, json: bool) -> u8 {
                 .map_or(String::new(), |e| format!(" — last error: {e}"))
         );
     }
-    exit::OK
+    emit(&out).map_or_else(|code| code, |()| exit::OK)
 }
 
 fn restore(archive: &Path, to: &Path, force: bool) -> u8 {
     use crate::backup::restore::{self, RestoreError};
     match restore::restore(archive, to, force, Utc::now()) {
         Ok(done) => {
-            println!("{}", done.describe(archive));
-            exit::OK
+            emit(&format!("{}\n", done.describe(archive))).map_or_else(|code| code, |()| exit::OK)
         }
         Err(e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_))) => {
-            eprintln!("error: {e}");
+            say(&format!("error: {e}"));
             exit::USAGE
         }
         Err(e @ RestoreError::InUse(_)) => {
-            eprintln!("error: {e}");
+            say(&format!("error: {e}"));
             exit::LOCKED
         }
         Err(RestoreError::Failed(e)) => {
-            eprintln!("error: {e:#}");
+            say(&format!("error: {e:#}"));
             exit::FAILED
         }
     }

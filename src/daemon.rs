@@ -387,7 +387,7 @@ impl Daemon {
     fn reload(&mut self, why: &str) {
         notify_systemd(&[sd_notify::NotifyState::Reloading]);
         let now = Utc::now();
-        match config::load(&self.config_path) {
+        match load_guarded(&self.config_path) {
             Ok((new, warnings)) => {
                 for w in warnings {
                     tracing::warn!("{w}");
@@ -479,6 +479,24 @@ impl Daemon {
         tracing::info!("caretaker stopped");
         Ok(())
     }
+}
+
+/// Reads the jobs file for a reload. The reader bounds what a file can cost (size, values,
+/// nesting, alias copies) and refuses bad values with errors; should it still panic on some
+/// input, the panic is caught here and becomes one more refused reload: the old
+/// configuration keeps running, as the contract says.
+fn load_guarded(path: &Path) -> Result<(Config, Vec<String>), config::ConfigErrors> {
+    std::panic::catch_unwind(|| config::load(path)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(config::ConfigErrors::single(config::ConfigError::io(
+            path,
+            format!("reading the jobs file failed inside caretaker ({what}); this is a bug, please report it with the file"),
+        )))
+    })
 }
 
 async fn delivery_loop(

@@ -34,10 +34,28 @@ impl Schedule {
         let cron = parser
             .parse(trimmed)
             .map_err(|e| format!("`{text}` is not a valid cron expression ({e}); {ACCEPTED}"))?;
-        Ok(Schedule {
+        let schedule = Schedule {
             text: trimmed.to_string(),
             cron,
-        })
+        };
+        if !schedule.ever_fires() {
+            return Err(format!(
+                "`{text}` never fires: no date matches it (e.g. the 30th of February); accepted: a day of month that the chosen months have"
+            ));
+        }
+        Ok(schedule)
+    }
+
+    /// Whether the expression matches any instant at all. Every pattern that fires at all
+    /// fires within 8 years of any start: a weekday repeats weekly, and the rarest day of
+    /// month, the 29th of February, comes every 4 years (8 across a century that skips one).
+    /// The start is fixed so the answer does not depend on the clock.
+    fn ever_fires(&self) -> bool {
+        let start = DateTime::<Utc>::from_timestamp(946_684_800, 0).expect("2000-01-01 is a date");
+        let end = start + chrono::Duration::days(8 * 366);
+        self.cron
+            .find_next_occurrence(&start, true)
+            .is_ok_and(|t| t <= end)
     }
 
     pub fn as_str(&self) -> &str {
@@ -236,6 +254,24 @@ mod tests {
             .previous_at_or_before(utc("2026-11-22T12:00:00Z"), tz)
             .unwrap();
         assert_eq!(prev, tz.with_ymd_and_hms(2026, 11, 22, 2, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn patterns_that_never_fire_are_refused() {
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 0 30 2 * ",
+        ] {
+            let err = Schedule::parse(never).unwrap_err();
+            assert!(err.contains("never fires"), "{never}: {err}");
+            assert!(err.contains(never), "{never}: {err}");
+        }
+        // Rare but real: leap days, and a 31st that only some months have.
+        for rare in ["0 0 29 2 *", "0 0 31 1-2 *", "0 0 30 2 MON", "@yearly"] {
+            assert!(Schedule::parse(rare).is_ok(), "{rare}");
+        }
     }
 
     #[test]

@@ -14,6 +14,16 @@ const DURATION_ACCEPTED: &str = "a whole number followed by s, m, h, d or w (sec
 
 const SHARE_ACCEPTED: &str = "a percentage from 0% to 100%, e.g. 75% or 12.5%";
 
+/// The longest duration any key accepts: 100 years, far beyond any useful window or age, and
+/// far inside what clocks, dates and timers can hold. Keys with a tighter sense (timeouts)
+/// have their own, lower bounds.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+const MAX_DURATION_TEXT: &str = "36500d (100 years)";
+
+/// The largest size any key accepts: 1024TiB, beyond any disk a gateway runs on.
+pub const MAX_SIZE: u64 = 1 << 50;
+const MAX_SIZE_TEXT: &str = "1024TiB";
+
 /// Splits `"512MB"` into `("512", "MB")`: the leading ASCII digits and the rest.
 fn split_number(text: &str) -> (&str, &str) {
     let end = text
@@ -51,7 +61,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
-        .ok_or_else(|| format!("`{text}` is too large: at most {} bytes", u64::MAX))
+        .filter(|&n| n <= MAX_SIZE)
+        .ok_or_else(|| format!("`{text}` is too large; accepted: up to {MAX_SIZE_TEXT}"))
 }
 
 /// Parses a duration such as `90s`, `15m`, `6h`, `30d` or `2w`.
@@ -87,7 +98,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok()
         .and_then(|n| n.checked_mul(seconds))
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{text}` is too long a duration"))
+        .filter(|&d| d <= MAX_DURATION)
+        .ok_or_else(|| {
+            format!("`{text}` is too long a duration; accepted: up to {MAX_DURATION_TEXT}")
+        })
 }
 
 /// Parses a share such as `75%` into a fraction (`0.75`).
@@ -197,7 +211,7 @@ mod tests {
             ("100MiB", 100 << 20),
             ("5GiB", 5 << 30),
             ("1TiB", 1 << 40),
-            ("18446744073709551615", u64::MAX),
+            ("1024TiB", 1 << 50),
         ];
         for &(text, want) in good {
             assert_eq!(parse_size(text), Ok(want), "{text}");
@@ -213,11 +227,16 @@ mod tests {
             ("5G", "unknown size unit `G`"),
             ("18446744073709551616", "too large"),
             ("20000000TB", "too large"),
+            ("18446744073709551615", "accepted: up to 1024TiB"),
+            ("1025TiB", "accepted: up to 1024TiB"),
         ];
         for &(text, want) in bad {
             let err = parse_size(text).expect_err(text);
             assert!(err.contains(want), "{text}: {err}");
-            assert!(err.contains("expected") || err.contains("at most"), "{err}");
+            assert!(
+                err.contains("expected") || err.contains("accepted"),
+                "{err}"
+            );
         }
     }
 
@@ -230,6 +249,7 @@ mod tests {
             ("6h", 21_600),
             ("30d", 2_592_000),
             ("2w", 1_209_600),
+            ("36500d", 36_500 * 86_400),
         ];
         for &(text, want) in good {
             assert_eq!(
@@ -249,6 +269,8 @@ mod tests {
             ("-1h", "not a duration"),
             ("99999999999999999999w", "too long"),
             ("9999999999999999999w", "too long"),
+            ("18446744073709551615s", "accepted: up to 36500d"),
+            ("36501d", "accepted: up to 36500d"),
         ];
         for &(text, want) in bad {
             let err = parse_duration(text).expect_err(text);

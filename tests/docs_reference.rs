@@ -169,9 +169,10 @@ fn the_example_passes_the_parser() {
 }
 
 #[test]
-fn the_example_is_refused_without_its_password() {
-    // The check above must be able to fail: the same file without the variable is an error
-    // that names the key.
+fn the_example_warns_without_its_password() {
+    // The check above must be able to fail: without the variable in the shell, `check` warns
+    // naming the key (stderr is no longer empty), as the daemon's environment is the one that
+    // must hold it.
     let (path, _) = repo_file("jobs.example.yaml");
     let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
         .args(["check", "--config"])
@@ -180,10 +181,10 @@ fn the_example_is_refused_without_its_password() {
         .env_remove("CARETAKER_CONFIG")
         .output()
         .expect("running caretaker check");
-    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("alerts.email.smtp.password_env"),
+        stderr.contains("warning: alerts.email.smtp.password_env"),
         "{stderr}"
     );
 }

@@ -24,13 +24,20 @@ pub struct Found {
 #[derive(Default)]
 pub struct Recorder {
     found: RefCell<Vec<Found>>,
+    /// (path, message) of everything in `found`: a set, so that recording stays linear in a
+    /// file of thousands of errors.
+    seen: RefCell<HashSet<(String, String)>>,
     skip: RefCell<HashSet<String>>,
 }
 
 impl Recorder {
     fn record(&self, pos: Pos, path: &str, message: String) {
         let mut found = self.found.borrow_mut();
-        if !found.iter().any(|f| f.path == path && f.message == message) {
+        if self
+            .seen
+            .borrow_mut()
+            .insert((path.to_string(), message.clone()))
+        {
             found.push(Found {
                 pos,
                 path: path.to_string(),
@@ -53,9 +60,12 @@ impl Recorder {
 /// problem is then in the recorder.
 pub fn read<T: DeserializeOwned>(node: &Node, path: &str, recorder: &Recorder) -> Option<T> {
     let start = recorder.found.borrow().len();
-    // Each failed pass records at least one new error and skips its key, so the passes end;
-    // the cap only guards against a value that fails without saying where.
-    for _ in 0..256 {
+    // Each failed pass records at least one new error and skips its key, so the passes end.
+    // A pass stops at the first bad item of a list or mapping, so each bad item costs one
+    // pass over the value: the cap keeps a list of 20,000 bad items to 64 passes (and 64 of
+    // its errors, more than are shown), and guards against a value that fails without saying
+    // where.
+    for _ in 0..64 {
         let before = recorder.found.borrow().len();
         let de = De {
             node,
@@ -208,7 +218,11 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
                     visitor.visit_bool(value == "true")
                 } else if let Ok(n) = value.parse::<i64>() {
                     visitor.visit_i64(n)
-                } else if let Ok(f) = value.parse::<f64>() {
+                } else if let Ok(n) = value.parse::<u64>() {
+                    // Above i64: still a whole number, not a rounded float.
+                    visitor.visit_u64(n)
+                } else if let Some(f) = value.parse::<f64>().ok().filter(|f| f.is_finite()) {
+                    // `1e999` and `inf` stay text: no number the file could mean.
                     visitor.visit_f64(f)
                 } else {
                     visitor.visit_str(value)

@@ -13,23 +13,85 @@ pub struct ConfigError {
     /// Dotted key path, e.g. `jobs.nightly-backup.backup.keep.daily`; empty for the whole file.
     pub key_path: String,
     pub message: String,
-    /// The offending source line, shown under the message with a caret.
+    /// The offending source line, shown under the message with a caret; a long line is cut to
+    /// the part around the column.
     pub source_line: Option<String>,
+    /// Where the caret stands under `source_line`, in characters from its start.
+    pub(super) caret: usize,
+}
+
+/// The most characters shown on either side of an error's column: a file whose one line holds
+/// 20,000 errors must not print (or keep) that line 20,000 times.
+const EXCERPT: usize = 60;
+
+/// The part of `line` around the 1-based `column`, and the caret's offset in it.
+pub(super) fn excerpt(line: &str, column: usize) -> (String, usize) {
+    let at = column.saturating_sub(1);
+    let chars = line.chars().count();
+    let start = at.saturating_sub(EXCERPT);
+    let end = at.saturating_add(EXCERPT).min(chars);
+    if start == 0 && end == chars {
+        return (line.to_string(), at);
+    }
+    let mut out = String::new();
+    if start > 0 {
+        out.push('…');
+    }
+    out.extend(line.chars().skip(start).take(end.saturating_sub(start)));
+    if end < chars {
+        out.push('…');
+    }
+    (out, at - start + usize::from(start > 0))
+}
+
+/// The jobs file's text with where each line starts, so that showing the line of an error
+/// costs the same whether the file has 10 errors or 20,000.
+pub struct Source<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Source { text, starts }
+    }
+
+    /// Line `line` (counted from 1) without its line break.
+    pub fn line(&self, line: usize) -> Option<&'a str> {
+        let start = *self.starts.get(line.checked_sub(1)?)?;
+        let rest = &self.text[start..];
+        let end = rest.find('\n').unwrap_or(rest.len());
+        Some(rest[..end].strip_suffix('\r').unwrap_or(&rest[..end]))
+    }
 }
 
 impl ConfigError {
-    pub fn at(file: &Path, text: &str, pos: Pos, key_path: &str, message: String) -> Self {
+    /// An error at `pos`. Its source line is added by [`ConfigError::show_line`], once the
+    /// errors are sorted, and only to those that are shown.
+    pub fn at(file: &Path, pos: Pos, key_path: &str, message: String) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             line: pos.line,
             column: pos.column,
             key_path: key_path.to_string(),
             message,
-            source_line: pos
-                .line
-                .checked_sub(1)
-                .and_then(|i| text.lines().nth(i))
-                .map(str::to_string),
+            source_line: None,
+            caret: 0,
+        }
+    }
+
+    /// Adds the part of the error's line around its column, for the caret display.
+    pub(super) fn show_line(&mut self, source: &Source<'_>) {
+        let shown = source
+            .line(self.line)
+            .filter(|l| !l.is_empty() || self.line < source.starts.len())
+            .map(|l| excerpt(l, self.column));
+        if let Some((line, caret)) = shown {
+            self.source_line = Some(line);
+            self.caret = caret;
         }
     }
 
@@ -41,6 +103,7 @@ impl ConfigError {
             key_path: String::new(),
             message,
             source_line: None,
+            caret: 0,
         }
     }
 }
@@ -61,7 +124,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "\n {gutter} | {line}\n {} | {}^",
                 " ".repeat(gutter.len()),
-                " ".repeat(self.column.saturating_sub(1))
+                " ".repeat(self.caret)
             )?;
         }
         Ok(())
@@ -78,13 +141,24 @@ impl ConfigErrors {
     }
 }
 
+/// The most errors shown one by one; a file with thousands (a pasted log, a generated file)
+/// is summed up after these.
+pub const SHOWN_ERRORS: usize = 100;
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.0.iter().take(SHOWN_ERRORS).enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "error: {e}")?;
+        }
+        if self.0.len() > SHOWN_ERRORS {
+            write!(
+                f,
+                "\n... and {} more errors, not shown",
+                self.0.len() - SHOWN_ERRORS
+            )?;
         }
         write!(
             f,
@@ -96,3 +170,22 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_cut_around_the_column_with_the_caret_on_it() {
+        let line = format!("{}X{}", "a".repeat(500), "b".repeat(500));
+        let (shown, caret) = excerpt(&line, 501);
+        assert_eq!(shown.chars().nth(caret), Some('X'));
+        assert!(shown.starts_with('…') && shown.ends_with('…'), "{shown}");
+        assert_eq!(shown.chars().count(), 2 * EXCERPT + 2);
+        // A short line is shown whole.
+        assert_eq!(excerpt("  key: value", 3), ("  key: value".to_string(), 2));
+        // Near the start: cut at the end only.
+        let (shown, caret) = excerpt(&line, 1);
+        assert_eq!((caret, shown.starts_with('a')), (0, true));
+    }
+}

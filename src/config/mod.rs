@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 
 pub use error::{ConfigError, ConfigErrors};
+use error::{Source, excerpt};
 pub use keys::{ITEM, JOB_PATH, accepted_keys};
 
 use crate::alerts::email::SmtpSettings;
@@ -69,46 +70,167 @@ impl Config {
     }
 }
 
-/// Reads and validates the jobs file at `path`. All of its errors are returned at once.
+/// The largest jobs file read: a real one is a few KiB. The limit keeps a file replaced by
+/// something else (a log, a database) from being read whole into memory by a reload.
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
+
+/// What the validated configuration is for. `check` runs in the operator's shell, not in the
+/// daemon's environment, so what only the daemon's environment can supply (the SMTP password
+/// of `password_env`) is a warning there and an error for `run` and `run-job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Check,
+    Run,
+}
+
+/// Reads and validates the jobs file at `path` for running jobs. All of its errors are
+/// returned at once.
 pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    load_for(path, Purpose::Run)
+}
+
+/// [`load`] for a given purpose.
+pub fn load_for(path: &Path, purpose: Purpose) -> Result<(Config, Vec<String>), ConfigErrors> {
+    let bytes = read_bounded(path).map_err(|message| {
+        // The hint only helps when the path was not chosen: given with --config or
+        // CARETAKER_CONFIG, it is the path the operator meant.
+        let hint = if path == Path::new(DEFAULT_PATH) {
+            "; give its path with --config or CARETAKER_CONFIG"
+        } else {
+            ""
+        };
         ConfigErrors::single(ConfigError::io(
             path,
-            format!(
-                "cannot read the jobs file: {e}; give its path with --config or CARETAKER_CONFIG"
-            ),
+            format!("cannot read the jobs file: {message}{hint}"),
         ))
     })?;
-    parse(path, &text)
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| ConfigErrors::single(not_utf8(path, &bytes, e.valid_up_to())))?;
+    parse_for(path, text, purpose)
 }
+
+/// Reads at most [`MAX_FILE_SIZE`] bytes of a regular file. The file is opened without
+/// blocking, so a FIFO put in its place cannot hang a reload.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| std::io::Error::from(e).to_string())?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file; accepted: a YAML text file".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(format!(
+            "it is larger than {} KiB; accepted: up to {} KiB (a jobs file is a few KiB)",
+            MAX_FILE_SIZE >> 10,
+            MAX_FILE_SIZE >> 10
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Places the first byte that is not UTF-8: its line, its column in bytes, its offset in the file.
+fn not_utf8(path: &Path, bytes: &[u8], offset: usize) -> ConfigError {
+    let before = &bytes[..offset];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line_end = bytes[offset..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| offset + i);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    // The bytes before the bad one are UTF-8 (that is how it was found): the caret stands
+    // after their characters, under the stand-in the bad byte is shown as.
+    let caret = String::from_utf8_lossy(&bytes[line_start..offset])
+        .chars()
+        .count();
+    let (source_line, caret) = excerpt(
+        &String::from_utf8_lossy(&bytes[line_start..line_end]),
+        caret + 1,
+    );
+    ConfigError {
+        file: path.to_path_buf(),
+        line,
+        column: offset - line_start + 1,
+        key_path: String::new(),
+        message: format!(
+            "byte 0x{:02x} at byte offset {offset} of the file is not UTF-8 text; accepted: a UTF-8 text file (convert it with `iconv -t UTF-8`)",
+            bytes[offset]
+        ),
+        source_line: Some(source_line),
+        caret,
+    }
+}
+
+/// What the error for an empty jobs file shows.
+const MINIMAL_FILE: &str = "gateway:
+  database: /var/lib/apantli/requests.db
+  schema: apantli
+jobs:
+  nightly-backup:
+    schedule: \"0 2 * * *\"
+    backup:
+      to: /var/backups/apantli
+      keep: {daily: 7, weekly: 4}";
 
 /// Validates jobs file text as if it stood at `path` (relative paths in it resolve against
 /// the directory of `path`).
 pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigErrors> {
+    parse_for(path, text, Purpose::Run)
+}
+
+/// [`parse`] for a given purpose.
+pub fn parse_for(
+    path: &Path,
+    text: &str,
+    purpose: Purpose,
+) -> Result<(Config, Vec<String>), ConfigErrors> {
     let base = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    let source = Source::new(text);
+    let empty = text
+        .lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...");
+    if empty {
+        return Err(ConfigErrors::single(ConfigError::io(
+            path,
+            format!(
+                "the jobs file is empty (it holds no keys, only blank lines or comments); accepted: a gateway and jobs, at least:\n{MINIMAL_FILE}\n(every key: docs/configuration.md and jobs.example.yaml)"
+            ),
+        )));
+    }
     let (tree, syntax) = match yaml::parse(text) {
         Ok(parsed) => parsed,
         Err(issue) => {
-            return Err(ConfigErrors::single(ConfigError::at(
-                path,
-                text,
-                issue.pos,
-                &issue.path,
-                issue.message,
-            )));
+            let issue = yaml::blame_tabs(text, issue);
+            let mut error = ConfigError::at(path, issue.pos, &issue.path, issue.message);
+            error.show_line(&source);
+            return Err(ConfigErrors::single(error));
         }
     };
     let mut checks = Checks {
         file: path,
-        text,
+        purpose,
         tree: &tree,
         base: &base,
         errors: syntax
             .into_iter()
-            .map(|i| ConfigError::at(path, text, i.pos, &i.path, i.message))
+            .map(|i| ConfigError::at(path, i.pos, &i.path, i.message))
             .collect(),
         warnings: Vec::new(),
     };
@@ -140,13 +262,9 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigErr
         }
     }
     for found in recorder.into_found() {
-        checks.errors.push(ConfigError::at(
-            path,
-            text,
-            found.pos,
-            &found.path,
-            found.message,
-        ));
+        checks
+            .errors
+            .push(ConfigError::at(path, found.pos, &found.path, found.message));
     }
     let config = raw_top.and_then(|top| raw::validate(top, jobs, &mut checks));
     let Checks {
@@ -160,13 +278,15 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigErr
             if errors.is_empty() {
                 errors.push(ConfigError::at(
                     path,
-                    text,
                     tree.pos,
                     "",
                     "the jobs file is not valid".into(),
                 ));
             }
             errors.sort_by_key(|e| (e.line, e.column));
+            for e in errors.iter_mut().take(error::SHOWN_ERRORS) {
+                e.show_line(&source);
+            }
             Err(ConfigErrors(errors))
         }
     }
@@ -175,7 +295,8 @@ pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<String>), ConfigErr
 /// Collects the semantic errors of validation, placing each at its key in the file.
 pub struct Checks<'a> {
     file: &'a Path,
-    text: &'a str,
+    /// Whether the configuration is for `check` or for running jobs.
+    pub purpose: Purpose,
     tree: &'a yaml::Node,
     base: &'a Path,
     errors: Vec<ConfigError>,
@@ -185,13 +306,31 @@ pub struct Checks<'a> {
 impl Checks<'_> {
     pub fn error(&mut self, key_path: &str, message: impl Into<String>) {
         let pos = self.tree.locate(key_path);
-        self.errors.push(ConfigError::at(
-            self.file,
-            self.text,
-            pos,
+        self.errors
+            .push(ConfigError::at(self.file, pos, key_path, message.into()));
+    }
+
+    /// Refuses a duration above what the key at `key_path` can use (`max_text` says it as the
+    /// file would). Returns whether the value is within the bound.
+    pub fn at_most(
+        &mut self,
+        key_path: &str,
+        value: Duration,
+        max: Duration,
+        max_text: &str,
+    ) -> bool {
+        if value <= max {
+            return true;
+        }
+        let written = match self.tree.find(key_path).map(|n| &n.kind) {
+            Some(yaml::NodeKind::Scalar { value, .. }) => value.clone(),
+            _ => format!("{}s", value.as_secs()),
+        };
+        self.error(
             key_path,
-            message.into(),
-        ));
+            format!("`{written}` is longer than this key allows; accepted: up to {max_text}"),
+        );
+        false
     }
 
     pub fn warn(&mut self, message: impl Into<String>) {
@@ -205,6 +344,21 @@ impl Checks<'_> {
         } else {
             self.base.join(p)
         }
+    }
+
+    /// A path key's value resolved as [`Checks::path`] does. An empty one (`to: ""`) is an
+    /// error and `None`: it would resolve to the jobs file's own directory, where a job would
+    /// then write, and retention delete.
+    pub fn given_path(&mut self, key_path: &str, p: Option<&Path>) -> Option<PathBuf> {
+        let p = p?;
+        if p.as_os_str().is_empty() {
+            self.error(
+                key_path,
+                "is empty; accepted: a path (relative ones are taken from the jobs file's directory)",
+            );
+            return None;
+        }
+        Some(self.path(p))
     }
 
     pub fn base_dir(&self) -> &Path {

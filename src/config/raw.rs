@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::values::{Duration, Zone};
-use super::{AlertSettings, Checks, Config, LogFormat, LogSettings};
+use super::{AlertSettings, Checks, Config, LogFormat, LogSettings, Purpose};
+use crate::alerts::email::{ConfigProblem, EmailConfig, SmtpSettings};
 use crate::gateway::{self, RawGateway};
 use crate::jobs::Job;
 
@@ -44,9 +45,25 @@ struct RawAlerts {
 
 const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
+/// The longest `gateway.busy_timeout`: our statements wait this long at most for the
+/// gateway's locks, and a wait of minutes is already a stuck gateway. (SQLite itself stops
+/// at 24 days; rusqlite panics beyond.)
+pub const MAX_BUSY_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(600), "10m");
+/// The longest `shutdown_timeout`: a stop that waits longer than an hour is a hang to the
+/// service manager; its own stop timeout must stay above this anyway.
+pub const MAX_SHUTDOWN_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(3600), "1h");
+/// The longest `alerts.email.smtp.timeout`: one delivery that may take longer holds back every
+/// alert behind it.
+pub const MAX_SMTP_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(3600), "1h");
+/// The longest `alerts.repeat_after`: an unresolved alert is repeated at least once a year.
+pub const MAX_REPEAT_AFTER: (StdDuration, &str) = (StdDuration::from_secs(365 * 86_400), "365d");
+
 pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Config> {
     let gateway = match top.gateway {
-        Some(raw) => gateway::validate(raw, checks),
+        Some(raw) => gateway::validate(raw, checks).filter(|g| {
+            let (max, text) = MAX_BUSY_TIMEOUT;
+            checks.at_most("gateway.busy_timeout", g.busy_timeout, max, text)
+        }),
         None => {
             checks.error(
                 "gateway",
@@ -83,12 +100,15 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             on_job_failure: true,
         },
         Some(raw) => {
-            let email = raw.email.and_then(|e| match e.resolve(checks.base_dir()) {
+            let email = raw.email.and_then(|e| match resolve_email(&e, checks) {
                 Ok((settings, warnings)) => {
                     for w in warnings {
                         checks.warn(w);
                     }
-                    Some(settings)
+                    let (max, text) = MAX_SMTP_TIMEOUT;
+                    checks
+                        .at_most("alerts.email.smtp.timeout", settings.timeout, max, text)
+                        .then_some(settings)
                 }
                 Err(errors) => {
                     for (key, message) in errors {
@@ -99,7 +119,7 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             });
             AlertSettings {
                 email,
-                file: raw.file.map(|p| checks.path(&p)),
+                file: checks.given_path("alerts.file", raw.file.as_deref()),
                 repeat_after: raw
                     .repeat_after
                     .map_or(StdDuration::from_secs(6 * 3600), |d| d.0),
@@ -107,20 +127,14 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             }
         }
     };
-    let mut names = std::collections::HashSet::new();
-    for job in &jobs {
-        names.insert(job.name.clone());
-    }
-    for job in &jobs {
-        for dep in job.kind.depends_on() {
-            if !names.contains(dep) {
-                checks.error(
-                    &format!("jobs.{}", job.name),
-                    format!("names job `{dep}`, which is not in this file; accepted: the name of a backup job defined under `jobs`"),
-                );
-            }
-        }
-    }
+    let (max, text) = MAX_REPEAT_AFTER;
+    checks.at_most("alerts.repeat_after", alerts.repeat_after, max, text);
+    let shutdown_timeout = top
+        .shutdown_timeout
+        .map_or(StdDuration::from_secs(30), |d| d.0);
+    let (max, text) = MAX_SHUTDOWN_TIMEOUT;
+    checks.at_most("shutdown_timeout", shutdown_timeout, max, text);
+    check_references(&jobs, checks);
     if let Some(gateway) = &gateway {
         for job in &jobs {
             for (key, message) in job.kind.gateway_problems(gateway) {
@@ -131,20 +145,112 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
             }
         }
     }
+    let metrics_file = checks.given_path("metrics_file", top.metrics_file.as_deref());
+    let state_dir = top
+        .state_dir
+        .as_deref()
+        .map_or(Some(PathBuf::from("/var/lib/caretaker")), |p| {
+            checks.given_path("state_dir", Some(p))
+        });
     Some(Config {
         source: checks.file.to_path_buf(),
         gateway: gateway?,
-        state_dir: checks.path(
-            &top.state_dir
-                .unwrap_or_else(|| PathBuf::from("/var/lib/caretaker")),
-        ),
+        state_dir: state_dir?,
         timezone: top.timezone.map_or(chrono_tz::UTC, |z| z.0),
-        shutdown_timeout: top
-            .shutdown_timeout
-            .map_or(StdDuration::from_secs(30), |d| d.0),
-        metrics_file: top.metrics_file.map(|p| checks.path(&p)),
+        shutdown_timeout,
+        metrics_file,
         log,
         alerts,
         jobs,
     })
+}
+
+/// Reads `alerts.email`. For `check`, an SMTP password variable missing from the operator's
+/// shell is a warning: the daemon's environment (its unit file, an EnvironmentFile) is where
+/// it must be set, and `run` and `run-job` still refuse to start without it.
+fn resolve_email(
+    email: &EmailConfig,
+    checks: &mut Checks<'_>,
+) -> Result<(SmtpSettings, Vec<String>), Vec<ConfigProblem>> {
+    // Both files are read during validation, so on every reload: one that is not a regular
+    // file (a FIFO would block the daemon's loop forever, /dev/zero would fill its memory) or
+    // is far larger than its content can be is refused before it is opened.
+    let files = [
+        ("smtp.password_file", email.smtp.password_file.as_deref()),
+        ("smtp.ca_file", email.smtp.ca_file.as_deref()),
+    ];
+    let unreadable: Vec<ConfigProblem> = files
+        .into_iter()
+        .filter_map(|(key, file)| {
+            let path = checks.base_dir().join(file?);
+            let meta = std::fs::metadata(&path).ok()?;
+            let problem = if !meta.is_file() {
+                format!(
+                    "{} is not a regular file; accepted: a text file",
+                    path.display()
+                )
+            } else if meta.len() > super::MAX_FILE_SIZE {
+                format!(
+                    "{} is larger than {} KiB; accepted: a password or PEM file of up to {} KiB",
+                    path.display(),
+                    super::MAX_FILE_SIZE >> 10,
+                    super::MAX_FILE_SIZE >> 10
+                )
+            } else {
+                return None;
+            };
+            Some((key.to_string(), problem))
+        })
+        .collect();
+    if !unreadable.is_empty() {
+        return Err(unreadable);
+    }
+    let unset = email
+        .smtp
+        .password_env
+        .as_deref()
+        .filter(|var| std::env::var_os(var).is_none());
+    match unset {
+        Some(var) if checks.purpose == Purpose::Check => {
+            checks.warn(format!(
+                "alerts.email.smtp.password_env: environment variable {var} is not set in this shell; `caretaker run` and `run-job` need it in their environment (the service's Environment= or EnvironmentFile=), or use password_file"
+            ));
+            // A stand-in lets the rest of the block be checked; `check` never sends mail.
+            email.resolve_with_env(checks.base_dir(), |name| {
+                std::env::var_os(name).or_else(|| (name == var).then(|| "unset".into()))
+            })
+        }
+        _ => email.resolve(checks.base_dir()),
+    }
+}
+
+/// Jobs that name other jobs must name backup jobs of this file; each reference is placed at
+/// its own key.
+fn check_references(jobs: &[Job], checks: &mut Checks<'_>) {
+    let kinds: std::collections::HashMap<&str, &'static str> = jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.kind.name()))
+        .collect();
+    for job in jobs {
+        for (key, dep) in job.kind.depends_on() {
+            let key_path = format!("jobs.{}.{key}", job.name);
+            // A job of the file that failed its own checks has its own errors already.
+            let in_file = checks
+                .tree
+                .get("jobs")
+                .is_some_and(|j| j.value.get(dep).is_some());
+            match kinds.get(dep) {
+                Some(&"backup") => {}
+                None if in_file => {}
+                Some(kind) => checks.error(
+                    &key_path,
+                    format!("names job `{dep}`, whose kind is {kind}, not backup; accepted: the name of a job with a `backup` block"),
+                ),
+                None => checks.error(
+                    &key_path,
+                    format!("names job `{dep}`, which is not in this file; accepted: the name of a backup job defined under `jobs`"),
+                ),
+            }
+        }
+    }
 }

@@ -79,6 +79,20 @@ impl Node {
     /// Where a dotted key path (`jobs.backup.keep.daily`, `alerts.email.to[1]`) stands in the
     /// file: the key itself when present, else its nearest ancestor that is.
     pub fn locate(&self, path: &str) -> Pos {
+        self.walk(path).0
+    }
+
+    /// The value at a dotted key path, if the path is in the file.
+    pub fn find(&self, path: &str) -> Option<&Node> {
+        match self.walk(path) {
+            (_, node, true) => Some(node),
+            _ => None,
+        }
+    }
+
+    /// How far `path` leads: the position and value of the last segment found, and whether
+    /// every segment was.
+    fn walk(&self, path: &str) -> (Pos, &Node, bool) {
         let mut node = self;
         let mut pos = self.pos;
         for segment in split_path(path) {
@@ -88,18 +102,18 @@ impl Node {
                         pos = entry.key_pos;
                         node = &entry.value;
                     }
-                    None => break,
+                    None => return (pos, node, false),
                 },
                 Segment::Index(i) => match &node.kind {
                     NodeKind::Seq(items) if i < items.len() => {
                         node = &items[i];
                         pos = node.pos;
                     }
-                    _ => break,
+                    _ => return (pos, node, false),
                 },
             }
         }
-        pos
+        (pos, node, true)
     }
 }
 
@@ -124,13 +138,32 @@ fn split_path(path: &str) -> Vec<Segment<'_>> {
     out
 }
 
+/// The most values (scalars, lists, mappings) a jobs file may hold once its aliases are
+/// expanded. A real file holds a few hundred; the limit stops a "billion laughs" file, whose
+/// few lines of nested aliases expand to billions of copies, long before memory runs out.
+pub const MAX_VALUES: usize = 100_000;
+/// The most text the values of a jobs file may hold once its aliases are expanded.
+pub const MAX_TEXT: usize = 4 << 20;
+/// The deepest nesting of lists and mappings; a real file nests 6 levels. Deeper input would
+/// only cost stack in the readers that walk the tree.
+pub const MAX_DEPTH: usize = 64;
+
 /// Reads YAML text into a tree. A syntax error stops the reading (nothing after it can be
 /// trusted); duplicate keys are collected and the first occurrence kept.
+///
+/// Aliases are expanded by copying the anchored value, so the tree is bounded while it is
+/// read: at most [`MAX_VALUES`] values, [`MAX_TEXT`] bytes of text and [`MAX_DEPTH`] levels,
+/// counting every copy. Going over stops the reading with an error at the value (or alias)
+/// that went over.
 pub fn parse(text: &str) -> Result<(Node, Vec<SyntaxIssue>), SyntaxIssue> {
     let mut reader = Reader {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),
         issues: Vec::new(),
+        values: 0,
+        text: 0,
+        depth: 0,
+        deepest: 0,
     };
     let root = loop {
         let (event, span) = reader.next()?;
@@ -163,10 +196,92 @@ pub fn parse(text: &str) -> Result<(Node, Vec<SyntaxIssue>), SyntaxIssue> {
     Ok((root, reader.issues))
 }
 
+/// Points a syntax error caused by a tab in a line's indentation at the tab itself, with a
+/// message that says so: the parser's own message names neither the tab nor its column.
+pub fn blame_tabs(text: &str, issue: SyntaxIssue) -> SyntaxIssue {
+    if !issue.message.starts_with("YAML syntax error") {
+        return issue;
+    }
+    let tab_in_indent = |line: &str| {
+        let indent = &line[..line.len() - line.trim_start_matches([' ', '\t']).len()];
+        indent.find('\t')
+    };
+    let lines: Vec<&str> = text.lines().take(issue.pos.line).collect();
+    let on_error_line = lines
+        .last()
+        .and_then(|l| tab_in_indent(l))
+        .map(|col| (lines.len(), col));
+    // The parser may trip over the tab later than its own line (at the next key); its message
+    // then still names tabs.
+    let earlier = || {
+        issue
+            .message
+            .contains("tab")
+            .then(|| {
+                lines
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find_map(|(i, l)| tab_in_indent(l).map(|col| (i + 1, col)))
+            })
+            .flatten()
+    };
+    match on_error_line.or_else(earlier) {
+        Some((line, col)) => SyntaxIssue {
+            pos: Pos {
+                line,
+                column: col + 1,
+            },
+            path: issue.path,
+            message: "a tab is used for indentation here; accepted: spaces only (YAML does not allow tabs in indentation)".into(),
+        },
+        None => issue,
+    }
+}
+
 struct Reader<'a> {
     parser: Parser<'a, saphyr_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchored value with what one copy of it costs.
+    anchors: HashMap<usize, (Node, Cost)>,
     issues: Vec<SyntaxIssue>,
+    /// Values and bytes of text in the tree so far, every alias copy included.
+    values: usize,
+    text: usize,
+    /// How many lists and mappings enclose the value being read.
+    depth: usize,
+    /// The deepest level reached within the value being read, alias copies included.
+    deepest: usize,
+}
+
+/// What a value adds to the tree: its values and bytes of text, nested ones included, and
+/// how many levels of lists and mappings it nests.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    values: usize,
+    text: usize,
+    height: usize,
+}
+
+fn too_deep(pos: Pos, path: &str) -> SyntaxIssue {
+    SyntaxIssue {
+        pos,
+        path: path.to_string(),
+        message: format!(
+            "lists and mappings are nested more than {MAX_DEPTH} levels deep here, aliases included; accepted: up to {MAX_DEPTH} levels (a jobs file needs 6)"
+        ),
+    }
+}
+
+fn too_big(pos: Pos, path: &str, what: &str) -> SyntaxIssue {
+    SyntaxIssue {
+        pos,
+        path: path.to_string(),
+        message: format!(
+            "{what} makes the file hold more than {MAX_VALUES} values or {} MiB of text once its aliases are expanded; accepted: up to {MAX_VALUES} values and {} MiB, aliases included (a jobs file needs a few hundred)",
+            MAX_TEXT >> 20,
+            MAX_TEXT >> 20
+        ),
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -189,9 +304,70 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Adds `cost` to the tree's size, or says where the file went over the limits.
+    fn count(&mut self, cost: Cost, pos: Pos, path: &str, what: &str) -> Result<(), SyntaxIssue> {
+        self.values = self.values.saturating_add(cost.values);
+        self.text = self.text.saturating_add(cost.text);
+        if self.values > MAX_VALUES || self.text > MAX_TEXT {
+            return Err(too_big(pos, path, what));
+        }
+        Ok(())
+    }
+
     fn node(&mut self, event: Event<'a>, span: Span, path: &str) -> Result<Node, SyntaxIssue> {
         let pos = Pos::from_span(&span);
-        let (node, anchor) = match event {
+        let before = (self.values, self.text);
+        if let Event::Scalar(value, ..) = &event {
+            let cost = Cost {
+                values: 1,
+                text: value.len(),
+                height: 0,
+            };
+            self.count(cost, pos, path, "this value")?;
+        }
+        let container = matches!(event, Event::SequenceStart(..) | Event::MappingStart(..));
+        if container {
+            let cost = Cost {
+                values: 1,
+                text: 0,
+                height: 1,
+            };
+            self.count(cost, pos, path, "this value")?;
+            if self.depth >= MAX_DEPTH {
+                return Err(too_deep(pos, path));
+            }
+        }
+        let outer = std::mem::replace(&mut self.deepest, self.depth);
+        if container {
+            self.depth += 1;
+            self.deepest = self.depth;
+        }
+        let built = self.build(event, pos, path);
+        if container {
+            self.depth -= 1;
+        }
+        let height = self.deepest - self.depth;
+        self.deepest = self.deepest.max(outer);
+        let (node, anchor) = built?;
+        if anchor > 0 {
+            let cost = Cost {
+                values: self.values - before.0,
+                text: self.text - before.1,
+                height,
+            };
+            self.anchors.insert(anchor, (node.clone(), cost));
+        }
+        Ok(node)
+    }
+
+    /// The value that starts with `event`, and the anchor it defines (0 for none).
+    fn build(
+        &mut self,
+        event: Event<'a>,
+        pos: Pos,
+        path: &str,
+    ) -> Result<(Node, usize), SyntaxIssue> {
+        Ok(match event {
             Event::Scalar(value, style, anchor, _tag) => (
                 Node {
                     pos,
@@ -222,11 +398,23 @@ impl<'a> Reader<'a> {
             }
             Event::MappingStart(anchor, _) => (self.map(pos, path)?, anchor),
             Event::Alias(id) => {
-                return self.anchors.get(&id).cloned().ok_or(SyntaxIssue {
-                    pos,
-                    path: path.to_string(),
-                    message: "alias to an unknown anchor".into(),
-                });
+                let Some(cost) = self.anchors.get(&id).map(|(_, cost)| *cost) else {
+                    return Err(SyntaxIssue {
+                        pos,
+                        path: path.to_string(),
+                        message: "alias to an unknown anchor".into(),
+                    });
+                };
+                // Counted before it is copied: the copy is what would exhaust memory, and its
+                // nesting adds to where it stands.
+                self.count(cost, pos, path, "this alias")?;
+                if self.depth + cost.height > MAX_DEPTH {
+                    return Err(too_deep(pos, path));
+                }
+                self.deepest = self.deepest.max(self.depth + cost.height);
+                let node = self.anchors[&id].0.clone();
+                // The copy keeps the anchor's positions; the alias is where it stands.
+                (Node { pos, ..node }, 0)
             }
             other => {
                 return Err(SyntaxIssue {
@@ -235,15 +423,14 @@ impl<'a> Reader<'a> {
                     message: format!("unexpected YAML event {other:?}"),
                 });
             }
-        };
-        if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
-        }
-        Ok(node)
+        })
     }
 
     fn map(&mut self, pos: Pos, path: &str) -> Result<Node, SyntaxIssue> {
         let mut entries: Vec<Entry> = Vec::new();
+        // Where each key stands in `entries`: duplicates are found in constant time, so a file
+        // of 20,000 keys reads in linear time.
+        let mut index: HashMap<String, usize> = HashMap::new();
         loop {
             let (event, span) = self.next()?;
             if let Event::MappingEnd = event {
@@ -265,9 +452,16 @@ impl<'a> Reader<'a> {
             } else {
                 format!("{path}.{key}")
             };
+            // Keys are copied with their mapping, so their text counts as a value's does.
+            let cost = Cost {
+                values: 0,
+                text: key.len(),
+                height: 0,
+            };
+            self.count(cost, key_pos, &child, "this key")?;
             let (event, span) = self.next()?;
             let value = self.node(event, span, &child)?;
-            if let Some(first) = entries.iter().find(|e| e.key == key) {
+            if let Some(first) = index.get(&key).map(|&i| &entries[i]) {
                 self.issues.push(SyntaxIssue {
                     pos: key_pos,
                     path: child,
@@ -278,6 +472,7 @@ impl<'a> Reader<'a> {
                 });
                 continue;
             }
+            index.insert(key.clone(), entries.len());
             entries.push(Entry {
                 key,
                 key_pos,
@@ -329,6 +524,36 @@ mod tests {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(err.pos.line >= 1);
         assert!(err.message.starts_with("YAML syntax error"));
+    }
+
+    /// (what, text, line of the error, phrase)
+    const TOO_BIG: &[(&str, &str, usize, &str)] = &[
+        (
+            "billion laughs",
+            "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+            5,
+            "this alias makes the file hold more than 100000 values",
+        ),
+        (
+            "nesting by aliases",
+            "a: &a [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[x]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\nb: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[*a]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+            2,
+            "nested more than 64 levels deep here, aliases included",
+        ),
+    ];
+
+    #[test]
+    fn the_tree_is_bounded_while_it_is_read_aliases_included() {
+        for (what, text, line, phrase) in TOO_BIG {
+            let err = parse(text).expect_err(what);
+            assert_eq!(err.pos.line, *line, "{what}: {err:?}");
+            assert!(err.message.contains(phrase), "{what}: {}", err.message);
+        }
+        // Just inside the limits: 64 levels, and an alias copied many times.
+        let deep = format!("a: {}x{}\n", "[".repeat(63), "]".repeat(63));
+        assert!(parse(&deep).is_ok());
+        let copies = format!("a: &a [1, 2, 3]\nb: [{}]\n", vec!["*a"; 1000].join(", "));
+        assert!(parse(&copies).is_ok());
     }
 
     #[test]

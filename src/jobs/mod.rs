@@ -73,11 +73,16 @@ impl Kind {
         !matches!(self, Kind::Logrotate(_) | Kind::Verify(_))
     }
 
-    /// Other jobs this one refers to by name.
-    pub fn depends_on(&self) -> Vec<&str> {
+    /// Other jobs this one refers to by name: (the key below the job that names it, the name).
+    /// Each must be a backup job; `check` says so at the key.
+    pub fn depends_on(&self) -> Vec<(&'static str, &str)> {
         match self {
-            Kind::Verify(s) => vec![s.backups_of.as_str()],
-            Kind::Health(s) => s.backup_max_age.iter().map(|b| b.job.as_str()).collect(),
+            Kind::Verify(s) => vec![("verify.backups_of", s.backups_of.as_str())],
+            Kind::Health(s) => s
+                .backup_max_age
+                .iter()
+                .map(|b| ("health.backup_max_age.job", b.job.as_str()))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -123,6 +128,9 @@ pub struct RawJob {
     budget: Option<budget::Raw>,
     health: Option<health::Raw>,
 }
+
+/// The longest job `timeout`: a run that may take over a week is not bounded by one.
+pub const MAX_TIMEOUT: (Duration, &str) = (Duration::from_secs(7 * 86_400), "7d");
 
 const KINDS: &str =
     "backup, verify, integrity, maintenance, archive, logrotate, pricing, budget, health";
@@ -196,6 +204,11 @@ pub fn validate(name: &str, raw: RawJob, checks: &mut Checks<'_>) -> Option<Job>
             return None;
         }
     }
+    let timeout = raw.timeout.map(|d| d.0);
+    if let Some(t) = timeout {
+        let (max, text) = MAX_TIMEOUT;
+        ok &= checks.at_most(&format!("{path}.timeout"), t, max, text);
+    }
     if !ok {
         return None;
     }
@@ -203,7 +216,7 @@ pub fn validate(name: &str, raw: RawJob, checks: &mut Checks<'_>) -> Option<Job>
         name: name.to_string(),
         schedule: raw.schedule,
         on_signal,
-        timeout: raw.timeout.map(|d| d.0),
+        timeout,
         catch_up: raw.catch_up.unwrap_or(false),
         kind: kinds.pop()?,
     })

@@ -94,8 +94,8 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
             "missing key `older_than`; accepted: a duration such as 90d",
         );
     }
-    let to = raw.to.map(|p| checks.path(&p));
-    if to.is_none() {
+    let to = checks.given_path(&format!("{path}.to"), raw.to.as_deref());
+    if raw.to.is_none() {
         checks.error(
             &format!("{path}.to"),
             "missing key `to`; accepted: the directory the archive files are written to",
