@@ -149,7 +149,7 @@ fn is_identifier(name: &str) -> bool {
 
 pub fn validate(raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
     let database = match raw.database {
-        Some(p) => Some(checks.path(&p)),
+        Some(p) => checks.given_path("gateway.database", Some(&p)),
         None => {
             checks.error(
                 "gateway.database",

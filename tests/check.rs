@@ -120,6 +120,23 @@ fn a_bad_time_zone_is_placed_at_its_value() {
 }
 
 #[test]
+fn an_empty_gateway_database_path_is_refused_at_its_key() {
+    // An empty path would resolve to the jobs file's own directory.
+    let sb = Sandbox::new();
+    let text = sb
+        .header()
+        .replace("database: requests.db", "database: \"\"")
+        + "jobs:\n  b:\n    on_signal: USR1\n    integrity: {}\n";
+    harness::write_replace(&sb.jobs_file(), &text);
+    assert_refused(
+        &sb,
+        "empty gateway.database",
+        "jobs.yaml:2:13: gateway.database",
+        "is empty; accepted: a path",
+    );
+}
+
+#[test]
 fn all_errors_of_a_file_are_reported_at_once() {
     let sb = Sandbox::new();
     let text = "gateway:\n  database: requests.db\n  schema: apantlee\nbogus: 1\ntimezone: Mars/Base\njobs:\n  a:\n    schedule: \"61 * * * *\"\n    integrity: {check: deep}\n  b:\n    integrity: {}\n";
