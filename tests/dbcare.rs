@@ -811,6 +811,23 @@ fn maintenance_of_an_empty_or_foreign_file_changes_no_byte_and_says_why() {
             }
         }
     }
+    // The integrity check does not pass an emptied file as a sound, empty database either.
+    for (name, said) in [
+        ("empty.db", "is empty (0 bytes)"),
+        ("notes.db", "is not a SQLite database"),
+    ] {
+        let db = dir.path().join(name);
+        let bytes = std::fs::read(&db).unwrap();
+        let jobs = "  check:\n    on_signal: USR1\n    integrity: {check: full}\n";
+        let out = run_job(&jobs_file(dir.path(), &db, "apantli", jobs), "check", &[]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(name) && stderr.contains(said),
+            "{name}: {stderr}"
+        );
+        assert_eq!(std::fs::read(&db).unwrap(), bytes, "{name}");
+    }
     // A SQLite database that is not the gateway's: refused before ANALYZE writes its statistics.
     let other = dir.path().join("other.db");
     rusqlite::Connection::open(&other)
