@@ -24,7 +24,7 @@ use crate::backup::{self, ScratchDb, human_bytes, snapshot};
 use crate::config::values::Share;
 use crate::config::{Checks, Config};
 use crate::gateway::{Gateway, Preset};
-use crate::writelock::{self, HOLD_LIMIT, Pacer};
+use crate::writelock::{self, Pacer};
 
 /// Rows ANALYZE samples per index: enough for the planner, milliseconds of lock.
 const ANALYSIS_LIMIT: u32 = 1000;
@@ -45,17 +45,16 @@ pub const TRIAL_MARGIN: f64 = 4.0;
 /// the slowest write wait 1.9-2.9 s, of 1.5 s 3.6 s, and of 2 s lost 2 of 360 writes to
 /// Apantli's 5 s timeout. 1 s of Apantli's 5 s.
 const SHARE_OF_GATEWAY_WAIT: f64 = 0.2;
-/// What one incremental step aims at: the house's lock limit, as the archive's deletes.
-const STEP_AIM: Duration = HOLD_LIMIT;
 /// The longest lock an incremental step may hold before the run reports it and raises
-/// `vacuum-lock:<job>`. The steps aim at [`STEP_AIM`], but each ends with a commit whose fsyncs
-/// the disk may stretch: on a loaded, shared 2-core machine one commit took 109 ms. 250 ms is a
-/// twentieth of Apantli's 5 s busy timeout, a wait its writers do not notice.
-pub const STEP_BOUND: Duration = Duration::from_millis(250);
-/// Pages the first incremental step moves; later steps are sized on the time it took.
-const FIRST_STEP_PAGES: u64 = 16;
-/// No step moves more pages than this, however fast the last one was.
-const MAX_STEP_PAGES: u64 = 4096;
+/// `vacuum-lock:<job>`. The steps aim at 16 ms, but each ends with a commit whose fsyncs a busy
+/// disk stretches now and then: of 1,170 steps on a loaded, shared 2-core machine the longest
+/// held 250 ms. 500 ms is a tenth of Apantli's 5 s busy timeout, half the full VACUUM's default
+/// bound: its writers queue for it but none comes near losing its row.
+pub const STEP_BOUND: Duration = Duration::from_millis(500);
+/// Pages the first incremental step moves; later steps are sized on the time the last took,
+/// as the archive's deletes are ([`super::archive::next_size`]: towards the house's 16 ms
+/// lock limit above the commit's fixed cost, at most halved or doubled per step).
+const FIRST_STEP_PAGES: usize = 16;
 /// `PRAGMA auto_vacuum` values.
 const AUTO_VACUUM_FULL: u64 = 1;
 const AUTO_VACUUM_INCREMENTAL: u64 = 2;
@@ -387,20 +386,6 @@ pub fn judge(trial: Duration, bound: Duration) -> Result<Duration, String> {
             lock_text(bound)
         ))
     }
-}
-
-/// Pages for the next incremental step, from the pages of the last one and the lock it held:
-/// twice as many after a step within [`STEP_AIM`], half as many after a longer one, within
-/// 1..=[`MAX_STEP_PAGES`]. A step's lock is mostly its commit's fsyncs, which no step size
-/// saves and a busy disk stretches now and then; scaling on each step's time would let one
-/// slow commit shrink the steps to a page, halving and doubling recovers from it.
-pub fn next_step_pages(pages: u64, held: Duration) -> u64 {
-    if held <= STEP_AIM {
-        pages.saturating_mul(2)
-    } else {
-        pages / 2
-    }
-    .clamp(1, MAX_STEP_PAGES)
 }
 
 /// `840 ms`, `5.53 s`: a lock time as a person reads it.
@@ -823,13 +808,22 @@ fn reclaim(
     vacuumed: &mut Vacuumed,
 ) -> anyhow::Result<()> {
     let mut pages = FIRST_STEP_PAGES;
+    // The shortest step's lock: about the commit's fixed cost (its fsyncs).
+    let mut floor = Duration::MAX;
     let mut left = pragma_u64(conn, "freelist_count")?;
     let started = left;
     while left > 0 {
         ctx.checkpoint()?;
         let (now_left, held) = pacer.write(conn, |tx| {
-            tx.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))
-                .context("running PRAGMA incremental_vacuum on the gateway database")?;
+            // It frees one page per row it returns: stepped once, it frees one page.
+            let vacuuming = || "running PRAGMA incremental_vacuum on the gateway database";
+            let mut stmt = tx
+                .prepare(&format!("PRAGMA incremental_vacuum({pages})"))
+                .with_context(vacuuming)?;
+            let mut rows = stmt.query([]).with_context(vacuuming)?;
+            while rows.next().with_context(vacuuming)?.is_some() {}
+            drop(rows);
+            drop(stmt);
             pragma_u64(tx, "freelist_count")
         })?;
         vacuumed.steps += 1;
@@ -840,8 +834,11 @@ fn reclaim(
         if now_left >= left {
             break; // nothing moved: the gateway freed pages as fast, or SQLite cannot
         }
+        let moved = usize::try_from(left - now_left).unwrap_or(usize::MAX);
+        tracing::trace!(pages, moved, held_ms = ms(held), "incremental vacuum step");
         left = now_left;
-        pages = next_step_pages(pages, held);
+        floor = floor.min(held);
+        pages = super::archive::next_size(pages, moved, held, floor);
     }
     tracing::debug!(
         pages = started - left,
@@ -1189,30 +1186,14 @@ mod tests {
         let steps = Vacuumed {
             steps: 9,
             steps_over: 2,
-            longest_step: ms(300),
+            longest_step: ms(600),
             bound: Some(STEP_BOUND),
             ..Vacuumed::default()
         };
         assert_eq!(
             steps.over_bound().unwrap(),
-            "2 of 9 incremental vacuum steps held the write lock over their bound of 250.0 ms (longest 300.0 ms)"
+            "2 of 9 incremental vacuum steps held the write lock over their bound of 500.0 ms (longest 600.0 ms)"
         );
-    }
-
-    #[test]
-    fn steps_are_sized_towards_their_aim() {
-        let ms = Duration::from_millis;
-        let cases = [
-            (16, ms(5), 32),
-            (16, ms(16), 32), // on the aim
-            (64, ms(17), 32),
-            (64, ms(109), 32), // one slow commit halves, it does not shrink to a page
-            (1, ms(500), 1),   // never below one page
-            (3000, ms(1), MAX_STEP_PAGES),
-        ];
-        for (pages, held, expected) in cases {
-            assert_eq!(next_step_pages(pages, held), expected, "{pages} {held:?}");
-        }
     }
 
     #[test]
