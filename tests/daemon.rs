@@ -239,3 +239,17 @@ fn a_job_that_cannot_start_within_its_timeout_fails_and_alerts() {
     assert_eq!(run.result, "failed");
     assert!(run.error.as_deref().unwrap_or("").contains("timeout"));
 }
+
+#[test]
+fn the_vacuum_warning_is_logged_once_at_start_not_at_each_reload() {
+    let sb = Sandbox::new();
+    let jobs = "  care:\n    schedule: \"0 3 * * SUN\"\n    maintenance: {vacuum: always}\n";
+    sb.write_jobs(jobs);
+    let daemon = sb.start_daemon();
+    daemon.wait_log("caretaker is running", LONG);
+    let warning = "VACUUM holds an exclusive lock";
+    assert_eq!(daemon.count_log(warning), 1, "{}", daemon.log_text());
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded", LONG);
+    assert_eq!(daemon.count_log(warning), 1, "{}", daemon.log_text());
+}
