@@ -772,6 +772,51 @@ fn incremental_vacuum_switches_only_with_consent_then_gives_pages_back_in_short_
 }
 
 #[test]
+fn incremental_vacuum_on_bobamixer_loses_no_usage_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    sample::create_bobamixer(&db, &options(3000)).unwrap();
+    let job = |extra: &str| {
+        let jobs = format!(
+            "  care:\n    on_signal: USR1\n    maintenance: {{analyze: false, vacuum: incremental{extra}}}\n"
+        );
+        jobs_file(dir.path(), &db, "bobamixer", &jobs)
+    };
+    // No busy timeout: the switch never happens unasked.
+    let out = run_job(&job(""), "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BobaMixer has no busy timeout"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pragma(&db, "auto_vacuum"), 0);
+    let out = run_job(&job(", vacuum_convert: true"), "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("only safe with the gateway stopped"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pragma(&db, "auto_vacuum"), 2);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch(
+        "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records ORDER BY ts LIMIT 1500)",
+    )
+    .unwrap();
+    drop(conn);
+    let (out, _) = run_job_beside_gateway(&job(""), "care", &db, "bobamixer", 5.0, dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(figure(&out, "free_pages_before") > 50.0, "{stdout}");
+    assert_eq!(figure(&out, "free_pages_after"), 0.0, "{stdout}");
+    assert_eq!(figure(&out, "vacuum_steps_over_bound"), 0.0, "{stdout}");
+}
+
+#[test]
 fn maintenance_of_an_empty_or_foreign_file_changes_no_byte_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, Vec<u8>, &str); 3] = [

@@ -717,12 +717,20 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         if let Some(expected) = vacuumed.expected {
             line.push_str(&format!(" (expected {})", lock_text(expected)));
         }
-        if vacuumed.bound.is_none() && gateway_wait(gateway.preset).is_none_or(|wait| held >= wait)
-        {
-            line.push_str(&format!(
-                ", longer than {} can wait: only safe with the gateway stopped",
-                preset_name(gateway.preset)
-            ));
+        if vacuumed.bound.is_none() {
+            // `always` or `vacuum_convert`: the operator's consent; said, not alerted.
+            match gateway_wait(gateway.preset) {
+                Some(wait) if held >= wait => line.push_str(&format!(
+                    ", longer than {}'s {} busy timeout: only safe with the gateway stopped",
+                    preset_name(gateway.preset),
+                    lock_text(wait)
+                )),
+                Some(_) => {}
+                None => line.push_str(&format!(
+                    ", and a {} gateway loses the writes that meet it: only safe with the gateway stopped",
+                    preset_name(gateway.preset)
+                )),
+            }
         }
         done.push(line);
     }
