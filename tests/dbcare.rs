@@ -691,17 +691,20 @@ fn default_vacuum_whose_lock_would_outlast_its_bound_is_skipped_with_the_figure_
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The jobs file of a `care` job with `vacuum: incremental` and `extra` maintenance keys.
+fn incremental_job(dir: &Path, db: &Path, schema: &str, extra: &str) -> PathBuf {
+    let jobs = format!(
+        "  care:\n    on_signal: USR1\n    maintenance: {{analyze: false, vacuum: incremental{extra}}}\n"
+    );
+    jobs_file(dir, db, schema, &jobs)
+}
+
 #[test]
 fn incremental_vacuum_switches_only_with_consent_then_gives_pages_back_in_short_steps() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
     apantli_with_free_pages(&db, 3000);
-    let job = |extra: &str| {
-        let jobs = format!(
-            "  care:\n    on_signal: USR1\n    maintenance: {{analyze: false, vacuum: incremental{extra}}}\n"
-        );
-        jobs_file(dir.path(), &db, "apantli", &jobs)
-    };
+    let job = |extra: &str| incremental_job(dir.path(), &db, "apantli", extra);
     // The switch is a full VACUUM: without consent, only under the bound, here too short.
     let out = run_job(&job(", vacuum_max_lock: 1ms"), "care", &[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -776,12 +779,7 @@ fn incremental_vacuum_on_bobamixer_loses_no_usage_record() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("usage.db");
     sample::create_bobamixer(&db, &options(3000)).unwrap();
-    let job = |extra: &str| {
-        let jobs = format!(
-            "  care:\n    on_signal: USR1\n    maintenance: {{analyze: false, vacuum: incremental{extra}}}\n"
-        );
-        jobs_file(dir.path(), &db, "bobamixer", &jobs)
-    };
+    let job = |extra: &str| incremental_job(dir.path(), &db, "bobamixer", extra);
     // No busy timeout: the switch never happens unasked.
     let out = run_job(&job(""), "care", &[]);
     assert!(out.status.success(), "{}", text(&out));
