@@ -170,6 +170,10 @@ fn check(path: &Path) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Said here and at the daemon's start, not at every `run-job` and `status`.
+    for w in crate::jobs::maintenance::advice(&config) {
+        eprintln!("warning: {w}");
+    }
     let now = Utc::now();
     let mut out = format!(
         "{}: valid; {} job{}, times in {}\n",

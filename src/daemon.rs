@@ -53,7 +53,10 @@ pub enum StartError {
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let (config, warnings) = config::load(config_path).map_err(StartError::Config)?;
     crate::logging::init(&config.log);
-    for w in warnings {
+    for w in warnings
+        .into_iter()
+        .chain(crate::jobs::maintenance::advice(&config))
+    {
         tracing::warn!("{w}");
     }
     // Handlers first: once the pid file exists, `kill -USR1 $(cat caretaker.pid)` must find

@@ -131,7 +131,7 @@ fn an_empty_gateway_database_path_is_refused_at_its_key() {
     assert_refused(
         &sb,
         "empty gateway.database",
-        "jobs.yaml:2:13: gateway.database",
+        "jobs.yaml:2:3: gateway.database",
         "is empty; accepted: a path",
     );
 }

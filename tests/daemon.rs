@@ -303,3 +303,17 @@ fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
     let _daemon = sb.start_daemon();
     assert_eq!(runs(&sb, "slow")[0].result, "interrupted");
 }
+
+#[test]
+fn the_vacuum_warning_is_logged_once_at_start_not_at_each_reload() {
+    let sb = Sandbox::new();
+    let jobs = "  care:\n    schedule: \"0 3 * * SUN\"\n    maintenance: {vacuum: always}\n";
+    sb.write_jobs(jobs);
+    let daemon = sb.start_daemon();
+    daemon.wait_log("caretaker is running", LONG);
+    let warning = "VACUUM holds an exclusive lock";
+    assert_eq!(daemon.count_log(warning), 1, "{}", daemon.log_text());
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded", LONG);
+    assert_eq!(daemon.count_log(warning), 1, "{}", daemon.log_text());
+}

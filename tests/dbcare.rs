@@ -2,6 +2,8 @@
 //! maintenance and integrity, including kill -9 in the middle of an archive run, a full disk
 //! and a damaged file.
 
+#[path = "common/backup.rs"]
+mod backup_rig;
 #[path = "common/dbcare.rs"]
 mod common;
 
@@ -9,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use backup_rig::figure;
 use caretaker::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
 use common::*;
@@ -526,26 +529,420 @@ fn vacuum_without_room_for_a_copy_is_refused_and_alerts() {
 }
 
 #[test]
-fn check_warns_that_vacuum_blocks_the_gateway_unless_it_is_off() {
+fn the_vacuum_warning_is_said_at_check_and_not_at_every_run_job_or_status() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("usage.db");
-    for (vacuum, warned) in [("auto", true), ("always", true), ("never", false)] {
+    let db = dir.path().join("gw.db");
+    let cases = [
+        ("apantli", "always", Some("VACUUM holds an exclusive lock")),
+        ("bobamixer", "always", Some("BobaMixer has no busy timeout")),
+        (
+            "bobamixer",
+            "auto",
+            Some("a full VACUUM never runs unasked"),
+        ),
+        (
+            "apantli",
+            "incremental, vacuum_convert: true",
+            Some("the one switch to auto_vacuum = INCREMENTAL"),
+        ),
+        ("apantli", "auto", None),
+        ("apantli", "never", None),
+    ];
+    for (schema, vacuum, warned) in cases {
+        let _ = std::fs::remove_file(&db);
+        if schema == "apantli" {
+            sample::create_apantli(&db, &options(50)).unwrap();
+        } else {
+            sample::create_bobamixer(&db, &options(50)).unwrap();
+        }
         let jobs = format!(
             "  care:\n    schedule: \"0 3 * * *\"\n    maintenance: {{vacuum: {vacuum}}}\n"
         );
-        let config = jobs_file(dir.path(), &db, "bobamixer", &jobs);
+        let config = jobs_file(dir.path(), &db, schema, &jobs);
+        let check = caretaker()
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{}", text(&check));
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        match warned {
+            Some(said) => assert!(
+                stderr.contains("warning: jobs.care.maintenance.vacuum") && stderr.contains(said),
+                "{schema} vacuum: {vacuum}: {stderr}"
+            ),
+            None => assert!(
+                !stderr.contains("VACUUM"),
+                "{schema} vacuum: {vacuum}: {stderr}"
+            ),
+        }
+        // Not again at every command that reads the file.
+        for args in [vec!["run-job", "care", "--dry-run"], vec!["status"]] {
+            let out = caretaker()
+                .args(&args)
+                .arg("--config")
+                .arg(&config)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {}", text(&out));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !stderr.contains("warning"),
+                "{args:?} {schema} vacuum: {vacuum}: {stderr}"
+            );
+        }
+    }
+}
+
+/// An Apantli sample of `rows` rows whose oldest half was deleted, as an archive run leaves
+/// it: about half its pages free. Returns its free pages.
+fn apantli_with_free_pages(db: &Path, rows: u64) -> i64 {
+    sample::create_apantli(db, &options(rows)).unwrap();
+    delete_oldest(db, rows as i64 / 2)
+}
+
+/// Deletes the `n` oldest rows of `requests`, as an archive run does; returns the free pages.
+fn delete_oldest(db: &Path, n: i64) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute(
+        "DELETE FROM requests WHERE id IN (SELECT id FROM requests ORDER BY id LIMIT ?1)",
+        [n],
+    )
+    .unwrap();
+    conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn pragma(db: &Path, name: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The alerts of `key` in the alert file of the jobs file in `dir`.
+fn alerts_of(dir: &Path, key: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("alerts.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|a: &serde_json::Value| a["key"] == key)
+        .collect()
+}
+
+#[test]
+fn default_vacuum_whose_lock_would_outlast_its_bound_is_skipped_with_the_figure_and_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    let free = apantli_with_free_pages(&db, 3000);
+    assert!(free > 500, "{free} free pages");
+    // `vacuum: auto` is the default; a bound far under what this VACUUM takes stands for a
+    // database too large to VACUUM under Apantli's 5 s busy timeout.
+    let jobs = "  care:\n    on_signal: USR1\n    maintenance: {vacuum_max_lock: 1ms}\n";
+    let config = jobs_file(dir.path(), &db, "apantli", jobs);
+    let dry = run_job(&config, "care", &["--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("VACUUM a copy first"),
+        "{}",
+        text(&dry)
+    );
+    let (out, sim) = run_job_beside_gateway(&config, "care", &db, "apantli", 30.0, dir.path());
+    assert!(sim.committed > 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("VACUUM skipped: a trial VACUUM of a copy took")
+            && stdout.contains("over vacuum_max_lock 1.0 ms"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("VACUUM held"), "{stdout}");
+    assert!(figure(&out, "vacuum_trial_ms") > 0.0, "{stdout}");
+    assert!(
+        figure(&out, "vacuum_expected_ms") > figure(&out, "vacuum_lock_bound_ms"),
+        "{stdout}"
+    );
+    assert_eq!(figure(&out, "vacuum_seconds"), 0.0, "{stdout}");
+    // The file kept its free pages (the gateway's new rows reuse some of them).
+    assert_eq!(pragma(&db, "auto_vacuum"), 0);
+    assert!(pragma(&db, "freelist_count") > free / 2, "{stdout}");
+    let alerts = alerts_of(dir.path(), "vacuum-skipped:care");
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["severity"], "warning");
+    let body = alerts[0]["body"].as_str().unwrap();
+    for said in [
+        "trial VACUUM of a copy took",
+        "`vacuum: always`",
+        "gateway is stopped",
+        "`vacuum: incremental`",
+        "vacuum_convert: true",
+    ] {
+        assert!(body.contains(said), "{said}: {body}");
+    }
+    // Nothing was left beside the gateway or in state_dir by the trial.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("trial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The jobs file of a `care` job with `vacuum: incremental` and `extra` maintenance keys.
+fn incremental_job(dir: &Path, db: &Path, schema: &str, extra: &str) -> PathBuf {
+    let jobs = format!(
+        "  care:\n    on_signal: USR1\n    maintenance: {{analyze: false, vacuum: incremental{extra}}}\n"
+    );
+    jobs_file(dir, db, schema, &jobs)
+}
+
+#[test]
+fn incremental_vacuum_switches_only_with_consent_then_gives_pages_back_in_short_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("requests.db");
+    apantli_with_free_pages(&db, 3000);
+    let job = |extra: &str| incremental_job(dir.path(), &db, "apantli", extra);
+    // The switch is a full VACUUM: without consent, only under the bound, here too short.
+    let out = run_job(&job(", vacuum_max_lock: 1ms"), "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "the switch to auto_vacuum = INCREMENTAL (a full VACUUM) skipped: a trial VACUUM"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(pragma(&db, "auto_vacuum"), 0);
+    assert_eq!(alerts_of(dir.path(), "vacuum-skipped:care").len(), 1);
+    // With consent, in a window when the gateway is stopped.
+    let out = run_job(&job(", vacuum_convert: true"), "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("VACUUM switching the database to auto_vacuum = INCREMENTAL held"),
+        "{stdout}"
+    );
+    assert_eq!(pragma(&db, "auto_vacuum"), 2);
+    assert_eq!(pragma(&db, "freelist_count"), 0);
+    // Then, run after run, the pages that archive runs free go back in paced steps while the
+    // gateway writes at 30/s; none of them is lost and no step outlasts the documented bound.
+    let bound_ms = caretaker::jobs::maintenance::STEP_BOUND.as_millis() as f64;
+    let config = job("");
+    for run in 0..3 {
+        let freed = delete_oldest(&db, 400);
+        assert!(freed > 50, "run {run}: {freed} free pages");
+        let (out, _) = run_job_beside_gateway(&config, "care", &db, "apantli", 30.0, dir.path());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // The gateway's rows took some of the free pages before the job looked.
+        assert!(
+            figure(&out, "free_pages_before") > 50.0,
+            "run {run}: {stdout}"
+        );
+        assert_eq!(figure(&out, "free_pages_after"), 0.0, "run {run}: {stdout}");
+        assert!(figure(&out, "vacuum_steps") >= 2.0, "run {run}: {stdout}");
+        // Each step gives back many pages (16 the first, at least 10 after), not one each.
+        assert!(
+            figure(&out, "free_pages_before") >= 8.0 * figure(&out, "vacuum_steps"),
+            "run {run}: {stdout}"
+        );
+        assert_eq!(figure(&out, "vacuum_lock_bound_ms"), bound_ms, "{stdout}");
+        assert_eq!(
+            figure(&out, "vacuum_steps_over_bound"),
+            0.0,
+            "run {run}: {stdout}"
+        );
+        assert!(
+            figure(&out, "vacuum_lock_ms") <= bound_ms,
+            "run {run}: {stdout}"
+        );
+        assert_eq!(
+            figure(&out, "vacuum_seconds"),
+            0.0,
+            "no full VACUUM: {stdout}"
+        );
+    }
+    assert!(
+        alerts_of(dir.path(), "vacuum-lock:care")
+            .iter()
+            .all(|a| a["resolved"] == true)
+    );
+    // The alert of the skipped switch was resolved once the pages went back.
+    let skipped = alerts_of(dir.path(), "vacuum-skipped:care");
+    assert_eq!(skipped.last().unwrap()["resolved"], true, "{skipped:?}");
+}
+
+#[test]
+fn incremental_vacuum_on_bobamixer_loses_no_usage_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    sample::create_bobamixer(&db, &options(3000)).unwrap();
+    let job = |extra: &str| incremental_job(dir.path(), &db, "bobamixer", extra);
+    // No busy timeout: the switch never happens unasked.
+    let out = run_job(&job(""), "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BobaMixer has no busy timeout"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pragma(&db, "auto_vacuum"), 0);
+    let out = run_job(&job(", vacuum_convert: true"), "care", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("only safe with the gateway stopped"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pragma(&db, "auto_vacuum"), 2);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch(
+        "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records ORDER BY ts LIMIT 1500)",
+    )
+    .unwrap();
+    drop(conn);
+    let (out, _) = run_job_beside_gateway(&job(""), "care", &db, "bobamixer", 5.0, dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(figure(&out, "free_pages_before") > 50.0, "{stdout}");
+    assert_eq!(figure(&out, "free_pages_after"), 0.0, "{stdout}");
+    assert_eq!(figure(&out, "vacuum_steps_over_bound"), 0.0, "{stdout}");
+}
+
+#[test]
+fn maintenance_of_an_empty_or_foreign_file_changes_no_byte_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("empty.db", Vec::new(), "is empty (0 bytes)"),
+        (
+            "notes.db",
+            b"These are my notes, not a database.\n".repeat(300),
+            "is not a SQLite database",
+        ),
+        ("zeros.db", vec![0u8; 8192], "is not a SQLite database"),
+    ];
+    for (name, bytes, said) in cases {
+        let db = dir.path().join(name);
+        std::fs::write(&db, &bytes).unwrap();
+        for vacuum in ["auto", "always", "incremental, vacuum_convert: true"] {
+            let jobs =
+                format!("  care:\n    on_signal: USR1\n    maintenance: {{vacuum: {vacuum}}}\n");
+            let config = jobs_file(dir.path(), &db, "apantli", &jobs);
+            let out = run_job(&config, "care", &[]);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name} {vacuum}: {}",
+                text(&out)
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(name)
+                    && stderr.contains(said)
+                    && stderr.contains("gateway.database"),
+                "{name} {vacuum}: {stderr}"
+            );
+            assert_eq!(
+                std::fs::read(&db).unwrap(),
+                bytes,
+                "{name} {vacuum} changed"
+            );
+            for suffix in ["-journal", "-wal", "-shm"] {
+                let companion = dir.path().join(format!("{name}{suffix}"));
+                assert!(!companion.exists(), "{}", companion.display());
+            }
+        }
+    }
+    // The integrity check does not pass an emptied file as a sound, empty database either.
+    for (name, said) in [
+        ("empty.db", "is empty (0 bytes)"),
+        ("notes.db", "is not a SQLite database"),
+    ] {
+        let db = dir.path().join(name);
+        let bytes = std::fs::read(&db).unwrap();
+        let jobs = "  check:\n    on_signal: USR1\n    integrity: {check: full}\n";
+        let out = run_job(&jobs_file(dir.path(), &db, "apantli", jobs), "check", &[]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(name) && stderr.contains(said),
+            "{name}: {stderr}"
+        );
+        assert_eq!(std::fs::read(&db).unwrap(), bytes, "{name}");
+    }
+    // A SQLite database that is not the gateway's: refused before ANALYZE writes its statistics.
+    let other = dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('x');")
+        .unwrap();
+    let before = std::fs::read(&other).unwrap();
+    let config = jobs_file(
+        dir.path(),
+        &other,
+        "apantli",
+        "  care:\n    on_signal: USR1\n    maintenance: {}\n",
+    );
+    let out = run_job(&config, "care", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no table `requests`"), "{stderr}");
+    assert_eq!(std::fs::read(&other).unwrap(), before);
+}
+
+#[test]
+fn vacuum_max_lock_is_refused_where_it_cannot_protect_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gw.db");
+    let cases = [
+        (
+            "apantli",
+            "vacuum_max_lock: 5s",
+            "is not under Apantli's 5.00 s busy timeout",
+        ),
+        (
+            "bobamixer",
+            "vacuum_max_lock: 200ms",
+            "BobaMixer has no busy timeout",
+        ),
+        (
+            "apantli",
+            "vacuum: always, vacuum_max_lock: 1s",
+            "only read with `vacuum: auto` or `vacuum: incremental`",
+        ),
+        ("apantli", "vacuum_max_lock: 0ms", "must be longer than 0"),
+        (
+            "apantli",
+            "vacuum_max_lock: soon",
+            "`soon` is not a duration",
+        ),
+        (
+            "apantli",
+            "vacuum_convert: true",
+            "only read with `vacuum: incremental`",
+        ),
+    ];
+    for (schema, keys, said) in cases {
+        let jobs = format!("  care:\n    on_signal: USR1\n    maintenance: {{{keys}}}\n");
+        let config = jobs_file(dir.path(), &db, schema, &jobs);
         let out = caretaker()
             .arg("check")
             .arg("--config")
             .arg(&config)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{keys}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            stderr.contains("VACUUM holds an exclusive lock"),
-            warned,
-            "vacuum: {vacuum}: {stderr}"
+        assert!(
+            stderr.contains("jobs.yaml:10:")
+                && stderr.contains("jobs.care.maintenance")
+                && stderr.contains(said),
+            "{keys}: {stderr}"
         );
     }
 }

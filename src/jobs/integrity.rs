@@ -191,6 +191,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         Depth::Full => "PRAGMA integrity_check and PRAGMA foreign_key_check",
     };
     let db = gateway.database.display().to_string();
+    // An emptied file would pass as a sound, empty database.
+    super::maintenance::refuse_unless_sqlite(&gateway.database)?;
     let conn = gateway.connect(true)?;
     let on_copy = spec.copy.applies(journal_mode(&conn)? == "wal", spec.check);
     if ctx.dry_run {

@@ -1,22 +1,29 @@
-//! The `maintenance` job: WAL checkpoint, ANALYZE and optimize, VACUUM when it pays.
+//! The `maintenance` job: WAL checkpoint, ANALYZE and optimize, and free pages given back to the
+//! filesystem only under locks the gateway can wait out.
 //!
 //! Each step is one statement whose write lock we time. ANALYZE reads a bounded sample
 //! (`analysis_limit`) so it holds the lock for milliseconds, not for a scan of every index.
 //! VACUUM rewrites the whole file under an exclusive lock: it is the one step that can make a
-//! gateway lose rows, which is why `vacuum: auto` only runs it when enough pages are free, and
-//! docs/jobs/maintenance.md says when to schedule it.
+//! gateway lose rows (Apantli lost one to a 5.5 s VACUUM). So `vacuum: auto` first VACUUMs a
+//! copy taken the way the backup job takes it (the gateway keeps writing meanwhile), and runs
+//! the real one only when that trial, times [`TRIAL_MARGIN`], fits under `vacuum_max_lock`;
+//! otherwise it skips it with the figure and an alert. `vacuum: incremental` switches the
+//! database to `auto_vacuum = INCREMENTAL` once and then gives free pages back in short paced
+//! transactions (`PRAGMA incremental_vacuum(N)`), each of them timed against [`STEP_BOUND`].
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
 
-use super::{Context, Report};
+use super::{Context, Kind, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::config::Checks;
+use crate::backup::{self, ScratchDb, human_bytes, snapshot};
 use crate::config::values::Share;
+use crate::config::{Checks, Config};
+use crate::gateway::{Gateway, Preset};
 use crate::writelock::{self, Pacer};
 
 /// Rows ANALYZE samples per index: enough for the planner, milliseconds of lock.
@@ -26,6 +33,33 @@ const TRUNCATE_BUSY_TIMEOUT: Duration = Duration::from_millis(50);
 const TRUNCATE_TRIES: u32 = 3;
 /// VACUUM writes a full copy of the database before the old one is released.
 const VACUUM_SPACE_FACTOR: u64 = 2;
+/// The live VACUUM's exclusive lock against the trial VACUUM of the copy: the copy is VACUUMed
+/// in memory (or in `state_dir`) with no journal, the live one also writes its rollback journal
+/// or WAL and waits for the disk to take both. Measured on 2 cores beside gateway-sim at 30
+/// writes/s (docs/jobs/maintenance.md): the live VACUUM took 1.8-2.4 times the trial on 320 MB
+/// and 1.8-5.3 times on 64 MB, where the disk's share weighs more; 4 covers all but the worst.
+pub const TRIAL_MARGIN: f64 = 4.0;
+/// The default `vacuum_max_lock` as a share of the gateway's busy timeout: the writers that
+/// queued behind the lock still have to get in one by one after it, each sleeping up to 100 ms
+/// in its busy handler between tries. Measured at 30 writes/s: an exclusive lock of 1 s made
+/// the slowest write wait 1.9-2.9 s, of 1.5 s 3.6 s, and of 2 s lost 2 of 360 writes to
+/// Apantli's 5 s timeout. 1 s of Apantli's 5 s.
+const SHARE_OF_GATEWAY_WAIT: f64 = 0.2;
+/// The longest lock an incremental step may hold before the run reports it and raises
+/// `vacuum-lock:<job>`. The steps aim at 16 ms, but each ends with a commit whose fsyncs a busy
+/// disk stretches now and then: of 1,170 steps on a loaded, shared 2-core machine the longest
+/// held 250 ms. 500 ms is a tenth of Apantli's 5 s busy timeout, half the full VACUUM's default
+/// bound: its writers queue for it but none comes near losing its row.
+pub const STEP_BOUND: Duration = Duration::from_millis(500);
+/// Pages the first incremental step moves; later steps are sized on the time the last took,
+/// as the archive's deletes are ([`super::archive::next_size`]: towards the house's 16 ms
+/// lock limit above the commit's fixed cost, at most halved or doubled per step).
+const FIRST_STEP_PAGES: usize = 16;
+/// `PRAGMA auto_vacuum` values.
+const AUTO_VACUUM_FULL: u64 = 1;
+const AUTO_VACUUM_INCREMENTAL: u64 = 2;
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +75,25 @@ pub enum Vacuum {
     Auto,
     Always,
     Never,
+    Incremental,
+}
+
+/// A lock time from the jobs file: `500ms`, or any duration such as `2s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LockTime(pub Duration);
+
+impl TryFrom<String> for LockTime {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.strip_suffix("ms") {
+            Some(n) => n.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+                format!("`{text}` is not a lock time: expected milliseconds such as 500ms or a duration such as 2s")
+            }),
+            None => crate::units::parse_duration(&text),
+        }
+        .map(LockTime)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +103,8 @@ pub struct Raw {
     analyze: Option<bool>,
     vacuum: Option<Vacuum>,
     vacuum_threshold: Option<Share>,
+    vacuum_max_lock: Option<LockTime>,
+    vacuum_convert: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,23 +114,142 @@ pub struct Spec {
     pub vacuum: Vacuum,
     /// Share of free pages from which `vacuum: auto` runs VACUUM.
     pub vacuum_threshold: f64,
+    /// The longest exclusive lock a VACUUM may take without consent; `None`: from the gateway.
+    pub vacuum_max_lock: Option<Duration>,
+    /// `vacuum: incremental`: switch the database with a full VACUUM whatever it costs.
+    pub vacuum_convert: bool,
 }
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let vacuum = raw.vacuum.unwrap_or(Vacuum::Auto);
-    if vacuum != Vacuum::Never {
-        checks.warn(format!(
-            "{path}.vacuum: VACUUM holds an exclusive lock on the gateway database while it rewrites it; \
-             a gateway without a busy timeout (BobaMixer) loses every write in that time and Apantli \
-             loses them after 5 s: use `vacuum: never` or schedule the job in a quiet window"
-        ));
+    let mut ok = true;
+    if raw.vacuum_max_lock.is_some() && !matches!(vacuum, Vacuum::Auto | Vacuum::Incremental) {
+        checks.error(
+            &format!("{path}.vacuum_max_lock"),
+            "`vacuum_max_lock` is only read with `vacuum: auto` or `vacuum: incremental`; `always` takes the lock whatever its length and `never` takes none",
+        );
+        ok = false;
     }
-    Some(Spec {
+    if raw.vacuum_max_lock.is_some_and(|l| l.0.is_zero()) {
+        checks.error(
+            &format!("{path}.vacuum_max_lock"),
+            "`vacuum_max_lock` must be longer than 0; accepted: a lock time such as 500ms or 2s (to never VACUUM, set `vacuum: never`)",
+        );
+        ok = false;
+    }
+    if raw.vacuum_convert.is_some() && vacuum != Vacuum::Incremental {
+        checks.error(
+            &format!("{path}.vacuum_convert"),
+            "`vacuum_convert` is only read with `vacuum: incremental`",
+        );
+        ok = false;
+    }
+    ok.then(|| Spec {
         checkpoint: raw.checkpoint.unwrap_or(Checkpoint::Passive),
         analyze: raw.analyze.unwrap_or(true),
         vacuum,
         vacuum_threshold: raw.vacuum_threshold.map_or(0.2, |s| s.0),
+        vacuum_max_lock: raw.vacuum_max_lock.map(|l| l.0),
+        vacuum_convert: raw.vacuum_convert.unwrap_or(false),
     })
+}
+
+/// How long the gateway's writers wait for a lock before they give up the row: Apantli's
+/// busy timeout; BobaMixer has none, and a custom gateway's is unknown.
+fn gateway_wait(preset: Preset) -> Option<Duration> {
+    match preset {
+        Preset::Apantli => Some(crate::sim::APANTLI_BUSY_TIMEOUT),
+        Preset::Bobamixer | Preset::Custom => None,
+    }
+}
+
+fn preset_name(preset: Preset) -> &'static str {
+    match preset {
+        Preset::Apantli => "Apantli",
+        Preset::Bobamixer => "BobaMixer",
+        Preset::Custom => "custom",
+    }
+}
+
+/// The longest exclusive lock a VACUUM may take without consent, or why none may be taken.
+pub fn lock_bound(spec: &Spec, preset: Preset) -> Result<Duration, String> {
+    if let Some(set) = spec.vacuum_max_lock {
+        return Ok(set);
+    }
+    match preset {
+        Preset::Apantli => {
+            Ok(crate::sim::APANTLI_BUSY_TIMEOUT.mul_f64(SHARE_OF_GATEWAY_WAIT))
+        }
+        Preset::Bobamixer => Err(
+            "BobaMixer has no busy timeout: a write that meets VACUUM's exclusive lock is lost at once"
+                .into(),
+        ),
+        Preset::Custom => Err(
+            "the busy timeout of a custom gateway is not known: set `vacuum_max_lock` well under it to let VACUUM run"
+                .into(),
+        ),
+    }
+}
+
+/// Problems of the spec against the gateway: `(key below the maintenance block, message)`.
+pub fn gateway_problems(spec: &Spec, gateway: &Gateway) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let Some(set) = spec.vacuum_max_lock else {
+        return problems;
+    };
+    match (gateway.preset, gateway_wait(gateway.preset)) {
+        (Preset::Bobamixer, _) => problems.push((
+            "vacuum_max_lock".into(),
+            "BobaMixer has no busy timeout, so any exclusive lock loses the writes that meet it; accepted: leave vacuum_max_lock unset (a full VACUUM then never runs unasked), or give free pages back with `vacuum: incremental`".into(),
+        )),
+        (preset, Some(wait)) if set >= wait => problems.push((
+            "vacuum_max_lock".into(),
+            format!(
+                "{} is not under {}'s {} busy timeout: a write that waits that long is lost; accepted: a lock time well under it (default {}), or `vacuum: always` in a window when the gateway is stopped",
+                lock_text(set),
+                preset_name(preset),
+                lock_text(wait),
+                lock_text(wait.mul_f64(SHARE_OF_GATEWAY_WAIT))
+            ),
+        )),
+        _ => {}
+    }
+    problems
+}
+
+/// What `check` and the daemon's start say, once, about the VACUUM of each maintenance job.
+pub fn advice(config: &Config) -> Vec<String> {
+    let preset = config.gateway.preset;
+    let losing = match preset {
+        Preset::Apantli => "Apantli loses a write that waits longer than its 5 s busy timeout",
+        Preset::Bobamixer => "BobaMixer has no busy timeout and loses every write meanwhile",
+        Preset::Custom => "the gateway loses the writes that wait longer than its busy timeout",
+    };
+    let mut lines = Vec::new();
+    for job in &config.jobs {
+        let Kind::Maintenance(spec) = &job.kind else {
+            continue;
+        };
+        let path = format!("jobs.{}.maintenance", job.name);
+        match spec.vacuum {
+            Vacuum::Always => lines.push(format!(
+                "{path}.vacuum: always: VACUUM holds an exclusive lock on the gateway database for the whole rewrite (about 6 s per GB measured) and {losing}: schedule this job only in a window when the gateway is stopped, or use `vacuum: auto` or `vacuum: incremental`"
+            )),
+            Vacuum::Incremental if spec.vacuum_convert => lines.push(format!(
+                "{path}.vacuum_convert: the one switch to auto_vacuum = INCREMENTAL is a full VACUUM that holds an exclusive lock whatever its length, and {losing}: run this job once in a window when the gateway is stopped, then remove vacuum_convert"
+            )),
+            Vacuum::Auto | Vacuum::Incremental => {
+                if let Err(why) = lock_bound(spec, preset) {
+                    lines.push(format!(
+                        "{path}.vacuum: {}: a full VACUUM never runs unasked here ({why}); free pages stay in the file for SQLite to reuse, see docs/jobs/maintenance.md",
+                        if spec.vacuum == Vacuum::Auto { "auto" } else { "incremental" }
+                    ));
+                }
+            }
+            Vacuum::Never => {}
+        }
+    }
+    lines
 }
 
 /// The database's shape as the plan needs it.
@@ -85,6 +259,8 @@ pub struct Facts {
     pub page_size: u64,
     pub page_count: u64,
     pub freelist_count: u64,
+    /// `PRAGMA auto_vacuum`: 0 none, 1 full, 2 incremental.
+    pub auto_vacuum: u64,
     /// Bytes the filesystem of the database gives to unprivileged users.
     pub available: u64,
 }
@@ -101,6 +277,16 @@ impl Facts {
             self.freelist_count as f64 / self.page_count as f64
         }
     }
+
+    fn free_text(&self) -> String {
+        format!(
+            "{} of {} pages ({:.1}%, {}) are free",
+            self.freelist_count,
+            self.page_count,
+            self.free_share() * 100.0,
+            human_bytes(self.freelist_count * self.page_size)
+        )
+    }
 }
 
 /// What a run will do, decided from the spec and the facts alone.
@@ -115,16 +301,23 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum VacuumDecision {
+    /// Nothing to give back, or not asked to.
     Skip(String),
-    Run,
+    /// Free pages should be given back, but no lock the gateway can wait out would do it.
+    Blocked(String),
+    /// A full VACUUM (`convert`: switching to incremental) if a trial on a copy predicts its
+    /// lock within `bound`.
+    Trial { convert: bool, bound: Duration },
+    /// A full VACUUM whatever it costs: `vacuum: always`, or `vacuum_convert: true`.
+    Run { convert: bool },
+    /// Free pages given back in paced `PRAGMA incremental_vacuum` steps.
+    Incremental,
     /// VACUUM is wanted but the filesystem lacks room for it.
-    NoRoom {
-        needed: u64,
-        available: u64,
-    },
+    NoRoom { needed: u64, available: u64 },
 }
 
-pub fn plan(spec: &Spec, facts: &Facts) -> Plan {
+/// `bound`: [`lock_bound`] for the job's gateway.
+pub fn plan(spec: &Spec, facts: &Facts, bound: &Result<Duration, String>) -> Plan {
     let (checkpoint, checkpoint_note) = match (spec.checkpoint, facts.wal) {
         (Checkpoint::Off, _) => (None, None),
         (mode, true) => (Some(mode), None),
@@ -133,30 +326,74 @@ pub fn plan(spec: &Spec, facts: &Facts) -> Plan {
             Some("checkpoint skipped: the database uses a rollback journal, not WAL".to_string()),
         ),
     };
-    let wanted = match spec.vacuum {
-        Vacuum::Never => Err("vacuum: never".to_string()),
-        Vacuum::Always => Ok(()),
-        Vacuum::Auto if facts.free_share() >= spec.vacuum_threshold => Ok(()),
-        Vacuum::Auto => Err(format!(
+    let full = |convert: bool, consent: bool| {
+        let needed = facts.bytes() * VACUUM_SPACE_FACTOR;
+        if facts.available < needed {
+            return VacuumDecision::NoRoom {
+                needed,
+                available: facts.available,
+            };
+        }
+        match (consent, bound) {
+            (true, _) => VacuumDecision::Run { convert },
+            (false, Ok(bound)) => VacuumDecision::Trial {
+                convert,
+                bound: *bound,
+            },
+            (false, Err(why)) => VacuumDecision::Blocked(why.clone()),
+        }
+    };
+    let vacuum = match spec.vacuum {
+        Vacuum::Never => VacuumDecision::Skip("vacuum: never".to_string()),
+        Vacuum::Always => full(false, true),
+        Vacuum::Auto if facts.free_share() >= spec.vacuum_threshold => full(false, false),
+        Vacuum::Auto => VacuumDecision::Skip(format!(
             "{:.1}% of pages are free, below vacuum_threshold {:.1}%",
             facts.free_share() * 100.0,
             spec.vacuum_threshold * 100.0
         )),
-    };
-    let needed = facts.bytes() * VACUUM_SPACE_FACTOR;
-    let vacuum = match wanted {
-        Err(why) => VacuumDecision::Skip(why),
-        Ok(()) if facts.available < needed => VacuumDecision::NoRoom {
-            needed,
-            available: facts.available,
+        Vacuum::Incremental => match facts.auto_vacuum {
+            AUTO_VACUUM_INCREMENTAL if facts.freelist_count == 0 => {
+                VacuumDecision::Skip("no free pages to give back".to_string())
+            }
+            AUTO_VACUUM_INCREMENTAL => VacuumDecision::Incremental,
+            AUTO_VACUUM_FULL => VacuumDecision::Skip(
+                "the database has auto_vacuum = FULL: SQLite gives free pages back at every commit"
+                    .to_string(),
+            ),
+            _ => full(true, spec.vacuum_convert),
         },
-        Ok(()) => VacuumDecision::Run,
     };
     Plan {
         checkpoint,
         checkpoint_note,
         analyze: spec.analyze,
         vacuum,
+    }
+}
+
+/// What a trial VACUUM of a copy says about the live one: `Ok(expected lock)` when it fits
+/// under `bound` with [`TRIAL_MARGIN`], `Err(why not)` with the figures otherwise.
+pub fn judge(trial: Duration, bound: Duration) -> Result<Duration, String> {
+    let expected = trial.mul_f64(TRIAL_MARGIN);
+    if expected <= bound {
+        Ok(expected)
+    } else {
+        Err(format!(
+            "a trial VACUUM of a copy took {}, so the exclusive lock on the gateway would last about {} (times {TRIAL_MARGIN} for load), over vacuum_max_lock {}",
+            lock_text(trial),
+            lock_text(expected),
+            lock_text(bound)
+        ))
+    }
+}
+
+/// `840 ms`, `5.53 s`: a lock time as a person reads it.
+fn lock_text(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
     }
 }
 
@@ -173,13 +410,7 @@ pub fn available_bytes(path: &Path) -> anyhow::Result<u64> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let st = rustix::fs::statvfs(dir).with_context(|| {
-        format!(
-            "reading the free space of the filesystem of {}",
-            dir.display()
-        )
-    })?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    backup::free_bytes(dir)
 }
 
 fn facts(conn: &Connection, db: &Path) -> anyhow::Result<Facts> {
@@ -188,37 +419,172 @@ fn facts(conn: &Connection, db: &Path) -> anyhow::Result<Facts> {
         page_size: pragma_u64(conn, "page_size")?,
         page_count: pragma_u64(conn, "page_count")?,
         freelist_count: pragma_u64(conn, "freelist_count")?,
+        auto_vacuum: pragma_u64(conn, "auto_vacuum")?,
         available: available_bytes(db)?,
     })
 }
 
-fn file_bytes(db: &Path) -> u64 {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    [db.to_path_buf(), wal.into()]
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
+/// Refuses, before anything opens it, a gateway database that is not a SQLite file: missing,
+/// empty (SQLite would take a 0-byte file for a new database and ANALYZE would write one into
+/// it), or not starting with the SQLite header.
+pub fn refuse_unless_sqlite(db: &Path) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let check = "check gateway.database; caretaker writes nothing into a file that is not the gateway's SQLite database";
+    let meta = std::fs::metadata(db)
+        .with_context(|| format!("reading the gateway database {} ({check})", db.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "the gateway database {} is not a regular file; {check}",
+            db.display()
+        );
+    }
+    if meta.len() == 0 {
+        anyhow::bail!(
+            "the gateway database {} is empty (0 bytes), not a SQLite database; {check} (a gateway that was just installed creates its database with its first request)",
+            db.display()
+        );
+    }
+    let mut header = [0u8; 16];
+    let read = std::fs::File::open(db)
+        .and_then(|f| f.take(16).read(&mut header))
+        .with_context(|| {
+            format!(
+                "reading the header of the gateway database {}",
+                db.display()
+            )
+        })?;
+    if read < header.len() || &header != SQLITE_HEADER {
+        anyhow::bail!(
+            "the gateway database {} is not a SQLite database (its first 16 bytes are not \"SQLite format 3\"); {check}",
+            db.display()
+        );
+    }
+    Ok(())
 }
 
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+/// Refuses a SQLite database without the gateway's table: not the gateway's file.
+fn refuse_without_table(conn: &Connection, gateway: &Gateway) -> anyhow::Result<()> {
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [&gateway.table],
+            |r| r.get(0),
+        )
+        .optional()
+        .with_context(|| {
+            format!(
+                "reading the schema of the gateway database {}",
+                gateway.database.display()
+            )
+        })?;
+    if found.is_none() {
+        anyhow::bail!(
+            "the gateway database {} has no table `{}`, which the {} schema names: is gateway.database the gateway's file? caretaker maintains nothing it cannot recognise",
+            gateway.database.display(),
+            gateway.table,
+            preset_name(gateway.preset)
+        );
+    }
+    Ok(())
+}
+
+/// Copies the gateway database as the backup job does (the gateway keeps writing while the
+/// copy is VACUUMed) and VACUUMs the copy. Returns how long that VACUUM took and how long the
+/// copy held off the gateway's commits.
+fn trial(
+    gateway: &Gateway,
+    state_dir: &Path,
+    job: &str,
+    convert: bool,
+) -> anyhow::Result<(Duration, Duration)> {
+    // One fixed name per job: the job lock keeps two runs apart, and a copy a killed run left
+    // is removed first.
+    let copy = ScratchDb(state_dir.join(format!("maintenance-{job}.trial.db")));
+    copy.remove()?;
+    backup::ensure_free(
+        state_dir,
+        backup::database_bytes(&gateway.database),
+        "a copy of the gateway database to time a trial VACUUM on",
+    )?;
+    let snap = snapshot::take(gateway, &copy.0)
+        .context("copying the gateway database to time a trial VACUUM")?;
+    let conn = crate::sqlite::open(
+        &snap.path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening the trial copy {}", snap.path.display()))?;
+    // A scratch copy needs no journal; without one, a large copy in memory does not need
+    // room for a second.
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = OFF;{}",
+        if convert {
+            " PRAGMA auto_vacuum = INCREMENTAL;"
+        } else {
+            ""
+        }
+    ))
+    .with_context(|| format!("preparing the trial copy {}", snap.path.display()))?;
+    let began = Instant::now();
+    conn.execute_batch("VACUUM")
+        .with_context(|| format!("running the trial VACUUM on {}", snap.path.display()))?;
+    Ok((began.elapsed(), snap.writer_block))
+}
+
+/// What the run did to free pages, for the summary and the figures.
+#[derive(Debug, Default)]
+struct Vacuumed {
+    /// The full VACUUM's exclusive lock, when one ran.
+    full: Option<Duration>,
+    trial: Option<Duration>,
+    expected: Option<Duration>,
+    /// The lock the copy for the trial held on the gateway (rollback journal).
+    trial_copy_lock: Option<Duration>,
+    steps: u64,
+    longest_step: Duration,
+    steps_over: u64,
+    /// The bound each VACUUM lock of this run was held to, if any.
+    bound: Option<Duration>,
+}
+
+impl Vacuumed {
+    /// The VACUUM locks of the run that outlasted the bound they were held to, in words.
+    fn over_bound(&self) -> Option<String> {
+        match (self.bound, self.full) {
+            (Some(bound), Some(held)) if held > bound => Some(format!(
+                "VACUUM held the exclusive lock {}, over its bound of {}",
+                lock_text(held),
+                lock_text(bound)
+            )),
+            (Some(bound), None) if self.steps_over > 0 => Some(format!(
+                "{} of {} incremental vacuum steps held the write lock over their bound of {} (longest {})",
+                self.steps_over,
+                self.steps,
+                lock_text(bound),
+                lock_text(self.longest_step)
+            )),
+            _ => None,
+        }
+    }
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let gateway = &ctx.config.gateway;
     let db = &gateway.database;
+    refuse_unless_sqlite(db)?;
     let mut conn = gateway.connect(false)?;
+    refuse_without_table(&conn, gateway)?;
     let before = facts(&conn, db)?;
-    let plan = plan(spec, &before);
+    let bound = lock_bound(spec, gateway.preset);
+    let plan = plan(spec, &before, &bound);
     let space_key = format!("vacuum-space:{}", ctx.job);
+    let skipped_key = format!("vacuum-skipped:{}", ctx.job);
+    let lock_key = format!("vacuum-lock:{}", ctx.job);
     if ctx.dry_run {
         let mut report = Report::new(format!("would maintain {}", db.display()));
         report.plan = describe(&plan, &before);
         return Ok(report);
     }
-    let files_before = file_bytes(db);
+    let files_before = backup::database_bytes(db);
     let mut pacer = Pacer::new(&conn)?;
     let mut done = Vec::new();
     if let Some(note) = &plan.checkpoint_note {
@@ -246,15 +612,29 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         ));
         ctx.checkpoint()?;
     }
-    let mut vacuum_seconds = 0.0;
+    let mut vacuumed = Vacuumed::default();
+    let resolve = |key: &str, what: &str| AlertEvent::Resolve {
+        key: key.to_string(),
+        job: Some(ctx.job.to_string()),
+        what: what.into(),
+    };
+    const SKIPPED: &str = "VACUUM skipped: its lock would outlast what the gateway waits";
+    const OVER: &str = "a VACUUM lock outlasted its bound";
+    // Why the VACUUM was not run, for the alert that names the ways out.
+    let mut blocked: Option<String> = None;
+    let mut full: Option<bool> = None;
     match &plan.vacuum {
-        VacuumDecision::Skip(why) => done.push(format!("VACUUM skipped: {why}")),
+        VacuumDecision::Skip(why) => {
+            done.push(format!("VACUUM skipped: {why}"));
+            ctx.alerts.push(resolve(&skipped_key, SKIPPED));
+        }
+        VacuumDecision::Blocked(why) => blocked = Some(why.clone()),
         VacuumDecision::NoRoom { needed, available } => {
             let message = format!(
                 "VACUUM of {} refused: it needs about {} free on its filesystem (twice the database), only {} are available; free space there or set `vacuum: never`",
                 db.display(),
-                mb(*needed),
-                mb(*available)
+                human_bytes(*needed),
+                human_bytes(*available)
             );
             ctx.alerts.push(AlertEvent::Raise(Alert {
                 key: space_key,
@@ -265,34 +645,215 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             }));
             anyhow::bail!(message);
         }
-        VacuumDecision::Run => {
-            let (_, held) = pacer.statement(&conn, |c| {
-                c.execute_batch("VACUUM")
-                    .with_context(|| format!("running VACUUM on {}", db.display()))
-            })?;
-            vacuum_seconds = held.as_secs_f64();
-            ctx.alerts.push(AlertEvent::Resolve {
-                key: space_key,
-                job: Some(ctx.job.to_string()),
-                what: "no room to VACUUM the gateway database".into(),
-            });
-            done.push(format!("VACUUM held an exclusive lock {:.1} ms", ms(held)));
+        VacuumDecision::Trial { convert, bound } => {
+            let (took, copy_lock) = trial(gateway, &ctx.config.state_dir, ctx.job, *convert)?;
+            vacuumed.trial = Some(took);
+            vacuumed.trial_copy_lock = Some(copy_lock);
+            vacuumed.bound = Some(*bound);
+            match judge(took, *bound) {
+                Ok(expected) => {
+                    vacuumed.expected = Some(expected);
+                    full = Some(*convert);
+                }
+                Err(why) => blocked = Some(why),
+            }
+            ctx.checkpoint()?;
+        }
+        VacuumDecision::Run { convert } => full = Some(*convert),
+        VacuumDecision::Incremental => {
+            vacuumed.bound = Some(STEP_BOUND);
+            reclaim(&mut conn, &mut pacer, ctx, &mut vacuumed)?;
+            ctx.alerts.push(resolve(&skipped_key, SKIPPED));
         }
     }
+    if let Some(why) = &blocked {
+        let converting = spec.vacuum == Vacuum::Incremental;
+        let what = if converting {
+            "the switch to auto_vacuum = INCREMENTAL (a full VACUUM)"
+        } else {
+            "VACUUM"
+        };
+        done.push(format!("{what} skipped: {why}; {}", before.free_text()));
+        ctx.alerts.push(AlertEvent::Raise(Alert {
+            key: skipped_key.clone(),
+            severity: Severity::Warning,
+            job: Some(ctx.job.to_string()),
+            what: SKIPPED.into(),
+            body: format!(
+                "{what} of {} was skipped: {why}.\n\n{} inside the file; SQLite reuses them for new rows, but the file does not shrink.\n\n\
+                 Two ways to give them back:\n\
+                 - `vacuum: always` on a schedule in a window when the gateway is stopped: VACUUM holds an exclusive lock for the whole rewrite;\n\
+                 - `vacuum: incremental`: after a one-time switch of the database to auto_vacuum = INCREMENTAL (itself a full VACUUM: add `vacuum_convert: true` for one run with the gateway stopped), each run gives free pages back in short paced steps.",
+                db.display(),
+                before.free_text()
+            ),
+        }));
+    }
+    if let Some(convert) = full {
+        let sql = if convert {
+            "PRAGMA auto_vacuum = INCREMENTAL; VACUUM;"
+        } else {
+            "VACUUM"
+        };
+        let (_, held) = pacer.statement(&conn, |c| {
+            c.execute_batch(sql)
+                .with_context(|| format!("running VACUUM on {}", db.display()))
+        })?;
+        vacuumed.full = Some(held);
+        ctx.alerts.push(resolve(
+            &space_key,
+            "no room to VACUUM the gateway database",
+        ));
+        ctx.alerts.push(resolve(&skipped_key, SKIPPED));
+        let mut line = format!(
+            "{} held an exclusive lock {}",
+            if convert {
+                "VACUUM switching the database to auto_vacuum = INCREMENTAL"
+            } else {
+                "VACUUM"
+            },
+            lock_text(held)
+        );
+        if let Some(expected) = vacuumed.expected {
+            line.push_str(&format!(" (expected {})", lock_text(expected)));
+        }
+        if vacuumed.bound.is_none() {
+            // `always` or `vacuum_convert`: the operator's consent; said, not alerted.
+            match gateway_wait(gateway.preset) {
+                Some(wait) if held >= wait => line.push_str(&format!(
+                    ", longer than {}'s {} busy timeout: only safe with the gateway stopped",
+                    preset_name(gateway.preset),
+                    lock_text(wait)
+                )),
+                Some(_) => {}
+                None => line.push_str(&format!(
+                    ", and a {} gateway loses the writes that meet it: only safe with the gateway stopped",
+                    preset_name(gateway.preset)
+                )),
+            }
+        }
+        done.push(line);
+    }
+    let over = vacuumed.over_bound();
+    if let Some(over) = &over {
+        done.push(over.clone());
+        let beyond_wait = gateway_wait(gateway.preset)
+            .is_some_and(|wait| vacuumed.full.is_some_and(|held| held >= wait));
+        ctx.alerts.push(AlertEvent::Raise(Alert {
+            key: lock_key,
+            severity: if beyond_wait {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            job: Some(ctx.job.to_string()),
+            what: OVER.into(),
+            body: format!(
+                "On {}: {over}{}.\n\nA machine busier than usual stretches locks; if it happens again, lower vacuum_max_lock, \
+                 or move this job to a quieter hour (docs/jobs/maintenance.md).",
+                db.display(),
+                if beyond_wait {
+                    format!(
+                        ", longer than {}'s busy timeout: writes that arrived at its start were lost",
+                        preset_name(gateway.preset)
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        }));
+    } else if vacuumed.bound.is_some() && (vacuumed.full.is_some() || vacuumed.steps > 0) {
+        ctx.alerts.push(resolve(&lock_key, OVER));
+    }
     let after = facts(&conn, db)?;
-    let files_after = file_bytes(db);
+    let files_after = backup::database_bytes(db);
     done.push(format!(
         "size {} -> {} ({} -> {} free pages)",
-        mb(files_before),
-        mb(files_after),
+        human_bytes(files_before),
+        human_bytes(files_after),
         before.freelist_count,
         after.freelist_count
     ));
-    Ok(Report::new(done.join("; "))
+    let mut report = Report::new(done.join("; "))
         .figure("bytes_before", files_before as f64)
         .figure("bytes_after", files_after as f64)
+        .figure("free_pages_before", before.freelist_count as f64)
+        .figure("free_pages_after", after.freelist_count as f64)
         .figure("longest_lock_ms", ms(pacer.longest()))
-        .figure("vacuum_seconds", vacuum_seconds))
+        .figure(
+            "vacuum_seconds",
+            vacuumed.full.map_or(0.0, |d| d.as_secs_f64()),
+        );
+    let vacuum_lock = vacuumed.full.unwrap_or(vacuumed.longest_step);
+    if vacuumed.full.is_some() || vacuumed.steps > 0 {
+        report = report.figure("vacuum_lock_ms", ms(vacuum_lock));
+    }
+    if let Some(bound) = vacuumed.bound {
+        report = report.figure("vacuum_lock_bound_ms", ms(bound));
+    }
+    if let Some(trial) = vacuumed.trial {
+        report = report
+            .figure("vacuum_trial_ms", ms(trial))
+            .figure("vacuum_expected_ms", ms(trial.mul_f64(TRIAL_MARGIN)));
+    }
+    if let Some(copy_lock) = vacuumed.trial_copy_lock {
+        report = report.figure("trial_copy_lock_ms", ms(copy_lock));
+    }
+    if vacuumed.steps > 0 {
+        report = report
+            .figure("vacuum_steps", vacuumed.steps as f64)
+            .figure("vacuum_steps_over_bound", vacuumed.steps_over as f64);
+    }
+    Ok(report)
+}
+
+/// Gives the free pages of an `auto_vacuum = INCREMENTAL` database back to the filesystem in
+/// paced write transactions, each sized on the time the last one took.
+fn reclaim(
+    conn: &mut Connection,
+    pacer: &mut Pacer,
+    ctx: &Context<'_>,
+    vacuumed: &mut Vacuumed,
+) -> anyhow::Result<()> {
+    let mut pages = FIRST_STEP_PAGES;
+    // The shortest step's lock: about the commit's fixed cost (its fsyncs).
+    let mut floor = Duration::MAX;
+    let mut left = pragma_u64(conn, "freelist_count")?;
+    let started = left;
+    while left > 0 {
+        ctx.checkpoint()?;
+        let (now_left, held) = pacer.write(conn, |tx| {
+            // It frees one page per row it returns: stepped once, it frees one page.
+            let vacuuming = || "running PRAGMA incremental_vacuum on the gateway database";
+            let mut stmt = tx
+                .prepare(&format!("PRAGMA incremental_vacuum({pages})"))
+                .with_context(vacuuming)?;
+            let mut rows = stmt.query([]).with_context(vacuuming)?;
+            while rows.next().with_context(vacuuming)?.is_some() {}
+            drop(rows);
+            drop(stmt);
+            pragma_u64(tx, "freelist_count")
+        })?;
+        vacuumed.steps += 1;
+        vacuumed.longest_step = vacuumed.longest_step.max(held);
+        if held > STEP_BOUND {
+            vacuumed.steps_over += 1;
+        }
+        if now_left >= left {
+            break; // nothing moved: the gateway freed pages as fast, or SQLite cannot
+        }
+        let moved = usize::try_from(left - now_left).unwrap_or(usize::MAX);
+        tracing::trace!(pages, moved, held_ms = ms(held), "incremental vacuum step");
+        left = now_left;
+        floor = floor.min(held);
+        pages = super::archive::next_size(pages, moved, held, floor);
+    }
+    tracing::debug!(
+        pages = started - left,
+        steps = vacuumed.steps,
+        "incremental vacuum"
+    );
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -312,18 +873,35 @@ fn describe(plan: &Plan, facts: &Facts) -> Vec<String> {
             "analyze: ANALYZE (sampling {ANALYSIS_LIMIT} rows per index) then PRAGMA optimize"
         ));
     }
+    let rewrite = |convert: bool| {
+        format!(
+            "rewrite {} ({}){} under an exclusive lock",
+            human_bytes(facts.bytes()),
+            facts.free_text(),
+            if convert {
+                " switching it to auto_vacuum = INCREMENTAL"
+            } else {
+                ""
+            }
+        )
+    };
     lines.push(match &plan.vacuum {
         VacuumDecision::Skip(why) => format!("vacuum: skipped, {why}"),
-        VacuumDecision::Run => format!(
-            "vacuum: rewrite {} ({} of {} pages free) under an exclusive lock",
-            mb(facts.bytes()),
-            facts.freelist_count,
-            facts.page_count
+        VacuumDecision::Blocked(why) => format!("vacuum: skipped with an alert, {why}"),
+        VacuumDecision::Trial { convert, bound } => format!(
+            "vacuum: VACUUM a copy first; if that, times {TRIAL_MARGIN}, is within {}, {}",
+            lock_text(*bound),
+            rewrite(*convert)
+        ),
+        VacuumDecision::Run { convert } => format!("vacuum: {}", rewrite(*convert)),
+        VacuumDecision::Incremental => format!(
+            "vacuum: give back {} in paced PRAGMA incremental_vacuum steps",
+            facts.free_text()
         ),
         VacuumDecision::NoRoom { needed, available } => format!(
             "vacuum: would be refused, needs {} free, {} available",
-            mb(*needed),
-            mb(*available)
+            human_bytes(*needed),
+            human_bytes(*available)
         ),
     });
     lines
@@ -395,6 +973,8 @@ mod tests {
             analyze: true,
             vacuum,
             vacuum_threshold: 0.2,
+            vacuum_max_lock: None,
+            vacuum_convert: false,
         }
     }
 
@@ -404,26 +984,55 @@ mod tests {
             page_size: 4096,
             page_count: 1000,
             freelist_count: free,
+            auto_vacuum: 0,
             available,
         }
     }
 
+    const ROOM: u64 = 10 * 4096 * 1000;
+    const TWO_S: Duration = Duration::from_secs(2);
+
     #[test]
     fn vacuum_decisions() {
-        let room = 10 * 4096 * 1000;
+        let apantli: Result<Duration, String> = Ok(TWO_S);
+        let boba: Result<Duration, String> = Err("no busy timeout".into());
         let cases = [
             (
                 Vacuum::Never,
                 900,
-                room,
+                ROOM,
+                &apantli,
                 VacuumDecision::Skip("vacuum: never".into()),
             ),
-            (Vacuum::Always, 0, room, VacuumDecision::Run),
-            (Vacuum::Auto, 200, room, VacuumDecision::Run),
+            (
+                Vacuum::Always,
+                0,
+                ROOM,
+                &boba,
+                VacuumDecision::Run { convert: false },
+            ),
+            (
+                Vacuum::Auto,
+                200,
+                ROOM,
+                &apantli,
+                VacuumDecision::Trial {
+                    convert: false,
+                    bound: TWO_S,
+                },
+            ),
+            (
+                Vacuum::Auto,
+                200,
+                ROOM,
+                &boba,
+                VacuumDecision::Blocked("no busy timeout".into()),
+            ),
             (
                 Vacuum::Auto,
                 199,
-                room,
+                ROOM,
+                &boba,
                 VacuumDecision::Skip(
                     "19.9% of pages are free, below vacuum_threshold 20.0%".into(),
                 ),
@@ -432,22 +1041,189 @@ mod tests {
                 Vacuum::Always,
                 0,
                 2 * 4096 * 1000 - 1,
+                &apantli,
                 VacuumDecision::NoRoom {
                     needed: 2 * 4096 * 1000,
                     available: 2 * 4096 * 1000 - 1,
                 },
             ),
-            (Vacuum::Always, 0, 2 * 4096 * 1000, VacuumDecision::Run),
+            (
+                Vacuum::Always,
+                0,
+                2 * 4096 * 1000,
+                &apantli,
+                VacuumDecision::Run { convert: false },
+            ),
+            (
+                Vacuum::Incremental,
+                0,
+                ROOM,
+                &apantli,
+                VacuumDecision::Trial {
+                    convert: true,
+                    bound: TWO_S,
+                },
+            ),
+            (
+                Vacuum::Incremental,
+                500,
+                ROOM,
+                &boba,
+                VacuumDecision::Blocked("no busy timeout".into()),
+            ),
         ];
-        for (mode, free, available, expected) in cases {
-            let got = plan(&spec(mode), &facts(true, free, available)).vacuum;
-            assert_eq!(got, expected, "{mode:?} free={free} available={available}");
+        for (mode, free, available, bound, expected) in cases {
+            let got = plan(&spec(mode), &facts(true, free, available), bound).vacuum;
+            assert_eq!(
+                got, expected,
+                "{mode:?} free={free} available={available} bound={bound:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn incremental_decisions_follow_the_database_and_the_consent() {
+        let boba: Result<Duration, String> = Err("no busy timeout".into());
+        let consent = Spec {
+            vacuum_convert: true,
+            ..spec(Vacuum::Incremental)
+        };
+        assert_eq!(
+            plan(&consent, &facts(true, 0, ROOM), &boba).vacuum,
+            VacuumDecision::Run { convert: true }
+        );
+        // The consent is for the switch only: once switched, free pages go back in steps.
+        let switched = |free| Facts {
+            auto_vacuum: AUTO_VACUUM_INCREMENTAL,
+            ..facts(true, free, 0)
+        };
+        assert_eq!(
+            plan(&consent, &switched(10), &boba).vacuum,
+            VacuumDecision::Incremental
+        );
+        assert_eq!(
+            plan(&consent, &switched(0), &boba).vacuum,
+            VacuumDecision::Skip("no free pages to give back".into())
+        );
+        let full = Facts {
+            auto_vacuum: AUTO_VACUUM_FULL,
+            ..facts(true, 10, ROOM)
+        };
+        assert!(matches!(
+            plan(&consent, &full, &boba).vacuum,
+            VacuumDecision::Skip(why) if why.contains("auto_vacuum = FULL")
+        ));
+        // Without room the switch is refused like any VACUUM.
+        assert!(matches!(
+            plan(&consent, &facts(true, 0, 1), &boba).vacuum,
+            VacuumDecision::NoRoom { .. }
+        ));
+    }
+
+    #[test]
+    fn the_bound_comes_from_the_gateway_unless_set() {
+        assert_eq!(
+            lock_bound(&spec(Vacuum::Auto), Preset::Apantli),
+            Ok(Duration::from_secs(1))
+        );
+        for preset in [Preset::Bobamixer, Preset::Custom] {
+            assert!(
+                lock_bound(&spec(Vacuum::Auto), preset).is_err(),
+                "{preset:?}"
+            );
+        }
+        let set = Spec {
+            vacuum_max_lock: Some(Duration::from_millis(300)),
+            ..spec(Vacuum::Auto)
+        };
+        assert_eq!(
+            lock_bound(&set, Preset::Custom),
+            Ok(Duration::from_millis(300))
+        );
+    }
+
+    #[test]
+    fn a_trial_is_judged_with_its_margin() {
+        let cases = [
+            (450, 2000, Ok(1800)),
+            (500, 2000, Ok(2000)),
+            (501, 2000, Err(())),
+            (1384, 2000, Err(())),
+        ];
+        for (trial, bound, expected) in cases {
+            let got = judge(Duration::from_millis(trial), Duration::from_millis(bound));
+            match (got, expected) {
+                (Ok(e), Ok(want)) => assert_eq!(e.as_millis(), want, "{trial}"),
+                (Err(why), Err(())) => assert!(
+                    why.contains("over vacuum_max_lock 2.00 s"),
+                    "{trial}: {why}"
+                ),
+                (got, _) => panic!("trial {trial} ms: {got:?}"),
+            }
+        }
+        let why = judge(Duration::from_millis(1384), Duration::from_secs(1)).unwrap_err();
+        assert!(
+            why.contains("took 1.38 s") && why.contains("about 5.54 s"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn locks_over_their_bound_are_named() {
+        let ms = Duration::from_millis;
+        let within = Vacuumed {
+            full: Some(ms(900)),
+            bound: Some(ms(1000)),
+            ..Vacuumed::default()
+        };
+        assert_eq!(within.over_bound(), None);
+        let over = Vacuumed {
+            full: Some(ms(1200)),
+            ..within
+        };
+        assert_eq!(
+            over.over_bound().unwrap(),
+            "VACUUM held the exclusive lock 1.20 s, over its bound of 1.00 s"
+        );
+        // `vacuum: always` holds no bound: its lock is reported, not judged.
+        let consented = Vacuumed {
+            full: Some(ms(9000)),
+            ..Vacuumed::default()
+        };
+        assert_eq!(consented.over_bound(), None);
+        let steps = Vacuumed {
+            steps: 9,
+            steps_over: 2,
+            longest_step: ms(600),
+            bound: Some(STEP_BOUND),
+            ..Vacuumed::default()
+        };
+        assert_eq!(
+            steps.over_bound().unwrap(),
+            "2 of 9 incremental vacuum steps held the write lock over their bound of 500.0 ms (longest 600.0 ms)"
+        );
+    }
+
+    #[test]
+    fn lock_times_read_as_milliseconds_or_durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("0ms", Duration::ZERO),
+        ];
+        for (text, want) in ok {
+            assert_eq!(LockTime::try_from(text.to_string()), Ok(LockTime(want)));
+        }
+        for bad in ["fast", "1.5s", "-3ms", "ms"] {
+            let e = LockTime::try_from(bad.to_string()).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
         }
     }
 
     #[test]
     fn checkpoint_only_on_wal() {
-        let rollback = plan(&spec(Vacuum::Never), &facts(false, 0, 0));
+        let none: Result<Duration, String> = Ok(TWO_S);
+        let rollback = plan(&spec(Vacuum::Never), &facts(false, 0, 0), &none);
         assert_eq!(rollback.checkpoint, None);
         assert!(
             rollback
@@ -455,14 +1231,14 @@ mod tests {
                 .unwrap()
                 .contains("rollback journal")
         );
-        let wal = plan(&spec(Vacuum::Never), &facts(true, 0, 0));
+        let wal = plan(&spec(Vacuum::Never), &facts(true, 0, 0), &none);
         assert_eq!(wal.checkpoint, Some(Checkpoint::Passive));
         assert_eq!(wal.checkpoint_note, None);
         let off = Spec {
             checkpoint: Checkpoint::Off,
             ..spec(Vacuum::Never)
         };
-        assert_eq!(plan(&off, &facts(false, 0, 0)).checkpoint_note, None);
+        assert_eq!(plan(&off, &facts(false, 0, 0), &none).checkpoint_note, None);
     }
 
     #[test]
@@ -472,5 +1248,41 @@ mod tests {
             ..facts(true, 0, 0)
         };
         assert_eq!(f.free_share(), 0.0);
+    }
+
+    #[test]
+    fn only_sqlite_files_are_maintained() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, &[u8], &str); 3] = [
+            ("empty.db", b"", "is empty (0 bytes)"),
+            (
+                "text.db",
+                b"hello, not a database at all\n",
+                "is not a SQLite database",
+            ),
+            ("short.db", b"SQLite", "is not a SQLite database"),
+        ];
+        for (name, bytes, said) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let e = format!("{:#}", refuse_unless_sqlite(&path).unwrap_err());
+            assert!(e.contains(name) && e.contains(said), "{name}: {e}");
+            assert!(e.contains("gateway.database"), "{name}: {e}");
+        }
+        let missing = dir.path().join("missing.db");
+        let e = format!("{:#}", refuse_unless_sqlite(&missing).unwrap_err());
+        assert!(
+            e.contains("missing.db") && e.contains("gateway.database"),
+            "{e}"
+        );
+        assert!(!missing.exists());
+        let e = format!("{:#}", refuse_unless_sqlite(dir.path()).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
+        let db = dir.path().join("real.db");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        refuse_unless_sqlite(&db).unwrap();
     }
 }

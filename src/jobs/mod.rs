@@ -92,6 +92,7 @@ impl Kind {
     pub fn gateway_problems(&self, gateway: &crate::gateway::Gateway) -> Vec<(String, String)> {
         match self {
             Kind::Health(s) => health::gateway_problems(s, gateway),
+            Kind::Maintenance(s) => maintenance::gateway_problems(s, gateway),
             _ => Vec::new(),
         }
     }

@@ -20,6 +20,8 @@ mod run;
 mod select;
 
 pub use crate::redact::json::redact;
+/// Sizes the maintenance job's incremental vacuum steps as it sizes the archive's deletes.
+pub(crate) use run::next_size;
 pub use run::run;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
