@@ -30,6 +30,7 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the renames, creations and deletions in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -39,6 +40,8 @@ pub struct PendingFile {
     file: Option<File>,
     temp: PathBuf,
     dest: PathBuf,
+    /// Leave the temporary file in place if it is never committed ([`PendingFile::keep`]).
+    kept: bool,
 }
 
 impl PendingFile {
@@ -64,7 +67,41 @@ impl PendingFile {
             file: Some(file),
             temp,
             dest: dest.to_path_buf(),
+            kept: false,
         })
+    }
+
+    /// The one temporary name of `dest` for [`PendingFile::create_fixed`]: `.NAME.caretaker-tmp`.
+    pub fn fixed_temp(dest: &Path) -> PathBuf {
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        parent_dir(dest).join(format!(".{name}{TEMP_MARKER}"))
+    }
+
+    /// Like [`PendingFile::create`], under the fixed name [`PendingFile::fixed_temp`] instead
+    /// of one with the writer's pid: for a writer that is the only one of `dest` (a job under
+    /// its lock) and must find what a killed run left, to remove it or to refuse to go on
+    /// (log rotation). Fails if that file exists.
+    pub fn create_fixed(dest: &Path) -> anyhow::Result<PendingFile> {
+        let temp = Self::fixed_temp(dest);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .with_context(|| format!("creating temporary file {}", temp.display()))?;
+        Ok(PendingFile {
+            file: Some(file),
+            temp,
+            dest: dest.to_path_buf(),
+            kept: false,
+        })
+    }
+
+    /// Keeps the temporary file if this is never committed: from the moment it holds the
+    /// only copy of something (a log that was truncated after copying), removing it would
+    /// lose data, so a failure leaves it for a person to rename.
+    pub fn keep(&mut self) {
+        self.kept = true;
     }
 
     pub fn temp_path(&self) -> &Path {
@@ -77,11 +114,34 @@ impl PendingFile {
 
     /// fsync, rename into place, fsync the directory: after this returns the file is durable
     /// under its final name; before, a crash leaves only the temporary name.
-    pub fn commit(mut self) -> anyhow::Result<PathBuf> {
-        let file = self.file.take().expect("commit runs once");
-        file.sync_all()
+    pub fn commit(self) -> anyhow::Result<PathBuf> {
+        self.finish(false)
+    }
+
+    /// [`PendingFile::commit`], refusing to replace a file already at the final name: one
+    /// there is something nothing accounted for (a log copy), and clobbering it would lose it.
+    pub fn commit_new(self) -> anyhow::Result<PathBuf> {
+        self.finish(true)
+    }
+
+    /// A failure on the way leaves the file open, so that dropping `self` removes the
+    /// temporary file (unless [`PendingFile::keep`] said otherwise).
+    fn finish(mut self, no_clobber: bool) -> anyhow::Result<PathBuf> {
+        self.file()
+            .sync_all()
             .with_context(|| format!("flushing {} to disk", self.temp.display()))?;
-        drop(file);
+        if no_clobber {
+            match fs::symlink_metadata(&self.dest) {
+                Ok(_) => anyhow::bail!(
+                    "{} already exists; move it away by hand, then run the job again",
+                    self.dest.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("checking {}", self.dest.display()));
+                }
+            }
+        }
         fs::rename(&self.temp, &self.dest).with_context(|| {
             format!(
                 "renaming {} to {}",
@@ -89,6 +149,7 @@ impl PendingFile {
                 self.dest.display()
             )
         })?;
+        self.file = None;
         let dir = parent_dir(&self.dest);
         sync_dir(dir).with_context(|| format!("flushing directory {}", dir.display()))?;
         Ok(std::mem::take(&mut self.dest))
@@ -107,7 +168,7 @@ impl Write for PendingFile {
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if self.file.is_some() && !self.kept {
             // Abandoned before commit: remove the partial file now rather than at next start.
             let _ = fs::remove_file(&self.temp);
         }
@@ -125,7 +186,7 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The directory holding `path`: `.` for a bare file name, whose `parent()` is the empty path.
-fn parent_dir(path: &Path) -> &Path {
+pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -142,7 +203,7 @@ fn temp_prefix(name: &str) -> String {
 fn temp_writer(dest_name: &str, file_name: &str) -> Option<i32> {
     let rest = file_name.strip_prefix(&temp_prefix(dest_name))?;
     let (pid, rest) = rest.split_once('-')?;
-    let random = ["", "-wal", "-shm", "-journal"]
+    let random = crate::sqlite::WITH_COMPANIONS
         .iter()
         .find_map(|suffix| rest.strip_suffix(suffix).filter(|r| r.len() == 8))?;
     let digits = |s: &str, hex: bool| {

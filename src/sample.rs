@@ -19,10 +19,12 @@ use rand::{Rng, RngExt, SeedableRng};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+// The gateways' schemas have one copy, the test fixtures that every test builds its databases
+// from: the samples, the demo and the tests cannot drift apart.
 /// Apantli's schema, as Apantli 1.0 creates it.
-pub const APANTLI_SCHEMA: &str = include_str!("gateway/apantli.sql");
+pub const APANTLI_SCHEMA: &str = include_str!("../tests/fixtures/schemas/apantli.sql");
 /// BobaMixer's schema version 3, including its `journal_mode = WAL` and `user_version = 3` pragmas.
-pub const BOBAMIXER_SCHEMA: &str = include_str!("gateway/bobamixer.sql");
+pub const BOBAMIXER_SCHEMA: &str = include_str!("../tests/fixtures/schemas/bobamixer.sql");
 
 /// The generator behind every sample; portable, so a seed means the same rows on every platform.
 pub(crate) type SampleRng = Xoshiro256PlusPlus;
@@ -194,8 +196,8 @@ fn build_then_publish(
     if result.is_err() {
         for leftover in [
             tmp.clone(),
-            with_suffix(&tmp, "-wal"),
-            with_suffix(&tmp, "-shm"),
+            crate::sqlite::companion(&tmp, crate::sqlite::WAL),
+            crate::sqlite::companion(&tmp, crate::sqlite::SHM),
         ] {
             let _ = fs::remove_file(leftover);
         }
@@ -211,12 +213,6 @@ fn temp_path_beside(path: &Path) -> anyhow::Result<PathBuf> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     Ok(path.with_file_name(tmp_name))
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// Makes a rename in `path`'s directory durable.
