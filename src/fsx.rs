@@ -299,6 +299,46 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_commit_leaves_no_temporary_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory under the final name: the rename fails.
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let mut p = PendingFile::create(&dest).unwrap();
+        p.write_all(b"x").unwrap();
+        assert!(p.commit().is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only `out`");
+
+        let mut p = PendingFile::create_fixed(&dest).unwrap();
+        p.write_all(b"the only copy").unwrap();
+        p.keep();
+        assert!(p.commit().is_err());
+        let kept = PendingFile::fixed_temp(&dest);
+        assert_eq!(fs::read(&kept).unwrap(), b"the only copy");
+        // The fixed name is taken until someone deals with what is there.
+        assert!(PendingFile::create_fixed(&dest).is_err());
+    }
+
+    #[test]
+    fn commit_new_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("app.log.1");
+        fs::write(&dest, b"older copy").unwrap();
+        let mut p = PendingFile::create_fixed(&dest).unwrap();
+        assert_eq!(p.temp_path(), dir.path().join(".app.log.1.caretaker-tmp"));
+        p.write_all(b"new").unwrap();
+        let err = p.commit_new().unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(fs::read(&dest).unwrap(), b"older copy");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        fs::remove_file(&dest).unwrap();
+        let mut p = PendingFile::create_fixed(&dest).unwrap();
+        p.write_all(b"new").unwrap();
+        assert_eq!(p.commit_new().unwrap(), dest);
+        assert_eq!(fs::read(&dest).unwrap(), b"new");
+    }
+
+    #[test]
     fn temporaries_are_told_by_name_and_writer() {
         let cases = [
             (".db.caretaker-tmp-12-0123abcd", Some(12)),
