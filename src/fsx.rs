@@ -35,6 +35,13 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// [`sync_dir`] on the directory holding `path`: makes a rename to, or a removal of, `path`
+/// durable.
+pub fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    let dir = parent_dir(path);
+    sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
+}
+
 /// A file being written under a temporary name next to its final place.
 pub struct PendingFile {
     file: Option<File>,
@@ -57,6 +64,11 @@ impl PendingFile {
             std::process::id(),
             rand::random::<u32>()
         ));
+        Self::create_at(temp, dest)
+    }
+
+    /// Creates `temp` (mode 0600, never an existing file) to become `dest` on commit.
+    fn create_at(temp: PathBuf, dest: &Path) -> anyhow::Result<PendingFile> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -82,19 +94,7 @@ impl PendingFile {
     /// its lock) and must find what a killed run left, to remove it or to refuse to go on
     /// (log rotation). Fails if that file exists.
     pub fn create_fixed(dest: &Path) -> anyhow::Result<PendingFile> {
-        let temp = Self::fixed_temp(dest);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .with_context(|| format!("creating temporary file {}", temp.display()))?;
-        Ok(PendingFile {
-            file: Some(file),
-            temp,
-            dest: dest.to_path_buf(),
-            kept: false,
-        })
+        Self::create_at(Self::fixed_temp(dest), dest)
     }
 
     /// Keeps the temporary file if this is never committed: from the moment it holds the
@@ -186,7 +186,7 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The directory holding `path`: `.` for a bare file name, whose `parent()` is the empty path.
-pub fn parent_dir(path: &Path) -> &Path {
+fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -190,7 +190,7 @@ fn build_then_publish(
             .with_context(|| format!("syncing {}", tmp.display()))?;
         fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        sync_parent_dir(path)?;
+        crate::fsx::sync_parent(path)?;
         Ok(summary)
     })();
     if result.is_err() {
@@ -213,15 +213,6 @@ fn temp_path_beside(path: &Path) -> anyhow::Result<PathBuf> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     Ok(path.with_file_name(tmp_name))
-}
-
-/// Makes a rename in `path`'s directory durable.
-fn sync_parent_dir(path: &Path) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    crate::fsx::sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Turns the journal off for the bulk load: the file is private until renamed and deleted on

@@ -20,7 +20,7 @@ use rustix::fs::{Gid, Mode, Uid};
 use super::config::{Method, Notify};
 use super::plan::{Action, FileState, Plan, Step};
 use super::survey::TEMP_SUFFIX;
-use crate::fsx::{self, PendingFile};
+use crate::fsx::{PendingFile, sync_parent};
 use crate::pgzip::{self, ParallelGzWriter};
 
 /// gzip's own default level, the one logrotate gets from `gzip` without options.
@@ -210,12 +210,6 @@ fn run_step(step: &Step) -> Result<()> {
         Step::Truncate { path } => truncate(path),
         Step::Compress { from, to } => compress(from, to),
     }
-}
-
-/// Makes renames and deletions in `path`'s directory durable.
-fn sync_parent(path: &Path) -> Result<()> {
-    let dir = fsx::parent_dir(path);
-    fsx::sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 fn remove(path: &Path) -> Result<()> {
