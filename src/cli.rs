@@ -391,7 +391,9 @@ fn status(path: &Path, json: bool) -> u8 {
             j.kind,
             last,
             result,
-            j.last_duration_s.map_or("-".into(), |d| format!("{d:.1}s")),
+            j.last_duration_s
+                .and_then(|d| std::time::Duration::try_from_secs_f64(d).ok())
+                .map_or("-".into(), crate::units::duration),
             j.next_run.map_or("on signal".into(), fmt)
         );
         if let Some(error) = j.last_run.as_ref().and_then(|r| r.error.as_ref()) {

@@ -30,8 +30,16 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the renames, creations and deletions in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// [`sync_dir`] on the directory holding `path`: makes a rename to, or a removal of, `path`
+/// durable.
+pub fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    let dir = parent_dir(path);
+    sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// A file being written under a temporary name next to its final place.
@@ -39,6 +47,8 @@ pub struct PendingFile {
     file: Option<File>,
     temp: PathBuf,
     dest: PathBuf,
+    /// Leave the temporary file in place if it is never committed ([`PendingFile::keep`]).
+    kept: bool,
 }
 
 impl PendingFile {
@@ -54,6 +64,11 @@ impl PendingFile {
             std::process::id(),
             rand::random::<u32>()
         ));
+        Self::create_at(temp, dest)
+    }
+
+    /// Creates `temp` (mode 0600, never an existing file) to become `dest` on commit.
+    fn create_at(temp: PathBuf, dest: &Path) -> anyhow::Result<PendingFile> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -64,7 +79,29 @@ impl PendingFile {
             file: Some(file),
             temp,
             dest: dest.to_path_buf(),
+            kept: false,
         })
+    }
+
+    /// The one temporary name of `dest` for [`PendingFile::create_fixed`]: `.NAME.caretaker-tmp`.
+    pub fn fixed_temp(dest: &Path) -> PathBuf {
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        parent_dir(dest).join(format!(".{name}{TEMP_MARKER}"))
+    }
+
+    /// Like [`PendingFile::create`], under the fixed name [`PendingFile::fixed_temp`] instead
+    /// of one with the writer's pid: for a writer that is the only one of `dest` (a job under
+    /// its lock) and must find what a killed run left, to remove it or to refuse to go on
+    /// (log rotation). Fails if that file exists.
+    pub fn create_fixed(dest: &Path) -> anyhow::Result<PendingFile> {
+        Self::create_at(Self::fixed_temp(dest), dest)
+    }
+
+    /// Keeps the temporary file if this is never committed: from the moment it holds the
+    /// only copy of something (a log that was truncated after copying), removing it would
+    /// lose data, so a failure leaves it for a person to rename.
+    pub fn keep(&mut self) {
+        self.kept = true;
     }
 
     pub fn temp_path(&self) -> &Path {
@@ -77,11 +114,34 @@ impl PendingFile {
 
     /// fsync, rename into place, fsync the directory: after this returns the file is durable
     /// under its final name; before, a crash leaves only the temporary name.
-    pub fn commit(mut self) -> anyhow::Result<PathBuf> {
-        let file = self.file.take().expect("commit runs once");
-        file.sync_all()
+    pub fn commit(self) -> anyhow::Result<PathBuf> {
+        self.finish(false)
+    }
+
+    /// [`PendingFile::commit`], refusing to replace a file already at the final name: one
+    /// there is something nothing accounted for (a log copy), and clobbering it would lose it.
+    pub fn commit_new(self) -> anyhow::Result<PathBuf> {
+        self.finish(true)
+    }
+
+    /// A failure on the way leaves the file open, so that dropping `self` removes the
+    /// temporary file (unless [`PendingFile::keep`] said otherwise).
+    fn finish(mut self, no_clobber: bool) -> anyhow::Result<PathBuf> {
+        self.file()
+            .sync_all()
             .with_context(|| format!("flushing {} to disk", self.temp.display()))?;
-        drop(file);
+        if no_clobber {
+            match fs::symlink_metadata(&self.dest) {
+                Ok(_) => anyhow::bail!(
+                    "{} already exists; move it away by hand, then run the job again",
+                    self.dest.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("checking {}", self.dest.display()));
+                }
+            }
+        }
         fs::rename(&self.temp, &self.dest).with_context(|| {
             format!(
                 "renaming {} to {}",
@@ -89,6 +149,7 @@ impl PendingFile {
                 self.dest.display()
             )
         })?;
+        self.file = None;
         let dir = parent_dir(&self.dest);
         sync_dir(dir).with_context(|| format!("flushing directory {}", dir.display()))?;
         Ok(std::mem::take(&mut self.dest))
@@ -107,7 +168,7 @@ impl Write for PendingFile {
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if self.file.is_some() && !self.kept {
             // Abandoned before commit: remove the partial file now rather than at next start.
             let _ = fs::remove_file(&self.temp);
         }
@@ -142,7 +203,7 @@ fn temp_prefix(name: &str) -> String {
 fn temp_writer(dest_name: &str, file_name: &str) -> Option<i32> {
     let rest = file_name.strip_prefix(&temp_prefix(dest_name))?;
     let (pid, rest) = rest.split_once('-')?;
-    let random = ["", "-wal", "-shm", "-journal"]
+    let random = crate::sqlite::WITH_COMPANIONS
         .iter()
         .find_map(|suffix| rest.strip_suffix(suffix).filter(|r| r.len() == 8))?;
     let digits = |s: &str, hex: bool| {
@@ -235,6 +296,46 @@ mod tests {
         }
         assert!(!dest.exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_no_temporary_unless_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory under the final name: the rename fails.
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let mut p = PendingFile::create(&dest).unwrap();
+        p.write_all(b"x").unwrap();
+        assert!(p.commit().is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "only `out`");
+
+        let mut p = PendingFile::create_fixed(&dest).unwrap();
+        p.write_all(b"the only copy").unwrap();
+        p.keep();
+        assert!(p.commit().is_err());
+        let kept = PendingFile::fixed_temp(&dest);
+        assert_eq!(fs::read(&kept).unwrap(), b"the only copy");
+        // The fixed name is taken until someone deals with what is there.
+        assert!(PendingFile::create_fixed(&dest).is_err());
+    }
+
+    #[test]
+    fn commit_new_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("app.log.1");
+        fs::write(&dest, b"older copy").unwrap();
+        let mut p = PendingFile::create_fixed(&dest).unwrap();
+        assert_eq!(p.temp_path(), dir.path().join(".app.log.1.caretaker-tmp"));
+        p.write_all(b"new").unwrap();
+        let err = p.commit_new().unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(fs::read(&dest).unwrap(), b"older copy");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        fs::remove_file(&dest).unwrap();
+        let mut p = PendingFile::create_fixed(&dest).unwrap();
+        p.write_all(b"new").unwrap();
+        assert_eq!(p.commit_new().unwrap(), dest);
+        assert_eq!(fs::read(&dest).unwrap(), b"new");
     }
 
     #[test]

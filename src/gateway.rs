@@ -459,7 +459,7 @@ mod tests {
         let database = dir.path().join("requests.db");
         rusqlite::Connection::open(&database)
             .unwrap()
-            .execute_batch(include_str!("gateway/apantli.sql"))
+            .execute_batch(crate::sample::APANTLI_SCHEMA)
             .unwrap();
         let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
         let gateway = Gateway {

@@ -88,8 +88,7 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
     }
     let size = |path: &Path| std::fs::metadata(path).ok().map(|m| m.len());
     let database = &config.gateway.database;
-    let mut wal = database.as_os_str().to_os_string();
-    wal.push("-wal");
+    let wal = crate::sqlite::companion(database, crate::sqlite::WAL);
     Ok(Snapshot {
         jobs,
         database_bytes: size(database),

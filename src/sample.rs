@@ -19,10 +19,12 @@ use rand::{Rng, RngExt, SeedableRng};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+// The gateways' schemas have one copy, the test fixtures that every test builds its databases
+// from: the samples, the demo and the tests cannot drift apart.
 /// Apantli's schema, as Apantli 1.0 creates it.
-pub const APANTLI_SCHEMA: &str = include_str!("gateway/apantli.sql");
+pub const APANTLI_SCHEMA: &str = include_str!("../tests/fixtures/schemas/apantli.sql");
 /// BobaMixer's schema version 3, including its `journal_mode = WAL` and `user_version = 3` pragmas.
-pub const BOBAMIXER_SCHEMA: &str = include_str!("gateway/bobamixer.sql");
+pub const BOBAMIXER_SCHEMA: &str = include_str!("../tests/fixtures/schemas/bobamixer.sql");
 
 /// The generator behind every sample; portable, so a seed means the same rows on every platform.
 pub(crate) type SampleRng = Xoshiro256PlusPlus;
@@ -188,14 +190,14 @@ fn build_then_publish(
             .with_context(|| format!("syncing {}", tmp.display()))?;
         fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        sync_parent_dir(path)?;
+        crate::fsx::sync_parent(path)?;
         Ok(summary)
     })();
     if result.is_err() {
         for leftover in [
             tmp.clone(),
-            with_suffix(&tmp, "-wal"),
-            with_suffix(&tmp, "-shm"),
+            crate::sqlite::companion(&tmp, crate::sqlite::WAL),
+            crate::sqlite::companion(&tmp, crate::sqlite::SHM),
         ] {
             let _ = fs::remove_file(leftover);
         }
@@ -211,21 +213,6 @@ fn temp_path_beside(path: &Path) -> anyhow::Result<PathBuf> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     Ok(path.with_file_name(tmp_name))
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Makes a rename in `path`'s directory durable.
-fn sync_parent_dir(path: &Path) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    crate::fsx::sync_dir(dir).with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Turns the journal off for the bulk load: the file is private until renamed and deleted on

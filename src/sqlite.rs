@@ -1,4 +1,4 @@
-//! Opening SQLite connections: every connection caretaker opens comes from here, strict about names.
+//! Opening SQLite connections: every connection caretaker opens comes from here, strict about names; and the names of the files SQLite keeps beside a database.
 //!
 //! SQLite, for compatibility with old MySQL habits, reads a double-quoted name that matches no
 //! column as a string literal (its "DQS" misfeature): `WHERE "eror" IS NOT NULL` is true for
@@ -8,10 +8,29 @@
 //! connection's own parsing changes: the database file and the gateway's connections are
 //! untouched.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
+
+/// The suffix of a database's write-ahead log (journal_mode=WAL).
+pub const WAL: &str = "-wal";
+/// The suffix of a WAL database's shared-memory index.
+pub const SHM: &str = "-shm";
+/// The suffix of a rollback journal (journal_mode=DELETE and the other rollback modes).
+pub const JOURNAL: &str = "-journal";
+/// The files SQLite keeps beside a database; a leftover one belongs to that database.
+pub const COMPANIONS: [&str; 3] = [WAL, SHM, JOURNAL];
+/// A database and its companions, as suffixes of the database's path (the first is the file).
+pub const WITH_COMPANIONS: [&str; 4] = ["", WAL, SHM, JOURNAL];
+
+/// `db` with `suffix` appended to its file name, as SQLite names its companions:
+/// `companion(db, WAL)` is `<db>-wal`.
+pub fn companion(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
 
 /// Opens `path` with `flags` and turns double-quoted string literals off, in statements and in
 /// schema definitions alike.
@@ -39,6 +58,23 @@ pub fn is_busy(e: &rusqlite::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn companions_sit_beside_the_database_under_its_whole_name() {
+        let cases = [
+            (
+                "/var/lib/app/requests.db",
+                WAL,
+                "/var/lib/app/requests.db-wal",
+            ),
+            ("requests.db", JOURNAL, "requests.db-journal"),
+            ("/a b/db", SHM, "/a b/db-shm"),
+            ("/x/db", "", "/x/db"),
+        ];
+        for (db, suffix, want) in cases {
+            assert_eq!(companion(Path::new(db), suffix), Path::new(want), "{db}");
+        }
+    }
 
     #[test]
     fn a_double_quoted_name_that_is_no_column_is_an_error_not_a_string() {

@@ -133,8 +133,8 @@ fn private_database(db: &Path) -> anyhow::Result<()> {
         })?;
     file.set_permissions(private.clone())
         .with_context(|| format!("making {} private (mode 0600)", db.display()))?;
-    for suffix in ["-wal", "-shm"] {
-        let companion = crate::backup::sqlite_companion(db, suffix);
+    for suffix in [crate::sqlite::WAL, crate::sqlite::SHM] {
+        let companion = crate::sqlite::companion(db, suffix);
         match std::fs::set_permissions(&companion, private.clone()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| {

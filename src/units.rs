@@ -1,4 +1,4 @@
-//! Value types of the jobs file (sizes `512MB`, durations `2w`, shares `75%`) and the numbers and dollars a person reads.
+//! Value types of the jobs file (sizes `512MB`, durations `2w`, shares `75%`) and the numbers, dollars, bytes and durations a person reads.
 //!
 //! Each parser takes the text exactly as written in YAML and returns an error that says what
 //! was wrong and what is accepted, so the configuration loader can prefix it with the file,
@@ -193,6 +193,67 @@ pub fn usd_change(v: f64) -> String {
     }
 }
 
+/// An amount of bytes as a person reads it, in binary units with their IEC names: exact
+/// bytes under 1 KiB (`812 B`), then 3 significant digits (`1.5 GiB`, `812 KiB`, `12.3 MiB`).
+/// Every message, summary, alert and dry-run says sizes this way (docs/design.md, "Units");
+/// the state database, `status --json` and the metrics file keep the raw byte count.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let mut text = significant(value, 3, 0);
+    // 1023.8 KiB rounds to `1024`: say `1 MiB` instead.
+    if text == "1024" && unit < UNITS.len() - 1 {
+        text = "1".into();
+        unit += 1;
+    }
+    format!("{text} {}", UNITS[unit])
+}
+
+/// A duration as a person reads it: milliseconds under a second (`42 ms`, `0.35 ms`, 3
+/// significant digits), tenths of a second under a minute (`1.3 s`, `12 s`), minutes and
+/// seconds under an hour (`1m 30s`), then days, hours and minutes (`6h 12m`, `1d 2h 1m`,
+/// `30d`), trailing zero parts left out. Minutes are kept because an age just past a
+/// configured limit (`1d 2h`) must not read as the limit itself.
+pub fn duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        let ms = significant(secs * 1000.0, 3, 0);
+        if ms != "1000" {
+            return format!("{ms} ms");
+        }
+    }
+    let tenths = (secs * 10.0).round() / 10.0;
+    if tenths < 60.0 {
+        return format!("{} s", significant(tenths, 3, 0));
+    }
+    let total = secs.round() as u64;
+    let parts = if total < 3_600 {
+        vec![(total / 60, "m"), (total % 60, "s")]
+    } else {
+        let minutes = (total + 30) / 60;
+        let (days, hours) = (minutes / 1_440, minutes / 60 % 24);
+        let mut parts = vec![(hours, "h"), (minutes % 60, "m")];
+        if days > 0 {
+            parts.insert(0, (days, "d"));
+        }
+        parts
+    };
+    let keep = parts.iter().rposition(|&(n, _)| n > 0).unwrap_or(0) + 1;
+    parts[..keep]
+        .iter()
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +400,65 @@ mod tests {
         assert_eq!(usd_change(-0.0), "+$0.00");
         assert_eq!(usd_change(6.410221), "+$6.41");
         assert_eq!(usd_change(-0.42), "-$0.42");
+    }
+
+    #[test]
+    fn bytes_read_in_binary_units() {
+        let cases: &[(u64, &str)] = &[
+            (0, "0 B"),
+            (12, "12 B"),
+            (1023, "1023 B"),
+            (1024, "1 KiB"),
+            (1536, "1.5 KiB"),
+            (831_488, "812 KiB"),
+            (1_000_000, "977 KiB"),
+            (1_048_063, "1023 KiB"),
+            (1_048_575, "1 MiB"),
+            (1_234_567, "1.18 MiB"),
+            (4 << 20, "4 MiB"),
+            (12_900_000, "12.3 MiB"),
+            (1_000_000_000, "954 MiB"),
+            (3 << 29, "1.5 GiB"),
+            (5_000_000_000, "4.66 GiB"),
+            (2 << 40, "2 TiB"),
+            (u64::MAX, "16 EiB"),
+        ];
+        for &(n, want) in cases {
+            assert_eq!(bytes(n), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn durations_read_as_a_person_needs_them() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let cases: &[(Duration, &str)] = &[
+            (Duration::ZERO, "0 ms"),
+            (Duration::from_micros(350), "0.35 ms"),
+            (ms(42), "42 ms"),
+            (Duration::from_micros(12_345), "12.3 ms"),
+            (ms(999), "999 ms"),
+            (Duration::from_micros(999_900), "1 s"),
+            (ms(1_300), "1.3 s"),
+            (ms(1_340), "1.3 s"),
+            (s(12), "12 s"),
+            (ms(59_940), "59.9 s"),
+            (ms(59_960), "1m"),
+            (s(90), "1m 30s"),
+            (s(3_599), "59m 59s"),
+            (s(3_600), "1h"),
+            (s(6 * 3_600 + 12 * 60 + 20), "6h 12m"),
+            (s(6 * 3_600 + 12 * 60 + 40), "6h 13m"),
+            (s(86_380), "1d"),
+            (s(26 * 3_600), "1d 2h"),
+            (s(26 * 3_600 + 60), "1d 2h 1m"),
+            (s(86_400 + 5 * 60), "1d 0h 5m"),
+            (s(3 * 3_600 + 20), "3h"),
+            (s(30 * 86_400), "30d"),
+            (s(14 * 86_400), "14d"),
+        ];
+        for &(d, want) in cases {
+            assert_eq!(duration(d), want, "{d:?}");
+        }
     }
 }

@@ -80,12 +80,6 @@ fn parse_apantli_time(text: &str) -> DateTime<Utc> {
 }
 
 #[test]
-fn embedded_schemas_are_the_fixtures() {
-    assert_eq!(sample::APANTLI_SCHEMA, fixture_schema("apantli.sql"));
-    assert_eq!(sample::BOBAMIXER_SCHEMA, fixture_schema("bobamixer.sql"));
-}
-
-#[test]
 fn apantli_sample_has_the_schema_and_journal_of_the_real_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("requests.db");

@@ -533,9 +533,9 @@ impl EmailSink {
         // would hang forever, so the whole exchange gets one deadline.
         let outcome = match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
             Err(_elapsed) => Err(DeliveryError::Transient(format!(
-                "SMTP server {} did not complete the delivery within {}s",
+                "SMTP server {} did not complete the delivery within {}",
                 self.server,
-                self.timeout.as_secs_f64()
+                crate::units::duration(self.timeout)
             ))),
             Ok(Ok(_response)) => Ok(()),
             Ok(Err(e)) => Err(self.classify(&e)),

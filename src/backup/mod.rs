@@ -17,6 +17,7 @@ use anyhow::Context;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::fsx;
+use crate::sqlite;
 
 /// The time format in archive names: UTC, to the second, sortable as text.
 const NAME_TIME: &str = "%Y%m%dT%H%M%SZ";
@@ -191,16 +192,13 @@ fn owned_temp(job: &str, purpose: Scratch, name: &str) -> bool {
     purpose == Scratch::Snapshot && ArchiveName::parse(job, stem).is_some()
 }
 
-/// `db` with `suffix` appended to its file name: its `-wal`, `-shm` and `-journal` files.
-pub fn sqlite_companion(db: &Path, suffix: &str) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
+/// The old name of [`sqlite::companion`], kept while `writelock` (being rewritten elsewhere)
+/// still calls it; new code calls `sqlite::companion`.
+pub use crate::sqlite::companion as sqlite_companion;
 
 /// The bytes of a database as it stands: its file and its WAL, if any.
 pub fn database_bytes(db: &Path) -> u64 {
-    [db.to_path_buf(), sqlite_companion(db, "-wal")]
+    [db.to_path_buf(), sqlite::companion(db, sqlite::WAL)]
         .iter()
         .filter_map(|p| fs::metadata(p).ok())
         .map(|m| m.len())
@@ -213,8 +211,8 @@ pub struct ScratchDb(pub PathBuf);
 
 impl ScratchDb {
     pub fn remove(&self) -> anyhow::Result<()> {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let path = sqlite_companion(&self.0, suffix);
+        for suffix in sqlite::WITH_COMPANIONS {
+            let path = sqlite::companion(&self.0, suffix);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -254,27 +252,11 @@ pub fn ensure_free(dir: &Path, needed: u64, what: &str) -> anyhow::Result<()> {
         anyhow::bail!(
             "not enough free space in {} for {what}: about {} needed, {} available; free space there or choose another directory (caretaker never deletes backups to make room)",
             dir.display(),
-            human_bytes(needed),
-            human_bytes(free)
+            crate::units::bytes(needed),
+            crate::units::bytes(free)
         );
     }
     Ok(())
-}
-
-/// `1.5 GiB`, `320.0 KiB`, `12 B`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 #[cfg(test)]
@@ -335,8 +317,8 @@ mod tests {
 
     #[test]
     fn sizes_read_like_df() {
-        assert_eq!(human_bytes(12), "12 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(crate::units::bytes(12), "12 B");
+        assert_eq!(crate::units::bytes(1536), "1.5 KiB");
+        assert_eq!(crate::units::bytes(3 << 30), "3 GiB");
     }
 }

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 
 use super::archive::{self, CheckLevel, Manifest};
 use crate::fsx::{self, PendingFile};
+use crate::sqlite;
 
 /// Why a restore did not happen. The first two are usage errors (exit 2), `InUse` a target
 /// that must be freed first (exit 3), the last a failed check or I/O error (exit 1).
@@ -50,9 +51,6 @@ pub struct Restored {
     /// Temporary files of restores that were killed, removed beside PATH.
     pub swept: Vec<PathBuf>,
 }
-
-/// Files SQLite keeps beside a database; a leftover one belongs to the old database.
-const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// Verifies `archive` and restores its database to `to`; `now` names the safety copy.
 pub fn restore(
@@ -139,10 +137,10 @@ pub fn restore(
     };
     let stamp = now.format("%Y%m%dT%H%M%SZ");
     let mut safety_copies = Vec::new();
-    for suffix in ["", "-wal", "-journal"] {
-        let old = super::sqlite_companion(to, suffix);
+    for suffix in ["", sqlite::WAL, sqlite::JOURNAL] {
+        let old = sqlite::companion(to, suffix);
         if old.is_file() {
-            let copy = super::sqlite_companion(to, &format!(".before-restore-{stamp}{suffix}"));
+            let copy = sqlite::companion(to, &format!(".before-restore-{stamp}{suffix}"));
             if copy.exists() {
                 return Err(anyhow::anyhow!(
                     "the safety copy {} already exists; move it away and run the restore again",
@@ -279,9 +277,9 @@ impl TargetLock {
 fn refuse_in_use(to: &Path, locked: bool) -> Result<(), RestoreError> {
     let mut reasons = Vec::new();
     let mut pids = Vec::new();
-    let tests = [("", DB_LOCKS), ("-shm", SHM_LOCKS)];
+    let tests = [("", DB_LOCKS), (sqlite::SHM, SHM_LOCKS)];
     for (suffix, range) in &tests[usize::from(locked)..] {
-        let path = super::sqlite_companion(to, suffix);
+        let path = sqlite::companion(to, suffix);
         if let Some(pid) = lock_holder(&path, *range)
             .with_context(|| format!("testing for locks on {}", path.display()))?
         {
@@ -299,14 +297,14 @@ fn refuse_in_use(to: &Path, locked: bool) -> Result<(), RestoreError> {
             pids.push(pid);
         }
     }
-    let journal = super::sqlite_companion(to, "-journal");
+    let journal = sqlite::companion(to, sqlite::JOURNAL);
     if first_byte(&journal).is_some_and(|b| b != 0) {
         reasons.push(format!(
             "{} is a hot journal (a transaction in progress or interrupted)",
             journal.display()
         ));
     }
-    let wal = super::sqlite_companion(to, "-wal");
+    let wal = sqlite::companion(to, sqlite::WAL);
     if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
         reasons.push(format!(
             "{} holds transactions not yet in the database",
@@ -353,9 +351,9 @@ fn lock_holder(path: &Path, (start, length): (u64, u64)) -> anyhow::Result<Optio
 /// found by scanning `/proc/*/fd` (Linux; elsewhere, and for other users' processes when not
 /// root, nothing is found and the lock tests stand alone).
 fn openers(to: &Path) -> Vec<i32> {
-    let files: Vec<(u64, u64)> = ["", "-wal", "-shm", "-journal"]
+    let files: Vec<(u64, u64)> = sqlite::WITH_COMPANIONS
         .iter()
-        .filter_map(|s| fs::metadata(super::sqlite_companion(to, s)).ok())
+        .filter_map(|s| fs::metadata(sqlite::companion(to, s)).ok())
         .map(|m| (m.dev(), m.ino()))
         .collect();
     let Ok(procs) = fs::read_dir("/proc") else {
@@ -410,8 +408,8 @@ fn first_byte(path: &Path) -> Option<u8> {
 
 fn remove_companions(db: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for suffix in COMPANIONS {
-        let path = super::sqlite_companion(db, suffix);
+    for suffix in sqlite::COMPANIONS {
+        let path = sqlite::companion(db, suffix);
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

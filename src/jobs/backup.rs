@@ -20,10 +20,11 @@ use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel, Manifest};
 use crate::backup::snapshot::{self, Snapshot};
-use crate::backup::{self as backups, ArchiveName, Format, Scratch, human_bytes};
+use crate::backup::{self as backups, ArchiveName, Format, Scratch};
 use crate::config::Checks;
 use crate::fsx;
 use crate::retention::{self, Decision, KeepConfig, Policy, Reason};
+use crate::units;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -277,8 +278,8 @@ pub fn shrunk(base: Extent, new: Extent, share: f64) -> Option<String> {
     if fell(new.bytes, base.bytes) {
         why.push(format!(
             "its size fell from {} to {} ({:.1}%)",
-            human_bytes(base.bytes),
-            human_bytes(new.bytes),
+            units::bytes(base.bytes),
+            units::bytes(new.bytes),
             percent(new.bytes, base.bytes)
         ));
     }
@@ -334,8 +335,8 @@ fn plan_lines(
     base: Option<&(ArchiveName, Extent)>,
 ) -> Vec<String> {
     let db = &ctx.config.gateway.database;
-    let size = |p: &Path| fs::metadata(p).map_or("missing".to_string(), |m| human_bytes(m.len()));
-    let wal = backups::sqlite_companion(db, "-wal");
+    let size = |p: &Path| fs::metadata(p).map_or("missing".to_string(), |m| units::bytes(m.len()));
+    let wal = crate::sqlite::companion(db, crate::sqlite::WAL);
     let mut lines = vec![format!(
         "snapshot {} ({}{}) into {}, verify: {}",
         db.display(),
@@ -364,7 +365,7 @@ fn plan_lines(
             "shrink guard: under {}% of the {} rows or {} of {name}, the archive is held and retention deletes nothing",
             share * 100.0,
             e.rows,
-            human_bytes(e.bytes)
+            units::bytes(e.bytes)
         ),
     });
     for d in &plan.retention {
@@ -535,7 +536,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         Report::new(format!(
         "wrote {} ({}, {rows} rows, {} mode){}{}; kept {kept} archives, deleted {}",
         published.display(),
-        human_bytes(archive_bytes),
+        units::bytes(archive_bytes),
         snap.journal_mode,
         shrink.as_ref().map_or(String::new(), |why| format!("; HELD, retention paused: {why}")),
         check.as_ref().filter(|c| c.foreign_key_violations > 0).map_or(String::new(), |c| format!(
@@ -956,7 +957,7 @@ mod tests {
             (
                 e(1000, 1 << 20),
                 0.5,
-                Some("its size fell from 4.0 MiB to 1.0 MiB (25.0%)"),
+                Some("its size fell from 4 MiB to 1 MiB (25.0%)"),
             ),
             (
                 e(0, 0),

@@ -24,6 +24,7 @@ use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::values::{self, Share, Size};
 use crate::config::{Checks, Config};
 use crate::gateway::Gateway;
+use crate::units;
 
 /// Each statement counting requests holds a read lock on the gateway's database; Apantli's
 /// writers wait at most 5 s for it and BobaMixer's not at all. The count is therefore split
@@ -252,8 +253,8 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
                 detail: format!(
                     "{} has {} free of {} ({}); disk_free_min is {}. It holds: {}.",
                     fs.mount.display(),
-                    fmt_bytes(fs.available_bytes),
-                    fmt_bytes(fs.total_bytes),
+                    units::bytes(fs.available_bytes),
+                    units::bytes(fs.total_bytes),
                     fmt_share(share),
                     fmt_share(min),
                     fs.holds.join(", ")
@@ -274,11 +275,11 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
             condition: "database_size".into(),
             holds: bytes > max,
             severity: Severity::Warning,
-            what: format!("gateway database larger than {}", fmt_bytes(max)),
+            what: format!("gateway database larger than {}", units::bytes(max)),
             detail: format!(
                 "{database} is {}; database_max_size is {}.",
-                fmt_bytes(bytes),
-                fmt_bytes(max)
+                units::bytes(bytes),
+                units::bytes(max)
             ),
             advice: "Archive old rows (an `archive` job with `then: delete` or `strip_payloads`), \
                      then give the space back with a `maintenance` job (`vacuum: auto` or `always`)."
@@ -290,11 +291,11 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
             condition: "wal_size".into(),
             holds: bytes > max,
             severity: Severity::Warning,
-            what: format!("gateway WAL larger than {}", fmt_bytes(max)),
+            what: format!("gateway WAL larger than {}", units::bytes(max)),
             detail: format!(
                 "{database}-wal is {}; wal_max_size is {}.",
-                fmt_bytes(bytes),
-                fmt_bytes(max)
+                units::bytes(bytes),
+                units::bytes(max)
             ),
             advice: "A WAL grows while a reader keeps an old snapshot open, so checkpoints cannot \
                      finish. Look for a long-running reader of the database (an open sqlite3 shell, \
@@ -314,8 +315,8 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
                         "The newest successful run of `{}` started at {} ({} ago); backup_max_age is {}.",
                         limit.job,
                         at.format("%Y-%m-%d %H:%M:%S UTC"),
-                        fmt_age(age),
-                        fmt_duration(limit.age)
+                        units::duration(age.to_std().unwrap_or_default()),
+                        units::duration(limit.age)
                     ),
                 )
             }
@@ -324,7 +325,7 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
                 format!(
                     "`{}` has no successful run recorded; backup_max_age is {}.",
                     limit.job,
-                    fmt_duration(limit.age)
+                    units::duration(limit.age)
                 ),
             ),
         };
@@ -335,7 +336,7 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
             what: format!(
                 "no successful {} backup within {}",
                 limit.job,
-                fmt_duration(limit.age)
+                units::duration(limit.age)
             ),
             detail,
             advice: format!(
@@ -357,13 +358,13 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
             what: format!(
                 "gateway error rate above {} over {}",
                 fmt_share(limit.share),
-                fmt_duration(limit.over)
+                units::duration(limit.over)
             ),
             detail: format!(
                 "{} of {} requests in the last {} failed ({}); error_rate_max is {}.",
                 counts.failed,
                 counts.total,
-                fmt_duration(limit.over),
+                units::duration(limit.over),
                 fmt_share(share),
                 fmt_share(limit.share)
             ),
@@ -498,7 +499,7 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
         }
     }
     if spec.wal_max_size.is_some() {
-        let wal = wal_path(&database);
+        let wal = crate::sqlite::companion(&database, crate::sqlite::WAL);
         match std::fs::metadata(&wal) {
             Ok(m) => facts.wal_bytes = Some(m.len()),
             // No WAL file: a rollback-journal database, or a WAL one with no writer open.
@@ -535,12 +536,6 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
         }
     }
     Ok(facts)
-}
-
-fn wal_path(database: &Path) -> PathBuf {
-    let mut name = database.as_os_str().to_os_string();
-    name.push("-wal");
-    PathBuf::from(name)
 }
 
 /// The directories whose filesystems `disk_free_min` watches, each with what it holds.
@@ -740,44 +735,6 @@ fn fmt_share(share: f64) -> String {
         format!("{percent:.0}%")
     } else {
         format!("{percent:.1}%")
-    }
-}
-
-/// Sizes in the decimal units the jobs file uses (`5GB`), one decimal.
-fn fmt_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)];
-    for (unit, size) in UNITS {
-        if bytes as f64 >= size {
-            let value = bytes as f64 / size;
-            return if (value - value.round()).abs() < 0.05 {
-                format!("{value:.0} {unit}")
-            } else {
-                format!("{value:.1} {unit}")
-            };
-        }
-    }
-    format!("{bytes} bytes")
-}
-
-/// A configured duration as the jobs file writes it: the largest whole unit.
-fn fmt_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs >= size && secs.is_multiple_of(size) {
-            return format!("{}{unit}", secs / size);
-        }
-    }
-    format!("{secs}s")
-}
-
-/// An elapsed time to the minute: `3d 2h`, `26h 5m` reads worse than `1d 2h 5m`.
-fn fmt_age(age: chrono::TimeDelta) -> String {
-    let minutes = age.num_minutes().max(0);
-    let (d, h, m) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
-    match (d, h) {
-        (0, 0) => format!("{m}m"),
-        (0, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h {m}m"),
     }
 }
 
@@ -1012,10 +969,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(wal.key, "health:health:wal_size");
-        assert_eq!(wal.what, "gateway WAL larger than 1 GB");
+        assert_eq!(wal.what, "gateway WAL larger than 954 MiB");
         assert!(
             wal.body
-                .contains("/var/lib/apantli/requests.db-wal is 2.5 GB"),
+                .contains("/var/lib/apantli/requests.db-wal is 2.33 GiB"),
             "{}",
             wal.body
         );
@@ -1091,17 +1048,18 @@ mod tests {
 
     #[test]
     fn figures_are_written_as_the_jobs_file_writes_them() {
-        assert_eq!(fmt_bytes(999), "999 bytes");
-        assert_eq!(fmt_bytes(1_000_000), "1 MB");
-        assert_eq!(fmt_bytes(1_234_567), "1.2 MB");
-        assert_eq!(fmt_bytes(5_000_000_000), "5 GB");
+        assert_eq!(units::bytes(999), "999 B");
+        assert_eq!(units::bytes(1_000_000), "977 KiB");
+        assert_eq!(units::bytes(1_234_567), "1.18 MiB");
+        assert_eq!(units::bytes(5_000_000_000), "4.66 GiB");
         assert_eq!(fmt_share(0.05), "5%");
         assert_eq!(fmt_share(0.125), "12.5%");
-        assert_eq!(fmt_duration(Duration::from_secs(26 * 3600)), "26h");
-        assert_eq!(fmt_duration(Duration::from_secs(86_400)), "1d");
-        assert_eq!(fmt_duration(Duration::from_secs(90)), "90s");
-        assert_eq!(fmt_age(chrono::TimeDelta::minutes(59)), "59m");
-        assert_eq!(fmt_age(chrono::TimeDelta::minutes(61)), "1h 1m");
+        assert_eq!(units::duration(Duration::from_secs(26 * 3600)), "1d 2h");
+        assert_eq!(units::duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(units::duration(Duration::from_secs(90)), "1m 30s");
+        let age = |m| units::duration(chrono::TimeDelta::minutes(m).to_std().unwrap());
+        assert_eq!(age(59), "59m");
+        assert_eq!(age(61), "1h 1m");
     }
 
     #[test]

@@ -17,9 +17,10 @@ use serde::Deserialize;
 
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::backup::{self, ScratchDb, free_bytes, human_bytes, snapshot};
+use crate::backup::{self, ScratchDb, free_bytes, snapshot};
 use crate::config::Checks;
 use crate::gateway::Gateway;
+use crate::units;
 use crate::writelock::journal_mode;
 
 /// Findings quoted in the summary and the alert; the rest are counted.
@@ -200,12 +201,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         let mut report = Report::new(format!("would run {pragma} on {db}"));
         report.plan.push(if on_copy {
             format!(
-                "copy: {bytes} bytes of {db} into {} under one read transaction, then check the copy: {pragma}, changing nothing",
+                "copy: {} of {db} into {} under one read transaction, then check the copy: {pragma}, changing nothing",
+                units::bytes(bytes),
                 ctx.config.state_dir.display()
             )
         } else {
             format!(
-                "check: {pragma} reads all {bytes} bytes of {db} in one read transaction, changing nothing"
+                "check: {pragma} reads all {} of {db} in one read transaction, changing nothing",
+                units::bytes(bytes)
             )
         });
         return Ok(report.figure("database_bytes", bytes as f64));
@@ -278,8 +281,8 @@ fn check_a_copy(
              for the whole check)",
             state_dir.display(),
             gateway.database.display(),
-            human_bytes(needed),
-            human_bytes(free)
+            units::bytes(needed),
+            units::bytes(free)
         );
     }
     let snap = match snapshot::take(gateway, &copy.0) {

@@ -208,10 +208,10 @@ impl Figures {
 
     fn summary(&self) -> String {
         format!(
-            "rotated {} of {} log file(s) ({} bytes), recorded {} first seen, deleted {} old {}, compressed {}",
+            "rotated {} of {} log file(s) ({}), recorded {} first seen, deleted {} old {}, compressed {}",
             self.rotated,
             self.matched,
-            self.bytes,
+            crate::units::bytes(self.bytes),
             self.recorded,
             self.deleted,
             if self.deleted == 1 { "copy" } else { "copies" },

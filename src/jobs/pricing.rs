@@ -881,8 +881,8 @@ fn report(
     if !dry_run {
         let _ = write!(
             summary,
-            "; longest write lock {:.1} ms",
-            pacer.longest().as_secs_f64() * 1e3
+            "; longest write lock {}",
+            crate::units::duration(pacer.longest())
         );
     }
     let mut report = Report::new(summary)

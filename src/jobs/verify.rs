@@ -16,8 +16,9 @@ use serde::Deserialize;
 use super::{Context, Kind, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel};
-use crate::backup::{self as backups, ArchiveName, Scratch, human_bytes};
+use crate::backup::{self as backups, ArchiveName, Scratch};
 use crate::config::Checks;
+use crate::units;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -186,7 +187,7 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
     backups::ensure_free(
         dir,
         manifest.size,
-        &format!("a test restore of {name} ({})", human_bytes(manifest.size)),
+        &format!("a test restore of {name} ({})", units::bytes(manifest.size)),
     )?;
     let scratch = name.scratch_path(dir, Scratch::Verify);
     let result = (|| {
@@ -203,10 +204,8 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
             foreign_key_violations: extracted.check.foreign_key_violations,
         })
     })();
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut p = scratch.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = fs::remove_file(p);
+    for suffix in crate::sqlite::WITH_COMPANIONS {
+        let _ = fs::remove_file(crate::sqlite::companion(&scratch, suffix));
     }
     result
 }

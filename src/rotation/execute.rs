@@ -20,6 +20,7 @@ use rustix::fs::{Gid, Mode, Uid};
 use super::config::{Method, Notify};
 use super::plan::{Action, FileState, Plan, Step};
 use super::survey::TEMP_SUFFIX;
+use crate::fsx::{PendingFile, sync_parent};
 use crate::pgzip::{self, ParallelGzWriter};
 
 /// gzip's own default level, the one logrotate gets from `gzip` without options.
@@ -211,23 +212,9 @@ fn run_step(step: &Step) -> Result<()> {
     }
 }
 
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Makes renames and deletions in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
-}
-
 fn remove(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Ok(()) => sync_dir(parent(path)),
+        Ok(()) => sync_parent(path),
         // Already gone (removed by hand, or by an interrupted earlier run): the goal is met.
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("deleting {}", path.display())),
@@ -251,7 +238,7 @@ fn rename_no_clobber(from: &Path, to: &Path) -> Result<()> {
     ensure_absent(to)?;
     fs::rename(from, to)
         .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
-    sync_dir(parent(to))
+    sync_parent(to)
 }
 
 /// Gives `file` the permission bits and owner of `like`.
@@ -323,54 +310,25 @@ fn move_and_create(from: &Path, to: &Path) -> Result<()> {
     created
         .sync_all()
         .with_context(|| format!("syncing {}", from.display()))?;
-    sync_dir(parent(from))
+    sync_parent(from)
 }
 
-/// A file under a temporary name that is removed unless it is renamed into place.
-struct TempFile {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempFile {
-    /// Creates `.NAME.caretaker-tmp` beside `beside`. A leftover from an interrupted run is
-    /// replaced only if `leftover_is_redundant`, i.e. its content is still in its source.
-    fn create(beside: &Path, leftover_is_redundant: bool) -> Result<(Self, File)> {
-        let name = beside.file_name().unwrap_or_default().to_string_lossy();
-        let path = beside.with_file_name(format!(".{name}{TEMP_SUFFIX}"));
-        if leftover_is_redundant {
-            remove(&path)?;
-        } else if fs::symlink_metadata(&path).is_ok() {
-            bail!(
-                "{} is left over from an interrupted copytruncate and may hold the only copy of \
-                 some log lines: move it out of the log directory by hand, then run the job again",
-                path.display()
-            );
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating temporary file {}", path.display()))?;
-        Ok((Self { path, armed: true }, file))
+/// A new file `to` under its temporary name `.NAME.caretaker-tmp` beside it (fsx's durable
+/// write: removed unless committed, committed only where nothing is yet). A leftover from an
+/// interrupted run is replaced only if `leftover_is_redundant`, i.e. its content is still
+/// in its source.
+fn pending(to: &Path, leftover_is_redundant: bool) -> Result<PendingFile> {
+    let leftover = PendingFile::fixed_temp(to);
+    if leftover_is_redundant {
+        remove(&leftover)?;
+    } else if fs::symlink_metadata(&leftover).is_ok() {
+        bail!(
+            "{} is left over from an interrupted copytruncate and may hold the only copy of \
+             some log lines: move it out of the log directory by hand, then run the job again",
+            leftover.display()
+        );
     }
-
-    fn persist(mut self, to: &Path) -> Result<()> {
-        ensure_absent(to)?;
-        fs::rename(&self.path, to)
-            .with_context(|| format!("renaming {} to {}", self.path.display(), to.display()))?;
-        self.armed = false;
-        sync_dir(parent(to))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
+    PendingFile::create_fixed(to)
 }
 
 /// Fills a new file beside `to` through `fill`, makes it durable with the source's mode,
@@ -378,19 +336,20 @@ impl Drop for TempFile {
 fn write_durably(
     source: &fs::Metadata,
     to: &Path,
-    fill: impl FnOnce(File) -> io::Result<File>,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<()> {
-    let (temp, file) = TempFile::create(to, true)?;
-    let file = fill(file).with_context(|| format!("writing {}", temp.path.display()))?;
-    copy_mode_and_owner(&file, &temp.path, source)?;
+    let mut temp = pending(to, true)?;
+    let path = temp.temp_path().to_path_buf();
+    fill(temp.file()).with_context(|| format!("writing {}", path.display()))?;
+    copy_mode_and_owner(temp.file(), &path, source)?;
     let mtime = source
         .modified()
         .context("reading the modification time of the source")?;
-    file.set_modified(mtime)
-        .with_context(|| format!("setting the modification time of {}", temp.path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("syncing {}", temp.path.display()))?;
-    temp.persist(to)
+    temp.file()
+        .set_modified(mtime)
+        .with_context(|| format!("setting the modification time of {}", path.display()))?;
+    temp.commit_new()?;
+    Ok(())
 }
 
 /// `method: copytruncate`: copy the log, then truncate it in place. Lines the writer
@@ -409,29 +368,34 @@ fn copy_and_truncate(from: &Path, to: &Path) -> Result<()> {
     let meta = source
         .metadata()
         .with_context(|| format!("examining {}", from.display()))?;
-    let (mut temp, file) = TempFile::create(to, false)?;
-    copy_mode_and_owner(&file, &temp.path, &meta)?;
+    let mut temp = pending(to, false)?;
+    let kept = temp.temp_path().to_path_buf();
+    copy_mode_and_owner(temp.file(), &kept, &meta)?;
+    // A second handle on the same open file, so that the buffered copy does not borrow `temp`.
+    let file = temp
+        .file()
+        .try_clone()
+        .with_context(|| format!("opening {} again", kept.display()))?;
     let mut writer = BufWriter::new(file);
     io::copy(&mut source, &mut writer)
         .and_then(|_| writer.flush())
         .and_then(|()| writer.get_ref().sync_data())
-        .with_context(|| format!("copying {} to {}", from.display(), temp.path.display()))?;
+        .with_context(|| format!("copying {} to {}", from.display(), kept.display()))?;
     io::copy(&mut source, &mut writer)
         .and_then(|_| writer.flush())
-        .with_context(|| format!("copying {} to {}", from.display(), temp.path.display()))?;
+        .with_context(|| format!("copying {} to {}", from.display(), kept.display()))?;
     source
         .set_len(0)
         .with_context(|| format!("truncating {} after copying it", from.display()))?;
     // From here on the copy holds the only instance of the log's content: on failure it is
     // kept under its temporary name rather than removed.
-    temp.armed = false;
-    let kept = temp.path.clone();
+    temp.keep();
     let finish = || -> Result<()> {
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        writer.into_inner().map_err(|e| e.into_error())?;
         let mtime = meta.modified()?;
-        file.set_modified(mtime)?;
-        file.sync_all()?;
-        temp.persist(to)
+        temp.file().set_modified(mtime)?;
+        temp.commit_new()?;
+        Ok(())
     };
     finish().with_context(|| {
         format!(
@@ -476,7 +440,8 @@ fn compress(from: &Path, to: &Path) -> Result<()> {
         }
         let mut writer = encoder.finish()?;
         writer.flush()?;
-        writer.into_inner().map_err(|e| e.into_error())
+        writer.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
     })
     .with_context(|| format!("compressing {} to {}", from.display(), to.display()))?;
     remove(from)
@@ -606,11 +571,11 @@ fn send_notify(notify: &Notify) -> Result<()> {
             }
             survives(pid, before, *signal).map_err(|after| {
                 WriterStopped(format!(
-                    "{signal} stopped the writer: process {} from {} was gone {} ms after the signal, so it does not reopen its log on {signal}; \
+                    "{signal} stopped the writer: process {} from {} was gone {} after the signal, so it does not reopen its log on {signal}; \
                      start it again, and rotate its log another way (docs/jobs/logrotate.md: per gateway, what works)",
                     pid.as_raw_nonzero(),
                     pid_file.display(),
-                    after.as_millis()
+                    crate::units::duration(after)
                 ))
                 .into()
             })

@@ -383,43 +383,14 @@ fn plan_file(
     file_plan
 }
 
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KB", "MB", "GB", "TB"];
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if value < 1000.0 {
-            break;
-        }
-        value /= 1000.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
-
-/// `30d`, `6h`, `90s`: the largest unit of the jobs file's syntax that divides `age` exactly.
-fn human_duration(age: Duration) -> String {
-    let secs = age.as_secs();
-    [(604_800, "w"), (86_400, "d"), (3_600, "h"), (60, "m")]
-        .into_iter()
-        .find(|&(unit, _)| secs > 0 && secs.is_multiple_of(unit))
-        .map_or_else(
-            || format!("{secs}s"),
-            |(unit, name)| format!("{}{name}", secs / unit),
-        )
-}
-
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Trigger::MaxSize { size, max_size } => write!(
                 f,
                 "size {} is over max_size {}",
-                human_size(*size),
-                human_size(*max_size)
+                crate::units::bytes(*size),
+                crate::units::bytes(*max_size)
             ),
             Trigger::Period {
                 period,
@@ -455,14 +426,14 @@ impl fmt::Display for SkipReason {
             SkipReason::NotOverMaxSize { size, max_size } => write!(
                 f,
                 "size {} is not over max_size {}",
-                human_size(*size),
-                human_size(*max_size)
+                crate::units::bytes(*size),
+                crate::units::bytes(*max_size)
             ),
             SkipReason::BelowMinSize { size, min_size } => write!(
                 f,
                 "size {} is below min_size {}",
-                human_size(*size),
-                human_size(*min_size)
+                crate::units::bytes(*size),
+                crate::units::bytes(*min_size)
             ),
             SkipReason::Empty => f.write_str("empty (if_empty: false)"),
             SkipReason::TargetExists(path) => write!(
@@ -482,7 +453,7 @@ impl fmt::Display for Step {
                 match why {
                     DeleteWhy::BeyondRotate(keep) => write!(f, "beyond rotate: {keep})"),
                     DeleteWhy::OlderThanMaxAge(age) => {
-                        write!(f, "older than max_age: {})", human_duration(*age))
+                        write!(f, "older than max_age: {})", crate::units::duration(*age))
                     }
                     DeleteWhy::RotateZero => f.write_str("rotate: 0)"),
                 }

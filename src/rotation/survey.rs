@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::config::RotateSpec;
 
 /// Suffix of the temporary files this module writes next to logs; never taken for a log.
-pub(crate) const TEMP_SUFFIX: &str = ".caretaker-tmp";
+pub(crate) const TEMP_SUFFIX: &str = crate::fsx::TEMP_MARKER;
 
 /// What the planner knows about one matched path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@ use crate::fsx::{self, PendingFile};
 use crate::gateway::Preset;
 use crate::jobs::{Context, Report};
 use crate::pgzip::ParallelGzWriter;
+use crate::units;
 use crate::writelock::{HOLD_LIMIT, Pacer};
 
 /// State namespace of the pending-batch records, keyed by job name.
@@ -560,18 +561,24 @@ impl Archiver<'_, '_> {
         let cutoff =
             self.ctx.now - chrono::Duration::from_std(self.spec.older_than).unwrap_or_default();
         lines.push(format!(
-            "archive: {rows} rows of `{table}` older than {} ({}, rows: {}), {bytes} bytes of row data, into {files} {} files in {}",
+            "archive: {rows} rows of `{table}` older than {} ({}, rows: {}), {} of row data, into {files} {} files in {}",
             bound.describe(),
             cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             self.spec.rows.name(),
+            units::bytes(bytes),
             self.spec.format.extension(),
             self.spec.to.display()
         ));
         lines.push(match self.spec.then {
-            Then::Delete => format!("delete: {rows} rows ({bytes} bytes) from `{table}` in write transactions of about {} ms each", TARGET_HOLD.as_millis()),
+            Then::Delete => format!(
+                "delete: {rows} rows ({}) from `{table}` in write transactions of about {} each",
+                units::bytes(bytes),
+                units::duration(TARGET_HOLD)
+            ),
             Then::StripPayloads => format!(
-                "strip: set {} to NULL in {rows} rows of `{table}` ({payload} payload bytes)",
-                selection.table.payload_columns().join(", ")
+                "strip: set {} to NULL in {rows} rows of `{table}` ({} of payloads)",
+                selection.table.payload_columns().join(", "),
+                units::bytes(payload)
             ),
         });
         let mut orphans = 0;
@@ -587,7 +594,8 @@ impl Archiver<'_, '_> {
             ));
         }
         let mut report = Report::new(format!(
-            "would archive {rows} rows ({bytes} bytes) into {files} files"
+            "would archive {rows} rows ({}) into {files} files",
+            units::bytes(bytes)
         ))
         .figure("rows", rows as f64)
         .figure("bytes", bytes as f64)
@@ -604,11 +612,11 @@ impl Archiver<'_, '_> {
             Then::StripPayloads => "stripped",
         };
         let mut summary = format!(
-            "archived {} rows older than {} into {} files ({} bytes) in {}; {} rows {verb}",
+            "archived {} rows older than {} into {} files ({}) in {}; {} rows {verb}",
             t.rows,
             bound.describe(),
             t.files,
-            t.file_bytes,
+            units::bytes(t.file_bytes),
             self.spec.to.display(),
             t.purged
         );
@@ -622,10 +630,10 @@ impl Archiver<'_, '_> {
             ));
         }
         summary.push_str(&format!(
-            "; longest write lock {:.1} ms over {} transactions, longest read {:.1} ms",
-            ms(self.pacer.longest()),
+            "; longest write lock {} over {} transactions, longest read {}",
+            units::duration(self.pacer.longest()),
             self.pacer.transactions(),
-            ms(t.longest_read)
+            units::duration(t.longest_read)
         ));
         Report::new(summary)
             .figure("rows_archived", t.rows as f64)
