@@ -193,12 +193,24 @@ pub fn usd_change(v: f64) -> String {
     }
 }
 
-/// An amount of bytes as a person reads it, in binary units with their IEC names: exact
-/// bytes under 1 KiB (`812 B`), then 3 significant digits (`1.5 GiB`, `812 KiB`, `12.3 MiB`).
-/// Every message, summary, alert and dry-run says sizes this way (docs/design.md, "Units");
-/// the state database, `status --json` and the metrics file keep the raw byte count.
+/// An amount of bytes as a person reads it. A whole number (under 1000) of a decimal or binary
+/// unit reads in that unit, as a jobs file writes a limit (`5 GB`, `512 MiB`, `1 KB`), so a
+/// threshold reads back as it was written; any other amount reads in binary units with their
+/// IEC names: exact bytes under 1 KiB (`812 B`), then 3 significant digits (`1.5 GiB`,
+/// `812 KiB`, `12.3 MiB`). Every message, summary, alert and dry-run says sizes this way
+/// (docs/design.md, "Units"); the state database, `status --json` and the metrics file keep
+/// the raw byte count.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    const DECIMAL: [&str; 6] = ["KB", "MB", "GB", "TB", "PB", "EB"];
+    for k in (1..=6u32).rev() {
+        for (base, names) in [(1024u64, &UNITS), (1000, &DECIMAL)] {
+            let unit = base.pow(k);
+            if n >= unit && n % unit == 0 && n / unit < 1000 {
+                return format!("{} {}", n / unit, names[k as usize - 1]);
+            }
+        }
+    }
     if n < 1024 {
         return format!("{n} B");
     }
@@ -215,6 +227,11 @@ pub fn bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{text} {}", UNITS[unit])
+}
+
+/// A duration as a figure in milliseconds, to a tenth: what summaries and metrics carry.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// A duration as a person reads it: milliseconds under a second (`42 ms`, `0.35 ms`, 3
@@ -403,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_read_in_binary_units() {
+    fn bytes_read_as_written_when_whole_else_in_binary_units() {
         let cases: &[(u64, &str)] = &[
             (0, "0 B"),
             (12, "12 B"),
@@ -411,15 +428,19 @@ mod tests {
             (1024, "1 KiB"),
             (1536, "1.5 KiB"),
             (831_488, "812 KiB"),
-            (1_000_000, "977 KiB"),
+            (1000, "1 KB"),
+            (1_000_000, "1 MB"),
+            (1_000_001, "977 KiB"),
             (1_048_063, "1023 KiB"),
             (1_048_575, "1 MiB"),
             (1_234_567, "1.18 MiB"),
             (4 << 20, "4 MiB"),
             (12_900_000, "12.3 MiB"),
-            (1_000_000_000, "954 MiB"),
+            (1_000_000_000, "1 GB"),
+            (999_999_999, "954 MiB"),
             (3 << 29, "1.5 GiB"),
-            (5_000_000_000, "4.66 GiB"),
+            (5_000_000_000, "5 GB"),
+            (5_000_000_001, "4.66 GiB"),
             (2 << 40, "2 TiB"),
             (u64::MAX, "16 EiB"),
         ];

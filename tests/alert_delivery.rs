@@ -44,7 +44,7 @@ fn subjects(maildir: &Path) -> BTreeMap<String, usize> {
 }
 
 fn subject(job: &str) -> String {
-    format!("[caretaker] warning {job}: gateway database larger than 1000 B")
+    format!("[caretaker] warning {job}: gateway database larger than 1 KB")
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     );
     let text = body(raw);
     assert!(text.contains(&format!("{} is ", db.display())), "{text}");
-    assert!(text.contains("database_max_size is 1000 B"), "{text}");
+    assert!(text.contains("database_max_size is 1 KB"), "{text}");
     assert!(text.contains("Archive old rows"), "{text}");
 
     // 2. The server goes away: two more alerts queue and their first attempts fail. Stop it

@@ -137,7 +137,7 @@ fn a_wal_grown_by_the_gateway_alerts_then_resolves() {
     assert_eq!(
         alerts_for(&alerts, key),
         [raised(
-            "[caretaker] warning wal: gateway WAL larger than 977 KiB"
+            "[caretaker] warning wal: gateway WAL larger than 1 MB"
         )]
     );
 
@@ -153,8 +153,8 @@ fn a_wal_grown_by_the_gateway_alerts_then_resolves() {
     assert_eq!(
         alerts_for(&alerts, key),
         [
-            raised("[caretaker] warning wal: gateway WAL larger than 977 KiB"),
-            resolved("[caretaker] info wal: resolved: gateway WAL larger than 977 KiB"),
+            raised("[caretaker] warning wal: gateway WAL larger than 1 MB"),
+            resolved("[caretaker] info wal: resolved: gateway WAL larger than 1 MB"),
         ]
     );
 }
@@ -369,8 +369,7 @@ fn dry_run_shows_the_verdicts_and_queues_nothing() {
     assert!(output.status.success(), "{}", describe(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout
-            .contains("would raise health:size:database_size: gateway database larger than 1000 B"),
+        stdout.contains("would raise health:size:database_size: gateway database larger than 1 KB"),
         "{stdout}"
     );
     assert!(!dir.path().join("alerts.jsonl").exists());

@@ -969,7 +969,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(wal.key, "health:health:wal_size");
-        assert_eq!(wal.what, "gateway WAL larger than 954 MiB");
+        assert_eq!(wal.what, "gateway WAL larger than 1 GB");
         assert!(
             wal.body
                 .contains("/var/lib/apantli/requests.db-wal is 2.33 GiB"),
@@ -1049,9 +1049,9 @@ mod tests {
     #[test]
     fn figures_are_written_as_the_jobs_file_writes_them() {
         assert_eq!(units::bytes(999), "999 B");
-        assert_eq!(units::bytes(1_000_000), "977 KiB");
+        assert_eq!(units::bytes(1_000_000), "1 MB");
         assert_eq!(units::bytes(1_234_567), "1.18 MiB");
-        assert_eq!(units::bytes(5_000_000_000), "4.66 GiB");
+        assert_eq!(units::bytes(5_000_000_000), "5 GB");
         assert_eq!(fmt_share(0.05), "5%");
         assert_eq!(fmt_share(0.125), "12.5%");
         assert_eq!(units::duration(Duration::from_secs(26 * 3600)), "1d 2h");

@@ -20,10 +20,11 @@ use serde::Deserialize;
 
 use super::{Context, Kind, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::backup::{self, ScratchDb, human_bytes, snapshot};
+use crate::backup::{self, ScratchDb, snapshot};
 use crate::config::values::Share;
 use crate::config::{Checks, Config};
 use crate::gateway::{Gateway, Preset};
+use crate::units::{self, millis as ms};
 use crate::writelock::{self, Pacer};
 
 /// Rows ANALYZE samples per index: enough for the planner, milliseconds of lock.
@@ -206,10 +207,10 @@ pub fn gateway_problems(spec: &Spec, gateway: &Gateway) -> Vec<(String, String)>
             "vacuum_max_lock".into(),
             format!(
                 "{} is not under {}'s {} busy timeout: a write that waits that long is lost; accepted: a lock time well under it (default {}), or `vacuum: always` in a window when the gateway is stopped",
-                lock_text(set),
+                units::duration(set),
                 preset_name(preset),
-                lock_text(wait),
-                lock_text(wait.mul_f64(SHARE_OF_GATEWAY_WAIT))
+                units::duration(wait),
+                units::duration(wait.mul_f64(SHARE_OF_GATEWAY_WAIT))
             ),
         )),
         _ => {}
@@ -284,7 +285,7 @@ impl Facts {
             self.freelist_count,
             self.page_count,
             self.free_share() * 100.0,
-            human_bytes(self.freelist_count * self.page_size)
+            units::bytes(self.freelist_count * self.page_size)
         )
     }
 }
@@ -381,19 +382,10 @@ pub fn judge(trial: Duration, bound: Duration) -> Result<Duration, String> {
     } else {
         Err(format!(
             "a trial VACUUM of a copy took {}, so the exclusive lock on the gateway would last about {} (times {TRIAL_MARGIN} for load), over vacuum_max_lock {}",
-            lock_text(trial),
-            lock_text(expected),
-            lock_text(bound)
+            units::duration(trial),
+            units::duration(expected),
+            units::duration(bound)
         ))
-    }
-}
-
-/// `840 ms`, `5.53 s`: a lock time as a person reads it.
-fn lock_text(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{:.1} ms", d.as_secs_f64() * 1e3)
-    } else {
-        format!("{:.2} s", d.as_secs_f64())
     }
 }
 
@@ -552,15 +544,15 @@ impl Vacuumed {
         match (self.bound, self.full) {
             (Some(bound), Some(held)) if held > bound => Some(format!(
                 "VACUUM held the exclusive lock {}, over its bound of {}",
-                lock_text(held),
-                lock_text(bound)
+                units::duration(held),
+                units::duration(bound)
             )),
             (Some(bound), None) if self.steps_over > 0 => Some(format!(
                 "{} of {} incremental vacuum steps held the write lock over their bound of {} (longest {})",
                 self.steps_over,
                 self.steps,
-                lock_text(bound),
-                lock_text(self.longest_step)
+                units::duration(bound),
+                units::duration(self.longest_step)
             )),
             _ => None,
         }
@@ -607,8 +599,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             .context("running ANALYZE and PRAGMA optimize on the gateway database")
         })?;
         done.push(format!(
-            "ANALYZE and optimize held the write lock {:.1} ms",
-            ms(held)
+            "ANALYZE and optimize held the write lock {}",
+            units::duration(held)
         ));
         ctx.checkpoint()?;
     }
@@ -633,8 +625,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             let message = format!(
                 "VACUUM of {} refused: it needs about {} free on its filesystem (twice the database), only {} are available; free space there or set `vacuum: never`",
                 db.display(),
-                human_bytes(*needed),
-                human_bytes(*available)
+                units::bytes(*needed),
+                units::bytes(*available)
             );
             ctx.alerts.push(AlertEvent::Raise(Alert {
                 key: space_key,
@@ -712,10 +704,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             } else {
                 "VACUUM"
             },
-            lock_text(held)
+            units::duration(held)
         );
         if let Some(expected) = vacuumed.expected {
-            line.push_str(&format!(" (expected {})", lock_text(expected)));
+            line.push_str(&format!(" (expected {})", units::duration(expected)));
         }
         if vacuumed.bound.is_none() {
             // `always` or `vacuum_convert`: the operator's consent; said, not alerted.
@@ -723,7 +715,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 Some(wait) if held >= wait => line.push_str(&format!(
                     ", longer than {}'s {} busy timeout: only safe with the gateway stopped",
                     preset_name(gateway.preset),
-                    lock_text(wait)
+                    units::duration(wait)
                 )),
                 Some(_) => {}
                 None => line.push_str(&format!(
@@ -769,8 +761,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let files_after = backup::database_bytes(db);
     done.push(format!(
         "size {} -> {} ({} -> {} free pages)",
-        human_bytes(files_before),
-        human_bytes(files_after),
+        units::bytes(files_before),
+        units::bytes(files_after),
         before.freelist_count,
         after.freelist_count
     ));
@@ -856,10 +848,6 @@ fn reclaim(
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
-}
-
 fn describe(plan: &Plan, facts: &Facts) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(note) = &plan.checkpoint_note {
@@ -876,7 +864,7 @@ fn describe(plan: &Plan, facts: &Facts) -> Vec<String> {
     let rewrite = |convert: bool| {
         format!(
             "rewrite {} ({}){} under an exclusive lock",
-            human_bytes(facts.bytes()),
+            units::bytes(facts.bytes()),
             facts.free_text(),
             if convert {
                 " switching it to auto_vacuum = INCREMENTAL"
@@ -890,7 +878,7 @@ fn describe(plan: &Plan, facts: &Facts) -> Vec<String> {
         VacuumDecision::Blocked(why) => format!("vacuum: skipped with an alert, {why}"),
         VacuumDecision::Trial { convert, bound } => format!(
             "vacuum: VACUUM a copy first; if that, times {TRIAL_MARGIN}, is within {}, {}",
-            lock_text(*bound),
+            units::duration(*bound),
             rewrite(*convert)
         ),
         VacuumDecision::Run { convert } => format!("vacuum: {}", rewrite(*convert)),
@@ -900,8 +888,8 @@ fn describe(plan: &Plan, facts: &Facts) -> Vec<String> {
         ),
         VacuumDecision::NoRoom { needed, available } => format!(
             "vacuum: would be refused, needs {} free, {} available",
-            human_bytes(*needed),
-            human_bytes(*available)
+            units::bytes(*needed),
+            units::bytes(*available)
         ),
     });
     lines
@@ -937,8 +925,8 @@ fn checkpoint(
                 match result {
                     Ok(((0, _, done), held)) => {
                         outcome = Ok(format!(
-                            "truncate checkpoint copied {done} WAL frames and emptied the WAL in {:.1} ms (try {attempt})",
-                            ms(held)
+                            "truncate checkpoint copied {done} WAL frames and emptied the WAL in {} (try {attempt})",
+                            units::duration(held)
                         ));
                         break;
                     }
@@ -1154,16 +1142,15 @@ mod tests {
             let got = judge(Duration::from_millis(trial), Duration::from_millis(bound));
             match (got, expected) {
                 (Ok(e), Ok(want)) => assert_eq!(e.as_millis(), want, "{trial}"),
-                (Err(why), Err(())) => assert!(
-                    why.contains("over vacuum_max_lock 2.00 s"),
-                    "{trial}: {why}"
-                ),
+                (Err(why), Err(())) => {
+                    assert!(why.contains("over vacuum_max_lock 2 s"), "{trial}: {why}")
+                }
                 (got, _) => panic!("trial {trial} ms: {got:?}"),
             }
         }
         let why = judge(Duration::from_millis(1384), Duration::from_secs(1)).unwrap_err();
         assert!(
-            why.contains("took 1.38 s") && why.contains("about 5.54 s"),
+            why.contains("took 1.4 s") && why.contains("about 5.5 s"),
             "{why}"
         );
     }
@@ -1183,7 +1170,7 @@ mod tests {
         };
         assert_eq!(
             over.over_bound().unwrap(),
-            "VACUUM held the exclusive lock 1.20 s, over its bound of 1.00 s"
+            "VACUUM held the exclusive lock 1.2 s, over its bound of 1 s"
         );
         // `vacuum: always` holds no bound: its lock is reported, not judged.
         let consented = Vacuumed {
@@ -1200,7 +1187,7 @@ mod tests {
         };
         assert_eq!(
             steps.over_bound().unwrap(),
-            "2 of 9 incremental vacuum steps held the write lock over their bound of 500.0 ms (longest 600.0 ms)"
+            "2 of 9 incremental vacuum steps held the write lock over their bound of 500 ms (longest 600 ms)"
         );
     }
 

@@ -18,7 +18,7 @@ use crate::fsx::{self, PendingFile};
 use crate::gateway::Preset;
 use crate::jobs::{Context, Report};
 use crate::pgzip::ParallelGzWriter;
-use crate::units;
+use crate::units::{self, millis as ms};
 use crate::writelock::{HOLD_LIMIT, Pacer};
 
 /// State namespace of the pending-batch records, keyed by job name.
@@ -648,10 +648,6 @@ impl Archiver<'_, '_> {
             .figure("lock_seconds", self.pacer.total().as_secs_f64())
             .figure("longest_read_ms", ms(t.longest_read))
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// Rows for the next write transaction, aiming its lock time at [`TARGET_HOLD`].
