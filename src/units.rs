@@ -206,7 +206,7 @@ pub fn bytes(n: u64) -> String {
     for k in (1..=6u32).rev() {
         for (base, names) in [(1024u64, &UNITS), (1000, &DECIMAL)] {
             let unit = base.pow(k);
-            if n >= unit && n % unit == 0 && n / unit < 1000 {
+            if n >= unit && n.is_multiple_of(unit) && n / unit < 1000 {
                 return format!("{} {}", n / unit, names[k as usize - 1]);
             }
         }
