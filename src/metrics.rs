@@ -291,7 +291,13 @@ pub fn render(snapshot: &Snapshot) -> String {
         for j in jobs {
             if let Some(l) = &j.locks {
                 let s = &l.stats;
-                for (q, d) in [("0.5", s.p50), ("0.99", s.p99), ("1", s.max)] {
+                // A run that held no lock has no quantiles, only its count of 0.
+                let quantiles = if s.count > 0 {
+                    vec![("0.5", s.p50), ("0.99", s.p99), ("1", s.max)]
+                } else {
+                    Vec::new()
+                };
+                for (q, d) in quantiles {
                     f.sample(
                         name,
                         &[("job", &j.name), ("kind", j.kind), ("quantile", q)],
