@@ -208,10 +208,7 @@ fn gateway_locks(state: &State, job: &Job, holds: &[Hold], events: &mut Vec<Aler
         return String::new();
     }
     let key = format!("lock-over-bound:{}", job.name);
-    let what = format!(
-        "a {} job held a lock on the gateway longer than documented",
-        job.kind.name()
-    );
+    let what = "a lock on the gateway database lasted longer than documented".to_string();
     let mut words = stats.to_string();
     let Some(&(longest, limit)) = over.iter().max_by_key(|(held, _)| *held) else {
         events.push(AlertEvent::Resolve {

@@ -38,7 +38,7 @@ use anyhow::Context;
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::Stop;
+use crate::jobs::{Stop, Stopped};
 
 /// How long the gateway must have been quiet after a commit before we start (WAL). BobaMixer
 /// writes a new session and its first record as two `sqlite3` processes, a process start
@@ -556,7 +556,8 @@ pub fn patiently<T>(
         };
         tries += 1;
         let gave_up = match stop.check() {
-            Err(stopped) => Some(stopped.to_string()),
+            Err(Stopped::Timeout) => Some("the job's `timeout` ran out".to_string()),
+            Err(Stopped::Shutdown) => Some("the daemon is shutting down".to_string()),
             Ok(()) if stop.deadline().is_none() && began.elapsed() >= PATIENCE_WITHOUT_TIMEOUT => {
                 Some(format!(
                     "the job has no `timeout` and {} s passed",
@@ -810,17 +811,17 @@ mod tests {
     fn lock_stats_are_nearest_rank_percentiles() {
         let ms = Duration::from_millis;
         let ms_list = |v: &[u64]| v.iter().map(|&m| ms(m)).collect::<Vec<_>>();
-        // (holds in ms, count, p50, p99, max, total)
+        // (holds in ms, [count, p50, p99, max, total])
         let hundred: Vec<u64> = (1..=100).rev().collect();
-        let table: [(&[u64], u64, u64, u64, u64, u64); 6] = [
-            (&[], 0, 0, 0, 0, 0),
-            (&[7], 1, 7, 7, 7, 7),
-            (&[9, 1], 2, 1, 9, 9, 10),
-            (&[4, 1, 3, 2], 4, 2, 4, 4, 10),
-            (&[5, 1, 3], 3, 3, 5, 5, 9),
-            (&hundred, 100, 50, 99, 100, 5050),
+        let table: [(&[u64], [u64; 5]); 6] = [
+            (&[], [0, 0, 0, 0, 0]),
+            (&[7], [1, 7, 7, 7, 7]),
+            (&[9, 1], [2, 1, 9, 9, 10]),
+            (&[4, 1, 3, 2], [4, 2, 4, 4, 10]),
+            (&[5, 1, 3], [3, 3, 5, 5, 9]),
+            (&hundred, [100, 50, 99, 100, 5050]),
         ];
-        for (holds, count, p50, p99, max, total) in table {
+        for (holds, [count, p50, p99, max, total]) in table {
             assert_eq!(
                 lock_stats(&ms_list(holds)),
                 LockStats {
@@ -993,7 +994,10 @@ mod tests {
             e.contains("another connection kept it locked through"),
             "{e}"
         );
-        assert!(e.contains("the job ran past its timeout"), "{e}");
+        assert!(
+            e.contains("gave up because the job's `timeout` ran out"),
+            "{e}"
+        );
         // Any other error is not waited for.
         let mut tries = 0;
         let other = patiently("reading", || {

@@ -248,9 +248,7 @@ fn archive_and_pricing_fail_with_an_alert_when_the_lock_outlasts_their_timeout()
         let both = format!("{stdout}\n{stderr}");
         assert!(
             both.contains("another connection kept it locked through")
-                && both.contains(
-                    "gave up because stopped at a safe point because the job ran past its timeout"
-                ),
+                && both.contains("gave up because the job's `timeout` ran out"),
             "{job}: {both}"
         );
         assert_eq!(
