@@ -35,6 +35,18 @@ pub struct BudgetSpend {
     pub limit_usd: f64,
 }
 
+/// Where the runner keeps each job's last run's locks on the gateway, keyed by job name:
+/// `state.put(LOCKS_NS, <job>, &RunLocks)`.
+pub const LOCKS_NS: &str = "locks";
+
+/// The locks a job's last recorded run held on the gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunLocks {
+    pub stats: crate::writelock::LockStats,
+    /// How many were longer than the docs promise for the job's kind.
+    pub over_bound: u64,
+}
+
 /// One job as the metrics file shows it.
 #[derive(Debug, Clone)]
 pub struct JobMetrics {
@@ -45,6 +57,8 @@ pub struct JobMetrics {
     /// The figures of the last successful run (a failed run has none).
     pub figures: Vec<(String, f64)>,
     pub budgets: Vec<BudgetSpend>,
+    /// The gateway locks of its last run that took any part in them (kinds that lock).
+    pub locks: Option<RunLocks>,
 }
 
 /// Everything the metrics file shows, read at one moment.
@@ -77,6 +91,12 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
                 None
             })
             .unwrap_or_default();
+        let locks = state
+            .get::<RunLocks>(LOCKS_NS, &job.name)
+            .unwrap_or_else(|e| {
+                tracing::debug!(job = %job.name, "lock figures not shown in the metrics file: {e:#}");
+                None
+            });
         jobs.push(JobMetrics {
             name: job.name.clone(),
             kind: job.kind.name(),
@@ -84,6 +104,7 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
             last_success: last_success.map(|r| r.started_at),
             figures,
             budgets,
+            locks,
         });
     }
     let size = |path: &Path| std::fs::metadata(path).ok().map(|m| m.len());
@@ -259,6 +280,55 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
     {
+        // A summary: the quantiles of one run's locks (1 is the longest), their sum and count.
+        let name = "caretaker_job_lock_seconds";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "summary",
+            "The locks the job's last run held on the gateway database (quantile 1 is the longest).",
+        );
+        for j in jobs {
+            if let Some(l) = &j.locks {
+                let s = &l.stats;
+                // A run that held no lock has no quantiles, only its count of 0.
+                let quantiles = if s.count > 0 {
+                    vec![("0.5", s.p50), ("0.99", s.p99), ("1", s.max)]
+                } else {
+                    Vec::new()
+                };
+                for (q, d) in quantiles {
+                    f.sample(
+                        name,
+                        &[("job", &j.name), ("kind", j.kind), ("quantile", q)],
+                        d.as_secs_f64(),
+                    );
+                }
+                let labels = [("job", j.name.as_str()), ("kind", j.kind)];
+                f.sample(&format!("{name}_sum"), &labels, s.total.as_secs_f64());
+                f.sample(&format!("{name}_count"), &labels, s.count as f64);
+            }
+        }
+    }
+    {
+        let name = "caretaker_job_locks_over_bound";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "How many of the job's last run's gateway locks were longer than the docs promise for its kind.",
+        );
+        for j in jobs {
+            if let Some(l) = &j.locks {
+                f.sample(
+                    name,
+                    &[("job", &j.name), ("kind", j.kind)],
+                    l.over_bound as f64,
+                );
+            }
+        }
+    }
+    {
         let name = "caretaker_gateway_database_bytes";
         let mut f = Family::new(
             &mut out,
@@ -358,6 +428,8 @@ pub fn write(config: &Config, state: &State, path: &Path) -> anyhow::Result<()> 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use chrono::TimeZone;
 
     use super::*;
@@ -387,6 +459,14 @@ mod tests {
                     last_success: Some(t - chrono::TimeDelta::days(1)),
                     figures: vec![("bytes_written".into(), 1234.5)],
                     budgets: Vec::new(),
+                    locks: Some(RunLocks {
+                        stats: crate::writelock::lock_stats(&[
+                            Duration::from_millis(4),
+                            Duration::from_millis(6),
+                            Duration::from_millis(250),
+                        ]),
+                        over_bound: 1,
+                    }),
                 },
                 JobMetrics {
                     name: "never".into(),
@@ -395,6 +475,7 @@ mod tests {
                     last_success: None,
                     figures: Vec::new(),
                     budgets: Vec::new(),
+                    locks: None,
                 },
             ],
             database_bytes: Some(4096),
@@ -413,6 +494,12 @@ mod tests {
             "caretaker_gateway_database_bytes 4096",
             "caretaker_gateway_wal_bytes 0",
             "caretaker_alerts_undelivered 2",
+            "caretaker_job_lock_seconds{job=\"nightly\",kind=\"backup\",quantile=\"0.5\"} 0.006",
+            "caretaker_job_lock_seconds{job=\"nightly\",kind=\"backup\",quantile=\"0.99\"} 0.25",
+            "caretaker_job_lock_seconds{job=\"nightly\",kind=\"backup\",quantile=\"1\"} 0.25",
+            "caretaker_job_lock_seconds_sum{job=\"nightly\",kind=\"backup\"} 0.26",
+            "caretaker_job_lock_seconds_count{job=\"nightly\",kind=\"backup\"} 3",
+            "caretaker_job_locks_over_bound{job=\"nightly\",kind=\"backup\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

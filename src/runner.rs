@@ -16,6 +16,7 @@ use crate::jobs::{Context, Job, Report, Stop, Stopped};
 use crate::locks;
 use crate::redact;
 use crate::state::State;
+use crate::writelock::{self, Hold};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -126,8 +127,11 @@ pub fn run(
         stop,
         alerts: Vec::new(),
     };
-    let result = catch_unwind(AssertUnwindSafe(|| job.kind.run(&mut ctx)));
+    let (result, holds) = writelock::during_run(ctx.stop.clone(), || {
+        catch_unwind(AssertUnwindSafe(|| job.kind.run(&mut ctx)))
+    });
     let mut events = std::mem::take(&mut ctx.alerts);
+    let locks = (!dry_run).then(|| gateway_locks(state, job, &holds, &mut events));
     let result = match result {
         Ok(r) => r.map(redacted),
         Err(panic) => {
@@ -144,7 +148,11 @@ pub fn run(
     let seconds = started.elapsed().as_secs_f64();
     let failure_key = format!("job-failed:{}", job.name);
     match result {
-        Ok(report) => {
+        Ok(mut report) => {
+            if let Some(locks) = locks.filter(|l| !l.is_empty()) {
+                report.summary.push_str("; ");
+                report.summary.push_str(&locks);
+            }
             // Rounded for the reader; the state and the metrics keep the whole figures.
             tracing::info!(job = %job.name, seconds = %crate::units::number(seconds), summary = %report.summary_line(), "job succeeded");
             if !dry_run {
@@ -195,6 +203,60 @@ fn redacted(mut report: Report) -> Report {
     report.figures.iter_mut().for_each(|(name, _)| clean(name));
     report.plan.iter_mut().for_each(clean);
     report
+}
+
+/// The locks a run held on the gateway: kept for the metrics file, a warning for every one
+/// longer than the docs promise for the job's kind (resolved by a run with none), and the
+/// words for the summary ("" when it held none).
+fn gateway_locks(state: &State, job: &Job, holds: &[Hold], events: &mut Vec<AlertEvent>) -> String {
+    let Some(bound) = writelock::bound(job.kind.name()) else {
+        return String::new();
+    };
+    let stats = writelock::lock_stats(&holds.iter().map(|h| h.held).collect::<Vec<_>>());
+    let over = writelock::over_bound(bound, holds);
+    let record = crate::metrics::RunLocks {
+        stats,
+        over_bound: over.len() as u64,
+    };
+    if let Err(e) = state.put(crate::metrics::LOCKS_NS, &job.name, &record) {
+        tracing::warn!(error = %format!("{e:#}"), "could not keep the run's lock figures");
+    }
+    if holds.is_empty() {
+        return String::new();
+    }
+    let key = format!("lock-over-bound:{}", job.name);
+    let what = "a lock on the gateway database lasted longer than documented".to_string();
+    let mut words = stats.to_string();
+    let Some(&(longest, limit)) = over.iter().max_by_key(|(held, _)| *held) else {
+        events.push(AlertEvent::Resolve {
+            key,
+            job: Some(job.name.clone()),
+            what,
+        });
+        return words;
+    };
+    let said = format!(
+        "{} of {} locks longer than the docs promise for {} jobs (the longest {}, its bound {})",
+        over.len(),
+        stats.count,
+        job.kind.name(),
+        crate::units::duration(longest),
+        crate::units::duration(limit)
+    );
+    words.push_str(&format!("; {said}"));
+    events.push(AlertEvent::Raise(Alert {
+        key,
+        severity: Severity::Warning,
+        job: Some(job.name.clone()),
+        what,
+        body: format!(
+            "The {} job `{}` held {said}; its {stats}. The gateway's writers wait for our locks, and a lock near the gateway's busy timeout (Apantli: 5 s) costs it requests. A loaded machine or a slow disk stretches locks: see docs/jobs/{}.md for the bound and what lengthens it.",
+            job.kind.name(),
+            job.name,
+            job.kind.name(),
+        ),
+    }));
+    words
 }
 
 fn push_failure(config: &Config, job: &Job, message: &str, events: &mut Vec<AlertEvent>) {

@@ -20,7 +20,15 @@
 //! once. There we wait until the gateway has just committed and then stayed quiet for a moment,
 //! and start right then: a gateway that records after each completed LLM call rarely writes
 //! again within milliseconds of its last write.
+//!
+//! Two rules hold for every job whatever its pacing, and live here so they are one rule:
+//! - every lock that holds the gateway off is recorded for the run ([`record`]; the pacer's
+//!   own locks are recorded by it), summed up as [`LockStats`] and judged against the bound
+//!   the docs promise for the job's kind ([`bound`]);
+//! - a gateway that keeps its lock past our busy timeout is waited for, with backoff, within
+//!   the job's time budget, and only then is the run failed ([`patiently`]).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
@@ -28,6 +36,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rusqlite::{Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::jobs::{Stop, Stopped};
 
 /// How long the gateway must have been quiet after a commit before we start (WAL). BobaMixer
 /// writes a new session and its first record as two `sqlite3` processes, a process start
@@ -89,14 +100,21 @@ pub struct Pacer {
 }
 
 impl Pacer {
+    /// Reading the journal mode needs a shared lock, so it waits for a busy gateway like our
+    /// transactions do ([`patiently`]).
     pub fn new(conn: &Connection) -> anyhow::Result<Pacer> {
-        let mode = journal_mode(conn)?;
+        let mode = patiently("reading the journal mode", || journal_mode(conn))?;
         // Only a journal deleted at each commit tells, by being there, that a transaction is
         // writing; `truncate` and `persist` leave theirs in place.
         let journal = (mode == "delete")
             .then(|| conn.path().filter(|p| !p.is_empty()))
             .flatten()
-            .map(|p| JournalWatch::new(crate::backup::sqlite_companion(Path::new(p), "-journal")));
+            .map(|p| {
+                JournalWatch::new(crate::sqlite::companion(
+                    Path::new(p),
+                    crate::sqlite::JOURNAL,
+                ))
+            });
         Ok(Pacer {
             wal: mode == "wal",
             journal,
@@ -130,44 +148,65 @@ impl Pacer {
 
     /// Runs `work` in a write transaction (`BEGIN IMMEDIATE`) started at a good moment, and
     /// returns its result with how long the write lock was held. Waiting for the lock (our busy
-    /// timeout) is not counted: the gateway is not blocked while we wait.
+    /// timeout) is not counted: the gateway is not blocked while we wait. A gateway that keeps
+    /// its lock past our busy timeout is waited for ([`patiently`]); `work` then runs again in
+    /// a new transaction, the first one having been rolled back.
     pub fn write<T>(
         &mut self,
         conn: &mut Connection,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T>,
+        mut work: impl FnMut(&rusqlite::Transaction<'_>) -> anyhow::Result<T>,
     ) -> anyhow::Result<(T, Duration)> {
-        self.wait_for_gap(conn)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .context("taking the write lock on the gateway database (BEGIN IMMEDIATE)")?;
-        let began = Instant::now();
-        let value = work(&tx)?;
-        tx.commit()
-            .context("committing a write transaction on the gateway database")?;
-        Ok((value, self.held(began)))
+        patiently("writing", || {
+            self.wait_for_gap(conn)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .context("taking the write lock on the gateway database (BEGIN IMMEDIATE)")?;
+            let began = Instant::now();
+            let result = match work(&tx) {
+                Ok(value) => tx
+                    .commit()
+                    .context("committing a write transaction on the gateway database")
+                    .map(|()| value),
+                Err(e) => {
+                    drop(tx);
+                    Err(e)
+                }
+            };
+            // A transaction that failed (a commit that waited out our busy timeout for the
+            // gateway's readers) held the gateway's writers off all the same: it counts.
+            let held = self.held(began);
+            result.map(|value| (value, held))
+        })
     }
 
     /// Runs `work`, a read transaction (a shared lock that holds off the gateway's commits with
     /// a rollback journal), after the room owed to the gateway since our last lock, and returns
     /// its result with how long it took. It must stop by [`HOLD_LIMIT`]; the room after it is
     /// owed like after a write. With WAL a read never blocks the gateway and is only timed.
+    ///
+    /// Only the rollback journal's reads are recorded for the run ([`record`]): a WAL reader
+    /// holds no gateway writer off. A read that meets a gateway lock held past our busy timeout
+    /// is tried again ([`patiently`]).
     pub fn read<T>(
         &mut self,
         conn: &Connection,
-        work: impl FnOnce(&Connection) -> anyhow::Result<T>,
+        mut work: impl FnMut(&Connection) -> anyhow::Result<T>,
     ) -> anyhow::Result<(T, Duration)> {
-        if !self.wal {
-            self.leave_room();
-        }
-        let began = Instant::now();
-        let value = work(conn)?;
-        let now = Instant::now();
-        if !self.wal {
-            // The shared lock held the gateway's commits off as a write lock would have.
-            self.last_hold = now - began;
-            self.released = Some(now);
-        }
-        Ok((value, now - began))
+        patiently("reading", || {
+            if !self.wal {
+                self.leave_room();
+            }
+            let began = Instant::now();
+            let value = work(conn)?;
+            let now = Instant::now();
+            if !self.wal {
+                // The shared lock held the gateway's commits off as a write lock would have.
+                self.last_hold = now - began;
+                self.released = Some(now);
+                record(now - began, 0);
+            }
+            Ok((value, now - began))
+        })
     }
 
     /// Books a write lock held since `began`, just released.
@@ -179,6 +218,7 @@ impl Pacer {
         self.count += 1;
         self.last_hold = held;
         self.released = Some(now);
+        record(held, 0);
         held
     }
 
@@ -214,16 +254,20 @@ impl Pacer {
     }
 
     /// Times a statement that takes the write lock by itself (ANALYZE, VACUUM) after waiting
-    /// for a gap, counting it like a transaction.
+    /// for a gap, counting it like a transaction, and trying it again while the gateway keeps
+    /// its lock past our busy timeout ([`patiently`]).
     pub fn statement<T>(
         &mut self,
         conn: &Connection,
-        work: impl FnOnce(&Connection) -> anyhow::Result<T>,
+        mut work: impl FnMut(&Connection) -> anyhow::Result<T>,
     ) -> anyhow::Result<(T, Duration)> {
-        self.wait_for_gap(conn)?;
-        let began = Instant::now();
-        let value = work(conn)?;
-        Ok((value, self.held(began)))
+        patiently("running a statement", || {
+            self.wait_for_gap(conn)?;
+            let began = Instant::now();
+            let result = work(conn);
+            let held = self.held(began);
+            result.map(|value| (value, held))
+        })
     }
 
     /// Blocks until a good moment for a write transaction.
@@ -436,6 +480,242 @@ mod inotify_watch {
     }
 }
 
+/// A lock we held on the gateway's database that held its writers off: how long, and how many
+/// bytes were copied under it (a snapshot's; 0 for a short transaction, whose bound is fixed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub held: Duration,
+    pub bytes: u64,
+}
+
+thread_local! {
+    /// The run going on in this thread: the locks it held, and its stop request (the job's
+    /// time budget). Jobs take their gateway locks on the thread the runner runs them on.
+    static RUN: RefCell<Option<Run>> = const { RefCell::new(None) };
+}
+
+struct Run {
+    holds: Vec<Hold>,
+    stop: Stop,
+}
+
+/// Runs `job` as a job run: the locks recorded meanwhile on this thread ([`record`]) are
+/// returned with its result, and [`patiently`] waits within `stop`'s budget.
+pub fn during_run<T>(stop: Stop, job: impl FnOnce() -> T) -> (T, Vec<Hold>) {
+    let outer = RUN.with(|run| {
+        run.borrow_mut().replace(Run {
+            holds: Vec::new(),
+            stop,
+        })
+    });
+    let value = job();
+    let run = RUN.with(|run| std::mem::replace(&mut *run.borrow_mut(), outer));
+    (value, run.map(|r| r.holds).unwrap_or_default())
+}
+
+/// Records a lock of the current run that held the gateway's writers off for `held`, with
+/// `bytes` copied under it (0 unless the lock's bound grows with the database, as a
+/// snapshot's does). The pacer records its own locks; this is the one call for a lock taken
+/// outside it. Outside a run (benchmarks, unit tests) it does nothing.
+pub fn record(held: Duration, bytes: u64) {
+    RUN.with(|run| {
+        if let Some(run) = run.borrow_mut().as_mut() {
+            run.holds.push(Hold { held, bytes });
+        }
+    });
+}
+
+/// How long a run without a `timeout` waits, in all, for a gateway that keeps its lock.
+pub const PATIENCE_WITHOUT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The first pause before trying again after meeting the gateway's lock; it doubles.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest pause between two tries, so a shutdown is never kept waiting long.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The pause after the `tries`-th try in a row that met the gateway's lock (1, 2, ...): on top
+/// of the busy timeout each try already waited, doubling from [`BACKOFF_FIRST`] up to
+/// [`BACKOFF_MAX`].
+fn backoff(tries: u32) -> Duration {
+    BACKOFF_FIRST
+        .saturating_mul(1u32 << tries.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
+}
+
+/// The one rule for a busy gateway: runs `attempt` again, after a growing pause, as long as it
+/// fails because the gateway kept its lock past our busy timeout ([`is_busy`]) and the run's
+/// time budget lasts (its `timeout`; [`PATIENCE_WITHOUT_TIMEOUT`] without one). Then the run
+/// fails, and the runner alerts. The gateway's writes go first: we never push in.
+pub fn patiently<T>(
+    what: &str,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let stop = RUN
+        .with(|run| run.borrow().as_ref().map(|r| r.stop.clone()))
+        .unwrap_or_default();
+    let began = Instant::now();
+    let mut tries = 0u32;
+    loop {
+        let e = match attempt() {
+            Err(e) if is_busy(&e) => e,
+            other => return other,
+        };
+        tries += 1;
+        let gave_up = match stop.check() {
+            Err(Stopped::Timeout) => Some("the job's `timeout` ran out".to_string()),
+            Err(Stopped::Shutdown) => Some("the daemon is shutting down".to_string()),
+            Ok(()) if stop.deadline().is_none() && began.elapsed() >= PATIENCE_WITHOUT_TIMEOUT => {
+                Some(format!(
+                    "the job has no `timeout` and {} s passed",
+                    PATIENCE_WITHOUT_TIMEOUT.as_secs()
+                ))
+            }
+            Ok(()) => None,
+        };
+        if let Some(why) = gave_up {
+            return Err(e.context(format!(
+                "{what} on the gateway database: another connection kept it locked through {tries} waits of gateway.busy_timeout over {:.1} s; gave up because {why}. Look for a process holding a long transaction on it, or give the job a longer `timeout` (docs/design.md, \"A busy gateway\")",
+                began.elapsed().as_secs_f64()
+            )));
+        }
+        let pause = backoff(tries);
+        tracing::info!(
+            tries,
+            pause_ms = pause.as_millis() as u64,
+            "{what}: the gateway kept its lock past our busy timeout; trying again after a pause"
+        );
+        let pause = match stop.deadline() {
+            Some(deadline) => pause.min(deadline.saturating_duration_since(Instant::now())),
+            None => pause,
+        };
+        sleep(pause);
+    }
+}
+
+/// Whether `e` says the gateway kept its lock past our busy timeout.
+pub fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    })
+}
+
+/// A run's locks in a few figures: how many, their median, 99th percentile and longest, and
+/// their sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockStats {
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub total: Duration,
+}
+
+/// The figures of `holds` (nearest-rank percentiles: the smallest hold that at least that share
+/// of the holds does not exceed).
+pub fn lock_stats(holds: &[Duration]) -> LockStats {
+    let mut sorted = holds.to_vec();
+    sorted.sort_unstable();
+    let rank = |share: f64| -> Duration {
+        let n = sorted.len();
+        let k = ((share * n as f64).ceil() as usize).clamp(1, n);
+        sorted[k - 1]
+    };
+    if sorted.is_empty() {
+        return LockStats::default();
+    }
+    LockStats {
+        count: sorted.len() as u64,
+        p50: rank(0.50),
+        p99: rank(0.99),
+        max: sorted[sorted.len() - 1],
+        total: sorted.iter().sum(),
+    }
+}
+
+impl std::fmt::Display for LockStats {
+    /// `gateway locks: 120, p50 3.1 ms, p99 14.2 ms, max 15.3 ms`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::units::duration;
+        write!(
+            f,
+            "gateway locks: {}, p50 {}, p99 {}, max {}",
+            self.count,
+            duration(self.p50),
+            duration(self.p99),
+            duration(self.max)
+        )
+    }
+}
+
+/// The longest lock the docs promise for a job kind, on a 2-core machine under load: a fixed
+/// part and, for a lock that copies the database (a snapshot), a part per GiB copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub fixed: Duration,
+    pub per_gib: Duration,
+}
+
+impl Bound {
+    /// The bound for a lock under which `bytes` were copied.
+    pub fn for_bytes(&self, bytes: u64) -> Duration {
+        self.fixed + self.per_gib.mul_f64(bytes as f64 / (1u64 << 30) as f64)
+    }
+}
+
+/// How much longer a lock that stops by [`HOLD_LIMIT`] idle may get on a loaded 2-core machine:
+/// the thread holding it is scheduled out behind other work. Measured: the archive's locks held
+/// 42-52 ms under the real Apantli's load at 30 requests/s (reads 28.6 ms), and up to 111.8 ms
+/// (p99 79.1 ms) with the machine three times oversubscribed (docs/benchmarks.md, "Locks
+/// under load").
+pub const LOAD_FACTOR: u32 = 8;
+/// The fixed part of a lock that reads the whole database: opening, the schema, the first pages.
+const WHOLE_DATABASE: Duration = Duration::from_millis(100);
+
+/// The bound the docs (docs/jobs/*.md, "Locks") promise for each job kind's locks under load,
+/// or `None` for a kind that takes no lock on the gateway. One table: the docs quote it.
+pub fn bound(kind: &str) -> Option<Bound> {
+    let fixed = |d: Duration| Bound {
+        fixed: d,
+        per_gib: Duration::ZERO,
+    };
+    match kind {
+        // Reads and deletes stop by HOLD_LIMIT idle.
+        "archive" => Some(fixed(HOLD_LIMIT * LOAD_FACTOR)),
+        // Reads stop by HOLD_LIMIT; batches are not cut short inside a transaction and are
+        // never meant to exceed MAX_LOCK idle (57.5 ms under the real Apantli's load, up to
+        // 99.9 ms with the machine three times oversubscribed).
+        "pricing" => Some(fixed(crate::jobs::pricing::MAX_LOCK * 4)),
+        // ANALYZE with a bounded sample (45-54 ms idle), checkpoints with 50 ms busy timeouts.
+        "maintenance" => Some(fixed(Duration::from_millis(250))),
+        // The snapshot reads the file into memory under the lock: 0.2-0.3 s per GB idle,
+        // 0.78 s/GB under the real Apantli's load, up to 1.05 s/GB in our loaded benchmarks.
+        "backup" => Some(Bound {
+            fixed: WHOLE_DATABASE,
+            per_gib: Duration::from_millis(1_500),
+        }),
+        // On a copy, the snapshot's lock; live (`quick` on a rollback journal by default), the
+        // whole check: 0.7 s per GB idle, up to 2.2 s/GB loaded. A `full` check live
+        // (`copy: never`) takes up to 4.5 s/GB and is warned about.
+        "integrity" => Some(Bound {
+            fixed: WHOLE_DATABASE,
+            per_gib: Duration::from_millis(3_000),
+        }),
+        _ => None,
+    }
+}
+
+/// The locks of `holds` that exceeded `bound`, as (held, its bound).
+pub fn over_bound(bound: Bound, holds: &[Hold]) -> Vec<(Duration, Duration)> {
+    holds
+        .iter()
+        .map(|h| (h.held, bound.for_bytes(h.bytes)))
+        .filter(|(held, limit)| held > limit)
+        .collect()
+}
+
 /// SQLite's counter of commits by other connections.
 fn data_version(conn: &Connection) -> anyhow::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
@@ -533,6 +813,208 @@ mod tests {
         let (write_at, _) = pacer.write(&mut conn, |_| Ok(Instant::now())).unwrap();
         assert!(write_at - worked >= room(held));
         assert_eq!(pacer.transactions(), 2);
+    }
+
+    #[test]
+    fn lock_stats_are_nearest_rank_percentiles() {
+        let ms = Duration::from_millis;
+        let ms_list = |v: &[u64]| v.iter().map(|&m| ms(m)).collect::<Vec<_>>();
+        // (holds in ms, [count, p50, p99, max, total])
+        let hundred: Vec<u64> = (1..=100).rev().collect();
+        let table: [(&[u64], [u64; 5]); 6] = [
+            (&[], [0, 0, 0, 0, 0]),
+            (&[7], [1, 7, 7, 7, 7]),
+            (&[9, 1], [2, 1, 9, 9, 10]),
+            (&[4, 1, 3, 2], [4, 2, 4, 4, 10]),
+            (&[5, 1, 3], [3, 3, 5, 5, 9]),
+            (&hundred, [100, 50, 99, 100, 5050]),
+        ];
+        for (holds, [count, p50, p99, max, total]) in table {
+            assert_eq!(
+                lock_stats(&ms_list(holds)),
+                LockStats {
+                    count,
+                    p50: ms(p50),
+                    p99: ms(p99),
+                    max: ms(max),
+                    total: ms(total),
+                },
+                "{holds:?}"
+            );
+        }
+        // One long lock among 200 short ones is past the 99th percentile, and is the max.
+        let mut many = vec![ms(3); 200];
+        many.push(ms(80));
+        let stats = lock_stats(&many);
+        assert_eq!((stats.p99, stats.max), (ms(3), ms(80)));
+        assert_eq!(
+            stats.to_string(),
+            "gateway locks: 201, p50 3.0 ms, p99 3.0 ms, max 80.0 ms"
+        );
+    }
+
+    #[test]
+    fn each_kind_has_its_bound_and_longer_locks_are_found() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            bound("archive").unwrap().for_bytes(0),
+            HOLD_LIMIT * LOAD_FACTOR
+        );
+        assert_eq!(
+            bound("pricing").unwrap().for_bytes(0),
+            crate::jobs::pricing::MAX_LOCK * 4
+        );
+        assert_eq!(bound("logrotate"), None);
+        assert_eq!(bound("verify"), None);
+        let snapshot = bound("backup").unwrap();
+        assert!(bound("integrity").unwrap().per_gib > snapshot.per_gib);
+        // A snapshot's bound grows with what it copies: 1 GiB more, `per_gib` more.
+        assert_eq!(
+            snapshot.for_bytes(1 << 30) - snapshot.for_bytes(0),
+            snapshot.per_gib
+        );
+        let archive = bound("archive").unwrap();
+        let limit = HOLD_LIMIT * LOAD_FACTOR;
+        let holds = [
+            Hold {
+                held: ms(10),
+                bytes: 0,
+            },
+            Hold {
+                held: limit,
+                bytes: 0,
+            },
+            Hold {
+                held: limit + ms(1),
+                bytes: 0,
+            },
+        ];
+        assert_eq!(over_bound(archive, &holds), vec![(limit + ms(1), limit)]);
+        // (held, bytes copied): within the snapshot's bound or not.
+        let half_gib = 1 << 29;
+        let within = snapshot.for_bytes(half_gib);
+        let holds = [
+            Hold {
+                held: within,
+                bytes: half_gib,
+            },
+            Hold {
+                held: within + ms(1),
+                bytes: half_gib,
+            },
+        ];
+        assert_eq!(over_bound(snapshot, &holds), vec![(within + ms(1), within)]);
+    }
+
+    #[test]
+    fn the_pause_between_tries_doubles_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        for (tries, pause) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1600),
+            (6, 2000),
+            (40, 2000),
+        ] {
+            assert_eq!(backoff(tries), ms(pause), "{tries}");
+        }
+    }
+
+    #[test]
+    fn a_run_collects_the_locks_recorded_on_its_thread() {
+        let (_dir, conn, mut pacer, _) = paced_db();
+        record(Duration::from_millis(5), 0); // outside a run: dropped
+        let ((), holds) = during_run(Stop::default(), || {
+            pacer.read(&conn, |_| Ok(())).unwrap();
+            record(Duration::from_millis(40), 1 << 20);
+        });
+        assert_eq!(holds.len(), 2, "{holds:?}");
+        assert_eq!(
+            holds[1],
+            Hold {
+                held: Duration::from_millis(40),
+                bytes: 1 << 20
+            }
+        );
+        let ((), after) = during_run(Stop::default(), || {});
+        assert!(after.is_empty());
+    }
+
+    /// A database with a table, a connection of ours with a short busy timeout, and a second
+    /// connection holding an exclusive lock on it until told to commit.
+    fn locked_db() -> (
+        tempfile::TempDir,
+        Connection,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        conn.busy_timeout(Duration::from_millis(20)).unwrap();
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let _ = released.recv();
+            holder.execute_batch("COMMIT").unwrap();
+        });
+        (dir, conn, release, handle)
+    }
+
+    const INSERT: &str = "BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT";
+
+    #[test]
+    fn a_busy_gateway_is_waited_for_within_the_budget() {
+        let (_dir, conn, release, holder) = locked_db();
+        let mut tries = 0;
+        let stop = Stop::new(Arc::default(), Some(Duration::from_secs(60)));
+        let (result, _) = during_run(stop, || {
+            patiently("writing", || {
+                tries += 1;
+                let result = conn.execute_batch(INSERT);
+                if result.is_err() {
+                    // The gateway lets go once we have met its lock.
+                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = release.send(());
+                }
+                Ok(result?)
+            })
+        });
+        holder.join().unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert!(tries >= 2, "{tries}");
+    }
+
+    #[test]
+    fn a_busy_gateway_fails_the_run_when_the_budget_runs_out() {
+        let (_dir, conn, release, holder) = locked_db();
+        let stop = Stop::new(Arc::default(), Some(Duration::from_millis(300)));
+        let (result, _) = during_run(stop, || {
+            patiently("writing", || Ok(conn.execute_batch(INSERT)?))
+        });
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        let e = format!("{:#}", result.unwrap_err());
+        assert!(
+            e.contains("another connection kept it locked through"),
+            "{e}"
+        );
+        assert!(
+            e.contains("gave up because the job's `timeout` ran out"),
+            "{e}"
+        );
+        // Any other error is not waited for.
+        let mut tries = 0;
+        let other = patiently("reading", || {
+            tries += 1;
+            Ok(conn.execute_batch("SELECT * FROM missing")?)
+        });
+        assert!(other.is_err());
+        assert_eq!(tries, 1);
     }
 
     #[test]

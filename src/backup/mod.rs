@@ -192,10 +192,6 @@ fn owned_temp(job: &str, purpose: Scratch, name: &str) -> bool {
     purpose == Scratch::Snapshot && ArchiveName::parse(job, stem).is_some()
 }
 
-/// The old name of [`sqlite::companion`], kept while `writelock` (being rewritten elsewhere)
-/// still calls it; new code calls `sqlite::companion`.
-pub use crate::sqlite::companion as sqlite_companion;
-
 /// The bytes of a database as it stands: its file and its WAL, if any.
 pub fn database_bytes(db: &Path) -> u64 {
     [db.to_path_buf(), sqlite::companion(db, sqlite::WAL)]

@@ -134,6 +134,14 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     // ROLLBACK are the same here, and ROLLBACK cannot fail for lack of a lock.
     let released = src.execute_batch("ROLLBACK");
     let held = locked.elapsed();
+    // With a rollback journal the shared lock held the gateway's commits off all along: it
+    // counts among the run's locks, with its bound per GiB copied (src/writelock.rs).
+    let copied_wal = copied
+        .as_ref()
+        .map_or(wal, |mode| mode.eq_ignore_ascii_case("wal"));
+    if !copied_wal {
+        crate::writelock::record(held, raw.metadata().map_or(0, |m| m.len()));
+    }
     drop(src);
     // Only now, with the connection closed, may our descriptor close (see above).
     drop(raw);

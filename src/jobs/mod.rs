@@ -247,6 +247,11 @@ impl Stop {
         }
     }
 
+    /// When the job's `timeout` runs out, if it has one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     pub fn check(&self) -> Result<(), Stopped> {
         if self.flag.load(Ordering::SeqCst) {
             return Err(Stopped::Shutdown);

@@ -98,12 +98,6 @@ pub const MAX_LOCK: Duration = Duration::from_millis(50);
 const FIRST_BATCH: usize = 200;
 const MIN_BATCH: usize = 10;
 const MAX_BATCH: usize = 20_000;
-/// How long one batch waits, in all, for a gateway that keeps the write lock before the run
-/// gives up: the gateway's writes go first, and the job fails (alerted) rather than push in.
-/// The job's `timeout` and a shutdown stop the wait sooner.
-const LOCK_PATIENCE: Duration = Duration::from_secs(300);
-/// The pause before trying a batch again when the gateway kept the lock past our busy timeout.
-const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(120);
 /// Changed rows listed one by one in a dry run; the rest are counted.
 const LISTED_CHANGES: usize = 200;
 /// Two costs closer than this (USD) are the same price: recomputing `all` does not rewrite
@@ -463,51 +457,6 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// Writes one batch through the pacer, waiting for the gateway when it holds the lock past our
-/// busy timeout: its writes go first, however long they keep coming, up to [`LOCK_PATIENCE`].
-fn write_with_retries(
-    ctx: &Context<'_>,
-    rows: &Rows<'_>,
-    conn: &mut Connection,
-    pacer: &mut Pacer,
-    batch: &[Change],
-    updating: &mut Duration,
-) -> anyhow::Result<(usize, Duration)> {
-    let began = Instant::now();
-    let mut attempt = 1;
-    loop {
-        let result = pacer.write(conn, |tx| {
-            let began = Instant::now();
-            let changed = rows.update_batch(tx, batch);
-            *updating += began.elapsed();
-            changed
-        });
-        match result {
-            Err(e) if began.elapsed() < LOCK_PATIENCE && is_busy(&e) => {
-                tracing::info!(
-                    job = ctx.job,
-                    attempt,
-                    "the gateway kept the write lock past our busy timeout; trying again after a pause"
-                );
-                attempt += 1;
-                ctx.checkpoint()?;
-                std::thread::sleep(BUSY_RETRY_PAUSE);
-            }
-            other => return other,
-        }
-    }
-}
-
-fn is_busy(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(f, _))
-                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        )
-    })
-}
-
 /// A candidate row as read, before its JSON is parsed.
 struct RawRow {
     rowid: i64,
@@ -739,7 +688,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let mut total = Plan::default();
     let mut measured = Measured::default();
     let mut batcher = Batcher::new(Aim::for_gateway(gateway.preset));
-    if let Some((lo, hi)) = rows.range(&conn)? {
+    let (range, _) = pacer.read(&conn, |conn| rows.range(conn))?;
+    if let Some((lo, hi)) = range {
         let (preset, table, aliases) = (gateway.preset, &table, &spec.aliases);
         std::thread::scope(|s| -> anyhow::Result<()> {
             // Reads stay on this thread, between our write transactions; JSON and prices go
@@ -805,14 +755,15 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 let n = batcher.size.min(pending.len());
                 let began = Instant::now();
                 batcher.keep_spacing();
-                let (changed, lock) = write_with_retries(
-                    ctx,
-                    &rows,
-                    &mut conn,
-                    &mut pacer,
-                    &pending[..n],
-                    &mut measured.updating,
-                )?;
+                // A gateway that keeps the lock past our busy timeout is waited for by the
+                // pacer, within the job's budget (docs/design.md, "A busy gateway").
+                let updating = &mut measured.updating;
+                let (changed, lock) = pacer.write(&mut conn, |tx| {
+                    let began = Instant::now();
+                    let changed = rows.update_batch(tx, &pending[..n]);
+                    *updating += began.elapsed();
+                    changed
+                })?;
                 measured.pausing += began.elapsed().saturating_sub(lock);
                 pending.drain(..n);
                 measured.rows_written += changed as u64;

@@ -175,7 +175,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     // Our transactions are a few MB at most; keep them in memory until the commit.
     conn.pragma_update(None, "cache_spill", false)
         .context("turning off cache spill on our gateway connection")?;
-    let table = Table::inspect(&conn, &gateway.table, &gateway.columns.payload)?;
+    // The pacer first: its reads wait for a gateway that keeps its lock past our busy timeout
+    // (docs/design.md, "A busy gateway"), the schema's included.
+    let mut pacer = Pacer::new(&conn)?;
+    let (table, _) = pacer.read(&conn, |c| {
+        Table::inspect(c, &gateway.table, &gateway.columns.payload)
+    })?;
     let cutoff = chrono::Duration::from_std(spec.older_than)
         .ok()
         .and_then(|d| ctx.now.checked_sub_signed(d))
@@ -206,7 +211,9 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             .collect();
         wanted.push_str(&format!(" AND ({})", any.join(" OR ")));
     }
-    let time_indexed = select::leads_an_index(&conn, &table.name, &gateway.columns.time)?;
+    let (time_indexed, _) = pacer.read(&conn, |c| {
+        select::leads_an_index(c, &table.name, &gateway.columns.time)
+    })?;
     let selection = Selection {
         table,
         time: gateway.columns.time.clone(),
@@ -216,7 +223,6 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     };
     let sessions = (gateway.preset == Preset::Bobamixer && spec.then == Then::Delete)
         .then(|| cutoff.timestamp());
-    let pacer = Pacer::new(&conn)?;
     let mut archiver = Archiver {
         spec,
         ctx,
