@@ -100,7 +100,7 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
         jobs.push(JobMetrics {
             name: job.name.clone(),
             kind: job.kind.name(),
-            last_run: state.last_run(&job.name)?,
+            last_run: state.last_run_settled(&job.name)?,
             last_success: last_success.map(|r| r.started_at),
             figures,
             budgets,

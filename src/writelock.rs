@@ -849,7 +849,7 @@ mod tests {
         assert_eq!((stats.p99, stats.max), (ms(3), ms(80)));
         assert_eq!(
             stats.to_string(),
-            "gateway locks: 201, p50 3.0 ms, p99 3.0 ms, max 80.0 ms"
+            "gateway locks: 201, p50 3 ms, p99 3 ms, max 80 ms"
         );
     }
 

@@ -304,6 +304,54 @@ fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
     assert_eq!(runs(&sb, "slow")[0].result, "interrupted");
 }
 
+/// A `run-job` killed mid-run leaves its record `running`; the metrics file, written after the
+/// next run, says `interrupted` as `status` does, since no process holds that job's lock.
+#[test]
+fn the_metrics_file_shows_a_killed_run_job_as_interrupted() {
+    let sb = Sandbox::new();
+    let header = sb.header().replace("busy_timeout: 1s", "busy_timeout: 60s");
+    harness::write_replace(
+        &sb.jobs_file(),
+        &format!(
+            "{header}metrics_file: metrics.prom\njobs:\n  slow:\n    on_signal: USR1\n    integrity: {{}}\n  quick:\n    on_signal: USR2\n    integrity: {{}}\n"
+        ),
+    );
+    let blocker = rusqlite::Connection::open(sb.path("requests.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut slow = std::process::Command::new(harness::BIN)
+        .args(["run-job", "slow", "--config"])
+        .arg(sb.jobs_file())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = wait_for(LONG, || {
+        runs(&sb, "slow")
+            .iter()
+            .any(|r| r.result == "running")
+            .then_some(())
+    });
+    assert!(started.is_some(), "the slow run never started");
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    drop(blocker);
+    let out = sb.caretaker(&["run-job", "quick"]);
+    assert!(out.status.success(), "{out:?}");
+    let metrics = std::fs::read_to_string(sb.path("metrics.prom")).unwrap();
+    let result = |r: &str| {
+        format!("caretaker_job_last_result{{job=\"slow\",kind=\"integrity\",result=\"{r}\"}} ")
+    };
+    let line = |r: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&result(r)))
+            .unwrap_or_else(|| panic!("no {r} line in:\n{metrics}"))
+            .to_string()
+    };
+    assert!(line("interrupted").ends_with(" 1"), "{metrics}");
+    assert!(line("running").ends_with(" 0"), "{metrics}");
+}
+
 #[test]
 fn the_vacuum_warning_is_logged_once_at_start_not_at_each_reload() {
     let sb = Sandbox::new();
