@@ -1,7 +1,10 @@
-//! Durable, private files: temp file, write, fsync, rename, fsync the directory.
+//! Files on disk: durable, private writes (temp file, write, fsync, rename, fsync the
+//! directory), and bounded reads of the files a jobs file names.
 //!
 //! Backups and archives hold API keys, so everything caretaker writes is mode 0600 in 0700
 //! directories, and nothing is ever visible under its final name before it is complete.
+//! What the jobs file names to be read (the file itself, included files, a price table) may
+//! turn out to be a FIFO or a device: it is checked before a byte is read.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -260,6 +263,41 @@ fn sweep(dir: &Path, stale: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf
         }
     }
     Ok(removed)
+}
+
+/// Why [`read_regular`] refused a file: a caller words its own error from it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("it is not a regular file")]
+    NotRegular,
+    #[error("it is larger than {}", crate::units::bytes(*.limit))]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Reads the whole of a regular file of at most `limit` bytes. The file is opened without
+/// blocking and looked at before a byte is read, so a FIFO named where a file belongs cannot
+/// hang the daemon, and `/dev/zero` cannot fill its memory.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -95,6 +95,9 @@ pub struct PriceTable {
     models: BTreeMap<String, Option<ModelPrice>>,
 }
 
+/// The largest price table read: LiteLLM's whole table is about 1.5 MB.
+const PRICE_TABLE_LIMIT: u64 = 64 << 20;
+
 impl PriceTable {
     /// Reads a price table: LiteLLM's JSON format for `.json`, the YAML table for `.yaml` or
     /// `.yml`. Every problem in the file is reported at once, each naming the model and field.
@@ -112,8 +115,20 @@ impl PriceTable {
                 path.display()
             ),
         };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the price table {}", path.display()))?;
+        let bytes = crate::fsx::read_regular(path, PRICE_TABLE_LIMIT).with_context(|| {
+            format!(
+                "reading the price table {} (accepted: a regular file of up to {})",
+                path.display(),
+                crate::units::bytes(PRICE_TABLE_LIMIT)
+            )
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "price table {}: byte {} is not UTF-8; accepted: a JSON or YAML text file",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
         parse(&text, path)
     }
 

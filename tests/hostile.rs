@@ -255,6 +255,18 @@ fn hostile_inputs() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "backup including /dev/zero",
+            job("    backup: {to: backups, keep: {last: 2}, include: [/dev/zero]}\n"),
+        ),
+        (
+            "backup including a FIFO",
+            job("    backup: {to: backups, keep: {last: 2}, include: [fifo]}\n"),
+        ),
+        (
+            "price table from a FIFO",
+            job("    pricing: {prices: fifo.json}\n"),
+        ),
+        (
             "job timeout u64::MAX seconds",
             job(&format!("    timeout: {huge}s\n    integrity: {{}}\n")),
         ),
@@ -379,14 +391,17 @@ const TIME: &str = "/usr/bin/time";
 /// The most memory one command may use, measured where [`TIME`] is installed.
 const PEAK_RSS_KB: u64 = 200 * 1024;
 
-/// A FIFO named `fifo` beside the jobs file, for the inputs that point a file key at it:
-/// opening it for reading blocks until a writer comes, which none does.
+/// FIFOs named `fifo` and `fifo.json` (a price table's name) beside the jobs file, for the
+/// inputs that point a file key at one: opening it for reading blocks until a writer comes,
+/// which none does.
 fn make_fifo(sb: &Sandbox) {
-    let status = Command::new("mkfifo")
-        .arg(sb.path("fifo"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "mkfifo");
+    for name in ["fifo", "fifo.json"] {
+        let status = Command::new("mkfifo")
+            .arg(sb.path(name))
+            .status()
+            .unwrap();
+        assert!(status.success(), "mkfifo {name}");
+    }
 }
 
 /// Runs `caretaker` with `args`, bounded in address space and in time. Returns how it ended,
@@ -557,7 +572,7 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
             |(kb, at)| format!("{} MiB ({at})", kb / 1024)
         )
     );
-    assert!(inputs.len() >= 65, "the table shrank to {}", inputs.len());
+    assert!(inputs.len() >= 68, "the table shrank to {}", inputs.len());
 }
 
 /// Every hostile file saved over the watched jobs file of a running daemon: each reload is

@@ -98,12 +98,17 @@ pub struct Include {
     pub bytes: Vec<u8>,
 }
 
-/// Reads `source` for inclusion under `files/`.
+/// The largest included file: they are read whole into memory, and what `include` is for
+/// (a gateway's config and `.env`) is a few KiB.
+pub const INCLUDE_LIMIT: u64 = 64 << 20;
+
+/// Reads `source` for inclusion under `files/`: a regular file of at most [`INCLUDE_LIMIT`].
 pub fn read_include(source: &Path) -> anyhow::Result<Include> {
-    let bytes = std::fs::read(source).with_context(|| {
+    let bytes = crate::fsx::read_regular(source, INCLUDE_LIMIT).with_context(|| {
         format!(
-            "reading included file {} (fix or remove it in the job's `include`)",
-            source.display()
+            "reading included file {} (accepted: a regular file of up to {}; fix or remove it in the job's `include`)",
+            source.display(),
+            crate::units::bytes(INCLUDE_LIMIT)
         )
     })?;
     let entry = include_entry(source)?;

@@ -109,34 +109,18 @@ pub fn load_for(path: &Path, purpose: Purpose) -> Result<(Config, Vec<String>), 
     parse_for(path, text, purpose)
 }
 
-/// Reads at most [`MAX_FILE_SIZE`] bytes of a regular file. The file is opened without
-/// blocking, so a FIFO put in its place cannot hang a reload.
+/// Reads the jobs file: a regular file of at most [`MAX_FILE_SIZE`] bytes.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use rustix::fs::{Mode, OFlags};
-    use std::io::Read;
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| std::io::Error::from(e).to_string())?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("it is not a regular file; accepted: a YAML text file".into());
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_FILE_SIZE {
-        return Err(format!(
+    use crate::fsx::{ReadError, read_regular};
+    read_regular(path, MAX_FILE_SIZE).map_err(|e| match e {
+        ReadError::NotRegular => "it is not a regular file; accepted: a YAML text file".into(),
+        ReadError::TooLarge { .. } => format!(
             "it is larger than {} KiB; accepted: up to {} KiB (a jobs file is a few KiB)",
             MAX_FILE_SIZE >> 10,
             MAX_FILE_SIZE >> 10
-        ));
-    }
-    Ok(bytes)
+        ),
+        ReadError::Io(e) => e.to_string(),
+    })
 }
 
 /// Places the first byte that is not UTF-8: its line, its column in bytes, its offset in the file.
