@@ -396,17 +396,16 @@ const PEAK_RSS_KB: u64 = 200 * 1024;
 /// which none does.
 fn make_fifo(sb: &Sandbox) {
     for name in ["fifo", "fifo.json"] {
-        let status = Command::new("mkfifo")
-            .arg(sb.path(name))
-            .status()
-            .unwrap();
+        let status = Command::new("mkfifo").arg(sb.path(name)).status().unwrap();
         assert!(status.success(), "mkfifo {name}");
     }
 }
 
 /// Runs `caretaker` with `args`, bounded in address space and in time. Returns how it ended,
-/// its output and, where GNU time is installed, its peak resident memory in KiB.
-fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, Option<u64>) {
+/// its output, how long it took (reported, not asserted: the deadline is the bound) and, where
+/// GNU time is installed, its peak resident memory in KiB.
+fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, Duration, Option<u64>) {
+    let started = std::time::Instant::now();
     let out = sb.path("out.txt");
     let rss = sb.path("rss.txt");
     let _ = fs::remove_file(&rss);
@@ -445,7 +444,7 @@ fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, Option<u64>) {
     let peak = measured.lines().last().and_then(|l| l.trim().parse().ok());
     let text = fs::read_to_string(&out).unwrap_or_default()
         + &fs::read_to_string(sb.path("err.txt")).unwrap_or_default();
-    (status, text, peak)
+    (status, text, started.elapsed(), peak)
 }
 
 fn assert_sane(what: &str, args: &[&str], status: ExitStatus, output: &str) {
@@ -531,6 +530,7 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
     let inputs = hostile_inputs();
     let mut commands = 0;
     let mut peak: Option<(u64, String)> = None;
+    let mut slowest: Option<(Duration, String)> = None;
     for (what, bytes) in &inputs {
         let sb = Sandbox::new();
         make_fifo(&sb);
@@ -548,8 +548,11 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
             vec!["restore", config_arg, "--to", restored.to_str().unwrap()],
         ];
         for args in &runs {
-            let (status, output, rss) = bounded(&sb, args);
+            let (status, output, took, rss) = bounded(&sb, args);
             assert_sane(what, args, status, &output);
+            if slowest.as_ref().is_none_or(|(max, _)| took > *max) {
+                slowest = Some((took, format!("{what}: {}", args[0])));
+            }
             if let Some(kb) = rss {
                 assert!(
                     kb <= PEAK_RSS_KB,
@@ -564,9 +567,11 @@ fn no_hostile_jobs_file_panics_hangs_or_exhausts_any_command() {
         run_for_a_moment(what, &sb, &config);
         commands += 1;
     }
+    let (took, at) = slowest.expect("commands ran");
     eprintln!(
-        "{} hostile jobs files, {commands} command runs: no panic, no hang; peak memory {}",
+        "{} hostile jobs files, {commands} command runs: no panic, no hang; slowest {:.2} s ({at}); peak memory {}",
         inputs.len(),
+        took.as_secs_f64(),
         peak.map_or(
             "not measured (no GNU time)".to_string(),
             |(kb, at)| format!("{} MiB ({at})", kb / 1024)
