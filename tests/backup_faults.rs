@@ -1,7 +1,6 @@
 //! Backups under faults: kill -9 mid-run, a full disk, an unreadable source, corrupted archives.
 
-#[path = "common/backup.rs"]
-mod support;
+mod common;
 
 use std::fs;
 use std::io::Write;
@@ -9,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::backup::{Rig, Schema, integrity, names};
+use common::bins::describe;
 use sha2::{Digest, Sha256};
-use support::{Rig, Schema, integrity, names, text};
 
 fn sha(path: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(path).unwrap()))
@@ -30,7 +30,7 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
     let sim = rig.start_sim(10.0);
     let started = Instant::now();
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let full_run = started.elapsed();
     let old = rig.archives().pop().unwrap();
     let old_sha = sha(&old);
@@ -69,7 +69,7 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
     {
         out = rig.run_job("nightly");
     }
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let left = names(&rig.to);
     assert!(
         left.iter().all(|n| !n.contains("caretaker-tmp")),
@@ -122,22 +122,22 @@ impl Drop for SmallFs {
 fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
-    support::create_db(&db, Schema::Apantli, 300);
+    common::backup::create_db(&db, Schema::Apantli, 300);
     let small = SmallFs::mount(&dir.path().join("small"), "3m");
     let to = small.0.join("backups");
     let mut rig = Rig::with_paths(dir, Schema::Apantli, db.clone(), to.clone(), "");
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let old = rig.archives().pop().unwrap();
     let old_sha = sha(&old);
 
-    support::wait_for_next_second(&old);
+    common::backup::wait_for_next_second(&old);
     // Grow the gateway past what the small filesystem can hold twice over.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("CREATE TABLE filler (b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO filler SELECT randomblob(1024) FROM n;").unwrap();
     drop(conn);
     let out = rig.run_job("nightly");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not enough free space") && stderr.contains(to.to_str().unwrap()),
@@ -155,15 +155,15 @@ fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     rig.to = rig.dir.path().join("big-backups");
     rig.write_config("");
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     fs::rename(rig.archives().pop().unwrap(), &big).unwrap();
     fs::write(small.0.join("fill"), vec![0u8; 1 << 20]).unwrap();
     let out = rig.restore(&big, &target, false);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not enough free space"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert!(!target.exists());
 }
@@ -180,7 +180,7 @@ fn an_unreadable_source_fails_clearly_and_writes_nothing() {
             fs::write(&rig.db, bytes).unwrap();
         }
         let out = rig.run_job("nightly");
-        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(rig.db.to_str().unwrap()),
@@ -255,22 +255,22 @@ fn corrupted_archives_are_refused_by_restore_and_verify() {
             .unwrap();
     }
     let out = rig.restore(&plain, &rig.dir.path().join("restored.db"), false);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("SHA-256"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // The verify job finds a corrupted archive among good ones, fails and alerts.
     let victim = rig.to.join("nightly-20200101T000000Z.tar.gz");
     fs::write(&victim, &cases[0].1).unwrap();
     let out = rig.run_job("check");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("nightly-20200101T000000Z.tar.gz"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let alerts = fs::read_to_string(rig.alerts_file()).unwrap();
     assert!(alerts.contains("backup-corrupt:check"), "{alerts}");
@@ -281,5 +281,5 @@ fn corrupted_archives_are_refused_by_restore_and_verify() {
     );
     // The good archive still restores.
     let out = rig.restore(&good, &rig.dir.path().join("ok.db"), false);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
 }

@@ -1,7 +1,6 @@
-//! Alert email delivery against a real SMTP server (aiosmtpd, run from tests/support/smtp_server.py).
+//! Alert email delivery against a real SMTP server (aiosmtpd, run from tests/common/scripts/smtp_server.py).
 
-#[path = "common/health.rs"]
-mod harness;
+mod common;
 
 use std::fs;
 use std::io::Read;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use caretaker::alerts::email::{
     DeliveryError, EmailConfig, EmailMessage, EmailSink, Secret, SmtpSettings, TlsMode,
 };
-use harness::{SmtpServer, body, header, make_certs};
+use common::health::{SmtpServer, body, header, make_certs};
 use serde_json::json;
 use tempfile::TempDir;
 

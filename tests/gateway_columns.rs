@@ -2,14 +2,14 @@
 //! reads the request table refuses at the start of its run (and of its dry run), naming the key,
 //! the column and the columns that do exist, and changes nothing.
 
-#[path = "common/dbcare.rs"]
 mod common;
 
 use std::path::Path;
 
 use caretaker::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
-use common::*;
+use common::bins::describe;
+use common::dbcare::*;
 
 fn apantli(db: &Path, rows: u64) {
     let options = SampleOptions {
@@ -49,7 +49,7 @@ fn archive_of_failed_rows_with_a_misspelt_error_column_deletes_nothing() {
     let config = jobs_file(dir.path(), &db, &custom_apantli("eror"), &jobs);
     for extra in [&["--dry-run"][..], &[]] {
         let out = run_job(&config, "arch", extra);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", describe(&out));
         let err = stderr(&out);
         for expected in [
             "gateway.columns.error",
@@ -68,7 +68,7 @@ fn archive_of_failed_rows_with_a_misspelt_error_column_deletes_nothing() {
     // The same job with the right name archives only the failed rows, as before.
     let config = jobs_file(dir.path(), &db, &custom_apantli("error"), &jobs);
     let out = run_job(&config, "arch", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let (_, after) = rows(&db, "requests");
     assert!(
         after.len() < before.len() && after.len() > before.len() / 2,
@@ -91,7 +91,7 @@ fn a_custom_table_that_does_not_exist_is_named_with_the_tables_that_do() {
     );
     let config = jobs_file(dir.path(), &db, &schema, &jobs);
     let out = run_job(&config, "arch", &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
         err.contains("gateway.table")
@@ -140,7 +140,7 @@ fn refusal(dir: &Path, without: &str, jobs: &str, job: &str, extra: &[&str]) -> 
         out.status.code(),
         Some(1),
         "{job} {extra:?}: {}",
-        text(&out)
+        describe(&out)
     );
     stderr(&out)
 }

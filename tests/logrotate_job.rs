@@ -1,6 +1,6 @@
 //! The `logrotate` job through the real binary: `run-job` and the daemon, with a busy writer.
 
-mod harness;
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use caretaker::rotation::FileState;
 use chrono::Utc;
-use harness::{Sandbox, wait_for};
+use common::sandbox::Sandbox;
+use common::wait::poll;
 
 const LONG: Duration = Duration::from_secs(30);
 const ROTATIONS: usize = 10;
 
-/// The python writer from `tests/support`: numbered lines as fast as it can, reopening its
+/// The python writer of `tests/common/scripts`: numbered lines as fast as it can, reopening its
 /// log on SIGHUP.
 struct Writer {
     child: Child,
@@ -29,7 +30,7 @@ impl Writer {
     }
 
     fn spawn_with(log: &Path, pid_file: &Path, options: &[&str]) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/log_writer.py");
+        let script = common::bins::script("log_writer.py");
         let child = Command::new("python3")
             .arg(script)
             .arg(log)
@@ -38,7 +39,7 @@ impl Writer {
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs");
-        let started = wait_for(LONG, || pid_file.exists().then_some(()));
+        let started = poll(LONG, || pid_file.exists().then_some(()));
         assert!(started.is_some(), "the writer never wrote its pid file");
         Self {
             child,
@@ -49,7 +50,7 @@ impl Writer {
     /// Waits until the live log has grown past `bytes`, i.e. the writer writes to it (after
     /// a rotation with `create`, only once it has reopened).
     fn wait_writing(&self, bytes: u64) {
-        let writing = wait_for(LONG, || {
+        let writing = poll(LONG, || {
             fs::metadata(&self.log)
                 .is_ok_and(|m| m.len() > bytes)
                 .then_some(())
@@ -229,7 +230,7 @@ fn the_daemon_rotates_on_usr1_without_losing_a_line() {
     for round in 0..ROTATIONS {
         writer.wait_writing(4096);
         daemon.signal("USR1");
-        let finished = wait_for(LONG, || {
+        let finished = poll(LONG, || {
             let runs = state.runs_of("logs", 100).expect("runs");
             (runs.iter().filter(|r| r.ended_at.is_some()).count() == round + 1).then_some(runs)
         });
@@ -342,7 +343,7 @@ fn one_failing_file_fails_the_run_after_the_others_are_rotated_and_saved() {
     let keys: Vec<&PathBuf> = saved.keys().collect();
     assert_eq!(keys, [&logs.join("a.log"), &logs.join("c.log")]);
     // The failure reaches the operator as an alert.
-    let alerted = wait_for(LONG, || {
+    let alerted = poll(LONG, || {
         sb.alerts().contains("job-failed:logs").then_some(())
     });
     assert!(alerted.is_some(), "no alert: {}", sb.alerts());
@@ -364,7 +365,7 @@ fn a_log_keeps_its_state_however_the_jobs_file_is_named() {
         text(&by_full_path)
     );
 
-    let by_relative_name = Command::new(harness::BIN)
+    let by_relative_name = Command::new(common::bins::caretaker_bin())
         .args(["run-job", "logs", "--config", "jobs.yaml"])
         .current_dir(sb.dir.path())
         .env_remove("CARETAKER_CONFIG")

@@ -1,14 +1,14 @@
 //! The running daemon re-prices when the price file of a `watch: true` pricing job changes,
 //! and refuses an invalid file with a failed, alerted run that changes nothing.
 
-#[path = "common/pricejob.rs"]
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use common::pricejob::*;
+use common::wait;
 use rusqlite::{Connection, params};
 
 /// Costs of the gpt-4o rows, and of the row of a model no table here prices.
@@ -40,7 +40,7 @@ fn publish(path: &Path, text: &str) {
 }
 
 fn status(config: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let out = common::bins::caretaker()
         .args(["status", "--json", "--config"])
         .arg(config)
         .output()
@@ -96,7 +96,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
     );
     let config = write_config(dir.path(), &db, "apantli", "", &jobs);
     let log = dir.path().join("daemon.log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let mut daemon = common::bins::caretaker()
         .args(["run", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -104,7 +104,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
         .spawn()
         .unwrap();
     // The watchers are in place once the daemon says it is running.
-    wait_for("the daemon to start", Duration::from_secs(30), || {
+    wait::until("the daemon to start", Duration::from_secs(30), || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("caretaker is running")
@@ -117,7 +117,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
 
     publish(&price_file, &prices(2.5, 10.0));
     let first = 1000.0 * 2.5e-6 + 100.0 * 1e-5;
-    wait_for(
+    wait::until(
         "the costs of the new price file",
         Duration::from_secs(30),
         || {
@@ -127,7 +127,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
                 .all(|c| c.is_some_and(|c| close(c, first)))
         },
     );
-    wait_for("the run in status", Duration::from_secs(30), || {
+    wait::until("the run in status", Duration::from_secs(30), || {
         last_run(&config).is_some_and(|r| r["result"] == "ok")
     });
     let run = last_run(&config).unwrap();
@@ -140,7 +140,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
         &price_file,
         "models:\n  gpt-4o: {input_per_million: cheap, output_per_million: 10}\n",
     );
-    wait_for("the failed run", Duration::from_secs(30), || {
+    wait::until("the failed run", Duration::from_secs(30), || {
         last_run(&config)
             .is_some_and(|r| r["id"].as_i64() > Some(first_id) && r["result"] == "failed")
     });
@@ -167,7 +167,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
 
     // Fixed again: the new prices apply.
     publish(&price_file, &prices(5.0, 20.0));
-    wait_for(
+    wait::until(
         "the costs of the fixed price file",
         Duration::from_secs(30),
         || {

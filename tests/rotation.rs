@@ -1,12 +1,14 @@
 //! Log rotation on real directories, real files and real writer processes, after logrotate's own test suite.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use caretaker::rotation::{
     Action, FileState, Notify, NotifySignal, Outcome, Period, Plan, RotateConfig, RotateSpec,
@@ -81,12 +83,8 @@ fn yesterday() -> chrono::Duration {
     chrono::Duration::days(1)
 }
 
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    common::wait::until(what, Duration::from_secs(30), condition);
 }
 
 #[test]
@@ -780,7 +778,7 @@ fn the_config_block_is_validated_with_every_error_at_once() {
     );
 }
 
-/// The python writer from `tests/support`, with its log and pid file in `dir`.
+/// The python writer of `tests/common/scripts`, with its log and pid file in `dir`.
 struct Writer {
     child: Child,
     log: PathBuf,
@@ -789,7 +787,7 @@ struct Writer {
 
 impl Writer {
     fn spawn(dir: &Path) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/log_writer.py");
+        let script = common::bins::script("log_writer.py");
         let log = dir.join("app.log");
         let pid_file = dir.join("writer.pid");
         let child = Command::new("python3")

@@ -4,6 +4,8 @@
 //! `NOTIFY_SOCKET`, runs the real binary, signals it as `systemctl reload` and `systemctl stop`
 //! would, and reads what the daemon reports. Every wait is a socket read with a deadline.
 
+mod common;
+
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -55,7 +57,7 @@ impl Setup {
 
     /// Starts `caretaker run` the way systemd would, with `extra` environment variables.
     fn start(&self, extra: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caretaker"));
+        let mut cmd = common::bins::caretaker();
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -79,7 +81,7 @@ impl Setup {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
-            .arg(env!("CARGO_BIN_EXE_caretaker"))
+            .arg(common::bins::caretaker_bin())
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &self.socket_path)
             .env("WATCHDOG_USEC", watchdog_usec)
