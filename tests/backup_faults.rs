@@ -4,12 +4,12 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::backup::{Rig, Schema, integrity, names};
+use common::backup::{Rig, Schema, integrity};
 use common::bins::describe;
+use common::files::{SmallFilesystem, names};
 use sha2::{Digest, Sha256};
 
 fn sha(path: &Path) -> String {
@@ -86,45 +86,13 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
     assert_eq!(integrity(&rig.db), "ok");
 }
 
-/// A small tmpfs mounted for the test; unmounted when dropped.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(at: &Path, size: &str) -> SmallFs {
-        fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "the disk-full test needs a small filesystem: `mount -t tmpfs` failed ({}); run the tests as root or in a container allowed to mount tmpfs",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        SmallFs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
     common::backup::create_db(&db, Schema::Apantli, 300);
-    let small = SmallFs::mount(&dir.path().join("small"), "3m");
-    let to = small.0.join("backups");
+    let small = SmallFilesystem::mount(&dir.path().join("small"), "3m");
+    let to = small.dir.join("backups");
     let mut rig = Rig::with_paths(dir, Schema::Apantli, db.clone(), to.clone(), "");
     let out = rig.run_job("nightly");
     assert!(out.status.success(), "{}", describe(&out));
@@ -150,14 +118,14 @@ fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     assert!(alerts.contains("not enough free space"), "{alerts}");
 
     // Restoring onto the small filesystem is refused the same way, before anything is written.
-    let target = small.0.join("restored.db");
+    let target = small.dir.join("restored.db");
     let big = rig.dir.path().join("big.tar.gz");
     rig.to = rig.dir.path().join("big-backups");
     rig.write_config("");
     let out = rig.run_job("nightly");
     assert!(out.status.success(), "{}", describe(&out));
     fs::rename(rig.archives().pop().unwrap(), &big).unwrap();
-    fs::write(small.0.join("fill"), vec![0u8; 1 << 20]).unwrap();
+    fs::write(small.dir.join("fill"), vec![0u8; 1 << 20]).unwrap();
     let out = rig.restore(&big, &target, false);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(

@@ -493,16 +493,8 @@ fn run_job_delivers_the_alert_to_the_alerts_file_once() {
         JOBS,
     );
     let run = || {
-        let out = common::bins::caretaker()
-            .args(["run-job", "spend", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::health::run_job(&config, "spend");
+        assert!(out.status.success(), "{}", common::bins::describe(&out));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let stdout = run();

@@ -52,7 +52,7 @@ fn an_invalid_file_on_sighup_is_refused_and_the_old_configuration_keeps_running(
     sb.write_jobs(SIGNAL_JOBS);
     let daemon = sb.start_daemon();
     // Break the file, then ask for a reload.
-    common::sandbox::write_replace(
+    common::files::write_replace(
         &sb.jobs_file(),
         "gateway: {database: requests.db, schema: nope}\njobs: {}\n",
     );
@@ -245,7 +245,7 @@ fn a_job_that_cannot_start_within_its_timeout_fails_and_alerts() {
 fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
     let sb = Sandbox::new();
     let header = sb.header().replace("busy_timeout: 1s", "busy_timeout: 60s");
-    common::sandbox::write_replace(
+    common::files::write_replace(
         &sb.jobs_file(),
         &format!("{header}jobs:\n  slow:\n    on_signal: USR1\n    integrity: {{}}\n"),
     );

@@ -145,50 +145,74 @@ fn refusal(dir: &Path, without: &str, jobs: &str, job: &str, extra: &[&str]) -> 
     stderr(&out)
 }
 
+/// A job that reads a column, run on a preset database without it.
+struct Missing {
+    job: &'static str,
+    /// The column the table lacks.
+    without: &'static str,
+    /// The `jobs:` block; `{prices}` stands for a prices file the case writes.
+    jobs: &'static str,
+    /// The extra arguments of each run.
+    runs: &'static [&'static [&'static str]],
+    /// What the refusal must say.
+    says: &'static [&'static str],
+}
+
+/// Each job kind that reads a column fails on a preset database without it: budget instead of
+/// reporting nothing spent, health instead of counting every row as recent, pricing before it
+/// reads a row.
 #[test]
-fn budget_on_a_preset_database_without_cost_fails_instead_of_reporting_nothing_spent() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = "  spend:\n    on_signal: USR1\n    budget:\n      limits:\n        - {name: daily, period: day, usd: 1, warn_at: [100%]}\n";
-    for extra in [&["--dry-run"][..], &[]] {
-        let err = refusal(dir.path(), "cost", jobs, "spend", extra);
-        assert!(
-            err.contains("gateway.schema")
-                && err.contains("no column `cost`")
-                && err.contains("its columns are: id, timestamp"),
-            "{extra:?}: {err}"
-        );
+fn jobs_on_a_preset_database_without_their_column_fail_instead_of_guessing() {
+    let cases = [
+        Missing {
+            job: "spend",
+            without: "cost",
+            jobs: "  spend:\n    on_signal: USR1\n    budget:\n      limits:\n        - {name: daily, period: day, usd: 1, warn_at: [100%]}\n",
+            runs: &[&["--dry-run"], &[]],
+            says: &[
+                "gateway.schema",
+                "no column `cost`",
+                "its columns are: id, timestamp",
+            ],
+        },
+        Missing {
+            job: "health",
+            without: "timestamp",
+            jobs: "  health:\n    on_signal: USR1\n    health:\n      error_rate_max: {share: 50%, over: 1h}\n",
+            runs: &[&[]],
+            says: &["error_rate_max", "gateway.schema", "no column `timestamp`"],
+        },
+        Missing {
+            job: "price",
+            without: "cost",
+            jobs: "  price:\n    on_signal: USR1\n    pricing:\n      prices: {prices}\n",
+            runs: &[&["--dry-run"]],
+            says: &["gateway.schema", "no column `cost`"],
+        },
+    ];
+    for Missing {
+        job,
+        without,
+        jobs,
+        runs,
+        says,
+    } in cases
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let prices = dir.path().join("prices.yaml");
+        if jobs.contains("{prices}") {
+            std::fs::write(
+                &prices,
+                "models:\n  gpt-4.1-mini: {input_per_million: 0.4, output_per_million: 1.6}\n",
+            )
+            .unwrap();
+        }
+        let jobs = jobs.replace("{prices}", &prices.display().to_string());
+        for extra in runs {
+            let err = refusal(dir.path(), without, &jobs, job, extra);
+            for said in says {
+                assert!(err.contains(said), "{job} {extra:?}: `{said}` not in {err}");
+            }
+        }
     }
-}
-
-#[test]
-fn health_on_a_preset_database_without_timestamp_fails_instead_of_counting_every_row_as_recent() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = "  health:\n    on_signal: USR1\n    health:\n      error_rate_max: {share: 50%, over: 1h}\n";
-    let err = refusal(dir.path(), "timestamp", jobs, "health", &[]);
-    assert!(
-        err.contains("error_rate_max")
-            && err.contains("gateway.schema")
-            && err.contains("no column `timestamp`"),
-        "{err}"
-    );
-}
-
-#[test]
-fn pricing_on_a_preset_database_without_cost_fails_before_reading_a_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let prices = dir.path().join("prices.yaml");
-    std::fs::write(
-        &prices,
-        "models:\n  gpt-4.1-mini: {input_per_million: 0.4, output_per_million: 1.6}\n",
-    )
-    .unwrap();
-    let jobs = format!(
-        "  price:\n    on_signal: USR1\n    pricing:\n      prices: {}\n",
-        prices.display()
-    );
-    let err = refusal(dir.path(), "cost", &jobs, "price", &["--dry-run"]);
-    assert!(
-        err.contains("gateway.schema") && err.contains("no column `cost`"),
-        "{err}"
-    );
 }

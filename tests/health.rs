@@ -50,7 +50,7 @@ fn resolved(subject: &str) -> (String, bool) {
 #[test]
 fn a_filling_filesystem_alerts_then_resolves() {
     let dir = TempDir::new().unwrap();
-    let small = common::health::SmallFilesystem::mount(&dir.path().join("small"), "4m");
+    let small = common::files::SmallFilesystem::mount(&dir.path().join("small"), "4m");
     gateway_sim(&dir.path().join("requests.db"), "apantli", 50, "200ms", 0.0);
     let config = jobs_file(
         dir.path(),

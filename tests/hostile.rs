@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::sandbox::{Sandbox, write_replace};
+use common::files::write_replace;
+use common::sandbox::Sandbox;
 use common::wait::poll;
 
 /// How long one command may take before the test calls it a hang. Generous: the debug binary

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use caretaker::sample::{self, SampleOptions};
@@ -433,14 +433,14 @@ fn since_and_recompute_all_select_the_rows() {
 }
 
 /// Runs the real binary's pricing job while the simulated gateway writes; returns the sim's
-/// report and the job's output.
+/// report, the job's output and the keys the sim committed.
 fn reprice_under_load(
     db: &Path,
     dir: &Path,
     schema: &str,
     style: &str,
     rate: &str,
-) -> (serde_json::Value, String) {
+) -> (serde_json::Value, String, BTreeSet<String>) {
     let config = write_config(dir, db, schema, "", &pricing_jobs(&litellm_path(), ""));
     let sim = common::sim::Sim::start(db, style, rate.parse().unwrap(), 0.0, dir);
     let out = common::bins::caretaker()
@@ -448,14 +448,15 @@ fn reprice_under_load(
         .arg(&config)
         .output()
         .unwrap();
-    let sim = serde_json::to_value(sim.stop().0).unwrap();
+    let (report, committed) = sim.stop();
+    let sim = serde_json::to_value(report).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (sim, stdout)
+    (sim, stdout, committed)
 }
 
 #[test]
@@ -474,14 +475,13 @@ fn the_apantli_gateway_writing_meanwhile_loses_no_row() {
         .unwrap()
         .execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
         .unwrap();
-    let (sim, out) = reprice_under_load(&db, dir.path(), "apantli", "apantli", "10");
+    let (sim, out, committed) = reprice_under_load(&db, dir.path(), "apantli", "apantli", "10");
     println!("{out}\nsim: {sim}");
     assert_eq!(sim["failed"], 0, "the gateway lost rows: {sim}");
     assert!(sim["committed"].as_u64().unwrap() > 0);
     // Every committed row is in the database.
-    let committed = std::fs::read_to_string(dir.path().join("apantli.committed")).unwrap();
     let conn = Connection::open(&db).unwrap();
-    for id in committed.lines() {
+    for id in &committed {
         let n: i64 = conn
             .query_row("SELECT count(*) FROM requests WHERE id = ?1", [id], |r| {
                 r.get(0)
@@ -515,7 +515,7 @@ fn the_bobamixer_gateway_meets_our_write_lock_less_than_one_percent_of_the_time(
         .unwrap()
         .execute_batch("UPDATE usage_records SET input_cost = NULL, output_cost = NULL")
         .unwrap();
-    let (sim, out) = reprice_under_load(&db, dir.path(), "bobamixer", "bobamixer", "20");
+    let (sim, out, _) = reprice_under_load(&db, dir.path(), "bobamixer", "bobamixer", "20");
     println!("{out}\nsim: {sim}");
     // BobaMixer's inserts never wait for a lock, so no writer of the database can promise
     // that none meets it; the job holds it less than 1 % of its run, so an insert is lost

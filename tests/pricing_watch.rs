@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::files::write_replace;
+use common::health::status;
 use common::pricejob::*;
 use common::wait;
 use rusqlite::{Connection, params};
@@ -33,26 +35,6 @@ fn costs(db: &Path) -> (Vec<Option<f64>>, Option<f64>) {
 }
 
 /// Replaces the price file the way deployment tools do: a new file renamed over the old.
-fn publish(path: &Path, text: &str) {
-    let tmp = path.with_extension("yaml.new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn status(config: &Path) -> serde_json::Value {
-    let out = common::bins::caretaker()
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn last_run(config: &Path) -> Option<serde_json::Value> {
     let s = status(config);
     let job = s["jobs"]
@@ -115,7 +97,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
         "nothing runs before the file changes"
     );
 
-    publish(&price_file, &prices(2.5, 10.0));
+    write_replace(&price_file, &prices(2.5, 10.0));
     let first = 1000.0 * 2.5e-6 + 100.0 * 1e-5;
     wait::until(
         "the costs of the new price file",
@@ -136,7 +118,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
     let first_id = run["id"].as_i64().unwrap();
 
     // An invalid file: the run fails, is alerted, and changes nothing.
-    publish(
+    write_replace(
         &price_file,
         "models:\n  gpt-4o: {input_per_million: cheap, output_per_million: 10}\n",
     );
@@ -166,7 +148,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
     );
 
     // Fixed again: the new prices apply.
-    publish(&price_file, &prices(5.0, 20.0));
+    write_replace(&price_file, &prices(5.0, 20.0));
     wait::until(
         "the costs of the fixed price file",
         Duration::from_secs(30),

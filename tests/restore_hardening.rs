@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use caretaker::backup::archive::{self, Manifest};
-use common::backup::{Rig, Schema, names};
+use common::backup::{Rig, Schema};
 use common::bins::describe;
+use common::files::names;
 use common::wait;
 use sha2::{Digest, Sha256};
 

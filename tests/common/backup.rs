@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use tempfile::TempDir;
 
 use super::bins::{self, describe};
+use super::files::names;
 use super::sim::Sim;
 use super::wait;
 
@@ -256,16 +257,6 @@ pub fn keys(db: &Path, schema: Schema) -> BTreeSet<String> {
         .unwrap()
         .map(Result::unwrap)
         .collect()
-}
-
-/// The names of the files in `dir`, sorted.
-pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
 }
 
 pub fn integrity(db: &Path) -> String {

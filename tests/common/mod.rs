@@ -9,7 +9,9 @@
 pub mod backup;
 pub mod bins;
 pub mod dbcare;
+pub mod files;
 pub mod health;
+pub mod logwriter;
 pub mod pricejob;
 pub mod sandbox;
 pub mod sim;

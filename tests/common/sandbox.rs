@@ -2,14 +2,14 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
 
-use super::bins;
 use super::wait::poll;
+use super::{bins, files};
 
 /// A temporary directory with a small Apantli database and a jobs file around it.
 pub struct Sandbox {
@@ -45,7 +45,7 @@ impl Sandbox {
     /// Writes a jobs file: the common header plus `jobs` (YAML, indented by two spaces).
     pub fn write_jobs(&self, jobs: &str) {
         let text = format!("{}jobs:\n{jobs}", self.header());
-        write_replace(&self.jobs_file(), &text);
+        files::write_replace(&self.jobs_file(), &text);
     }
 
     pub fn header(&self) -> String {
@@ -102,13 +102,6 @@ impl Sandbox {
     pub fn alerts(&self) -> String {
         fs::read_to_string(self.path("alerts.jsonl")).unwrap_or_default()
     }
-}
-
-/// Replace a file the way editors do: write a new file, rename it over the old one.
-pub fn write_replace(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp-edit");
-    fs::write(&tmp, text).expect("write");
-    fs::rename(&tmp, path).expect("rename");
 }
 
 pub struct Daemon {
