@@ -204,6 +204,17 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM: the daemon says STOPPING=1 and exits cleanly.
+    fn stop_on_sigterm(&mut self) {
+        self.signal(Signal::TERM);
+        self.expect("STOPPING=1");
+        let (status, stderr) = self.wait();
+        assert!(
+            status.success(),
+            "exit status {status} after SIGTERM; stderr:\n{stderr}"
+        );
+    }
+
     fn stop_and_collect_stderr(&mut self) -> String {
         let Some(mut child) = self.child.take() else {
             return String::new();
@@ -244,13 +255,7 @@ fn reports_ready_reloading_and_stopping_over_the_notify_socket() {
     daemon.expect("RELOADING=1");
     daemon.expect("READY=1");
 
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, stderr) = daemon.wait();
-    assert!(
-        status.success(),
-        "exit status {status} after SIGTERM; stderr:\n{stderr}"
-    );
+    daemon.stop_on_sigterm();
     let watchdog = daemon
         .heard
         .iter()
@@ -283,13 +288,7 @@ fn pings_the_watchdog_well_within_watchdog_usec() {
             "{gap:?} between two watchdog pings; systemd kills the service after WATCHDOG_USEC = {limit:?}"
         );
     }
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, stderr) = daemon.wait();
-    assert!(
-        status.success(),
-        "exit status {status} after SIGTERM; stderr:\n{stderr}"
-    );
+    daemon.stop_on_sigterm();
 }
 
 #[test]
@@ -299,13 +298,7 @@ fn pings_the_watchdog_when_watchdog_pid_is_unset() {
     daemon.expect("READY=1");
     daemon.expect("WATCHDOG=1");
     daemon.expect("WATCHDOG=1");
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, stderr) = daemon.wait();
-    assert!(
-        status.success(),
-        "exit status {status} after SIGTERM; stderr:\n{stderr}"
-    );
+    daemon.stop_on_sigterm();
 }
 
 #[test]
@@ -319,10 +312,7 @@ fn does_not_ping_a_watchdog_meant_for_another_process() {
     daemon.signal(Signal::HUP);
     daemon.expect("RELOADING=1");
     daemon.expect("READY=1");
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, _) = daemon.wait();
-    assert!(status.success());
+    daemon.stop_on_sigterm();
     let watchdog = daemon
         .heard
         .iter()
