@@ -4,6 +4,8 @@
 //! sample gateway whose jobs are far in the future, waits for systemd's READY=1 on a socket of
 //! its own, then watches the process for `CARETAKER_IDLE_SECONDS` (default 60).
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,7 +71,7 @@ fn main() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let mut child = common::bins::caretaker()
         .args(["run", "--config"])
         .arg(&jobs)
         .env("NOTIFY_SOCKET", &socket_path)

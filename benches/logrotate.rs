@@ -8,6 +8,8 @@
 //! cache holds both and neither pays for reading the disk where the other does not. caretaker
 //! also fsyncs its compressed copy before deleting the uncompressed one; logrotate does not.
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use caretaker::sample::{SampleOptions, create_apantli};
 use flate2::read::GzDecoder;
 
-const CARETAKER: &str = env!("CARGO_BIN_EXE_caretaker");
+const CARETAKER: &str = common::bins::caretaker_bin();
 
 fn main() {
     let megabytes: u64 = env_number("LOGROTATE_BENCH_MB", 1000);

@@ -148,8 +148,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(&base).expect("creating the bench directory");
-    let prices = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/litellm/model_prices_and_context_window.json");
+    let prices =
+        common::bins::repo_file("tests/fixtures/litellm/model_prices_and_context_window.json");
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!(
             "load average: {} on {} CPUs",

@@ -1,17 +1,17 @@
 //! Alert email end to end: the real daemon (`caretaker run`) delivering to a real SMTP server
-//! (aiosmtpd, tests/support/smtp_server.py) over STARTTLS with a test CA and AUTH; alerts
+//! (aiosmtpd, tests/common/scripts/smtp_server.py) over STARTTLS with a test CA and AUTH; alerts
 //! queued while the server is down survive a daemon restart and arrive exactly once; a
 //! recipient the server refuses for good is logged and never retried.
 
-#[path = "common/health.rs"]
-mod harness;
+mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use harness::{Daemon, SmtpServer, body, header, make_certs, status, wait_for};
+use common::health::{Daemon, SmtpServer, body, header, make_certs, status};
+use common::wait;
 use rusqlite::{Connection, OpenFlags};
 use rustix::process::Signal;
 use tempfile::TempDir;
@@ -27,7 +27,7 @@ fn jobs() -> &'static str {
 
 fn gateway(dir: &Path) -> PathBuf {
     let db = dir.join("requests.db");
-    harness::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
+    common::health::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
     db
 }
 
@@ -37,7 +37,7 @@ fn pending(config: &Path) -> Vec<serde_json::Value> {
 
 fn subjects(maildir: &Path) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
-    for (raw, _) in harness::received(maildir) {
+    for (raw, _) in common::health::received(maildir) {
         *counts.entry(header(&raw, "Subject").unwrap()).or_default() += 1;
     }
     counts
@@ -79,7 +79,7 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     // 1. The server is up: an alert arrives, encrypted and authenticated.
     let daemon = Daemon::start(&config, &dir.path().join("daemon-1.log"));
     daemon.signal(Signal::USR1);
-    let received = wait_for(
+    let received = wait::value(
         "the first alert to arrive",
         || Some(server.received()).filter(|r| !r.is_empty()),
         || format!("daemon: {}\nserver: {}", daemon.log(), server.stderr()),
@@ -117,14 +117,14 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     // 2. The server goes away: two more alerts queue and their first attempts fail. Stop it
     // only once the daemon has recorded the first delivery: a server killed between writing a
     // message and its 250 reply makes the sender retry, which is at-least-once by design.
-    wait_for(
+    wait::value(
         "the first delivery to be recorded",
         || pending(&config).is_empty().then_some(()),
         || format!("status: {}\ndaemon: {}", status(&config), daemon.log()),
     );
     server.stop();
     daemon.signal(Signal::USR2);
-    let queued = wait_for(
+    let queued = wait::value(
         "two alerts to queue after a failed attempt",
         || {
             let p = pending(&config);
@@ -146,7 +146,7 @@ fn queued_alerts_survive_a_restart_and_arrive_exactly_once_over_starttls_with_au
     // waiting out the backoff, and each queued alert arrives once.
     let server = SmtpServer::start(dir.path(), port, &tls_args);
     let daemon = Daemon::start(&config, &dir.path().join("daemon-2.log"));
-    wait_for(
+    wait::value(
         "the queued alerts to be delivered",
         || pending(&config).is_empty().then_some(()),
         || {
@@ -221,7 +221,7 @@ fn a_permanently_rejected_recipient_is_logged_and_not_retried() {
 
     let daemon = Daemon::start(&config, &dir.path().join("daemon-1.log"));
     daemon.signal(Signal::USR1);
-    wait_for(
+    wait::value(
         "the refusal to be logged",
         || (refusals(&daemon.log()) == 1 && pending(&config).is_empty()).then_some(()),
         || daemon.log(),
@@ -237,7 +237,7 @@ fn a_permanently_rejected_recipient_is_logged_and_not_retried() {
     let daemon = Daemon::start(&config, &dir.path().join("daemon-2.log"));
     daemon.signal(Signal::USR1);
     daemon.signal(Signal::USR2);
-    wait_for(
+    wait::value(
         "the new alerts to be refused",
         || (refusals(&daemon.log()) == 2 && pending(&config).is_empty()).then_some(()),
         || daemon.log(),

@@ -1,14 +1,14 @@
 //! Hot backups of real gateway databases while a simulated gateway writes, then restores and test restores.
 
-#[path = "common/backup.rs"]
-mod support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use caretaker::backup::archive::{self, Manifest};
-use support::{Rig, Schema, figure, integrity, keys, text};
+use common::backup::{Rig, Schema, figure, integrity, keys};
+use common::bins::describe;
 
 /// Writes per second. Apantli commits in rollback-journal mode with several fsyncs each, which
 /// caps a debug build on a small test machine at a few dozen commits/s even without us (the
@@ -35,13 +35,13 @@ fn hot_backup_loses_nothing(schema: Schema) {
     // Every row committed by now must be in the snapshot, which begins after this read.
     let committed_before = keys(&rig.db, schema);
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let (report, committed) = sim.stop();
     assert_eq!(
         report.failed,
         0,
         "the gateway lost rows during the backup: {report:?}\n{}",
-        text(&out)
+        describe(&out)
     );
     assert!(report.committed > 0);
     let lock_ms = figure(&out, "lock_ms");
@@ -93,7 +93,7 @@ fn hot_backup_loses_nothing(schema: Schema) {
 
     let restored = rig.dir.path().join("restored").join("gateway.db");
     let out = rig.restore(archive, &restored, false);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(integrity(&restored), "ok");
     let got = keys(&restored, schema);
     assert_eq!(m.row_count, Some(got.len() as u64));
@@ -117,7 +117,7 @@ fn hot_backup_loses_nothing(schema: Schema) {
     );
 
     let out = rig.run_job("check");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(figure(&out, "archives_verified"), 1.0);
 }
 
@@ -139,7 +139,7 @@ fn retention_prunes_only_this_jobs_archives_after_a_good_backup() {
         "keep: {last: 2}\ncompression: none\nverify: quick",
     );
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let first = rig.archives().pop().unwrap();
     assert!(first.to_str().unwrap().ends_with(".tar"));
     // Older archives of this job, one of another job with a similar name, and unrelated files.
@@ -170,7 +170,7 @@ fn retention_prunes_only_this_jobs_archives_after_a_good_backup() {
         ])
         .output()
         .unwrap();
-    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(dry.status.success(), "{}", describe(&dry));
     let plan = String::from_utf8_lossy(&dry.stdout);
     assert!(
         plan.contains("snapshot ") && plan.contains("(this run)"),
@@ -186,9 +186,9 @@ fn retention_prunes_only_this_jobs_archives_after_a_good_backup() {
     );
     assert_eq!(rig.archives().len(), 4, "a dry run changes nothing");
 
-    support::wait_for_next_second(&first);
+    common::backup::wait_for_next_second(&first);
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let left: Vec<String> = rig
         .archives()
         .iter()
@@ -210,18 +210,18 @@ fn retention_prunes_only_this_jobs_archives_after_a_good_backup() {
 fn restore_refuses_to_overwrite_without_force_and_keeps_a_safety_copy() {
     let rig = Rig::new(Schema::Bobamixer, 300, "");
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let archive = rig.archives().pop().unwrap();
 
     let target = rig.dir.path().join("live.db");
-    support::create_db(&target, Schema::Apantli, 20);
+    common::backup::create_db(&target, Schema::Apantli, 20);
     let before = fs::read(&target).unwrap();
     let out = rig.restore(&archive, &target, false);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--force"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert_eq!(fs::read(&target).unwrap(), before);
 
@@ -238,7 +238,7 @@ fn restore_refuses_to_overwrite_without_force_and_keeps_a_safety_copy() {
     // The target's directory is not ours: its mode stays as it is.
     fs::set_permissions(rig.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let out = rig.restore(&archive, &target, true);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let mode = fs::metadata(rig.dir.path()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755);
     for suffix in ["-wal", "-shm", "-journal"] {
@@ -270,5 +270,5 @@ fn restore_refuses_to_overwrite_without_force_and_keeps_a_safety_copy() {
     }));
 
     let out = rig.restore(&rig.dir.path().join("nope.tar.gz"), &target, true);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }

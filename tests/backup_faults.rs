@@ -1,16 +1,16 @@
 //! Backups under faults: kill -9 mid-run, a full disk, an unreadable source, corrupted archives.
 
-#[path = "common/backup.rs"]
-mod support;
+mod common;
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::backup::{Rig, Schema, integrity};
+use common::bins::describe;
+use common::files::{SmallFilesystem, names};
 use sha2::{Digest, Sha256};
-use support::{Rig, Schema, integrity, names, text};
 
 fn sha(path: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(path).unwrap()))
@@ -30,7 +30,7 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
     let sim = rig.start_sim(10.0);
     let started = Instant::now();
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let full_run = started.elapsed();
     let old = rig.archives().pop().unwrap();
     let old_sha = sha(&old);
@@ -69,7 +69,7 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
     {
         out = rig.run_job("nightly");
     }
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let left = names(&rig.to);
     assert!(
         left.iter().all(|n| !n.contains("caretaker-tmp")),
@@ -86,58 +86,26 @@ fn kill_9_at_random_points_never_leaves_a_listed_partial_archive() {
     assert_eq!(integrity(&rig.db), "ok");
 }
 
-/// A small tmpfs mounted for the test; unmounted when dropped.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(at: &Path, size: &str) -> SmallFs {
-        fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "the disk-full test needs a small filesystem: `mount -t tmpfs` failed ({}); run the tests as root or in a container allowed to mount tmpfs",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        SmallFs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
-    support::create_db(&db, Schema::Apantli, 300);
-    let small = SmallFs::mount(&dir.path().join("small"), "3m");
-    let to = small.0.join("backups");
+    common::backup::create_db(&db, Schema::Apantli, 300);
+    let small = SmallFilesystem::mount(&dir.path().join("small"), "3m");
+    let to = small.dir.join("backups");
     let mut rig = Rig::with_paths(dir, Schema::Apantli, db.clone(), to.clone(), "");
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let old = rig.archives().pop().unwrap();
     let old_sha = sha(&old);
 
-    support::wait_for_next_second(&old);
+    common::backup::wait_for_next_second(&old);
     // Grow the gateway past what the small filesystem can hold twice over.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("CREATE TABLE filler (b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO filler SELECT randomblob(1024) FROM n;").unwrap();
     drop(conn);
     let out = rig.run_job("nightly");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not enough free space") && stderr.contains(to.to_str().unwrap()),
@@ -150,20 +118,20 @@ fn a_full_disk_is_refused_up_front_and_old_backups_stay() {
     assert!(alerts.contains("not enough free space"), "{alerts}");
 
     // Restoring onto the small filesystem is refused the same way, before anything is written.
-    let target = small.0.join("restored.db");
+    let target = small.dir.join("restored.db");
     let big = rig.dir.path().join("big.tar.gz");
     rig.to = rig.dir.path().join("big-backups");
     rig.write_config("");
     let out = rig.run_job("nightly");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     fs::rename(rig.archives().pop().unwrap(), &big).unwrap();
-    fs::write(small.0.join("fill"), vec![0u8; 1 << 20]).unwrap();
+    fs::write(small.dir.join("fill"), vec![0u8; 1 << 20]).unwrap();
     let out = rig.restore(&big, &target, false);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not enough free space"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert!(!target.exists());
 }
@@ -180,7 +148,7 @@ fn an_unreadable_source_fails_clearly_and_writes_nothing() {
             fs::write(&rig.db, bytes).unwrap();
         }
         let out = rig.run_job("nightly");
-        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(rig.db.to_str().unwrap()),
@@ -255,22 +223,22 @@ fn corrupted_archives_are_refused_by_restore_and_verify() {
             .unwrap();
     }
     let out = rig.restore(&plain, &rig.dir.path().join("restored.db"), false);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("SHA-256"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // The verify job finds a corrupted archive among good ones, fails and alerts.
     let victim = rig.to.join("nightly-20200101T000000Z.tar.gz");
     fs::write(&victim, &cases[0].1).unwrap();
     let out = rig.run_job("check");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("nightly-20200101T000000Z.tar.gz"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let alerts = fs::read_to_string(rig.alerts_file()).unwrap();
     assert!(alerts.contains("backup-corrupt:check"), "{alerts}");
@@ -281,5 +249,5 @@ fn corrupted_archives_are_refused_by_restore_and_verify() {
     );
     // The good archive still restores.
     let out = rig.restore(&good, &rig.dir.path().join("ok.db"), false);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
 }

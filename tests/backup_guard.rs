@@ -3,13 +3,13 @@
 //! newest good archive is written but held (a critical alert, retention paused, never counted),
 //! so the good archives before it survive every later run.
 
-#[path = "common/backup.rs"]
-mod support;
+mod common;
 
 use std::fs;
 use std::path::PathBuf;
 
-use support::{Rig, Schema, figure, text};
+use common::backup::{Rig, Schema, figure};
+use common::bins::describe;
 
 /// A rig with `keep: {last: 2}` and two good archives, returned oldest first.
 fn two_good_backups(extra: &str) -> (Rig, Vec<PathBuf>) {
@@ -20,10 +20,10 @@ fn two_good_backups(extra: &str) -> (Rig, Vec<PathBuf>) {
     );
     for _ in 0..2 {
         if let Some(last) = rig.archives().last() {
-            support::wait_for_next_second(last);
+            common::backup::wait_for_next_second(last);
         }
         let out = rig.run_job("nightly");
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", describe(&out));
     }
     let good = rig.archives();
     assert_eq!(good.len(), 2);
@@ -31,7 +31,7 @@ fn two_good_backups(extra: &str) -> (Rig, Vec<PathBuf>) {
 }
 
 fn run_after_last(rig: &Rig) -> std::process::Output {
-    support::wait_for_next_second(rig.archives().last().unwrap());
+    common::backup::wait_for_next_second(rig.archives().last().unwrap());
     rig.run_job("nightly")
 }
 
@@ -55,7 +55,7 @@ fn alerts(rig: &Rig) -> String {
 fn assert_backups_of_a_missing_table_fail(rig: &Rig, good: &[PathBuf]) {
     for _ in 0..2 {
         let out = run_after_last(rig);
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("has no table `requests`")
@@ -83,11 +83,11 @@ fn a_gateway_file_truncated_to_zero_bytes_fails_and_keeps_the_good_archives() {
     fs::File::create(&rig.db).unwrap();
     assert_eq!(fs::metadata(&rig.db).unwrap().len(), 0);
     let dry = dry_run(&rig);
-    assert_eq!(dry.status.code(), Some(1), "{}", text(&dry));
+    assert_eq!(dry.status.code(), Some(1), "{}", describe(&dry));
     assert!(
         String::from_utf8_lossy(&dry.stderr).contains("has no table `requests`"),
         "{}",
-        text(&dry)
+        describe(&dry)
     );
     assert_backups_of_a_missing_table_fail(&rig, &good);
 }
@@ -114,9 +114,9 @@ fn ninety_percent_of_rows_deleted_is_written_but_held_and_prunes_nothing() {
     let mut held = Vec::new();
     for run in 0..2 {
         let out = run_after_last(&rig);
-        assert!(out.status.success(), "{}", text(&out));
-        assert_eq!(figure(&out, "held"), 1.0, "{}", text(&out));
-        assert_eq!(figure(&out, "deleted"), 0.0, "{}", text(&out));
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(figure(&out, "held"), 1.0, "{}", describe(&out));
+        assert_eq!(figure(&out, "deleted"), 0.0, "{}", describe(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.contains("HELD, retention paused: its rows fell from 2000 to")
@@ -147,11 +147,11 @@ fn ninety_percent_of_rows_deleted_is_written_but_held_and_prunes_nothing() {
     // is the oldest good archive that goes, not the newer one.
     let restored = rig.dir.path().join("restored.db");
     let out = rig.restore(&good[1], &restored, false);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     fs::rename(&restored, &rig.db).unwrap();
     let out = run_after_last(&rig);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(figure(&out, "held"), 0.0, "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(figure(&out, "held"), 0.0, "{}", describe(&out));
     let archives = rig.archives();
     assert!(!archives.contains(&good[0]), "{archives:?}");
     assert!(archives.contains(&good[1]), "{archives:?}");
@@ -172,9 +172,9 @@ fn with_the_guard_off_a_shrunken_database_is_pruned_as_any_other() {
         .execute_batch("DELETE FROM requests WHERE id % 10 != 0")
         .unwrap();
     let out = run_after_last(&rig);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(figure(&out, "held"), 0.0, "{}", text(&out));
-    assert_eq!(figure(&out, "deleted"), 1.0, "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(figure(&out, "held"), 0.0, "{}", describe(&out));
+    assert_eq!(figure(&out, "deleted"), 1.0, "{}", describe(&out));
     let archives = rig.archives();
     assert_eq!(archives.len(), 2);
     assert_eq!(archives[0], good[1]);
@@ -203,10 +203,10 @@ fn a_bad_shrink_guard_is_a_check_error_at_its_line() {
             .unwrap()
             + 1;
         if ok {
-            assert!(out.status.success(), "{value}: {}", text(&out));
+            assert!(out.status.success(), "{value}: {}", describe(&out));
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(!out.status.success(), "{value}: {}", text(&out));
+            assert!(!out.status.success(), "{value}: {}", describe(&out));
             assert!(
                 err.contains(&format!(":{line}:"))
                     && err.contains("shrink_guard")

@@ -2,19 +2,15 @@
 //! passed in; through `caretaker run-job` into the alerts file; and its raise and "resolved"
 //! mails through a real SMTP server (aiosmtpd), each exactly once.
 
-#[path = "common/pricejob.rs"]
 mod common;
-#[path = "common/health.rs"]
-mod harness;
 
 use std::path::Path;
-use std::process::Command;
 
 use caretaker::alerts::{self, AlertEvent, Severity};
 use caretaker::config::Config;
 use caretaker::state::State;
 use chrono::{DateTime, Utc};
-use common::*;
+use common::pricejob::*;
 use rusqlite::{Connection, params};
 
 fn utc(text: &str) -> DateTime<Utc> {
@@ -497,16 +493,8 @@ fn run_job_delivers_the_alert_to_the_alerts_file_once() {
         JOBS,
     );
     let run = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-            .args(["run-job", "spend", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::health::run_job(&config, "spend");
+        assert!(out.status.success(), "{}", common::bins::describe(&out));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let stdout = run();
@@ -588,8 +576,8 @@ fn smtp_config(dir: &Path, db: &Path, zone: &str, port: u16) -> std::path::PathB
 /// A body as sent, decoded when lettre chose quoted-printable (it does for lines longer
 /// than 76 characters, as budget bodies have): soft line breaks joined, `=XX` bytes decoded.
 fn decoded_body(raw: &str) -> String {
-    let body = harness::body(raw);
-    let qp = harness::header(raw, "Content-Transfer-Encoding")
+    let body = common::health::body(raw);
+    let qp = common::health::header(raw, "Content-Transfer-Encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("quoted-printable"));
     if !qp {
         return body;
@@ -611,13 +599,13 @@ fn decoded_body(raw: &str) -> String {
 }
 
 /// (subject, body) of every mail the server received, in arrival order.
-fn mails(server: &harness::SmtpServer) -> Vec<(String, String)> {
+fn mails(server: &common::health::SmtpServer) -> Vec<(String, String)> {
     server
         .received()
         .iter()
         .map(|(raw, _)| {
             (
-                harness::header(raw, "Subject").expect("every mail has a subject"),
+                common::health::header(raw, "Subject").expect("every mail has a subject"),
                 decoded_body(raw),
             )
         })
@@ -638,7 +626,7 @@ fn zone_far_from_midnight() -> &'static str {
 #[tokio::test]
 async fn local_midnight_sends_one_resolved_mail_through_a_real_smtp_server_also_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = harness::SmtpServer::start(dir.path(), 0, &[]);
+    let server = common::health::SmtpServer::start(dir.path(), 0, &[]);
     let db = dir.path().join("requests.db");
     apantli_db(&db);
     let config = load(&smtp_config(dir.path(), &db, "Europe/Berlin", server.port));
@@ -707,7 +695,7 @@ async fn local_midnight_sends_one_resolved_mail_through_a_real_smtp_server_also_
 #[test]
 fn run_job_mails_the_crossing_and_exactly_one_resolved_message_when_the_spend_is_back_under() {
     let dir = tempfile::tempdir().unwrap();
-    let server = harness::SmtpServer::start(dir.path(), 0, &[]);
+    let server = common::health::SmtpServer::start(dir.path(), 0, &[]);
     let db = dir.path().join("requests.db");
     apantli_db(&db);
     let zone = zone_far_from_midnight();
@@ -715,8 +703,8 @@ fn run_job_mails_the_crossing_and_exactly_one_resolved_message_when_the_spend_is
     spend(&db, Utc::now(), "gpt-4o", 9.0, false);
     let config = smtp_config(dir.path(), &db, zone, server.port);
     let run = || {
-        let out = harness::run_job(&config, "spend");
-        assert!(out.status.success(), "{}", harness::describe(&out));
+        let out = common::health::run_job(&config, "spend");
+        assert!(out.status.success(), "{}", common::bins::describe(&out));
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let stdout = run();
@@ -760,7 +748,7 @@ fn run_job_mails_the_crossing_and_exactly_one_resolved_message_when_the_spend_is
         body.contains("$3.00 spent of $10.00, 30.0 % of the limit, back under 75 %"),
         "{body}"
     );
-    let status = harness::status(&config);
+    let status = common::health::status(&config);
     assert_eq!(status["pending_alerts"], serde_json::json!([]), "{status}");
     assert_eq!(status["active_alerts"], serde_json::json!([]), "{status}");
 }

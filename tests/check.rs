@@ -1,8 +1,8 @@
 //! `caretaker check` on good and bad jobs files, through the real binary.
 
-mod harness;
+mod common;
 
-use harness::Sandbox;
+use common::sandbox::Sandbox;
 
 #[test]
 fn a_good_file_lists_every_job_with_its_next_three_runs() {
@@ -109,7 +109,7 @@ fn a_bad_time_zone_is_placed_at_its_value() {
         "{}timezone: Europe/Berlinn\njobs:\n  b:\n    on_signal: USR1\n    integrity: {{}}\n",
         sb.header()
     );
-    harness::write_replace(&sb.jobs_file(), &text);
+    common::files::write_replace(&sb.jobs_file(), &text);
     let out = sb.caretaker(&["check"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -127,7 +127,7 @@ fn an_empty_gateway_database_path_is_refused_at_its_key() {
         .header()
         .replace("database: requests.db", "database: \"\"")
         + "jobs:\n  b:\n    on_signal: USR1\n    integrity: {}\n";
-    harness::write_replace(&sb.jobs_file(), &text);
+    common::files::write_replace(&sb.jobs_file(), &text);
     assert_refused(
         &sb,
         "empty gateway.database",
@@ -140,7 +140,7 @@ fn an_empty_gateway_database_path_is_refused_at_its_key() {
 fn all_errors_of_a_file_are_reported_at_once() {
     let sb = Sandbox::new();
     let text = "gateway:\n  database: requests.db\n  schema: apantlee\nbogus: 1\ntimezone: Mars/Base\njobs:\n  a:\n    schedule: \"61 * * * *\"\n    integrity: {check: deep}\n  b:\n    integrity: {}\n";
-    harness::write_replace(&sb.jobs_file(), text);
+    common::files::write_replace(&sb.jobs_file(), text);
     let out = sb.caretaker(&["check"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
@@ -159,7 +159,7 @@ fn all_errors_of_a_file_are_reported_at_once() {
 
 #[test]
 fn a_missing_file_is_a_usage_error_naming_the_path() {
-    let out = std::process::Command::new(harness::BIN)
+    let out = std::process::Command::new(common::bins::caretaker_bin())
         .args(["check", "--config", "/nonexistent/jobs.yaml"])
         .env_remove("CARETAKER_CONFIG")
         .output()
@@ -178,7 +178,7 @@ fn a_missing_file_is_a_usage_error_naming_the_path() {
 fn caretaker_config_names_the_file_when_no_flag_is_given() {
     let sb = Sandbox::new();
     sb.write_jobs("  b:\n    on_signal: USR1\n    integrity: {}\n");
-    let out = std::process::Command::new(harness::BIN)
+    let out = std::process::Command::new(common::bins::caretaker_bin())
         .arg("check")
         .env("CARETAKER_CONFIG", sb.jobs_file())
         .output()
@@ -299,7 +299,7 @@ fn every_duration_has_an_upper_bound_said_in_the_error() {
             "{}jobs:\n  b:\n    on_signal: USR1\n    integrity: {{}}\n",
             sb.header().replace(from, to)
         );
-        harness::write_replace(&sb.jobs_file(), &text);
+        common::files::write_replace(&sb.jobs_file(), &text);
         assert_refused(&sb, to, place, phrase);
     }
 }
@@ -329,7 +329,7 @@ fn a_file_that_is_not_utf8_is_placed_at_its_first_bad_byte() {
 fn an_empty_file_says_so_and_shows_a_minimal_one() {
     for text in ["", "\n\n", "# only a comment\n   # and another\n"] {
         let sb = Sandbox::new();
-        harness::write_replace(&sb.jobs_file(), text);
+        common::files::write_replace(&sb.jobs_file(), text);
         let out = sb.caretaker(&["check"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text:?}: {stderr}");
@@ -345,14 +345,14 @@ fn an_empty_file_says_so_and_shows_a_minimal_one() {
     }
     // The minimal file shown is itself a valid one.
     let sb = Sandbox::new();
-    harness::write_replace(&sb.jobs_file(), "");
+    common::files::write_replace(&sb.jobs_file(), "");
     let stderr = String::from_utf8_lossy(&sb.caretaker(&["check"]).stderr).into_owned();
     let minimal = stderr
         .split_once("at least:\n")
         .and_then(|(_, rest)| rest.split_once("\n(every key"))
         .map(|(minimal, _)| minimal.to_string())
         .expect(&stderr);
-    harness::write_replace(&sb.jobs_file(), &minimal);
+    common::files::write_replace(&sb.jobs_file(), &minimal);
     let out = sb.caretaker(&["check"]);
     assert!(
         out.status.success(),
@@ -385,7 +385,7 @@ fn an_unset_password_variable_warns_at_check_and_stops_run_job() {
         "{}  email:\n    smtp: {{host: smtp.example.com, username: u, password_env: CARETAKER_TEST_UNSET_PASSWORD}}\n    from: a@example.com\n    to: [b@example.com]\njobs:\n  b:\n    on_signal: USR1\n    integrity: {{}}\n",
         sb.header()
     );
-    harness::write_replace(&sb.jobs_file(), &text);
+    common::files::write_replace(&sb.jobs_file(), &text);
     let check = sb.caretaker(&["check"]);
     let stderr = String::from_utf8_lossy(&check.stderr);
     assert_eq!(check.status.code(), Some(0), "{stderr}");

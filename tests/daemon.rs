@@ -1,11 +1,12 @@
 //! The real daemon binary: signals, reloads, graceful stop, single instance, catch-up.
 
-mod harness;
+mod common;
 
 use std::time::Duration;
 
 use chrono::Utc;
-use harness::{Sandbox, wait_for};
+use common::sandbox::Sandbox;
+use common::wait::poll;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -29,7 +30,7 @@ fn usr1_runs_exactly_the_jobs_bound_to_it() {
     sb.write_jobs(SIGNAL_JOBS);
     let daemon = sb.start_daemon();
     daemon.signal("USR1");
-    let done = wait_for(LONG, || {
+    let done = poll(LONG, || {
         (finished_runs(&sb, "a-usr1") == 1 && finished_runs(&sb, "c-both") == 1).then_some(())
     });
     assert!(
@@ -51,7 +52,7 @@ fn an_invalid_file_on_sighup_is_refused_and_the_old_configuration_keeps_running(
     sb.write_jobs(SIGNAL_JOBS);
     let daemon = sb.start_daemon();
     // Break the file, then ask for a reload.
-    harness::write_replace(
+    common::files::write_replace(
         &sb.jobs_file(),
         "gateway: {database: requests.db, schema: nope}\njobs: {}\n",
     );
@@ -60,7 +61,7 @@ fn an_invalid_file_on_sighup_is_refused_and_the_old_configuration_keeps_running(
         "the new jobs file is invalid; the old configuration keeps running",
         LONG,
     );
-    let alerted = wait_for(LONG, || {
+    let alerted = poll(LONG, || {
         sb.alerts().contains("config-invalid").then_some(())
     });
     assert!(
@@ -70,7 +71,7 @@ fn an_invalid_file_on_sighup_is_refused_and_the_old_configuration_keeps_running(
     );
     // The old jobs are still bound.
     daemon.signal("USR2");
-    let ran = wait_for(LONG, || (finished_runs(&sb, "b-usr2") == 1).then_some(()));
+    let ran = poll(LONG, || (finished_runs(&sb, "b-usr2") == 1).then_some(()));
     assert!(
         ran.is_some(),
         "the old configuration stopped working:\n{}",
@@ -87,7 +88,7 @@ fn editing_the_file_reloads_it() {
     sb.write_jobs("  d-new:\n    on_signal: USR2\n    integrity: {}\n");
     daemon.wait_log("configuration reloaded", LONG);
     daemon.signal("USR2");
-    let ran = wait_for(LONG, || (finished_runs(&sb, "d-new") == 1).then_some(()));
+    let ran = poll(LONG, || (finished_runs(&sb, "d-new") == 1).then_some(()));
     assert!(
         ran.is_some(),
         "the edited file was not used:\n{}",
@@ -159,7 +160,7 @@ fn a_run_missed_while_down_runs_once_at_start_only_with_catch_up() {
         .unwrap();
     drop(state);
     let daemon = sb.start_daemon();
-    let ran = wait_for(LONG, || (finished_runs(&sb, "nightly") == 1).then_some(()));
+    let ran = poll(LONG, || (finished_runs(&sb, "nightly") == 1).then_some(()));
     assert!(
         ran.is_some(),
         "the missed run did not happen:\n{}",
@@ -193,7 +194,7 @@ fn repeated_signals_while_a_job_runs_coalesce_into_one_more_run() {
     }
     daemon.wait_log("already running; it runs once more when it ends", LONG);
     drop(lock);
-    let ran = wait_for(LONG, || (finished_runs(&sb, "b-usr2") == 2).then_some(()));
+    let ran = poll(LONG, || (finished_runs(&sb, "b-usr2") == 2).then_some(()));
     assert!(ran.is_some(), "{}", daemon.log_text());
     // Nothing else is queued: the count stays at 2 once the daemon is idle again.
     daemon.signal("HUP");
@@ -244,7 +245,7 @@ fn a_job_that_cannot_start_within_its_timeout_fails_and_alerts() {
 fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
     let sb = Sandbox::new();
     let header = sb.header().replace("busy_timeout: 1s", "busy_timeout: 60s");
-    harness::write_replace(
+    common::files::write_replace(
         &sb.jobs_file(),
         &format!("{header}jobs:\n  slow:\n    on_signal: USR1\n    integrity: {{}}\n"),
     );
@@ -253,7 +254,7 @@ fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let mut daemon = sb.start_daemon();
     daemon.signal("USR1");
-    let started = wait_for(LONG, || {
+    let started = poll(LONG, || {
         runs(&sb, "slow")
             .iter()
             .any(|r| r.result == "running")

@@ -2,19 +2,17 @@
 //! maintenance and integrity, including kill -9 in the middle of an archive run, a full disk
 //! and a damaged file.
 
-#[path = "common/backup.rs"]
-mod backup_rig;
-#[path = "common/dbcare.rs"]
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use backup_rig::figure;
 use caretaker::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
-use common::*;
+use common::backup::figure;
+use common::bins::{caretaker, describe};
+use common::dbcare::*;
 use rusqlite::types::Value;
 
 const APANTLI_PAYLOAD: &[&str] = &["request_data", "response_data"];
@@ -129,7 +127,7 @@ fn apantli_archive_at_100_writes_per_second_never_stalls_a_write_near_its_timeou
         "a gateway write waited {:.0} ms (p99 {:.0} ms); {}",
         report.latency_ms.max,
         report.latency_ms.p99,
-        text(&out)
+        describe(&out)
     );
     let n = assert_union(
         &names,
@@ -230,7 +228,7 @@ fn strip_payloads_to_csv_of_failed_rows_keeps_the_metadata() {
     );
     let config = jobs_file(dir.path(), &db, "apantli", &jobs);
     let out = run_job(&config, "arch", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let (_, now) = rows(&db, "requests");
     assert_eq!(now.len(), original.len(), "strip_payloads deletes no row");
     let mut stripped = 0;
@@ -261,11 +259,11 @@ fn strip_payloads_to_csv_of_failed_rows_keeps_the_metadata() {
     assert!(csv.starts_with("id,timestamp,model,"), "{}", &csv[..80]);
     // A second run finds nothing left to archive.
     let again = run_job(&config, "arch", &[]);
-    assert!(again.status.success(), "{}", text(&again));
+    assert!(again.status.success(), "{}", describe(&again));
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("rows_archived=0"),
         "{}",
-        text(&again)
+        describe(&again)
     );
 }
 
@@ -278,7 +276,7 @@ fn dry_run_reports_rows_and_bytes_and_changes_nothing() {
     let to = dir.path().join("archive");
     let config = jobs_file(dir.path(), &db, "apantli", &archive_job(&to, ""));
     let out = run_job(&config, "arch", &["--dry-run"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("archive: ") && stdout.contains(" of row data"),
@@ -301,11 +299,11 @@ fn bad_combinations_are_refused_with_what_to_do() {
     ] {
         let config = jobs_file(dir.path(), &db, "bobamixer", &archive_job(&to, extra));
         let out = run_job(&config, "arch", &[]);
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(expected),
             "{}",
-            text(&out)
+            describe(&out)
         );
     }
 }
@@ -337,7 +335,7 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
         );
         let start = Instant::now();
         let out = run_job(&config, "arch", &[]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", describe(&out));
         start.elapsed()
     };
     let mut killed_mid_run = 0;
@@ -369,7 +367,7 @@ fn kill_9_at_any_point_of_an_archive_run_loses_and_duplicates_nothing() {
             killed_mid_run += 1;
         }
         let out = run_job(&config, "arch", &[]);
-        assert!(out.status.success(), "case {i} rerun: {}", text(&out));
+        assert!(out.status.success(), "case {i} rerun: {}", describe(&out));
         let (_, now) = rows(&db, "requests");
         let archives = archived(&to, "arch-");
         assert_union(&names, APANTLI_PAYLOAD, &original, &now, &archives, "id");
@@ -413,7 +411,7 @@ fn a_full_disk_during_the_archive_write_deletes_nothing() {
     assert!(
         mount.status.success(),
         "this test needs a small filesystem: mounting a 64 KiB tmpfs failed (run as root, or in a container allowed to mount): {}",
-        text(&mount)
+        describe(&mount)
     );
     let _guard = Mounted(to.clone());
     let config = jobs_file(
@@ -423,7 +421,7 @@ fn a_full_disk_during_the_archive_write_deletes_nothing() {
         &archive_job(&to, "      batch: 2000\n"),
     );
     let out = run_job(&config, "arch", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is the disk full?"), "{stderr}");
     assert_eq!(
@@ -453,11 +451,11 @@ fn integrity_passes_a_sound_database_and_alerts_on_a_damaged_copy() {
         let jobs = format!("  check:\n    on_signal: USR1\n    integrity: {{check: {check}}}\n");
         let config = jobs_file(dir.path(), &db, "apantli", &jobs);
         let out = run_job(&config, "check", &[]);
-        assert!(out.status.success(), "{check}: {}", text(&out));
+        assert!(out.status.success(), "{check}: {}", describe(&out));
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("found no problem"),
             "{}",
-            text(&out)
+            describe(&out)
         );
     }
     let copy_dir = dir.path().join("copy");
@@ -469,11 +467,11 @@ fn integrity_passes_a_sound_database_and_alerts_on_a_damaged_copy() {
         let jobs = format!("  check:\n    on_signal: USR1\n    integrity: {{check: {check}}}\n");
         let config = jobs_file(&copy_dir, &copy, "apantli", &jobs);
         let out = run_job(&config, "check", &[]);
-        assert_eq!(out.status.code(), Some(1), "{check}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{check}: {}", describe(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("fails its integrity check"),
             "{}",
-            text(&out)
+            describe(&out)
         );
         let alerts = std::fs::read_to_string(copy_dir.join("alerts.jsonl")).unwrap();
         let found: Vec<serde_json::Value> = alerts
@@ -499,7 +497,7 @@ fn vacuum_without_room_for_a_copy_is_refused_and_alerts() {
     assert!(
         mount.status.success(),
         "this test needs a small filesystem: mounting a 4 MiB tmpfs failed (run as root, or in a container allowed to mount): {}",
-        text(&mount)
+        describe(&mount)
     );
     let _guard = Mounted(small.clone());
     let built = dir.path().join("built.db");
@@ -514,7 +512,7 @@ fn vacuum_without_room_for_a_copy_is_refused_and_alerts() {
     let jobs = "  care:\n    on_signal: USR1\n    maintenance: {vacuum: always}\n";
     let config = jobs_file(dir.path(), &db, "apantli", jobs);
     let out = run_job(&config, "care", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("VACUUM of")
@@ -565,7 +563,7 @@ fn the_vacuum_warning_is_said_at_check_and_not_at_every_run_job_or_status() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(check.status.success(), "{}", text(&check));
+        assert!(check.status.success(), "{}", describe(&check));
         let stderr = String::from_utf8_lossy(&check.stderr);
         match warned {
             Some(said) => assert!(
@@ -585,7 +583,7 @@ fn the_vacuum_warning_is_said_at_check_and_not_at_every_run_job_or_status() {
                 .arg(&config)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{args:?}: {}", text(&out));
+            assert!(out.status.success(), "{args:?}: {}", describe(&out));
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
                 !stderr.contains("warning"),
@@ -645,11 +643,11 @@ fn default_vacuum_whose_lock_would_outlast_its_bound_is_skipped_with_the_figure_
     let jobs = "  care:\n    on_signal: USR1\n    maintenance: {vacuum_max_lock: 1ms}\n";
     let config = jobs_file(dir.path(), &db, "apantli", jobs);
     let dry = run_job(&config, "care", &["--dry-run"]);
-    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(dry.status.success(), "{}", describe(&dry));
     assert!(
         String::from_utf8_lossy(&dry.stdout).contains("VACUUM a copy first"),
         "{}",
-        text(&dry)
+        describe(&dry)
     );
     let (out, sim) = run_job_beside_gateway(&config, "care", &db, "apantli", 30.0, dir.path());
     assert!(sim.committed > 0);
@@ -707,7 +705,7 @@ fn incremental_vacuum_switches_only_with_consent_then_gives_pages_back_in_short_
     let job = |extra: &str| incremental_job(dir.path(), &db, "apantli", extra);
     // The switch is a full VACUUM: without consent, only under the bound, here too short.
     let out = run_job(&job(", vacuum_max_lock: 1ms"), "care", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(
@@ -719,7 +717,7 @@ fn incremental_vacuum_switches_only_with_consent_then_gives_pages_back_in_short_
     assert_eq!(alerts_of(dir.path(), "vacuum-skipped:care").len(), 1);
     // With consent, in a window when the gateway is stopped.
     let out = run_job(&job(", vacuum_convert: true"), "care", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("VACUUM switching the database to auto_vacuum = INCREMENTAL held"),
@@ -782,19 +780,19 @@ fn incremental_vacuum_on_bobamixer_loses_no_usage_record() {
     let job = |extra: &str| incremental_job(dir.path(), &db, "bobamixer", extra);
     // No busy timeout: the switch never happens unasked.
     let out = run_job(&job(""), "care", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("BobaMixer has no busy timeout"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert_eq!(pragma(&db, "auto_vacuum"), 0);
     let out = run_job(&job(", vacuum_convert: true"), "care", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("only safe with the gateway stopped"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert_eq!(pragma(&db, "auto_vacuum"), 2);
     let conn = rusqlite::Connection::open(&db).unwrap();
@@ -838,7 +836,7 @@ fn maintenance_of_an_empty_or_foreign_file_changes_no_byte_and_says_why() {
                 out.status.code(),
                 Some(1),
                 "{name} {vacuum}: {}",
-                text(&out)
+                describe(&out)
             );
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
@@ -867,7 +865,7 @@ fn maintenance_of_an_empty_or_foreign_file_changes_no_byte_and_says_why() {
         let bytes = std::fs::read(&db).unwrap();
         let jobs = "  check:\n    on_signal: USR1\n    integrity: {check: full}\n";
         let out = run_job(&jobs_file(dir.path(), &db, "apantli", jobs), "check", &[]);
-        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(name) && stderr.contains(said),
@@ -889,7 +887,7 @@ fn maintenance_of_an_empty_or_foreign_file_changes_no_byte_and_says_why() {
         "  care:\n    on_signal: USR1\n    maintenance: {}\n",
     );
     let out = run_job(&config, "care", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has no table `requests`"), "{stderr}");
     assert_eq!(std::fs::read(&other).unwrap(), before);
@@ -936,7 +934,7 @@ fn vacuum_max_lock_is_refused_where_it_cannot_protect_the_gateway() {
             .arg(&config)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{keys}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{keys}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("jobs.yaml:10:")
@@ -986,7 +984,7 @@ fn custom_schema_with_unix_millis_and_no_time_index() {
     )
     .unwrap();
     let out = run_job(&config, "arch", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let (_, now_rows) = rows(&db, "llm_usage_log");
     let archives = archived(&to, "arch-");
     let n = assert_union(
@@ -1033,7 +1031,7 @@ fn truncate_checkpoint_empties_the_wal_of_a_wal_database() {
     let jobs = "  care:\n    on_signal: USR1\n    maintenance: {checkpoint: truncate, analyze: false, vacuum: never}\n";
     let config = jobs_file(dir.path(), &db, "bobamixer", jobs);
     let out = run_job(&config, "care", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("truncate checkpoint copied"), "{stdout}");
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "{stdout}");

@@ -4,15 +4,16 @@
 //! tests fail when a key is added, renamed or removed without the reference and the example
 //! following, and when either documents a key the parser does not accept.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
 
 use caretaker::config::yaml::{self, Node, NodeKind};
 use caretaker::config::{ITEM, JOB_PATH, accepted_keys};
 
 fn repo_file(name: &str) -> (PathBuf, String) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name);
+    let path = common::bins::repo_file(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     (path, text)
@@ -132,7 +133,7 @@ fn the_example_passes_the_parser() {
     let (path, _) = repo_file("jobs.example.yaml");
     // `caretaker check` is config::load (config::parse) plus a listing; the example reads its
     // SMTP password from the environment, as a deployment would.
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let out = common::bins::caretaker()
         .args(["check", "--config"])
         .arg(&path)
         .env("CARETAKER_SMTP_PASSWORD", "example-password")
@@ -174,7 +175,7 @@ fn the_example_warns_without_its_password() {
     // naming the key (stderr is no longer empty), as the daemon's environment is the one that
     // must hold it.
     let (path, _) = repo_file("jobs.example.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let out = common::bins::caretaker()
         .args(["check", "--config"])
         .arg(&path)
         .env_remove("CARETAKER_SMTP_PASSWORD")
@@ -189,35 +190,33 @@ fn the_example_warns_without_its_password() {
     );
 }
 
+/// The parser, jobs.example.yaml and docs/configuration.md name the same keys, each way round
+/// where it matters.
 #[test]
-fn every_accepted_key_is_in_the_example() {
-    let missing: BTreeSet<String> = accepted().difference(&example_keys()).cloned().collect();
-    assert!(
-        missing.is_empty(),
-        "keys the parser accepts but jobs.example.yaml does not show (add them, as `#: ` lines if optional):{}",
-        listing(&missing)
-    );
-}
-
-#[test]
-fn every_key_in_the_example_is_accepted() {
-    let unknown: BTreeSet<String> = example_keys().difference(&accepted()).cloned().collect();
-    assert!(
-        unknown.is_empty(),
-        "keys in jobs.example.yaml (its `#: ` lines included) that the parser refuses:{}",
-        listing(&unknown)
-    );
-}
-
-#[test]
-fn every_accepted_key_is_in_the_reference() {
+fn the_parser_the_example_and_the_reference_name_the_same_keys() {
     let documented: BTreeSet<String> = reference_rows().into_iter().map(|r| r.key).collect();
-    let missing: BTreeSet<String> = accepted().difference(&documented).cloned().collect();
-    assert!(
-        missing.is_empty(),
-        "keys the parser accepts without a row in docs/configuration.md:{}",
-        listing(&missing)
-    );
+    // (keys, the keys they must all be among, what a key left over is)
+    let cases = [
+        (
+            accepted(),
+            example_keys(),
+            "keys the parser accepts but jobs.example.yaml does not show (add them, as `#: ` lines if optional):",
+        ),
+        (
+            example_keys(),
+            accepted(),
+            "keys in jobs.example.yaml (its `#: ` lines included) that the parser refuses:",
+        ),
+        (
+            accepted(),
+            documented,
+            "keys the parser accepts without a row in docs/configuration.md:",
+        ),
+    ];
+    for (keys, among, what) in cases {
+        let left: BTreeSet<String> = keys.difference(&among).cloned().collect();
+        assert!(left.is_empty(), "{what}{}", listing(&left));
+    }
 }
 
 #[test]

@@ -1,7 +1,6 @@
-//! Alert email delivery against a real SMTP server (aiosmtpd, run from tests/support/smtp_server.py).
+//! Alert email delivery against a real SMTP server (aiosmtpd, run from tests/common/scripts/smtp_server.py).
 
-#[path = "common/health.rs"]
-mod harness;
+mod common;
 
 use std::fs;
 use std::io::Read;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use caretaker::alerts::email::{
     DeliveryError, EmailConfig, EmailMessage, EmailSink, Secret, SmtpSettings, TlsMode,
 };
-use harness::{SmtpServer, body, header, make_certs};
+use common::health::{SmtpServer, body, header, make_certs};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -311,38 +310,36 @@ async fn silent_server_times_out_as_transient() {
     assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
 }
 
+/// A recipient the server refuses: a 5xx reply is permanent, a 4xx one transient; nothing is
+/// delivered either way.
 #[tokio::test]
-async fn rejected_recipient_is_permanent() {
-    let dir = TempDir::new().unwrap();
-    let server = SmtpServer::start(dir.path(), 0, &["--reject-rcpt", "nobody@example.com"]);
-    let mut settings = settings(server.port, TlsMode::None);
-    settings.to = vec!["nobody@example.com".into()];
-    let sink = EmailSink::new(settings).unwrap();
+async fn refused_recipients_are_permanent_or_transient_by_reply_code() {
+    // (server option, recipient, whether the error is permanent, the reply code it names)
+    let cases = [
+        ("--reject-rcpt", "nobody@example.com", true, "550"),
+        ("--defer-rcpt", "later@example.com", false, "451"),
+    ];
+    for (option, recipient, permanent, code) in cases {
+        let dir = TempDir::new().unwrap();
+        let server = SmtpServer::start(dir.path(), 0, &[option, recipient]);
+        let mut settings = settings(server.port, TlsMode::None);
+        settings.to = vec![recipient.into()];
+        let sink = EmailSink::new(settings).unwrap();
 
-    let error = sink.send(&message()).await.unwrap_err();
+        let error = sink.send(&message()).await.unwrap_err();
 
-    let DeliveryError::Permanent(text) = &error else {
-        panic!("expected Permanent, got {error:?}");
-    };
-    assert!(text.contains("550"), "{text}");
-    assert!(server.received().is_empty());
-}
-
-#[tokio::test]
-async fn deferred_recipient_is_transient() {
-    let dir = TempDir::new().unwrap();
-    let server = SmtpServer::start(dir.path(), 0, &["--defer-rcpt", "later@example.com"]);
-    let mut settings = settings(server.port, TlsMode::None);
-    settings.to = vec!["later@example.com".into()];
-    let sink = EmailSink::new(settings).unwrap();
-
-    let error = sink.send(&message()).await.unwrap_err();
-
-    let DeliveryError::Transient(text) = &error else {
-        panic!("expected Transient, got {error:?}");
-    };
-    assert!(text.contains("451"), "{text}");
-    assert!(server.received().is_empty());
+        let text = match (&error, permanent) {
+            (DeliveryError::Permanent(text), true) | (DeliveryError::Transient(text), false) => {
+                text
+            }
+            _ => panic!(
+                "{option}: expected {}, got {error:?}",
+                if permanent { "Permanent" } else { "Transient" }
+            ),
+        };
+        assert!(text.contains(code), "{option}: {text}");
+        assert!(server.received().is_empty(), "{option}");
+    }
 }
 
 #[tokio::test]

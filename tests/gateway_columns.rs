@@ -2,14 +2,14 @@
 //! reads the request table refuses at the start of its run (and of its dry run), naming the key,
 //! the column and the columns that do exist, and changes nothing.
 
-#[path = "common/dbcare.rs"]
 mod common;
 
 use std::path::Path;
 
 use caretaker::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
-use common::*;
+use common::bins::describe;
+use common::dbcare::*;
 
 fn apantli(db: &Path, rows: u64) {
     let options = SampleOptions {
@@ -49,7 +49,7 @@ fn archive_of_failed_rows_with_a_misspelt_error_column_deletes_nothing() {
     let config = jobs_file(dir.path(), &db, &custom_apantli("eror"), &jobs);
     for extra in [&["--dry-run"][..], &[]] {
         let out = run_job(&config, "arch", extra);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", describe(&out));
         let err = stderr(&out);
         for expected in [
             "gateway.columns.error",
@@ -68,7 +68,7 @@ fn archive_of_failed_rows_with_a_misspelt_error_column_deletes_nothing() {
     // The same job with the right name archives only the failed rows, as before.
     let config = jobs_file(dir.path(), &db, &custom_apantli("error"), &jobs);
     let out = run_job(&config, "arch", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let (_, after) = rows(&db, "requests");
     assert!(
         after.len() < before.len() && after.len() > before.len() / 2,
@@ -91,7 +91,7 @@ fn a_custom_table_that_does_not_exist_is_named_with_the_tables_that_do() {
     );
     let config = jobs_file(dir.path(), &db, &schema, &jobs);
     let out = run_job(&config, "arch", &["--dry-run"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
         err.contains("gateway.table")
@@ -140,55 +140,79 @@ fn refusal(dir: &Path, without: &str, jobs: &str, job: &str, extra: &[&str]) -> 
         out.status.code(),
         Some(1),
         "{job} {extra:?}: {}",
-        text(&out)
+        describe(&out)
     );
     stderr(&out)
 }
 
+/// A job that reads a column, run on a preset database without it.
+struct Missing {
+    job: &'static str,
+    /// The column the table lacks.
+    without: &'static str,
+    /// The `jobs:` block; `{prices}` stands for a prices file the case writes.
+    jobs: &'static str,
+    /// The extra arguments of each run.
+    runs: &'static [&'static [&'static str]],
+    /// What the refusal must say.
+    says: &'static [&'static str],
+}
+
+/// Each job kind that reads a column fails on a preset database without it: budget instead of
+/// reporting nothing spent, health instead of counting every row as recent, pricing before it
+/// reads a row.
 #[test]
-fn budget_on_a_preset_database_without_cost_fails_instead_of_reporting_nothing_spent() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = "  spend:\n    on_signal: USR1\n    budget:\n      limits:\n        - {name: daily, period: day, usd: 1, warn_at: [100%]}\n";
-    for extra in [&["--dry-run"][..], &[]] {
-        let err = refusal(dir.path(), "cost", jobs, "spend", extra);
-        assert!(
-            err.contains("gateway.schema")
-                && err.contains("no column `cost`")
-                && err.contains("its columns are: id, timestamp"),
-            "{extra:?}: {err}"
-        );
+fn jobs_on_a_preset_database_without_their_column_fail_instead_of_guessing() {
+    let cases = [
+        Missing {
+            job: "spend",
+            without: "cost",
+            jobs: "  spend:\n    on_signal: USR1\n    budget:\n      limits:\n        - {name: daily, period: day, usd: 1, warn_at: [100%]}\n",
+            runs: &[&["--dry-run"], &[]],
+            says: &[
+                "gateway.schema",
+                "no column `cost`",
+                "its columns are: id, timestamp",
+            ],
+        },
+        Missing {
+            job: "health",
+            without: "timestamp",
+            jobs: "  health:\n    on_signal: USR1\n    health:\n      error_rate_max: {share: 50%, over: 1h}\n",
+            runs: &[&[]],
+            says: &["error_rate_max", "gateway.schema", "no column `timestamp`"],
+        },
+        Missing {
+            job: "price",
+            without: "cost",
+            jobs: "  price:\n    on_signal: USR1\n    pricing:\n      prices: {prices}\n",
+            runs: &[&["--dry-run"]],
+            says: &["gateway.schema", "no column `cost`"],
+        },
+    ];
+    for Missing {
+        job,
+        without,
+        jobs,
+        runs,
+        says,
+    } in cases
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let prices = dir.path().join("prices.yaml");
+        if jobs.contains("{prices}") {
+            std::fs::write(
+                &prices,
+                "models:\n  gpt-4.1-mini: {input_per_million: 0.4, output_per_million: 1.6}\n",
+            )
+            .unwrap();
+        }
+        let jobs = jobs.replace("{prices}", &prices.display().to_string());
+        for extra in runs {
+            let err = refusal(dir.path(), without, &jobs, job, extra);
+            for said in says {
+                assert!(err.contains(said), "{job} {extra:?}: `{said}` not in {err}");
+            }
+        }
     }
-}
-
-#[test]
-fn health_on_a_preset_database_without_timestamp_fails_instead_of_counting_every_row_as_recent() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = "  health:\n    on_signal: USR1\n    health:\n      error_rate_max: {share: 50%, over: 1h}\n";
-    let err = refusal(dir.path(), "timestamp", jobs, "health", &[]);
-    assert!(
-        err.contains("error_rate_max")
-            && err.contains("gateway.schema")
-            && err.contains("no column `timestamp`"),
-        "{err}"
-    );
-}
-
-#[test]
-fn pricing_on_a_preset_database_without_cost_fails_before_reading_a_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let prices = dir.path().join("prices.yaml");
-    std::fs::write(
-        &prices,
-        "models:\n  gpt-4.1-mini: {input_per_million: 0.4, output_per_million: 1.6}\n",
-    )
-    .unwrap();
-    let jobs = format!(
-        "  price:\n    on_signal: USR1\n    pricing:\n      prices: {}\n",
-        prices.display()
-    );
-    let err = refusal(dir.path(), "cost", &jobs, "price", &["--dry-run"]);
-    assert!(
-        err.contains("gateway.schema") && err.contains("no column `cost`"),
-        "{err}"
-    );
 }

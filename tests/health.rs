@@ -3,15 +3,15 @@
 //! error rate raised by the simulated Apantli gateway. Each raises its alert, then resolves
 //! it, as seen in the `alerts.file` sink written by `caretaker run-job`.
 
-#[path = "common/health.rs"]
-mod harness;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use caretaker::state::State;
 use chrono::Utc;
-use harness::{alerts_for, caretaker, describe, gateway_sim, run_job};
+use common::bins::describe;
+use common::health::{alerts_for, caretaker, gateway_sim, run_job};
 use rusqlite::Connection;
 use tempfile::TempDir;
 
@@ -50,7 +50,7 @@ fn resolved(subject: &str) -> (String, bool) {
 #[test]
 fn a_filling_filesystem_alerts_then_resolves() {
     let dir = TempDir::new().unwrap();
-    let small = harness::SmallFilesystem::mount(&dir.path().join("small"), "4m");
+    let small = common::files::SmallFilesystem::mount(&dir.path().join("small"), "4m");
     gateway_sim(&dir.path().join("requests.db"), "apantli", 50, "200ms", 0.0);
     let config = jobs_file(
         dir.path(),
@@ -79,7 +79,7 @@ fn a_filling_filesystem_alerts_then_resolves() {
         "{report}"
     );
     assert_eq!(alerts_for(&alerts, &key), [raised(&subject)]);
-    let line = harness::alert_lines(&alerts)
+    let line = common::health::alert_lines(&alerts)
         .into_iter()
         .find(|l| l["key"] == key.as_str())
         .unwrap();
@@ -202,7 +202,7 @@ fn a_backup_job_that_stopped_succeeding_alerts_then_resolves() {
     let report = check(&config, "backup-age");
     assert!(report.contains("1 holds: backup_age"), "{report}");
     assert_eq!(alerts_for(&alerts, key), [raised(subject)]);
-    let line = harness::alert_lines(&alerts)
+    let line = common::health::alert_lines(&alerts)
         .into_iter()
         .find(|l| l["key"] == key)
         .unwrap();

@@ -1,14 +1,16 @@
 //! Hostile jobs files through every command of the real binary: each ends with an exit code
 //! and a message, never a panic, a hang or an exhausted memory.
 
-mod harness;
+mod common;
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use harness::{Sandbox, wait_for, write_replace};
+use common::files::write_replace;
+use common::sandbox::Sandbox;
+use common::wait::poll;
 
 /// How long one command may take before the test calls it a hang. Generous: the debug binary
 /// on a busy machine; every command here finishes in well under a second when it works.
@@ -420,7 +422,7 @@ fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, Duration, Option
         .arg(format!(
             "ulimit -v {ADDRESS_SPACE_KB}; {exec} \"$0\" \"$@\""
         ))
-        .arg(harness::BIN)
+        .arg(common::bins::caretaker_bin())
         .args(args)
         .env_remove("CARETAKER_CONFIG")
         .env("RUST_LOG", "info")
@@ -429,7 +431,7 @@ fn bounded(sb: &Sandbox, args: &[&str]) -> (ExitStatus, String, Duration, Option
         .stderr(fs::File::create(sb.path("err.txt")).unwrap())
         .spawn()
         .expect("start caretaker");
-    let status = wait_for(DEADLINE, || child.try_wait().expect("try_wait"));
+    let status = poll(DEADLINE, || child.try_wait().expect("try_wait"));
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
@@ -476,7 +478,7 @@ fn run_for_a_moment(what: &str, sb: &Sandbox, config: &Path) {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -v {ADDRESS_SPACE_KB}; exec \"$0\" \"$@\""))
-        .arg(harness::BIN)
+        .arg(common::bins::caretaker_bin())
         .args(["run", "--config"])
         .arg(config)
         .env_remove("CARETAKER_CONFIG")
@@ -487,7 +489,7 @@ fn run_for_a_moment(what: &str, sb: &Sandbox, config: &Path) {
         .spawn()
         .expect("start daemon");
     let log_text = || fs::read_to_string(&log).unwrap_or_default();
-    let started = wait_for(DEADLINE, || {
+    let started = poll(DEADLINE, || {
         if let Some(status) = child.try_wait().expect("try_wait") {
             return Some(Some(status));
         }
@@ -508,7 +510,7 @@ fn run_for_a_moment(what: &str, sb: &Sandbox, config: &Path) {
             for signal in ["-HUP", "-USR1", "-TERM"] {
                 Command::new("kill").args([signal, &pid]).status().unwrap();
             }
-            let stopped = wait_for(DEADLINE, || child.try_wait().expect("try_wait"));
+            let stopped = poll(DEADLINE, || child.try_wait().expect("try_wait"));
             let Some(stopped) = stopped else {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -589,7 +591,7 @@ fn no_hostile_jobs_file_takes_a_running_daemon_down_on_reload() {
     make_fifo(&sb);
     sb.write_jobs("  h:\n    on_signal: USR1\n    integrity: {}\n");
     let mut daemon = sb.start_daemon();
-    let reloads = |d: &harness::Daemon| {
+    let reloads = |d: &common::sandbox::Daemon| {
         d.count_log("configuration reloaded") + d.count_log("the old configuration keeps running")
     };
     for (what, bytes) in hostile_inputs() {
@@ -598,7 +600,7 @@ fn no_hostile_jobs_file_takes_a_running_daemon_down_on_reload() {
         fs::write(&tmp, &bytes).unwrap();
         fs::rename(&tmp, sb.jobs_file()).unwrap();
         daemon.signal("HUP");
-        let seen = wait_for(DEADLINE, || {
+        let seen = poll(DEADLINE, || {
             assert!(
                 daemon.child.try_wait().unwrap().is_none(),
                 "{what}: the daemon died on reload:\n{}",
@@ -620,7 +622,7 @@ fn no_hostile_jobs_file_takes_a_running_daemon_down_on_reload() {
     );
     let before = daemon.count_log("configuration reloaded");
     daemon.signal("HUP");
-    let reloaded = wait_for(DEADLINE, || {
+    let reloaded = poll(DEADLINE, || {
         (daemon.count_log("configuration reloaded") > before).then_some(())
     });
     assert!(reloaded.is_some(), "{}", head(&daemon.log_text()));
@@ -636,7 +638,7 @@ fn no_hostile_jobs_file_takes_a_running_daemon_down_on_reload() {
 fn a_full_stdout_is_an_error_and_exit_1() {
     let sb = Sandbox::new();
     sb.write_jobs("  h:\n    on_signal: USR1\n    integrity: {}\n");
-    let out = Command::new(harness::BIN)
+    let out = Command::new(common::bins::caretaker_bin())
         .args(["check", "--config"])
         .arg(sb.jobs_file())
         .stdout(
@@ -669,7 +671,7 @@ fn a_closed_stdout_ends_the_command_quietly_with_141() {
         &["status"],
         &["status", "--json"],
     ] {
-        let mut child = Command::new(harness::BIN)
+        let mut child = Command::new(common::bins::caretaker_bin())
             .args(args)
             .arg("--config")
             .arg(sb.jobs_file())

@@ -2,13 +2,14 @@
 //! one short read transaction and the copy is checked, so the gateway's commits do not wait for
 //! the check.
 
-#[path = "common/dbcare.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use caretaker::sample::{self, SampleOptions};
-use common::*;
+use common::bins::describe;
+use common::dbcare::*;
+use common::sim::Sim;
 
 fn options(rows: u64) -> SampleOptions {
     SampleOptions {
@@ -43,7 +44,7 @@ fn a_rollback_database_is_checked_on_a_copy_while_the_gateway_writes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
     sample::create_apantli(&db, &options(5000)).unwrap();
-    let sim = Sim::start(&db, "apantli", 50.0, dir.path());
+    let sim = Sim::start(&db, "apantli", 50.0, 0.1, dir.path());
     let config = jobs_file(dir.path(), &db, "apantli", &integrity_job(""));
     let copied = run_job(&config, "check", &[]);
     let config = jobs_file(dir.path(), &db, "apantli", &integrity_job(", copy: never"));
@@ -51,28 +52,28 @@ fn a_rollback_database_is_checked_on_a_copy_while_the_gateway_writes() {
     // A quick check copies nothing by default: copying takes about as long as the check.
     let config = jobs_file(dir.path(), &db, "apantli", &quick_job());
     let quick = run_job(&config, "check", &[]);
-    let report = sim.stop();
+    let (report, _) = sim.stop();
 
-    assert!(copied.status.success(), "{}", text(&copied));
+    assert!(copied.status.success(), "{}", describe(&copied));
     let stdout = String::from_utf8_lossy(&copied.stdout);
     assert!(
         stdout.contains("requests.db (a copy): PRAGMA integrity_check and PRAGMA foreign_key_check found no problem"),
         "{}",
-        text(&copied)
+        describe(&copied)
     );
-    assert!(live.status.success(), "{}", text(&live));
+    assert!(live.status.success(), "{}", describe(&live));
     let stdout = String::from_utf8_lossy(&live.stdout);
     assert!(
         stdout.contains("found no problem") && !stdout.contains("(a copy)"),
         "{}",
-        text(&live)
+        describe(&live)
     );
-    assert!(quick.status.success(), "{}", text(&quick));
+    assert!(quick.status.success(), "{}", describe(&quick));
     let stdout = String::from_utf8_lossy(&quick.stdout);
     assert!(
         stdout.contains("requests.db: PRAGMA quick_check found no problem"),
         "{}",
-        text(&quick)
+        describe(&quick)
     );
     assert_eq!(report.failed, 0, "the gateway lost writes: {report:?}");
     assert!(report.committed > 0, "{report:?}");
@@ -86,18 +87,18 @@ fn a_wal_database_is_checked_live_unless_a_copy_is_asked_for() {
     sample::create_bobamixer(&db, &options(2000)).unwrap();
     let config = jobs_file(dir.path(), &db, "bobamixer", &integrity_job(""));
     let out = run_job(&config, "check", &["--dry-run"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("reads all"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let out = run_job(&config, "check", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("(a copy)"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     let config = jobs_file(
@@ -110,14 +111,14 @@ fn a_wal_database_is_checked_live_unless_a_copy_is_asked_for() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("then check the copy"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let out = run_job(&config, "check", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("usage.db (a copy)"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert_eq!(scratch_left(dir.path()), Vec::<PathBuf>::new());
     // The WAL copy was opened and checked; the gateway's own WAL mode is untouched.
@@ -140,7 +141,7 @@ fn a_copy_left_by_a_killed_run_is_removed_by_the_next() {
         std::fs::write(state.join(stale), b"half a copy").unwrap();
     }
     let out = run_job(&config, "check", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(scratch_left(dir.path()), Vec::<PathBuf>::new());
 }
 
@@ -165,7 +166,7 @@ fn no_room_for_the_copy_fails_clearly_and_leaves_nothing() {
     assert!(
         mount.status.success(),
         "this test needs a small filesystem: mounting a 2 MiB tmpfs failed (run as root, or in a container allowed to mount): {}",
-        text(&mount)
+        describe(&mount)
     );
     let _guard = Mounted(state.clone());
     let db = dir.path().join("requests.db");
@@ -178,7 +179,7 @@ fn no_room_for_the_copy_fails_clearly_and_leaves_nothing() {
 
     let config = jobs_file(dir.path(), &db, "apantli", &integrity_job(""));
     let out = run_job(&config, "check", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not enough free space in")

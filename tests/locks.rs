@@ -3,10 +3,7 @@
 //! and the one rule for a gateway that keeps its lock (wait with backoff within the job's
 //! `timeout`, then fail with an alert), against a second process holding the lock.
 
-#[path = "common/dbcare.rs"]
 mod common;
-#[path = "common/health.rs"]
-mod harness;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -15,8 +12,10 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 
 use caretaker::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
-use common::{caretaker, rows, wait_until};
-use harness::{DEADLINE, alert_lines};
+use common::bins::caretaker;
+use common::dbcare::rows;
+use common::health::alert_lines;
+use common::wait::{self, DEADLINE};
 use rusqlite::Connection;
 
 /// A sample Apantli database (rollback journal) whose successful rows have no cost, half of
@@ -38,11 +37,6 @@ fn gateway(dir: &Path) -> PathBuf {
     db
 }
 
-fn litellm() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/litellm/model_prices_and_context_window.json")
-}
-
 /// A jobs file with an archive job `arch`, a pricing job `reprice` and an integrity job
 /// `check`, each with `timeout` when given, and a metrics file.
 fn jobs_file(dir: &Path, db: &Path, timeout: Option<&str>) -> PathBuf {
@@ -58,7 +52,7 @@ fn jobs_file(dir: &Path, db: &Path, timeout: Option<&str>) -> PathBuf {
         metrics = dir.join("caretaker.prom").display(),
         alerts = dir.join("alerts.jsonl").display(),
         to = dir.join("archive").display(),
-        prices = litellm().display(),
+        prices = common::pricejob::litellm_path().display(),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -136,7 +130,7 @@ impl Run {
 
     /// Waits until the job has met the gateway's lock past its busy timeout at least once.
     fn wait_for_busy(&self) {
-        wait_until("the job to meet the gateway's lock", DEADLINE, || {
+        wait::until("the job to meet the gateway's lock", DEADLINE, || {
             self.stderr()
                 .contains("the gateway kept its lock past our busy timeout")
         });

@@ -1,111 +1,23 @@
 //! The `logrotate` job through the real binary: `run-job` and the daemon, with a busy writer.
 
-mod harness;
+mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use caretaker::rotation::FileState;
 use chrono::Utc;
-use harness::{Sandbox, wait_for};
+use common::bins::describe;
+use common::files::names;
+use common::logwriter::{LogWriter, count_lines};
+use common::sandbox::Sandbox;
+use common::wait::poll;
 
 const LONG: Duration = Duration::from_secs(30);
 const ROTATIONS: usize = 10;
-
-/// The python writer from `tests/support`: numbered lines as fast as it can, reopening its
-/// log on SIGHUP.
-struct Writer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Writer {
-    fn spawn(log: &Path, pid_file: &Path) -> Self {
-        Self::spawn_with(log, pid_file, &[])
-    }
-
-    fn spawn_with(log: &Path, pid_file: &Path, options: &[&str]) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/log_writer.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .arg(log)
-            .arg(pid_file)
-            .args(options)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let started = wait_for(LONG, || pid_file.exists().then_some(()));
-        assert!(started.is_some(), "the writer never wrote its pid file");
-        Self {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    /// Waits until the live log has grown past `bytes`, i.e. the writer writes to it (after
-    /// a rotation with `create`, only once it has reopened).
-    fn wait_writing(&self, bytes: u64) {
-        let writing = wait_for(LONG, || {
-            fs::metadata(&self.log)
-                .is_ok_and(|m| m.len() > bytes)
-                .then_some(())
-        });
-        assert!(
-            writing.is_some(),
-            "the writer did not write to {}",
-            self.log.display()
-        );
-    }
-
-    /// Stops the writer and returns how many lines it wrote.
-    fn stop(self) -> u64 {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("child pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-        let output = self.child.wait_with_output().expect("writer exits");
-        assert!(output.status.success(), "writer failed: {output:?}");
-        String::from_utf8(output.stdout)
-            .expect("utf-8")
-            .trim()
-            .parse()
-            .expect("the writer prints its line count")
-    }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .expect("list directory")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// How often each line number occurs across `app.log` and its copies, compressed or not.
-fn count_lines(dir: &Path) -> HashMap<u64, u32> {
-    let mut counts = HashMap::new();
-    for name in names(dir).into_iter().filter(|n| n.starts_with("app.log")) {
-        let path = dir.join(&name);
-        let mut text = String::new();
-        let file = fs::File::open(&path).expect("open log");
-        if name.ends_with(".gz") {
-            flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text)
-        } else {
-            std::io::BufReader::new(file).read_to_string(&mut text)
-        }
-        .unwrap_or_else(|e| panic!("reading {name}: {e}"));
-        for line in text.lines() {
-            let n: u64 = line
-                .parse()
-                .unwrap_or_else(|_| panic!("{name}: bad line {line:?}"));
-            *counts.entry(n).or_default() += 1;
-        }
-    }
-    counts
-}
 
 /// Lines lost and lines found more than once, checking that nothing else was found.
 fn loss(dir: &Path, written: u64) -> (u64, u64) {
@@ -134,15 +46,6 @@ fn run_job(sb: &Sandbox, args: &[&str]) -> Output {
     sb.caretaker(&all)
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn saved_state(sb: &Sandbox) -> BTreeMap<PathBuf, FileState> {
     sb.state()
         .get("logrotate", "logs")
@@ -152,11 +55,11 @@ fn saved_state(sb: &Sandbox) -> BTreeMap<PathBuf, FileState> {
 
 /// Runs `caretaker run-job logs` ten times while the writer writes, each run once the writer
 /// writes to the live log; returns how many lines it wrote.
-fn rotate_with_run_job(sb: &Sandbox, writer: Writer) -> u64 {
+fn rotate_with_run_job(sb: &Sandbox, writer: LogWriter) -> u64 {
     for round in 0..ROTATIONS {
         writer.wait_writing(4096);
         let output = run_job(sb, &[]);
-        let shown = text(&output);
+        let shown = describe(&output);
         assert!(output.status.success(), "round {round}: {shown}");
         assert!(shown.contains("files_rotated=1"), "round {round}: {shown}");
         if round > 0 {
@@ -179,7 +82,7 @@ fn run_job_with_create_and_notify_loses_no_line() {
         "method: create, notify: {pid_file: logs/writer.pid, signal: HUP}",
     );
     let logs = sb.path("logs");
-    let writer = Writer::spawn(&logs.join("app.log"), &logs.join("writer.pid"));
+    let writer = LogWriter::spawn(&logs.join("app.log"), &logs.join("writer.pid"), &[]);
     let written = rotate_with_run_job(&sb, writer);
 
     let copies: Vec<String> = names(&logs)
@@ -205,7 +108,7 @@ fn run_job_with_copytruncate_measures_the_lines_it_loses() {
     let sb = Sandbox::new();
     write_logs_job(&sb, "method: copytruncate");
     let logs = sb.path("logs");
-    let writer = Writer::spawn(&logs.join("app.log"), &logs.join("writer.pid"));
+    let writer = LogWriter::spawn(&logs.join("app.log"), &logs.join("writer.pid"), &[]);
     let written = rotate_with_run_job(&sb, writer);
     let (lost, duplicated) = loss(&logs, written);
     println!(
@@ -223,13 +126,13 @@ fn the_daemon_rotates_on_usr1_without_losing_a_line() {
         "method: create, notify: {pid_file: logs/writer.pid, signal: HUP}",
     );
     let logs = sb.path("logs");
-    let writer = Writer::spawn(&logs.join("app.log"), &logs.join("writer.pid"));
+    let writer = LogWriter::spawn(&logs.join("app.log"), &logs.join("writer.pid"), &[]);
     let daemon = sb.start_daemon();
     let state = sb.state();
     for round in 0..ROTATIONS {
         writer.wait_writing(4096);
         daemon.signal("USR1");
-        let finished = wait_for(LONG, || {
+        let finished = poll(LONG, || {
             let runs = state.runs_of("logs", 100).expect("runs");
             (runs.iter().filter(|r| r.ended_at.is_some()).count() == round + 1).then_some(runs)
         });
@@ -265,7 +168,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let before = names(&logs);
 
     let output = run_job(&sb, &["--dry-run"]);
-    let shown = text(&output);
+    let shown = describe(&output);
     assert!(output.status.success(), "{shown}");
     let app = logs.join("app.log");
     for expected in [
@@ -299,7 +202,7 @@ fn a_corrupted_state_is_replaced_with_a_warning() {
         .expect("plant a corrupted state");
 
     let output = run_job(&sb, &[]);
-    let shown = text(&output);
+    let shown = describe(&output);
     assert!(output.status.success(), "{shown}");
     assert!(shown.contains("recorded 1 first seen"), "{shown}");
     assert!(shown.contains("corrupted"), "{shown}");
@@ -324,7 +227,7 @@ fn one_failing_file_fails_the_run_after_the_others_are_rotated_and_saved() {
     fs::write(logs.join("c.log"), "c\n").expect("write c");
 
     let output = run_job(&sb, &[]);
-    let shown = text(&output);
+    let shown = describe(&output);
     assert_eq!(output.status.code(), Some(1), "{shown}");
     for expected in [
         "rotated 2 of 3 log file(s)",
@@ -342,7 +245,7 @@ fn one_failing_file_fails_the_run_after_the_others_are_rotated_and_saved() {
     let keys: Vec<&PathBuf> = saved.keys().collect();
     assert_eq!(keys, [&logs.join("a.log"), &logs.join("c.log")]);
     // The failure reaches the operator as an alert.
-    let alerted = wait_for(LONG, || {
+    let alerted = poll(LONG, || {
         sb.alerts().contains("job-failed:logs").then_some(())
     });
     assert!(alerted.is_some(), "no alert: {}", sb.alerts());
@@ -359,18 +262,18 @@ fn a_log_keeps_its_state_however_the_jobs_file_is_named() {
     fs::write(&app, "line\n").expect("write log");
     let by_full_path = run_job(&sb, &[]);
     assert!(
-        text(&by_full_path).contains("recorded 1 first seen"),
+        describe(&by_full_path).contains("recorded 1 first seen"),
         "{}",
-        text(&by_full_path)
+        describe(&by_full_path)
     );
 
-    let by_relative_name = Command::new(harness::BIN)
+    let by_relative_name = Command::new(common::bins::caretaker_bin())
         .args(["run-job", "logs", "--config", "jobs.yaml"])
         .current_dir(sb.dir.path())
         .env_remove("CARETAKER_CONFIG")
         .output()
         .expect("run caretaker");
-    let shown = text(&by_relative_name);
+    let shown = describe(&by_relative_name);
     assert!(by_relative_name.status.success(), "{shown}");
     assert!(shown.contains("recorded 0 first seen"), "{shown}");
     let saved = saved_state(&sb);
@@ -386,7 +289,7 @@ fn a_notify_signal_that_kills_the_writer_fails_the_run_with_a_critical_alert() {
     );
     let logs = sb.path("logs");
     // A writer without a SIGHUP handler, as Apantli under uvicorn: HUP kills it.
-    let mut writer = Writer::spawn_with(
+    let mut writer = LogWriter::spawn(
         &logs.join("app.log"),
         &logs.join("writer.pid"),
         &["--dies-on-hup"],
@@ -394,7 +297,7 @@ fn a_notify_signal_that_kills_the_writer_fails_the_run_with_a_critical_alert() {
     writer.wait_writing(4096);
 
     let output = run_job(&sb, &[]);
-    let shown = text(&output);
+    let shown = describe(&output);
     assert_eq!(output.status.code(), Some(1), "the run must fail: {shown}");
     assert!(
         shown.contains("HUP stopped the writer: process"),
@@ -431,7 +334,7 @@ fn a_notify_signal_that_kills_the_writer_fails_the_run_with_a_critical_alert() {
     write_logs_job(&sb, "method: copytruncate");
     fs::write(logs.join("app.log"), "0\n").expect("write log");
     let output = run_job(&sb, &[]);
-    assert!(output.status.success(), "{}", text(&output));
+    assert!(output.status.success(), "{}", describe(&output));
     let active = caretaker::alerts::active(&sb.state()).expect("alerts readable");
     assert!(
         !active.iter().any(|k| k == "writer-stopped:logs"),

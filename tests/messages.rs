@@ -1,10 +1,10 @@
 //! What a person reads from `status` and the daemon's log, through the real binary.
 
-mod harness;
+mod common;
 
 use std::time::Duration;
 
-use harness::Sandbox;
+use common::sandbox::Sandbox;
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -1,8 +1,7 @@
 //! `metrics_file` after real job runs, read back by the Prometheus text-format parser of the
 //! `prometheus-client` Python package.
 
-#[path = "common/health.rs"]
-mod harness;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -12,14 +11,15 @@ use std::process::Command;
 use caretaker::metrics::BudgetSpend;
 use caretaker::state::State;
 use chrono::{TimeZone, Utc};
-use harness::{describe, run_job};
+use common::bins::describe;
+use common::health::run_job;
 use serde_json::Value;
 use tempfile::TempDir;
 
 /// Parses `path` with `prometheus_client.parser.text_string_to_metric_families`; returns
 /// `[{name, type, samples: [{name, labels, value}]}]`. The parser raises on malformed text.
 fn parse(path: &Path) -> Vec<Value> {
-    harness::require_python("prometheus_client");
+    common::health::require_python("prometheus_client");
     let script = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
@@ -56,7 +56,7 @@ fn sample(families: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64
 fn the_metrics_file_parses_and_shows_runs_figures_sizes_and_budgets() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("requests.db");
-    harness::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
+    common::health::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
     fs::write(dir.path().join("blocker"), b"").unwrap();
     let textfile_dir = dir.path().join("textfile");
     fs::create_dir(&textfile_dir).unwrap();
@@ -211,7 +211,7 @@ fn the_metrics_file_parses_and_shows_runs_figures_sizes_and_budgets() {
 fn a_dry_run_leaves_the_metrics_file_alone() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("requests.db");
-    harness::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
+    common::health::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
     let metrics = dir.path().join("caretaker.prom");
     let config = dir.path().join("jobs.yaml");
     fs::write(
@@ -224,7 +224,7 @@ fn a_dry_run_leaves_the_metrics_file_alone() {
         ),
     )
     .unwrap();
-    let output = harness::caretaker(&[
+    let output = common::health::caretaker(&[
         "run-job",
         "health",
         "--config",

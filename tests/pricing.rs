@@ -1,17 +1,14 @@
 //! The pricing job on real sample databases of both gateways, priced from LiteLLM's real table.
 
-#[path = "common/pricejob.rs"]
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use caretaker::sample::{self, SampleOptions};
 use caretaker::state::State;
 use chrono::{TimeZone, Utc};
-use common::*;
+use common::pricejob::*;
 use rusqlite::{Connection, params};
 
 const PRICING_JOB: &str = "  reprice:\n    on_signal: USR2\n    pricing: {prices: PRICES}\n";
@@ -31,7 +28,7 @@ fn now() -> chrono::DateTime<Utc> {
 /// Runs the real binary with `args` and `--config config`, logging at info; asserts that it
 /// succeeded and returns its stdout and stderr.
 fn caretaker(config: &Path, args: &[&str]) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let out = common::bins::caretaker()
         .args(args)
         .arg("--config")
         .arg(config)
@@ -435,66 +432,31 @@ fn since_and_recompute_all_select_the_rows() {
     assert!(changed > 50 && kept > 300, "changed {changed}, kept {kept}");
 }
 
-/// Starts gateway-sim on `db` and waits until its first row is committed.
-fn start_sim(
-    dir: &Path,
-    db: &Path,
-    style: &str,
-    rate: &str,
-) -> (std::process::Child, std::path::PathBuf) {
-    let ready = dir.join(format!("{style}.ready"));
-    let report = dir.join(format!("{style}.report.json"));
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
-        .args(["--style", style, "--rate", rate, "--db"])
-        .arg(db)
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--report")
-        .arg(&report)
-        .arg("--committed")
-        .arg(dir.join(format!("{style}.committed")))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(
-        "the simulated gateway's first write",
-        Duration::from_secs(30),
-        || ready.exists(),
-    );
-    (child, report)
-}
-
-fn stop_sim(mut child: std::process::Child, report: &Path) -> serde_json::Value {
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(child.wait().unwrap().success());
-    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
-}
-
 /// Runs the real binary's pricing job while the simulated gateway writes; returns the sim's
-/// report and the job's output.
+/// report, the job's output and the keys the sim committed.
 fn reprice_under_load(
     db: &Path,
     dir: &Path,
     schema: &str,
     style: &str,
     rate: &str,
-) -> (serde_json::Value, String) {
+) -> (serde_json::Value, String, BTreeSet<String>) {
     let config = write_config(dir, db, schema, "", &pricing_jobs(&litellm_path(), ""));
-    let (sim, report) = start_sim(dir, db, style, rate);
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let sim = common::sim::Sim::start(db, style, rate.parse().unwrap(), 0.0, dir);
+    let out = common::bins::caretaker()
         .args(["run-job", "reprice", "--config"])
         .arg(&config)
         .output()
         .unwrap();
-    let sim = stop_sim(sim, &report);
+    let (report, committed) = sim.stop();
+    let sim = serde_json::to_value(report).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (sim, stdout)
+    (sim, stdout, committed)
 }
 
 #[test]
@@ -513,14 +475,13 @@ fn the_apantli_gateway_writing_meanwhile_loses_no_row() {
         .unwrap()
         .execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
         .unwrap();
-    let (sim, out) = reprice_under_load(&db, dir.path(), "apantli", "apantli", "10");
+    let (sim, out, committed) = reprice_under_load(&db, dir.path(), "apantli", "apantli", "10");
     println!("{out}\nsim: {sim}");
     assert_eq!(sim["failed"], 0, "the gateway lost rows: {sim}");
     assert!(sim["committed"].as_u64().unwrap() > 0);
     // Every committed row is in the database.
-    let committed = std::fs::read_to_string(dir.path().join("apantli.committed")).unwrap();
     let conn = Connection::open(&db).unwrap();
-    for id in committed.lines() {
+    for id in &committed {
         let n: i64 = conn
             .query_row("SELECT count(*) FROM requests WHERE id = ?1", [id], |r| {
                 r.get(0)
@@ -554,7 +515,7 @@ fn the_bobamixer_gateway_meets_our_write_lock_less_than_one_percent_of_the_time(
         .unwrap()
         .execute_batch("UPDATE usage_records SET input_cost = NULL, output_cost = NULL")
         .unwrap();
-    let (sim, out) = reprice_under_load(&db, dir.path(), "bobamixer", "bobamixer", "20");
+    let (sim, out, _) = reprice_under_load(&db, dir.path(), "bobamixer", "bobamixer", "20");
     println!("{out}\nsim: {sim}");
     // BobaMixer's inserts never wait for a lock, so no writer of the database can promise
     // that none meets it; the job holds it less than 1 % of its run, so an insert is lost
@@ -742,7 +703,7 @@ fn an_alias_that_matches_no_row_or_names_no_price_is_reported() {
 /// and the demo's jobs file), as (file, line, alias, target). Flow mappings on the line
 /// (`aliases: {a: b, c: d}`) and block mappings below it are both read.
 fn documented_aliases() -> Vec<(String, usize, String, String)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = common::bins::repo_file("");
     let mut files = vec![
         root.join("jobs.example.yaml"),
         root.join("README.md"),
@@ -767,7 +728,7 @@ fn documented_aliases() -> Vec<(String, usize, String, String)> {
     let mut found = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let name = file.strip_prefix(root).unwrap().display().to_string();
+        let name = file.strip_prefix(&root).unwrap().display().to_string();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             // Only YAML: `aliases:` followed by a mapping, not prose or Rust that names the key.

@@ -1,14 +1,16 @@
 //! The running daemon re-prices when the price file of a `watch: true` pricing job changes,
 //! and refuses an invalid file with a failed, alerted run that changes nothing.
 
-#[path = "common/pricejob.rs"]
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use common::files::write_replace;
+use common::health::status;
+use common::pricejob::*;
+use common::wait;
 use rusqlite::{Connection, params};
 
 /// Costs of the gpt-4o rows, and of the row of a model no table here prices.
@@ -33,26 +35,6 @@ fn costs(db: &Path) -> (Vec<Option<f64>>, Option<f64>) {
 }
 
 /// Replaces the price file the way deployment tools do: a new file renamed over the old.
-fn publish(path: &Path, text: &str) {
-    let tmp = path.with_extension("yaml.new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn status(config: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn last_run(config: &Path) -> Option<serde_json::Value> {
     let s = status(config);
     let job = s["jobs"]
@@ -96,7 +78,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
     );
     let config = write_config(dir.path(), &db, "apantli", "", &jobs);
     let log = dir.path().join("daemon.log");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let mut daemon = common::bins::caretaker()
         .args(["run", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
@@ -104,7 +86,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
         .spawn()
         .unwrap();
     // The watchers are in place once the daemon says it is running.
-    wait_for("the daemon to start", Duration::from_secs(30), || {
+    wait::until("the daemon to start", Duration::from_secs(30), || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("caretaker is running")
@@ -115,9 +97,9 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
         "nothing runs before the file changes"
     );
 
-    publish(&price_file, &prices(2.5, 10.0));
+    write_replace(&price_file, &prices(2.5, 10.0));
     let first = 1000.0 * 2.5e-6 + 100.0 * 1e-5;
-    wait_for(
+    wait::until(
         "the costs of the new price file",
         Duration::from_secs(30),
         || {
@@ -127,7 +109,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
                 .all(|c| c.is_some_and(|c| close(c, first)))
         },
     );
-    wait_for("the run in status", Duration::from_secs(30), || {
+    wait::until("the run in status", Duration::from_secs(30), || {
         last_run(&config).is_some_and(|r| r["result"] == "ok")
     });
     let run = last_run(&config).unwrap();
@@ -136,11 +118,11 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
     let first_id = run["id"].as_i64().unwrap();
 
     // An invalid file: the run fails, is alerted, and changes nothing.
-    publish(
+    write_replace(
         &price_file,
         "models:\n  gpt-4o: {input_per_million: cheap, output_per_million: 10}\n",
     );
-    wait_for("the failed run", Duration::from_secs(30), || {
+    wait::until("the failed run", Duration::from_secs(30), || {
         last_run(&config)
             .is_some_and(|r| r["id"].as_i64() > Some(first_id) && r["result"] == "failed")
     });
@@ -166,8 +148,8 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
     );
 
     // Fixed again: the new prices apply.
-    publish(&price_file, &prices(5.0, 20.0));
-    wait_for(
+    write_replace(&price_file, &prices(5.0, 20.0));
+    wait::until(
         "the costs of the fixed price file",
         Duration::from_secs(30),
         || {

@@ -1,7 +1,6 @@
 //! Hostile archives and busy targets: restore, the verify job and the backup's read-back accept only a real, matching database.
 
-#[path = "common/backup.rs"]
-mod support;
+mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -10,8 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use caretaker::backup::archive::{self, Manifest};
+use common::backup::{Rig, Schema};
+use common::bins::describe;
+use common::files::names;
+use common::wait;
 use sha2::{Digest, Sha256};
-use support::{Rig, Schema, names, text, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -271,7 +273,7 @@ fn hostile_archives_are_refused_by_restore_verify_and_the_backups_read_back() {
     )
     .unwrap();
     let out = rig.restore(&rebuilt, &rig.dir.path().join("rebuilt.db"), false);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
 
     let cases = hostile(&p);
     let bad_dir = rig.dir.path().join("bad");
@@ -302,7 +304,7 @@ fn hostile_archives_are_refused_by_restore_verify_and_the_backups_read_back() {
         fs::write(rig.to.join(name), bytes).unwrap();
     }
     let out = rig.run_job("check");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
@@ -370,11 +372,11 @@ fn restore_refuses_a_target_in_use_and_names_the_process() {
     let rig = Rig::new(Schema::Apantli, 300, "");
     let archive = rig.backed_up();
     let target = rig.dir.path().join("live.db");
-    support::create_db(&target, Schema::Apantli, 40);
-    let count = |db: &Path, schema| support::keys(db, schema).len();
+    common::backup::create_db(&target, Schema::Apantli, 40);
+    let count = |db: &Path, schema| common::backup::keys(db, schema).len();
     let refused_naming = |target: &Path, pid: u32| {
         let out = rig.restore(&archive, target, true);
-        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("pid {pid} (python")), "{stderr}");
         assert!(stderr.contains("Stop the gateway first"), "{stderr}");
@@ -407,7 +409,7 @@ fn restore_refuses_a_target_in_use_and_names_the_process() {
 
     // A gateway in WAL mode keeping its connection: its lock on the -shm names it.
     let wal_target = rig.dir.path().join("usage.db");
-    support::create_db(&wal_target, Schema::Bobamixer, 40);
+    common::backup::create_db(&wal_target, Schema::Bobamixer, 40);
     let delete = delete_5("usage_records");
     let wal = Gateway::start(
         &wal_target,
@@ -427,7 +429,7 @@ fn restore_refuses_a_target_in_use_and_names_the_process() {
         let companion = format!("{}{suffix}", target.display());
         fs::write(&companion, content).unwrap();
         let out = rig.restore(&archive, &target, true);
-        assert_eq!(out.status.code(), Some(3), "{suffix}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(3), "{suffix}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&companion), "{stderr}");
         assert!(stderr.contains("what a crash left"), "{stderr}");
@@ -436,7 +438,7 @@ fn restore_refuses_a_target_in_use_and_names_the_process() {
 
     // Once nothing uses it, the restore goes ahead.
     let out = rig.restore(&archive, &target, true);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(count(&target, Schema::Apantli), 300);
 }
 
@@ -468,7 +470,7 @@ fn a_restore_killed_midway_leaves_a_temp_file_that_the_next_restore_removes() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("the restore's temporary file", LONG, || {
+        wait::until("the restore's temporary file", LONG, || {
             temps()
                 .iter()
                 .any(|t| fs::metadata(t).is_ok_and(|m| m.len() > 0))
@@ -492,7 +494,7 @@ fn a_restore_killed_midway_leaves_a_temp_file_that_the_next_restore_removes() {
     fs::write(&live, b"in progress").unwrap();
 
     let out = rig.restore(&archive, &target, false);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for t in &left {
         assert!(!t.exists(), "{} is left", t.display());
@@ -500,5 +502,8 @@ fn a_restore_killed_midway_leaves_a_temp_file_that_the_next_restore_removes() {
     }
     assert!(stdout.contains("interrupted"), "{stdout}");
     assert_eq!(temps(), vec![live]);
-    assert_eq!(support::keys(&target, Schema::Bobamixer).len(), 20_000);
+    assert_eq!(
+        common::backup::keys(&target, Schema::Bobamixer).len(),
+        20_000
+    );
 }

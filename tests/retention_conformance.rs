@@ -1,6 +1,6 @@
 //! Conformance of `retention::decide` with restic's `forget` on restic's own policy test cases.
 
-use std::path::Path;
+mod common;
 
 use caretaker::retention::{CalendarSpan, Policy, decide};
 use chrono::{DateTime, Utc};
@@ -87,8 +87,7 @@ impl From<&CasePolicy> for Policy {
 }
 
 fn load() -> Cases {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/retention/restic-retention-cases.json");
+    let path = common::bins::repo_file("tests/fixtures/retention/restic-retention-cases.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))

@@ -1,12 +1,14 @@
 //! Log rotation on real directories, real files and real writer processes, after logrotate's own test suite.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Child, Command};
+use std::time::{Duration, SystemTime};
 
 use caretaker::rotation::{
     Action, FileState, Notify, NotifySignal, Outcome, Period, Plan, RotateConfig, RotateSpec,
@@ -16,6 +18,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+use common::files::names;
+use common::logwriter::{LogWriter, count_lines};
 
 type State = BTreeMap<PathBuf, FileState>;
 
@@ -49,16 +54,6 @@ fn set_mtime(path: &Path, when: SystemTime) {
         .unwrap();
 }
 
-/// Every name in `dir`, hidden ones included, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 /// State saying `path` was last rotated `ago` before `now`.
 fn rotated_ago(path: &Path, now: DateTime<Utc>, ago: chrono::Duration) -> State {
     BTreeMap::from([(
@@ -81,12 +76,8 @@ fn yesterday() -> chrono::Duration {
     chrono::Duration::days(1)
 }
 
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    common::wait::until(what, Duration::from_secs(30), condition);
 }
 
 #[test]
@@ -780,79 +771,8 @@ fn the_config_block_is_validated_with_every_error_at_once() {
     );
 }
 
-/// The python writer from `tests/support`, with its log and pid file in `dir`.
-struct Writer {
-    child: Child,
-    log: PathBuf,
-    pid_file: PathBuf,
-}
-
-impl Writer {
-    fn spawn(dir: &Path) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/log_writer.py");
-        let log = dir.join("app.log");
-        let pid_file = dir.join("writer.pid");
-        let child = Command::new("python3")
-            .arg(script)
-            .arg(&log)
-            .arg(&pid_file)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        wait_for("the writer's pid file", || pid_file.exists());
-        Self {
-            child,
-            log,
-            pid_file,
-        }
-    }
-
-    /// Waits until the live log has grown past `bytes`: the writer is writing to it.
-    fn wait_writing(&self, bytes: u64) {
-        wait_for("the writer to write to the live log", || {
-            fs::metadata(&self.log).is_ok_and(|m| m.len() > bytes)
-        });
-    }
-
-    /// Stops the writer and returns how many lines it wrote.
-    fn stop(self) -> u64 {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let output = self.child.wait_with_output().unwrap();
-        assert!(output.status.success(), "writer failed: {output:?}");
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-/// How often each line number occurs across the live log and all its copies.
-fn count_lines(dir: &Path) -> HashMap<u64, u32> {
-    let mut counts = HashMap::new();
-    for name in names(dir) {
-        if !name.starts_with("app.log") {
-            continue;
-        }
-        let path = dir.join(&name);
-        let text = if name.ends_with(".gz") {
-            read_gz(&path)
-        } else {
-            read(&path)
-        };
-        for line in text.lines() {
-            let n: u64 = line
-                .parse()
-                .unwrap_or_else(|_| panic!("{name}: bad line {line:?}"));
-            *counts.entry(n).or_default() += 1;
-        }
-    }
-    counts
-}
-
 /// Rotates the writer's log ten times, waiting each time until it writes to the live log.
-fn rotate_under_load(writer: &Writer, spec: &RotateSpec) {
+fn rotate_under_load(writer: &LogWriter, spec: &RotateSpec) {
     let mut state = State::new();
     for round in 0..10 {
         writer.wait_writing(4096);
@@ -867,7 +787,11 @@ fn rotate_under_load(writer: &Writer, spec: &RotateSpec) {
 #[test]
 fn a_busy_writer_loses_no_line_with_create_and_notify() {
     let dir = TempDir::new().unwrap();
-    let writer = Writer::spawn(dir.path());
+    let writer = LogWriter::spawn(
+        &dir.path().join("app.log"),
+        &dir.path().join("writer.pid"),
+        &[],
+    );
     // No compression while the writer runs: in a debug build gzip is slower than the
     // writer, and each round's copy would grow with the previous round's compression time.
     let spec = spec(
@@ -910,7 +834,11 @@ fn spec_with(spec: &RotateSpec, change: impl FnOnce(&mut RotateSpec)) -> RotateS
 #[test]
 fn a_busy_writer_with_copytruncate_loses_a_measured_number_of_lines() {
     let dir = TempDir::new().unwrap();
-    let writer = Writer::spawn(dir.path());
+    let writer = LogWriter::spawn(
+        &dir.path().join("app.log"),
+        &dir.path().join("writer.pid"),
+        &[],
+    );
     let spec = spec(
         dir.path(),
         json!({"files": ["app.log"], "max_size": "1B", "rotate": 20, "method": "copytruncate"}),

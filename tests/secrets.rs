@@ -5,10 +5,7 @@
 //! `status` and `status --json`, the state database's files byte for byte, the alerts file and
 //! the metrics file.
 
-#[path = "common/health.rs"]
-mod harness;
-#[path = "common/pricejob.rs"]
-mod pricejob;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +13,9 @@ use std::path::Path;
 
 use base64::Engine as _;
 use chrono::Utc;
-use harness::{Daemon, SmtpServer, caretaker, describe, make_certs, run_job, status, wait_for};
+use common::bins::describe;
+use common::health::{Daemon, SmtpServer, caretaker, make_certs, run_job, status};
+use common::wait;
 use rusqlite::{Connection, params};
 use rustix::process::Signal;
 use tempfile::TempDir;
@@ -90,7 +89,7 @@ fn echoed_auth_leaks_no_password(mechanism: &str) {
         &[&certs.starttls()[..], &["--echo-auth", mechanism]].concat(),
     );
     let db = dir.path().join("requests.db");
-    harness::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
+    common::health::gateway_sim(&db, "apantli", 50, "200ms", 0.0);
     let password_file = dir.path().join("smtp.pw");
     fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
     fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).unwrap();
@@ -117,7 +116,7 @@ fn echoed_auth_leaks_no_password(mechanism: &str) {
     // The daemon retries that delivery at start-up and tries a second alert's.
     let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
     daemon.signal(Signal::USR2);
-    let pending = wait_for(
+    let pending = wait::value(
         "both email deliveries to fail after a retry",
         || {
             let pending = status(&config)["pending_alerts"]
@@ -221,9 +220,9 @@ fn an_api_key_in_a_model_name_is_redacted_everywhere() {
     let metrics_file = dir.path().join("caretaker.prom");
     let jobs = format!(
         "  reprice:\n    on_signal: USR1\n    pricing: {{prices: {prices}}}\n  spend:\n    on_signal: USR1\n    budget:\n      limits:\n        - {{name: daily, period: day, usd: 10, warn_at: [75%]}}\n  health:\n    on_signal: USR1\n    health: {{database_max_size: 1KB}}\n",
-        prices = pricejob::litellm_path().display()
+        prices = common::pricejob::litellm_path().display()
     );
-    let config = pricejob::write_config(
+    let config = common::pricejob::write_config(
         dir.path(),
         &db,
         "apantli",
@@ -260,7 +259,7 @@ fn an_api_key_in_a_model_name_is_redacted_everywhere() {
     let before = runs(&config);
     let daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
     daemon.signal(Signal::USR1);
-    wait_for(
+    wait::value(
         "the daemon to run the three jobs",
         || {
             runs(&config)

@@ -1,6 +1,8 @@
 //! Sample gateway databases and the gateway simulator, checked against real SQLite files and
 //! real `gateway-sim` processes.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,9 +18,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 
 fn fixture_schema(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/schemas")
-        .join(name);
+    let path = common::bins::repo_file("tests/fixtures/schemas").join(name);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -482,12 +482,8 @@ fn sample_refuses_bad_options_and_existing_files() {
 
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    common::wait::until(what, WAIT_LIMIT, condition);
 }
 
 /// A running `gateway-sim` that is killed if the test fails before it exits.
@@ -505,7 +501,7 @@ impl SimProcess {
             dir.join("committed.txt"),
             dir.join("ready"),
         );
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
+        let child = common::bins::gateway_sim()
             .arg("--db")
             .arg(db)
             .args(["--style", style])
@@ -824,7 +820,7 @@ fn simulator_rejects_bad_arguments() {
         ),
     ];
     for (args, named) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
+        let output = common::bins::gateway_sim()
             .arg("--db")
             .arg(&db)
             .args(args)

@@ -4,6 +4,8 @@
 //! `NOTIFY_SOCKET`, runs the real binary, signals it as `systemctl reload` and `systemctl stop`
 //! would, and reads what the daemon reports. Every wait is a socket read with a deadline.
 
+mod common;
+
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -55,7 +57,7 @@ impl Setup {
 
     /// Starts `caretaker run` the way systemd would, with `extra` environment variables.
     fn start(&self, extra: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caretaker"));
+        let mut cmd = common::bins::caretaker();
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -79,7 +81,7 @@ impl Setup {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
-            .arg(env!("CARGO_BIN_EXE_caretaker"))
+            .arg(common::bins::caretaker_bin())
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &self.socket_path)
             .env("WATCHDOG_USEC", watchdog_usec)
@@ -202,6 +204,17 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM: the daemon says STOPPING=1 and exits cleanly.
+    fn stop_on_sigterm(&mut self) {
+        self.signal(Signal::TERM);
+        self.expect("STOPPING=1");
+        let (status, stderr) = self.wait();
+        assert!(
+            status.success(),
+            "exit status {status} after SIGTERM; stderr:\n{stderr}"
+        );
+    }
+
     fn stop_and_collect_stderr(&mut self) -> String {
         let Some(mut child) = self.child.take() else {
             return String::new();
@@ -242,13 +255,7 @@ fn reports_ready_reloading_and_stopping_over_the_notify_socket() {
     daemon.expect("RELOADING=1");
     daemon.expect("READY=1");
 
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, stderr) = daemon.wait();
-    assert!(
-        status.success(),
-        "exit status {status} after SIGTERM; stderr:\n{stderr}"
-    );
+    daemon.stop_on_sigterm();
     let watchdog = daemon
         .heard
         .iter()
@@ -281,13 +288,7 @@ fn pings_the_watchdog_well_within_watchdog_usec() {
             "{gap:?} between two watchdog pings; systemd kills the service after WATCHDOG_USEC = {limit:?}"
         );
     }
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, stderr) = daemon.wait();
-    assert!(
-        status.success(),
-        "exit status {status} after SIGTERM; stderr:\n{stderr}"
-    );
+    daemon.stop_on_sigterm();
 }
 
 #[test]
@@ -297,13 +298,7 @@ fn pings_the_watchdog_when_watchdog_pid_is_unset() {
     daemon.expect("READY=1");
     daemon.expect("WATCHDOG=1");
     daemon.expect("WATCHDOG=1");
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, stderr) = daemon.wait();
-    assert!(
-        status.success(),
-        "exit status {status} after SIGTERM; stderr:\n{stderr}"
-    );
+    daemon.stop_on_sigterm();
 }
 
 #[test]
@@ -317,10 +312,7 @@ fn does_not_ping_a_watchdog_meant_for_another_process() {
     daemon.signal(Signal::HUP);
     daemon.expect("RELOADING=1");
     daemon.expect("READY=1");
-    daemon.signal(Signal::TERM);
-    daemon.expect("STOPPING=1");
-    let (status, _) = daemon.wait();
-    assert!(status.success());
+    daemon.stop_on_sigterm();
     let watchdog = daemon
         .heard
         .iter()

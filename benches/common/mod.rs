@@ -3,10 +3,15 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use caretaker::sim::SimReport;
+
+// The one helper that finds the built binaries, the same file the integration tests use; it is
+// included by path because a bench cannot name the tests' module tree.
+#[path = "../../tests/common/bins.rs"]
+pub mod bins;
 
 /// A knob from the environment, or its default.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -75,7 +80,7 @@ pub fn jobs_file(config: &Path, db: &Path, dir: &Path, job: &str, kind: &str) {
 /// Runs `caretaker run-job JOB --config CONFIG`; its output and wall time in seconds.
 pub fn run_job(job: &str, config: &Path) -> (Output, f64) {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_caretaker"))
+    let out = bins::caretaker()
         .args(["run-job", job, "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
@@ -126,7 +131,7 @@ impl Sim {
         let ready = dir.join(format!("sim-{tag}.ready"));
         let report = dir.join(format!("sim-{tag}.json"));
         let _ = fs::remove_file(&ready);
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
+        let child = bins::gateway_sim()
             .arg("--db")
             .arg(db)
             .args(["--style", "apantli", "--rate", &rate.to_string()])

@@ -1,16 +1,18 @@
 //! Test rig for backups: a gateway database, a jobs file, the real binaries and a writing gateway simulator.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use caretaker::sim::SimReport;
 use rusqlite::Connection;
 use tempfile::TempDir;
+
+use super::bins::{self, describe};
+use super::files::names;
+use super::sim::Sim;
+use super::wait;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schema {
@@ -154,7 +156,7 @@ impl Rig {
     }
 
     pub fn caretaker(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caretaker"));
+        let mut cmd = bins::caretaker();
         cmd.args(args)
             .env("RUST_LOG", "warn")
             .env_remove("CARETAKER_CONFIG");
@@ -189,7 +191,7 @@ impl Rig {
     /// Runs the backup job `nightly`, which must succeed, and returns its newest archive.
     pub fn backed_up(&self) -> PathBuf {
         let out = self.run_job("nightly");
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", describe(&out));
         self.archives().pop().unwrap()
     }
 
@@ -198,7 +200,7 @@ impl Rig {
     pub fn assert_refused(&self, bad: &Path, what: &str, words: &[&str]) {
         let target = self.dir.path().join("restored.db");
         let out = self.restore(bad, &target, false);
-        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         for word in words.iter().chain([&bad.to_str().unwrap()]) {
             assert!(stderr.contains(word), "{what}: `{word}` not in: {stderr}");
@@ -221,17 +223,8 @@ impl Rig {
     }
 
     pub fn start_sim(&self, rate: f64) -> Sim {
-        Sim::start(&self.db, self.schema, rate, self.dir.path())
+        Sim::start(&self.db, self.schema.name(), rate, 0.0, self.dir.path())
     }
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The value of `name=` in a run-job report line.
@@ -266,32 +259,10 @@ pub fn keys(db: &Path, schema: Schema) -> BTreeSet<String> {
         .collect()
 }
 
-/// The names of the files in `dir`, sorted.
-pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 pub fn integrity(db: &Path) -> String {
     let conn = Connection::open(db).unwrap();
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap()
-}
-
-/// Waits until `done` holds, failing the test with `what` after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Waits until a new run would name its archive after a later second than `archive`'s: two
@@ -301,76 +272,9 @@ pub fn wait_for_next_second(archive: &Path) {
     let taken = caretaker::backup::ArchiveName::parse("nightly", name)
         .unwrap_or_else(|| panic!("{name} is not an archive of `nightly`"))
         .time;
-    wait_for(
+    wait::until(
         "the clock to pass the archive's second",
         Duration::from_secs(3),
         || chrono::Utc::now().timestamp() > taken.timestamp(),
     );
-}
-
-/// A running gateway-sim process.
-pub struct Sim {
-    child: Option<Child>,
-    report: PathBuf,
-    committed: PathBuf,
-}
-
-impl Sim {
-    pub fn start(db: &Path, schema: Schema, rate: f64, dir: &Path) -> Sim {
-        let n = rand::random::<u32>();
-        let ready = dir.join(format!("sim-{n}.ready"));
-        let report = dir.join(format!("sim-{n}.json"));
-        let committed = dir.join(format!("sim-{n}.committed"));
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
-            .arg("--db")
-            .arg(db)
-            .args(["--style", schema.name(), "--rate", &rate.to_string()])
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--report")
-            .arg(&report)
-            .arg("--committed")
-            .arg(&committed)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting gateway-sim");
-        wait_for(
-            "gateway-sim's first committed write",
-            Duration::from_secs(30),
-            || ready.exists(),
-        );
-        Sim {
-            child: Some(child),
-            report,
-            committed,
-        }
-    }
-
-    /// Stops the simulator (SIGTERM) and returns its report and the keys it committed.
-    pub fn stop(mut self) -> (SimReport, BTreeSet<String>) {
-        let mut child = self.child.take().unwrap();
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let status = child.wait().unwrap();
-        assert!(status.success(), "gateway-sim failed: {status}");
-        let report: SimReport = serde_json::from_slice(&fs::read(&self.report).unwrap()).unwrap();
-        let committed = fs::read_to_string(&self.committed)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        (report, committed)
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

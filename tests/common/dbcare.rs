@@ -1,20 +1,16 @@
 //! Helpers for the database-care tests: sample gateways, the simulator as a process, jobs files,
 //! and reading back tables and archives to compare them row by row.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use caretaker::sim::SimReport;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 
-pub fn caretaker() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_caretaker"))
-}
+use super::bins::{self, describe};
+use super::sim::Sim;
 
 /// Writes a jobs file into `dir` for the gateway at `db` with the given `jobs:` block.
 pub fn jobs_file(dir: &Path, db: &Path, schema: &str, jobs: &str) -> PathBuf {
@@ -30,79 +26,13 @@ pub fn jobs_file(dir: &Path, db: &Path, schema: &str, jobs: &str) -> PathBuf {
 }
 
 pub fn run_job(config: &Path, job: &str, extra: &[&str]) -> Output {
-    caretaker()
+    bins::caretaker()
         .args(["run-job", job, "--config"])
         .arg(config)
         .args(extra)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Waits until `cond` holds, polling; panics after `limit` naming `what`.
-pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The simulated gateway, running as its own process.
-pub struct Sim {
-    child: Child,
-    report: PathBuf,
-}
-
-impl Sim {
-    pub fn start(db: &Path, style: &str, rate: f64, dir: &Path) -> Sim {
-        let ready = dir.join(format!("sim-{style}.ready"));
-        let report = dir.join(format!("sim-{style}.json"));
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway-sim"))
-            .arg("--db")
-            .arg(db)
-            .args([
-                "--style",
-                style,
-                "--rate",
-                &rate.to_string(),
-                "--failed-share",
-                "0.1",
-            ])
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--report")
-            .arg(&report)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until(
-            "the simulator's first committed write",
-            Duration::from_secs(30),
-            || ready.exists(),
-        );
-        Sim { child, report }
-    }
-
-    pub fn stop(mut self) -> SimReport {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "gateway-sim exited with {status}");
-        serde_json::from_slice(&std::fs::read(&self.report).unwrap()).unwrap()
-    }
 }
 
 /// Runs `job` while gateway-sim writes `style` rows to `db` at `rate` per second; the job must
@@ -115,10 +45,10 @@ pub fn run_job_beside_gateway(
     rate: f64,
     dir: &Path,
 ) -> (Output, SimReport) {
-    let sim = Sim::start(db, style, rate, dir);
+    let sim = Sim::start(db, style, rate, 0.1, dir);
     let out = run_job(config, job, &[]);
-    let report = sim.stop();
-    assert!(out.status.success(), "{style}: {}", text(&out));
+    let (report, _) = sim.stop();
+    assert!(out.status.success(), "{style}: {}", describe(&out));
     assert_eq!(
         report.failed, 0,
         "{style}: gateway writes failed: {:?}",
@@ -174,7 +104,7 @@ pub fn gunzip(file: &Path) -> String {
         out.status.success(),
         "gzip -dc {} failed: {}",
         file.display(),
-        text(&out)
+        describe(&out)
     );
     String::from_utf8(out.stdout).unwrap()
 }

@@ -1,59 +1,19 @@
-//! Test harness for runs of the real binaries: the caretaker daemon and `run-job`, the gateway
-//! simulator, the aiosmtpd server of tests/support/smtp_server.py, and condition waits.
-//!
-//! Included by path (`#[path = "common/health.rs"] mod harness;`) by the tests that need it;
-//! each test file uses a different part of it.
-#![allow(dead_code)]
+//! Runs of the real binaries for the alerting tests: the caretaker daemon and `run-job`, the
+//! gateway simulator, the aiosmtpd server of `scripts/smtp_server.py`, mail read back.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 
-pub const INSTALL_HINT: &str = "these tests need python3 with aiosmtpd, trustme and prometheus-client: run `pip install aiosmtpd trustme prometheus-client`";
+use super::bins::{self, describe};
+use super::wait;
 
-/// How long any awaited condition may take before the test fails; generous for a loaded
-/// 2-core CI machine, never reached when things work.
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub const INSTALL_HINT: &str = "these tests need python3 with aiosmtpd, trustme and prometheus-client: run `pip install aiosmtpd trustme prometheus-client`";
 
 fn read_or_empty(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
-}
-
-pub fn caretaker_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_caretaker")
-}
-
-pub fn gateway_sim_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gateway-sim")
-}
-
-fn support(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(name)
-}
-
-/// Polls `check` until it returns `Some`, failing with `what` and `context()` after [`DEADLINE`].
-pub fn wait_for<T>(
-    what: &str,
-    mut check: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Fails (never skips) when python3 or a package is missing, saying how to install it.
@@ -71,7 +31,7 @@ pub fn require_python(modules: &str) {
 
 /// `caretaker <args>` to completion.
 pub fn caretaker(args: &[&str]) -> Output {
-    Command::new(caretaker_bin())
+    bins::caretaker()
         .args(args)
         .env_remove("RUST_LOG")
         .output()
@@ -81,15 +41,6 @@ pub fn caretaker(args: &[&str]) -> Output {
 /// `caretaker run-job NAME --config FILE`, returning its output whatever the exit code.
 pub fn run_job(config: &Path, name: &str) -> Output {
     caretaker(&["run-job", name, "--config", config.to_str().unwrap()])
-}
-
-pub fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `caretaker status --json`.
@@ -114,7 +65,7 @@ pub fn gateway_sim(
 ) -> serde_json::Value {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: AtomicU64 = AtomicU64::new(1);
-    let output = Command::new(gateway_sim_bin())
+    let output = bins::gateway_sim()
         .args(["--seed", &SEED.fetch_add(1, Ordering::SeqCst).to_string()])
         .args(["--db", db.to_str().unwrap(), "--style", style])
         .args(["--rate", &rate.to_string(), "--duration", duration])
@@ -177,7 +128,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts it and waits until it has installed its signal handlers and is running.
     pub fn start(config: &Path, log: &Path) -> Daemon {
-        let child = Command::new(caretaker_bin())
+        let child = bins::caretaker()
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "caretaker=debug,info")
             .stdin(Stdio::null())
@@ -190,7 +141,7 @@ impl Daemon {
             log: log.to_path_buf(),
         };
         let log = daemon.log.clone();
-        wait_for(
+        wait::value(
             "the daemon to start",
             || {
                 if let Some(status) = daemon.child.try_wait().expect("polling the daemon") {
@@ -217,7 +168,7 @@ impl Daemon {
     pub fn stop(mut self) -> String {
         self.signal(Signal::TERM);
         let log = self.log.clone();
-        let status = wait_for(
+        let status = wait::value(
             "the daemon to exit after SIGTERM",
             || self.child.try_wait().expect("polling the daemon"),
             || read_or_empty(&log),
@@ -260,7 +211,7 @@ pub fn make_certs(dir: &Path) -> Certs {
     require_python("aiosmtpd, trustme");
     let certs = dir.join("certs");
     let output = Command::new("python3")
-        .arg(support("smtp_server.py"))
+        .arg(bins::script("smtp_server.py"))
         .arg("--make-certs")
         .arg(&certs)
         .output()
@@ -293,7 +244,7 @@ impl SmtpServer {
         let _ = fs::remove_file(&port_file);
         let stderr_path = dir.join(format!("smtp-{}.stderr", rand_suffix()));
         let child = Command::new("python3")
-            .arg(support("smtp_server.py"))
+            .arg(bins::script("smtp_server.py"))
             .arg("--port-file")
             .arg(&port_file)
             .arg("--maildir")
@@ -312,7 +263,7 @@ impl SmtpServer {
             stderr_path,
         };
         let stderr = server.stderr_path.clone();
-        server.port = wait_for(
+        server.port = wait::value(
             "the SMTP server to listen",
             || {
                 if let Some(status) = server.child.try_wait().expect("polling the server") {
@@ -412,42 +363,4 @@ pub fn body(raw: &str) -> String {
     raw.split_once("\r\n\r\n")
         .map(|(_, body)| body.replace("\r\n", "\n"))
         .unwrap_or_default()
-}
-
-/// A tmpfs of `size` (e.g. `4m`) mounted on `dir`; unmounted when dropped. Needs root (or
-/// CAP_SYS_ADMIN); fails loudly otherwise, since the disk-space test means nothing without it.
-pub struct SmallFilesystem {
-    pub dir: PathBuf,
-}
-
-impl SmallFilesystem {
-    pub fn mount(dir: &Path, size: &str) -> SmallFilesystem {
-        fs::create_dir_all(dir).unwrap();
-        let output = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .expect("running mount");
-        assert!(
-            output.status.success(),
-            "cannot mount a {size} tmpfs on {} for the disk-space test: {}; run the tests as root or with CAP_SYS_ADMIN",
-            dir.display(),
-            describe(&output)
-        );
-        SmallFilesystem {
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for SmallFilesystem {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
 }

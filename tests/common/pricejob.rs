@@ -1,10 +1,7 @@
 //! Helpers for the pricing and budget tests: jobs files, running one job with a given clock,
 //! and LiteLLM's rates read straight from the fixture table.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use caretaker::alerts::AlertEvent;
 use caretaker::config::{self, Config};
@@ -13,9 +10,10 @@ use caretaker::state::State;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::bins;
+
 pub fn litellm_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/litellm/model_prices_and_context_window.json")
+    bins::repo_file("tests/fixtures/litellm/model_prices_and_context_window.json")
 }
 
 pub fn litellm() -> Value {
@@ -73,18 +71,6 @@ pub fn figure(report: &Report, name: &str) -> f64 {
         .find(|(n, _)| n == name)
         .unwrap_or_else(|| panic!("no figure {name} in {report}"))
         .1
-}
-
-/// Waits until `condition` holds, checking every 20 ms, failing after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The rate `key` of a LiteLLM entry, with the `_above_200k_tokens` variant when `long`.

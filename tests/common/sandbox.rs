@@ -1,15 +1,15 @@
-//! Shared pieces of the integration tests: a sample gateway, a jobs file, the real daemon binary.
-#![allow(dead_code)]
+//! A sandbox for the CLI and daemon tests: a sample gateway, a jobs file, the real daemon binary.
 
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_caretaker");
+use super::wait::poll;
+use super::{bins, files};
 
 /// A temporary directory with a small Apantli database and a jobs file around it.
 pub struct Sandbox {
@@ -45,7 +45,7 @@ impl Sandbox {
     /// Writes a jobs file: the common header plus `jobs` (YAML, indented by two spaces).
     pub fn write_jobs(&self, jobs: &str) {
         let text = format!("{}jobs:\n{jobs}", self.header());
-        write_replace(&self.jobs_file(), &text);
+        files::write_replace(&self.jobs_file(), &text);
     }
 
     pub fn header(&self) -> String {
@@ -58,7 +58,7 @@ impl Sandbox {
     }
 
     pub fn caretaker(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        bins::caretaker()
             .args(args)
             .arg("--config")
             .arg(self.jobs_file())
@@ -70,7 +70,7 @@ impl Sandbox {
 
     pub fn start_daemon(&self) -> Daemon {
         let log = self.path("daemon.log");
-        let child = Command::new(BIN)
+        let child = bins::caretaker()
             .arg("run")
             .arg("--config")
             .arg(self.jobs_file())
@@ -104,13 +104,6 @@ impl Sandbox {
     }
 }
 
-/// Replace a file the way editors do: write a new file, rename it over the old one.
-pub fn write_replace(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp-edit");
-    fs::write(&tmp, text).expect("write");
-    fs::rename(&tmp, path).expect("rename");
-}
-
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
@@ -142,7 +135,7 @@ impl Daemon {
     }
 
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
-        let text = wait_for(timeout, || {
+        let text = poll(timeout, || {
             let t = self.log_text();
             t.contains(needle).then_some(t)
         });
@@ -154,7 +147,7 @@ impl Daemon {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_for(timeout, || self.child.try_wait().expect("try_wait"))
+        poll(timeout, || self.child.try_wait().expect("try_wait"))
     }
 }
 
@@ -162,20 +155,5 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls `check` until it gives a value or `timeout` passes: waiting on a condition, with a
-/// short interval so a test takes as long as the behaviour, not a guessed sleep.
-pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
