@@ -311,7 +311,7 @@ fn status_shows_the_run_of_a_killed_daemon_as_interrupted() {
 fn the_metrics_file_shows_a_killed_run_job_as_interrupted() {
     let sb = Sandbox::new();
     let header = sb.header().replace("busy_timeout: 1s", "busy_timeout: 60s");
-    harness::write_replace(
+    common::files::write_replace(
         &sb.jobs_file(),
         &format!(
             "{header}metrics_file: metrics.prom\njobs:\n  slow:\n    on_signal: USR1\n    integrity: {{}}\n  quick:\n    on_signal: USR2\n    integrity: {{}}\n"
@@ -319,14 +319,14 @@ fn the_metrics_file_shows_a_killed_run_job_as_interrupted() {
     );
     let blocker = rusqlite::Connection::open(sb.path("requests.db")).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let mut slow = std::process::Command::new(harness::BIN)
+    let mut slow = common::bins::caretaker()
         .args(["run-job", "slow", "--config"])
         .arg(sb.jobs_file())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = wait_for(LONG, || {
+    let started = poll(LONG, || {
         runs(&sb, "slow")
             .iter()
             .any(|r| r.result == "running")
