@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use caretaker::sample::{SampleOptions, create_apantli};
+use caretaker::demo::sample::{SampleOptions, create_apantli};
 use flate2::read::GzDecoder;
 
 const CARETAKER: &str = env!("CARGO_BIN_EXE_caretaker");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use caretaker::rotation::FileState;
+use caretaker::jobs::logrotate::FileState;
 use chrono::Utc;
 use harness::{Sandbox, wait_for};
 

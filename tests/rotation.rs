@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use caretaker::rotation::{
+use caretaker::jobs::logrotate::{
     Action, FileState, Notify, NotifySignal, Outcome, Period, Plan, RotateConfig, RotateSpec,
     SkipReason, Trigger, execute, plan, survey,
 };

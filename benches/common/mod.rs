@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use caretaker::sim::SimReport;
+use caretaker::demo::sim::SimReport;
 
 /// A knob from the environment, or its default.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -29,11 +29,11 @@ pub fn apantli_sample(dir: &Path, rows: u64) -> PathBuf {
     let db = dir.join(format!("requests-{rows}.db"));
     if !db.exists() {
         let start = Instant::now();
-        let opts = caretaker::sample::SampleOptions {
+        let opts = caretaker::demo::sample::SampleOptions {
             rows,
             ..Default::default()
         };
-        caretaker::sample::create_apantli(&db, &opts).expect("creating the sample database");
+        caretaker::demo::sample::create_apantli(&db, &opts).expect("creating the sample database");
         println!(
             "created {} in {:.0} s",
             db.display(),

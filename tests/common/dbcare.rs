@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use caretaker::sim::SimReport;
+use caretaker::demo::sim::SimReport;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 
