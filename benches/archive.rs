@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use caretaker::sample::{self, SampleOptions};
-use caretaker::sim::SimReport;
+use caretaker::demo::sample::{self, SampleOptions};
+use caretaker::demo::sim::SimReport;
 use chrono::{TimeDelta, Utc};
 
 mod common;

@@ -14,7 +14,7 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use caretaker::sim::SimReport;
+use caretaker::demo::sim::SimReport;
 
 mod common;
 

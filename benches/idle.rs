@@ -48,9 +48,9 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
-    caretaker::sample::create_apantli(
+    caretaker::demo::sample::create_apantli(
         &dir.path().join("requests.db"),
-        &caretaker::sample::SampleOptions {
+        &caretaker::demo::sample::SampleOptions {
             rows: 1000,
             days: 30,
             now: chrono::Utc::now(),

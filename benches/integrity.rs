@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use caretaker::sim::SimReport;
+use caretaker::demo::sim::SimReport;
 
 mod common;
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use caretaker::sample::{SampleOptions, create_apantli};
+use caretaker::demo::sample::{SampleOptions, create_apantli};
 use flate2::read::GzDecoder;
 
 const CARETAKER: &str = common::bins::caretaker_bin();

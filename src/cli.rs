@@ -121,11 +121,19 @@ pub fn main(cli: Cli) -> ExitCode {
         } => run_job(&config.config, &name, dry_run),
         Command::Status { config, json } => status(&config.config, json),
         Command::Restore { archive, to, force } => restore(&archive, &to, force),
-        Command::Demo { dir } => {
-            crate::demo::run(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo")))
-        }
+        Command::Demo { dir } => demo(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo"))),
     };
     ExitCode::from(code)
+}
+
+fn demo(dir: &Path) -> u8 {
+    match crate::demo::run(dir) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::FAILED
+        }
+    }
 }
 
 fn load(path: &Path) -> Result<Config, u8> {

@@ -10,6 +10,9 @@ use serde::Deserialize;
 use crate::config::Checks;
 use crate::config::values;
 
+/// Apantli's busy timeout: a write waits this long for a lock before the row is lost.
+pub const APANTLI_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
@@ -459,7 +462,7 @@ mod tests {
         let database = dir.path().join("requests.db");
         rusqlite::Connection::open(&database)
             .unwrap()
-            .execute_batch(crate::sample::APANTLI_SCHEMA)
+            .execute_batch(crate::demo::sample::APANTLI_SCHEMA)
             .unwrap();
         let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
         let gateway = Gateway {

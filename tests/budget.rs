@@ -20,7 +20,7 @@ fn utc(text: &str) -> DateTime<Utc> {
 
 fn apantli_db(path: &Path) {
     let conn = Connection::open(path).unwrap();
-    conn.execute_batch(caretaker::sample::APANTLI_SCHEMA)
+    conn.execute_batch(caretaker::demo::sample::APANTLI_SCHEMA)
         .unwrap();
 }
 
@@ -457,9 +457,9 @@ fn an_upgrade_mid_period_re_sends_nothing_and_retires_the_old_keys() {
 fn a_provider_glob_on_a_gateway_without_providers_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("usage.db");
-    caretaker::sample::create_bobamixer(
+    caretaker::demo::sample::create_bobamixer(
         &db,
-        &caretaker::sample::SampleOptions {
+        &caretaker::demo::sample::SampleOptions {
             rows: 10,
             ..Default::default()
         },

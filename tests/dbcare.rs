@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use caretaker::sample::{self, SampleOptions};
+use caretaker::demo::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
 use common::backup::figure;
 use common::bins::{caretaker, describe};
@@ -123,7 +123,7 @@ fn apantli_archive_at_100_writes_per_second_never_stalls_a_write_near_its_timeou
     let (out, report) = run_job_beside_gateway(&config, "arch", &db, "apantli", 100.0, dir.path());
     assert!(report.committed > 0);
     assert!(
-        report.latency_ms.max < caretaker::sim::APANTLI_BUSY_TIMEOUT.as_millis() as f64 / 2.0,
+        report.latency_ms.max < caretaker::gateway::APANTLI_BUSY_TIMEOUT.as_millis() as f64 / 2.0,
         "a gateway write waited {:.0} ms (p99 {:.0} ms); {}",
         report.latency_ms.max,
         report.latency_ms.p99,

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use caretaker::sample::{self, SampleOptions};
+use caretaker::demo::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
 use common::bins::describe;
 use common::dbcare::*;

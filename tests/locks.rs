@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 
-use caretaker::sample::{self, SampleOptions};
+use caretaker::demo::sample::{self, SampleOptions};
 use chrono::{DurationRound, TimeDelta, Utc};
 use common::bins::caretaker;
 use common::dbcare::rows;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use caretaker::rotation::FileState;
+use caretaker::jobs::logrotate::FileState;
 use chrono::Utc;
 use common::bins::describe;
 use common::files::names;

@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use caretaker::sample::{self, SampleOptions};
+use caretaker::demo::sample::{self, SampleOptions};
 use caretaker::state::State;
 use chrono::{TimeZone, Utc};
 use common::pricejob::*;
@@ -707,7 +707,7 @@ fn documented_aliases() -> Vec<(String, usize, String, String)> {
     let mut files = vec![
         root.join("jobs.example.yaml"),
         root.join("README.md"),
-        root.join("src/demo.rs"),
+        root.join("src/demo/mod.rs"),
     ];
     let mut dirs = vec![root.join("docs")];
     while let Some(dir) = dirs.pop() {
@@ -762,7 +762,7 @@ fn documented_aliases() -> Vec<(String, usize, String, String)> {
 
 #[test]
 fn every_documented_alias_names_a_priced_model_of_the_shipped_table() {
-    let table = caretaker::prices::PriceTable::load(&litellm_path()).unwrap();
+    let table = caretaker::jobs::pricing::prices::PriceTable::load(&litellm_path()).unwrap();
     let examples = documented_aliases();
     let files: std::collections::BTreeSet<&str> =
         examples.iter().map(|(f, ..)| f.as_str()).collect();

@@ -55,7 +55,7 @@ fn changing_the_price_file_reprices_in_the_running_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("requests.db");
     let conn = Connection::open(&db).unwrap();
-    conn.execute_batch(caretaker::sample::APANTLI_SCHEMA)
+    conn.execute_batch(caretaker::demo::sample::APANTLI_SCHEMA)
         .unwrap();
     for model in ["gpt-4o", "gpt-4o", "mystery"] {
         conn.execute(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use caretaker::retention::{CalendarSpan, Policy, decide};
+use caretaker::jobs::backup::retention::{CalendarSpan, Policy, decide};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 

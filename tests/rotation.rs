@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, SystemTime};
 
-use caretaker::rotation::{
+use caretaker::jobs::logrotate::{
     Action, FileState, Notify, NotifySignal, Outcome, Period, Plan, RotateConfig, RotateSpec,
     SkipReason, Trigger, execute, plan, survey,
 };

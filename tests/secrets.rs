@@ -208,7 +208,7 @@ fn an_api_key_in_a_model_name_is_redacted_everywhere() {
     let model = format!("mystery-model-{key}");
     let db = dir.path().join("requests.db");
     let conn = Connection::open(&db).unwrap();
-    conn.execute_batch(caretaker::sample::APANTLI_SCHEMA)
+    conn.execute_batch(caretaker::demo::sample::APANTLI_SCHEMA)
         .unwrap();
     request(&conn, "gpt-4o", 0.0);
     // Unknown when the gateway wrote it (cost 0.0) and unknown to the price table.

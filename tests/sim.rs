@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use caretaker::sample::{self, SampleOptions};
-use caretaker::sim::{self, RowKey, SimOptions, SimReport, Style};
+use caretaker::demo::sample::{self, SampleOptions};
+use caretaker::demo::sim::{self, RowKey, SimOptions, SimReport, Style};
 use chrono::{DateTime, NaiveDateTime, TimeDelta, TimeZone, Utc};
 use rusqlite::Connection;
 use rusqlite::types::Value;

@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use caretaker::sample::{self, SampleOptions};
+use caretaker::demo::sample::{self, SampleOptions};
 use rustix::process::{Pid, Signal, kill_process};
 
 /// Generous: the debug binary starts on a busy 2-core machine; a healthy run answers in milliseconds.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use caretaker::sim::SimReport;
+use caretaker::demo::sim::SimReport;
 
 // The one helper that finds the built binaries, the same file the integration tests use; it is
 // included by path because a bench cannot name the tests' module tree.
@@ -34,11 +34,11 @@ pub fn apantli_sample(dir: &Path, rows: u64) -> PathBuf {
     let db = dir.join(format!("requests-{rows}.db"));
     if !db.exists() {
         let start = Instant::now();
-        let opts = caretaker::sample::SampleOptions {
+        let opts = caretaker::demo::sample::SampleOptions {
             rows,
             ..Default::default()
         };
-        caretaker::sample::create_apantli(&db, &opts).expect("creating the sample database");
+        caretaker::demo::sample::create_apantli(&db, &opts).expect("creating the sample database");
         println!(
             "created {} in {:.0} s",
             db.display(),

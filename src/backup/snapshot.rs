@@ -338,7 +338,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("usage.db");
         let conn = Connection::open(&db).unwrap();
-        conn.execute_batch(crate::sample::BOBAMIXER_SCHEMA).unwrap();
+        conn.execute_batch(crate::demo::sample::BOBAMIXER_SCHEMA)
+            .unwrap();
         conn.execute_batch(
             "INSERT INTO sessions (id, started_at) VALUES ('s', 0);
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
@@ -411,9 +412,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("requests.db");
-        crate::sample::create_apantli(
+        crate::demo::sample::create_apantli(
             &db,
-            &crate::sample::SampleOptions {
+            &crate::demo::sample::SampleOptions {
                 rows: 50,
                 ..Default::default()
             },
@@ -447,9 +448,9 @@ mod tests {
     fn reports_the_writer_stall_in_rollback_mode_and_names_a_bad_source() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("requests.db");
-        crate::sample::create_apantli(
+        crate::demo::sample::create_apantli(
             &db,
-            &crate::sample::SampleOptions {
+            &crate::demo::sample::SampleOptions {
                 rows: 200,
                 ..Default::default()
             },

@@ -1,4 +1,4 @@
-//! gateway-sim: command line for the stand-in gateway in `caretaker::sim`.
+//! gateway-sim: command line for the stand-in gateway in `caretaker::demo::sim`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use caretaker::sim::{self, SimOptions, Style};
+use caretaker::demo::sim::{self, SimOptions, Style};
 use clap::Parser;
 
 /// Writes rows into a gateway database the way Apantli or BobaMixer does, and reports how many

@@ -159,7 +159,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
 /// busy timeout; BobaMixer has none, and a custom gateway's is unknown.
 fn gateway_wait(preset: Preset) -> Option<Duration> {
     match preset {
-        Preset::Apantli => Some(crate::sim::APANTLI_BUSY_TIMEOUT),
+        Preset::Apantli => Some(crate::gateway::APANTLI_BUSY_TIMEOUT),
         Preset::Bobamixer | Preset::Custom => None,
     }
 }
@@ -179,7 +179,7 @@ pub fn lock_bound(spec: &Spec, preset: Preset) -> Result<Duration, String> {
     }
     match preset {
         Preset::Apantli => {
-            Ok(crate::sim::APANTLI_BUSY_TIMEOUT.mul_f64(SHARE_OF_GATEWAY_WAIT))
+            Ok(crate::gateway::APANTLI_BUSY_TIMEOUT.mul_f64(SHARE_OF_GATEWAY_WAIT))
         }
         Preset::Bobamixer => Err(
             "BobaMixer has no busy timeout: a write that meets VACUUM's exclusive lock is lost at once"

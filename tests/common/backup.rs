@@ -57,17 +57,18 @@ pub struct Rig {
 pub fn create_db(path: &Path, schema: Schema, rows: u64) {
     match schema {
         Schema::Apantli => {
-            let opts = caretaker::sample::SampleOptions {
+            let opts = caretaker::demo::sample::SampleOptions {
                 rows,
                 ..Default::default()
             };
-            caretaker::sample::create_apantli(path, &opts).expect("creating the Apantli sample");
+            caretaker::demo::sample::create_apantli(path, &opts)
+                .expect("creating the Apantli sample");
         }
         Schema::Bobamixer => {
             // Built directly: BobaMixer never enables foreign keys, so its sessions can arrive
             // after their records; the bundled SQLite enforces them by default.
             let conn = Connection::open(path).unwrap();
-            conn.execute_batch(caretaker::sample::BOBAMIXER_SCHEMA)
+            conn.execute_batch(caretaker::demo::sample::BOBAMIXER_SCHEMA)
                 .unwrap();
             conn.execute(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use caretaker::sim::SimReport;
+use caretaker::demo::sim::SimReport;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 

@@ -20,9 +20,9 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("requests.db");
-        caretaker::sample::create_apantli(
+        caretaker::demo::sample::create_apantli(
             &db,
-            &caretaker::sample::SampleOptions {
+            &caretaker::demo::sample::SampleOptions {
                 rows: 200,
                 days: 10,
                 now: Utc::now(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use caretaker::sim::SimReport;
+use caretaker::demo::sim::SimReport;
 
 use super::bins;
 use super::wait;

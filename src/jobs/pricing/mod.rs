@@ -5,6 +5,8 @@
 //! below the gateway's busy timeout. Every update is conditional on the cost it was planned
 //! from, so a row changed by someone else meanwhile is left alone.
 
+pub mod prices;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -22,9 +24,9 @@ use crate::config::{Checks, Config};
 use crate::gateway::{CostColumns, Gateway, Preset};
 // Label values in figure names are quoted as in the metrics file.
 use crate::metrics::escape_label as label;
-use crate::prices::{self, PriceTable, Usage};
 use crate::units::{usd, usd_change};
 use crate::writelock::{HOLD_LIMIT, Pacer};
+use prices::{PriceTable, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -1036,7 +1038,7 @@ mod tests {
 
     #[test]
     fn the_fast_json_readers_agree_with_the_price_module() {
-        use crate::sample::{ApantliRowMaker, RowKind, SampleRng, Spelling};
+        use crate::demo::sample::{ApantliRowMaker, RowKind, SampleRng, Spelling};
         use rand::SeedableRng;
         let mut rng = SampleRng::seed_from_u64(7);
         let maker = ApantliRowMaker::new(&mut rng, 2048);
@@ -1105,9 +1107,9 @@ mod tests {
     fn a_read_stops_at_its_time_budget_and_the_next_one_goes_on_from_there() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("requests.db");
-        crate::sample::create_apantli(
+        crate::demo::sample::create_apantli(
             &db,
-            &crate::sample::SampleOptions {
+            &crate::demo::sample::SampleOptions {
                 rows: 40,
                 ..Default::default()
             },

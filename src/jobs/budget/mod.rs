@@ -6,6 +6,8 @@
 //! clock and the zone. Raised alerts live in the state database, so a restart neither raises
 //! nor resolves anything twice.
 
+pub mod periods;
+
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -23,7 +25,7 @@ use crate::config::Checks;
 use crate::config::values::Share;
 use crate::gateway::Gateway;
 use crate::metrics::{BudgetSpend, escape_label as label};
-use crate::periods::{self, Period};
+use periods::Period;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

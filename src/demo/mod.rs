@@ -1,8 +1,16 @@
-//! `caretaker demo`: a sample gateway and a jobs file on fast schedules, with the daemon running on it.
+//! The demo kit: `caretaker demo` runs the daemon on a sample gateway with every job kind on fast schedules.
 //!
 //! The demo is the product in miniature: a realistic Apantli database (API keys in the
 //! payloads, zero costs to re-price, rows old enough to archive), a gateway writing to it
 //! while caretaker works, a growing log file, and every job kind on a schedule of seconds.
+//!
+//! Its parts, [`sample`] (realistic gateway databases) and [`sim`] (a stand-in gateway writing
+//! like the real one, behind `gateway-sim`), also serve the tests and benchmarks. The daemon's
+//! own path never uses this folder: it sits above the jobs and takes nothing from the command
+//! line, which only calls [`run`] and turns its error into the exit code.
+
+pub mod sample;
+pub mod sim;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,9 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use chrono::Utc;
 
-use crate::cli::exit;
-use crate::sample::{self, SampleOptions};
-use crate::sim::{self, SimOptions, Style};
+use sample::SampleOptions;
+use sim::{SimOptions, Style};
 
 const PRICES: &str = "\
 # USD per million tokens, for the demo's models (caretaker also reads LiteLLM's JSON table).
@@ -108,30 +115,20 @@ jobs:
     .to_string()
 }
 
-pub fn run(dir: &Path) -> u8 {
-    match prepare(dir) {
-        Ok(jobs) => {
-            println!("Starting the daemon. Stop it with Ctrl-C.\n");
-            let stop = Arc::new(AtomicBool::new(false));
-            let writers = start_gateway(dir, stop.clone());
-            let code = match crate::daemon::run(&jobs) {
-                Ok(()) => exit::OK,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    exit::FAILED
-                }
-            };
-            stop.store(true, Ordering::SeqCst);
-            for w in writers {
-                let _ = w.join();
-            }
-            code
-        }
-        Err(e) => {
-            eprintln!("error: preparing the demo in {}: {e:#}", dir.display());
-            exit::FAILED
-        }
+/// Prepares the demo in `dir` and runs the daemon on it until it stops; the error is what the
+/// command line prints after `error: ` before it exits with a failure.
+pub fn run(dir: &Path) -> anyhow::Result<()> {
+    let jobs = prepare(dir).with_context(|| format!("preparing the demo in {}", dir.display()))?;
+    println!("Starting the daemon. Stop it with Ctrl-C.\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_gateway(dir, stop.clone());
+    // The daemon's error is said as the daemon words it, without its causes' chain.
+    let result = crate::daemon::run(&jobs).map_err(|e| anyhow::anyhow!("{e}"));
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        let _ = w.join();
     }
+    result
 }
 
 /// Creates what is missing in `dir` (a rerun keeps the existing database) and returns the
@@ -273,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("prices.yaml");
         std::fs::write(&path, PRICES).unwrap();
-        let table = crate::prices::PriceTable::load(&path).unwrap();
+        let table = crate::jobs::pricing::prices::PriceTable::load(&path).unwrap();
         let aliases = Default::default();
         for model in [
             "openai/gpt-4.1-mini",

@@ -1,9 +1,44 @@
 //! The `logrotate` job: logrotate's semantics over the gateway's log files.
 //!
-//! The engine lives in [`crate::rotation`]; this module ties it to a job run: the per-file
-//! state kept in the state database, `--dry-run`, the report and its figures, and the rule
-//! that one file's failure fails the run only after every other file was handled and the
-//! state of the files that did rotate was saved.
+//! The engine is split so that the decision can be tested without a disk or a clock:
+//!
+//! 1. [`RotateConfig::validate`] turns the YAML block into a [`RotateSpec`].
+//! 2. [`survey`] expands the patterns and gathers [`FileFacts`] (sizes, links, rotated copies).
+//! 3. [`plan()`] decides, as a pure function of the facts, the saved state, `now` and the
+//!    time zone, what to do with each file; the [`Plan`] prints as a dry-run.
+//! 4. [`execute`] carries the plan out and returns the state entries to save.
+//!
+//! ```no_run
+//! # use std::collections::BTreeMap;
+//! # use caretaker::jobs::logrotate::*;
+//! # fn run(config: &RotateConfig, saved: &mut BTreeMap<std::path::PathBuf, FileState>) {
+//! let spec = config.validate(std::path::Path::new("/etc/caretaker")).expect("valid block");
+//! let (facts, survey_errors) = survey(&spec);
+//! let plan = plan(&spec, &facts, saved, chrono::Utc::now(), chrono_tz::Europe::Berlin);
+//! print!("{plan}");
+//! let outcome = execute(&plan);
+//! saved.extend(outcome.state.clone());
+//! # let _ = survey_errors;
+//! # }
+//! ```
+//!
+//! This module ties the engine to a job run: the per-file state kept in the state database,
+//! `--dry-run`, the report and its figures, and the rule that one file's failure fails the run
+//! only after every other file was handled and the state of the files that did rotate was saved.
+
+mod config;
+mod execute;
+mod plan;
+mod survey;
+
+pub use config::{
+    ConfigError, Method, Notify, NotifyConfig, NotifySignal, Period, RotateConfig, RotateSpec,
+};
+pub use execute::{FileOutcome, Outcome, execute};
+pub use plan::{
+    Action, DeleteWhy, FilePlan, FileState, Plan, SkipReason, Step, Trigger, period_due, plan,
+};
+pub use survey::{CopySuffix, FileError, FileFacts, RotatedCopy, survey};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +48,6 @@ use anyhow::Context as _;
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::Checks;
-use crate::rotation::{self, Action, FileState, Outcome, Plan, RotateConfig, RotateSpec};
 
 pub type Raw = RotateConfig;
 pub type Spec = RotateSpec;
@@ -54,8 +88,8 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let (mut saved, state_note) = load_state(ctx)?;
-    let (facts, survey_errors) = rotation::survey(spec);
-    let plan = rotation::plan(spec, &facts, &saved, ctx.now, ctx.config.timezone);
+    let (facts, survey_errors) = survey(spec);
+    let plan = plan(spec, &facts, &saved, ctx.now, ctx.config.timezone);
     let survey_errors: Vec<String> = survey_errors.iter().map(ToString::to_string).collect();
 
     if ctx.dry_run {
@@ -69,7 +103,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 
     // The last safe point: once moves have started, the run finishes them and saves the state.
     ctx.checkpoint()?;
-    let outcome = rotation::execute(&plan);
+    let outcome = execute(&plan);
     saved.extend(outcome.state.clone());
     let saving = ctx.state.put(STATE_NS, ctx.job, &saved).with_context(|| {
         format!(
@@ -186,7 +220,7 @@ struct Figures {
 }
 
 impl Figures {
-    fn of(plan: &Plan, outcome: &Outcome, facts: &[rotation::FileFacts]) -> Self {
+    fn of(plan: &Plan, outcome: &Outcome, facts: &[FileFacts]) -> Self {
         let size_of = |path: &PathBuf| facts.iter().find(|f| &f.path == path).map_or(0, |f| f.size);
         let mut figures = Figures {
             matched: plan.files.len(),

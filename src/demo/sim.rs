@@ -22,13 +22,11 @@ use rand::{RngExt, SeedableRng};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use crate::sample::{
+use super::sample::{
     APANTLI_INSERT, APANTLI_SCHEMA, ApantliRow, ApantliRowMaker, BOBA_INSERT_SESSION,
     BOBA_INSERT_USAGE, BOBAMIXER_SCHEMA, RowKind, SampleRng, SessionRow, Spelling, UsageRecord,
 };
-
-/// Apantli's busy timeout: a write waits this long for a lock before the row is lost.
-pub const APANTLI_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::gateway::APANTLI_BUSY_TIMEOUT;
 
 /// Apantli writes still waiting for a lock at once before the pacer waits for one to finish;
 /// bounds threads when a lock is held for long at a high rate.

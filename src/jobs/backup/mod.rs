@@ -6,6 +6,8 @@
 //! (fsync, rename, fsync the directory), then prune this job's archives by the keep policy.
 //! An archive that fails a check is never published, so it is never counted or kept.
 
+pub mod retention;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,8 +25,8 @@ use crate::backup::snapshot::{self, Snapshot};
 use crate::backup::{self as backups, ArchiveName, Format, Scratch};
 use crate::config::Checks;
 use crate::fsx;
-use crate::retention::{self, Decision, KeepConfig, Policy, Reason};
 use crate::units;
+use retention::{Decision, KeepConfig, Policy, Reason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -22,9 +22,9 @@ use serde::Serialize;
 // The gateways' schemas have one copy, the test fixtures that every test builds its databases
 // from: the samples, the demo and the tests cannot drift apart.
 /// Apantli's schema, as Apantli 1.0 creates it.
-pub const APANTLI_SCHEMA: &str = include_str!("../tests/fixtures/schemas/apantli.sql");
+pub const APANTLI_SCHEMA: &str = include_str!("../../tests/fixtures/schemas/apantli.sql");
 /// BobaMixer's schema version 3, including its `journal_mode = WAL` and `user_version = 3` pragmas.
-pub const BOBAMIXER_SCHEMA: &str = include_str!("../tests/fixtures/schemas/bobamixer.sql");
+pub const BOBAMIXER_SCHEMA: &str = include_str!("../../tests/fixtures/schemas/bobamixer.sql");
 
 /// The generator behind every sample; portable, so a seed means the same rows on every platform.
 pub(crate) type SampleRng = Xoshiro256PlusPlus;
