@@ -12,6 +12,7 @@ pub mod demo;
 pub mod fsx;
 pub mod gateway;
 pub mod jobs;
+pub mod ledger;
 pub mod locks;
 pub mod logging;
 pub mod metrics;

@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS kv (
     value TEXT NOT NULL,
     PRIMARY KEY (ns, key)
 );
+CREATE TABLE IF NOT EXISTS removals (
+    at INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    vacuum INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alert_state (
     key TEXT PRIMARY KEY,
     active INTEGER NOT NULL,

@@ -216,3 +216,46 @@ fn a_bad_shrink_guard_is_a_check_error_at_its_line() {
         }
     }
 }
+
+/// The archive job's purge and a VACUUM of ours shrink the database on purpose: the guard
+/// allows for what the state database's ledger says we removed, and holds nothing.
+#[test]
+fn our_own_archive_purge_and_vacuum_hold_no_backup() {
+    let (rig, _) = two_good_backups("");
+    let mut yaml = fs::read_to_string(&rig.config).unwrap();
+    yaml.push_str(&format!(
+        "  purge:\n    on_signal: USR1\n    archive: {{older_than: 1d, to: {}}}\n  care:\n    on_signal: USR2\n    maintenance: {{vacuum: always}}\n",
+        rig.dir.path().join("archive").display()
+    ));
+    fs::write(&rig.config, yaml).unwrap();
+    let rows = || -> i64 {
+        rusqlite::Connection::open(&rig.db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+            .unwrap()
+    };
+
+    let out = rig.run_job("purge");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        rows() * 2 < 2000,
+        "the purge must leave under half of the rows for this test to mean anything: {}",
+        rows()
+    );
+    let out = run_after_last(&rig);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(figure(&out, "held"), 0.0, "{}", describe(&out));
+
+    let before = fs::metadata(&rig.db).unwrap().len();
+    let out = rig.run_job("care");
+    assert!(out.status.success(), "{}", describe(&out));
+    let after = fs::metadata(&rig.db).unwrap().len();
+    assert!(
+        after * 2 < before,
+        "the VACUUM left {after} of {before} bytes"
+    );
+    let out = run_after_last(&rig);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(figure(&out, "held"), 0.0, "{}", describe(&out));
+    assert!(!alerts(&rig).contains("backup-shrunk"), "{}", alerts(&rig));
+}

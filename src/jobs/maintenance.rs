@@ -777,6 +777,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             vacuumed.full.map_or(0.0, |d| d.as_secs_f64()),
         );
     let vacuum_lock = vacuumed.full.unwrap_or(vacuumed.longest_step);
+    if (vacuumed.full.is_some() || vacuumed.steps > 0) && !ctx.dry_run {
+        // The file shrank on purpose: the backup's shrink guard must not take it for an
+        // emptied database.
+        crate::ledger::vacuumed(ctx.state, chrono::Utc::now())
+            .context("recording the VACUUM in the state database")?;
+    }
     if vacuumed.full.is_some() || vacuumed.steps > 0 {
         report = report.figure("vacuum_lock_ms", ms(vacuum_lock));
     }

@@ -139,6 +139,10 @@ struct Archiver<'c, 'a> {
     /// as the target: a short one at a batch's end would cost the gateway the same room.
     ready: VecDeque<Pending>,
     purged_of_first: usize,
+    /// The gateway's request table, whose deleted rows go into the ledger.
+    request_table: String,
+    /// Rows deleted from it and not yet in the ledger.
+    removed_unrecorded: u64,
     in_flight: Option<InFlight>,
     tally: Tally,
 }
@@ -233,6 +237,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         pendings: Vec::new(),
         ready: VecDeque::new(),
         purged_of_first: 0,
+        request_table: gateway.table.clone(),
+        removed_unrecorded: 0,
         in_flight: None,
         tally: Tally::default(),
     };
@@ -433,6 +439,18 @@ impl Archiver<'_, '_> {
         self.purge(true)
     }
 
+    /// Tells the ledger the request rows deleted since it was last told, so that the backup's
+    /// shrink guard does not take our purge for an emptied database. A crash before this loses
+    /// only the count: the guard then holds one backup too many, never deletes one.
+    fn note_removed(&mut self) -> anyhow::Result<()> {
+        if self.removed_unrecorded > 0 {
+            crate::ledger::purged(self.ctx.state, chrono::Utc::now(), self.removed_unrecorded)
+                .context("recording the purged rows in the state database")?;
+            self.removed_unrecorded = 0;
+        }
+        Ok(())
+    }
+
     /// Records the batches whose files may exist and whose rows may still be in the table.
     fn save_pendings(&self) -> anyhow::Result<()> {
         if self.pendings.is_empty() {
@@ -481,30 +499,37 @@ impl Archiver<'_, '_> {
             // the batches in flight, and their record in the state database, stay few.
             let wait = ready < self.rows_per_transaction && self.ready.len() < 2;
             if ready == 0 || (!all && wait) {
-                return Ok(());
+                return self.note_removed();
             }
             self.ctx.checkpoint()?;
             let want = self.rows_per_transaction.min(ready);
             let (skip, batches) = (self.purged_of_first, &self.ready);
-            let ((count, n), held) = self.pacer.write(&mut self.conn, |tx| {
+            let request_table = &self.request_table;
+            let ((count, n, removed), held) = self.pacer.write(&mut self.conn, |tx| {
                 // Rows that cost more than the last ones did (pages not cached, a busy
                 // machine) end the transaction at the hard limit; the rest go to the next.
                 let started = Instant::now();
-                let (mut count, mut n) = (0u64, 0usize);
+                let (mut count, mut n, mut removed) = (0u64, 0usize, 0u64);
                 'batches: for (i, pending) in batches.iter().enumerate() {
                     let mut stmt = tx.prepare_cached(&pending.purge_sql())?;
+                    let removes = pending.then == Then::Delete && pending.table == *request_table;
                     for key in &pending.keys[if i == 0 { skip } else { 0 }..] {
                         let params: Vec<&dyn ToSql> = key.iter().map(Key::sql).collect();
-                        count += stmt.execute(params.as_slice())? as u64;
+                        let done = stmt.execute(params.as_slice())? as u64;
+                        count += done;
+                        if removes {
+                            removed += done;
+                        }
                         n += 1;
                         if n == want || started.elapsed() >= STOP_DELETING {
                             break 'batches;
                         }
                     }
                 }
-                Ok((count, n))
+                Ok((count, n, removed))
             })?;
             self.tally.purged += count;
+            self.removed_unrecorded += removed;
             self.floor = Some(self.floor.map_or(held, |f| f.min(held)));
             self.rows_per_transaction = next_size(
                 self.rows_per_transaction,
@@ -524,6 +549,7 @@ impl Archiver<'_, '_> {
                 forgot = true;
             }
             if forgot {
+                self.note_removed()?;
                 self.save_pendings()?;
             }
         }

@@ -294,6 +294,32 @@ pub fn shrunk(base: Extent, new: Extent, share: f64) -> Option<String> {
     })
 }
 
+/// What the baseline should hold now that caretaker itself removed `own` since it was taken:
+/// its rows less those the archive purged, and after a VACUUM of ours no size to compare (a
+/// size of 0 compares nothing), since the VACUUM gave the free pages back on purpose.
+pub fn expected_after(base: Extent, own: crate::ledger::Removed) -> Extent {
+    Extent {
+        rows: base.rows.saturating_sub(own.rows),
+        bytes: if own.vacuumed { 0 } else { base.bytes },
+    }
+}
+
+/// The words for what was allowed for: `" (less 1200 rows our archive purged since)"`.
+fn own_removals(own: crate::ledger::Removed) -> String {
+    let mut said = Vec::new();
+    if own.rows > 0 {
+        said.push(format!("less {} rows our archive purged since", own.rows));
+    }
+    if own.vacuumed {
+        said.push("its size not compared after our VACUUM".to_string());
+    }
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", said.join("; "))
+    }
+}
+
 /// The state key holding this job's held archives: file name -> why it was held.
 const HELD: &str = "held";
 
@@ -463,7 +489,9 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     };
     let shrink = match (spec.shrink_guard, &base) {
         (ShrinkGuard::Under(share), Some((name, base))) => {
-            shrunk(*base, extent, share).map(|why| format!("{why} of {name}"))
+            let own = crate::ledger::since(ctx.state, name.time)?;
+            shrunk(expected_after(*base, own), extent, share)
+                .map(|why| format!("{why} of {name}{}", own_removals(own)))
         }
         _ => None,
     };
@@ -983,5 +1011,28 @@ mod tests {
         }
         // An empty baseline holds nothing: there is nothing to lose.
         assert_eq!(shrunk(e(0, 0), e(0, 0), 0.5), None);
+        // What we removed ourselves is allowed for; an accident on top of it is still caught.
+        use crate::ledger::Removed;
+        let purged = |rows, vacuumed| Removed { rows, vacuumed };
+        let cases = [
+            (purged(1800, false), e(200, 4_000), None::<&str>),
+            (purged(1800, true), e(200, 400), None),
+            (
+                purged(1000, false),
+                e(200, 4_000),
+                Some("rows fell from 1000 to 200"),
+            ),
+            (purged(0, false), e(2000, 400), Some("size fell from")),
+        ];
+        for (own, new, why) in cases {
+            let got = shrunk(expected_after(e(2000, 4_000), own), new, 0.5);
+            match why {
+                None => assert_eq!(got, None, "{own:?} {new:?}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{own:?}: {got:?}"
+                ),
+            }
+        }
     }
 }
