@@ -53,10 +53,7 @@ pub enum StartError {
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let (config, warnings) = config::load(config_path).map_err(StartError::Config)?;
     crate::logging::init(&config.log);
-    for w in warnings
-        .into_iter()
-        .chain(crate::jobs::maintenance::advice(&config))
-    {
+    for w in warnings.into_iter().chain(crate::jobs::advice(&config)) {
         tracing::warn!("{w}");
     }
     // Handlers first: once the pid file exists, `kill -USR1 $(cat caretaker.pid)` must find
@@ -165,7 +162,7 @@ impl Daemon {
     /// changes nothing.
     fn watch_prices(&mut self) {
         self.price_watchers.clear();
-        for (job, path) in crate::jobs::pricing::watched_files(&self.config) {
+        for (job, path) in crate::jobs::watched_files(&self.config.jobs) {
             let tx = self.events_tx.clone();
             let name = job.clone();
             match watch_file(&path, tx, move || Event::PricesChanged(name.clone())) {

@@ -58,7 +58,7 @@ pub const MAX_SMTP_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(3600),
 /// The longest `alerts.repeat_after`: an unresolved alert is repeated at least once a year.
 pub const MAX_REPEAT_AFTER: (StdDuration, &str) = (StdDuration::from_secs(365 * 86_400), "365d");
 
-pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Config> {
+pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Config> {
     let gateway = match top.gateway {
         Some(raw) => gateway::validate(raw, checks).filter(|g| {
             let (max, text) = MAX_BUSY_TIMEOUT;
@@ -135,6 +135,7 @@ pub fn validate(top: Top, jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Con
     let (max, text) = MAX_SHUTDOWN_TIMEOUT;
     checks.at_most("shutdown_timeout", shutdown_timeout, max, text);
     check_references(&jobs, checks);
+    crate::jobs::resolve(&mut jobs);
     if let Some(gateway) = &gateway {
         for job in &jobs {
             for (key, message) in job.kind.gateway_problems(gateway) {

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use serde::Deserialize;
 
-use super::{Context, Kind, Report};
+use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::values::{self, Share, Size};
 use crate::config::{Checks, Config};
@@ -78,6 +78,19 @@ pub struct Spec {
     pub wal_max_size: Option<u64>,
     pub backup_max_age: Option<BackupAge>,
     pub error_rate_max: Option<ErrorRate>,
+}
+
+impl super::Contract for Spec {
+    fn depends_on(&self) -> Vec<(&'static str, &str)> {
+        self.backup_max_age
+            .iter()
+            .map(|b| ("health.backup_max_age.job", b.job.as_str()))
+            .collect()
+    }
+
+    fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
+        gateway_problems(self, gateway)
+    }
 }
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
@@ -552,10 +565,8 @@ pub fn watched_paths(config: &Config) -> Vec<(PathBuf, String)> {
         (config.state_dir.clone(), "state_dir".to_string()),
     ];
     for job in &config.jobs {
-        match &job.kind {
-            Kind::Backup(s) => paths.push((s.to.clone(), format!("backups of {}", job.name))),
-            Kind::Archive(s) => paths.push((s.to.clone(), format!("archives of {}", job.name))),
-            _ => {}
+        for (dir, holds) in job.kind.writes() {
+            paths.push((dir, format!("{holds} of {}", job.name)));
         }
     }
     paths

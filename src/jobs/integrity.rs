@@ -58,6 +58,8 @@ pub struct Spec {
     pub copy: Copy,
 }
 
+impl super::Contract for Spec {}
+
 pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec> {
     Some(Spec {
         check: raw.check.unwrap_or(Depth::Quick),

@@ -18,11 +18,11 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
 
-use super::{Context, Kind, Report};
+use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::{self, ScratchDb, snapshot};
 use crate::config::values::Share;
-use crate::config::{Checks, Config};
+use crate::config::Checks;
 use crate::gateway::{Gateway, Preset};
 use crate::units::{self, millis as ms};
 use crate::writelock::{self, Pacer};
@@ -119,6 +119,16 @@ pub struct Spec {
     pub vacuum_max_lock: Option<Duration>,
     /// `vacuum: incremental`: switch the database with a full VACUUM whatever it costs.
     pub vacuum_convert: bool,
+}
+
+impl super::Contract for Spec {
+    fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
+        gateway_problems(self, gateway)
+    }
+
+    fn advice(&self, path: &str, preset: Preset) -> Vec<String> {
+        advice(self, path, preset)
+    }
 }
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
@@ -218,37 +228,31 @@ pub fn gateway_problems(spec: &Spec, gateway: &Gateway) -> Vec<(String, String)>
     problems
 }
 
-/// What `check` and the daemon's start say, once, about the VACUUM of each maintenance job.
-pub fn advice(config: &Config) -> Vec<String> {
-    let preset = config.gateway.preset;
+/// What `check` and the daemon's start say, once, about the VACUUM of a maintenance job whose
+/// block is at `path`.
+fn advice(spec: &Spec, path: &str, preset: Preset) -> Vec<String> {
     let losing = match preset {
         Preset::Apantli => "Apantli loses a write that waits longer than its 5 s busy timeout",
         Preset::Bobamixer => "BobaMixer has no busy timeout and loses every write meanwhile",
         Preset::Custom => "the gateway loses the writes that wait longer than its busy timeout",
     };
     let mut lines = Vec::new();
-    for job in &config.jobs {
-        let Kind::Maintenance(spec) = &job.kind else {
-            continue;
-        };
-        let path = format!("jobs.{}.maintenance", job.name);
-        match spec.vacuum {
-            Vacuum::Always => lines.push(format!(
-                "{path}.vacuum: always: VACUUM holds an exclusive lock on the gateway database for the whole rewrite (about 6 s per GB measured) and {losing}: schedule this job only in a window when the gateway is stopped, or use `vacuum: auto` or `vacuum: incremental`"
-            )),
-            Vacuum::Incremental if spec.vacuum_convert => lines.push(format!(
-                "{path}.vacuum_convert: the one switch to auto_vacuum = INCREMENTAL is a full VACUUM that holds an exclusive lock whatever its length, and {losing}: run this job once in a window when the gateway is stopped, then remove vacuum_convert"
-            )),
-            Vacuum::Auto | Vacuum::Incremental => {
-                if let Err(why) = lock_bound(spec, preset) {
-                    lines.push(format!(
-                        "{path}.vacuum: {}: a full VACUUM never runs unasked here ({why}); free pages stay in the file for SQLite to reuse, see docs/jobs/maintenance.md",
-                        if spec.vacuum == Vacuum::Auto { "auto" } else { "incremental" }
-                    ));
-                }
+    match spec.vacuum {
+        Vacuum::Always => lines.push(format!(
+            "{path}.vacuum: always: VACUUM holds an exclusive lock on the gateway database for the whole rewrite (about 6 s per GB measured) and {losing}: schedule this job only in a window when the gateway is stopped, or use `vacuum: auto` or `vacuum: incremental`"
+        )),
+        Vacuum::Incremental if spec.vacuum_convert => lines.push(format!(
+            "{path}.vacuum_convert: the one switch to auto_vacuum = INCREMENTAL is a full VACUUM that holds an exclusive lock whatever its length, and {losing}: run this job once in a window when the gateway is stopped, then remove vacuum_convert"
+        )),
+        Vacuum::Auto | Vacuum::Incremental => {
+            if let Err(why) = lock_bound(spec, preset) {
+                lines.push(format!(
+                    "{path}.vacuum: {}: a full VACUUM never runs unasked here ({why}); free pages stay in the file for SQLite to reuse, see docs/jobs/maintenance.md",
+                    if spec.vacuum == Vacuum::Auto { "auto" } else { "incremental" }
+                ));
             }
-            Vacuum::Never => {}
         }
+        Vacuum::Never => {}
     }
     lines
 }

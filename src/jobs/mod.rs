@@ -1,20 +1,15 @@
-//! Job kinds: one enum, one `match`, one module per kind; and what every job run gets and gives.
+//! Job kinds: one registry list, one contract, one module per kind; and what every job run
+//! gets and gives.
 //!
-//! Adding a kind touches the `Kind` enum, `RawJob`, the `match`es below, one module and one doc
-//! page. Each module owns its raw config block (serde, strict), its validated spec, a pure
-//! `plan` and the `run` that executes it.
-
-pub mod archive;
-pub mod backup;
-pub mod budget;
-pub mod health;
-pub mod integrity;
-pub mod logrotate;
-pub mod maintenance;
-pub mod pricing;
-pub mod verify;
+//! Adding a kind is one folder (or file) under `src/jobs/`, one line in the [`registry!`] list
+//! below and one page under `docs/jobs/`: the list makes the module declaration, the `Kind`
+//! enum, its names, the raw job block's field and the dispatch. Each module owns its raw config
+//! block (serde, strict), its validated spec, a pure `plan`, the `run` that executes it and
+//! its side of the [`Contract`], which is all that the rest of the program (health, the daemon,
+//! `check`) asks of a kind.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,8 +20,146 @@ use serde::Deserialize;
 use crate::alerts::AlertEvent;
 use crate::config::values::{self, OneOrMany, SignalName};
 use crate::config::{Checks, Config};
+use crate::gateway::{Gateway, Preset};
 use crate::schedule::Schedule;
 use crate::state::State;
+
+/// What the rest of the program may ask of a kind's validated spec, so that no code outside a
+/// kind matches on another kind. The defaults say "none" for a kind that has nothing to tell.
+pub trait Contract {
+    /// Jobs that open the gateway's database run one at a time, across the daemon and
+    /// `run-job`, so that their locks never add up in front of the gateway.
+    fn touches_gateway(&self) -> bool {
+        true
+    }
+
+    /// Other jobs this one refers to by name: (the key below the job that names it, the name).
+    /// Each must be a backup job; `check` says so at the key.
+    fn depends_on(&self) -> Vec<(&'static str, &str)> {
+        Vec::new()
+    }
+
+    /// Takes what the spec needs from the jobs it [`depends_on`](Contract::depends_on), once
+    /// the whole file is validated, so that a run never looks another job up.
+    fn resolve(&mut self, _jobs: &[Job]) {}
+
+    /// Problems that only show against the validated gateway (a condition its schema cannot
+    /// answer): `(key path below the job's kind block, message)`, reported by `check`.
+    fn gateway_problems(&self, _gateway: &Gateway) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The directories the kind writes what it keeps into, with what they hold ("backups"):
+    /// health watches the free space of their filesystems.
+    fn writes(&self) -> Vec<(PathBuf, &'static str)> {
+        Vec::new()
+    }
+
+    /// Files whose change runs the job: the daemon watches them.
+    fn watches(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Warnings that `check` and the daemon's start give once about this job's settings
+    /// against the gateway's `preset`; `path` is the key path of the job's kind block.
+    fn advice(&self, _path: &str, _preset: Preset) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The registry: one line per kind, `field => module::Variant`, where `field` is the kind's
+/// block key in the jobs file (and its name), `module` its folder under `src/jobs/` (with a
+/// `Raw` block, a `Spec` implementing [`Contract`], `validate` and `run`), and `Variant` its
+/// `Kind`.
+macro_rules! registry {
+    ($($field:ident => $module:ident :: $variant:ident,)+) => {
+        $(pub mod $module;)+
+
+        #[derive(Debug, Clone)]
+        pub enum Kind {
+            $($variant($module::Spec),)+
+        }
+
+        /// Every kind's name, in the registry's order.
+        pub const NAMES: &[&str] = &[$(stringify!($field)),+];
+
+        /// Every kind's (name, module), in the registry's order.
+        #[cfg(test)]
+        const MODULES: &[(&str, &str)] = &[$((stringify!($field), stringify!($module))),+];
+
+        impl Kind {
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Kind::$variant(_) => stringify!($field),)+
+                }
+            }
+
+            fn contract(&self) -> &dyn Contract {
+                match self {
+                    $(Kind::$variant(spec) => spec,)+
+                }
+            }
+
+            fn contract_mut(&mut self) -> &mut dyn Contract {
+                match self {
+                    $(Kind::$variant(spec) => spec,)+
+                }
+            }
+
+            pub fn run(&self, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+                match self {
+                    $(Kind::$variant(spec) => $module::run(spec, ctx),)+
+                }
+            }
+        }
+
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawJob {
+            schedule: Option<Schedule>,
+            on_signal: Option<OneOrMany<SignalName>>,
+            timeout: Option<values::Duration>,
+            catch_up: Option<bool>,
+            $($field: Option<$module::Raw>,)+
+        }
+
+        /// Validates the kind blocks present in `raw`: (their keys, the valid specs, whether
+        /// all were valid).
+        fn validate_blocks(
+            raw: &mut RawJob,
+            path: &str,
+            checks: &mut Checks<'_>,
+        ) -> (Vec<&'static str>, Vec<Kind>, bool) {
+            let mut present = Vec::new();
+            let mut kinds = Vec::new();
+            let mut ok = true;
+            $(
+                if let Some(block) = raw.$field.take() {
+                    present.push(stringify!($field));
+                    let block_path = format!("{path}.{}", stringify!($field));
+                    if let Some(spec) = $module::validate(block, &block_path, checks) {
+                        kinds.push(Kind::$variant(spec));
+                    } else {
+                        ok = false;
+                    }
+                }
+            )+
+            (present, kinds, ok)
+        }
+    };
+}
+
+registry! {
+    backup => backup::Backup,
+    verify => verify::Verify,
+    integrity => integrity::Integrity,
+    maintenance => maintenance::Maintenance,
+    archive => archive::Archive,
+    logrotate => logrotate::Logrotate,
+    pricing => pricing::Pricing,
+    budget => budget::Budget,
+    health => health::Health,
+}
 
 /// A validated job of the jobs file.
 #[derive(Debug, Clone)]
@@ -39,102 +172,75 @@ pub struct Job {
     pub kind: Kind,
 }
 
-#[derive(Debug, Clone)]
-pub enum Kind {
-    Backup(backup::Spec),
-    Verify(verify::Spec),
-    Integrity(integrity::Spec),
-    Maintenance(maintenance::Spec),
-    Archive(archive::Spec),
-    Logrotate(logrotate::Spec),
-    Pricing(pricing::Spec),
-    Budget(budget::Spec),
-    Health(health::Spec),
-}
-
 impl Kind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Kind::Backup(_) => "backup",
-            Kind::Verify(_) => "verify",
-            Kind::Integrity(_) => "integrity",
-            Kind::Maintenance(_) => "maintenance",
-            Kind::Archive(_) => "archive",
-            Kind::Logrotate(_) => "logrotate",
-            Kind::Pricing(_) => "pricing",
-            Kind::Budget(_) => "budget",
-            Kind::Health(_) => "health",
-        }
-    }
-
-    /// Jobs that open the gateway's database run one at a time, across the daemon and
-    /// `run-job`, so that their locks never add up in front of the gateway.
+    /// See [`Contract::touches_gateway`].
     pub fn touches_gateway(&self) -> bool {
-        !matches!(self, Kind::Logrotate(_) | Kind::Verify(_))
+        self.contract().touches_gateway()
     }
 
-    /// Other jobs this one refers to by name: (the key below the job that names it, the name).
-    /// Each must be a backup job; `check` says so at the key.
+    /// See [`Contract::depends_on`].
     pub fn depends_on(&self) -> Vec<(&'static str, &str)> {
-        match self {
-            Kind::Verify(s) => vec![("verify.backups_of", s.backups_of.as_str())],
-            Kind::Health(s) => s
-                .backup_max_age
-                .iter()
-                .map(|b| ("health.backup_max_age.job", b.job.as_str()))
-                .collect(),
-            _ => Vec::new(),
-        }
+        self.contract().depends_on()
     }
 
-    /// Problems that only show against the validated gateway (a condition its schema cannot
-    /// answer): `(key path below the job's kind block, message)`, reported by `check`.
-    pub fn gateway_problems(&self, gateway: &crate::gateway::Gateway) -> Vec<(String, String)> {
-        match self {
-            Kind::Health(s) => health::gateway_problems(s, gateway),
-            Kind::Maintenance(s) => maintenance::gateway_problems(s, gateway),
-            _ => Vec::new(),
-        }
+    /// See [`Contract::gateway_problems`].
+    pub fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
+        self.contract().gateway_problems(gateway)
     }
 
-    pub fn run(&self, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-        match self {
-            Kind::Backup(spec) => backup::run(spec, ctx),
-            Kind::Verify(spec) => verify::run(spec, ctx),
-            Kind::Integrity(spec) => integrity::run(spec, ctx),
-            Kind::Maintenance(spec) => maintenance::run(spec, ctx),
-            Kind::Archive(spec) => archive::run(spec, ctx),
-            Kind::Logrotate(spec) => logrotate::run(spec, ctx),
-            Kind::Pricing(spec) => pricing::run(spec, ctx),
-            Kind::Budget(spec) => budget::run(spec, ctx),
-            Kind::Health(spec) => health::run(spec, ctx),
-        }
+    /// See [`Contract::writes`].
+    pub fn writes(&self) -> Vec<(PathBuf, &'static str)> {
+        self.contract().writes()
+    }
+
+    /// See [`Contract::watches`].
+    pub fn watches(&self) -> Vec<PathBuf> {
+        self.contract().watches()
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawJob {
-    schedule: Option<Schedule>,
-    on_signal: Option<OneOrMany<SignalName>>,
-    timeout: Option<values::Duration>,
-    catch_up: Option<bool>,
-    backup: Option<backup::Raw>,
-    verify: Option<verify::Raw>,
-    integrity: Option<integrity::Raw>,
-    maintenance: Option<maintenance::Raw>,
-    archive: Option<archive::Raw>,
-    logrotate: Option<logrotate::Raw>,
-    pricing: Option<pricing::Raw>,
-    budget: Option<budget::Raw>,
-    health: Option<health::Raw>,
+/// Resolves what each job takes from the jobs it depends on ([`Contract::resolve`]), once the
+/// references are checked.
+pub fn resolve(jobs: &mut [Job]) {
+    let all = jobs.to_vec();
+    for job in jobs.iter_mut() {
+        job.kind.contract_mut().resolve(&all);
+    }
+}
+
+/// The files the daemon watches: (the job a change runs, the file), from every job's
+/// [`Contract::watches`].
+pub fn watched_files(jobs: &[Job]) -> Vec<(String, PathBuf)> {
+    jobs.iter()
+        .flat_map(|job| {
+            job.kind
+                .watches()
+                .into_iter()
+                .map(|f| (job.name.clone(), f))
+        })
+        .collect()
+}
+
+/// What `check` and the daemon's start say, once, about the jobs' settings against the
+/// gateway ([`Contract::advice`]).
+pub fn advice(config: &Config) -> Vec<String> {
+    config
+        .jobs
+        .iter()
+        .flat_map(|job| {
+            let path = format!("jobs.{}.{}", job.name, job.kind.name());
+            job.kind.contract().advice(&path, config.gateway.preset)
+        })
+        .collect()
 }
 
 /// The longest job `timeout`: a run that may take over a week is not bounded by one.
 pub const MAX_TIMEOUT: (Duration, &str) = (Duration::from_secs(7 * 86_400), "7d");
 
-const KINDS: &str =
-    "backup, verify, integrity, maintenance, archive, logrotate, pricing, budget, health";
+/// The kinds, as errors list what is accepted.
+fn kinds_text() -> String {
+    NAMES.join(", ")
+}
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -143,7 +249,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-pub fn validate(name: &str, raw: RawJob, checks: &mut Checks<'_>) -> Option<Job> {
+pub fn validate(name: &str, mut raw: RawJob, checks: &mut Checks<'_>) -> Option<Job> {
     let path = format!("jobs.{name}");
     let mut ok = true;
     if !valid_name(name) {
@@ -153,7 +259,7 @@ pub fn validate(name: &str, raw: RawJob, checks: &mut Checks<'_>) -> Option<Job>
         );
         ok = false;
     }
-    let on_signal = raw.on_signal.map(|s| s.0).unwrap_or_default();
+    let on_signal = raw.on_signal.take().map(|s| s.0).unwrap_or_default();
     if raw.schedule.is_none() && on_signal.is_empty() {
         checks.error(
             &path,
@@ -161,36 +267,17 @@ pub fn validate(name: &str, raw: RawJob, checks: &mut Checks<'_>) -> Option<Job>
         );
         ok = false;
     }
-    let mut kinds: Vec<Kind> = Vec::new();
-    let mut present = Vec::new();
-    macro_rules! kind {
-        ($field:ident, $module:ident, $variant:ident) => {
-            if let Some(block) = raw.$field {
-                present.push(stringify!($field));
-                let block_path = format!("{path}.{}", stringify!($field));
-                if let Some(spec) = $module::validate(block, &block_path, checks) {
-                    kinds.push(Kind::$variant(spec));
-                } else {
-                    ok = false;
-                }
-            }
-        };
-    }
-    kind!(backup, backup, Backup);
-    kind!(verify, verify, Verify);
-    kind!(integrity, integrity, Integrity);
-    kind!(maintenance, maintenance, Maintenance);
-    kind!(archive, archive, Archive);
-    kind!(logrotate, logrotate, Logrotate);
-    kind!(pricing, pricing, Pricing);
-    kind!(budget, budget, Budget);
-    kind!(health, health, Health);
+    let (present, mut kinds, blocks_ok) = validate_blocks(&mut raw, &path, checks);
+    ok &= blocks_ok;
     match present.len() {
         1 => {}
         0 => {
             checks.error(
                 &path,
-                format!("the job has no kind block; accepted: exactly one of {KINDS}"),
+                format!(
+                    "the job has no kind block; accepted: exactly one of {}",
+                    kinds_text()
+                ),
             );
             return None;
         }
@@ -198,8 +285,9 @@ pub fn validate(name: &str, raw: RawJob, checks: &mut Checks<'_>) -> Option<Job>
             checks.error(
                 &format!("{path}.{}", present[1]),
                 format!(
-                    "the job has several kind blocks ({}); accepted: exactly one of {KINDS}",
-                    present.join(", ")
+                    "the job has several kind blocks ({}); accepted: exactly one of {}",
+                    present.join(", "),
+                    kinds_text()
                 ),
             );
             return None;
@@ -325,5 +413,151 @@ impl fmt::Display for Report {
             writeln!(f, "{line}")?;
         }
         f.write_str(&self.summary_line())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+
+    use super::*;
+
+    fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Whether the kind's own file, or any file in its own folder, holds a test.
+    fn has_tests(module: &str) -> bool {
+        let jobs = root().join("src/jobs");
+        let file = jobs.join(format!("{module}.rs"));
+        if file.is_file() {
+            return fs::read_to_string(&file).unwrap().contains("#[test]");
+        }
+        let mut stack = vec![jobs.join(module)];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && fs::read_to_string(&path).unwrap().contains("#[test]")
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Adding a kind is one folder, one line in the registry and one doc page: every kind the
+    /// registry lists has its page, its block in the example jobs file, and tests in its own
+    /// folder; and every page under docs/jobs is a registered kind's.
+    #[test]
+    fn every_registered_kind_has_its_page_its_example_and_its_tests() {
+        let example = fs::read_to_string(root().join("jobs.example.yaml")).unwrap();
+        for (name, module) in MODULES {
+            assert!(
+                root().join(format!("docs/jobs/{name}.md")).is_file(),
+                "kind `{name}` has no page docs/jobs/{name}.md"
+            );
+            assert!(
+                example.lines().any(|l| l == format!("    {name}:")
+                    || l.starts_with(&format!("    {name}: "))),
+                "kind `{name}` has no `{name}:` block under a job in jobs.example.yaml"
+            );
+            assert!(
+                has_tests(module),
+                "kind `{name}` has no test in src/jobs/{module}.rs or src/jobs/{module}/"
+            );
+        }
+        for entry in fs::read_dir(root().join("docs/jobs")).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            assert!(
+                NAMES.contains(&stem.as_str()),
+                "docs/jobs/{stem}.md is not the page of a registered kind ({})",
+                kinds_text()
+            );
+        }
+    }
+
+    /// What health and the daemon ask of the jobs comes through the contract, and verify's
+    /// backup directory is taken at validation.
+    #[test]
+    fn the_contract_answers_for_writes_watches_and_verify_s_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "gateway:
+  database: requests.db
+  schema: apantli
+jobs:
+  nightly-backup:
+    schedule: \"0 2 * * *\"
+    backup:
+      to: backups
+      keep: {daily: 7}
+  restore-test:
+    schedule: \"0 3 * * *\"
+    verify: {backups_of: nightly-backup}
+  archive-old:
+    schedule: \"0 4 * * *\"
+    archive: {to: archives, older_than: 90d}
+  reprice:
+    on_signal: USR2
+    pricing: {prices: prices.json, watch: true}
+  reprice-unwatched:
+    on_signal: USR1
+    pricing: {prices: other.json}
+";
+        let (config, _) = crate::config::parse(&dir.path().join("jobs.yaml"), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let writes: Vec<(String, PathBuf, &str)> = config
+            .jobs
+            .iter()
+            .flat_map(|j| {
+                j.kind
+                    .writes()
+                    .into_iter()
+                    .map(|(d, w)| (j.name.clone(), d, w))
+            })
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                (
+                    "nightly-backup".into(),
+                    dir.path().join("backups"),
+                    "backups"
+                ),
+                (
+                    "archive-old".into(),
+                    dir.path().join("archives"),
+                    "archives"
+                ),
+            ]
+        );
+        assert_eq!(
+            watched_files(&config.jobs),
+            [("reprice".to_string(), dir.path().join("prices.json"))]
+        );
+        let Kind::Verify(verify) = &config.job("restore-test").unwrap().kind else {
+            panic!("restore-test is not a verify job");
+        };
+        assert_eq!(verify.backup_to, Some(dir.path().join("backups")));
+        let gateway: Vec<&str> = config
+            .jobs
+            .iter()
+            .filter(|j| j.kind.touches_gateway())
+            .map(|j| j.name.as_str())
+            .collect();
+        assert_eq!(
+            gateway,
+            [
+                "nightly-backup",
+                "archive-old",
+                "reprice",
+                "reprice-unwatched"
+            ]
+        );
     }
 }

@@ -7,13 +7,13 @@
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{Context, Kind, Report};
+use super::{Context, Job, Kind, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel};
 use crate::backup::{self as backups, ArchiveName, Scratch};
@@ -39,6 +39,32 @@ pub struct Raw {
 pub struct Spec {
     pub backups_of: String,
     pub which: Which,
+    /// The directory of the backup job `backups_of` names: taken once the whole file is
+    /// validated ([`super::resolve`]), `None` when it names no backup job (`check` says so).
+    pub backup_to: Option<PathBuf>,
+}
+
+impl super::Contract for Spec {
+    /// A test restore reads the backup job's archives, never the gateway's database.
+    fn touches_gateway(&self) -> bool {
+        false
+    }
+
+    fn depends_on(&self) -> Vec<(&'static str, &str)> {
+        vec![("verify.backups_of", self.backups_of.as_str())]
+    }
+
+    /// Takes the directory of the backup job `backups_of` names (`check` has said whether it
+    /// names one).
+    fn resolve(&mut self, jobs: &[Job]) {
+        self.backup_to = jobs
+            .iter()
+            .find(|j| j.name == self.backups_of)
+            .and_then(|j| match &j.kind {
+                Kind::Backup(backup) => Some(backup.to.clone()),
+                _ => None,
+            });
+    }
 }
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
@@ -52,6 +78,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     Some(Spec {
         backups_of,
         which: raw.which.unwrap_or(Which::Latest),
+        backup_to: None,
     })
 }
 
@@ -82,13 +109,12 @@ struct Tested {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let Some(Kind::Backup(backup)) = ctx.config.job(&spec.backups_of).map(|j| &j.kind) else {
+    let Some(dir) = &spec.backup_to else {
         bail!(
             "`backups_of: {}` does not name a backup job; accepted: the name of a job with a `backup` block",
             spec.backups_of
         );
     };
-    let dir = &backup.to;
     let archives: Vec<ArchiveName> = backups::list(dir, &spec.backups_of)?
         .into_iter()
         .map(|(n, _)| n)

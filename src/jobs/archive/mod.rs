@@ -88,6 +88,12 @@ pub struct Spec {
     pub batch: u32,
 }
 
+impl super::Contract for Spec {
+    fn writes(&self) -> Vec<(PathBuf, &'static str)> {
+        vec![(self.to.clone(), "archives")]
+    }
+}
+
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let older_than = raw.older_than.map(|d| d.0);
     if older_than.is_none() {

@@ -115,6 +115,12 @@ pub struct Spec {
     pub shrink_guard: ShrinkGuard,
 }
 
+impl super::Contract for Spec {
+    fn writes(&self) -> Vec<(PathBuf, &'static str)> {
+        vec![(self.to.clone(), "backups")]
+    }
+}
+
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let to = checks.given_path(&format!("{path}.to"), raw.to.as_deref());
     if raw.to.is_none() {

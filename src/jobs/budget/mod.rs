@@ -63,6 +63,8 @@ pub struct Spec {
     pub include_failed: bool,
 }
 
+impl super::Contract for Spec {}
+
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let raw_limits = raw.limits.unwrap_or_default();
     if raw_limits.is_empty() {

@@ -58,6 +58,13 @@ const STATE_NS: &str = "logrotate";
 /// The per-file state of one job: when each log was last rotated (or first seen).
 type Saved = BTreeMap<PathBuf, FileState>;
 
+/// Logrotate works on log files only: it never opens the gateway's database.
+impl super::Contract for Spec {
+    fn touches_gateway(&self) -> bool {
+        false
+    }
+}
+
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     // The state is keyed by each log's path: an absolute one keeps the key the same whether
     // the jobs file was named `jobs.yaml` or by its full path, from whatever directory.

@@ -18,9 +18,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use serde::Deserialize;
 
-use super::{Context, Kind, Report};
+use super::{Context, Report};
 use crate::config::values;
-use crate::config::{Checks, Config};
+use crate::config::Checks;
 use crate::gateway::{CostColumns, Gateway, Preset};
 // Label values in figure names are quoted as in the metrics file.
 use crate::metrics::escape_label as label;
@@ -54,6 +54,17 @@ pub struct Spec {
     pub aliases: BTreeMap<String, String>,
 }
 
+impl super::Contract for Spec {
+    /// The price file, with `watch: true`: a change reprices at once.
+    fn watches(&self) -> Vec<PathBuf> {
+        if self.watch {
+            vec![self.prices.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let Some(prices) = raw.prices else {
         checks.error(
@@ -69,18 +80,6 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         since: raw.since.map(|d| d.0),
         aliases: raw.aliases.unwrap_or_default(),
     })
-}
-
-/// The price files the daemon watches: each pricing job with `watch: true`, and its file.
-pub fn watched_files(config: &Config) -> Vec<(String, PathBuf)> {
-    config
-        .jobs
-        .iter()
-        .filter_map(|job| match &job.kind {
-            Kind::Pricing(spec) if spec.watch => Some((job.name.clone(), spec.prices.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Rowids read per statement at most; the time limit usually ends a read first. Every read is
