@@ -118,15 +118,7 @@ pub fn run(
     // Time spent waiting for the locks is not the job's duration.
     let started = Instant::now();
     tracing::info!(job = %job.name, kind = job.kind.name(), %trigger, dry_run, "job started");
-    let mut ctx = Context {
-        job: &job.name,
-        config,
-        state,
-        now,
-        dry_run,
-        stop,
-        alerts: Vec::new(),
-    };
+    let mut ctx = context(config, job, state, now, dry_run, stop);
     let (result, holds) = writelock::during_run(ctx.stop.clone(), || {
         catch_unwind(AssertUnwindSafe(|| job.kind.run(&mut ctx)))
     });
@@ -188,6 +180,30 @@ pub fn run(
             };
             failed(config, state, job, failure, started)
         }
+    }
+}
+
+/// What a run of `job` gets from the jobs file: the gateway, the zone, `state_dir` and the
+/// directories the jobs write, worked out here so that no kind reads the whole [`Config`].
+pub fn context<'a>(
+    config: &'a Config,
+    job: &'a Job,
+    state: &'a State,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    stop: Stop,
+) -> Context<'a> {
+    Context {
+        job: &job.name,
+        gateway: &config.gateway,
+        timezone: config.timezone,
+        state_dir: &config.state_dir,
+        written: crate::jobs::written_dirs(&config.jobs),
+        state,
+        now,
+        dry_run,
+        stop,
+        alerts: Vec::new(),
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::values::{self, Share, Size};
-use crate::config::{Checks, Config};
+use crate::config::Checks;
 use crate::gateway::Gateway;
 use crate::units;
 
@@ -491,14 +491,13 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 /// Measures what `spec` asks about. Problems with one fact are collected in
 /// `Facts::problems` so that the others are still evaluated; only a stop request is an error.
 pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
-    let config = ctx.config;
-    let database = config.gateway.database.clone();
+    let database = ctx.gateway.database.clone();
     let mut facts = Facts {
         database: Some(database.clone()),
         ..Facts::default()
     };
     if spec.disk_free_min.is_some() {
-        let (filesystems, problems) = filesystems(&watched_paths(config));
+        let (filesystems, problems) = filesystems(&watched_paths(ctx.gateway, ctx.state_dir, &ctx.written));
         facts.filesystems = filesystems;
         facts.problems.extend(problems);
     }
@@ -539,7 +538,7 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
     }
     if let Some(limit) = &spec.error_rate_max {
         ctx.checkpoint()?;
-        match count_requests(&config.gateway, ctx, limit.over) {
+        match count_requests(ctx.gateway, ctx, limit.over) {
             Ok((counts, longest)) => {
                 facts.requests = Some(counts);
                 facts.longest_statement = Some(longest);
@@ -551,10 +550,15 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
     Ok(facts)
 }
 
-/// The directories whose filesystems `disk_free_min` watches, each with what it holds.
-pub fn watched_paths(config: &Config) -> Vec<(PathBuf, String)> {
-    let gateway_dir = config
-        .gateway
+/// The directories whose filesystems `disk_free_min` watches, each with what it holds: the
+/// gateway database's, `state_dir` and what the jobs write (`written`, see
+/// [`super::written_dirs`]).
+pub fn watched_paths(
+    gateway: &Gateway,
+    state_dir: &Path,
+    written: &[(PathBuf, String)],
+) -> Vec<(PathBuf, String)> {
+    let gateway_dir = gateway
         .database
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -562,13 +566,9 @@ pub fn watched_paths(config: &Config) -> Vec<(PathBuf, String)> {
         .to_path_buf();
     let mut paths = vec![
         (gateway_dir, "gateway database".to_string()),
-        (config.state_dir.clone(), "state_dir".to_string()),
+        (state_dir.to_path_buf(), "state_dir".to_string()),
     ];
-    for job in &config.jobs {
-        for (dir, holds) in job.kind.writes() {
-            paths.push((dir, format!("{holds} of {}", job.name)));
-        }
-    }
+    paths.extend_from_slice(written);
     paths
 }
 

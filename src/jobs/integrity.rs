@@ -187,7 +187,7 @@ fn check_inner(conn: &Connection, depth: Depth) -> rusqlite::Result<Findings> {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let gateway = &ctx.config.gateway;
+    let gateway = ctx.gateway;
     let key = format!("integrity:{}", ctx.job);
     let pragma = match spec.check {
         Depth::Quick => "PRAGMA quick_check",
@@ -206,7 +206,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             format!(
                 "copy: {} of {db} into {} under one read transaction, then check the copy: {pragma}, changing nothing",
                 units::bytes(bytes),
-                ctx.config.state_dir.display()
+                ctx.state_dir.display()
             )
         } else {
             format!(
@@ -219,7 +219,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let (findings, lock) = if on_copy {
         drop(conn);
-        check_a_copy(gateway, &ctx.config.state_dir, ctx.job, spec.check)?
+        check_a_copy(gateway, ctx.state_dir, ctx.job, spec.check)?
     } else {
         let findings = check(&conn, spec.check)?;
         let lock = started.elapsed();

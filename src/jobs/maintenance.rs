@@ -564,7 +564,7 @@ impl Vacuumed {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let gateway = &ctx.config.gateway;
+    let gateway = ctx.gateway;
     let db = &gateway.database;
     refuse_unless_sqlite(db)?;
     let mut conn = gateway.connect(false)?;
@@ -642,7 +642,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             anyhow::bail!(message);
         }
         VacuumDecision::Trial { convert, bound } => {
-            let (took, copy_lock) = trial(gateway, &ctx.config.state_dir, ctx.job, *convert)?;
+            let (took, copy_lock) = trial(gateway, ctx.state_dir, ctx.job, *convert)?;
             vacuumed.trial = Some(took);
             vacuumed.trial_copy_lock = Some(copy_lock);
             vacuumed.bound = Some(*bound);

@@ -9,12 +9,13 @@
 //! `check`) asks of a kind.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::alerts::AlertEvent;
@@ -221,6 +222,19 @@ pub fn watched_files(jobs: &[Job]) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// The directories the jobs write: (the directory, what it holds and for which job), from
+/// every job's [`Contract::writes`].
+pub fn written_dirs(jobs: &[Job]) -> Vec<(PathBuf, String)> {
+    jobs.iter()
+        .flat_map(|job| {
+            job.kind
+                .writes()
+                .into_iter()
+                .map(|(dir, holds)| (dir, format!("{holds} of {}", job.name)))
+        })
+        .collect()
+}
+
 /// What `check` and the daemon's start say, once, about the jobs' settings against the
 /// gateway ([`Contract::advice`]).
 pub fn advice(config: &Config) -> Vec<String> {
@@ -351,10 +365,19 @@ impl Stop {
     }
 }
 
-/// Everything a job run gets.
+/// Everything a job run gets: its environment, not the whole jobs file, so that no kind reads
+/// another kind's settings.
 pub struct Context<'a> {
     pub job: &'a str,
-    pub config: &'a Config,
+    /// The gateway database and how to open it.
+    pub gateway: &'a Gateway,
+    /// The zone the jobs file's calendar (periods, retention buckets, rotation) is read in.
+    pub timezone: Tz,
+    /// Where caretaker keeps its own state: scratch copies go here.
+    pub state_dir: &'a Path,
+    /// The directories every job writes ([`written_dirs`]), each with what it holds, for
+    /// health's free-space condition.
+    pub written: Vec<(PathBuf, String)>,
     pub state: &'a State,
     pub now: DateTime<Utc>,
     pub dry_run: bool,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use caretaker::alerts::AlertEvent;
 use caretaker::config::{self, Config};
-use caretaker::jobs::{Context, Report, Stop};
+use caretaker::jobs::{Report, Stop};
 use caretaker::state::State;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -51,15 +51,7 @@ pub fn run_at(
     dry_run: bool,
 ) -> anyhow::Result<(Report, Vec<AlertEvent>)> {
     let job = config.job(name).unwrap_or_else(|| panic!("no job {name}"));
-    let mut ctx = Context {
-        job: &job.name,
-        config,
-        state,
-        now,
-        dry_run,
-        stop: Stop::default(),
-        alerts: Vec::new(),
-    };
+    let mut ctx = caretaker::runner::context(config, job, state, now, dry_run, Stop::default());
     let report = job.kind.run(&mut ctx)?;
     Ok((report, ctx.alerts))
 }

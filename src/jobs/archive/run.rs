@@ -166,7 +166,7 @@ struct InFlight {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let gateway = &ctx.config.gateway;
+    let gateway = ctx.gateway;
     let conn = gateway.connect(ctx.dry_run)?;
     gateway.check_columns(&conn)?;
     // Never cascade: a declared ON DELETE CASCADE (BobaMixer's, which the gateway itself never

@@ -368,7 +368,7 @@ fn plan_lines(
     ctx: &Context<'_>,
     base: Option<&(ArchiveName, Extent)>,
 ) -> Vec<String> {
-    let db = &ctx.config.gateway.database;
+    let db = &ctx.gateway.database;
     let size = |p: &Path| fs::metadata(p).map_or("missing".to_string(), |m| units::bytes(m.len()));
     let wal = crate::sqlite::companion(db, crate::sqlite::WAL);
     let mut lines = vec![format!(
@@ -431,10 +431,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         .iter()
         .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
         .collect();
-    let plan = plan(ctx.job, spec, ctx.now, ctx.config.timezone, existing);
+    let plan = plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
     if ctx.dry_run {
         // The table must exist for the run to write anything; say so now.
-        let gateway = &ctx.config.gateway;
+        let gateway = ctx.gateway;
         gateway.check_table(&gateway.connect(true)?)?;
         let mut report = Report::new(format!(
             "would write {} and keep {} of {} archives",
@@ -458,7 +458,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         );
     }
 
-    let gateway = &ctx.config.gateway;
+    let gateway = ctx.gateway;
     let source_bytes = backups::database_bytes(&gateway.database);
     let includes = spec
         .include
@@ -539,7 +539,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     } = after;
 
     let (kept, deleted) =
-        apply_retention(ctx.job, spec, ctx.config.timezone, &held, shrink.is_none())?;
+        apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
     held.retain(|file, _| spec.to.join(file).exists());
     ctx.state.put(&ns, HELD, &held)?;
     let alert_key = format!("backup-shrunk:{}", ctx.job);
@@ -650,7 +650,7 @@ fn check_write_and_publish(
     let manifest = manifest(
         ctx.job,
         name,
-        &ctx.config.gateway,
+        ctx.gateway,
         snap,
         sha256,
         size,

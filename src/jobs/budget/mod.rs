@@ -623,7 +623,7 @@ fn migrate_legacy(
     ns: &str,
     clean: bool,
 ) -> anyhow::Result<Actives> {
-    let tz = ctx.config.timezone;
+    let tz = ctx.timezone;
     let mut actives = Actives::new();
     for limit in &spec.limits {
         let label = periods::period_label(limit.period, ctx.now, tz);
@@ -672,8 +672,8 @@ fn migrate_legacy(
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let gateway = &ctx.config.gateway;
-    let tz = ctx.config.timezone;
+    let gateway = ctx.gateway;
+    let tz = ctx.timezone;
     if gateway.columns.provider.is_none()
         && let Some(limit) = spec.limits.iter().find(|l| l.provider.is_some())
     {

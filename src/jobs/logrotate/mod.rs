@@ -96,7 +96,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let (mut saved, state_note) = load_state(ctx)?;
     let (facts, survey_errors) = survey(spec);
-    let plan = plan(spec, &facts, &saved, ctx.now, ctx.config.timezone);
+    let plan = plan(spec, &facts, &saved, ctx.now, ctx.timezone);
     let survey_errors: Vec<String> = survey_errors.iter().map(ToString::to_string).collect();
 
     if ctx.dry_run {

@@ -667,7 +667,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let table = PriceTable::load(&spec.prices).with_context(|| {
         "loading the price table (nothing was changed; fix the file or `prices`)".to_string()
     })?;
-    let gateway = &ctx.config.gateway;
+    let gateway = ctx.gateway;
     let rows = Rows::new(gateway, spec, ctx.now);
     let mut conn = gateway.connect(ctx.dry_run)?;
     gateway.check_columns(&conn)?;
