@@ -594,11 +594,9 @@ pub fn patiently<T>(
 /// Whether `e` says the gateway kept its lock past our busy timeout.
 pub fn is_busy(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(f, _))
-                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        )
+        cause
+            .downcast_ref::<rusqlite::Error>()
+            .is_some_and(crate::sqlite::is_busy)
     })
 }
 

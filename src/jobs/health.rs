@@ -686,11 +686,11 @@ fn count_requests(
             }) {
                 // Our busy timeout ran out behind a gateway write: the gateway goes first, and
                 // the slice is tried again rather than failing the whole check.
-                Err(e) if is_busy(&e) && busy < BUSY_RETRIES => {
+                Err(e) if crate::sqlite::is_busy(&e) && busy < BUSY_RETRIES => {
                     busy += 1;
                     ctx.checkpoint()?;
                 }
-                Err(e) if is_busy(&e) => {
+                Err(e) if crate::sqlite::is_busy(&e) => {
                     return Err(anyhow::Error::new(e).context(format!(
                         "counting requests in {table} of {}: the gateway's writes kept it locked through {} waits of gateway.busy_timeout; the next run tries again",
                         gateway.database.display(),
@@ -719,13 +719,6 @@ fn count_requests(
         ctx.checkpoint()?;
     }
     Ok((counts, longest))
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
 }
 
 /// Halves the slice after a slow statement, doubles it after a quick one; never below a
