@@ -47,8 +47,8 @@ impl TimeFormat {
     /// index is used. ISO text bounds are `YYYY-MM-DDTHH:MM:SS`: all three Apantli spellings of
     /// the same second sort at or after it, and `datetime()`'s space separator would sort
     /// wrongly. Other engines: [`Dialect::time_bound`].
-    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
-        Gateway::time_value_in(self, t)
+    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> Value {
+        Dialect::Sqlite.time_bound(self, t)
     }
 }
 
