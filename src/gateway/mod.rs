@@ -451,11 +451,15 @@ impl Gateway {
     }
 
     /// The SQL expression of a row's total cost.
-    pub fn cost_expr(&self) -> String {
+    pub fn cost_expr(&self, d: Dialect) -> String {
         match &self.columns.cost {
-            CostColumns::Single(c) => format!("\"{c}\""),
+            CostColumns::Single(c) => d.ident(c),
             CostColumns::Split { input, output } => {
-                format!("(COALESCE(\"{input}\", 0) + COALESCE(\"{output}\", 0))")
+                format!(
+                    "(COALESCE({}, 0) + COALESCE({}, 0))",
+                    d.ident(input),
+                    d.ident(output)
+                )
             }
         }
     }
