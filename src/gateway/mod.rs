@@ -428,28 +428,6 @@ impl Gateway {
         Ok(Some(existing))
     }
 
-    /// `t` as the time column stores it, for `WHERE time >= ?` bounds. ISO-8601 bounds are
-    /// naive `YYYY-MM-DDTHH:MM:SS`, which sorts correctly against all three of Apantli's
-    /// spellings (`Z`, `+00:00`, naive) and lets an index on the column serve the range.
-    /// (Until pricing uses the interface: `Dialect::time_bound`.)
-    pub fn time_value(&self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
-        Gateway::time_value_in(self.columns.time_format, t)
-    }
-
-    fn time_value_in(
-        format: TimeFormat,
-        t: chrono::DateTime<chrono::Utc>,
-    ) -> rusqlite::types::Value {
-        use rusqlite::types::Value;
-        match format {
-            TimeFormat::Iso8601 | TimeFormat::Timestamp => {
-                Value::Text(t.format("%Y-%m-%dT%H:%M:%S").to_string())
-            }
-            TimeFormat::UnixSeconds => Value::Integer(t.timestamp()),
-            TimeFormat::UnixMillis => Value::Integer(t.timestamp_millis()),
-        }
-    }
-
     /// The SQL expression of a row's total cost.
     pub fn cost_expr(&self, d: Dialect) -> String {
         match &self.columns.cost {
