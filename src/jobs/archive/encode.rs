@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use rusqlite::types::Value;
+use crate::gateway::Value;
 
 use super::Format;
 use crate::redact::json::redact;
@@ -72,6 +72,7 @@ impl Encoder {
                             out.extend_from_slice(hex::encode(b).as_bytes());
                             out.extend_from_slice(b"\"}");
                         }
+                        Value::Time(t) => json_string(&time(t), out),
                     }
                 }
                 out.extend_from_slice(b"}\n");
@@ -94,12 +95,19 @@ impl Encoder {
                         }
                         Value::Text(t) => out.extend_from_slice(csv_field(t).as_bytes()),
                         Value::Blob(b) => out.extend_from_slice(hex::encode(b).as_bytes()),
+                        Value::Time(t) => out.extend_from_slice(time(t).as_bytes()),
                     }
                 }
                 out.extend_from_slice(b"\r\n");
             }
         }
     }
+}
+
+/// A time column's value (PostgreSQL's `timestamp`) as archived: RFC 3339 in UTC, to the
+/// microsecond PostgreSQL keeps.
+fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 fn json_string(s: &str, out: &mut Vec<u8>) {
