@@ -184,6 +184,23 @@ mod tests {
     }
 
     #[test]
+    fn a_time_column_is_archived_as_rfc3339_in_utc() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-03-04T05:06:07.123+00:00")
+            .unwrap()
+            .to_utc();
+        let e = Encoder::new(Format::Jsonl, vec!["startTime".into()], vec![false], vec![]);
+        let c = Encoder::new(Format::Csv, vec!["startTime".into()], vec![false], vec![]);
+        for (encoder, want) in [
+            (e, "{\"startTime\":\"2026-03-04T05:06:07.123Z\"}\n"),
+            (c, "2026-03-04T05:06:07.123Z\r\n"),
+        ] {
+            let mut out = Vec::new();
+            encoder.line(&[Value::Time(t)], &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+
+    #[test]
     fn reals_round_trip_through_json() {
         for f in [0.1 + 0.2, 1e-9, 123456789.125, -0.000123, 3.0] {
             let mut out = Vec::new();
