@@ -112,14 +112,16 @@ impl ToSql for Value {
     }
 }
 
-/// A SQLite value as ours.
-pub fn value(v: ValueRef<'_>) -> Value {
+/// A SQLite value as ours. Text that is not UTF-8 was refused before it got here (rusqlite's
+/// own conversion): an archive must hold what the row held, never a replacement character.
+pub fn value(v: rusqlite::types::Value) -> Value {
+    use rusqlite::types::Value as V;
     match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(n) => Value::Integer(n),
-        ValueRef::Real(f) => Value::Real(f),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        V::Null => Value::Null,
+        V::Integer(n) => Value::Integer(n),
+        V::Real(f) => Value::Real(f),
+        V::Text(t) => Value::Text(t),
+        V::Blob(b) => Value::Blob(b),
     }
 }
 
@@ -131,7 +133,7 @@ impl RowRef for Row<'_, '_> {
     }
 
     fn get(&self, i: usize) -> anyhow::Result<Value> {
-        Ok(value(self.0.get_ref(i)?))
+        Ok(value(self.0.get(i)?))
     }
 }
 
@@ -349,6 +351,13 @@ pub(crate) mod tests {
             .query_one("SELECT ?1", &[Value::Time(t)], |r| r.get(0))
             .unwrap();
         assert_eq!(back, Value::Text("2026-01-02T03:04:05.500000Z".into()));
+        // Text that is not UTF-8 is an error, as rusqlite's own conversion has it: never
+        // archived with a replacement character.
+        let err = db
+            .exec()
+            .query_one("SELECT CAST(x'ff' AS TEXT)", &[], |r| r.get(0))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("utf-8"), "{err:#}");
     }
 
     #[test]
