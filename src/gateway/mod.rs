@@ -399,4 +399,53 @@ mod tests {
             "{err}"
         );
     }
+
+    /// The kinds that work on the request table reach it through the interface only
+    /// (`Gateway::open`, `GatewayDb`, `Dialect`, `Value`): a SQLite connection, pacer or value
+    /// named in one of them would tie its plan to one engine again. Their tests may use SQLite
+    /// directly.
+    #[test]
+    fn the_request_table_kinds_name_no_engine() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/jobs");
+        let files = [
+            "archive/mod.rs",
+            "archive/run.rs",
+            "archive/select.rs",
+            "archive/encode.rs",
+            "pricing/mod.rs",
+            "budget/mod.rs",
+            "health.rs",
+        ];
+        let forbidden = [
+            ".connect(",
+            "Pacer",
+            "use rusqlite",
+            "rusqlite::types",
+            "rusqlite::Connection",
+            "rusqlite::Transaction",
+            "ToSql",
+        ];
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(src.join(file)).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (i, line) in code.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                for f in forbidden.iter().filter(|f| line.contains(*f)) {
+                    found.push(format!(
+                        "src/jobs/{file}:{}: `{f}` in {}",
+                        i + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "use the gateway interface:\n{}",
+            found.join("\n")
+        );
+    }
 }
