@@ -591,12 +591,21 @@ pub fn patiently<T>(
     }
 }
 
+/// A gateway backend's "the gateway kept its lock past our timeout", wrapping the engine's own
+/// error: PostgreSQL's `lock_timeout` (SQLSTATE 55P03) is reported as this so that
+/// [`patiently`] waits and tries again as it does for SQLite's busy errors, which are
+/// recognised by their own code.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway kept a lock past our lock timeout")]
+pub struct LockTimedOut(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
 /// Whether `e` says the gateway kept its lock past our busy timeout.
 pub fn is_busy(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause
-            .downcast_ref::<rusqlite::Error>()
-            .is_some_and(crate::sqlite::is_busy)
+        cause.is::<LockTimedOut>()
+            || cause
+                .downcast_ref::<rusqlite::Error>()
+                .is_some_and(crate::sqlite::is_busy)
     })
 }
 
@@ -723,6 +732,15 @@ fn data_version(conn: &Connection) -> anyhow::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backends_lock_timeout_is_busy_whatever_context_it_carries() {
+        let pg = std::io::Error::other("canceling statement due to lock timeout");
+        let e = anyhow::Error::new(LockTimedOut(Box::new(pg))).context("reading rows");
+        assert!(is_busy(&e));
+        assert!(format!("{e:#}").contains("lock timeout"), "{e:#}");
+        assert!(!is_busy(&anyhow::anyhow!("no such column: x")));
+    }
 
     #[test]
     fn a_write_is_timed_and_counted() {

@@ -3,12 +3,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 
 use crate::config::Checks;
 use crate::config::values;
+
+pub mod db;
+pub mod dialect;
+pub mod sqlite;
+pub mod value;
+
+pub use db::{Access, Exec, ExecExt, GatewayDb, RowRef, Tuning};
+pub use dialect::Dialect;
+pub use value::Value;
 
 /// Apantli's busy timeout: a write waits this long for a lock before the row is lost.
 pub const APANTLI_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,19 +36,19 @@ pub enum TimeFormat {
     Iso8601,
     UnixSeconds,
     UnixMillis,
+    /// A native time column (PostgreSQL's `timestamp`, UTC). Set by a PostgreSQL preset; not
+    /// accepted from the jobs file, where a SQLite column could not hold one.
+    #[serde(skip)]
+    Timestamp,
 }
 
 impl TimeFormat {
-    /// `t` in the column's own format, to compare against the raw column so its index is used.
-    /// ISO text bounds are `YYYY-MM-DDTHH:MM:SS`: all three Apantli spellings of the same
-    /// second sort at or after it, and `datetime()`'s space separator would sort wrongly.
-    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
-        use rusqlite::types::Value;
-        match self {
-            TimeFormat::Iso8601 => Value::Text(t.format("%Y-%m-%dT%H:%M:%S").to_string()),
-            TimeFormat::UnixSeconds => Value::Integer(t.timestamp()),
-            TimeFormat::UnixMillis => Value::Integer(t.timestamp_millis()),
-        }
+    /// `t` in the column's own format on SQLite, to compare against the raw column so its
+    /// index is used. ISO text bounds are `YYYY-MM-DDTHH:MM:SS`: all three Apantli spellings of
+    /// the same second sort at or after it, and `datetime()`'s space separator would sort
+    /// wrongly. Other engines: [`Dialect::time_bound`].
+    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> Value {
+        Dialect::Sqlite.time_bound(self, t)
     }
 }
 
@@ -289,37 +296,21 @@ fn custom(
 }
 
 impl Gateway {
-    /// A connection to the gateway's database for our jobs.
-    ///
-    /// It never changes the journal mode, waits at most `busy_timeout` for the gateway's locks,
-    /// and is set not to checkpoint the WAL when it closes: a checkpoint on close would take
-    /// locks the job did not plan for.
-    pub fn connect(&self, read_only: bool) -> anyhow::Result<Connection> {
-        let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-        flags |= if read_only {
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-        };
-        let conn = crate::sqlite::open(&self.database, flags).with_context(|| {
-            format!(
-                "opening the gateway database {} (check gateway.database and that caretaker may read it)",
-                self.database.display()
-            )
-        })?;
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .context("setting NO_CKPT_ON_CLOSE on the gateway connection")?;
-        conn.busy_timeout(self.busy_timeout)
-            .context("setting the busy timeout on the gateway connection")?;
-        // The bundled SQLite enforces foreign keys by default; the gateways' own connections
-        // do not (BobaMixer declares ON DELETE CASCADE but never enables it), and a cascade
-        // they never run must not start with ours.
-        conn.pragma_update(None, "foreign_keys", "OFF")
-            .context("turning foreign key enforcement off, as the gateway has it")?;
-        Ok(conn)
+    /// Opens the gateway's database for a job's work on the request table, on its engine's
+    /// backend (docs/design.md, "The gateway behind one interface").
+    pub fn open(&self, access: Access) -> anyhow::Result<Box<dyn GatewayDb>> {
+        Ok(Box::new(sqlite::SqliteDb::open(self, access)?))
+    }
+
+    /// A SQLite connection to the gateway's database, for the SQLite-only operations (backup
+    /// API, integrity check, VACUUM): see [`sqlite::connect`].
+    pub fn connect(&self, read_only: bool) -> anyhow::Result<rusqlite::Connection> {
+        sqlite::connect(self, read_only)
+    }
+
+    /// Where the gateway's database is, for messages.
+    pub fn location(&self) -> String {
+        self.database.display().to_string()
     }
 
     /// Every column the configuration names, each with the jobs-file key that names it.
@@ -359,30 +350,8 @@ impl Gateway {
         out
     }
 
-    /// Checks that the gateway's table and every column the configuration names exist, before
-    /// a job reads or changes a row. `check` cannot see the database, so every job that reads
-    /// the request table calls this at the start of each run (dry runs too): a name that is
-    /// wrong would otherwise make a filter constant (see `crate::sqlite`) or fail halfway.
-    pub fn check_columns(&self, conn: &Connection) -> anyhow::Result<()> {
-        let Some(existing) = self.check_table(conn)? else {
-            return Ok(());
-        };
-        for (key, column) in self.named_columns() {
-            if !existing.iter().any(|e| e.eq_ignore_ascii_case(column)) {
-                anyhow::bail!(
-                    "{key}: table `{}` in {} has no column `{column}`; its columns are: {}; nothing was read or changed; {}",
-                    self.table,
-                    self.database.display(),
-                    existing.join(", "),
-                    self.fix("column")
-                );
-            }
-        }
-        Ok(())
-    }
-
     /// What to do about a name the database does not have.
-    fn fix(&self, what: &str) -> String {
+    pub(crate) fn fix(&self, what: &str) -> String {
         match self.preset {
             Preset::Custom => "fix it in the jobs file".to_string(),
             preset => format!(
@@ -392,61 +361,16 @@ impl Gateway {
         }
     }
 
-    /// Checks that the gateway's table exists, naming the tables that do when it does not.
-    /// Returns its columns, or `None` when a gateway transaction kept the schema locked for
-    /// all of `busy_timeout`: the job's own statements then wait and retry as they always do,
-    /// and with double-quoted literals off (`crate::sqlite`) a wrong name still fails each of
-    /// them ("no such column") before it reads or changes a row.
-    pub fn check_table(&self, conn: &Connection) -> anyhow::Result<Option<Vec<String>>> {
-        let db = self.database.display();
-        let table = &self.table;
-        let existing: Vec<String> = match conn
-            .prepare("SELECT name FROM pragma_table_info(?1)")
-            .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
-        {
-            Err(e) if crate::sqlite::is_busy(&e) => {
-                tracing::info!(database = %db, "the gateway kept its database locked; the check of its table and columns is left to the statements that follow");
-                return Ok(None);
-            }
-            read => {
-                read.with_context(|| format!("reading the columns of table `{table}` in {db}"))?
-            }
-        };
-        if existing.is_empty() {
-            let key = match self.preset {
-                Preset::Custom => "gateway.table",
-                _ => "gateway.schema",
-            };
-            let tables: Vec<String> = conn
-                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                .with_context(|| format!("listing the tables of {db}"))?;
-            anyhow::bail!(
-                "{key}: the gateway database {db} has no table `{table}`; its tables are: {}; nothing was read or changed; {}",
-                if tables.is_empty() {
-                    "none (is it empty, or not the gateway's database?)".to_string()
-                } else {
-                    tables.join(", ")
-                },
-                self.fix("table")
-            );
-        }
-        Ok(Some(existing))
-    }
-
-    /// `t` as the time column stores it, for `WHERE time >= ?` bounds. ISO-8601 bounds are
-    /// naive `YYYY-MM-DDTHH:MM:SS`, which sorts correctly against all three of Apantli's
-    /// spellings (`Z`, `+00:00`, naive) and lets an index on the column serve the range.
-    pub fn time_value(&self, t: chrono::DateTime<chrono::Utc>) -> rusqlite::types::Value {
-        self.columns.time_format.bound(t)
-    }
-
     /// The SQL expression of a row's total cost.
-    pub fn cost_expr(&self) -> String {
+    pub fn cost_expr(&self, d: Dialect) -> String {
         match &self.columns.cost {
-            CostColumns::Single(c) => format!("\"{c}\""),
+            CostColumns::Single(c) => d.ident(c),
             CostColumns::Split { input, output } => {
-                format!("(COALESCE(\"{input}\", 0) + COALESCE(\"{output}\", 0))")
+                format!(
+                    "(COALESCE({}, 0) + COALESCE({}, 0))",
+                    d.ident(input),
+                    d.ident(output)
+                )
             }
         }
     }
@@ -459,31 +383,69 @@ mod tests {
     #[test]
     fn our_gateway_connection_reads_a_misspelt_double_quoted_column_as_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let database = dir.path().join("requests.db");
-        rusqlite::Connection::open(&database)
-            .unwrap()
-            .execute_batch(crate::demo::sample::APANTLI_SCHEMA)
-            .unwrap();
-        let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
-        let gateway = Gateway {
-            database,
-            preset: Preset::Apantli,
-            table,
-            columns,
-            busy_timeout: Duration::from_millis(100),
-        };
-        let conn = gateway.connect(true).unwrap();
-        gateway.check_columns(&conn).unwrap();
-        let err = conn
-            .query_row(
+        let gateway = sqlite::tests::apantli(&dir);
+        let mut db = gateway.open(Access::ReadOnly).unwrap();
+        db.check_columns().unwrap();
+        let err = db
+            .exec()
+            .query_one(
                 "SELECT count(*) FROM requests WHERE \"eror\" IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
+                &[],
+                |r| r.i64(0),
             )
             .unwrap_err();
         assert!(
             err.to_string().contains("no such column: \"eror\""),
             "{err}"
+        );
+    }
+
+    /// The kinds that work on the request table reach it through the interface only
+    /// (`Gateway::open`, `GatewayDb`, `Dialect`, `Value`): a SQLite connection, pacer or value
+    /// named in one of them would tie its plan to one engine again. Their tests may use SQLite
+    /// directly.
+    #[test]
+    fn the_request_table_kinds_name_no_engine() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/jobs");
+        let files = [
+            "archive/mod.rs",
+            "archive/run.rs",
+            "archive/select.rs",
+            "archive/encode.rs",
+            "pricing/mod.rs",
+            "budget/mod.rs",
+            "health.rs",
+        ];
+        let forbidden = [
+            ".connect(",
+            "Pacer",
+            "use rusqlite",
+            "rusqlite::types",
+            "rusqlite::Connection",
+            "rusqlite::Transaction",
+            "ToSql",
+        ];
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(src.join(file)).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (i, line) in code.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                for f in forbidden.iter().filter(|f| line.contains(*f)) {
+                    found.push(format!(
+                        "src/jobs/{file}:{}: `{f}` in {}",
+                        i + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "use the gateway interface:\n{}",
+            found.join("\n")
         );
     }
 }

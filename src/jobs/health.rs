@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use rusqlite::types::Value;
 use serde::Deserialize;
 
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::values::{self, Share, Size};
 use crate::config::Checks;
-use crate::gateway::Gateway;
+use crate::gateway::{Access, ExecExt, Gateway, Value};
 use crate::units;
 
 /// Each statement counting requests holds a read lock on the gateway's database; Apantli's
@@ -650,15 +649,18 @@ fn count_requests(
             "the gateway schema has no error column, so the error rate cannot be evaluated; remove error_rate_max or set gateway.columns.error"
         );
     };
-    let conn = gateway.connect(true)?;
-    gateway.check_columns(&conn)?;
-    let time = &gateway.columns.time;
+    let mut db = gateway.open(Access::ReadOnly)?;
+    db.check_columns()?;
+    let d = db.dialect();
+    let (time, error) = (d.ident(&gateway.columns.time), d.ident(error));
     let table = &gateway.table;
-    let sql_between = format!(
-        "SELECT COUNT(*), COUNT(\"{error}\") FROM \"{table}\" WHERE \"{time}\" >= ?1 AND \"{time}\" < ?2"
+    let count_from = format!(
+        "SELECT COUNT(*), COUNT({error}) FROM {} WHERE {time} >= {}",
+        d.table(table),
+        d.param(1)
     );
-    let sql_from =
-        format!("SELECT COUNT(*), COUNT(\"{error}\") FROM \"{table}\" WHERE \"{time}\" >= ?1");
+    let sql_between = format!("{count_from} AND {time} < {}", d.param(2));
+    let sql_from = count_from;
     let end = ctx.now;
     let over = chrono::TimeDelta::from_std(over).unwrap_or(chrono::TimeDelta::MAX);
     let mut lo = end - over;
@@ -671,38 +673,32 @@ fn count_requests(
         let started = Instant::now();
         // The last slice has no upper bound: rows stamped a little ahead of our clock count too.
         let bounds: Vec<Value> = if last {
-            vec![gateway.columns.time_format.bound(lo)]
+            vec![db.time_bound(lo)]
         } else {
-            vec![
-                gateway.columns.time_format.bound(lo),
-                gateway.columns.time_format.bound(hi),
-            ]
+            vec![db.time_bound(lo), db.time_bound(hi)]
         };
         let sql = if last { &sql_from } else { &sql_between };
         let mut busy = 0;
         let (total, failed): (i64, i64) = loop {
-            match conn.query_row(sql, rusqlite::params_from_iter(&bounds), |r| {
-                Ok((r.get(0)?, r.get(1)?))
+            match db.exec().query_one(sql, &bounds, |r| {
+                Ok((r.i64(0)?.unwrap_or(0), r.i64(1)?.unwrap_or(0)))
             }) {
                 // Our busy timeout ran out behind a gateway write: the gateway goes first, and
                 // the slice is tried again rather than failing the whole check.
-                Err(e) if crate::sqlite::is_busy(&e) && busy < BUSY_RETRIES => {
+                Err(e) if crate::writelock::is_busy(&e) && busy < BUSY_RETRIES => {
                     busy += 1;
                     ctx.checkpoint()?;
                 }
-                Err(e) if crate::sqlite::is_busy(&e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
+                Err(e) if crate::writelock::is_busy(&e) => {
+                    return Err(e.context(format!(
                         "counting requests in {table} of {}: the gateway's writes kept it locked through {} waits of gateway.busy_timeout; the next run tries again",
-                        gateway.database.display(),
+                        gateway.location(),
                         busy + 1
                     )));
                 }
                 result => {
                     break result.with_context(|| {
-                        format!(
-                            "counting requests in {table} of {}",
-                            gateway.database.display()
-                        )
+                        format!("counting requests in {table} of {}", gateway.location())
                     })?;
                 }
             }

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use rusqlite::types::Value;
+use crate::gateway::Value;
 
 use super::Format;
 use crate::redact::json::redact;
@@ -72,6 +72,7 @@ impl Encoder {
                             out.extend_from_slice(hex::encode(b).as_bytes());
                             out.extend_from_slice(b"\"}");
                         }
+                        Value::Time(t) => json_string(&time(t), out),
                     }
                 }
                 out.extend_from_slice(b"}\n");
@@ -94,12 +95,19 @@ impl Encoder {
                         }
                         Value::Text(t) => out.extend_from_slice(csv_field(t).as_bytes()),
                         Value::Blob(b) => out.extend_from_slice(hex::encode(b).as_bytes()),
+                        Value::Time(t) => out.extend_from_slice(time(t).as_bytes()),
                     }
                 }
                 out.extend_from_slice(b"\r\n");
             }
         }
     }
+}
+
+/// A time column's value (PostgreSQL's `timestamp`) as archived: RFC 3339 in UTC, to the
+/// microsecond PostgreSQL keeps.
+fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 fn json_string(s: &str, out: &mut Vec<u8>) {
@@ -173,6 +181,23 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(v["cost"].is_f64());
+    }
+
+    #[test]
+    fn a_time_column_is_archived_as_rfc3339_in_utc() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-03-04T05:06:07.123+00:00")
+            .unwrap()
+            .to_utc();
+        let e = Encoder::new(Format::Jsonl, vec!["startTime".into()], vec![false], vec![]);
+        let c = Encoder::new(Format::Csv, vec!["startTime".into()], vec![false], vec![]);
+        for (encoder, want) in [
+            (e, "{\"startTime\":\"2026-03-04T05:06:07.123Z\"}\n"),
+            (c, "2026-03-04T05:06:07.123Z\r\n"),
+        ] {
+            let mut out = Vec::new();
+            encoder.line(&[Value::Time(t)], &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
     }
 
     #[test]

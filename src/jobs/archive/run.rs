@@ -7,19 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rusqlite::types::Value;
-use rusqlite::{Connection, ToSql};
 use serde::{Deserialize, Serialize};
 
 use super::encode::Encoder;
 use super::select::{self, Bound, Row, Selection, Table};
 use super::{Format, Rows, Spec, Then};
 use crate::fsx::{self, PendingFile};
-use crate::gateway::Preset;
+use crate::gateway::{Access, Dialect, ExecExt, GatewayDb, Preset, Tuning, Value};
 use crate::jobs::{Context, Report};
 use crate::pgzip::ParallelGzWriter;
 use crate::units::{self, millis as ms};
-use crate::writelock::{HOLD_LIMIT, Pacer};
+use crate::writelock::HOLD_LIMIT;
 
 /// State namespace of the pending-batch records, keyed by job name.
 const NS: &str = "archive";
@@ -53,16 +51,16 @@ impl Key {
             Value::Integer(n) => Ok(Key::Int(*n)),
             Value::Text(t) => Ok(Key::Text(t.clone())),
             other => anyhow::bail!(
-                "table `{table}` has a primary key value of type {:?}; the archive job handles integer and text keys only",
-                other.data_type()
+                "table `{table}` has a primary key value that is {}; the archive job handles integer and text keys only",
+                other.kind()
             ),
         }
     }
 
-    fn sql(&self) -> &dyn ToSql {
+    fn value(&self) -> Value {
         match self {
-            Key::Int(n) => n,
-            Key::Text(t) => t,
+            Key::Int(n) => Value::Integer(*n),
+            Key::Text(t) => Value::Text(t.clone()),
         }
     }
 }
@@ -81,28 +79,28 @@ struct Pending {
 
 impl Pending {
     /// The statement that deletes (or strips) one row of this batch by its key.
-    fn purge_sql(&self) -> String {
+    fn purge_sql(&self, d: Dialect) -> String {
         let filter: Vec<String> = self
             .key_columns
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("\"{c}\" = ?{}", i + 1))
+            .map(|(i, c)| format!("{} = {}", d.ident(c), d.param(i + 1)))
             .collect();
         match self.then {
             Then::Delete => format!(
-                "DELETE FROM \"{}\" WHERE {}",
-                self.table,
+                "DELETE FROM {} WHERE {}",
+                d.table(&self.table),
                 filter.join(" AND ")
             ),
             Then::StripPayloads => {
                 let set: Vec<String> = self
                     .payload_columns
                     .iter()
-                    .map(|c| format!("\"{c}\" = NULL"))
+                    .map(|c| format!("{} = NULL", d.ident(c)))
                     .collect();
                 format!(
-                    "UPDATE \"{}\" SET {} WHERE {}",
-                    self.table,
+                    "UPDATE {} SET {} WHERE {}",
+                    d.table(&self.table),
                     set.join(", "),
                     filter.join(" AND ")
                 )
@@ -126,8 +124,7 @@ struct Tally {
 struct Archiver<'c, 'a> {
     spec: &'a Spec,
     ctx: &'c Context<'a>,
-    conn: Connection,
-    pacer: Pacer,
+    db: Box<dyn GatewayDb>,
     rows_per_transaction: usize,
     /// The shortest write lock seen: about the fixed cost of a commit.
     floor: Option<Duration>,
@@ -167,24 +164,15 @@ struct InFlight {
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let gateway = ctx.gateway;
-    let conn = gateway.connect(ctx.dry_run)?;
-    gateway.check_columns(&conn)?;
-    // Never cascade: a declared ON DELETE CASCADE (BobaMixer's, which the gateway itself never
-    // enables) would delete rows that were not archived.
-    conn.pragma_update(None, "foreign_keys", false)
-        .context("turning off foreign key actions on our gateway connection")?;
-    // A delete that outgrows the page cache writes pages into the database file in the middle
-    // of the transaction, which takes the EXCLUSIVE lock early and waits, with the busy
-    // handler's growing sleeps, for every reader to finish: the gateway's writers then wait too.
-    // Our transactions are a few MB at most; keep them in memory until the commit.
-    conn.pragma_update(None, "cache_spill", false)
-        .context("turning off cache spill on our gateway connection")?;
-    // The pacer first: its reads wait for a gateway that keeps its lock past our busy timeout
+    let mut db = gateway.open(Access::unless_dry_run(ctx.dry_run))?;
+    db.check_columns()?;
+    // Never cascade to rows that were not archived, and keep each transaction's pages in
+    // memory until its commit (gateway::sqlite explains both for SQLite).
+    db.tune(Tuning::Purge)?;
+    // Paced: its reads wait for a gateway that keeps its lock past our busy timeout
     // (docs/design.md, "A busy gateway"), the schema's included.
-    let mut pacer = Pacer::new(&conn)?;
-    let (table, _) = pacer.read(&conn, |c| {
-        Table::inspect(c, &gateway.table, &gateway.columns.payload)
-    })?;
+    let (table, _) = db.read(|c| Table::inspect(c, &gateway.table, &gateway.columns.payload))?;
+    let d = db.dialect();
     let cutoff = chrono::Duration::from_std(spec.older_than)
         .ok()
         .and_then(|d| ctx.now.checked_sub_signed(d))
@@ -192,12 +180,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             "archive `older_than` reaches before the year 0; accepted: a duration such as 90d",
         )?;
     let bound = Bound::new(gateway.columns.time_format, cutoff);
-    let old = bound.condition(&gateway.columns.time);
+    let old = bound.condition(d, &gateway.columns.time);
     let mut wanted = old.clone();
     match (spec.rows, &gateway.columns.error) {
         (Rows::All, _) => {}
-        (Rows::Ok, Some(e)) => wanted.push_str(&format!(" AND \"{e}\" IS NULL")),
-        (Rows::Failed, Some(e)) => wanted.push_str(&format!(" AND \"{e}\" IS NOT NULL")),
+        (Rows::Ok, Some(e)) => wanted.push_str(&format!(" AND {} IS NULL", d.ident(e))),
+        (Rows::Failed, Some(e)) => wanted.push_str(&format!(" AND {} IS NOT NULL", d.ident(e))),
         (_, None) => anyhow::bail!(
             "archive `rows: ok|failed` needs the gateway's error column, and this gateway has none; use `rows: all` or set gateway.columns.error"
         ),
@@ -211,13 +199,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         let any: Vec<String> = table
             .payload_columns()
             .iter()
-            .map(|c| format!("\"{c}\" IS NOT NULL"))
+            .map(|c| format!("{} IS NOT NULL", d.ident(c)))
             .collect();
         wanted.push_str(&format!(" AND ({})", any.join(" OR ")));
     }
-    let (time_indexed, _) = pacer.read(&conn, |c| {
-        select::leads_an_index(c, &table.name, &gateway.columns.time)
-    })?;
+    let (time_indexed, _) =
+        db.read(|c| select::leads_an_index(c, &table.name, &gateway.columns.time))?;
     let selection = Selection {
         table,
         time: gateway.columns.time.clone(),
@@ -230,8 +217,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let mut archiver = Archiver {
         spec,
         ctx,
-        conn,
-        pacer,
+        db,
         rows_per_transaction: FIRST_ROWS_PER_TRANSACTION,
         floor: None,
         pendings: Vec::new(),
@@ -276,8 +262,8 @@ impl Archiver<'_, '_> {
         mut each: impl FnMut(&mut Self, Vec<Row>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let ((end, read), _) = self
-            .pacer
-            .read(&self.conn, |c| selection.last_rowid(c, time_indexed))?;
+            .db
+            .read(|c| selection.last_rowid(c, time_indexed))?;
         self.tally.longest_read = self.tally.longest_read.max(read);
         let Some(end) = end else {
             return Ok(());
@@ -285,9 +271,9 @@ impl Archiver<'_, '_> {
         let mut after = i64::MIN;
         loop {
             self.ctx.checkpoint()?;
-            let ((rows, last), read) = self.pacer.read(&self.conn, |c| {
-                selection.window(c, after, end, WINDOW, READ_HOLD)
-            })?;
+            let ((rows, last), read) = self
+                .db
+                .read(|c| selection.window(c, after, end, WINDOW, READ_HOLD))?;
             self.tally.longest_read = self.tally.longest_read.max(read);
             let Some(last) = last else { return Ok(()) };
             after = last;
@@ -317,16 +303,18 @@ impl Archiver<'_, '_> {
     /// older than the cut-off (a new session gets its first record a moment after it is
     /// inserted, so young sessions are never touched).
     fn orphaned_sessions(&mut self, cut: i64) -> anyhow::Result<()> {
+        // BobaMixer's own tables: a SQLite gateway's, whose statements these are.
         let rowids: Vec<i64> = self
-            .conn
-            .prepare(
+            .db
+            .exec()
+            .query_map(
                 "SELECT rowid FROM sessions WHERE COALESCE(ended_at, started_at) < ?1
                  AND id NOT IN (SELECT session_id FROM usage_records) ORDER BY rowid",
-            )?
-            .query_map([cut], |r| r.get(0))?
-            .collect::<Result<_, _>>()
+                &[cut.into()],
+                |r| Ok(r.i64(0)?.unwrap_or_default()),
+            )
             .context("finding BobaMixer sessions without usage records")?;
-        let table = Table::inspect(&self.conn, "sessions", &[])?;
+        let table = Table::inspect(self.db.exec(), "sessions", &[])?;
         let encoder = self.encoder(&table);
         let selection = Selection {
             table,
@@ -337,9 +325,7 @@ impl Archiver<'_, '_> {
         };
         for chunk in rowids.chunks(self.spec.batch as usize) {
             self.ctx.checkpoint()?;
-            let (rows, read) = self
-                .pacer
-                .read(&self.conn, |c| selection.by_rowids(c, chunk))?;
+            let (rows, read) = self.db.read(|c| selection.by_rowids(c, chunk))?;
             self.tally.longest_read = self.tally.longest_read.max(read);
             if rows.is_empty() {
                 continue;
@@ -505,17 +491,17 @@ impl Archiver<'_, '_> {
             let want = self.rows_per_transaction.min(ready);
             let (skip, batches) = (self.purged_of_first, &self.ready);
             let request_table = &self.request_table;
-            let ((count, n, removed), held) = self.pacer.write(&mut self.conn, |tx| {
+            let ((count, n, removed), held) = self.db.write(|tx| {
                 // Rows that cost more than the last ones did (pages not cached, a busy
                 // machine) end the transaction at the hard limit; the rest go to the next.
                 let started = Instant::now();
                 let (mut count, mut n, mut removed) = (0u64, 0usize, 0u64);
                 'batches: for (i, pending) in batches.iter().enumerate() {
-                    let mut stmt = tx.prepare_cached(&pending.purge_sql())?;
+                    let sql = pending.purge_sql(tx.dialect());
                     let removes = pending.then == Then::Delete && pending.table == *request_table;
                     for key in &pending.keys[if i == 0 { skip } else { 0 }..] {
-                        let params: Vec<&dyn ToSql> = key.iter().map(Key::sql).collect();
-                        let done = stmt.execute(params.as_slice())? as u64;
+                        let params: Vec<Value> = key.iter().map(Key::value).collect();
+                        let done = tx.execute(&sql, &params)?;
                         count += done;
                         if removes {
                             removed += done;
@@ -615,11 +601,11 @@ impl Archiver<'_, '_> {
         });
         let mut orphans = 0;
         if let Some(cut) = sessions {
-            orphans = self.conn.query_row(
+            orphans = self.db.exec().query_one(
                 "SELECT count(*) FROM sessions WHERE COALESCE(ended_at, started_at) < ?1
                  AND id NOT IN (SELECT session_id FROM usage_records)",
-                [cut],
-                |r| r.get::<_, i64>(0),
+                &[cut.into()],
+                |r| Ok(r.i64(0)?.unwrap_or_default()),
             )?;
             lines.push(format!(
                 "sessions: archive and delete {orphans} `sessions` rows older than the cut-off that have no usage records now (more once the rows above are deleted)"
@@ -663,8 +649,8 @@ impl Archiver<'_, '_> {
         }
         summary.push_str(&format!(
             "; longest write lock {} over {} transactions, longest read {}",
-            units::duration(self.pacer.longest()),
-            self.pacer.transactions(),
+            units::duration(self.db.pacing().longest),
+            self.db.pacing().transactions,
             units::duration(t.longest_read)
         ));
         Report::new(summary)
@@ -675,9 +661,9 @@ impl Archiver<'_, '_> {
             .figure("rows_purged", t.purged as f64)
             .figure("sessions_deleted", t.sessions as f64)
             .figure("resumed_rows", t.resumed as f64)
-            .figure("longest_lock_ms", ms(self.pacer.longest()))
-            .figure("write_transactions", self.pacer.transactions() as f64)
-            .figure("lock_seconds", self.pacer.total().as_secs_f64())
+            .figure("longest_lock_ms", ms(self.db.pacing().longest))
+            .figure("write_transactions", self.db.pacing().transactions as f64)
+            .figure("lock_seconds", self.db.pacing().total.as_secs_f64())
             .figure("longest_read_ms", ms(t.longest_read))
     }
 }

@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, ToSql};
 
-use crate::gateway::TimeFormat;
+use crate::gateway::{Dialect, Exec, ExecExt, TimeFormat, Value};
 
 /// Time index entries read per read transaction while looking for the last old row.
 pub const INDEX_CHUNK: usize = 20_000;
@@ -30,6 +28,8 @@ pub enum Bound {
         day: String,
     },
     Integer(i64),
+    /// A native time column (PostgreSQL's `timestamp`).
+    Time(DateTime<Utc>),
 }
 
 impl Bound {
@@ -42,27 +42,34 @@ impl Bound {
             },
             TimeFormat::UnixSeconds => Bound::Integer(cutoff.timestamp()),
             TimeFormat::UnixMillis => Bound::Integer(cutoff.timestamp_millis()),
+            TimeFormat::Timestamp => Bound::Time(cutoff),
         }
     }
 
-    /// A SQL condition true for rows older than the cut-off, using `:cut` parameters.
-    pub fn condition(&self, column: &str) -> String {
+    /// A SQL condition true for rows older than the cut-off, using the first parameters
+    /// ([`Bound::params`], from 1).
+    pub fn condition(&self, d: Dialect, column: &str) -> String {
+        let column = d.ident(column);
         match self {
             Bound::Iso { .. } => format!(
-                "(\"{column}\" < :cut AND NOT (\"{column}\" >= :cut_space AND \"{column}\" < :cut_day))"
+                "({column} < {} AND NOT ({column} >= {} AND {column} < {}))",
+                d.param(1),
+                d.param(2),
+                d.param(3)
             ),
-            Bound::Integer(_) => format!("\"{column}\" < :cut"),
+            Bound::Integer(_) | Bound::Time(_) => format!("{column} < {}", d.param(1)),
         }
     }
 
-    pub fn params(&self) -> Vec<(&'static str, Value)> {
+    pub fn params(&self) -> Vec<Value> {
         match self {
             Bound::Iso { t, space, day } => vec![
-                (":cut", Value::Text(t.clone())),
-                (":cut_space", Value::Text(space.clone())),
-                (":cut_day", Value::Text(day.clone())),
+                Value::Text(t.clone()),
+                Value::Text(space.clone()),
+                Value::Text(day.clone()),
             ],
-            Bound::Integer(n) => vec![(":cut", Value::Integer(*n))],
+            Bound::Integer(n) => vec![Value::Integer(*n)],
+            Bound::Time(t) => vec![Value::Time(*t)],
         }
     }
 
@@ -70,6 +77,7 @@ impl Bound {
         match self {
             Bound::Iso { t, .. } => format!("'{t}'"),
             Bound::Integer(n) => n.to_string(),
+            Bound::Time(t) => format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.3f")),
         }
     }
 }
@@ -86,18 +94,19 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn inspect(conn: &Connection, name: &str, payload: &[String]) -> anyhow::Result<Table> {
-        let mut stmt = conn.prepare(&format!("PRAGMA table_info(\"{name}\")"))?;
-        let info: Vec<(String, i64)> = stmt
-            .query_map([], |r| Ok((r.get(1)?, r.get(5)?)))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("reading the columns of table `{name}`"))?;
+    pub fn inspect(db: &mut dyn Exec, name: &str, payload: &[String]) -> anyhow::Result<Table> {
+        let info: Vec<(String, u32)> = db
+            .columns_of(name)
+            .with_context(|| format!("reading the columns of table `{name}`"))?
+            .into_iter()
+            .map(|c| (c.name, c.key))
+            .collect();
         anyhow::ensure!(
             !info.is_empty(),
             "the gateway database has no table `{name}`; check gateway.schema / gateway.table"
         );
         let columns: Vec<String> = info.iter().map(|(c, _)| c.clone()).collect();
-        let mut key: Vec<(i64, usize)> = info
+        let mut key: Vec<(u32, usize)> = info
             .iter()
             .enumerate()
             .filter(|(_, (_, pk))| *pk > 0)
@@ -137,23 +146,16 @@ impl Table {
             .collect()
     }
 
-    fn column_list(&self) -> String {
-        let quoted: Vec<String> = self.columns.iter().map(|c| format!("\"{c}\"")).collect();
+    fn column_list(&self, d: Dialect) -> String {
+        let quoted: Vec<String> = self.columns.iter().map(|c| d.ident(c)).collect();
         quoted.join(", ")
     }
 }
 
 /// Whether some index of `table` starts with `column`.
-pub fn leads_an_index(conn: &Connection, table: &str, column: &str) -> anyhow::Result<bool> {
-    Ok(conn
-        .query_row(
-            "SELECT count(*) FROM pragma_index_list(?1) AS l, pragma_index_info(l.name) AS i
-             WHERE i.seqno = 0 AND i.name = ?2",
-            [table, column],
-            |r| r.get::<_, i64>(0),
-        )
-        .with_context(|| format!("reading the indexes of table `{table}`"))?
-        > 0)
+pub fn leads_an_index(db: &mut dyn Exec, table: &str, column: &str) -> anyhow::Result<bool> {
+    db.leads_an_index(table, column)
+        .with_context(|| format!("reading the indexes of table `{table}`"))
 }
 
 /// One row read from the gateway.
@@ -171,12 +173,7 @@ impl Row {
 }
 
 pub fn value_bytes(v: &Value) -> u64 {
-    match v {
-        Value::Null => 0,
-        Value::Integer(_) | Value::Real(_) => 8,
-        Value::Text(t) => t.len() as u64,
-        Value::Blob(b) => b.len() as u64,
-    }
+    v.bytes()
 }
 
 /// The rows of one table that a run archives: a SQL condition and its parameters.
@@ -190,16 +187,19 @@ pub struct Selection {
     pub old: String,
     /// `old` plus the `rows:` filter and, for `strip_payloads`, payloads not yet stripped.
     pub wanted: String,
-    pub params: Vec<(&'static str, Value)>,
+    /// The parameters of `old` and `wanted`, from the first; a statement's own follow them.
+    pub params: Vec<Value>,
 }
 
 impl Selection {
-    fn named<'a>(&'a self, extra: &'a [(&'static str, Value)]) -> Vec<(&'a str, &'a dyn ToSql)> {
-        self.params
-            .iter()
-            .chain(extra)
-            .map(|(n, v)| (*n, v as &dyn ToSql))
-            .collect()
+    /// The selection's parameters followed by `extra`.
+    fn with(&self, extra: impl IntoIterator<Item = Value>) -> Vec<Value> {
+        self.params.iter().cloned().chain(extra).collect()
+    }
+
+    /// The placeholder of the `i`-th (0-based) parameter after the selection's own.
+    fn extra(&self, d: Dialect, i: usize) -> String {
+        d.param(self.params.len() + 1 + i)
     }
 
     /// The highest rowid a run has to look at.
@@ -212,42 +212,46 @@ impl Selection {
     /// Also returns the longest single read transaction it took.
     pub fn last_rowid(
         &self,
-        conn: &Connection,
+        db: &mut dyn Exec,
         time_indexed: bool,
     ) -> anyhow::Result<(Option<i64>, Duration)> {
         let mut longest = Duration::ZERO;
-        let table = &self.table.name;
-        let time = &self.time;
-        let context = || format!("finding the last row to archive in `{table}`");
+        let d = db.dialect();
+        let (table, time) = (d.table(&self.table.name), d.ident(&self.time));
+        let context = || format!("finding the last row to archive in `{}`", self.table.name);
         if !time_indexed {
             let started = Instant::now();
-            let last = conn
-                .query_row(&format!("SELECT max(rowid) FROM \"{table}\""), [], |r| {
-                    r.get(0)
-                })
+            let last = db
+                .query_one(&format!("SELECT max(rowid) FROM {table}"), &[], |r| r.i64(0))
                 .with_context(context)?;
             return Ok((last, started.elapsed()));
         }
+        let from_param = self.extra(d, 0);
         let chunk = format!(
-            "SELECT \"{time}\", rowid FROM \"{table}\" WHERE {} AND \"{time}\" >= :from ORDER BY \"{time}\" LIMIT {INDEX_CHUNK}",
+            "SELECT {time}, rowid FROM {table} WHERE {} AND {time} >= {from_param} ORDER BY {time} LIMIT {INDEX_CHUNK}",
             self.old
         );
         // Ties at a chunk's end are read again by the next chunk (>=); a chunk of one time
         // only is finished by one query on that time.
-        let tie = format!("SELECT max(+rowid) FROM \"{table}\" WHERE \"{time}\" = :from");
+        let tie = format!(
+            "SELECT max(+rowid) FROM {table} WHERE {time} = {}",
+            d.param(1)
+        );
+        let after = format!(
+            "SELECT {time} FROM {table} WHERE {time} > {} ORDER BY {time} LIMIT 1",
+            d.param(1)
+        );
         // Text sorts above every integer in SQLite, so the smallest integer starts at the
         // beginning whatever the column's format.
         let mut from = Value::Integer(i64::MIN);
         let mut best: Option<i64> = None;
         loop {
-            let extra = [(":from", from.clone())];
-            let params = self.named(&extra);
+            let params = self.with([from.clone()]);
             let started = Instant::now();
-            let mut stmt = conn.prepare_cached(&chunk).with_context(context)?;
-            let rows: Vec<(Value, i64)> = stmt
-                .query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))
-                .with_context(context)?
-                .collect::<Result<_, _>>()
+            let rows: Vec<(Value, i64)> = db
+                .query_map(&chunk, &params, |r| {
+                    Ok((r.get(0)?, r.i64(1)?.unwrap_or_default()))
+                })
                 .with_context(context)?;
             longest = longest.max(started.elapsed());
             let Some((last_time, _)) = rows.last().cloned() else {
@@ -258,21 +262,14 @@ impl Selection {
                 return Ok((best, longest));
             }
             if rows.iter().all(|(t, _)| *t == last_time) {
-                let tied: Option<i64> = conn
-                    .query_row(&tie, &[(":from", &last_time as &dyn ToSql)][..], |r| {
-                        r.get(0)
-                    })
+                let tied: Option<i64> = db
+                    .query_one(&tie, std::slice::from_ref(&last_time), |r| r.i64(0))
                     .with_context(context)?;
                 best = tied.into_iter().chain(best).max();
                 // Move past this time: the next chunk starts at the first greater value.
                 from = last_time;
-                let next: Option<Value> = conn
-                    .query_row(
-                        &format!("SELECT \"{time}\" FROM \"{table}\" WHERE \"{time}\" > :from ORDER BY \"{time}\" LIMIT 1"),
-                        &[(":from", &from as &dyn ToSql)][..],
-                        |r| r.get(0),
-                    )
-                    .optional()
+                let next: Option<Value> = db
+                    .query_opt(&after, std::slice::from_ref(&from), |r| r.get(0))
                     .with_context(context)?;
                 match next {
                     Some(v) => from = v,
@@ -290,73 +287,68 @@ impl Selection {
     /// lock short whatever they hold.
     pub fn window(
         &self,
-        conn: &Connection,
+        db: &mut dyn Exec,
         after: i64,
         end: i64,
         limit: usize,
         budget: Duration,
     ) -> anyhow::Result<(Vec<Row>, Option<i64>)> {
         let started = Instant::now();
+        let d = db.dialect();
         let sql = format!(
-            "SELECT rowid, ({}) AS wanted, {} FROM \"{}\" WHERE rowid > :after AND rowid <= :end ORDER BY rowid LIMIT :limit",
+            "SELECT rowid, ({}) AS wanted, {} FROM {} WHERE rowid > {} AND rowid <= {} ORDER BY rowid LIMIT {}",
             self.wanted,
-            self.table.column_list(),
-            self.table.name
+            self.table.column_list(d),
+            d.table(&self.table.name),
+            self.extra(d, 0),
+            self.extra(d, 1),
+            self.extra(d, 2)
         );
-        let extra = [
-            (":after", Value::Integer(after)),
-            (":end", Value::Integer(end)),
-            (":limit", Value::Integer(limit as i64)),
-        ];
-        let params = self.named(&extra);
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut rows = stmt.query(params.as_slice())?;
+        let params = self.with([
+            Value::Integer(after),
+            Value::Integer(end),
+            Value::Integer(limit as i64),
+        ]);
         let mut wanted = Vec::new();
         let mut last = None;
         let n = self.table.columns.len();
-        while let Some(r) = rows
-            .next()
-            .with_context(|| format!("reading rows of `{}`", self.table.name))?
-        {
-            let rowid: i64 = r.get(0)?;
+        db.query(&sql, &params, &mut |r| {
+            let rowid = r.i64(0)?.unwrap_or_default();
             last = Some(rowid);
-            if r.get::<_, Option<bool>>(1)?.unwrap_or(false) {
-                let values = (0..n)
-                    .map(|i| r.get::<_, Value>(i + 2))
-                    .collect::<Result<_, _>>()?;
+            if r.get(1)?.as_bool()?.unwrap_or(false) {
+                let values = (0..n).map(|i| r.get(i + 2)).collect::<anyhow::Result<_>>()?;
                 wanted.push(Row { rowid, values });
             }
-            if started.elapsed() >= budget {
-                break;
-            }
-        }
+            Ok(started.elapsed() < budget)
+        })
+        .with_context(|| format!("reading rows of `{}`", self.table.name))?;
         Ok((wanted, last))
     }
 
     /// Reads the rows with the given rowids (sorted), in one read transaction.
-    pub fn by_rowids(&self, conn: &Connection, rowids: &[i64]) -> anyhow::Result<Vec<Row>> {
-        let (Some(first), Some(last)) = (rowids.first(), rowids.last()) else {
+    pub fn by_rowids(&self, db: &mut dyn Exec, rowids: &[i64]) -> anyhow::Result<Vec<Row>> {
+        let (Some(&first), Some(&last)) = (rowids.first(), rowids.last()) else {
             return Ok(Vec::new());
         };
+        let d = db.dialect();
         let sql = format!(
-            "SELECT rowid, {} FROM \"{}\" WHERE rowid >= ?1 AND rowid <= ?2 ORDER BY rowid",
-            self.table.column_list(),
-            self.table.name
+            "SELECT rowid, {} FROM {} WHERE rowid >= {} AND rowid <= {} ORDER BY rowid",
+            self.table.column_list(d),
+            d.table(&self.table.name),
+            d.param(1),
+            d.param(2)
         );
         let wanted: std::collections::HashSet<i64> = rowids.iter().copied().collect();
-        let mut stmt = conn.prepare_cached(&sql)?;
         let n = self.table.columns.len();
-        let mut rows = stmt.query([first, last])?;
         let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let rowid: i64 = r.get(0)?;
+        db.query(&sql, &[first.into(), last.into()], &mut |r| {
+            let rowid = r.i64(0)?.unwrap_or_default();
             if wanted.contains(&rowid) {
-                let values = (0..n)
-                    .map(|i| r.get::<_, Value>(i + 1))
-                    .collect::<Result<_, _>>()?;
+                let values = (0..n).map(|i| r.get(i + 1)).collect::<anyhow::Result<_>>()?;
                 out.push(Row { rowid, values });
             }
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 }
@@ -364,7 +356,9 @@ impl Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::sqlite::SqliteExec;
     use chrono::TimeZone;
+    use rusqlite::Connection;
 
     #[test]
     fn iso_bound_sorts_every_spelling_right() {
@@ -388,31 +382,24 @@ mod tests {
             ("2025-08-04 01:00:00", false),
             ("2025-08-04T00:00:00Z", false),
         ];
-        let cond = bound.condition("ts");
+        let cond = bound.condition(Dialect::Sqlite, "ts");
         for (ts, old) in cases {
-            let p = bound.params();
-            let named: Vec<(&str, &dyn ToSql)> =
-                p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
             let got: bool = conn
                 .query_row(
                     &format!("SELECT {cond} FROM (SELECT '{ts}' AS ts)"),
-                    named.as_slice(),
+                    rusqlite::params_from_iter(bound.params()),
                     |r| r.get(0),
                 )
                 .unwrap();
             assert_eq!(got, old, "{ts}");
         }
-        let plan: String = {
-            let p = bound.params();
-            let named: Vec<(&str, &dyn ToSql)> =
-                p.iter().map(|(n, v)| (*n, v as &dyn ToSql)).collect();
-            conn.query_row(
+        let plan: String = conn
+            .query_row(
                 &format!("EXPLAIN QUERY PLAN SELECT max(+rowid) FROM t WHERE {cond}"),
-                named.as_slice(),
+                rusqlite::params_from_iter(bound.params()),
                 |r| r.get(3),
             )
-            .unwrap()
-        };
+            .unwrap();
         assert!(plan.contains("USING COVERING INDEX i"), "{plan}");
     }
 
@@ -438,7 +425,7 @@ mod tests {
         tx.execute("INSERT INTO t (ts) VALUES (5)", []).unwrap();
         tx.execute("INSERT INTO t (ts) VALUES (99999)", []).unwrap();
         tx.commit().unwrap();
-        let table = Table::inspect(&conn, "t", &[]).unwrap();
+        let table = Table::inspect(&mut SqliteExec(&conn), "t", &[]).unwrap();
         for (cut, expected) in [
             (35_000, 65_000),
             (1, 1),
@@ -450,11 +437,11 @@ mod tests {
             let selection = Selection {
                 table: table.clone(),
                 time: "ts".into(),
-                old: bound.condition("ts"),
-                wanted: bound.condition("ts"),
+                old: bound.condition(Dialect::Sqlite, "ts"),
+                wanted: bound.condition(Dialect::Sqlite, "ts"),
                 params: bound.params(),
             };
-            let (got, _) = selection.last_rowid(&conn, true).unwrap();
+            let (got, _) = selection.last_rowid(&mut SqliteExec(&conn), true).unwrap();
             let expected = (expected > 0).then_some(expected);
             assert_eq!(got, expected, "cut {cut}");
         }
@@ -469,13 +456,13 @@ mod tests {
             conn.execute("INSERT INTO t (ts) VALUES (?1)", [n % 2])
                 .unwrap();
         }
-        let table = Table::inspect(&conn, "t", &[]).unwrap();
+        let table = Table::inspect(&mut SqliteExec(&conn), "t", &[]).unwrap();
         let bound = Bound::Integer(1);
         let selection = Selection {
             table,
             time: "ts".into(),
-            old: bound.condition("ts"),
-            wanted: bound.condition("ts"),
+            old: bound.condition(Dialect::Sqlite, "ts"),
+            wanted: bound.condition(Dialect::Sqlite, "ts"),
             params: bound.params(),
         };
         // A spent budget still reads one row, so every window makes progress.
@@ -483,7 +470,7 @@ mod tests {
         let mut wanted = Vec::new();
         let mut windows = 0;
         while let (rows, Some(last)) = selection
-            .window(&conn, after, 50, 1000, Duration::ZERO)
+            .window(&mut SqliteExec(&conn), after, 50, 1000, Duration::ZERO)
             .unwrap()
         {
             assert_eq!(last, after.max(0) + 1, "one row per window");
@@ -496,7 +483,7 @@ mod tests {
         assert_eq!(wanted, (2..=50).step_by(2).collect::<Vec<i64>>());
         // With time to spare, the row limit ends the window.
         let (_, last) = selection
-            .window(&conn, i64::MIN, 50, 7, Duration::from_secs(60))
+            .window(&mut SqliteExec(&conn), i64::MIN, 50, 7, Duration::from_secs(60))
             .unwrap();
         assert_eq!(last, Some(7));
     }

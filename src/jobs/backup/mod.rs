@@ -435,7 +435,9 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     if ctx.dry_run {
         // The table must exist for the run to write anything; say so now.
         let gateway = ctx.gateway;
-        gateway.check_table(&gateway.connect(true)?)?;
+        gateway
+            .open(crate::gateway::Access::ReadOnly)?
+            .check_table()?;
         let mut report = Report::new(format!(
             "would write {} and keep {} of {} archives",
             plan.archive,

@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::config::Checks;
 use crate::config::values::Share;
-use crate::gateway::Gateway;
+use crate::gateway::{Access, Exec, ExecExt, Gateway};
 use crate::metrics::{BudgetSpend, escape_label as label};
 use periods::Period;
 
@@ -164,47 +163,51 @@ pub struct ModelSpend {
 /// Reads the spend by model over `[start, end)`: one read statement (a shared lock on a
 /// rollback-journal database for as long as it runs, which the caller measures).
 pub fn spend_by_model(
-    conn: &Connection,
+    db: &mut dyn Exec,
     gateway: &Gateway,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     include_failed: bool,
 ) -> anyhow::Result<Vec<ModelSpend>> {
     let c = &gateway.columns;
+    let d = db.dialect();
     let provider = c
         .provider
         .as_ref()
-        .map_or_else(|| "NULL".to_string(), |p| format!("\"{p}\""));
+        .map_or_else(|| "NULL".to_string(), |p| d.ident(p));
     let failed = match (&c.error, include_failed) {
-        (Some(error), false) => format!(" AND \"{error}\" IS NULL"),
+        (Some(error), false) => format!(" AND {} IS NULL", d.ident(error)),
         _ => String::new(),
     };
     let sql = format!(
-        "SELECT \"{model}\", {provider}, SUM({cost}) FROM \"{table}\" \
-         WHERE \"{time}\" >= ?1 AND \"{time}\" < ?2{failed} GROUP BY 1, 2",
-        model = c.model,
-        cost = gateway.cost_expr(),
-        table = gateway.table,
-        time = c.time,
+        "SELECT {model}, {provider}, SUM({cost}) FROM {table} \
+         WHERE {time} >= {p1} AND {time} < {p2}{failed} GROUP BY 1, 2",
+        model = d.ident(&c.model),
+        cost = gateway.cost_expr(d),
+        table = d.table(&gateway.table),
+        time = d.ident(&c.time),
+        p1 = d.param(1),
+        p2 = d.param(2),
     );
     let reading = || {
         format!(
             "reading the spend from table `{}` of {} (check gateway.schema and gateway.columns)",
             gateway.table,
-            gateway.database.display()
+            gateway.location()
         )
     };
-    let mut stmt = conn.prepare(&sql).with_context(reading)?;
-    let rows = stmt
-        .query_map([gateway.time_value(start), gateway.time_value(end)], |r| {
-            Ok(ModelSpend {
-                model: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                provider: r.get(1)?,
-                usd: r.get::<_, Option<f64>>(2)?.unwrap_or(0.0),
-            })
+    let bounds = [
+        d.time_bound(c.time_format, start),
+        d.time_bound(c.time_format, end),
+    ];
+    db.query_map(&sql, &bounds, |r| {
+        Ok(ModelSpend {
+            model: r.string(0)?.unwrap_or_default(),
+            provider: r.string(1)?,
+            usd: r.f64(2)?.unwrap_or(0.0),
         })
-        .with_context(reading)?;
-    rows.collect::<Result<_, _>>().with_context(reading)
+    })
+    .with_context(reading)
 }
 
 /// What one limit has spent in its current period.
@@ -692,14 +695,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 
     // One read per distinct period: the current ones, and those of raised alerts whose period
     // is over (their final spend goes into the "resolved" message).
-    let conn = gateway.connect(true)?;
-    gateway.check_columns(&conn)?;
+    let mut db = gateway.open(Access::ReadOnly)?;
+    db.check_columns()?;
     let mut by_bounds: BTreeMap<(DateTime<Utc>, DateTime<Utc>), Vec<ModelSpend>> = BTreeMap::new();
     let mut longest_read = Duration::ZERO;
     let mut read = |start: DateTime<Utc>, end: DateTime<Utc>| -> anyhow::Result<()> {
         if let Entry::Vacant(slot) = by_bounds.entry((start, end)) {
             let started = Instant::now();
-            let rows = spend_by_model(&conn, gateway, start, end, spec.include_failed)?;
+            let rows = spend_by_model(db.exec(), gateway, start, end, spec.include_failed)?;
             longest_read = longest_read.max(started.elapsed());
             slot.insert(rows);
         }
@@ -714,7 +717,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             read(active.start, active.end)?;
         }
     }
-    drop(conn);
+    drop(db);
     let spends: Vec<LimitSpend> = spec
         .limits
         .iter()

@@ -14,18 +14,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rusqlite::types::Value;
-use rusqlite::{Connection, params_from_iter};
 use serde::Deserialize;
 
 use super::{Context, Report};
 use crate::config::values;
 use crate::config::Checks;
-use crate::gateway::{CostColumns, Gateway, Preset};
+use crate::gateway::{Access, CostColumns, Dialect, Exec, ExecExt, Gateway, Preset, Tuning, Value};
 // Label values in figure names are quoted as in the metrics file.
 use crate::metrics::escape_label as label;
 use crate::units::{usd, usd_change};
-use crate::writelock::{HOLD_LIMIT, Pacer};
+use crate::gateway::db::Pacing;
+use crate::writelock::HOLD_LIMIT;
 use prices::{PriceTable, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -274,9 +273,14 @@ struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    fn new(gateway: &'a Gateway, spec: &Spec, now: chrono::DateTime<chrono::Utc>) -> Rows<'a> {
+    fn new(
+        gateway: &'a Gateway,
+        d: Dialect,
+        spec: &Spec,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Rows<'a> {
         let c = &gateway.columns;
-        let q = |name: &str| format!("\"{name}\"");
+        let q = |name: &str| d.ident(name);
         let mut columns = vec![q(&c.model), q(&c.input_tokens), q(&c.output_tokens)];
         let missing = match &c.cost {
             CostColumns::Single(cost) => {
@@ -297,7 +301,10 @@ impl<'a> Rows<'a> {
             columns.push(q("request_data"));
             columns.push(q("response_data"));
         }
-        let mut filters = vec!["rowid > ?1".to_string(), "rowid <= ?2".to_string()];
+        let mut filters = vec![
+            format!("rowid > {}", d.param(1)),
+            format!("rowid <= {}", d.param(2)),
+        ];
         // A failed request cost nothing; the gateways log 0 for it, and so it stays.
         if let Some(error) = &c.error {
             filters.push(format!("{} IS NULL", q(error)));
@@ -310,27 +317,34 @@ impl<'a> Rows<'a> {
             .since
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .and_then(|d| now.checked_sub_signed(d))
-            .map(|t| gateway.time_value(t));
+            .map(|t| d.time_bound(c.time_format, t));
         if since.is_some() {
-            filters.push(format!("{} >= ?3", q(&c.time)));
+            filters.push(format!("{} >= {}", q(&c.time), d.param(3)));
         }
+        let table = d.table(&gateway.table);
         let select = format!(
-            "SELECT rowid, {} FROM {} WHERE {} ORDER BY rowid",
+            "SELECT rowid, {} FROM {table} WHERE {} ORDER BY rowid",
             columns.join(", "),
-            q(&gateway.table),
             filters.join(" AND ")
         );
+        let p = |n| d.param(n);
         let update = match &c.cost {
             CostColumns::Single(cost) => format!(
-                "UPDATE {} SET {1} = ?2 WHERE rowid = ?1 AND {1} IS ?3",
-                q(&gateway.table),
-                q(cost)
+                "UPDATE {table} SET {} = {} WHERE rowid = {} AND {}",
+                q(cost),
+                p(2),
+                p(1),
+                d.same(&q(cost), &p(3))
             ),
             CostColumns::Split { input, output } => format!(
-                "UPDATE {} SET {1} = ?2, {2} = ?3 WHERE rowid = ?1 AND {1} IS ?4 AND {2} IS ?5",
-                q(&gateway.table),
+                "UPDATE {table} SET {} = {}, {} = {} WHERE rowid = {} AND {} AND {}",
                 q(input),
-                q(output)
+                p(2),
+                q(output),
+                p(3),
+                p(1),
+                d.same(&q(input), &p(4)),
+                d.same(&q(output), &p(5))
             ),
         };
         Rows {
@@ -342,13 +356,13 @@ impl<'a> Rows<'a> {
     }
 
     /// The rowid range to scan: rows written after this are the gateway's, priced by it.
-    fn range(&self, conn: &Connection) -> anyhow::Result<Option<(i64, i64)>> {
+    fn range(&self, db: &mut dyn Exec) -> anyhow::Result<Option<(i64, i64)>> {
         let sql = format!(
-            "SELECT min(rowid), max(rowid) FROM \"{}\"",
-            self.gateway.table
+            "SELECT min(rowid), max(rowid) FROM {}",
+            db.dialect().table(&self.gateway.table)
         );
-        let (lo, hi): (Option<i64>, Option<i64>) = conn
-            .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        let (lo, hi) = db
+            .query_one(&sql, &[], |r| Ok((r.i64(0)?, r.i64(1)?)))
             .with_context(|| self.reading())?;
         Ok(lo.zip(hi))
     }
@@ -357,7 +371,7 @@ impl<'a> Rows<'a> {
         format!(
             "reading table `{}` of the gateway database {} (check gateway.schema and gateway.columns)",
             self.gateway.table,
-            self.gateway.database.display()
+            self.gateway.location()
         )
     }
 
@@ -366,7 +380,7 @@ impl<'a> Rows<'a> {
     /// parsed after the shared lock is gone. Returns them with the rowid read up to.
     fn read_window(
         &self,
-        conn: &Connection,
+        db: &mut dyn Exec,
         after: i64,
         upto: i64,
         budget: Duration,
@@ -374,68 +388,58 @@ impl<'a> Rows<'a> {
         let began = Instant::now();
         let mut params = vec![Value::Integer(after), Value::Integer(upto)];
         params.extend(self.since.clone());
-        let mut stmt = conn
-            .prepare_cached(&self.select)
-            .with_context(|| self.reading())?;
         let split = matches!(self.gateway.columns.cost, CostColumns::Split { .. });
         let payloads = self.gateway.preset == Preset::Apantli;
-        let rows = stmt
-            .query_map(params_from_iter(params), |r| {
-                let tokens = |i: usize| -> rusqlite::Result<u64> {
-                    Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
-                };
-                let (old, next) = if split {
-                    (
-                        Stored::Split {
-                            input: r.get(4)?,
-                            output: r.get(5)?,
-                        },
-                        6,
-                    )
-                } else {
-                    (Stored::Single(r.get(4)?), 5)
-                };
-                Ok(RawRow {
-                    rowid: r.get(0)?,
-                    model: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    input_tokens: tokens(2)?,
-                    output_tokens: tokens(3)?,
-                    old,
-                    request_data: if payloads { r.get(next)? } else { None },
-                    response_data: if payloads { r.get(next + 1)? } else { None },
-                })
-            })
-            .with_context(|| self.reading())?;
         let mut read = Vec::new();
-        for row in rows {
-            read.push(row.with_context(|| self.reading())?);
+        let mut through = upto;
+        db.query(&self.select, &params, &mut |r| {
+            let tokens = |i: usize| -> anyhow::Result<u64> { Ok(r.i64(i)?.unwrap_or(0).max(0) as u64) };
+            let (old, next) = if split {
+                (
+                    Stored::Split {
+                        input: r.f64(4)?,
+                        output: r.f64(5)?,
+                    },
+                    6,
+                )
+            } else {
+                (Stored::Single(r.f64(4)?), 5)
+            };
+            let row = RawRow {
+                rowid: r.i64(0)?.unwrap_or_default(),
+                model: r.string(1)?.unwrap_or_default(),
+                input_tokens: tokens(2)?,
+                output_tokens: tokens(3)?,
+                old,
+                request_data: if payloads { r.string(next)? } else { None },
+                response_data: if payloads { r.string(next + 1)? } else { None },
+            };
+            let rowid = row.rowid;
+            read.push(row);
             if began.elapsed() >= budget {
-                let through = read.last().map_or(upto, |r: &RawRow| r.rowid);
-                return Ok((read, through));
+                through = rowid;
+                return Ok(false);
             }
-        }
-        Ok((read, upto))
+            Ok(true)
+        })
+        .with_context(|| self.reading())?;
+        Ok((read, through))
     }
 
     /// Updates one batch inside the write transaction `tx`; returns how many rows changed.
-    fn update_batch(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        batch: &[Change],
-    ) -> anyhow::Result<usize> {
+    fn update_batch(&self, tx: &mut dyn Exec, batch: &[Change]) -> anyhow::Result<usize> {
         let writing = || {
             format!(
                 "updating costs in table `{}` of {}",
                 self.gateway.table,
-                self.gateway.database.display()
+                self.gateway.location()
             )
         };
         let mut changed = 0;
-        let mut stmt = tx.prepare_cached(&self.update).with_context(writing)?;
         for change in batch {
-            changed += match (change.new, change.old) {
+            let params: Vec<Value> = match (change.new, change.old) {
                 (Stored::Single(new), Stored::Single(old)) => {
-                    stmt.execute(rusqlite::params![change.rowid, new, old])
+                    vec![change.rowid.into(), new.into(), old.into()]
                 }
                 (
                     Stored::Split { input, output },
@@ -443,16 +447,16 @@ impl<'a> Rows<'a> {
                         input: old_in,
                         output: old_out,
                     },
-                ) => stmt.execute(rusqlite::params![
-                    change.rowid,
-                    input,
-                    output,
-                    old_in,
-                    old_out
-                ]),
+                ) => vec![
+                    change.rowid.into(),
+                    input.into(),
+                    output.into(),
+                    old_in.into(),
+                    old_out.into(),
+                ],
                 _ => unreachable!("plan keeps the stored shape of each row"),
-            }
-            .with_context(writing)?;
+            };
+            changed += tx.execute(&self.update, &params).with_context(writing)? as usize;
         }
         Ok(changed)
     }
@@ -668,28 +672,21 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         "loading the price table (nothing was changed; fix the file or `prices`)".to_string()
     })?;
     let gateway = ctx.gateway;
-    let rows = Rows::new(gateway, spec, ctx.now);
-    let mut conn = gateway.connect(ctx.dry_run)?;
-    gateway.check_columns(&conn)?;
-    let mut pacer = Pacer::new(&conn)?;
-    // In WAL mode a commit without fsync keeps the database consistent and only risks this
-    // batch on power loss (the next run redoes it); it shortens the write lock a BobaMixer
-    // insert, which never waits, can collide with. The rollback journal keeps FULL.
-    if pacer.is_wal() {
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .context("setting synchronous = NORMAL on our gateway connection")?;
-    }
-    // A batch's changed pages stay in our connection's cache until COMMIT. A cache too small
-    // for them spills in mid-transaction, which takes the exclusive lock early and adds a
-    // journal fsync under the lock. This is our connection's cache, not the gateway's.
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)
-        .context("setting cache_size on our gateway connection")?;
+    let mut db = gateway.open(Access::unless_dry_run(ctx.dry_run))?;
+    db.check_columns()?;
+    let rows = Rows::new(gateway, db.dialect(), spec, ctx.now);
+    // A commit that risks only its batch on power loss where the engine allows it (the next
+    // run redoes it), and room in our connection's cache for a batch's pages until COMMIT
+    // (gateway::sqlite explains both for SQLite).
+    db.tune(Tuning::Update {
+        cache_kib: CACHE_KIB,
+    })?;
 
     let started = Instant::now();
     let mut total = Plan::default();
     let mut measured = Measured::default();
     let mut batcher = Batcher::new(Aim::for_gateway(gateway.preset));
-    let (range, _) = pacer.read(&conn, |conn| rows.range(conn))?;
+    let (range, _) = db.read(|conn| rows.range(conn))?;
     if let Some((lo, hi)) = range {
         let (preset, table, aliases) = (gateway.preset, &table, &spec.aliases);
         std::thread::scope(|s| -> anyhow::Result<()> {
@@ -722,7 +719,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                     // Through the pacer: the gateway gets its room after our last write
                     // first, and each read stops at READ_HOLD, so no writer waits long on it.
                     let ((raw, through), took) =
-                        pacer.read(&conn, |conn| rows.read_window(conn, after, upto, READ_HOLD))?;
+                        db.read(|conn| rows.read_window(conn, after, upto, READ_HOLD))?;
                     measured.reading += took;
                     measured.longest_read = measured.longest_read.max(took);
                     after = through;
@@ -759,7 +756,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 // A gateway that keeps the lock past our busy timeout is waited for by the
                 // pacer, within the job's budget (docs/design.md, "A busy gateway").
                 let updating = &mut measured.updating;
-                let (changed, lock) = pacer.write(&mut conn, |tx| {
+                let (changed, lock) = db.write(|tx| {
                     let began = Instant::now();
                     let changed = rows.update_batch(tx, &pending[..n]);
                     *updating += began.elapsed();
@@ -782,7 +779,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         })?;
     }
     measured.elapsed = started.elapsed();
-    Ok(report(spec, &table, &total, &measured, &pacer, ctx.dry_run))
+    Ok(report(spec, &table, &total, &measured, db.pacing(), ctx.dry_run))
 }
 
 fn report(
@@ -790,7 +787,7 @@ fn report(
     table: &PriceTable,
     plan: &Plan,
     measured: &Measured,
-    pacer: &Pacer,
+    pacer: Pacing,
     dry_run: bool,
 ) -> Report {
     let rows: u64 = plan.by_model.values().map(|t| t.rows).sum();
@@ -834,7 +831,7 @@ fn report(
         let _ = write!(
             summary,
             "; longest write lock {}",
-            crate::units::duration(pacer.longest())
+            crate::units::duration(pacer.longest)
         );
     }
     let mut report = Report::new(summary)
@@ -846,13 +843,13 @@ fn report(
         .figure("usd_after", new)
         .figure("rows_unchanged", plan.unchanged as f64)
         .figure("rows_unpriced", unpriced_rows as f64)
-        .figure("write_batches", pacer.transactions() as f64)
-        .figure("longest_write_lock_ms", pacer.longest().as_secs_f64() * 1e3)
+        .figure("write_batches", pacer.transactions as f64)
+        .figure("longest_write_lock_ms", pacer.longest.as_secs_f64() * 1e3)
         .figure("longest_read_ms", measured.longest_read.as_secs_f64() * 1e3)
-        .figure("write_lock_total_ms", pacer.total().as_secs_f64() * 1e3)
+        .figure("write_lock_total_ms", pacer.total.as_secs_f64() * 1e3)
         .figure(
             "write_lock_share",
-            pacer.total().as_secs_f64() / measured.elapsed.as_secs_f64().max(1e-9),
+            pacer.total.as_secs_f64() / measured.elapsed.as_secs_f64().max(1e-9),
         )
         .figure("read_seconds", measured.reading.as_secs_f64())
         .figure("parse_seconds", measured.parsing.as_secs_f64())
@@ -1114,9 +1111,10 @@ mod tests {
             },
         )
         .unwrap();
-        let conn = Connection::open(&db).unwrap();
+        let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
             .unwrap();
+        let mut conn = crate::gateway::sqlite::SqliteExec(&conn);
         let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
         let gateway = Gateway {
             database: db,
@@ -1132,9 +1130,9 @@ mod tests {
             since: None,
             aliases: BTreeMap::new(),
         };
-        let rows = Rows::new(&gateway, &spec, chrono::Utc::now());
+        let rows = Rows::new(&gateway, Dialect::Sqlite, &spec, chrono::Utc::now());
         let (all, through) = rows
-            .read_window(&conn, 0, 40, Duration::from_secs(60))
+            .read_window(&mut conn, 0, 40, Duration::from_secs(60))
             .unwrap();
         assert_eq!(through, 40, "with time to spare the window is read whole");
         assert!(!all.is_empty());
@@ -1142,7 +1140,7 @@ mod tests {
         // follow on from where each stopped find exactly the same rows.
         let (mut after, mut stepped) = (0, Vec::new());
         while after < 40 {
-            let (got, through) = rows.read_window(&conn, after, 40, Duration::ZERO).unwrap();
+            let (got, through) = rows.read_window(&mut conn, after, 40, Duration::ZERO).unwrap();
             assert!(got.len() <= 1 && through > after, "{after} -> {through}");
             stepped.extend(got.into_iter().map(|r| r.rowid));
             after = through;
