@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::fsx::PendingFile;
 use crate::state::{RunRecord, State};
 
@@ -73,10 +72,20 @@ pub struct Snapshot {
     pub alerts_active: usize,
 }
 
-/// Reads the snapshot from the state database and the gateway's files.
-pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
-    let mut jobs = Vec::with_capacity(config.jobs.len());
-    for job in &config.jobs {
+/// A job of the jobs file as the metrics file names it: its name and its kind's.
+pub struct Named<'a> {
+    pub name: &'a str,
+    pub kind: &'static str,
+}
+
+/// Reads the snapshot of `jobs` from the state database and the gateway's files (`database`).
+pub fn gather(
+    jobs_of_file: &[Named<'_>],
+    database: &Path,
+    state: &State,
+) -> anyhow::Result<Snapshot> {
+    let mut jobs = Vec::with_capacity(jobs_of_file.len());
+    for job in jobs_of_file {
         let last_success = state.last_success(&job.name)?;
         let figures = last_success
             .as_ref()
@@ -98,8 +107,8 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
                 None
             });
         jobs.push(JobMetrics {
-            name: job.name.clone(),
-            kind: job.kind.name(),
+            name: job.name.to_string(),
+            kind: job.kind,
             last_run: state.last_run_settled(&job.name)?,
             last_success: last_success.map(|r| r.started_at),
             figures,
@@ -108,7 +117,6 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
         });
     }
     let size = |path: &Path| std::fs::metadata(path).ok().map(|m| m.len());
-    let database = &config.gateway.database;
     let wal = crate::sqlite::companion(database, crate::sqlite::WAL);
     Ok(Snapshot {
         jobs,
@@ -407,8 +415,13 @@ pub fn render(snapshot: &Snapshot) -> String {
 ///
 /// The file is mode 0644, unlike everything else caretaker writes: it holds no secret, and
 /// node_exporter reads it as another user.
-pub fn write(config: &Config, state: &State, path: &Path) -> anyhow::Result<()> {
-    let text = render(&gather(config, state)?);
+pub fn write(
+    jobs: &[Named<'_>],
+    database: &Path,
+    state: &State,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let text = render(&gather(jobs, database, state)?);
     let mut pending = PendingFile::create(path).with_context(|| {
         format!(
             "writing the metrics file {} (check metrics_file and that its directory exists)",

@@ -10,8 +10,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::alerts::{self, Alert, AlertEvent, Severity};
+use crate::checks::values::SignalName;
 use crate::config::Config;
-use crate::config::values::SignalName;
 use crate::jobs::{Context, Job, Report, Stop, Stopped};
 use crate::locks;
 use crate::redact;
@@ -380,7 +380,19 @@ fn finish(
     // Only recorded runs change what the metrics file shows.
     if run_id.is_some()
         && let Some(path) = &config.metrics_file
-        && let Err(e) = crate::metrics::write(config, state, path)
+        && let Err(e) = crate::metrics::write(
+            &config
+                .jobs
+                .iter()
+                .map(|j| crate::metrics::Named {
+                    name: &j.name,
+                    kind: j.kind.name(),
+                })
+                .collect::<Vec<_>>(),
+            &config.gateway.database,
+            state,
+            path,
+        )
     {
         tracing::warn!(error = %format!("{e:#}"), "could not rewrite the metrics file");
     }

@@ -7,8 +7,8 @@ use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 
-use crate::config::Checks;
-use crate::config::values;
+use crate::checks::Checks;
+use crate::checks::values;
 
 /// Apantli's busy timeout: a write waits this long for a lock before the row is lost.
 pub const APANTLI_BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -19,10 +19,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use serde::Deserialize;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::config::values::{self, Share, Size};
-use crate::config::Checks;
+use crate::checks::values::{self, Share, Size};
+use crate::checks::Checks;
 use crate::gateway::Gateway;
 use crate::units;
 
@@ -80,7 +80,7 @@ pub struct Spec {
     pub error_rate_max: Option<ErrorRate>,
 }
 
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     fn depends_on(&self) -> Vec<(&'static str, &str)> {
         self.backup_max_age
             .iter()
@@ -543,7 +543,7 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
                 facts.requests = Some(counts);
                 facts.longest_statement = Some(longest);
             }
-            Err(e) if e.is::<super::Stopped>() => return Err(e),
+            Err(e) if e.is::<crate::stop::Stopped>() => return Err(e),
             Err(e) => facts.problems.push(format!("error_rate_max: {e:#}")),
         }
     }

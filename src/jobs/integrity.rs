@@ -15,10 +15,10 @@ use anyhow::Context as _;
 use rusqlite::{Connection, ErrorCode};
 use serde::Deserialize;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::{self, ScratchDb, free_bytes, snapshot};
-use crate::config::Checks;
+use crate::checks::Checks;
 use crate::gateway::Gateway;
 use crate::units;
 use crate::writelock::journal_mode;
@@ -58,7 +58,7 @@ pub struct Spec {
     pub copy: Copy,
 }
 
-impl super::Contract for Spec {}
+impl crate::jobs::contract::Contract for Spec {}
 
 pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec> {
     Some(Spec {

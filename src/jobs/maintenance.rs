@@ -18,11 +18,11 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::{self, ScratchDb, snapshot};
-use crate::config::values::Share;
-use crate::config::Checks;
+use crate::checks::values::Share;
+use crate::checks::Checks;
 use crate::gateway::{Gateway, Preset};
 use crate::units::{self, millis as ms};
 use crate::writelock::{self, Pacer};
@@ -121,7 +121,7 @@ pub struct Spec {
     pub vacuum_convert: bool,
 }
 
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
         gateway_problems(self, gateway)
     }

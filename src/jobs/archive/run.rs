@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::encode::Encoder;
 use super::select::{self, Bound, Row, Selection, Table};
-use super::{Format, Rows, Spec, Then};
+use super::spec::{Format, Rows, Spec, Then};
 use crate::fsx::{self, PendingFile};
 use crate::gateway::Preset;
-use crate::jobs::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::pgzip::ParallelGzWriter;
 use crate::units::{self, millis as ms};
 use crate::writelock::{HOLD_LIMIT, Pacer};

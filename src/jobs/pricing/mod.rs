@@ -18,9 +18,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params_from_iter};
 use serde::Deserialize;
 
-use super::{Context, Report};
-use crate::config::values;
-use crate::config::Checks;
+use crate::jobs::contract::{Context, Report};
+use crate::checks::values;
+use crate::checks::Checks;
 use crate::gateway::{CostColumns, Gateway, Preset};
 // Label values in figure names are quoted as in the metrics file.
 use crate::metrics::escape_label as label;
@@ -54,7 +54,7 @@ pub struct Spec {
     pub aliases: BTreeMap<String, String>,
 }
 
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     /// The price file, with `watch: true`: a change reprices at once.
     fn watches(&self) -> Vec<PathBuf> {
         if self.watch {
@@ -983,6 +983,15 @@ mod tests {
             },
             old,
         }
+    }
+
+    /// The bound the docs promise for pricing's locks is 4 times the longest batch it aims at.
+    #[test]
+    fn the_lock_bound_is_four_times_the_batch_s_longest() {
+        assert_eq!(
+            crate::writelock::bound("pricing").unwrap().for_bytes(0),
+            MAX_LOCK * 4
+        );
     }
 
     #[test]
