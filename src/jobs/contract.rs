@@ -109,6 +109,13 @@ impl Report {
         self
     }
 
+    /// The report with `plan`'s lines as its `--dry-run` plan: a kind's plan is a type whose
+    /// `Display` is that output, one line each.
+    pub fn with_plan(mut self, plan: &impl fmt::Display) -> Self {
+        self.plan = plan.to_string().lines().map(str::to_string).collect();
+        self
+    }
+
     /// The summary and its figures on one line, the figures rounded for a person
     /// ([`crate::units::number`]); the state and the metrics keep them whole.
     pub fn summary_line(&self) -> String {

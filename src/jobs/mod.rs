@@ -315,6 +315,67 @@ mod tests {
         false
     }
 
+    /// The source of the kind's own file, or of every file in its own folder.
+    fn kind_source(module: &str) -> String {
+        let jobs = root().join("src/jobs");
+        let file = jobs.join(format!("{module}.rs"));
+        if file.is_file() {
+            return fs::read_to_string(&file).unwrap();
+        }
+        let mut text = String::new();
+        let mut stack = vec![jobs.join(module)];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    text.push_str(&fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        text
+    }
+
+    /// Kinds whose pure step still goes by another name than `plan`, with that name: each
+    /// has it and its table test, and the list shrinks as they are renamed.
+    const PURE_STEP_NAMED_OTHERWISE: &[(&str, &str)] = &[
+        ("verify", "choose"),
+        ("health", "evaluate"),
+        ("budget", "decide"),
+    ];
+
+    /// Every kind has its pure step, `plan(spec, facts, now, …)`, and a test that calls it
+    /// (its table test): a new kind that plans inside its I/O fails here.
+    #[test]
+    fn every_registered_kind_has_its_plan_and_its_plan_test_table() {
+        for (name, module) in MODULES {
+            let source = kind_source(module);
+            let step = PURE_STEP_NAMED_OTHERWISE
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("plan", |(_, step)| *step);
+            assert!(
+                source.contains(&format!("pub fn {step}(")),
+                "kind `{name}` has no pure `pub fn {step}(` in src/jobs/{module}"
+            );
+            let calls = |body: &str| {
+                body.match_indices(&format!("{step}("))
+                    .any(|(i, _)| !body[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+            };
+            assert!(
+                source.split("#[test]").skip(1).any(calls),
+                "kind `{name}` has no test that calls its `{step}` in src/jobs/{module}"
+            );
+            if step != "plan" {
+                assert!(
+                    !source.contains("pub fn plan("),
+                    "kind `{name}` has its `plan` now: take it off PURE_STEP_NAMED_OTHERWISE"
+                );
+            }
+        }
+    }
+
     /// Adding a kind is one folder, one line in the registry and one doc page: every kind the
     /// registry lists has its page, its block in the example jobs file, and tests in its own
     /// folder; and every page under docs/jobs is a registered kind's.

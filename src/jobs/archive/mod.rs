@@ -8,6 +8,7 @@
 //! deletes first: no row lost, none in two files.
 
 mod encode;
+pub mod plan;
 mod run;
 mod select;
 mod spec;
