@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -13,6 +14,12 @@ use super::spec::{Spec, Then};
 use crate::gateway::TimeFormat;
 use crate::jobs::contract::Report;
 use crate::units;
+use crate::writelock::HOLD_LIMIT;
+
+/// What each write transaction's planned size aims at; the rows per transaction adapt. Above
+/// the run's `STOP_DELETING`, so that most transactions end there, as long as allowed: each one costs
+/// the gateway the same room after it.
+pub const TARGET_HOLD: Duration = HOLD_LIMIT;
 
 /// The cut-off: rows older than this are archived. `older_than` is elapsed time, not calendar
 /// days in the zone, so a day across a DST change is 24 hours.
@@ -104,7 +111,7 @@ pub fn plan(
         Then::Delete => format!(
             "delete: {rows} rows ({}) from `{table}` in write transactions of about {} each",
             units::bytes(bytes),
-            units::duration(super::run::TARGET_HOLD)
+            units::duration(TARGET_HOLD)
         ),
         Then::StripPayloads => format!(
             "strip: set {} to NULL in {rows} rows of `{table}` ({} of payloads)",

@@ -12,7 +12,7 @@ use rusqlite::{Connection, ToSql};
 use serde::{Deserialize, Serialize};
 
 use super::encode::Encoder;
-use super::plan::{self, Facts, Left};
+use super::plan::{self, Facts, Left, TARGET_HOLD};
 use super::select::{self, Bound, Row, Selection, Table};
 use super::spec::{Format, Rows, Spec, Then};
 use crate::fsx::{self, PendingFile};
@@ -29,10 +29,6 @@ const WINDOW: usize = 20_000;
 /// How long one read transaction may hold its shared lock before it stops and hands back the
 /// rows read so far: within [`HOLD_LIMIT`], with a row's read and the statement's end to spare.
 const READ_HOLD: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(1));
-/// What each write transaction's planned size aims at; the rows per transaction adapt. Above
-/// [`STOP_DELETING`], so that most transactions end there, as long as allowed: each one costs
-/// the gateway the same room after it.
-pub(super) const TARGET_HOLD: Duration = HOLD_LIMIT;
 /// Where a write transaction stops deleting whatever its planned size, leaving the commit
 /// (about a millisecond on tmpfs, a few on a loaded machine) within [`HOLD_LIMIT`].
 const STOP_DELETING: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(2));
