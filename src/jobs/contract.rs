@@ -11,10 +11,22 @@ use crate::alerts::AlertEvent;
 use crate::gateway::{Gateway, Preset};
 use crate::state::State;
 use crate::stop::{Stop, Stopped};
+use crate::writelock::Bound;
 
 /// What a directory of [`Contract::writes`] holds when it holds backups: verify finds the
 /// directory of the backup job it names by it.
 pub const BACKUPS: &str = "backups";
+
+/// How the locks of an operation are judged against a bound ([`Contract::operation_bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// By the kind's bound, as its other locks.
+    ByTheKind,
+    /// By a bound of the operation's own.
+    By(Bound),
+    /// Not at all: the operator consented to a lock of any length, and the kind reports it.
+    Not,
+}
 
 /// What the rest of the program may ask of a kind's validated spec, so that no code outside a
 /// kind matches on another kind. The defaults say "none" for a kind that has nothing to tell.
@@ -51,6 +63,15 @@ pub trait Contract {
     /// Files whose change runs the job: the daemon watches them.
     fn watches(&self) -> Vec<PathBuf> {
         Vec::new()
+    }
+
+    /// How the locks of an operation the kind names apart ([`crate::writelock::operation`])
+    /// are judged, where not by the kind's bound ([`crate::writelock::bound`]): a VACUUM the
+    /// operator consented to is held to its own `vacuum_max_lock`, not to the 250 ms of
+    /// maintenance's statements. `preset` is the gateway's, whose busy timeout a bound may
+    /// come from.
+    fn operation_bound(&self, _operation: &str, _preset: Preset) -> Judged {
+        Judged::ByTheKind
     }
 
     /// Warnings that `check` and the daemon's start give once about this job's settings

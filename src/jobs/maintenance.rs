@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
 
-use crate::jobs::contract::{Context, Report};
+use crate::jobs::contract::{Context, Judged, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::{self, ScratchDb, snapshot};
 use crate::checks::values::Share;
@@ -129,7 +129,30 @@ impl crate::jobs::contract::Contract for Spec {
     fn advice(&self, path: &str, preset: Preset) -> Vec<String> {
         advice(self, path, preset)
     }
+
+    /// A full VACUUM is held to its own bound, not to the 250 ms of the job's statements: the
+    /// one `vacuum: auto` runs under (`vacuum_max_lock`, or a share of the gateway's busy
+    /// timeout); one the operator consented to (`vacuum: always`, `vacuum_convert`) to none,
+    /// and the job's summary says how long it held.
+    fn operation_bound(&self, operation: &str, preset: Preset) -> Judged {
+        if operation != VACUUM {
+            return Judged::ByTheKind;
+        }
+        if self.vacuum == Vacuum::Always || self.vacuum_convert {
+            return Judged::Not;
+        }
+        match lock_bound(self, preset) {
+            Ok(bound) => Judged::By(writelock::Bound {
+                fixed: bound,
+                per_gib: Duration::ZERO,
+            }),
+            Err(_) => Judged::Not,
+        }
+    }
 }
+
+/// The operation a full VACUUM's lock is recorded as ([`writelock::operation`]).
+pub const VACUUM: &str = "vacuum";
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let vacuum = raw.vacuum.unwrap_or(Vacuum::Auto);
@@ -691,10 +714,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         } else {
             "VACUUM"
         };
+        let vacuum = writelock::operation(VACUUM);
         let (_, held) = pacer.statement(&conn, |c| {
             c.execute_batch(sql)
                 .with_context(|| format!("running VACUUM on {}", db.display()))
         })?;
+        drop(vacuum);
         vacuumed.full = Some(held);
         ctx.alerts.push(resolve(
             &space_key,

@@ -20,7 +20,7 @@ use crate::schedule::Schedule;
 pub use crate::stop::{Stop, Stopped};
 
 mod contract;
-pub use contract::{Context, Contract, Report};
+pub use contract::{Context, Contract, Judged, Report};
 
 /// The registry: one line per kind, `field => module::Variant`, where `field` is the kind's
 /// block key in the jobs file (and its name), `module` its folder under `src/jobs/` (with a
@@ -146,6 +146,17 @@ impl Kind {
     /// See [`Contract::writes`].
     pub fn writes(&self) -> Vec<(PathBuf, &'static str)> {
         self.contract().writes()
+    }
+
+    /// The bound a lock of `operation` ("" for the kind's ordinary locks) is judged against,
+    /// `None` when it is not judged: the kind's ([`crate::writelock::bound`]) unless its
+    /// [`Contract::operation_bound`] says otherwise.
+    pub fn lock_bound(&self, operation: &str, preset: Preset) -> Option<crate::writelock::Bound> {
+        match self.contract().operation_bound(operation, preset) {
+            Judged::ByTheKind => crate::writelock::bound(self.name()),
+            Judged::By(bound) => Some(bound),
+            Judged::Not => None,
+        }
     }
 
     /// See [`Contract::watches`].
