@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::backup::{self, ScratchDb, free_bytes, snapshot};
+use crate::backup::{self, snapshot};
 use crate::checks::Checks;
 use crate::gateway::Gateway;
 use crate::units;
@@ -354,24 +354,14 @@ fn check_a_copy(
     job: &str,
     depth: Depth,
 ) -> anyhow::Result<(Findings, Duration)> {
-    // One fixed name per job: the job lock keeps two runs of it apart, and a run killed midway
-    // leaves a copy that the next run removes first.
-    let copy = ScratchDb(state_dir.join(format!("integrity-{job}.copy.db")));
-    copy.remove()?;
-    let needed = database_bytes(&gateway.database)?;
-    let free = free_bytes(state_dir)?;
-    if free < needed {
-        anyhow::bail!(
-            "not enough free space in {} for a copy of {} to check: about {} needed, {} available; \
-             free space there, or set `copy: never` to check the live database (its commits then wait \
-             for the whole check)",
-            state_dir.display(),
-            gateway.database.display(),
-            units::bytes(needed),
-            units::bytes(free)
-        );
-    }
-    let snap = match snapshot::take(gateway, &copy.0) {
+    let (_copy, snap) = snapshot::scratch_copy(
+        gateway,
+        state_dir,
+        &format!("integrity-{job}.copy.db"),
+        &format!("a copy of {} to check", gateway.database.display()),
+        "free space there, or set `copy: never` to check the live database (its commits then wait for the whole check)",
+    )?;
+    let snap = match snap {
         Ok(snap) => snap,
         // A file too damaged to copy is what the check is there to find.
         Err(e)
@@ -388,11 +378,7 @@ fn check_a_copy(
         }
         Err(e) => return Err(e.context("copying the gateway database to check the copy")),
     };
-    let conn = crate::sqlite::open(
-        &snap.path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening the copy {}", snap.path.display()))?;
+    let conn = snap.open_copy("the copy")?;
     let findings = check(&conn, depth)?;
     drop(conn);
     Ok((findings, snap.held))

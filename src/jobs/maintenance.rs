@@ -15,12 +15,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::Connection;
 use serde::Deserialize;
 
 use crate::jobs::contract::{Context, Judged, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::backup::{self, ScratchDb, snapshot};
+use crate::backup::{self, snapshot};
 use crate::checks::values::Share;
 use crate::checks::Checks;
 use crate::gateway::{Gateway, Preset};
@@ -483,20 +483,13 @@ pub fn refuse_unless_sqlite(db: &Path) -> anyhow::Result<()> {
 
 /// Refuses a SQLite database without the gateway's table: not the gateway's file.
 fn refuse_without_table(conn: &Connection, gateway: &Gateway) -> anyhow::Result<()> {
-    let found: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [&gateway.table],
-            |r| r.get(0),
-        )
-        .optional()
-        .with_context(|| {
+    let found = crate::sqlite::has_table(conn, &gateway.table).with_context(|| {
             format!(
                 "reading the schema of the gateway database {}",
                 gateway.database.display()
             )
         })?;
-    if found.is_none() {
+    if !found {
         anyhow::bail!(
             "the gateway database {} has no table `{}`, which the {} schema names: is gateway.database the gateway's file? caretaker maintains nothing it cannot recognise",
             gateway.database.display(),
@@ -516,22 +509,15 @@ fn trial(
     job: &str,
     convert: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
-    // One fixed name per job: the job lock keeps two runs apart, and a copy a killed run left
-    // is removed first.
-    let copy = ScratchDb(state_dir.join(format!("maintenance-{job}.trial.db")));
-    copy.remove()?;
-    backup::ensure_free(
+    let (_copy, snap) = snapshot::scratch_copy(
+        gateway,
         state_dir,
-        backup::database_bytes(&gateway.database),
+        &format!("maintenance-{job}.trial.db"),
         "a copy of the gateway database to time a trial VACUUM on",
+        backup::MAKE_ROOM,
     )?;
-    let snap = snapshot::take(gateway, &copy.0)
-        .context("copying the gateway database to time a trial VACUUM")?;
-    let conn = crate::sqlite::open(
-        &snap.path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening the trial copy {}", snap.path.display()))?;
+    let snap = snap.context("copying the gateway database to time a trial VACUUM")?;
+    let conn = snap.open_copy("the trial copy")?;
     // A scratch copy needs no journal; without one, a large copy in memory does not need
     // room for a second.
     conn.execute_batch(&format!(

@@ -194,6 +194,16 @@ mod tests {
         }
     }
 
+    const DELETE: &str =
+        "delete: 4500 rows (3 MiB) from `requests` in write transactions of about 16 ms each";
+
+    /// The plan's `archive:` line for a cut-off as the time column spells it and in UTC.
+    fn archive(bound: &str, utc: &str) -> String {
+        format!(
+            "archive: 4500 rows of `requests` older than {bound} ({utc}, rows: all), 3 MiB of row data, into 3 jsonl.gz files in /srv/archives"
+        )
+    }
+
     /// One row per case: the clock, the zone, what was found, and the plan's lines.
     #[test]
     fn plan_table() {
@@ -216,7 +226,7 @@ mod tests {
         ];
         let mut sessions = facts(TimeFormat::UnixSeconds);
         sessions.orphaned_sessions = Some(3);
-        let cases: Vec<(&str, Spec, Facts, DateTime<Utc>, Tz, Vec<&str>)> = vec![
+        let cases: Vec<(&str, Spec, Facts, DateTime<Utc>, Tz, Vec<String>)> = vec![
             (
                 "ISO times, delete",
                 spec(90, Then::Delete),
@@ -224,8 +234,8 @@ mod tests {
                 utc(2026, 6, 1, 12),
                 chrono_tz::UTC,
                 vec![
-                    "archive: 4500 rows of `requests` older than '2026-03-03T12:00:00' (2026-03-03T12:00:00Z, rows: all), 3 MiB of row data, into 3 jsonl.gz files in /srv/archives",
-                    "delete: 4500 rows (3 MiB) from `requests` in write transactions of about 16 ms each",
+                    archive("'2026-03-03T12:00:00'", "2026-03-03T12:00:00Z"),
+                    DELETE.into(),
                 ],
             ),
             (
@@ -237,8 +247,8 @@ mod tests {
                 utc(2026, 3, 29, 12),
                 berlin,
                 vec![
-                    "archive: 4500 rows of `requests` older than 1774699200 (2026-03-28T12:00:00Z, rows: all), 3 MiB of row data, into 3 jsonl.gz files in /srv/archives",
-                    "strip: set request_data, response_data to NULL in 4500 rows of `requests` (2 MiB of payloads)",
+                    archive("1774699200", "2026-03-28T12:00:00Z"),
+                    "strip: set request_data, response_data to NULL in 4500 rows of `requests` (2 MiB of payloads)".into(),
                 ],
             ),
             (
@@ -248,8 +258,8 @@ mod tests {
                 utc(2026, 10, 25, 12),
                 berlin,
                 vec![
-                    "archive: 4500 rows of `requests` older than 1792843200000 (2026-10-24T12:00:00Z, rows: all), 3 MiB of row data, into 3 jsonl.gz files in /srv/archives",
-                    "delete: 4500 rows (3 MiB) from `requests` in write transactions of about 16 ms each",
+                    archive("1792843200000", "2026-10-24T12:00:00Z"),
+                    DELETE.into(),
                 ],
             ),
             (
@@ -259,10 +269,10 @@ mod tests {
                 utc(2026, 1, 2, 0),
                 chrono_tz::UTC,
                 vec![
-                    "resume: /srv/archives/a.jsonl.gz is complete; its 12 rows would be purged from `requests`",
-                    "resume: /srv/archives/b.jsonl.gz was never published; its rows are still in `requests` and are archived again",
-                    "archive: 4500 rows of `requests` older than 1767225600 (2026-01-01T00:00:00Z, rows: all), 3 MiB of row data, into 3 jsonl.gz files in /srv/archives",
-                    "delete: 4500 rows (3 MiB) from `requests` in write transactions of about 16 ms each",
+                    "resume: /srv/archives/a.jsonl.gz is complete; its 12 rows would be purged from `requests`".into(),
+                    "resume: /srv/archives/b.jsonl.gz was never published; its rows are still in `requests` and are archived again".into(),
+                    archive("1767225600", "2026-01-01T00:00:00Z"),
+                    DELETE.into(),
                 ],
             ),
             (
@@ -272,9 +282,9 @@ mod tests {
                 utc(2026, 1, 2, 0),
                 chrono_tz::UTC,
                 vec![
-                    "archive: 4500 rows of `requests` older than 1767225600 (2026-01-01T00:00:00Z, rows: all), 3 MiB of row data, into 3 jsonl.gz files in /srv/archives",
-                    "delete: 4500 rows (3 MiB) from `requests` in write transactions of about 16 ms each",
-                    "sessions: archive and delete 3 `sessions` rows older than the cut-off that have no usage records now (more once the rows above are deleted)",
+                    archive("1767225600", "2026-01-01T00:00:00Z"),
+                    DELETE.into(),
+                    "sessions: archive and delete 3 `sessions` rows older than the cut-off that have no usage records now (more once the rows above are deleted)".into(),
                 ],
             ),
         ];
