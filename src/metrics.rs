@@ -86,7 +86,7 @@ pub fn gather(
 ) -> anyhow::Result<Snapshot> {
     let mut jobs = Vec::with_capacity(jobs_of_file.len());
     for job in jobs_of_file {
-        let last_success = state.last_success(&job.name)?;
+        let last_success = state.last_success(job.name)?;
         let figures = last_success
             .as_ref()
             .map(|run| run_figures(state, run.id))
@@ -101,7 +101,7 @@ pub fn gather(
             })
             .unwrap_or_default();
         let locks = state
-            .get::<RunLocks>(LOCKS_NS, &job.name)
+            .get::<RunLocks>(LOCKS_NS, job.name)
             .unwrap_or_else(|e| {
                 tracing::debug!(job = %job.name, "lock figures not shown in the metrics file: {e:#}");
                 None
@@ -109,7 +109,7 @@ pub fn gather(
         jobs.push(JobMetrics {
             name: job.name.to_string(),
             kind: job.kind,
-            last_run: state.last_run_settled(&job.name)?,
+            last_run: state.last_run_settled(job.name)?,
             last_success: last_success.map(|r| r.started_at),
             figures,
             budgets,

@@ -459,7 +459,14 @@ mod tests {
     /// `vacuum_max_lock`.
     #[test]
     fn a_vacuum_is_judged_against_its_own_bound() {
-        let cases: [(&str, &[(u64, &'static str)], bool, &str); 6] = [
+        // (the maintenance block, the run's locks as (ms, operation), raised, words said)
+        type Case = (
+            &'static str,
+            &'static [(u64, &'static str)],
+            bool,
+            &'static str,
+        );
+        let cases: [Case; 6] = [
             ("vacuum: always", &[(3_000, VACUUM), (10, "")], false, ""),
             (
                 "vacuum: always",

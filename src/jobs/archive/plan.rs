@@ -226,7 +226,9 @@ mod tests {
         ];
         let mut sessions = facts(TimeFormat::UnixSeconds);
         sessions.orphaned_sessions = Some(3);
-        let cases: Vec<(&str, Spec, Facts, DateTime<Utc>, Tz, Vec<String>)> = vec![
+        // (what the case shows, spec, facts, now, zone, the plan's lines)
+        type Case = (&'static str, Spec, Facts, DateTime<Utc>, Tz, Vec<String>);
+        let cases: Vec<Case> = vec![
             (
                 "ISO times, delete",
                 spec(90, Then::Delete),
