@@ -11,6 +11,7 @@
 //! database to `auto_vacuum = INCREMENTAL` once and then gives free pages back in short paced
 //! transactions (`PRAGMA incremental_vacuum(N)`), each of them timed against [`STEP_BOUND`].
 
+use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -325,6 +326,8 @@ pub struct Plan {
     pub checkpoint_note: Option<String>,
     pub analyze: bool,
     pub vacuum: VacuumDecision,
+    /// The database as planned from, which the plan's words quote.
+    pub facts: Facts,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -397,6 +400,7 @@ pub fn plan(spec: &Spec, facts: &Facts, bound: &Result<Duration, String>) -> Pla
         checkpoint_note,
         analyze: spec.analyze,
         vacuum,
+        facts: *facts,
     }
 }
 
@@ -585,9 +589,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let skipped_key = format!("vacuum-skipped:{}", ctx.job);
     let lock_key = format!("vacuum-lock:{}", ctx.job);
     if ctx.dry_run {
-        let mut report = Report::new(format!("would maintain {}", db.display()));
-        report.plan = describe(&plan, &before);
-        return Ok(report);
+        let report = Report::new(format!("would maintain {}", db.display()));
+        return Ok(report.with_plan(&plan));
     }
     let files_before = backup::database_bytes(db);
     let mut pacer = Pacer::new(&conn)?;
@@ -869,51 +872,59 @@ fn reclaim(
     Ok(())
 }
 
-fn describe(plan: &Plan, facts: &Facts) -> Vec<String> {
-    let mut lines = Vec::new();
-    if let Some(note) = &plan.checkpoint_note {
-        lines.push(note.clone());
+/// The `--dry-run` output: one line per step.
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let facts = &self.facts;
+        if let Some(note) = &self.checkpoint_note {
+            writeln!(f, "{note}")?;
+        }
+        if let Some(mode) = self.checkpoint {
+            writeln!(
+                f,
+                "{}",
+                format!("checkpoint: {mode:?} checkpoint of the WAL").to_lowercase()
+            )?;
+        }
+        if self.analyze {
+            writeln!(
+                f,
+                "analyze: ANALYZE (sampling {ANALYSIS_LIMIT} rows per index) then PRAGMA optimize"
+            )?;
+        }
+        let rewrite = |convert: bool| {
+            format!(
+                "rewrite {} ({}){} under an exclusive lock",
+                units::bytes(facts.bytes()),
+                facts.free_text(),
+                if convert {
+                    " switching it to auto_vacuum = INCREMENTAL"
+                } else {
+                    ""
+                }
+            )
+        };
+        let vacuum = match &self.vacuum {
+            VacuumDecision::Skip(why) => format!("vacuum: skipped, {why}"),
+            VacuumDecision::Blocked(why) => format!("vacuum: skipped with an alert, {why}"),
+            VacuumDecision::Trial { convert, bound } => format!(
+                "vacuum: VACUUM a copy first; if that, times {TRIAL_MARGIN}, is within {}, {}",
+                units::duration(*bound),
+                rewrite(*convert)
+            ),
+            VacuumDecision::Run { convert } => format!("vacuum: {}", rewrite(*convert)),
+            VacuumDecision::Incremental => format!(
+                "vacuum: give back {} in paced PRAGMA incremental_vacuum steps",
+                facts.free_text()
+            ),
+            VacuumDecision::NoRoom { needed, available } => format!(
+                "vacuum: would be refused, needs {} free, {} available",
+                units::bytes(*needed),
+                units::bytes(*available)
+            ),
+        };
+        writeln!(f, "{vacuum}")
     }
-    if let Some(mode) = plan.checkpoint {
-        lines.push(format!("checkpoint: {mode:?} checkpoint of the WAL").to_lowercase());
-    }
-    if plan.analyze {
-        lines.push(format!(
-            "analyze: ANALYZE (sampling {ANALYSIS_LIMIT} rows per index) then PRAGMA optimize"
-        ));
-    }
-    let rewrite = |convert: bool| {
-        format!(
-            "rewrite {} ({}){} under an exclusive lock",
-            units::bytes(facts.bytes()),
-            facts.free_text(),
-            if convert {
-                " switching it to auto_vacuum = INCREMENTAL"
-            } else {
-                ""
-            }
-        )
-    };
-    lines.push(match &plan.vacuum {
-        VacuumDecision::Skip(why) => format!("vacuum: skipped, {why}"),
-        VacuumDecision::Blocked(why) => format!("vacuum: skipped with an alert, {why}"),
-        VacuumDecision::Trial { convert, bound } => format!(
-            "vacuum: VACUUM a copy first; if that, times {TRIAL_MARGIN}, is within {}, {}",
-            units::duration(*bound),
-            rewrite(*convert)
-        ),
-        VacuumDecision::Run { convert } => format!("vacuum: {}", rewrite(*convert)),
-        VacuumDecision::Incremental => format!(
-            "vacuum: give back {} in paced PRAGMA incremental_vacuum steps",
-            facts.free_text()
-        ),
-        VacuumDecision::NoRoom { needed, available } => format!(
-            "vacuum: would be refused, needs {} free, {} available",
-            units::bytes(*needed),
-            units::bytes(*available)
-        ),
-    });
-    lines
 }
 
 fn checkpoint(
@@ -1247,6 +1258,31 @@ mod tests {
             ..spec(Vacuum::Never)
         };
         assert_eq!(plan(&off, &facts(false, 0, 0), &none).checkpoint_note, None);
+    }
+
+    /// The plan's words are the `--dry-run` output, one line per step.
+    #[test]
+    fn plan_reads_as_the_dry_run() {
+        let bound: Result<Duration, String> = Ok(TWO_S);
+        let cases = [
+            (
+                spec(Vacuum::Never),
+                facts(false, 0, ROOM),
+                "checkpoint skipped: the database uses a rollback journal, not WAL\n\
+                 analyze: ANALYZE (sampling 1000 rows per index) then PRAGMA optimize\n\
+                 vacuum: skipped, vacuum: never\n",
+            ),
+            (
+                spec(Vacuum::Auto),
+                facts(true, 500, ROOM),
+                "checkpoint: passive checkpoint of the wal\n\
+                 analyze: ANALYZE (sampling 1000 rows per index) then PRAGMA optimize\n\
+                 vacuum: VACUUM a copy first; if that, times 4, is within 2 s, rewrite 3.91 MiB (500 of 1000 pages (50.0%, 1.95 MiB) are free) under an exclusive lock\n",
+            ),
+        ];
+        for (spec, facts, want) in cases {
+            assert_eq!(plan(&spec, &facts, &bound).to_string(), want);
+        }
     }
 
     #[test]
