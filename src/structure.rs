@@ -209,10 +209,13 @@ fn is_ident(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// The paths of a `use` tree (`a::{b, c::{self, d}}`), each as its segments; a glob or
+/// A path a `use` brings in, and the name it is brought in as when renamed (`as name`).
+type UsePath = (Vec<String>, Option<String>);
+
+/// The paths of a `use` tree (`a::{b, c::{self, d as e}}`), each as its segments; a glob or
 /// `self` stands for the module before it.
-fn use_paths(tree: &str) -> Vec<Vec<String>> {
-    fn parse(s: &[char], i: &mut usize, prefix: &[String], out: &mut Vec<Vec<String>>) {
+fn use_paths(tree: &str) -> Vec<UsePath> {
+    fn parse(s: &[char], i: &mut usize, prefix: &[String], out: &mut Vec<UsePath>) {
         let mut path = prefix.to_vec();
         loop {
             while *i < s.len() && s[*i].is_whitespace() {
@@ -240,7 +243,7 @@ fn use_paths(tree: &str) -> Vec<Vec<String>> {
             }
             if s[*i] == '*' {
                 *i += 1;
-                out.push(path);
+                out.push((path, None));
                 return;
             }
             let start = *i;
@@ -251,7 +254,7 @@ fn use_paths(tree: &str) -> Vec<Vec<String>> {
             if word.is_empty() {
                 // `}` or `,`: the caller's.
                 if !path.is_empty() && path.len() > prefix.len() {
-                    out.push(path);
+                    out.push((path, None));
                 }
                 return;
             }
@@ -266,13 +269,16 @@ fn use_paths(tree: &str) -> Vec<Vec<String>> {
                 continue;
             }
             // `as alias` ends the path.
+            let mut alias = None;
             if s[*i..].starts_with(&['a', 's']) {
                 *i += 2;
+                let from = *i;
                 while *i < s.len() && (s[*i].is_whitespace() || is_ident(s[*i])) {
                     *i += 1;
                 }
+                alias = Some(s[from..*i].iter().collect::<String>().trim().to_string());
             }
-            out.push(path);
+            out.push((path, alias));
             return;
         }
     }
@@ -286,9 +292,13 @@ fn use_paths(tree: &str) -> Vec<Vec<String>> {
 /// A path read in a file: the inline modules (`mod name { … }`) it stands in, and its segments.
 type Found = (Vec<String>, Vec<String>);
 
+/// A `use` path: the name it brings in, whether it is re-exported (`pub use`, `pub(crate)
+/// use`), and the path.
+type Use = (String, bool, Found);
+
 /// Every `a::b::c` path in the code outside `use` declarations, and every `use` path, each
-/// with the inline modules it stands in; the `use` paths come with the name they bring in.
-fn paths(code: &str) -> (Vec<Found>, Vec<(String, Found)>) {
+/// with the inline modules it stands in.
+fn paths(code: &str) -> (Vec<Found>, Vec<Use>) {
     let chars: Vec<char> = code.chars().collect();
     let mut inline = Vec::new();
     let mut uses = Vec::new();
@@ -343,9 +353,16 @@ fn paths(code: &str) -> (Vec<Found>, Vec<(String, Found)>) {
                 .position(|&c| c == ';')
                 .map_or(chars.len(), |p| p + i);
             let tree: String = chars[i..end].iter().collect();
-            for path in use_paths(&tree) {
-                if let Some(last) = path.last() {
-                    uses.push((last.clone(), (here.clone(), path)));
+            let before: String = chars[..start].iter().collect();
+            let before = before.trim_end();
+            let public = before.ends_with("pub")
+                || before.ends_with(')')
+                    && before
+                        .rfind('(')
+                        .is_some_and(|p| before[..p].trim_end().ends_with("pub"));
+            for (path, alias) in use_paths(&tree) {
+                if let Some(name) = alias.or_else(|| path.last().cloned()) {
+                    uses.push((name, public, (here.clone(), path)));
                 }
             }
             i = end;
@@ -378,20 +395,37 @@ pub fn graph(src: &Path) -> Graph {
         .iter()
         .map(|f| (f.module.clone(), f.name.clone()))
         .collect();
+    let read: Vec<(Vec<Found>, Vec<Use>)> = files.iter().map(|f| paths(&f.code)).collect();
+    // What each file re-exports, by name: a path through a re-export leads to the file that
+    // holds the item (`crate::config::values::Duration` to `checks/values.rs`), as it does for
+    // the compiler.
+    let mut reexports: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+    for (file, (_, uses)) in files.iter().zip(&read) {
+        for (name, public, (inner, path)) in uses {
+            if *public
+                && inner.is_empty()
+                && let Some(abs) = absolute(file, inner, path, &by_module)
+            {
+                reexports
+                    .entry(file.name.clone())
+                    .or_default()
+                    .insert(name.clone(), abs);
+            }
+        }
+    }
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in &files {
-        let (inline, uses) = paths(&file.code);
+    for (file, (inline, uses)) in files.iter().zip(&read) {
         // Names a `use` brought in, so that `backup::snapshot::take` after `use
         // crate::backup` is read in full.
         let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
         let mut targets = Vec::new();
-        for (name, (inner, path)) in &uses {
+        for (name, _, (inner, path)) in uses {
             if let Some(abs) = absolute(file, inner, path, &by_module) {
                 aliases.insert(name.clone(), abs.clone());
                 targets.push(abs);
             }
         }
-        for (inner, path) in &inline {
+        for (inner, path) in inline {
             if let Some(abs) = absolute(file, inner, path, &by_module) {
                 targets.push(abs);
             } else if let Some(base) = aliases.get(&path[0]) {
@@ -402,7 +436,7 @@ pub fn graph(src: &Path) -> Graph {
         }
         let entry = edges.entry(file.name.clone()).or_default();
         for abs in targets {
-            if let Some(target) = owner(&abs, &by_module)
+            if let Some(target) = owner(&abs, &by_module, &reexports, &file.name)
                 && target != file.name
             {
                 entry.insert(target);
@@ -459,11 +493,39 @@ fn absolute(
     Some(abs)
 }
 
-/// The file that holds the item at an absolute path: its longest prefix that is a module.
-fn owner(abs: &[String], by_module: &HashMap<Vec<String>, String>) -> Option<String> {
-    (0..=abs.len())
+/// The file that holds the item at an absolute path: its longest prefix that is a module,
+/// or, when that module re-exports the next name, the file the re-export leads to. `from`
+/// is the file reading the path: its own re-export of the item is an import, not a lead.
+fn owner(
+    abs: &[String],
+    by_module: &HashMap<Vec<String>, String>,
+    reexports: &HashMap<String, HashMap<String, Vec<String>>>,
+    from: &str,
+) -> Option<String> {
+    let mut abs = abs.to_vec();
+    // A chain of re-exports is followed a few steps at most: a re-export of itself ends it.
+    for _ in 0..8 {
+        let n = (0..=abs.len())
+            .rev()
+            .find(|&n| by_module.contains_key(&abs[..n]))?;
+        let file = &by_module[&abs[..n]];
+        let lead = (file != from)
+            .then(|| abs.get(n))
+            .flatten()
+            .and_then(|name| reexports.get(file)?.get(name));
+        match lead {
+            Some(target) if *target != abs[..=n] => {
+                let mut next = target.clone();
+                next.extend(abs[n + 1..].iter().cloned());
+                abs = next;
+            }
+            _ => return Some(file.clone()),
+        }
+    }
+    let n = (0..=abs.len())
         .rev()
-        .find_map(|n| by_module.get(&abs[..n]).cloned())
+        .find(|&n| by_module.contains_key(&abs[..n]))?;
+    Some(by_module[&abs[..n]].clone())
 }
 
 /// The strongly connected components of a graph (Tarjan), each sorted.
@@ -708,6 +770,12 @@ mod tests {
             "c/deep.rs",
             "use super::super::a;\nmod inner {\n    use super::f;\n}\n",
         );
+        // A path through a re-export leads to the file that holds the item.
+        write("d.rs", "pub use crate::c::deep::Thing;\n");
+        write(
+            "e.rs",
+            "use crate::d::Thing;\nfn f() {\n    crate::d::Thing::new();\n}\n",
+        );
         let g = graph(src);
         let to = |f: &str| -> Vec<&str> { g.edges[f].iter().map(String::as_str).collect() };
         assert_eq!(to("a/mod.rs"), ["a/x.rs", "b.rs"]);
@@ -715,9 +783,11 @@ mod tests {
         assert!(to("a/y.rs").is_empty(), "{:?}", to("a/y.rs"));
         assert_eq!(to("b.rs"), ["c/deep.rs"]);
         assert_eq!(to("c/deep.rs"), ["a/mod.rs"]);
+        assert_eq!(to("d.rs"), ["c/deep.rs"]);
+        assert_eq!(to("e.rs"), ["c/deep.rs"]);
         let (files, modules) = reads(src);
         assert_eq!(files.circles, ["a/mod.rs -> b.rs -> c/deep.rs -> a/mod.rs"]);
         assert_eq!(modules.circles, ["a -> c -> a"]);
-        assert_eq!((files.rooms, files.floors, files.in_circles), (7, 3, 3));
+        assert_eq!((files.rooms, files.floors, files.in_circles), (9, 4, 3));
     }
 }
