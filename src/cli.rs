@@ -179,7 +179,7 @@ fn check(path: &Path) -> u8 {
         Err(code) => return code,
     };
     // Said here and at the daemon's start, not at every `run-job` and `status`.
-    for w in crate::jobs::advice(&config) {
+    for w in crate::jobs::advice(&config.jobs, config.gateway.preset) {
         eprintln!("warning: {w}");
     }
     let now = Utc::now();

@@ -16,7 +16,7 @@ use notify::Watcher;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::alerts::{self, Alert, AlertEvent, Severity, Sink};
-use crate::config::values::SignalName;
+use crate::checks::values::SignalName;
 use crate::config::{self, Config};
 use crate::locks::Instance;
 use crate::runner::{self, Outcome, Trigger};
@@ -53,7 +53,10 @@ pub enum StartError {
 pub fn run(config_path: &Path) -> Result<(), StartError> {
     let (config, warnings) = config::load(config_path).map_err(StartError::Config)?;
     crate::logging::init(&config.log);
-    for w in warnings.into_iter().chain(crate::jobs::advice(&config)) {
+    for w in warnings
+        .into_iter()
+        .chain(crate::jobs::advice(&config.jobs, config.gateway.preset))
+    {
         tracing::warn!("{w}");
     }
     // Handlers first: once the pid file exists, `kill -USR1 $(cat caretaker.pid)` must find

@@ -246,7 +246,7 @@ pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Removes the files of `dir` whose names `stale` picks; returns their paths.
-fn sweep(dir: &Path, stale: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
+pub fn sweep(dir: &Path, stale: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,

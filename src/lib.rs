@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod backup;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -23,5 +24,8 @@ pub mod runner;
 pub mod schedule;
 pub mod sqlite;
 pub mod state;
+pub mod stop;
+#[cfg(test)]
+mod structure;
 pub mod units;
 pub mod writelock;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::jobs::{Stop, Stopped};
+use crate::stop::{Stop, Stopped};
 
 fn open(path: &Path) -> anyhow::Result<File> {
     if let Some(dir) = path.parent() {

@@ -15,7 +15,6 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::fsx::PendingFile;
 use crate::state::{RunRecord, State};
 
@@ -73,11 +72,21 @@ pub struct Snapshot {
     pub alerts_active: usize,
 }
 
-/// Reads the snapshot from the state database and the gateway's files.
-pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
-    let mut jobs = Vec::with_capacity(config.jobs.len());
-    for job in &config.jobs {
-        let last_success = state.last_success(&job.name)?;
+/// A job of the jobs file as the metrics file names it: its name and its kind's.
+pub struct Named<'a> {
+    pub name: &'a str,
+    pub kind: &'static str,
+}
+
+/// Reads the snapshot of `jobs` from the state database and the gateway's files (`database`).
+pub fn gather(
+    jobs_of_file: &[Named<'_>],
+    database: &Path,
+    state: &State,
+) -> anyhow::Result<Snapshot> {
+    let mut jobs = Vec::with_capacity(jobs_of_file.len());
+    for job in jobs_of_file {
+        let last_success = state.last_success(job.name)?;
         let figures = last_success
             .as_ref()
             .map(|run| run_figures(state, run.id))
@@ -92,15 +101,15 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
             })
             .unwrap_or_default();
         let locks = state
-            .get::<RunLocks>(LOCKS_NS, &job.name)
+            .get::<RunLocks>(LOCKS_NS, job.name)
             .unwrap_or_else(|e| {
                 tracing::debug!(job = %job.name, "lock figures not shown in the metrics file: {e:#}");
                 None
             });
         jobs.push(JobMetrics {
-            name: job.name.clone(),
-            kind: job.kind.name(),
-            last_run: state.last_run_settled(&job.name)?,
+            name: job.name.to_string(),
+            kind: job.kind,
+            last_run: state.last_run_settled(job.name)?,
             last_success: last_success.map(|r| r.started_at),
             figures,
             budgets,
@@ -108,7 +117,6 @@ pub fn gather(config: &Config, state: &State) -> anyhow::Result<Snapshot> {
         });
     }
     let size = |path: &Path| std::fs::metadata(path).ok().map(|m| m.len());
-    let database = &config.gateway.database;
     let wal = crate::sqlite::companion(database, crate::sqlite::WAL);
     Ok(Snapshot {
         jobs,
@@ -189,43 +197,54 @@ fn seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
 
+/// A gauge family of one sample without labels, when there is a `value`.
+fn gauge(out: &mut String, name: &str, help: &str, value: Option<f64>) {
+    let mut f = Family::new(out, name, "gauge", help);
+    if let Some(v) = value {
+        f.sample(name, &[], v);
+    }
+}
+
+/// A gauge family with one sample per job, for the jobs `value` gives one for.
+fn job_gauge(
+    out: &mut String,
+    jobs: &[JobMetrics],
+    name: &str,
+    help: &str,
+    value: impl Fn(&JobMetrics) -> Option<f64>,
+) {
+    let mut f = Family::new(out, name, "gauge", help);
+    for j in jobs {
+        if let Some(v) = value(j) {
+            f.sample(name, &[("job", &j.name), ("kind", j.kind)], v);
+        }
+    }
+}
+
 /// The metrics file's text. Series of a job that never ran (or never succeeded) are left out
 /// rather than written as 0, which would read as "ran at 1970".
 pub fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     let jobs = &snapshot.jobs;
-    {
-        let name = "caretaker_job_last_run_timestamp_seconds";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "When the job's last run started (Unix time).",
-        );
-        for j in jobs {
-            if let Some(run) = &j.last_run {
-                f.sample(
-                    name,
-                    &[("job", &j.name), ("kind", j.kind)],
-                    seconds(run.started_at),
-                );
-            }
-        }
-    }
-    {
-        let name = "caretaker_job_last_run_duration_seconds";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "How long the job's last finished run took.",
-        );
-        for j in jobs {
-            if let Some(d) = j.last_run.as_ref().and_then(RunRecord::duration) {
-                f.sample(name, &[("job", &j.name), ("kind", j.kind)], d.as_secs_f64());
-            }
-        }
-    }
+    job_gauge(
+        &mut out,
+        jobs,
+        "caretaker_job_last_run_timestamp_seconds",
+        "When the job's last run started (Unix time).",
+        |j| j.last_run.as_ref().map(|run| seconds(run.started_at)),
+    );
+    job_gauge(
+        &mut out,
+        jobs,
+        "caretaker_job_last_run_duration_seconds",
+        "How long the job's last finished run took.",
+        |j| {
+            j.last_run
+                .as_ref()
+                .and_then(RunRecord::duration)
+                .map(|d| d.as_secs_f64())
+        },
+    );
     {
         let name = "caretaker_job_last_result";
         let mut f = Family::new(
@@ -247,20 +266,13 @@ pub fn render(snapshot: &Snapshot) -> String {
             }
         }
     }
-    {
-        let name = "caretaker_job_last_success_timestamp_seconds";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "When the job's last successful run started (Unix time).",
-        );
-        for j in jobs {
-            if let Some(at) = j.last_success {
-                f.sample(name, &[("job", &j.name), ("kind", j.kind)], seconds(at));
-            }
-        }
-    }
+    job_gauge(
+        &mut out,
+        jobs,
+        "caretaker_job_last_success_timestamp_seconds",
+        "When the job's last successful run started (Unix time).",
+        |j| j.last_success.map(seconds),
+    );
     {
         let name = "caretaker_job_figure";
         let mut f = Family::new(
@@ -310,48 +322,25 @@ pub fn render(snapshot: &Snapshot) -> String {
             }
         }
     }
-    {
-        let name = "caretaker_job_locks_over_bound";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "How many of the job's last run's gateway locks were longer than the docs promise for its kind.",
-        );
-        for j in jobs {
-            if let Some(l) = &j.locks {
-                f.sample(
-                    name,
-                    &[("job", &j.name), ("kind", j.kind)],
-                    l.over_bound as f64,
-                );
-            }
-        }
-    }
-    {
-        let name = "caretaker_gateway_database_bytes";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "Size of the gateway's database file.",
-        );
-        if let Some(bytes) = snapshot.database_bytes {
-            f.sample(name, &[], bytes as f64);
-        }
-    }
-    {
-        let name = "caretaker_gateway_wal_bytes";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "Size of the gateway database's -wal file (0 when there is none).",
-        );
-        if let Some(bytes) = snapshot.wal_bytes {
-            f.sample(name, &[], bytes as f64);
-        }
-    }
+    job_gauge(
+        &mut out,
+        jobs,
+        "caretaker_job_locks_over_bound",
+        "How many of the job's last run's gateway locks were longer than the docs promise for its kind.",
+        |j| j.locks.as_ref().map(|l| l.over_bound as f64),
+    );
+    gauge(
+        &mut out,
+        "caretaker_gateway_database_bytes",
+        "Size of the gateway's database file.",
+        snapshot.database_bytes.map(|b| b as f64),
+    );
+    gauge(
+        &mut out,
+        "caretaker_gateway_wal_bytes",
+        "Size of the gateway database's -wal file (0 when there is none).",
+        snapshot.wal_bytes.map(|b| b as f64),
+    );
     for (name, help, value) in [
         (
             "caretaker_budget_spend_usd",
@@ -380,26 +369,18 @@ pub fn render(snapshot: &Snapshot) -> String {
             }
         }
     }
-    {
-        let name = "caretaker_alerts_undelivered";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "Alert deliveries waiting in the outbox (one per alert and sink).",
-        );
-        f.sample(name, &[], snapshot.alerts_undelivered as f64);
-    }
-    {
-        let name = "caretaker_alerts_active";
-        let mut f = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "Alert conditions currently raised and not resolved.",
-        );
-        f.sample(name, &[], snapshot.alerts_active as f64);
-    }
+    gauge(
+        &mut out,
+        "caretaker_alerts_undelivered",
+        "Alert deliveries waiting in the outbox (one per alert and sink).",
+        Some(snapshot.alerts_undelivered as f64),
+    );
+    gauge(
+        &mut out,
+        "caretaker_alerts_active",
+        "Alert conditions currently raised and not resolved.",
+        Some(snapshot.alerts_active as f64),
+    );
     out
 }
 
@@ -407,8 +388,13 @@ pub fn render(snapshot: &Snapshot) -> String {
 ///
 /// The file is mode 0644, unlike everything else caretaker writes: it holds no secret, and
 /// node_exporter reads it as another user.
-pub fn write(config: &Config, state: &State, path: &Path) -> anyhow::Result<()> {
-    let text = render(&gather(config, state)?);
+pub fn write(
+    jobs: &[Named<'_>],
+    database: &Path,
+    state: &State,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let text = render(&gather(jobs, database, state)?);
     let mut pending = PendingFile::create(path).with_context(|| {
         format!(
             "writing the metrics file {} (check metrics_file and that its directory exists)",

@@ -10,8 +10,9 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::alerts::{self, Alert, AlertEvent, Severity};
+use crate::checks::values::SignalName;
 use crate::config::Config;
-use crate::config::values::SignalName;
+use crate::gateway::Preset;
 use crate::jobs::{Context, Job, Report, Stop, Stopped};
 use crate::locks;
 use crate::redact;
@@ -123,7 +124,8 @@ pub fn run(
         catch_unwind(AssertUnwindSafe(|| job.kind.run(&mut ctx)))
     });
     let mut events = std::mem::take(&mut ctx.alerts);
-    let locks = (!dry_run).then(|| gateway_locks(state, job, &holds, &mut events));
+    let preset = config.gateway.preset;
+    let locks = (!dry_run).then(|| gateway_locks(state, job, preset, &holds, &mut events));
     let result = match result {
         Ok(r) => r.map(redacted),
         Err(panic) => {
@@ -224,12 +226,19 @@ fn redacted(mut report: Report) -> Report {
 /// The locks a run held on the gateway: kept for the metrics file, a warning for every one
 /// longer than the docs promise for the job's kind (resolved by a run with none), and the
 /// words for the summary ("" when it held none).
-fn gateway_locks(state: &State, job: &Job, holds: &[Hold], events: &mut Vec<AlertEvent>) -> String {
-    let Some(bound) = writelock::bound(job.kind.name()) else {
+fn gateway_locks(
+    state: &State,
+    job: &Job,
+    preset: Preset,
+    holds: &[Hold],
+    events: &mut Vec<AlertEvent>,
+) -> String {
+    // Kinds without a bound take no lock we pace.
+    if writelock::bound(job.kind.name()).is_none() {
         return String::new();
-    };
+    }
     let stats = writelock::lock_stats(&holds.iter().map(|h| h.held).collect::<Vec<_>>());
-    let over = writelock::over_bound(bound, holds);
+    let over = writelock::over_bound(|operation| job.kind.lock_bound(operation, preset), holds);
     let record = crate::metrics::RunLocks {
         stats,
         over_bound: over.len() as u64,
@@ -380,7 +389,19 @@ fn finish(
     // Only recorded runs change what the metrics file shows.
     if run_id.is_some()
         && let Some(path) = &config.metrics_file
-        && let Err(e) = crate::metrics::write(config, state, path)
+        && let Err(e) = crate::metrics::write(
+            &config
+                .jobs
+                .iter()
+                .map(|j| crate::metrics::Named {
+                    name: &j.name,
+                    kind: j.kind.name(),
+                })
+                .collect::<Vec<_>>(),
+            &config.gateway.database,
+            state,
+            path,
+        )
     {
         tracing::warn!(error = %format!("{e:#}"), "could not rewrite the metrics file");
     }
@@ -395,4 +416,84 @@ pub fn sink_names(config: &Config) -> Vec<&'static str> {
         names.push("email");
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::jobs::maintenance::VACUUM;
+
+    /// The over-bound alert a run's locks give: (raised, its words).
+    fn judged(vacuum: &str, holds: &[(u64, &'static str)]) -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "gateway:\n  database: requests.db\n  schema: apantli\njobs:\n  care:\n    schedule: \"0 4 * * *\"\n    maintenance: {{{vacuum}}}\n"
+        );
+        let (config, _) = crate::config::parse(&dir.path().join("jobs.yaml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = State::open(dir.path()).unwrap();
+        let holds: Vec<Hold> = holds
+            .iter()
+            .map(|&(ms, operation)| Hold {
+                held: Duration::from_millis(ms),
+                bytes: 0,
+                operation,
+            })
+            .collect();
+        let mut events = Vec::new();
+        let words = gateway_locks(
+            &state,
+            &config.jobs[0],
+            config.gateway.preset,
+            &holds,
+            &mut events,
+        );
+        let raised = events.iter().any(|e| matches!(e, AlertEvent::Raise(_)));
+        (raised, words)
+    }
+
+    /// A VACUUM is held to its own bound, not to the 250 ms of maintenance's statements: a
+    /// consented one (`vacuum: always`) to none, the one `vacuum: auto` runs under to its
+    /// `vacuum_max_lock`.
+    #[test]
+    fn a_vacuum_is_judged_against_its_own_bound() {
+        // (the maintenance block, the run's locks as (ms, operation), raised, words said)
+        type Case = (
+            &'static str,
+            &'static [(u64, &'static str)],
+            bool,
+            &'static str,
+        );
+        let cases: [Case; 6] = [
+            ("vacuum: always", &[(3_000, VACUUM), (10, "")], false, ""),
+            (
+                "vacuum: always",
+                &[(3_000, VACUUM), (300, "")],
+                true,
+                "its bound 250 ms",
+            ),
+            (
+                "vacuum: auto, vacuum_max_lock: 2s",
+                &[(1_900, VACUUM)],
+                false,
+                "",
+            ),
+            (
+                "vacuum: auto, vacuum_max_lock: 2s",
+                &[(2_100, VACUUM)],
+                true,
+                "its bound 2 s",
+            ),
+            // Apantli's 5 s busy timeout, a fifth of it.
+            ("vacuum: auto", &[(900, VACUUM)], false, ""),
+            ("vacuum: never", &[(300, "")], true, "1 of 1 locks longer"),
+        ];
+        for (vacuum, holds, raise, says) in cases {
+            let (raised, words) = judged(vacuum, holds);
+            assert_eq!(raised, raise, "{vacuum} {holds:?}: {words}");
+            assert!(words.contains(says), "{vacuum} {holds:?}: {words}");
+        }
+    }
 }

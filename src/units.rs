@@ -32,6 +32,15 @@ fn split_number(text: &str) -> (&str, &str) {
     text.split_at(end)
 }
 
+/// `digits` times `unit`, when that is at most `max`.
+fn scaled(digits: &str, unit: u64, max: u64) -> Option<u64> {
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n <= max)
+}
+
 /// Parses a size such as `512MB` (10^6 bytes each), `5GiB` (2^30 bytes each) or `4096` (bytes).
 ///
 /// Units are case-sensitive because `Mb` (megabit) and `MB` (megabyte) differ; a space
@@ -57,11 +66,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ));
         }
     };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .filter(|&n| n <= MAX_SIZE)
+    scaled(digits, multiplier, MAX_SIZE)
         .ok_or_else(|| format!("`{text}` is too large; accepted: up to {MAX_SIZE_TEXT}"))
 }
 
@@ -93,12 +98,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(seconds))
+    scaled(digits, seconds, MAX_DURATION.as_secs())
         .map(Duration::from_secs)
-        .filter(|&d| d <= MAX_DURATION)
         .ok_or_else(|| {
             format!("`{text}` is too long a duration; accepted: up to {MAX_DURATION_TEXT}")
         })

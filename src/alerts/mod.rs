@@ -18,9 +18,18 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 use serde::Serialize;
 
-use crate::config::AlertSettings;
 use crate::redact::api_keys;
 use crate::state::{State, from_millis, millis};
+
+/// The `alerts` block of the jobs file, validated.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    pub email: Option<email::SmtpSettings>,
+    pub file: Option<PathBuf>,
+    pub repeat_after: Duration,
+    pub on_job_failure: bool,
+}
+
 use email::{DeliveryError, EmailMessage, EmailSink};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

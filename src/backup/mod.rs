@@ -154,26 +154,7 @@ pub fn list(dir: &Path, job: &str) -> anyhow::Result<Vec<(ArchiveName, PathBuf)>
 /// Removes what a killed run of `job` left in `dir`: the temporary archive being written and
 /// scratch files of `purpose`. Returns the removed paths.
 pub fn sweep_scratch(dir: &Path, job: &str, purpose: Scratch) -> anyhow::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let file_name = entry.file_name();
-        let Some(name) = file_name.to_str() else {
-            continue;
-        };
-        if owned_temp(job, purpose, name) {
-            let path = entry.path();
-            fs::remove_file(&path)
-                .with_context(|| format!("removing stale temporary file {}", path.display()))?;
-            removed.push(path);
-        }
-    }
-    Ok(removed)
+    fsx::sweep(dir, |name| owned_temp(job, purpose, name))
 }
 
 /// Whether `name` is a temporary file of `job` for `purpose`: a scratch file (also SQLite's
@@ -241,12 +222,21 @@ pub fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// What to do when a directory has no room for what we would write there.
+pub const MAKE_ROOM: &str =
+    "free space there or choose another directory (caretaker never deletes backups to make room)";
+
 /// Fails with a message an operator can act on when `dir` has less than `needed` bytes free.
 pub fn ensure_free(dir: &Path, needed: u64, what: &str) -> anyhow::Result<()> {
+    ensure_room(dir, needed, what, MAKE_ROOM)
+}
+
+/// [`ensure_free`], saying what to do (`instead`) when there is no room.
+pub fn ensure_room(dir: &Path, needed: u64, what: &str, instead: &str) -> anyhow::Result<()> {
     let free = free_bytes(dir)?;
     if free < needed {
         anyhow::bail!(
-            "not enough free space in {} for {what}: about {} needed, {} available; free space there or choose another directory (caretaker never deletes backups to make room)",
+            "not enough free space in {} for {what}: about {} needed, {} available; {instead}",
             dir.display(),
             crate::units::bytes(needed),
             crate::units::bytes(free)

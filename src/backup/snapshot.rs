@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rusqlite::backup::{Backup, StepResult};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::gateway::Gateway;
 
@@ -172,20 +172,14 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     };
     let page_size = count("PRAGMA page_size", "the page size")?;
     let page_count = count("PRAGMA page_count", "the page count")?;
-    let has_table: Option<i64> = dst
-        .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [&gateway.table],
-            |r| r.get(0),
-        )
-        .optional()
-        .with_context(|| stats("the schema"))?;
+    let has_table =
+        crate::sqlite::has_table(&dst, &gateway.table).with_context(|| stats("the schema"))?;
     let rows = match has_table {
-        Some(_) => Some(count(
+        true => Some(count(
             &format!("SELECT count(*) FROM \"{}\"", gateway.table),
             &format!("the rows of table {}", gateway.table),
         )?),
-        None => None,
+        false => None,
     };
     dst.close()
         .map_err(|(_, e)| e)
@@ -315,6 +309,36 @@ fn copy_file(raw: &File, staged: &mut Vec<u8>, out: &mut File) -> anyhow::Result
         std::io::copy(&mut reader, out)?;
     }
     Ok(())
+}
+
+/// A scratch copy of the gateway database to work on (an integrity check, a trial VACUUM):
+/// made room for in `dir` under `name`, one fixed name per job (the job lock keeps two runs of
+/// it apart, and what a killed run left there is removed first), then taken as the backup takes
+/// its snapshot. `what` names the copy in errors; `instead` says what to do when `dir` has no
+/// room for it. The copy goes with the returned [`ScratchDb`].
+pub fn scratch_copy(
+    gateway: &Gateway,
+    dir: &Path,
+    name: &str,
+    what: &str,
+    instead: &str,
+) -> anyhow::Result<(super::ScratchDb, anyhow::Result<Snapshot>)> {
+    let copy = super::ScratchDb(dir.join(name));
+    copy.remove()?;
+    super::ensure_room(dir, super::database_bytes(&gateway.database), what, instead)?;
+    let snap = take(gateway, &copy.0);
+    Ok((copy, snap))
+}
+
+impl Snapshot {
+    /// Opens the copy to work on it (read-write: SQLite reads a WAL database only so).
+    pub fn open_copy(&self, what: &str) -> anyhow::Result<rusqlite::Connection> {
+        crate::sqlite::open(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening {what} {}", self.path.display()))
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
-use super::yaml::{Node, NodeKind, Pos};
+use crate::checks::yaml::{Node, NodeKind, Pos};
 
 /// One error found while reading typed values.
 #[derive(Debug, Clone)]
@@ -472,7 +472,7 @@ struct Map<'a, 'b, I> {
 
 impl<'de, 'a, 'b, I> de::MapAccess<'de> for Map<'a, 'b, I>
 where
-    I: Iterator<Item = (&'a super::yaml::Entry, String)>,
+    I: Iterator<Item = (&'a crate::checks::yaml::Entry, String)>,
 {
     type Error = Error;
 

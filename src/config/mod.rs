@@ -6,82 +6,22 @@
 //! that know what the keys mean. Every error names the file, line, column and key path.
 
 mod de;
-mod error;
 mod keys;
 mod raw;
-pub mod values;
-pub mod yaml;
+mod validated;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use chrono_tz::Tz;
-
-pub use error::{ConfigError, ConfigErrors};
-use error::{Source, excerpt};
+use crate::checks::error::{self, Source, excerpt};
+pub use crate::checks::error::{ConfigError, ConfigErrors};
+pub use crate::checks::{Checks, MAX_FILE_SIZE, Purpose, values, yaml};
 pub use keys::{ITEM, JOB_PATH, accepted_keys};
 
-use crate::alerts::email::SmtpSettings;
-use crate::gateway::Gateway;
-use crate::jobs::Job;
+pub use crate::alerts::AlertSettings;
+pub use validated::{Config, LogFormat, LogSettings};
 
 /// Where the jobs file is looked for when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/caretaker/jobs.yaml";
-
-/// The validated jobs file.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub source: PathBuf,
-    pub gateway: Gateway,
-    pub state_dir: PathBuf,
-    pub timezone: Tz,
-    pub shutdown_timeout: Duration,
-    pub metrics_file: Option<PathBuf>,
-    pub log: LogSettings,
-    pub alerts: AlertSettings,
-    pub jobs: Vec<Job>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct AlertSettings {
-    pub email: Option<SmtpSettings>,
-    pub file: Option<PathBuf>,
-    pub repeat_after: Duration,
-    pub on_job_failure: bool,
-}
-
-impl Config {
-    pub fn job(&self, name: &str) -> Option<&Job> {
-        self.jobs.iter().find(|j| j.name == name)
-    }
-}
-
-/// The largest jobs file read: a real one is a few KiB. The limit keeps a file replaced by
-/// something else (a log, a database) from being read whole into memory by a reload.
-pub const MAX_FILE_SIZE: u64 = 1 << 20;
-
-/// What the validated configuration is for. `check` runs in the operator's shell, not in the
-/// daemon's environment, so what only the daemon's environment can supply (the SMTP password
-/// of `password_env`) is a warning there and an error for `run` and `run-job`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    Check,
-    Run,
-}
 
 /// Reads and validates the jobs file at `path` for running jobs. All of its errors are
 /// returned at once.
@@ -273,79 +213,5 @@ pub fn parse_for(
             }
             Err(ConfigErrors(errors))
         }
-    }
-}
-
-/// Collects the semantic errors of validation, placing each at its key in the file.
-pub struct Checks<'a> {
-    file: &'a Path,
-    /// Whether the configuration is for `check` or for running jobs.
-    pub purpose: Purpose,
-    tree: &'a yaml::Node,
-    base: &'a Path,
-    errors: Vec<ConfigError>,
-    warnings: Vec<String>,
-}
-
-impl Checks<'_> {
-    pub fn error(&mut self, key_path: &str, message: impl Into<String>) {
-        let pos = self.tree.locate(key_path);
-        self.errors
-            .push(ConfigError::at(self.file, pos, key_path, message.into()));
-    }
-
-    /// Refuses a duration above what the key at `key_path` can use (`max_text` says it as the
-    /// file would). Returns whether the value is within the bound.
-    pub fn at_most(
-        &mut self,
-        key_path: &str,
-        value: Duration,
-        max: Duration,
-        max_text: &str,
-    ) -> bool {
-        if value <= max {
-            return true;
-        }
-        let written = match self.tree.find(key_path).map(|n| &n.kind) {
-            Some(yaml::NodeKind::Scalar { value, .. }) => value.clone(),
-            _ => format!("{}s", value.as_secs()),
-        };
-        self.error(
-            key_path,
-            format!("`{written}` is longer than this key allows; accepted: up to {max_text}"),
-        );
-        false
-    }
-
-    pub fn warn(&mut self, message: impl Into<String>) {
-        self.warnings.push(message.into());
-    }
-
-    /// A path from the jobs file, relative ones taken from the jobs file's directory.
-    pub fn path(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
-    }
-
-    /// A path key's value resolved as [`Checks::path`] does. An empty one (`to: ""`) is an
-    /// error and `None`: it would resolve to the jobs file's own directory, where a job would
-    /// then write, and retention delete.
-    pub fn given_path(&mut self, key_path: &str, p: Option<&Path>) -> Option<PathBuf> {
-        let p = p?;
-        if p.as_os_str().is_empty() {
-            self.error(
-                key_path,
-                "is empty; accepted: a path (relative ones are taken from the jobs file's directory)",
-            );
-            return None;
-        }
-        Some(self.path(p))
-    }
-
-    pub fn base_dir(&self) -> &Path {
-        self.base
     }
 }

@@ -6,9 +6,11 @@ use std::time::Duration as StdDuration;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::values::{Duration, Zone};
-use super::{AlertSettings, Checks, Config, LogFormat, LogSettings, Purpose};
+use super::validated::{Config, LogFormat, LogSettings};
+use crate::alerts::AlertSettings;
 use crate::alerts::email::{ConfigProblem, EmailConfig, SmtpSettings};
+use crate::checks::values::{Duration, Zone};
+use crate::checks::{Checks, MAX_FILE_SIZE, Purpose};
 use crate::gateway::{self, RawGateway};
 use crate::jobs::Job;
 
@@ -190,12 +192,12 @@ fn resolve_email(
                     "{} is not a regular file; accepted: a text file",
                     path.display()
                 )
-            } else if meta.len() > super::MAX_FILE_SIZE {
+            } else if meta.len() > MAX_FILE_SIZE {
                 format!(
                     "{} is larger than {} KiB; accepted: a password or PEM file of up to {} KiB",
                     path.display(),
-                    super::MAX_FILE_SIZE >> 10,
-                    super::MAX_FILE_SIZE >> 10
+                    MAX_FILE_SIZE >> 10,
+                    MAX_FILE_SIZE >> 10
                 )
             } else {
                 return None;

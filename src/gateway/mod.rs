@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Checks;
-use crate::config::values;
+use crate::checks::Checks;
+use crate::checks::values;
 
 pub mod db;
 pub mod dialect;

@@ -18,10 +18,10 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::config::values::{self, Share, Size};
-use crate::config::Checks;
+use crate::checks::values::{self, Share, Size};
+use crate::checks::Checks;
 use crate::gateway::{Access, ExecExt, Gateway, Value};
 use crate::units;
 
@@ -79,7 +79,7 @@ pub struct Spec {
     pub error_rate_max: Option<ErrorRate>,
 }
 
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     fn depends_on(&self) -> Vec<(&'static str, &str)> {
         self.backup_max_age
             .iter()
@@ -282,38 +282,41 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
         || "the gateway database".into(),
         |p| p.display().to_string(),
     );
-    if let (Some(max), Some(bytes)) = (spec.database_max_size, facts.database_bytes) {
+    // A file larger than its limit: (condition, the limit and the size, the file's words, its
+    // limit's key, the advice).
+    let sizes = [
+        (
+            "database_size",
+            spec.database_max_size.zip(facts.database_bytes),
+            ("gateway database", database.clone(), "database_max_size"),
+            "Archive old rows (an `archive` job with `then: delete` or `strip_payloads`), \
+             then give the space back with a `maintenance` job (`vacuum: auto` or `always`).",
+        ),
+        (
+            "wal_size",
+            spec.wal_max_size.zip(facts.wal_bytes),
+            ("gateway WAL", format!("{database}-wal"), "wal_max_size"),
+            "A WAL grows while a reader keeps an old snapshot open, so checkpoints cannot \
+             finish. Look for a long-running reader of the database (an open sqlite3 shell, \
+             a stuck export); a `maintenance` job with `checkpoint: truncate` shrinks the file \
+             once it is gone.",
+        ),
+    ];
+    for (condition, measured, (file, path, key), advice) in sizes {
+        let Some((max, bytes)) = measured else {
+            continue;
+        };
         verdicts.push(Verdict {
-            condition: "database_size".into(),
+            condition: condition.into(),
             holds: bytes > max,
             severity: Severity::Warning,
-            what: format!("gateway database larger than {}", units::bytes(max)),
+            what: format!("{file} larger than {}", units::bytes(max)),
             detail: format!(
-                "{database} is {}; database_max_size is {}.",
+                "{path} is {}; {key} is {}.",
                 units::bytes(bytes),
                 units::bytes(max)
             ),
-            advice: "Archive old rows (an `archive` job with `then: delete` or `strip_payloads`), \
-                     then give the space back with a `maintenance` job (`vacuum: auto` or `always`)."
-                .into(),
-        });
-    }
-    if let (Some(max), Some(bytes)) = (spec.wal_max_size, facts.wal_bytes) {
-        verdicts.push(Verdict {
-            condition: "wal_size".into(),
-            holds: bytes > max,
-            severity: Severity::Warning,
-            what: format!("gateway WAL larger than {}", units::bytes(max)),
-            detail: format!(
-                "{database}-wal is {}; wal_max_size is {}.",
-                units::bytes(bytes),
-                units::bytes(max)
-            ),
-            advice: "A WAL grows while a reader keeps an old snapshot open, so checkpoints cannot \
-                     finish. Look for a long-running reader of the database (an open sqlite3 shell, \
-                     a stuck export); a `maintenance` job with `checkpoint: truncate` shrinks the file \
-                     once it is gone."
-                .into(),
+            advice: advice.into(),
         });
     }
     if let (Some(limit), Some(newest)) = (&spec.backup_max_age, &facts.newest_backup) {
@@ -542,7 +545,7 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
                 facts.requests = Some(counts);
                 facts.longest_statement = Some(longest);
             }
-            Err(e) if e.is::<super::Stopped>() => return Err(e),
+            Err(e) if e.is::<crate::stop::Stopped>() => return Err(e),
             Err(e) => facts.problems.push(format!("error_rate_max: {e:#}")),
         }
     }

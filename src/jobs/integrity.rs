@@ -8,17 +8,20 @@
 //! full check would hold it) and checks the copy, byte for byte the database's file, while the
 //! gateway writes on.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use rusqlite::{Connection, ErrorCode};
 use serde::Deserialize;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::backup::{self, ScratchDb, free_bytes, snapshot};
-use crate::config::Checks;
+use crate::backup::{self, snapshot};
+use crate::checks::Checks;
 use crate::gateway::Gateway;
 use crate::units;
 use crate::writelock::journal_mode;
@@ -58,7 +61,7 @@ pub struct Spec {
     pub copy: Copy,
 }
 
-impl super::Contract for Spec {}
+impl crate::jobs::contract::Contract for Spec {}
 
 pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec> {
     Some(Spec {
@@ -186,49 +189,123 @@ fn check_inner(conn: &Connection, depth: Depth) -> rusqlite::Result<Findings> {
     result
 }
 
+/// What the plan needs to know of the gateway database: gathered by `run` (I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub database: PathBuf,
+    pub bytes: u64,
+    /// Whether the database is in WAL mode (the gateway's commits then go on during a read).
+    pub wal: bool,
+    /// Where a copy to check goes: caretaker's `state_dir`.
+    pub scratch_dir: PathBuf,
+}
+
+/// What the check reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Live,
+    /// A copy in this directory, taken as the backup job takes its snapshot.
+    Copy(PathBuf),
+}
+
+/// What a run would do: which check, on what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub depth: Depth,
+    pub target: Target,
+    pub database: PathBuf,
+    pub bytes: u64,
+}
+
+/// The plan for `facts`. The check does not depend on the clock or the zone: they are taken
+/// as every kind's plan takes them.
+pub fn plan(spec: &Spec, facts: &Facts, _now: DateTime<Utc>, _tz: Tz) -> Plan {
+    Plan {
+        depth: spec.check,
+        target: if spec.copy.applies(facts.wal, spec.check) {
+            Target::Copy(facts.scratch_dir.clone())
+        } else {
+            Target::Live
+        },
+        database: facts.database.clone(),
+        bytes: facts.bytes,
+    }
+}
+
+impl Plan {
+    fn pragma(&self) -> &'static str {
+        match self.depth {
+            Depth::Quick => "PRAGMA quick_check",
+            Depth::Full => "PRAGMA integrity_check and PRAGMA foreign_key_check",
+        }
+    }
+
+    /// The dry run's report.
+    pub fn report(&self) -> Report {
+        Report::new(format!(
+            "would run {} on {}",
+            self.pragma(),
+            self.database.display()
+        ))
+        .figure("database_bytes", self.bytes as f64)
+        .with_plan(self)
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (pragma, db) = (self.pragma(), self.database.display());
+        match &self.target {
+            Target::Copy(dir) => writeln!(
+                f,
+                "copy: {} of {db} into {} under one read transaction, then check the copy: {pragma}, changing nothing",
+                units::bytes(self.bytes),
+                dir.display()
+            ),
+            Target::Live => writeln!(
+                f,
+                "check: {pragma} reads all {} of {db} in one read transaction, changing nothing",
+                units::bytes(self.bytes)
+            ),
+        }
+    }
+}
+
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let gateway = ctx.gateway;
     let key = format!("integrity:{}", ctx.job);
-    let pragma = match spec.check {
-        Depth::Quick => "PRAGMA quick_check",
-        Depth::Full => "PRAGMA integrity_check and PRAGMA foreign_key_check",
-    };
     let db = gateway.database.display().to_string();
     // An emptied file would pass as a sound, empty database.
     super::maintenance::refuse_unless_sqlite(&gateway.database)?;
     let conn = gateway.connect(true)?;
-    let wal = journal_mode(&conn)? == "wal";
-    let on_copy = spec.copy.applies(wal, spec.check);
+    let facts = Facts {
+        database: gateway.database.clone(),
+        bytes: database_bytes(&gateway.database)?,
+        wal: journal_mode(&conn)? == "wal",
+        scratch_dir: ctx.state_dir.to_path_buf(),
+    };
+    let plan = plan(spec, &facts, ctx.now, ctx.timezone);
     if ctx.dry_run {
-        let bytes = database_bytes(&gateway.database)?;
-        let mut report = Report::new(format!("would run {pragma} on {db}"));
-        report.plan.push(if on_copy {
-            format!(
-                "copy: {} of {db} into {} under one read transaction, then check the copy: {pragma}, changing nothing",
-                units::bytes(bytes),
-                ctx.state_dir.display()
-            )
-        } else {
-            format!(
-                "check: {pragma} reads all {} of {db} in one read transaction, changing nothing",
-                units::bytes(bytes)
-            )
-        });
-        return Ok(report.figure("database_bytes", bytes as f64));
+        return Ok(plan.report());
     }
+    let pragma = plan.pragma();
     let started = Instant::now();
-    let (findings, lock) = if on_copy {
-        drop(conn);
-        check_a_copy(gateway, ctx.state_dir, ctx.job, spec.check)?
-    } else {
-        let findings = check(&conn, spec.check)?;
-        let lock = started.elapsed();
-        // With a rollback journal the read transaction held the gateway's commits off for the
-        // whole check; the copy's lock is recorded by the snapshot.
-        if !wal {
-            crate::writelock::record(lock, database_bytes(&gateway.database)?);
+    let on_copy = plan.target != Target::Live;
+    let (findings, lock) = match &plan.target {
+        Target::Copy(dir) => {
+            drop(conn);
+            check_a_copy(gateway, dir, ctx.job, spec.check)?
         }
-        (findings, lock)
+        Target::Live => {
+            let findings = check(&conn, spec.check)?;
+            let lock = started.elapsed();
+            // With a rollback journal the read transaction held the gateway's commits off for
+            // the whole check; the copy's lock is recorded by the snapshot.
+            if !facts.wal {
+                crate::writelock::record(lock, facts.bytes);
+            }
+            (findings, lock)
+        }
     };
     let seconds = started.elapsed().as_secs_f64();
     let checked = if on_copy {
@@ -277,24 +354,14 @@ fn check_a_copy(
     job: &str,
     depth: Depth,
 ) -> anyhow::Result<(Findings, Duration)> {
-    // One fixed name per job: the job lock keeps two runs of it apart, and a run killed midway
-    // leaves a copy that the next run removes first.
-    let copy = ScratchDb(state_dir.join(format!("integrity-{job}.copy.db")));
-    copy.remove()?;
-    let needed = database_bytes(&gateway.database)?;
-    let free = free_bytes(state_dir)?;
-    if free < needed {
-        anyhow::bail!(
-            "not enough free space in {} for a copy of {} to check: about {} needed, {} available; \
-             free space there, or set `copy: never` to check the live database (its commits then wait \
-             for the whole check)",
-            state_dir.display(),
-            gateway.database.display(),
-            units::bytes(needed),
-            units::bytes(free)
-        );
-    }
-    let snap = match snapshot::take(gateway, &copy.0) {
+    let (_copy, snap) = snapshot::scratch_copy(
+        gateway,
+        state_dir,
+        &format!("integrity-{job}.copy.db"),
+        &format!("a copy of {} to check", gateway.database.display()),
+        "free space there, or set `copy: never` to check the live database (its commits then wait for the whole check)",
+    )?;
+    let snap = match snap {
         Ok(snap) => snap,
         // A file too damaged to copy is what the check is there to find.
         Err(e)
@@ -311,11 +378,7 @@ fn check_a_copy(
         }
         Err(e) => return Err(e.context("copying the gateway database to check the copy")),
     };
-    let conn = crate::sqlite::open(
-        &snap.path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening the copy {}", snap.path.display()))?;
+    let conn = snap.open_copy("the copy")?;
     let findings = check(&conn, depth)?;
     drop(conn);
     Ok((findings, snap.held))
@@ -341,6 +404,43 @@ mod tests {
                 expected,
                 "{copy:?} wal={wal} {depth:?}"
             );
+        }
+    }
+
+    /// One row per case: the spec, the database's journal, and the plan's line. The clock
+    /// does not enter: a run at a DST change plans as any other.
+    #[test]
+    fn plan_table() {
+        use chrono::TimeZone;
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let noon = Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap();
+        // 02:30 local does not exist in Berlin on this day: the clock jumps from 02:00 to 03:00.
+        let spring = Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0).unwrap();
+        let quick = "check: PRAGMA quick_check reads all 1.5 GiB of /srv/gw/requests.db in one read transaction, changing nothing\n";
+        let full_live = "check: PRAGMA integrity_check and PRAGMA foreign_key_check reads all 1.5 GiB of /srv/gw/requests.db in one read transaction, changing nothing\n";
+        let full_copy = "copy: 1.5 GiB of /srv/gw/requests.db into /var/lib/caretaker under one read transaction, then check the copy: PRAGMA integrity_check and PRAGMA foreign_key_check, changing nothing\n";
+        let quick_copy = "copy: 1.5 GiB of /srv/gw/requests.db into /var/lib/caretaker under one read transaction, then check the copy: PRAGMA quick_check, changing nothing\n";
+        let cases = [
+            (Depth::Quick, Copy::Auto, false, noon, chrono_tz::UTC, quick),
+            (Depth::Full, Copy::Auto, false, noon, chrono_tz::UTC, full_copy),
+            (Depth::Full, Copy::Auto, true, noon, chrono_tz::UTC, full_live),
+            (Depth::Full, Copy::Never, false, noon, chrono_tz::UTC, full_live),
+            (Depth::Quick, Copy::Always, true, noon, chrono_tz::UTC, quick_copy),
+            (Depth::Full, Copy::Auto, false, spring, berlin, full_copy),
+            (Depth::Quick, Copy::Auto, true, spring, berlin, quick),
+        ];
+        for (check, copy, wal, now, tz, want) in cases {
+            let facts = Facts {
+                database: "/srv/gw/requests.db".into(),
+                bytes: 3 << 29,
+                wal,
+                scratch_dir: "/var/lib/caretaker".into(),
+            };
+            let plan = plan(&Spec { check, copy }, &facts, now, tz);
+            assert_eq!(plan.to_string(), want, "{check:?} {copy:?} wal={wal} at {now}");
+            let report = plan.report();
+            assert_eq!(report.plan, [want.trim_end()]);
+            assert_eq!(report.figures, [("database_bytes".to_string(), (3u64 << 29) as f64)]);
         }
     }
 

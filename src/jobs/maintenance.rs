@@ -11,18 +11,19 @@
 //! database to `auto_vacuum = INCREMENTAL` once and then gives free pages back in short paced
 //! transactions (`PRAGMA incremental_vacuum(N)`), each of them timed against [`STEP_BOUND`].
 
+use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::Connection;
 use serde::Deserialize;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Judged, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::backup::{self, ScratchDb, snapshot};
-use crate::config::values::Share;
-use crate::config::Checks;
+use crate::backup::{self, snapshot};
+use crate::checks::values::Share;
+use crate::checks::Checks;
 use crate::gateway::{Gateway, Preset};
 use crate::units::{self, millis as ms};
 use crate::writelock::{self, Pacer};
@@ -121,7 +122,7 @@ pub struct Spec {
     pub vacuum_convert: bool,
 }
 
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
         gateway_problems(self, gateway)
     }
@@ -129,7 +130,30 @@ impl super::Contract for Spec {
     fn advice(&self, path: &str, preset: Preset) -> Vec<String> {
         advice(self, path, preset)
     }
+
+    /// A full VACUUM is held to its own bound, not to the 250 ms of the job's statements: the
+    /// one `vacuum: auto` runs under (`vacuum_max_lock`, or a share of the gateway's busy
+    /// timeout); one the operator consented to (`vacuum: always`, `vacuum_convert`) to none,
+    /// and the job's summary says how long it held.
+    fn operation_bound(&self, operation: &str, preset: Preset) -> Judged {
+        if operation != VACUUM {
+            return Judged::ByTheKind;
+        }
+        if self.vacuum == Vacuum::Always || self.vacuum_convert {
+            return Judged::Not;
+        }
+        match lock_bound(self, preset) {
+            Ok(bound) => Judged::By(writelock::Bound {
+                fixed: bound,
+                per_gib: Duration::ZERO,
+            }),
+            Err(_) => Judged::Not,
+        }
+    }
 }
+
+/// The operation a full VACUUM's lock is recorded as ([`writelock::operation`]).
+pub const VACUUM: &str = "vacuum";
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let vacuum = raw.vacuum.unwrap_or(Vacuum::Auto);
@@ -302,6 +326,8 @@ pub struct Plan {
     pub checkpoint_note: Option<String>,
     pub analyze: bool,
     pub vacuum: VacuumDecision,
+    /// The database as planned from, which the plan's words quote.
+    pub facts: Facts,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -374,6 +400,7 @@ pub fn plan(spec: &Spec, facts: &Facts, bound: &Result<Duration, String>) -> Pla
         checkpoint_note,
         analyze: spec.analyze,
         vacuum,
+        facts: *facts,
     }
 }
 
@@ -460,20 +487,13 @@ pub fn refuse_unless_sqlite(db: &Path) -> anyhow::Result<()> {
 
 /// Refuses a SQLite database without the gateway's table: not the gateway's file.
 fn refuse_without_table(conn: &Connection, gateway: &Gateway) -> anyhow::Result<()> {
-    let found: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [&gateway.table],
-            |r| r.get(0),
-        )
-        .optional()
-        .with_context(|| {
+    let found = crate::sqlite::has_table(conn, &gateway.table).with_context(|| {
             format!(
                 "reading the schema of the gateway database {}",
                 gateway.database.display()
             )
         })?;
-    if found.is_none() {
+    if !found {
         anyhow::bail!(
             "the gateway database {} has no table `{}`, which the {} schema names: is gateway.database the gateway's file? caretaker maintains nothing it cannot recognise",
             gateway.database.display(),
@@ -493,22 +513,15 @@ fn trial(
     job: &str,
     convert: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
-    // One fixed name per job: the job lock keeps two runs apart, and a copy a killed run left
-    // is removed first.
-    let copy = ScratchDb(state_dir.join(format!("maintenance-{job}.trial.db")));
-    copy.remove()?;
-    backup::ensure_free(
+    let (_copy, snap) = snapshot::scratch_copy(
+        gateway,
         state_dir,
-        backup::database_bytes(&gateway.database),
+        &format!("maintenance-{job}.trial.db"),
         "a copy of the gateway database to time a trial VACUUM on",
+        backup::MAKE_ROOM,
     )?;
-    let snap = snapshot::take(gateway, &copy.0)
-        .context("copying the gateway database to time a trial VACUUM")?;
-    let conn = crate::sqlite::open(
-        &snap.path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("opening the trial copy {}", snap.path.display()))?;
+    let snap = snap.context("copying the gateway database to time a trial VACUUM")?;
+    let conn = snap.open_copy("the trial copy")?;
     // A scratch copy needs no journal; without one, a large copy in memory does not need
     // room for a second.
     conn.execute_batch(&format!(
@@ -576,9 +589,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let skipped_key = format!("vacuum-skipped:{}", ctx.job);
     let lock_key = format!("vacuum-lock:{}", ctx.job);
     if ctx.dry_run {
-        let mut report = Report::new(format!("would maintain {}", db.display()));
-        report.plan = describe(&plan, &before);
-        return Ok(report);
+        let report = Report::new(format!("would maintain {}", db.display()));
+        return Ok(report.with_plan(&plan));
     }
     let files_before = backup::database_bytes(db);
     let mut pacer = Pacer::new(&conn)?;
@@ -691,10 +703,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         } else {
             "VACUUM"
         };
+        let vacuum = writelock::operation(VACUUM);
         let (_, held) = pacer.statement(&conn, |c| {
             c.execute_batch(sql)
                 .with_context(|| format!("running VACUUM on {}", db.display()))
         })?;
+        drop(vacuum);
         vacuumed.full = Some(held);
         ctx.alerts.push(resolve(
             &space_key,
@@ -858,51 +872,59 @@ fn reclaim(
     Ok(())
 }
 
-fn describe(plan: &Plan, facts: &Facts) -> Vec<String> {
-    let mut lines = Vec::new();
-    if let Some(note) = &plan.checkpoint_note {
-        lines.push(note.clone());
+/// The `--dry-run` output: one line per step.
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let facts = &self.facts;
+        if let Some(note) = &self.checkpoint_note {
+            writeln!(f, "{note}")?;
+        }
+        if let Some(mode) = self.checkpoint {
+            writeln!(
+                f,
+                "{}",
+                format!("checkpoint: {mode:?} checkpoint of the WAL").to_lowercase()
+            )?;
+        }
+        if self.analyze {
+            writeln!(
+                f,
+                "analyze: ANALYZE (sampling {ANALYSIS_LIMIT} rows per index) then PRAGMA optimize"
+            )?;
+        }
+        let rewrite = |convert: bool| {
+            format!(
+                "rewrite {} ({}){} under an exclusive lock",
+                units::bytes(facts.bytes()),
+                facts.free_text(),
+                if convert {
+                    " switching it to auto_vacuum = INCREMENTAL"
+                } else {
+                    ""
+                }
+            )
+        };
+        let vacuum = match &self.vacuum {
+            VacuumDecision::Skip(why) => format!("vacuum: skipped, {why}"),
+            VacuumDecision::Blocked(why) => format!("vacuum: skipped with an alert, {why}"),
+            VacuumDecision::Trial { convert, bound } => format!(
+                "vacuum: VACUUM a copy first; if that, times {TRIAL_MARGIN}, is within {}, {}",
+                units::duration(*bound),
+                rewrite(*convert)
+            ),
+            VacuumDecision::Run { convert } => format!("vacuum: {}", rewrite(*convert)),
+            VacuumDecision::Incremental => format!(
+                "vacuum: give back {} in paced PRAGMA incremental_vacuum steps",
+                facts.free_text()
+            ),
+            VacuumDecision::NoRoom { needed, available } => format!(
+                "vacuum: would be refused, needs {} free, {} available",
+                units::bytes(*needed),
+                units::bytes(*available)
+            ),
+        };
+        writeln!(f, "{vacuum}")
     }
-    if let Some(mode) = plan.checkpoint {
-        lines.push(format!("checkpoint: {mode:?} checkpoint of the WAL").to_lowercase());
-    }
-    if plan.analyze {
-        lines.push(format!(
-            "analyze: ANALYZE (sampling {ANALYSIS_LIMIT} rows per index) then PRAGMA optimize"
-        ));
-    }
-    let rewrite = |convert: bool| {
-        format!(
-            "rewrite {} ({}){} under an exclusive lock",
-            units::bytes(facts.bytes()),
-            facts.free_text(),
-            if convert {
-                " switching it to auto_vacuum = INCREMENTAL"
-            } else {
-                ""
-            }
-        )
-    };
-    lines.push(match &plan.vacuum {
-        VacuumDecision::Skip(why) => format!("vacuum: skipped, {why}"),
-        VacuumDecision::Blocked(why) => format!("vacuum: skipped with an alert, {why}"),
-        VacuumDecision::Trial { convert, bound } => format!(
-            "vacuum: VACUUM a copy first; if that, times {TRIAL_MARGIN}, is within {}, {}",
-            units::duration(*bound),
-            rewrite(*convert)
-        ),
-        VacuumDecision::Run { convert } => format!("vacuum: {}", rewrite(*convert)),
-        VacuumDecision::Incremental => format!(
-            "vacuum: give back {} in paced PRAGMA incremental_vacuum steps",
-            facts.free_text()
-        ),
-        VacuumDecision::NoRoom { needed, available } => format!(
-            "vacuum: would be refused, needs {} free, {} available",
-            units::bytes(*needed),
-            units::bytes(*available)
-        ),
-    });
-    lines
 }
 
 fn checkpoint(
@@ -1236,6 +1258,31 @@ mod tests {
             ..spec(Vacuum::Never)
         };
         assert_eq!(plan(&off, &facts(false, 0, 0), &none).checkpoint_note, None);
+    }
+
+    /// The plan's words are the `--dry-run` output, one line per step.
+    #[test]
+    fn plan_reads_as_the_dry_run() {
+        let bound: Result<Duration, String> = Ok(TWO_S);
+        let cases = [
+            (
+                spec(Vacuum::Never),
+                facts(false, 0, ROOM),
+                "checkpoint skipped: the database uses a rollback journal, not WAL\n\
+                 analyze: ANALYZE (sampling 1000 rows per index) then PRAGMA optimize\n\
+                 vacuum: skipped, vacuum: never\n",
+            ),
+            (
+                spec(Vacuum::Auto),
+                facts(true, 500, ROOM),
+                "checkpoint: passive checkpoint of the wal\n\
+                 analyze: ANALYZE (sampling 1000 rows per index) then PRAGMA optimize\n\
+                 vacuum: VACUUM a copy first; if that, times 4, is within 2 s, rewrite 3.91 MiB (500 of 1000 pages (50.0%, 1.95 MiB) are free) under an exclusive lock\n",
+            ),
+        ];
+        for (spec, facts, want) in cases {
+            assert_eq!(plan(&spec, &facts, &bound).to_string(), want);
+        }
     }
 
     #[test]

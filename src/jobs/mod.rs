@@ -8,65 +8,19 @@
 //! its side of the [`Contract`], which is all that the rest of the program (health, the daemon,
 //! `check`) asks of a kind.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::alerts::AlertEvent;
-use crate::config::values::{self, OneOrMany, SignalName};
-use crate::config::{Checks, Config};
+use crate::checks::Checks;
+use crate::checks::values::{self, OneOrMany, SignalName};
 use crate::gateway::{Gateway, Preset};
 use crate::schedule::Schedule;
-use crate::state::State;
+pub use crate::stop::{Stop, Stopped};
 
-/// What the rest of the program may ask of a kind's validated spec, so that no code outside a
-/// kind matches on another kind. The defaults say "none" for a kind that has nothing to tell.
-pub trait Contract {
-    /// Jobs that open the gateway's database run one at a time, across the daemon and
-    /// `run-job`, so that their locks never add up in front of the gateway.
-    fn touches_gateway(&self) -> bool {
-        true
-    }
-
-    /// Other jobs this one refers to by name: (the key below the job that names it, the name).
-    /// Each must be a backup job; `check` says so at the key.
-    fn depends_on(&self) -> Vec<(&'static str, &str)> {
-        Vec::new()
-    }
-
-    /// Takes what the spec needs from the jobs it [`depends_on`](Contract::depends_on), once
-    /// the whole file is validated, so that a run never looks another job up.
-    fn resolve(&mut self, _jobs: &[Job]) {}
-
-    /// Problems that only show against the validated gateway (a condition its schema cannot
-    /// answer): `(key path below the job's kind block, message)`, reported by `check`.
-    fn gateway_problems(&self, _gateway: &Gateway) -> Vec<(String, String)> {
-        Vec::new()
-    }
-
-    /// The directories the kind writes what it keeps into, with what they hold ("backups"):
-    /// health watches the free space of their filesystems.
-    fn writes(&self) -> Vec<(PathBuf, &'static str)> {
-        Vec::new()
-    }
-
-    /// Files whose change runs the job: the daemon watches them.
-    fn watches(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
-    /// Warnings that `check` and the daemon's start give once about this job's settings
-    /// against the gateway's `preset`; `path` is the key path of the job's kind block.
-    fn advice(&self, _path: &str, _preset: Preset) -> Vec<String> {
-        Vec::new()
-    }
-}
+mod contract;
+pub use contract::{Context, Contract, Judged, Report};
 
 /// The registry: one line per kind, `field => module::Variant`, where `field` is the kind's
 /// block key in the jobs file (and its name), `module` its folder under `src/jobs/` (with a
@@ -194,6 +148,17 @@ impl Kind {
         self.contract().writes()
     }
 
+    /// The bound a lock of `operation` ("" for the kind's ordinary locks) is judged against,
+    /// `None` when it is not judged: the kind's ([`crate::writelock::bound`]) unless its
+    /// [`Contract::operation_bound`] says otherwise.
+    pub fn lock_bound(&self, operation: &str, preset: Preset) -> Option<crate::writelock::Bound> {
+        match self.contract().operation_bound(operation, preset) {
+            Judged::ByTheKind => crate::writelock::bound(self.name()),
+            Judged::By(bound) => Some(bound),
+            Judged::Not => None,
+        }
+    }
+
     /// See [`Contract::watches`].
     pub fn watches(&self) -> Vec<PathBuf> {
         self.contract().watches()
@@ -204,8 +169,12 @@ impl Kind {
 /// references are checked.
 pub fn resolve(jobs: &mut [Job]) {
     let all = jobs.to_vec();
+    let named: Vec<(&str, &dyn Contract)> = all
+        .iter()
+        .map(|j| (j.name.as_str(), j.kind.contract()))
+        .collect();
     for job in jobs.iter_mut() {
-        job.kind.contract_mut().resolve(&all);
+        job.kind.contract_mut().resolve(&named);
     }
 }
 
@@ -236,14 +205,12 @@ pub fn written_dirs(jobs: &[Job]) -> Vec<(PathBuf, String)> {
 }
 
 /// What `check` and the daemon's start say, once, about the jobs' settings against the
-/// gateway ([`Contract::advice`]).
-pub fn advice(config: &Config) -> Vec<String> {
-    config
-        .jobs
-        .iter()
+/// gateway's `preset` ([`Contract::advice`]).
+pub fn advice(jobs: &[Job], preset: Preset) -> Vec<String> {
+    jobs.iter()
         .flat_map(|job| {
             let path = format!("jobs.{}.{}", job.name, job.kind.name());
-            job.kind.contract().advice(&path, config.gateway.preset)
+            job.kind.contract().advice(&path, preset)
         })
         .collect()
 }
@@ -325,120 +292,6 @@ pub fn validate(name: &str, mut raw: RawJob, checks: &mut Checks<'_>) -> Option<
     })
 }
 
-/// Tells a running job to stop at its next safe point: the daemon is shutting down, or the
-/// job's `timeout` has passed.
-#[derive(Debug, Clone, Default)]
-pub struct Stop {
-    flag: Arc<AtomicBool>,
-    deadline: Option<Instant>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Stopped {
-    #[error("stopped at a safe point because the daemon is shutting down")]
-    Shutdown,
-    #[error("stopped at a safe point because the job ran past its timeout")]
-    Timeout,
-}
-
-impl Stop {
-    pub fn new(flag: Arc<AtomicBool>, timeout: Option<Duration>) -> Self {
-        Stop {
-            flag,
-            deadline: timeout.map(|t| Instant::now() + t),
-        }
-    }
-
-    /// When the job's `timeout` runs out, if it has one.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    pub fn check(&self) -> Result<(), Stopped> {
-        if self.flag.load(Ordering::SeqCst) {
-            return Err(Stopped::Shutdown);
-        }
-        match self.deadline {
-            Some(d) if Instant::now() >= d => Err(Stopped::Timeout),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Everything a job run gets: its environment, not the whole jobs file, so that no kind reads
-/// another kind's settings.
-pub struct Context<'a> {
-    pub job: &'a str,
-    /// The gateway database and how to open it.
-    pub gateway: &'a Gateway,
-    /// The zone the jobs file's calendar (periods, retention buckets, rotation) is read in.
-    pub timezone: Tz,
-    /// Where caretaker keeps its own state: scratch copies go here.
-    pub state_dir: &'a Path,
-    /// The directories every job writes ([`written_dirs`]), each with what it holds, for
-    /// health's free-space condition.
-    pub written: Vec<(PathBuf, String)>,
-    pub state: &'a State,
-    pub now: DateTime<Utc>,
-    pub dry_run: bool,
-    pub stop: Stop,
-    /// Alerts raised or resolved by this run; the runner puts them in the outbox.
-    pub alerts: Vec<AlertEvent>,
-}
-
-impl Context<'_> {
-    /// A safe point: returns an error when the job must stop here.
-    pub fn checkpoint(&self) -> Result<(), Stopped> {
-        self.stop.check()
-    }
-}
-
-/// What a job run gives back: one summary line, its figures, and with `--dry-run` its plan.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Report {
-    pub summary: String,
-    pub figures: Vec<(String, f64)>,
-    pub plan: Vec<String>,
-}
-
-impl Report {
-    pub fn new(summary: impl Into<String>) -> Self {
-        Report {
-            summary: summary.into(),
-            ..Report::default()
-        }
-    }
-
-    pub fn figure(mut self, name: &str, value: f64) -> Self {
-        self.figures.push((name.to_string(), value));
-        self
-    }
-
-    /// The summary and its figures on one line, the figures rounded for a person
-    /// ([`crate::units::number`]); the state and the metrics keep them whole.
-    pub fn summary_line(&self) -> String {
-        let mut line = self.summary.clone();
-        if !self.figures.is_empty() {
-            let figures: Vec<String> = self
-                .figures
-                .iter()
-                .map(|(k, v)| format!("{k}={}", crate::units::number(*v)))
-                .collect();
-            line.push_str(&format!(" ({})", figures.join(" ")));
-        }
-        line
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for line in &self.plan {
-            writeln!(f, "{line}")?;
-        }
-        f.write_str(&self.summary_line())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::fs;
@@ -471,6 +324,67 @@ mod tests {
             }
         }
         false
+    }
+
+    /// The source of the kind's own file, or of every file in its own folder.
+    fn kind_source(module: &str) -> String {
+        let jobs = root().join("src/jobs");
+        let file = jobs.join(format!("{module}.rs"));
+        if file.is_file() {
+            return fs::read_to_string(&file).unwrap();
+        }
+        let mut text = String::new();
+        let mut stack = vec![jobs.join(module)];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    text.push_str(&fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        text
+    }
+
+    /// Kinds whose pure step still goes by another name than `plan`, with that name: each
+    /// has it and its table test, and the list shrinks as they are renamed.
+    const PURE_STEP_NAMED_OTHERWISE: &[(&str, &str)] = &[
+        ("verify", "choose"),
+        ("health", "evaluate"),
+        ("budget", "decide"),
+    ];
+
+    /// Every kind has its pure step, `plan(spec, facts, now, …)`, and a test that calls it
+    /// (its table test): a new kind that plans inside its I/O fails here.
+    #[test]
+    fn every_registered_kind_has_its_plan_and_its_plan_test_table() {
+        for (name, module) in MODULES {
+            let source = kind_source(module);
+            let step = PURE_STEP_NAMED_OTHERWISE
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("plan", |(_, step)| *step);
+            assert!(
+                source.contains(&format!("pub fn {step}(")),
+                "kind `{name}` has no pure `pub fn {step}(` in src/jobs/{module}"
+            );
+            let calls = |body: &str| {
+                body.match_indices(&format!("{step}("))
+                    .any(|(i, _)| !body[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+            };
+            assert!(
+                source.split("#[test]").skip(1).any(calls),
+                "kind `{name}` has no test that calls its `{step}` in src/jobs/{module}"
+            );
+            if step != "plan" {
+                assert!(
+                    !source.contains("pub fn plan("),
+                    "kind `{name}` has its `plan` now: take it off PURE_STEP_NAMED_OTHERWISE"
+                );
+            }
+        }
     }
 
     /// Adding a kind is one folder, one line in the registry and one doc page: every kind the

@@ -13,11 +13,11 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{Context, Job, Kind, Report};
+use crate::jobs::contract::{BACKUPS, Context, Contract, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel};
 use crate::backup::{self as backups, ArchiveName, Scratch};
-use crate::config::Checks;
+use crate::checks::Checks;
 use crate::units;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -44,7 +44,7 @@ pub struct Spec {
     pub backup_to: Option<PathBuf>,
 }
 
-impl super::Contract for Spec {
+impl Contract for Spec {
     /// A test restore reads the backup job's archives, never the gateway's database.
     fn touches_gateway(&self) -> bool {
         false
@@ -54,15 +54,17 @@ impl super::Contract for Spec {
         vec![("verify.backups_of", self.backups_of.as_str())]
     }
 
-    /// Takes the directory of the backup job `backups_of` names (`check` has said whether it
-    /// names one).
-    fn resolve(&mut self, jobs: &[Job]) {
+    /// Takes the directory of the backup job `backups_of` names, the one it writes its
+    /// backups into (`check` has said whether it names a backup job).
+    fn resolve(&mut self, jobs: &[(&str, &dyn Contract)]) {
         self.backup_to = jobs
             .iter()
-            .find(|j| j.name == self.backups_of)
-            .and_then(|j| match &j.kind {
-                Kind::Backup(backup) => Some(backup.to.clone()),
-                _ => None,
+            .find(|(name, _)| *name == self.backups_of)
+            .and_then(|(_, backup)| {
+                backup
+                    .writes()
+                    .into_iter()
+                    .find_map(|(dir, holds)| (holds == BACKUPS).then_some(dir))
             });
     }
 }

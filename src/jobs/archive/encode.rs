@@ -9,7 +9,7 @@ use std::io::Write;
 
 use crate::gateway::Value;
 
-use super::Format;
+use super::spec::Format;
 use crate::redact::json::redact;
 
 /// Turns rows of one table into archive lines.

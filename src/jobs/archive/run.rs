@@ -10,11 +10,12 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::encode::Encoder;
+use super::plan::{self, Facts, Left, TARGET_HOLD};
 use super::select::{self, Bound, Row, Selection, Table};
-use super::{Format, Rows, Spec, Then};
+use super::spec::{Format, Rows, Spec, Then};
 use crate::fsx::{self, PendingFile};
 use crate::gateway::{Access, Dialect, ExecExt, GatewayDb, Preset, Tuning, Value};
-use crate::jobs::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::pgzip::ParallelGzWriter;
 use crate::units::{self, millis as ms};
 use crate::writelock::HOLD_LIMIT;
@@ -26,10 +27,6 @@ const WINDOW: usize = 20_000;
 /// How long one read transaction may hold its shared lock before it stops and hands back the
 /// rows read so far: within [`HOLD_LIMIT`], with a row's read and the statement's end to spare.
 const READ_HOLD: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(1));
-/// What each write transaction's planned size aims at; the rows per transaction adapt. Above
-/// [`STOP_DELETING`], so that most transactions end there, as long as allowed: each one costs
-/// the gateway the same room after it.
-const TARGET_HOLD: Duration = HOLD_LIMIT;
 /// Where a write transaction stops deleting whatever its planned size, leaving the commit
 /// (about a millisecond on tmpfs, a few on a loaded machine) within [`HOLD_LIMIT`].
 const STOP_DELETING: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(2));
@@ -173,12 +170,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     // (docs/design.md, "A busy gateway"), the schema's included.
     let (table, _) = db.read(|c| Table::inspect(c, &gateway.table, &gateway.columns.payload))?;
     let d = db.dialect();
-    let cutoff = chrono::Duration::from_std(spec.older_than)
-        .ok()
-        .and_then(|d| ctx.now.checked_sub_signed(d))
-        .context(
-            "archive `older_than` reaches before the year 0; accepted: a duration such as 90d",
-        )?;
+    let cutoff = plan::cutoff(spec, ctx.now)?;
     let bound = Bound::new(gateway.columns.time_format, cutoff);
     let old = bound.condition(d, &gateway.columns.time);
     let mut wanted = old.clone();
@@ -229,7 +221,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         tally: Tally::default(),
     };
     if ctx.dry_run {
-        return archiver.survey(&selection, time_indexed, &bound, sessions);
+        return archiver.survey(&selection, time_indexed, sessions);
     }
     fsx::private_dir(&spec.to)?;
     fsx::sweep_temps(&spec.to)?;
@@ -541,26 +533,27 @@ impl Archiver<'_, '_> {
         }
     }
 
+    /// The dry run: gathers the facts a plan needs (the batches a killed run left, the rows
+    /// the run would archive), then plans.
     fn survey(
         mut self,
         selection: &Selection,
         time_indexed: bool,
-        bound: &Bound,
         sessions: Option<i64>,
     ) -> anyhow::Result<Report> {
-        let mut lines = Vec::new();
-        for p in self
+        let left = self
             .ctx
             .state
             .get::<Vec<Pending>>(NS, self.ctx.job)?
             .unwrap_or_default()
-        {
-            lines.push(if p.file.exists() {
-                format!("resume: {} is complete; its {} rows would be purged from `{}`", p.file.display(), p.keys.len(), p.table)
-            } else {
-                format!("resume: {} was never published; its rows are still in `{}` and are archived again", p.file.display(), p.table)
-            });
-        }
+            .into_iter()
+            .map(|p| Left {
+                published: p.file.exists(),
+                rows: p.keys.len(),
+                file: p.file,
+                table: p.table,
+            })
+            .collect();
         let (mut rows, mut bytes, mut payload) = (0u64, 0u64, 0u64);
         let payload_idx = selection.table.payload.clone();
         self.scan(selection, time_indexed, |_, found| {
@@ -574,53 +567,31 @@ impl Archiver<'_, '_> {
             }
             Ok(())
         })?;
-        let files = rows.div_ceil(u64::from(self.spec.batch));
-        let table = &selection.table.name;
-        let cutoff =
-            self.ctx.now - chrono::Duration::from_std(self.spec.older_than).unwrap_or_default();
-        lines.push(format!(
-            "archive: {rows} rows of `{table}` older than {} ({}, rows: {}), {} of row data, into {files} {} files in {}",
-            bound.describe(),
-            cutoff.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            self.spec.rows.name(),
-            units::bytes(bytes),
-            self.spec.format.extension(),
-            self.spec.to.display()
-        ));
-        lines.push(match self.spec.then {
-            Then::Delete => format!(
-                "delete: {rows} rows ({}) from `{table}` in write transactions of about {} each",
-                units::bytes(bytes),
-                units::duration(TARGET_HOLD)
-            ),
-            Then::StripPayloads => format!(
-                "strip: set {} to NULL in {rows} rows of `{table}` ({} of payloads)",
-                selection.table.payload_columns().join(", "),
-                units::bytes(payload)
-            ),
-        });
-        let mut orphans = 0;
-        if let Some(cut) = sessions {
-            orphans = self.db.exec().query_one(
+        let orphaned_sessions = match sessions {
+            Some(cut) => Some(self.db.exec().query_one(
                 "SELECT count(*) FROM sessions WHERE COALESCE(ended_at, started_at) < ?1
                  AND id NOT IN (SELECT session_id FROM usage_records)",
                 &[cut.into()],
                 |r| Ok(r.i64(0)?.unwrap_or_default()),
-            )?;
-            lines.push(format!(
-                "sessions: archive and delete {orphans} `sessions` rows older than the cut-off that have no usage records now (more once the rows above are deleted)"
-            ));
-        }
-        let mut report = Report::new(format!(
-            "would archive {rows} rows ({}) into {files} files",
-            units::bytes(bytes)
-        ))
-        .figure("rows", rows as f64)
-        .figure("bytes", bytes as f64)
-        .figure("payload_bytes", payload as f64)
-        .figure("orphaned_sessions", orphans as f64);
-        report.plan = lines;
-        Ok(report)
+            )? as u64),
+            None => None,
+        };
+        let facts = Facts {
+            left,
+            table: selection.table.name.clone(),
+            time_format: self.ctx.gateway.columns.time_format,
+            payload_columns: selection
+                .table
+                .payload_columns()
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            rows,
+            bytes,
+            payload_bytes: payload,
+            orphaned_sessions,
+        };
+        Ok(plan::plan(self.spec, &facts, self.ctx.now, self.ctx.timezone)?.report())
     }
 
     fn report(&self, bound: &Bound) -> Report {

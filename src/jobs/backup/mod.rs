@@ -18,12 +18,12 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel, Manifest};
 use crate::backup::snapshot::{self, Snapshot};
 use crate::backup::{self as backups, ArchiveName, Format, Scratch};
-use crate::config::Checks;
+use crate::checks::Checks;
 use crate::fsx;
 use crate::units;
 use retention::{Decision, KeepConfig, Policy, Reason};
@@ -115,9 +115,9 @@ pub struct Spec {
     pub shrink_guard: ShrinkGuard,
 }
 
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     fn writes(&self) -> Vec<(PathBuf, &'static str)> {
-        vec![(self.to.clone(), "backups")]
+        vec![(self.to.clone(), crate::jobs::contract::BACKUPS)]
     }
 }
 

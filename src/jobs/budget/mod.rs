@@ -18,10 +18,10 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::config::Checks;
-use crate::config::values::Share;
+use crate::checks::Checks;
+use crate::checks::values::Share;
 use crate::gateway::{Access, Exec, ExecExt, Gateway};
 use crate::metrics::{BudgetSpend, escape_label as label};
 use periods::Period;
@@ -62,7 +62,7 @@ pub struct Spec {
     pub include_failed: bool,
 }
 
-impl super::Contract for Spec {}
+impl crate::jobs::contract::Contract for Spec {}
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let raw_limits = raw.limits.unwrap_or_default();

@@ -45,9 +45,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use super::{Context, Report};
+use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
-use crate::config::Checks;
+use crate::checks::Checks;
 
 pub type Raw = RotateConfig;
 pub type Spec = RotateSpec;
@@ -59,7 +59,7 @@ const STATE_NS: &str = "logrotate";
 type Saved = BTreeMap<PathBuf, FileState>;
 
 /// Logrotate works on log files only: it never opens the gateway's database.
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     fn touches_gateway(&self) -> bool {
         false
     }

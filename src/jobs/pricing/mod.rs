@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use super::{Context, Report};
-use crate::config::values;
-use crate::config::Checks;
+use crate::jobs::contract::{Context, Report};
+use crate::checks::values;
+use crate::checks::Checks;
 use crate::gateway::{Access, CostColumns, Dialect, Exec, ExecExt, Gateway, Preset, Tuning, Value};
 // Label values in figure names are quoted as in the metrics file.
 use crate::metrics::escape_label as label;
@@ -53,7 +53,7 @@ pub struct Spec {
     pub aliases: BTreeMap<String, String>,
 }
 
-impl super::Contract for Spec {
+impl crate::jobs::contract::Contract for Spec {
     /// The price file, with `watch: true`: a change reprices at once.
     fn watches(&self) -> Vec<PathBuf> {
         if self.watch {
@@ -980,6 +980,15 @@ mod tests {
             },
             old,
         }
+    }
+
+    /// The bound the docs promise for pricing's locks is 4 times the longest batch it aims at.
+    #[test]
+    fn the_lock_bound_is_four_times_the_batch_s_longest() {
+        assert_eq!(
+            crate::writelock::bound("pricing").unwrap().for_bytes(0),
+            MAX_LOCK * 4
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub struct ConfigError {
     /// the part around the column.
     pub source_line: Option<String>,
     /// Where the caret stands under `source_line`, in characters from its start.
-    pub(super) caret: usize,
+    pub(crate) caret: usize,
 }
 
 /// The most characters shown on either side of an error's column: a file whose one line holds
@@ -25,7 +25,7 @@ pub struct ConfigError {
 const EXCERPT: usize = 60;
 
 /// The part of `line` around the 1-based `column`, and the caret's offset in it.
-pub(super) fn excerpt(line: &str, column: usize) -> (String, usize) {
+pub(crate) fn excerpt(line: &str, column: usize) -> (String, usize) {
     let at = column.saturating_sub(1);
     let chars = line.chars().count();
     let start = at.saturating_sub(EXCERPT);
@@ -84,7 +84,7 @@ impl ConfigError {
     }
 
     /// Adds the part of the error's line around its column, for the caret display.
-    pub(super) fn show_line(&mut self, source: &Source<'_>) {
+    pub(crate) fn show_line(&mut self, source: &Source<'_>) {
         let shown = source
             .line(self.line)
             .filter(|l| !l.is_empty() || self.line < source.starts.len())

@@ -1,0 +1,44 @@
+//! The validated configuration the daemon runs on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+
+use crate::alerts::AlertSettings;
+use crate::gateway::Gateway;
+use crate::jobs::Job;
+
+/// The validated jobs file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub gateway: Gateway,
+    pub state_dir: PathBuf,
+    pub timezone: Tz,
+    pub shutdown_timeout: Duration,
+    pub metrics_file: Option<PathBuf>,
+    pub log: LogSettings,
+    pub alerts: AlertSettings,
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Config {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
