@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod databases;
 pub mod demo;
 pub mod fsx;
 pub mod gateway;

@@ -5,8 +5,10 @@
 //! files being written carry [`fsx::TEMP_MARKER`] and a leading dot, so they never parse.
 
 pub mod archive;
+pub mod multi;
 pub mod restore;
 pub mod snapshot;
+pub mod tree;
 
 use std::fmt;
 use std::fs;

@@ -33,6 +33,8 @@ pub const DEFAULT_PATH: &str = "/etc/caretaker/jobs.yaml";
 pub struct Config {
     pub source: PathBuf,
     pub gateway: Gateway,
+    /// The databases looked after besides the gateway's (`databases:`).
+    pub databases: crate::databases::Databases,
     pub state_dir: PathBuf,
     pub timezone: Tz,
     pub shutdown_timeout: Duration,

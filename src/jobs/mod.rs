@@ -44,6 +44,11 @@ pub trait Contract {
     /// the whole file is validated, so that a run never looks another job up.
     fn resolve(&mut self, _jobs: &[Job]) {}
 
+    /// The job's `databases: [...]`, for kinds that take one ([`crate::databases::Selection`]).
+    fn selection_mut(&mut self) -> Option<&mut crate::databases::Selection> {
+        None
+    }
+
     /// Problems that only show against the validated gateway (a condition its schema cannot
     /// answer): `(key path below the job's kind block, message)`, reported by `check`.
     fn gateway_problems(&self, _gateway: &Gateway) -> Vec<(String, String)> {
@@ -182,6 +187,19 @@ impl Kind {
     /// See [`Contract::depends_on`].
     pub fn depends_on(&self) -> Vec<(&'static str, &str)> {
         self.contract().depends_on()
+    }
+
+    /// Resolves the job's `databases: [...]` against the declared ones; unknown names are
+    /// errors at `path`.
+    pub fn resolve_databases(
+        &mut self,
+        declared: &crate::databases::Databases,
+        path: &str,
+        checks: &mut Checks<'_>,
+    ) {
+        if let Some(selection) = self.contract_mut().selection_mut() {
+            selection.resolve(declared, path, checks);
+        }
     }
 
     /// See [`Contract::gateway_problems`].
