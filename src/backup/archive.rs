@@ -874,7 +874,7 @@ pub fn extract_entry(
 
 /// [`check_database`], and with `expect` also the copy's size, page size, page count and the
 /// row count of the manifest's table against the manifest (the rows counted are returned).
-fn check_copy(
+pub fn check_copy(
     path: &Path,
     level: CheckLevel,
     expect: Option<&Manifest>,

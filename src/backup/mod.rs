@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod multi;
 pub mod restore;
+pub mod restore_dir;
 pub mod snapshot;
 pub mod tree;
 
@@ -170,6 +171,14 @@ pub fn sweep_scratch(dir: &Path, job: &str, purpose: Scratch) -> anyhow::Result<
         };
         if owned_temp(job, purpose, name) {
             let path = entry.path();
+            // A test restore of an archive of several databases extracts into a directory.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path).with_context(|| {
+                    format!("removing stale temporary directory {}", path.display())
+                })?;
+                removed.push(path);
+                continue;
+            }
             fs::remove_file(&path)
                 .with_context(|| format!("removing stale temporary file {}", path.display()))?;
             removed.push(path);
