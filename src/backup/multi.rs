@@ -78,8 +78,9 @@ pub struct Outcome {
 }
 
 /// Snapshots `targets` one at a time into scratch files beside the archive `name` in `to`.
-/// `between` runs before each (the job's safe point). Memory files a killed run left are swept
-/// once, before the first.
+/// `between` runs before each (the job's safe point). The caller sweeps the memory files a
+/// killed run left ([`snapshot::sweep_memory`]) once, before its first snapshot: a sweep here
+/// would remove the gateway's copy taken just before.
 pub fn take_all(
     targets: &[Target],
     to: &Path,
@@ -87,7 +88,6 @@ pub fn take_all(
     busy_timeout: Duration,
     between: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Outcome> {
-    snapshot::sweep_memory(to);
     let mut taken = Vec::new();
     let mut vanished = Vec::new();
     for target in targets {

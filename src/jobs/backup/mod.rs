@@ -508,6 +508,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         let snap = snapshot::take(gateway, &scratch.0)?;
         Some((snap, scratch))
     } else {
+        // The gateway's snapshot sweeps what a killed run left in memory; without it, here.
+        snapshot::sweep_memory(to);
         None
     };
     let outcome = multi::take_all(
