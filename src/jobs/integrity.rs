@@ -19,6 +19,7 @@ use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::{self, ScratchDb, free_bytes, snapshot};
 use crate::config::Checks;
+use crate::databases::Selection;
 use crate::gateway::Gateway;
 use crate::units;
 use crate::writelock::journal_mode;
@@ -50,20 +51,28 @@ pub enum Copy {
 pub struct Raw {
     check: Option<Depth>,
     copy: Option<Copy>,
+    databases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub check: Depth,
     pub copy: Copy,
+    /// The databases checked, one at a time: `gateway` and those declared under `databases:`.
+    pub databases: Selection,
 }
 
-impl super::Contract for Spec {}
+impl super::Contract for Spec {
+    fn selection_mut(&mut self) -> Option<&mut Selection> {
+        Some(&mut self.databases)
+    }
+}
 
-pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec> {
+pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     Some(Spec {
         check: raw.check.unwrap_or(Depth::Quick),
         copy: raw.copy.unwrap_or(Copy::Auto),
+        databases: Selection::from_raw(raw.databases, &format!("{path}.databases"), checks),
     })
 }
 
@@ -187,8 +196,27 @@ fn check_inner(conn: &Connection, depth: Depth) -> rusqlite::Result<Findings> {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let gateway = ctx.gateway;
-    let key = format!("integrity:{}", ctx.job);
+    crate::databases::for_each(&spec.databases, ctx, |ctx, gateway, label| {
+        run_one(spec, ctx, gateway, label)
+    })
+}
+
+/// Checks one database: the gateway's (`label` `None`) or a declared one, whose findings and
+/// alert carry its label.
+fn run_one(
+    spec: &Spec,
+    ctx: &mut Context<'_>,
+    gateway: &Gateway,
+    label: Option<&str>,
+) -> anyhow::Result<Report> {
+    let key = match label {
+        None => format!("integrity:{}", ctx.job),
+        Some(label) => format!("integrity:{}:{label}", ctx.job),
+    };
+    let subject = match label {
+        None => "the gateway database".to_string(),
+        Some(label) => format!("database {label}"),
+    };
     let pragma = match spec.check {
         Depth::Quick => "PRAGMA quick_check",
         Depth::Full => "PRAGMA integrity_check and PRAGMA foreign_key_check",
@@ -240,7 +268,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         ctx.alerts.push(AlertEvent::Resolve {
             key,
             job: Some(ctx.job.to_string()),
-            what: "the gateway database fails its integrity check".into(),
+            what: format!("{subject} fails its integrity check"),
         });
         return Ok(Report::new(format!("{checked}: {pragma} found no problem"))
             .figure("check_seconds", seconds)
@@ -252,7 +280,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         key,
         severity: Severity::Critical,
         job: Some(ctx.job.to_string()),
-        what: "the gateway database fails its integrity check".into(),
+        what: format!("{subject} fails its integrity check"),
         body: format!(
             "{pragma} on {checked} reported: {described}\n\n\
              Stop the gateway if you can, keep a copy of the damaged file (with its -wal and -journal \
