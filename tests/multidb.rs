@@ -368,3 +368,93 @@ fn kill_9_at_random_points_never_publishes_an_archive_lacking_a_listed_database(
     let out = run_job(&config, "nightly");
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// Damages a database in place: garbage over its second page, where its first table lives.
+fn damage(db: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = fs::OpenOptions::new().write(true).open(db).unwrap();
+    f.seek(SeekFrom::Start(4096 + 8)).unwrap();
+    f.write_all(&[0xA5; 2000]).unwrap();
+}
+
+#[test]
+fn integrity_maintenance_and_health_look_after_every_listed_database_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tldw");
+    tldw_layout(&root, 3, &[]);
+    let config = common::multidb::jobs_file_with(
+        dir.path(),
+        &root,
+        "databases: [gateway]",
+        "  checkup:\n    on_signal: USR1\n    integrity: {check: quick, databases: [gateway, users, notes]}\n  \
+         upkeep:\n    on_signal: USR1\n    maintenance: {databases: [users, media]}\n  \
+         sizes:\n    on_signal: USR1\n    health: {database_max_size: 4KB, databases: [media]}\n",
+    );
+    let alerts = dir.path().join("state/alerts.jsonl");
+
+    let out = run_job(&config, "checkup");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("5 databases"),
+        "{}",
+        describe(&out)
+    );
+
+    let notes2 = root.join("Databases/user_databases/2/ChaChaNotes.db");
+    damage(&notes2);
+    let out = run_job(&config, "checkup");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = describe(&out);
+    assert!(
+        text.contains("1 of 5 databases failed") && text.contains("notes:2/ChaChaNotes.db"),
+        "{text}"
+    );
+    let raised = common::health::alerts_for(&alerts, "integrity:checkup:notes:2/ChaChaNotes.db");
+    assert_eq!(
+        raised.len(),
+        1,
+        "{:?}",
+        common::health::alert_lines(&alerts)
+    );
+    assert!(
+        raised[0]
+            .0
+            .ends_with("database notes:2/ChaChaNotes.db fails its integrity check")
+            && !raised[0].1,
+        "{raised:?}"
+    );
+    assert!(
+        common::health::alerts_for(&alerts, "integrity:checkup")
+            .iter()
+            .all(|(_, r)| *r)
+    );
+
+    let out = run_job(&config, "upkeep");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 databases"),
+        "{}",
+        describe(&out)
+    );
+
+    // Each media database is over 4 KB; the gateway's sizes are not watched by this job.
+    let out = run_job(&config, "sizes");
+    assert!(out.status.success(), "{}", describe(&out));
+    for u in 1..=3 {
+        let key = format!("health:sizes:database_size:media:{u}/Media_DB_v2.db");
+        let got = common::health::alerts_for(&alerts, &key);
+        assert_eq!(
+            got.len(),
+            1,
+            "{key}: {:?}",
+            common::health::alert_lines(&alerts)
+        );
+        assert!(
+            got[0]
+                .0
+                .contains(&format!(": database media:{u}/Media_DB_v2.db larger than")),
+            "{got:?}"
+        );
+    }
+    assert!(common::health::alerts_for(&alerts, "health:sizes:database_size").is_empty());
+}

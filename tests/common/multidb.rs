@@ -53,6 +53,12 @@ pub fn tldw_layout(root: &Path, users: u32, live: &[u32]) -> Vec<PathBuf> {
 /// databases under `root` declared as `users`, `media` and `notes`, and a backup job
 /// `nightly` to `dir/backups` (`backup_extra` added to its block) with a verify job `check`.
 pub fn jobs_file(dir: &Path, root: &Path, backup_extra: &str) -> PathBuf {
+    jobs_file_with(dir, root, backup_extra, "")
+}
+
+/// [`jobs_file`] with `more_jobs` (YAML at the indentation of a job) added under `jobs`, and
+/// alerts appended to `dir/state/alerts.jsonl`.
+pub fn jobs_file_with(dir: &Path, root: &Path, backup_extra: &str, more_jobs: &str) -> PathBuf {
     let gateway = dir.join("requests.db");
     if !gateway.exists() {
         create_db(&gateway, Schema::Apantli, 40);
@@ -63,7 +69,7 @@ pub fn jobs_file(dir: &Path, root: &Path, backup_extra: &str) -> PathBuf {
         block.push_str(&format!("      {}\n", line.trim()));
     }
     let yaml = format!(
-        "gateway:\n  database: {gw}\n  schema: apantli\nstate_dir: {state}\ndatabases:\n  users: {dbs}/users.db\n  media: {dbs}/user_databases/*/Media_DB_v2.db\n  notes: {{path: {dbs}/user_databases/*/ChaChaNotes.db}}\njobs:\n  nightly:\n    on_signal: USR1\n    backup:\n      to: {to}\n      keep: {{last: 50}}\n      verify: quick\n{block}  check:\n    on_signal: USR2\n    verify: {{backups_of: nightly, which: latest}}\n",
+        "gateway:\n  database: {gw}\n  schema: apantli\nstate_dir: {state}\nalerts:\n  file: {state}/alerts.jsonl\ndatabases:\n  users: {dbs}/users.db\n  media: {dbs}/user_databases/*/Media_DB_v2.db\n  notes: {{path: {dbs}/user_databases/*/ChaChaNotes.db}}\njobs:\n  nightly:\n    on_signal: USR1\n    backup:\n      to: {to}\n      keep: {{last: 50}}\n      verify: quick\n{block}  check:\n    on_signal: USR2\n    verify: {{backups_of: nightly, which: latest}}\n{more_jobs}",
         gw = gateway.display(),
         state = dir.join("state").display(),
         dbs = dbs.display(),
