@@ -458,3 +458,95 @@ fn integrity_maintenance_and_health_look_after_every_listed_database_naming_it()
     }
     assert!(common::health::alerts_for(&alerts, "health:sizes:database_size").is_empty());
 }
+
+#[test]
+fn a_disk_that_fills_halfway_through_publishes_nothing_and_keeps_the_old_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tldw");
+    tldw_layout(&root, 20, &[]);
+    // Each media database (WAL) about 1 MB of incompressible rows.
+    for u in 1..=20 {
+        let db = root.join(format!("Databases/user_databases/{u}/Media_DB_v2.db"));
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+             INSERT INTO notes (body) SELECT randomblob(1000) FROM n;",
+        )
+        .unwrap();
+    }
+    let small = common::files::SmallFilesystem::mount(&dir.path().join("small"), "64m");
+    let config = jobs_file(dir.path(), &root, "databases: [media]");
+    let to = small.dir.join("backups");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        &format!("to: {}", dir.path().join("backups").display()),
+        &format!("to: {}", to.display()),
+    );
+    fs::write(&config, text).unwrap();
+    let out = run_job(&config, "nightly");
+    assert!(out.status.success(), "{}", describe(&out));
+    let old = caretaker::backup::list(&to, "nightly")
+        .unwrap()
+        .pop()
+        .unwrap()
+        .1;
+    let old_sha = hex::encode(Sha256::digest(fs::read(&old).unwrap()));
+
+    let filler = small.dir.join("filler");
+    let mut failed = None;
+    // The filler must strike while the run writes; a run that finished first is tried again.
+    for _ in 0..5 {
+        common::backup::wait_for_next_second(&old);
+        let _ = fs::remove_file(&filler);
+        let child = common::bins::caretaker()
+            .args(["run-job", "nightly", "--config", config.to_str().unwrap()])
+            .env_remove("CARETAKER_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Halfway: once the run has written its first snapshot beside the archives.
+        let writing = common::wait::poll(std::time::Duration::from_secs(30), || {
+            fs::read_dir(&to)
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(".snapshot"))
+                .then_some(())
+        });
+        if writing.is_some() {
+            use std::io::Write;
+            let mut f = fs::File::create(&filler).unwrap();
+            let block = vec![0u8; 1 << 20];
+            while f.write_all(&block).is_ok() {}
+        }
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            failed = Some(out);
+            break;
+        }
+        for (_, p) in caretaker::backup::list(&to, "nightly").unwrap() {
+            if p != old {
+                fs::remove_file(p).unwrap();
+            }
+        }
+    }
+    let out = failed.expect("the disk never filled during a run");
+    let text = describe(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("No space left") || text.contains("full"),
+        "the failure should say the disk is full: {text}"
+    );
+    assert_eq!(
+        common::files::names(&to),
+        [old.file_name().unwrap().to_str().unwrap()],
+        "only the old archive may remain: {text}"
+    );
+    assert_eq!(
+        hex::encode(Sha256::digest(fs::read(&old).unwrap())),
+        old_sha
+    );
+    // With room again the next run succeeds.
+    fs::remove_file(&filler).unwrap();
+    let out = run_job(&config, "nightly");
+    assert!(out.status.success(), "{}", describe(&out));
+}
