@@ -558,6 +558,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         }
     };
     let snapshot_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // The database the manifest's own fields, and so the shrink guard, describe.
+    let primary_source = primary.source.clone();
     tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, databases = 1 + others.len(), "snapshots taken");
     let rows = if with_gateway { snap.rows } else { Some(snap.rows.unwrap_or(0)) };
     let Some(rows) = rows else {
@@ -642,7 +644,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                  If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
                  If the change was expected (a purge, a VACUUM, a new database), run the job once with \
                  `shrink_guard: off`, then set the guard back.",
-                gateway.database.display(),
+                primary_source.display(),
                 published.display()
             ),
         })),
