@@ -601,11 +601,13 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 ctx,
                 &plan.archive,
                 &dest,
-                &primary,
-                &snap,
+                Copies {
+                    primary: &primary,
+                    snap: &snap,
+                    others: &others,
+                    matched,
+                },
                 &includes,
-                &others,
-                matched,
             )
         })
         .join()
@@ -724,12 +726,15 @@ fn check_write_and_publish(
     ctx: &Context<'_>,
     name: &ArchiveName,
     dest: &Path,
-    primary: &Primary,
-    snap: &Snapshot,
+    copies: Copies<'_>,
     includes: &[archive::Include],
-    others: &[Taken],
-    matched: Vec<archive::Matched>,
 ) -> anyhow::Result<Published> {
+    let Copies {
+        primary,
+        snap,
+        others,
+        matched,
+    } = copies;
     let checking = Instant::now();
     let (check, sha256, size) = check_and_hash(&snap.path, spec.check_level())
         .context("the snapshot failed its check; no archive was written")?;
@@ -782,6 +787,15 @@ fn check_write_and_publish(
         compress_ms,
         verify_ms,
     })
+}
+
+/// What a run snapshotted: the first database (the manifest's own fields describe it), the
+/// others, and what each declared database matched.
+struct Copies<'a> {
+    primary: &'a Primary,
+    snap: &'a Snapshot,
+    others: &'a [Taken],
+    matched: Vec<archive::Matched>,
 }
 
 /// The first database of an archive, which the manifest's own fields describe.
