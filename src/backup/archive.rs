@@ -556,33 +556,23 @@ fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
 fn check_header_of(
     head: &[u8],
     database: &str,
-    page_size_expected: u64,
-    page_count_expected: u64,
+    expected_page_size: u64,
+    expected_page_count: u64,
 ) -> anyhow::Result<()> {
-    struct M<'a> {
-        database: &'a str,
-        page_size: u64,
-        page_count: u64,
-    }
-    let m = M {
-        database,
-        page_size: page_size_expected,
-        page_count: page_count_expected,
-    };
     ensure!(
         head.len() == SQLITE_HEADER && head.starts_with(SQLITE_MAGIC),
         "`{}` is not an SQLite database: it does not start with the SQLite header",
-        m.database
+        database
     );
     let page_size = match u16::from_be_bytes([head[16], head[17]]) {
         1 => 65536,
         n => u64::from(n),
     };
     ensure!(
-        page_size == m.page_size,
+        page_size == expected_page_size,
         "`{}` has pages of {page_size} bytes but the manifest says {}",
-        m.database,
-        m.page_size
+        database,
+        expected_page_size
     );
     let word = |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
     // The in-header page count is current only when its version-valid-for number equals the
@@ -590,10 +580,10 @@ fn check_header_of(
     let pages = u64::from(word(28));
     if pages != 0 && word(92) == word(24) {
         ensure!(
-            pages == m.page_count,
+            pages == expected_page_count,
             "`{}` has {pages} pages by its header but the manifest says {}",
-            m.database,
-            m.page_count
+            database,
+            expected_page_count
         );
     }
     Ok(())
@@ -1009,6 +999,84 @@ mod tests {
             databases: Vec::new(),
             matched: Vec::new(),
         }
+    }
+
+    /// A small SQLite file at `path` and its manifest fields: (size, sha256, page size, pages).
+    fn tiny_db(path: &Path, rows: u32) -> (u64, String, u64, u64) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) INSERT INTO t SELECT i FROM n;"
+        ))
+        .unwrap();
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        drop(conn);
+        let (sha, size) = hash_file(path).unwrap();
+        (size, sha, page_size as u64, pages as u64)
+    }
+
+    #[test]
+    fn every_database_an_archive_lists_is_checked_and_one_missing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("g.db");
+        let other = dir.path().join("u.db");
+        let (size, sha, page_size, pages) = tiny_db(&first, 3);
+        let (osize, osha, opage_size, opages) = tiny_db(&other, 5);
+        let mut m = manifest(size, page_size, pages);
+        m.database = "databases/gateway/g.db".into();
+        m.sha256 = sha;
+        m.databases.push(ArchivedDatabase {
+            name: "users".into(),
+            source: other.clone(),
+            entry: "databases/users/u.db".into(),
+            size: osize,
+            sha256: osha,
+            page_size: opage_size,
+            page_count: opages,
+            journal_mode: "delete".into(),
+            table: Some("t".into()),
+            row_count: Some(5),
+        });
+        let dest = dir.path().join("a.tar");
+        let (pending, _) = write_all(&dest, &m, &first, &[&other], &[], Compression::None).unwrap();
+        let contents = read(pending.temp_path(), &mut io::sink()).unwrap();
+        assert_eq!(contents.manifest, m);
+        let path = pending.commit().unwrap();
+        // Each database extracts and checks on its own.
+        let out = dir.path().join("one.db");
+        let mut file = File::create(&out).unwrap();
+        let got = extract_entry(
+            &path,
+            Some("databases/users/u.db"),
+            &mut file,
+            &out,
+            CheckLevel::Integrity,
+        )
+        .unwrap();
+        assert_eq!(got.rows, Some(5));
+        assert_eq!(got.manifest.database, "databases/users/u.db");
+        assert_eq!(m.label("databases/users/u.db"), "users:u.db");
+
+        // A manifest that lists a database the archive lacks is refused.
+        let mut lying = m.clone();
+        let mut extra = lying.databases[0].clone();
+        extra.entry = "databases/users/gone.db".into();
+        lying.databases.push(extra);
+        let bad = dir.path().join("bad.tar");
+        let out = BufWriter::new(File::create(&bad).unwrap());
+        write_entries(out, &lying, &first, &[&other], &[])
+            .unwrap()
+            .flush()
+            .unwrap();
+        let err = format!("{:#}", read(&bad, &mut io::sink()).unwrap_err());
+        assert!(
+            err.contains("databases/users/gone.db") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[test]

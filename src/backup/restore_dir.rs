@@ -244,3 +244,21 @@ fn sync_tree(dir: &Path) -> anyhow::Result<()> {
     }
     fsx::sync_dir(dir).with_context(|| format!("flushing directory {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stay_under_the_directory() {
+        let dir = Path::new("/restore");
+        assert_eq!(
+            under(dir, "databases/media/7/Media_DB_v2.db").unwrap(),
+            Path::new("/restore/databases/media/7/Media_DB_v2.db")
+        );
+        for bad in ["../etc/passwd", "/etc/passwd", "databases/../../x"] {
+            let err = under(dir, bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+}
