@@ -200,6 +200,9 @@ fn check(path: &Path) -> u8 {
         if config.jobs.len() == 1 { "" } else { "s" },
         config.timezone
     );
+    for line in config.databases.describe_now() {
+        out.push_str(&format!("  {line}\n"));
+    }
     for job in &config.jobs {
         let signals: Vec<String> = job.on_signal.iter().map(|s| format!("SIG{s}")).collect();
         let mut line = format!("  {} ({})", job.name, job.kind.name());

@@ -357,6 +357,27 @@ pub fn largest_table(conn: &Connection) -> anyhow::Result<Option<(String, u64)>>
     Ok(best)
 }
 
+impl Databases {
+    /// One line per declared database and what its path or glob matches now, for `check`:
+    /// a glob is matched again at every run, so this is only what a run now would see.
+    pub fn describe_now(&self) -> Vec<String> {
+        self.0
+            .values()
+            .map(|d| match d.expand() {
+                Ok(found) if d.is_glob() => format!(
+                    "database {}: {} (a glob, matched afresh at each run; {} file{} now)",
+                    d.name,
+                    d.pattern.display(),
+                    found.len(),
+                    if found.len() == 1 { "" } else { "s" }
+                ),
+                Ok(_) => format!("database {}: {}", d.name, d.pattern.display()),
+                Err(e) => format!("database {}: {e:#}", d.name),
+            })
+            .collect()
+    }
+}
+
 /// Runs `one` on every database a job's `selection` names now, one after the other, never two
 /// at once: the gateway's and each current match of the declared ones. A declared database is
 /// handed to `one` as a view of the gateway with its own file, so it is opened, locked and

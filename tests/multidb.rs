@@ -292,6 +292,14 @@ fn check_names_an_undeclared_database_and_what_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("tldw");
     tldw_layout(&root, 1, &[]);
+    let good = jobs_file(dir.path(), &root, "databases: [gateway, media]");
+    let out = caretaker(&["check", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("database media: ") && stdout.contains("1 file now"),
+        "{stdout}"
+    );
     let config = jobs_file(dir.path(), &root, "databases: [gateway, media, nope]");
     let out = caretaker(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
