@@ -199,7 +199,8 @@ fn a_glob_is_found_afresh_each_run_and_the_gateway_may_stay_out() {
     common::backup::wait_for_next_second(&first);
     let out = run_job(&config, "nightly");
     assert!(out.status.success(), "{}", describe(&out));
-    let m = archive::peek_manifest(&archives(dir.path()).pop().unwrap()).unwrap();
+    let latest = archives(dir.path()).pop().unwrap();
+    let m = archive::peek_manifest(&latest).unwrap();
     let entries: Vec<&str> = m.databases.iter().map(|d| d.entry.as_str()).collect();
     assert_eq!(
         entries,
@@ -211,6 +212,39 @@ fn a_glob_is_found_afresh_each_run_and_the_gateway_may_stay_out() {
         ]
     );
     assert_eq!(m.matched[1].files, 4);
+
+    // The dry run says what a run would take now.
+    let out = caretaker(&[
+        "run-job",
+        "nightly",
+        "--dry-run",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains("snapshot database media (") && plan.contains("4 files now"),
+        "{plan}"
+    );
+
+    // A directory restore never lands in a directory that holds something.
+    let busy = dir.path().join("busy");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("keep.txt"), "mine").unwrap();
+    let out = caretaker(&[
+        "restore",
+        latest.to_str().unwrap(),
+        "--to",
+        busy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(common::files::names(&busy), ["keep.txt"]);
 }
 
 #[test]

@@ -397,8 +397,27 @@ fn plan_lines(
             VerifyLevel::Full => "full",
         }
     )];
+    if !spec.databases.has_gateway() {
+        lines[0] = format!(
+            "the gateway's database is not in this job's databases; archive {}",
+            spec.to.join(plan.archive.file_name()).display()
+        );
+    }
+    for declared in &spec.databases.declared {
+        lines.push(match declared.expand() {
+            Ok(found) => format!(
+                "snapshot database {} ({}): {} file{} now, one at a time",
+                declared.name,
+                declared.pattern.display(),
+                found.len(),
+                if found.len() == 1 { "" } else { "s" }
+            ),
+            Err(e) => format!("database {}: {e:#}", declared.name),
+        });
+    }
     for include in &spec.include {
-        lines.push(format!("include {} ({})", include.display(), size(include)));
+        let kind = if include.is_dir() { ", a directory" } else { "" };
+        lines.push(format!("include {} ({}{kind})", include.display(), size(include)));
     }
     lines.push(match (spec.shrink_guard, base) {
         (ShrinkGuard::Off, _) => "shrink guard: off".to_string(),
@@ -444,8 +463,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let plan = plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
     if ctx.dry_run {
         // The table must exist for the run to write anything; say so now.
-        let gateway = ctx.gateway;
-        gateway.check_table(&gateway.connect(true)?)?;
+        if spec.databases.has_gateway() {
+            let gateway = ctx.gateway;
+            gateway.check_table(&gateway.connect(true)?)?;
+        }
         let mut report = Report::new(format!(
             "would write {} and keep {} of {} archives",
             plan.archive,
