@@ -409,6 +409,28 @@ fn kill_9_at_random_points_never_publishes_an_archive_lacking_a_listed_database(
     }
     let out = run_job(&config, "nightly");
     assert!(out.status.success(), "{}", describe(&out));
+    let to = dir.path().join("backups");
+    let stale: Vec<String> = common::files::names(&to)
+        .into_iter()
+        .filter(|n| n.contains(".caretaker-tmp"))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "temporary files left beside the archives: {stale:?}"
+    );
+    // Nor any copy held in memory (`/dev/shm/caretaker-<hash of the backup directory>-...`).
+    let prefix = format!(
+        "caretaker-{}-",
+        hex::encode(&Sha256::digest(to.as_os_str().as_encoded_bytes())[..8])
+    );
+    if let Ok(entries) = fs::read_dir("/dev/shm") {
+        let left: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        assert!(left.is_empty(), "memory copies left: {left:?}");
+    }
 }
 
 /// Damages a database in place: garbage over its second page, where its first table lives.

@@ -524,13 +524,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     ctx.checkpoint()?;
 
     let started = Instant::now();
+    // What a killed run left in memory goes first: every copy this run takes is held until its
+    // archive is written, so none may be swept later in the run.
+    snapshot::sweep_memory(to);
     let gateway_snap = if with_gateway {
         let scratch = backups::ScratchDb(plan.archive.scratch_path(to, Scratch::Snapshot));
         let snap = snapshot::take(gateway, &scratch.0)?;
         Some((snap, scratch))
     } else {
-        // The gateway's snapshot sweeps what a killed run left in memory; without it, here.
-        snapshot::sweep_memory(to);
         None
     };
     let outcome = multi::take_all(
