@@ -493,6 +493,32 @@ fn integrity_maintenance_and_health_look_after_every_listed_database_naming_it()
             .all(|(_, r)| *r)
     );
 
+    // A backup holding the damaged database fails, naming it, and publishes nothing.
+    let backup = common::multidb::jobs_file_with(
+        dir.path(),
+        &root,
+        "databases: [gateway, users, notes]",
+        "",
+    );
+    let out = run_job(&backup, "nightly");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = describe(&out);
+    assert!(
+        text.contains("database `notes`")
+            && text.contains("2/ChaChaNotes.db")
+            && text.contains("no archive was written"),
+        "{text}"
+    );
+    assert!(archives(dir.path()).is_empty());
+    let config = common::multidb::jobs_file_with(
+        dir.path(),
+        &root,
+        "databases: [gateway]",
+        "  checkup:\n    on_signal: USR1\n    integrity: {check: quick, databases: [gateway, users, notes]}\n  \
+         upkeep:\n    on_signal: USR1\n    maintenance: {databases: [users, media]}\n  \
+         sizes:\n    on_signal: USR1\n    health: {database_max_size: 4KB, databases: [media]}\n",
+    );
+
     let out = run_job(&config, "upkeep");
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
