@@ -1,4 +1,4 @@
-//! Snapshots of the other databases a backup looks after (declared ones, and SQLite files in included directories), taken one at a time the way the gateway's is.
+//! What one backup run copies: the gateway's database and the others it looks after (declared ones, and SQLite files in included directories), listed when the run starts and snapshotted one at a time the way the gateway's is.
 //!
 //! Each is [`snapshot::take_from`]: one read transaction, the memory staging for a rollback
 //! journal, the same lock accounting. They are taken one after the other, never two at once, so
@@ -142,6 +142,182 @@ pub fn matched(
                 .collect(),
         })
         .collect()
+}
+
+/// What a backup run will copy, found when it starts: each declared database's matches (globs
+/// expanded now), the databases and ordinary files in the included paths, and what was left out.
+pub struct Listing {
+    pub listed: Vec<(Declared, Vec<Found>)>,
+    /// The databases to snapshot besides the gateway's, in order.
+    pub targets: Vec<Target>,
+    pub walked: super::tree::Walked,
+}
+
+impl Listing {
+    pub fn new(declared: &[Declared], include: &[PathBuf]) -> anyhow::Result<Listing> {
+        let listed = list(declared)?;
+        let mut walked = super::tree::walk(include)?;
+        let mut targets: Vec<Target> = listed
+            .iter()
+            .flat_map(|(_, found)| found.iter().cloned().map(Target::from))
+            .collect();
+        targets.append(&mut walked.databases);
+        Ok(Listing {
+            listed,
+            targets,
+            walked,
+        })
+    }
+
+    /// What the run needs free beside the archives: each snapshot is at most its database plus
+    /// its WAL, the archive at most all of them again (incompressible data) plus the included
+    /// files and tar headers. `gateway` is the gateway's database when the run copies it.
+    pub fn bytes_needed(&self, gateway: Option<&Path>) -> u64 {
+        let databases: u64 = gateway.map_or(0, super::database_bytes)
+            + self
+                .targets
+                .iter()
+                .map(|t| super::database_bytes(&t.source))
+                .sum::<u64>();
+        let files: u64 = self.walked.files.iter().map(|i| i.meta.size).sum();
+        2 * databases + files + (1 << 20)
+    }
+}
+
+/// The first database of an archive, which the manifest's own fields describe.
+pub struct Primary {
+    pub source: PathBuf,
+    /// Its entry in the archive.
+    pub entry: String,
+    /// The table whose rows are counted.
+    pub table: String,
+}
+
+/// What a backup run copied, before anything is checked or written.
+pub struct Copies {
+    pub primary: Primary,
+    pub snap: Snapshot,
+    /// The first database's scratch file (removed when dropped).
+    pub scratch: ScratchDb,
+    pub others: Vec<Taken>,
+    pub includes: Vec<super::archive::Include>,
+    pub matched: Vec<Matched>,
+    pub vanished: Vec<Target>,
+    /// What the included directories held that was left out, and why.
+    pub skipped: Vec<(PathBuf, &'static str)>,
+}
+
+/// Takes every snapshot of a backup run, one at a time: the gateway's first when given, then
+/// the listing's. With the gateway's beside others its entry is `databases/gateway/<file>`;
+/// alone it keeps the layout of an archive of one. Without it the first database listed takes
+/// its place in the manifest's own fields; a run that finds no database at all fails.
+pub fn take_copies(
+    listing: Listing,
+    gateway: Option<&crate::gateway::Gateway>,
+    to: &Path,
+    name: &ArchiveName,
+    busy_timeout: Duration,
+    between: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Copies> {
+    // What a killed run left in memory goes first: every copy this run takes is held until its
+    // archive is written, so none may be swept later in the run.
+    snapshot::sweep_memory(to);
+    let gateway_snap = match gateway {
+        Some(g) => {
+            let scratch = ScratchDb(name.scratch_path(to, Scratch::Snapshot));
+            let snap = snapshot::take(g, &scratch.0)?;
+            Some((g, snap, scratch))
+        }
+        None => None,
+    };
+    let Outcome {
+        taken: mut others,
+        vanished,
+    } = take_all(&listing.targets, to, name, busy_timeout, between)?;
+    let matched = matched(&listing.listed, &others, &vanished);
+    let (snap, scratch, primary) = match gateway_snap {
+        Some((g, snap, scratch)) => {
+            let file = g.database.file_name().map_or_else(
+                || "gateway.db".to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let entry = if others.is_empty() {
+                file
+            } else {
+                format!("{}/{}/{file}", databases::ENTRY_DIR, databases::GATEWAY)
+            };
+            let primary = Primary {
+                source: g.database.clone(),
+                entry,
+                table: g.table.clone(),
+            };
+            (snap, scratch, primary)
+        }
+        None => {
+            anyhow::ensure!(
+                !others.is_empty(),
+                "nothing to back up: the job's databases matched no file{}; no archive was written and none was deleted",
+                if vanished.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} vanished while it ran)", vanished.len())
+                }
+            );
+            let first = others.remove(0);
+            let primary = Primary {
+                source: first.target.source.clone(),
+                entry: first.target.entry.clone(),
+                table: first.snap.table.clone().unwrap_or_default(),
+            };
+            (first.snap, first.scratch, primary)
+        }
+    };
+    Ok(Copies {
+        primary,
+        snap,
+        scratch,
+        others,
+        includes: listing.walked.files,
+        matched,
+        vanished,
+        skipped: listing.walked.skipped,
+    })
+}
+
+impl Copies {
+    /// The databases copied.
+    pub fn count(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// What the run's summary adds: the databases gone before their snapshot and what the
+    /// included directories held that was left out.
+    pub fn remarks(&self) -> String {
+        let mut out = String::new();
+        if !self.vanished.is_empty() {
+            let gone: Vec<String> = self
+                .vanished
+                .iter()
+                .map(|t| format!("{} ({})", t.name, t.source.display()))
+                .collect();
+            out.push_str(&format!(
+                "; gone before their snapshot, left out: {}",
+                gone.join(", ")
+            ));
+        }
+        if !self.skipped.is_empty() {
+            let left: Vec<String> = self
+                .skipped
+                .iter()
+                .map(|(p, why)| format!("{} ({why})", p.display()))
+                .collect();
+            out.push_str(&format!(
+                "; left out of included directories: {}",
+                left.join(", ")
+            ));
+        }
+        out
+    }
 }
 
 #[cfg(test)]

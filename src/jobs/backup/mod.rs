@@ -21,9 +21,9 @@ use serde::Deserialize;
 use super::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel, Manifest};
-use crate::backup::snapshot::{self, Snapshot};
+use crate::backup::snapshot::Snapshot;
 use crate::backup::{self as backups, ArchiveName, Format, Scratch};
-use crate::backup::multi::{self, Taken, Target};
+use crate::backup::multi;
 use crate::config::Checks;
 use crate::databases::Selection;
 use crate::fsx;
@@ -492,97 +492,31 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let gateway = ctx.gateway;
     let with_gateway = spec.databases.has_gateway();
     // Globs are expanded afresh at every run, and included directories walked.
-    let listed = multi::list(&spec.databases.declared)?;
-    let walked = crate::backup::tree::walk(&spec.include)?;
-    for (path, why) in &walked.skipped {
-        tracing::info!(job = ctx.job, path = %path.display(), why, "left out of the backup");
-    }
-    let mut targets: Vec<Target> = listed
-        .iter()
-        .flat_map(|(_, found)| found.iter().cloned().map(Target::from))
-        .collect();
-    targets.extend(walked.databases.iter().cloned());
-    let includes = walked.files;
-    let source_bytes = if with_gateway {
-        backups::database_bytes(&gateway.database)
-    } else {
-        0
-    } + targets
-        .iter()
-        .map(|t| backups::database_bytes(&t.source))
-        .sum::<u64>();
-    let include_bytes: u64 = includes.iter().map(|i| i.meta.size).sum();
-    // Each snapshot is at most its database plus its WAL; the archive at most all of them again
-    // (incompressible data) plus the included files and tar headers.
-    let needed = 2 * source_bytes + include_bytes + 1024 * 1024;
-    let what = if targets.is_empty() {
+    let listing = multi::Listing::new(&spec.databases.declared, &spec.include)?;
+    let needed = listing.bytes_needed(with_gateway.then_some(gateway.database.as_path()));
+    let what = if listing.targets.is_empty() {
         gateway.database.display().to_string()
     } else {
-        format!("{} databases", targets.len() + usize::from(with_gateway))
+        format!(
+            "{} databases",
+            listing.targets.len() + usize::from(with_gateway)
+        )
     };
     backups::ensure_free(to, needed, &format!("the snapshots and archive of {what}"))?;
     ctx.checkpoint()?;
 
     let started = Instant::now();
-    // What a killed run left in memory goes first: every copy this run takes is held until its
-    // archive is written, so none may be swept later in the run.
-    snapshot::sweep_memory(to);
-    let gateway_snap = if with_gateway {
-        let scratch = backups::ScratchDb(plan.archive.scratch_path(to, Scratch::Snapshot));
-        let snap = snapshot::take(gateway, &scratch.0)?;
-        Some((snap, scratch))
-    } else {
-        None
-    };
-    let outcome = multi::take_all(
-        &targets,
+    let copies = multi::take_copies(
+        listing,
+        with_gateway.then_some(gateway),
         to,
         &plan.archive,
         gateway.busy_timeout,
         &mut || Ok(ctx.checkpoint()?),
     )?;
-    let matched = multi::matched(&listed, &outcome.taken, &outcome.vanished);
-    let vanished = outcome.vanished;
-    let mut others = outcome.taken;
-    let (snap, scratch, primary) = match gateway_snap {
-        Some((snap, scratch)) => {
-            let file = gateway.database.file_name().map_or_else(
-                || "gateway.db".to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            );
-            let primary = Primary {
-                source: gateway.database.clone(),
-                // An archive of the gateway's database alone keeps the layout of one.
-                entry: if others.is_empty() {
-                    file
-                } else {
-                    format!("{}/{}/{file}", crate::databases::ENTRY_DIR, crate::databases::GATEWAY)
-                },
-                table: gateway.table.clone(),
-            };
-            (snap, scratch, primary)
-        }
-        None => {
-            if others.is_empty() {
-                bail!(
-                    "nothing to back up: the job's databases ({}) matched no file{}; no archive was written and none was deleted",
-                    spec.databases.names.join(", "),
-                    if vanished.is_empty() { String::new() } else { format!(" ({} vanished while it ran)", vanished.len()) }
-                );
-            }
-            let first = others.remove(0);
-            let primary = Primary {
-                source: first.target.source.clone(),
-                entry: first.target.entry.clone(),
-                table: first.snap.table.clone().unwrap_or_default(),
-            };
-            (first.snap, first.scratch, primary)
-        }
-    };
+    let snap = &copies.snap;
     let snapshot_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // The database the manifest's own fields, and so the shrink guard, describe.
-    let primary_source = primary.source.clone();
-    tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, databases = 1 + others.len(), "snapshots taken");
+    tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, databases = copies.count(), "snapshots taken");
     let rows = if with_gateway { snap.rows } else { Some(snap.rows.unwrap_or(0)) };
     let Some(rows) = rows else {
         bail!(
@@ -618,26 +552,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let after = std::thread::scope(|s| {
         s.spawn(|| {
             lower_priority();
-            check_write_and_publish(
-                spec,
-                ctx,
-                &plan.archive,
-                &dest,
-                Copies {
-                    primary: &primary,
-                    snap: &snap,
-                    others: &others,
-                    matched,
-                },
-                &includes,
-            )
+            check_write_and_publish(spec, ctx, &plan.archive, &dest, &copies)
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    drop(scratch);
-    drop(others);
-    let skipped = walked.skipped;
     let Published {
         databases,
         path: published,
@@ -668,7 +587,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                  If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
                  If the change was expected (a purge, a VACUUM, a new database), run the job once with \
                  `shrink_guard: off`, then set the guard back.",
-                primary_source.display(),
+                copies.primary.source.display(),
                 published.display()
             ),
         })),
@@ -680,17 +599,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     }
     let mut report =
         Report::new(format!(
-        "wrote {} ({}, {rows} rows, {} mode{}){}{}{}{}; kept {kept} archives, deleted {}",
+        "wrote {} ({}, {rows} rows, {} mode{}){}{}{}; kept {kept} archives, deleted {}",
         published.display(),
         units::bytes(archive_bytes),
         snap.journal_mode,
         if databases > 1 { format!(", {databases} databases") } else { String::new() },
-        if vanished.is_empty() { String::new() } else {
-            format!("; gone before their snapshot, left out: {}", vanished.iter().map(|t| format!("{} ({})", t.name, t.source.display())).collect::<Vec<_>>().join(", "))
-        },
-        if skipped.is_empty() { String::new() } else {
-            format!("; left out of included directories: {}", skipped.iter().map(|(p, why)| format!("{} ({why})", p.display())).collect::<Vec<_>>().join(", "))
-        },
+        copies.remarks(),
         shrink.as_ref().map_or(String::new(), |why| format!("; HELD, retention paused: {why}")),
         check.as_ref().filter(|c| c.foreign_key_violations > 0).map_or(String::new(), |c| format!(
             "; {} rows without their foreign-key parent (as in the gateway database), e.g. {}",
@@ -710,10 +624,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         .figure("held", f64::from(u8::from(shrink.is_some())))
         .figure("kept", kept as f64)
         .figure("deleted", deleted.len() as f64);
-    if databases > 1 || !vanished.is_empty() {
+    if databases > 1 || !copies.vanished.is_empty() {
         report = report
             .figure("databases", databases as f64)
-            .figure("vanished", vanished.len() as f64);
+            .figure("vanished", copies.vanished.len() as f64);
     }
     if let Some(c) = &check {
         report = report.figure("foreign_key_violations", c.foreign_key_violations as f64);
@@ -748,14 +662,15 @@ fn check_write_and_publish(
     ctx: &Context<'_>,
     name: &ArchiveName,
     dest: &Path,
-    copies: Copies<'_>,
-    includes: &[archive::Include],
+    copies: &multi::Copies,
 ) -> anyhow::Result<Published> {
-    let Copies {
+    let multi::Copies {
         primary,
         snap,
         others,
         matched,
+        includes,
+        ..
     } = copies;
     let checking = Instant::now();
     let (check, sha256, size) = check_and_hash(&snap.path, spec.check_level())
@@ -778,7 +693,7 @@ fn check_write_and_publish(
 
     let mut manifest = manifest(ctx.job, name, primary, snap, sha256, size, includes);
     manifest.databases = archived;
-    manifest.matched = matched;
+    manifest.matched = matched.clone();
     let other_paths: Vec<&Path> = others.iter().map(|o| o.snap.path.as_path()).collect();
     let compression = match spec.compression {
         Compression::Gzip => archive::Compression::Gzip {
@@ -811,24 +726,6 @@ fn check_write_and_publish(
     })
 }
 
-/// What a run snapshotted: the first database (the manifest's own fields describe it), the
-/// others, and what each declared database matched.
-struct Copies<'a> {
-    primary: &'a Primary,
-    snap: &'a Snapshot,
-    others: &'a [Taken],
-    matched: Vec<archive::Matched>,
-}
-
-/// The first database of an archive, which the manifest's own fields describe.
-struct Primary {
-    source: PathBuf,
-    /// Its entry in the archive.
-    entry: String,
-    /// The table whose rows are counted.
-    table: String,
-}
-
 /// SQLite's check of a snapshot at `level` (none with `None`) and its SHA-256 and size. The
 /// check and the hash each take about a second per GB on one core: they run side by side.
 fn check_and_hash(
@@ -853,7 +750,7 @@ fn check_and_hash(
 fn manifest(
     job: &str,
     name: &ArchiveName,
-    primary: &Primary,
+    primary: &multi::Primary,
     snap: &Snapshot,
     sha256: String,
     size: u64,
