@@ -323,6 +323,21 @@ mod tests {
     }
 
     #[test]
+    fn a_killed_test_restore_s_scratch_directory_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let a = ArchiveName::new("a", t, Format::TarGz);
+        let scratch = a.scratch_path(dir.path(), Scratch::Verify);
+        fs::create_dir_all(scratch.join("databases/users")).unwrap();
+        fs::write(scratch.join("databases/users/u.db"), b"x").unwrap();
+        assert_eq!(
+            sweep_scratch(dir.path(), "a", Scratch::Verify).unwrap(),
+            [scratch.clone()]
+        );
+        assert!(!scratch.exists());
+    }
+
+    #[test]
     fn sizes_read_like_df() {
         assert_eq!(crate::units::bytes(12), "12 B");
         assert_eq!(crate::units::bytes(1536), "1.5 KiB");

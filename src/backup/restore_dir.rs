@@ -166,60 +166,7 @@ pub fn extract_dir(archive: &Path, dir: &Path, level: CheckLevel) -> anyhow::Res
         .mode(0o700)
         .create(&temp)
         .with_context(|| format!("creating {}", temp.display()))?;
-    let result = (|| -> anyhow::Result<RestoredDir> {
-        let primary = under(&temp, &manifest.database)?;
-        let mut first =
-            create_private(&primary).with_context(|| format!("creating {}", primary.display()))?;
-        let mut written = Vec::new();
-        let contents = {
-            let mut out = io::BufWriter::new(&mut first);
-            let contents = archive::read_each(archive, None, &mut out, &mut |entry| {
-                let path = under(&temp, entry)?;
-                let file = create_private(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                written.push(path);
-                Ok(Some(Box::new(io::BufWriter::new(file)) as Box<dyn Write>))
-            })?;
-            out.flush().context("writing the first database")?;
-            contents
-        };
-        drop(first);
-        let m = &contents.manifest;
-        let mut databases = Vec::new();
-        let mut bytes = 0;
-        let mut foreign_key_violations = 0;
-        for entry in m.database_entries() {
-            let path = under(&temp, entry)?;
-            let view = m.for_entry(entry).context("reading the manifest")?;
-            let (report, _) = archive::check_copy(&path, level, Some(&view))
-                .with_context(|| format!("the database `{entry}` does not check out"))?;
-            bytes += view.size;
-            foreign_key_violations += report.foreign_key_violations;
-            databases.push(dir.join(path.strip_prefix(&temp).unwrap_or(&path)));
-        }
-        // SQLite's check may leave journal files beside a copy: they are ours, not the archive's.
-        for entry in m.database_entries() {
-            let path = under(&temp, entry)?;
-            for suffix in crate::sqlite::COMPANIONS {
-                let _ = fs::remove_file(crate::sqlite::companion(&path, suffix));
-            }
-        }
-        written.push(primary);
-        for path in &written {
-            fs::File::open(path)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("flushing {}", path.display()))?;
-        }
-        sync_tree(&temp)?;
-        Ok(RestoredDir {
-            files: m.files.len(),
-            manifest: contents.manifest,
-            dir: dir.to_path_buf(),
-            databases,
-            bytes,
-            foreign_key_violations,
-        })
-    })();
+    let result = fill(archive, &temp, dir, level);
     let restored = match result {
         Ok(r) => r,
         Err(e) => {
@@ -232,6 +179,78 @@ pub fn extract_dir(archive: &Path, dir: &Path, level: CheckLevel) -> anyhow::Res
         .with_context(|| format!("renaming {} to {}", temp.display(), dir.display()))?;
     fsx::sync_dir(&parent).with_context(|| format!("flushing directory {}", parent.display()))?;
     Ok(restored)
+}
+
+/// Extracts `archive` into `temp` (an empty private directory of ours) and checks it all: the
+/// entries against the manifest as they stream past, then each database with SQLite at
+/// `level`; flushes everything. The paths reported are as they will be under `dir`.
+fn fill(archive: &Path, temp: &Path, dir: &Path, level: CheckLevel) -> anyhow::Result<RestoredDir> {
+    let manifest = archive::peek_manifest(archive)?;
+    let primary = under(temp, &manifest.database)?;
+    let mut first =
+        create_private(&primary).with_context(|| format!("creating {}", primary.display()))?;
+    let mut written = Vec::new();
+    let contents = {
+        let mut out = io::BufWriter::new(&mut first);
+        let contents = archive::read_each(archive, None, &mut out, &mut |entry| {
+            let path = under(temp, entry)?;
+            let file =
+                create_private(&path).with_context(|| format!("creating {}", path.display()))?;
+            written.push(path);
+            Ok(Some(Box::new(io::BufWriter::new(file)) as Box<dyn Write>))
+        })?;
+        out.flush().context("writing the first database")?;
+        contents
+    };
+    drop(first);
+    let m = &contents.manifest;
+    let mut databases = Vec::new();
+    let mut bytes = 0;
+    let mut foreign_key_violations = 0;
+    for entry in m.database_entries() {
+        let path = under(temp, entry)?;
+        let view = m.for_entry(entry).context("reading the manifest")?;
+        let (report, _) = archive::check_copy(&path, level, Some(&view))
+            .with_context(|| format!("the database `{entry}` does not check out"))?;
+        bytes += view.size;
+        foreign_key_violations += report.foreign_key_violations;
+        databases.push(dir.join(path.strip_prefix(temp).unwrap_or(&path)));
+    }
+    // SQLite's check may leave journal files beside a copy: they are ours, not the archive's.
+    for entry in m.database_entries() {
+        let path = under(temp, entry)?;
+        for suffix in crate::sqlite::COMPANIONS {
+            let _ = fs::remove_file(crate::sqlite::companion(&path, suffix));
+        }
+    }
+    written.push(primary);
+    for path in &written {
+        fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("flushing {}", path.display()))?;
+    }
+    sync_tree(temp)?;
+    Ok(RestoredDir {
+        files: m.files.len(),
+        manifest: contents.manifest,
+        dir: dir.to_path_buf(),
+        databases,
+        bytes,
+        foreign_key_violations,
+    })
+}
+
+/// [`extract_dir`] straight into `dir`, a new scratch directory of the caller's that needs no
+/// rename (a `verify` job's, swept with its other scratch files when a run is killed); removed
+/// again when anything fails.
+pub fn extract_into(archive: &Path, dir: &Path, level: CheckLevel) -> anyhow::Result<RestoredDir> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    fill(archive, dir, dir, level).inspect_err(|_| {
+        let _ = fs::remove_dir_all(dir);
+    })
 }
 
 /// fsyncs every directory under `dir`, so the files' names are durable too.

@@ -227,7 +227,7 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
     if !manifest.databases.is_empty() {
         // Every database of the archive, extracted in one pass into a scratch directory.
         let result =
-            crate::backup::restore_dir::extract_dir(archive, &scratch, CheckLevel::Full).map(|r| {
+            crate::backup::restore_dir::extract_into(archive, &scratch, CheckLevel::Full).map(|r| {
                 Tested {
                     rows: r.manifest.row_count,
                     bytes: r.bytes,
