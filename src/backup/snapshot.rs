@@ -179,6 +179,9 @@ pub fn take_from(
     released.with_context(|| reading("ending the read transaction"))?;
     out.write_all_at(&staged, 0)
         .with_context(|| format!("writing the snapshot file {}", target.display()))?;
+    if memory.is_some() {
+        give_back_room(&out, staged.capacity() as u64);
+    }
     drop(staged);
     drop(out);
     let memory = memory.map(Arc::new);
@@ -350,6 +353,19 @@ pub fn sweep_memory(dest_dir: &Path) {
     }
 }
 
+/// Releases the memory reserved past the end of a finished memory file (the room kept for
+/// pages added before the lock): a run of many databases holds every copy until its archive is
+/// written, and a few MB of room each would add up to gigabytes. Best effort.
+fn give_back_room(out: &File, reserved: u64) {
+    let Ok(len) = out.metadata().map(|m| m.len()) else {
+        return;
+    };
+    if reserved > len {
+        let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        let _ = rustix::fs::fallocate(out, flags, len, reserved - len);
+    }
+}
+
 /// Rollback journal: while our SHARED lock is held no writer can commit, so the main file is
 /// the whole, consistent database. Its first part is read into `staged` (truncated to what was
 /// read; the caller writes it at the start of `out` once the lock is released) and the rest,
@@ -495,6 +511,15 @@ mod tests {
         assert!(!stale.exists(), "the stale memory file was not swept");
         let path = second.path.clone();
         assert_eq!(second.rows, Some(50));
+        // The room reserved past the copy's end was given back.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(
+            meta.blocks() * 512 < meta.len() + (1 << 20),
+            "{} bytes allocated for a copy of {}",
+            meta.blocks() * 512,
+            meta.len()
+        );
         drop(second);
         assert!(!path.exists(), "the memory file outlived its snapshot");
         let _ = std::fs::remove_file(stale);
