@@ -460,12 +460,23 @@ pub fn for_each(
     Ok(report.figure("databases", views.len() as f64))
 }
 
-/// Whether the file at `path` starts with SQLite's header.
+/// Whether `path` is a regular file that starts with SQLite's header. It is opened without
+/// blocking and looked at before a byte is read: a FIFO named where a file belongs must not
+/// hang the run (it is not a database, and whoever reads it next says what it is).
 pub fn is_sqlite_file(path: &Path) -> bool {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut head = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .and_then(|mut f| {
+            if !f.metadata()?.is_file() {
+                return Err(std::io::ErrorKind::InvalidInput.into());
+            }
+            f.read_exact(&mut head)
+        })
         .is_ok_and(|()| &head == b"SQLite format 3\0")
 }
 
@@ -478,6 +489,30 @@ mod tests {
             name: "media".into(),
             pattern: PathBuf::from(pattern),
         }
+    }
+
+    #[test]
+    fn only_a_regular_file_with_the_header_is_a_database_and_a_fifo_is_never_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        assert!(is_sqlite_file(&db));
+        std::fs::write(dir.path().join("short"), b"SQLite").unwrap();
+        assert!(!is_sqlite_file(&dir.path().join("short")));
+        assert!(!is_sqlite_file(dir.path()));
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(!is_sqlite_file(&fifo));
     }
 
     #[test]
