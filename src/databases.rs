@@ -516,6 +516,68 @@ mod tests {
     }
 
     #[test]
+    fn bad_declarations_and_selections_are_placed_at_their_keys_with_what_is_accepted() {
+        let text = "\
+gateway: {database: /g.db, schema: apantli}
+databases:
+  gateway: /x.db
+  bad name: /y.db
+  broken: /srv/[a-/z.db
+  folder: /srv/data/
+  users: {path: /srv/users.db}
+jobs:
+  b:
+    on_signal: USR1
+    backup: {to: /b, keep: {last: 1}, databases: [users, users]}
+  i:
+    on_signal: USR1
+    integrity: {databases: []}
+  m:
+    on_signal: USR1
+    maintenance: {databases: [gateway, media]}
+";
+        let errors = crate::config::parse(Path::new("/etc/caretaker/jobs.yaml"), text)
+            .unwrap_err()
+            .0;
+        let found: Vec<(usize, &str, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.key_path.as_str(), e.message.as_str()))
+            .collect();
+        let expect = [
+            (3, "databases.gateway", "cannot be declared again"),
+            (4, "databases.bad name", "accepted: letters, digits"),
+            (5, "databases.broken", "not a valid glob"),
+            (6, "databases.folder", "names a directory"),
+            (11, "jobs.b.backup.databases", "names `users` twice"),
+            (14, "jobs.i.integrity.databases", "is empty"),
+            (
+                17,
+                "jobs.m.maintenance.databases",
+                "accepted: gateway, users",
+            ),
+        ];
+        for (line, key, words) in expect {
+            assert!(
+                found
+                    .iter()
+                    .any(|(l, k, m)| *l == line && *k == key && m.contains(words)),
+                "no error at line {line} {key} saying {words:?}: {found:#?}"
+            );
+        }
+        // `{path: ...}` takes nothing else.
+        let text = "gateway: {database: /g.db, schema: apantli}\ndatabases:\n  odd: {path: /z.db, mode: wal}\n";
+        let errors = crate::config::parse(Path::new("/j.yaml"), text)
+            .unwrap_err()
+            .0;
+        assert!(
+            errors.iter().any(|e| e.line == 3
+                && e.key_path.starts_with("databases.odd")
+                && e.message.contains("expected `path`")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn the_fixed_part_ends_before_the_first_metacharacter() {
         let cases = [
             (
