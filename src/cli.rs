@@ -92,13 +92,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a backup archive, then restore its database to PATH
+    /// Verify a backup archive, then restore its database to PATH (or every database and file under a directory)
     Restore {
         /// The backup archive (.tar.gz or .tar)
         archive: PathBuf,
-        /// Where to put the database
+        /// Where to put the database; for an archive of several databases (or an existing
+        /// directory) a new or empty directory that receives all of them
         #[arg(long, value_name = "PATH")]
         to: PathBuf,
+        /// Restore only this database of the archive to PATH: `gateway`, a name of the jobs
+        /// file's `databases:`, or `name:path` for one match of a glob
+        #[arg(long, value_name = "NAME")]
+        database: Option<String>,
         /// Replace an existing file (a safety copy is kept)
         #[arg(long)]
         force: bool,
@@ -120,7 +125,12 @@ pub fn main(cli: Cli) -> ExitCode {
             dry_run,
         } => run_job(&config.config, &name, dry_run),
         Command::Status { config, json } => status(&config.config, json),
-        Command::Restore { archive, to, force } => restore(&archive, &to, force),
+        Command::Restore {
+            archive,
+            to,
+            database,
+            force,
+        } => restore(&archive, &to, database.as_deref(), force),
         Command::Demo { dir } => demo(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo"))),
     };
     ExitCode::from(code)
@@ -190,6 +200,9 @@ fn check(path: &Path) -> u8 {
         if config.jobs.len() == 1 { "" } else { "s" },
         config.timezone
     );
+    for line in config.databases.describe_now() {
+        out.push_str(&format!("  {line}\n"));
+    }
     for job in &config.jobs {
         let signals: Vec<String> = job.on_signal.iter().map(|s| format!("SIG{s}")).collect();
         let mut line = format!("  {} ({})", job.name, job.kind.name());
@@ -427,9 +440,19 @@ fn status(path: &Path, json: bool) -> u8 {
     emit(&out).map_or_else(|code| code, |()| exit::OK)
 }
 
-fn restore(archive: &Path, to: &Path, force: bool) -> u8 {
+fn restore(archive: &Path, to: &Path, database: Option<&str>, force: bool) -> u8 {
     use crate::backup::restore::{self, RestoreError};
-    match restore::restore(archive, to, force, Utc::now()) {
+    if database.is_none() && crate::backup::restore_dir::wants_dir(archive, to) {
+        return match crate::backup::restore_dir::restore_dir(archive, to) {
+            Ok(done) => emit(&format!("{}\n", done.describe(archive)))
+                .map_or_else(|code| code, |()| exit::OK),
+            Err(e) => {
+                say(&format!("error: {e:#}"));
+                exit::FAILED
+            }
+        };
+    }
+    match restore::restore_database(archive, database, to, force, Utc::now()) {
         Ok(done) => {
             emit(&format!("{}\n", done.describe(archive))).map_or_else(|code| code, |()| exit::OK)
         }

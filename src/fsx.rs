@@ -245,7 +245,8 @@ pub fn sweep_temps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     sweep(dir, |name| name.contains(TEMP_MARKER))
 }
 
-/// Removes the files of `dir` whose names `stale` picks; returns their paths.
+/// Removes the files of `dir` whose names `stale` picks (a directory with all it holds: a test
+/// restore of several databases extracts into one); returns their paths.
 pub fn sweep(dir: &Path, stale: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -256,9 +257,15 @@ pub fn sweep(dir: &Path, stale: impl Fn(&str) -> bool) -> anyhow::Result<Vec<Pat
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         if stale(&entry.file_name().to_string_lossy()) {
-            fs::remove_file(entry.path()).with_context(|| {
-                format!("removing stale temporary file {}", entry.path().display())
-            })?;
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path).with_context(|| {
+                    format!("removing stale temporary directory {}", path.display())
+                })?;
+            } else {
+                fs::remove_file(&path)
+                    .with_context(|| format!("removing stale temporary file {}", path.display()))?;
+            }
             removed.push(entry.path());
         }
     }

@@ -9,6 +9,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod databases;
 pub mod demo;
 pub mod fsx;
 pub mod gateway;

@@ -66,6 +66,9 @@ pub struct Snapshot {
     pub jobs: Vec<JobMetrics>,
     pub database_bytes: Option<u64>,
     pub wal_bytes: Option<u64>,
+    /// Every current match of the declared databases (`databases:`): its label
+    /// (`media:7/Media_DB_v2.db`), its size and its WAL's.
+    pub databases: Vec<(String, u64, u64)>,
     /// Alert deliveries not yet made (one per alert and sink).
     pub alerts_undelivered: usize,
     /// Alert conditions currently raised.
@@ -78,10 +81,12 @@ pub struct Named<'a> {
     pub kind: &'static str,
 }
 
-/// Reads the snapshot of `jobs` from the state database and the gateway's files (`database`).
+/// Reads the snapshot of `jobs` from the state database, the gateway's files (`database`) and
+/// the current matches of the `declared` databases.
 pub fn gather(
     jobs_of_file: &[Named<'_>],
     database: &Path,
+    declared: &crate::databases::Databases,
     state: &State,
 ) -> anyhow::Result<Snapshot> {
     let mut jobs = Vec::with_capacity(jobs_of_file.len());
@@ -123,9 +128,27 @@ pub fn gather(
         database_bytes: size(database),
         // No WAL file is an empty WAL, as long as the database itself is there.
         wal_bytes: size(Path::new(&wal)).or(size(database).map(|_| 0)),
+        databases: declared_sizes(declared),
         alerts_undelivered: crate::alerts::pending(state)?.len(),
         alerts_active: crate::alerts::active(state)?.len(),
     })
+}
+
+/// The sizes of every current match of the declared databases; a path that is missing now is
+/// left out (the jobs that use it say so).
+fn declared_sizes(declared: &crate::databases::Databases) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for d in declared.0.values() {
+        for f in d.expand().unwrap_or_default() {
+            let Ok(meta) = std::fs::metadata(&f.path) else {
+                continue;
+            };
+            let wal = std::fs::metadata(crate::sqlite::companion(&f.path, crate::sqlite::WAL))
+                .map_or(0, |m| m.len());
+            out.push((f.label(), meta.len(), wal));
+        }
+    }
+    out
 }
 
 fn run_figures(state: &State, run_id: i64) -> anyhow::Result<Vec<(String, f64)>> {
@@ -341,6 +364,24 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Size of the gateway database's -wal file (0 when there is none).",
         snapshot.wal_bytes.map(|b| b as f64),
     );
+    for (name, help, wal) in [
+        (
+            "caretaker_database_bytes",
+            "Size of a database declared under `databases:` (one series per file a path or glob matches).",
+            false,
+        ),
+        (
+            "caretaker_database_wal_bytes",
+            "Size of the -wal file of a database declared under `databases:` (0 when there is none).",
+            true,
+        ),
+    ] {
+        let mut f = Family::new(&mut out, name, "gauge", help);
+        for (label, bytes, wal_bytes) in &snapshot.databases {
+            let value = if wal { *wal_bytes } else { *bytes };
+            f.sample(name, &[("database", label)], value as f64);
+        }
+    }
     for (name, help, value) in [
         (
             "caretaker_budget_spend_usd",
@@ -391,10 +432,11 @@ pub fn render(snapshot: &Snapshot) -> String {
 pub fn write(
     jobs: &[Named<'_>],
     database: &Path,
+    declared: &crate::databases::Databases,
     state: &State,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let text = render(&gather(jobs, database, state)?);
+    let text = render(&gather(jobs, database, declared, state)?);
     let mut pending = PendingFile::create(path).with_context(|| {
         format!(
             "writing the metrics file {} (check metrics_file and that its directory exists)",
@@ -466,6 +508,7 @@ mod tests {
             ],
             database_bytes: Some(4096),
             wal_bytes: Some(0),
+            databases: vec![("media:7/Media_DB_v2.db".into(), 8192, 512)],
             alerts_undelivered: 2,
             alerts_active: 1,
         };
@@ -479,6 +522,8 @@ mod tests {
             "caretaker_job_figure{job=\"nightly\",kind=\"backup\",name=\"bytes_written\"} 1234.5",
             "caretaker_gateway_database_bytes 4096",
             "caretaker_gateway_wal_bytes 0",
+            "caretaker_database_bytes{database=\"media:7/Media_DB_v2.db\"} 8192",
+            "caretaker_database_wal_bytes{database=\"media:7/Media_DB_v2.db\"} 512",
             "caretaker_alerts_undelivered 2",
             "caretaker_job_lock_seconds{job=\"nightly\",kind=\"backup\",quantile=\"0.5\"} 0.006",
             "caretaker_job_lock_seconds{job=\"nightly\",kind=\"backup\",quantile=\"0.99\"} 0.25",

@@ -399,6 +399,7 @@ fn finish(
                 })
                 .collect::<Vec<_>>(),
             &config.gateway.database,
+            &config.databases,
             state,
             path,
         )

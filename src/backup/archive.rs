@@ -69,6 +69,97 @@ pub struct Manifest {
     pub files: Vec<IncludedFile>,
     /// `caretaker <version>`.
     pub tool: String,
+    /// The other databases of a backup that looks after more than one (`databases: [...]`) and
+    /// the SQLite databases found in included directories, one entry each. Empty, and absent
+    /// from the file, in an archive of the gateway's database alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<ArchivedDatabase>,
+    /// What each declared database's path or glob matched at this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched: Vec<Matched>,
+}
+
+/// One more database in an archive (the first database is described by the manifest's own
+/// fields, as in an archive of one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivedDatabase {
+    /// The name of the jobs file (`users`, `media`), or `files` for one found in an included
+    /// directory.
+    pub name: String,
+    pub source: PathBuf,
+    /// Its entry: `databases/<name>/<path relative to the glob's fixed part>`, or
+    /// `files/<absolute path>` for one found in an included directory.
+    pub entry: String,
+    pub size: u64,
+    pub sha256: String,
+    pub page_size: u64,
+    pub page_count: u64,
+    pub journal_mode: String,
+    /// Its largest table, whose rows are counted.
+    pub table: Option<String>,
+    pub row_count: Option<u64>,
+}
+
+/// What a declared database's path or glob matched when the backup ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matched {
+    pub name: String,
+    pub pattern: PathBuf,
+    /// The files archived.
+    pub files: u64,
+    /// Files listed that were gone (or no longer databases) when their snapshot was due.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vanished: Vec<PathBuf>,
+}
+
+impl Manifest {
+    /// Every database's entry name, the first one's first.
+    pub fn database_entries(&self) -> Vec<&str> {
+        std::iter::once(self.database.as_str())
+            .chain(self.databases.iter().map(|d| d.entry.as_str()))
+            .collect()
+    }
+
+    /// The manifest as an archive of `entry` alone would have it: its fields describe that
+    /// database, so that one check ([`extract`]) serves every database of an archive.
+    pub fn for_entry(&self, entry: &str) -> Option<Manifest> {
+        if entry == self.database {
+            return Some(Manifest {
+                databases: Vec::new(),
+                ..self.clone()
+            });
+        }
+        let d = self.databases.iter().find(|d| d.entry == entry)?;
+        Some(Manifest {
+            source: d.source.clone(),
+            database: d.entry.clone(),
+            size: d.size,
+            sha256: d.sha256.clone(),
+            page_size: d.page_size,
+            page_count: d.page_count,
+            journal_mode: d.journal_mode.clone(),
+            table: d.table.clone().unwrap_or_default(),
+            row_count: d.row_count,
+            databases: Vec::new(),
+            ..self.clone()
+        })
+    }
+
+    /// The name a database of this archive goes by: the jobs file's name (`gateway` for the
+    /// first database of an archive of one) and its path below it.
+    pub fn label(&self, entry: &str) -> String {
+        match entry
+            .strip_prefix(crate::databases::ENTRY_DIR)
+            .and_then(|e| e.strip_prefix('/'))
+            .and_then(|e| e.split_once('/'))
+        {
+            Some((name, rest)) => format!("{name}:{rest}"),
+            None if entry == self.database => format!("{}:{entry}", crate::databases::GATEWAY),
+            None => entry.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +214,8 @@ pub fn read_include(source: &Path) -> anyhow::Result<Include> {
     })
 }
 
-fn include_entry(source: &Path) -> anyhow::Result<String> {
+/// The entry of an included file: `files/<absolute path without the leading />`.
+pub fn include_entry(source: &Path) -> anyhow::Result<String> {
     let mut entry = PathBuf::from(FILES_DIR);
     for part in source.components() {
         match part {
@@ -165,18 +257,38 @@ pub fn write(
     includes: &[Include],
     compression: Compression,
 ) -> anyhow::Result<(PendingFile, u64)> {
+    write_all(dest, manifest, database, &[], includes, compression)
+}
+
+/// [`write`] with more databases: `others[i]` is the file of `manifest.databases[i]`.
+pub fn write_all(
+    dest: &Path,
+    manifest: &Manifest,
+    database: &Path,
+    others: &[&Path],
+    includes: &[Include],
+    compression: Compression,
+) -> anyhow::Result<(PendingFile, u64)> {
+    ensure!(
+        others.len() == manifest.databases.len(),
+        "the manifest lists {} more databases but {} files were given",
+        manifest.databases.len(),
+        others.len()
+    );
     let mut pending = PendingFile::create(dest)?;
     let temp = pending.temp_path().to_path_buf();
     let writing = || format!("writing the archive {}", temp.display());
     match compression {
         Compression::Gzip { level, threads } => {
             let gz = ParallelGzWriter::new(&mut pending, level, threads).with_context(writing)?;
-            let gz = write_entries(gz, manifest, database, includes).with_context(writing)?;
+            let gz =
+                write_entries(gz, manifest, database, others, includes).with_context(writing)?;
             gz.finish().with_context(writing)?;
         }
         Compression::None => {
             let out = BufWriter::with_capacity(IO_BUFFER, &mut pending);
-            let mut out = write_entries(out, manifest, database, includes).with_context(writing)?;
+            let mut out =
+                write_entries(out, manifest, database, others, includes).with_context(writing)?;
             out.flush().with_context(writing)?;
         }
     }
@@ -188,6 +300,7 @@ fn write_entries<W: Write>(
     out: W,
     manifest: &Manifest,
     database: &Path,
+    others: &[&Path],
     includes: &[Include],
 ) -> anyhow::Result<W> {
     let mut tar = tar::Builder::new(out);
@@ -213,6 +326,12 @@ fn write_entries<W: Write>(
     // The size must be the manifest's: a snapshot that changed after hashing would not verify.
     let mut limited = BufReader::with_capacity(IO_BUFFER, file).take(manifest.size);
     append(&mut tar, &manifest.database, manifest.size, &mut limited)?;
+    for (d, path) in manifest.databases.iter().zip(others) {
+        let file =
+            File::open(path).with_context(|| format!("opening the snapshot {}", path.display()))?;
+        let mut limited = BufReader::with_capacity(IO_BUFFER, file).take(d.size);
+        append(&mut tar, &d.entry, d.size, &mut limited)?;
+    }
     for include in includes {
         append(
             &mut tar,
@@ -235,7 +354,22 @@ pub struct Contents {
 /// database into `database_out` (use `io::sink()` to only check). Fails on any mismatch,
 /// truncation or entry that does not belong.
 pub fn read(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Contents> {
-    read_inner(path, database_out)
+    read_inner(path, None, database_out, &mut |_| Ok(None))
+        .with_context(|| format!("reading the backup archive {}", path.display()))
+}
+
+/// Where [`read_each`] writes an entry other than the chosen database: `None` to only check it.
+pub type EntrySink<'a> = dyn FnMut(&str) -> anyhow::Result<Option<Box<dyn Write>>> + 'a;
+
+/// [`read`], streaming the database entry `chosen` (the first database when `None`) into
+/// `chosen_out` and every other entry into what `others` gives for its name.
+pub fn read_each(
+    path: &Path,
+    chosen: Option<&str>,
+    chosen_out: &mut dyn Write,
+    others: &mut EntrySink<'_>,
+) -> anyhow::Result<Contents> {
+    read_inner(path, chosen, chosen_out, others)
         .with_context(|| format!("reading the backup archive {}", path.display()))
 }
 
@@ -417,23 +551,28 @@ fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the first bytes of the database entry: the SQLite header, its page size and (when
+/// Checks the first bytes of a database entry: the SQLite header, its page size and (when
 /// the header's count is current) its page count against the manifest's.
-fn check_sqlite_header(head: &[u8], m: &Manifest) -> anyhow::Result<()> {
+fn check_header_of(
+    head: &[u8],
+    database: &str,
+    expected_page_size: u64,
+    expected_page_count: u64,
+) -> anyhow::Result<()> {
     ensure!(
         head.len() == SQLITE_HEADER && head.starts_with(SQLITE_MAGIC),
         "`{}` is not an SQLite database: it does not start with the SQLite header",
-        m.database
+        database
     );
     let page_size = match u16::from_be_bytes([head[16], head[17]]) {
         1 => 65536,
         n => u64::from(n),
     };
     ensure!(
-        page_size == m.page_size,
+        page_size == expected_page_size,
         "`{}` has pages of {page_size} bytes but the manifest says {}",
-        m.database,
-        m.page_size
+        database,
+        expected_page_size
     );
     let word = |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
     // The in-header page count is current only when its version-valid-for number equals the
@@ -441,10 +580,10 @@ fn check_sqlite_header(head: &[u8], m: &Manifest) -> anyhow::Result<()> {
     let pages = u64::from(word(28));
     if pages != 0 && word(92) == word(24) {
         ensure!(
-            pages == m.page_count,
+            pages == expected_page_count,
             "`{}` has {pages} pages by its header but the manifest says {}",
-            m.database,
-            m.page_count
+            database,
+            expected_page_count
         );
     }
     Ok(())
@@ -488,21 +627,46 @@ impl Write for OnlyZeros {
     }
 }
 
-fn read_inner(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Contents> {
+fn read_inner(
+    path: &Path,
+    chosen: Option<&str>,
+    database_out: &mut dyn Write,
+    others: &mut EntrySink<'_>,
+) -> anyhow::Result<Contents> {
     let (mut archive, compressed) = open_tar(path)?;
     let mut entries = archive
         .entries()
         .context("reading the tar stream")?
         .raw(true);
     let manifest = first_manifest(&mut entries)?;
+    let chosen = chosen.unwrap_or(&manifest.database).to_string();
+    ensure!(
+        manifest.database_entries().contains(&chosen.as_str()),
+        "the archive holds no database `{chosen}`; it holds {}",
+        manifest.database_entries().join(", ")
+    );
 
     let mut seen_database = false;
     let mut seen_files = vec![false; manifest.files.len()];
+    let mut seen_others = vec![false; manifest.databases.len()];
     while let Some((name, mut entry)) = next_file(&mut entries)? {
         let is_database = name == manifest.database && !seen_database;
+        // (expected page size and count) for a database entry, checked against its header.
+        let mut header: Option<(u64, u64)> = None;
         let (expected_sha, expected_size): (&str, u64) = if is_database {
             seen_database = true;
+            header = Some((manifest.page_size, manifest.page_count));
             (&manifest.sha256, manifest.size)
+        } else if let Some(i) = manifest
+            .databases
+            .iter()
+            .position(|d| d.entry == name)
+            .filter(|&i| !seen_others[i])
+        {
+            seen_others[i] = true;
+            let d = &manifest.databases[i];
+            header = Some((d.page_size, d.page_count));
+            (&d.sha256, d.size)
         } else if let Some(i) = manifest
             .files
             .iter()
@@ -520,11 +684,14 @@ fn read_inner(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Conte
             declared == expected_size,
             "`{name}` has {declared} bytes but the manifest says {expected_size}"
         );
-        let mut sink = io::sink();
-        let out: &mut dyn Write = if is_database {
+        let mut sink: Box<dyn Write> = Box::new(io::sink());
+        let out: &mut dyn Write = if name == chosen {
             &mut *database_out
         } else {
-            &mut sink
+            if let Some(w) = others(&name)? {
+                sink = w;
+            }
+            &mut *sink
         };
         let mut hashing = HashingWriter::new(KeepHead {
             inner: out,
@@ -541,9 +708,17 @@ fn read_inner(path: &Path, database_out: &mut dyn Write) -> anyhow::Result<Conte
             sha == expected_sha,
             "the SHA-256 of `{name}` is {sha} but the manifest says {expected_sha}: the archive is corrupt"
         );
-        if is_database {
-            check_sqlite_header(&kept.head, &manifest)?;
+        if let Some((page_size, page_count)) = header {
+            check_header_of(&kept.head, &name, page_size, page_count)?;
         }
+        drop(kept);
+        sink.flush().with_context(|| format!("writing `{name}`"))?;
+    }
+    if let Some(i) = seen_others.iter().position(|seen| !seen) {
+        bail!(
+            "the database `{}` that the manifest lists is missing from the archive",
+            manifest.databases[i].entry
+        );
     }
     ensure!(
         seen_database,
@@ -653,9 +828,26 @@ pub fn extract(
     file_path: &Path,
     level: CheckLevel,
 ) -> anyhow::Result<Extracted> {
+    extract_entry(archive, None, file, file_path, level)
+}
+
+/// [`extract`] for the database `entry` of the archive (its first when `None`); the manifest
+/// returned describes that database ([`Manifest::for_entry`]).
+pub fn extract_entry(
+    archive: &Path,
+    entry: Option<&str>,
+    file: &mut File,
+    file_path: &Path,
+    level: CheckLevel,
+) -> anyhow::Result<Extracted> {
     let contents = {
         let mut out = BufWriter::with_capacity(IO_BUFFER, &mut *file);
-        let contents = read(archive, &mut out)?;
+        let mut contents = read_each(archive, entry, &mut out, &mut |_| Ok(None))?;
+        let chosen = entry.unwrap_or(&contents.manifest.database).to_string();
+        contents.manifest = contents
+            .manifest
+            .for_entry(&chosen)
+            .context("the archive's manifest does not describe the database read")?;
         out.flush()
             .with_context(|| format!("writing {}", file_path.display()))?;
         contents
@@ -672,7 +864,7 @@ pub fn extract(
 
 /// [`check_database`], and with `expect` also the copy's size, page size, page count and the
 /// row count of the manifest's table against the manifest (the rows counted are returned).
-fn check_copy(
+pub fn check_copy(
     path: &Path,
     level: CheckLevel,
     expect: Option<&Manifest>,
@@ -804,7 +996,87 @@ mod tests {
             row_count: Some(1),
             files: Vec::new(),
             tool: String::new(),
+            databases: Vec::new(),
+            matched: Vec::new(),
         }
+    }
+
+    /// A small SQLite file at `path` and its manifest fields: (size, sha256, page size, pages).
+    fn tiny_db(path: &Path, rows: u32) -> (u64, String, u64, u64) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) INSERT INTO t SELECT i FROM n;"
+        ))
+        .unwrap();
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        drop(conn);
+        let (sha, size) = hash_file(path).unwrap();
+        (size, sha, page_size as u64, pages as u64)
+    }
+
+    #[test]
+    fn every_database_an_archive_lists_is_checked_and_one_missing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("g.db");
+        let other = dir.path().join("u.db");
+        let (size, sha, page_size, pages) = tiny_db(&first, 3);
+        let (osize, osha, opage_size, opages) = tiny_db(&other, 5);
+        let mut m = manifest(size, page_size, pages);
+        m.database = "databases/gateway/g.db".into();
+        m.sha256 = sha;
+        m.databases.push(ArchivedDatabase {
+            name: "users".into(),
+            source: other.clone(),
+            entry: "databases/users/u.db".into(),
+            size: osize,
+            sha256: osha,
+            page_size: opage_size,
+            page_count: opages,
+            journal_mode: "delete".into(),
+            table: Some("t".into()),
+            row_count: Some(5),
+        });
+        let dest = dir.path().join("a.tar");
+        let (pending, _) = write_all(&dest, &m, &first, &[&other], &[], Compression::None).unwrap();
+        let contents = read(pending.temp_path(), &mut io::sink()).unwrap();
+        assert_eq!(contents.manifest, m);
+        let path = pending.commit().unwrap();
+        // Each database extracts and checks on its own.
+        let out = dir.path().join("one.db");
+        let mut file = File::create(&out).unwrap();
+        let got = extract_entry(
+            &path,
+            Some("databases/users/u.db"),
+            &mut file,
+            &out,
+            CheckLevel::Integrity,
+        )
+        .unwrap();
+        assert_eq!(got.rows, Some(5));
+        assert_eq!(got.manifest.database, "databases/users/u.db");
+        assert_eq!(m.label("databases/users/u.db"), "users:u.db");
+
+        // A manifest that lists a database the archive lacks is refused.
+        let mut lying = m.clone();
+        let mut extra = lying.databases[0].clone();
+        extra.entry = "databases/users/gone.db".into();
+        lying.databases.push(extra);
+        let bad = dir.path().join("bad.tar");
+        let out = BufWriter::new(File::create(&bad).unwrap());
+        write_entries(out, &lying, &first, &[&other], &[])
+            .unwrap()
+            .flush()
+            .unwrap();
+        let err = format!("{:#}", read(&bad, &mut io::sink()).unwrap_err());
+        assert!(
+            err.contains("databases/users/gone.db") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -860,7 +1132,9 @@ mod tests {
             ),
         ];
         for (head, m, error) in cases {
-            let got = check_sqlite_header(&head, m).err().map(|e| e.to_string());
+            let got = check_header_of(&head, &m.database, m.page_size, m.page_count)
+                .err()
+                .map(|e| e.to_string());
             match (error, got) {
                 (None, None) => {}
                 (Some(want), Some(got)) if got.contains(want) => {}

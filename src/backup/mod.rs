@@ -5,8 +5,11 @@
 //! files being written carry [`fsx::TEMP_MARKER`] and a leading dot, so they never parse.
 
 pub mod archive;
+pub mod multi;
 pub mod restore;
+pub mod restore_dir;
 pub mod snapshot;
+pub mod tree;
 
 use std::fmt;
 use std::fs;
@@ -299,6 +302,19 @@ mod tests {
         for (name, purpose, owned) in cases {
             assert_eq!(owned_temp("a", purpose, &name), owned, "{name} {purpose:?}");
         }
+    }
+
+    #[test]
+    fn a_killed_test_restore_s_scratch_directory_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let a = ArchiveName::new("a", t, Format::TarGz);
+        let scratch = a.scratch_path(dir.path(), Scratch::Verify);
+        fs::create_dir_all(scratch.join("databases/users")).unwrap();
+        fs::write(scratch.join("databases/users/u.db"), b"x").unwrap();
+        let swept = sweep_scratch(dir.path(), "a", Scratch::Verify).unwrap();
+        assert_eq!(swept, std::slice::from_ref(&scratch));
+        assert!(!scratch.exists());
     }
 
     #[test]

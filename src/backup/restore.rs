@@ -59,6 +59,18 @@ pub fn restore(
     force: bool,
     now: DateTime<Utc>,
 ) -> Result<Restored, RestoreError> {
+    restore_database(archive, None, to, force, now)
+}
+
+/// [`restore`] of one database of an archive that holds several: `database` names it as
+/// [`super::restore_dir::resolve`] reads a name (the first database when `None`).
+pub fn restore_database(
+    archive: &Path,
+    database: Option<&str>,
+    to: &Path,
+    force: bool,
+    now: DateTime<Utc>,
+) -> Result<Restored, RestoreError> {
     if !archive.is_file() {
         return Err(RestoreError::NoArchive(archive.to_path_buf()));
     }
@@ -97,6 +109,16 @@ pub fn restore(
     // A killed restore left a database-sized file here; it would also eat the space checked next.
     let swept = fsx::sweep_dead_temps(to)?;
     let manifest = archive::peek_manifest(archive)?;
+    let entry = match database {
+        Some(name) => Some(super::restore_dir::resolve(&manifest, name)?),
+        None => None,
+    };
+    let manifest = match &entry {
+        Some(e) => manifest
+            .for_entry(e)
+            .context("the archive's manifest does not describe that database")?,
+        None => manifest,
+    };
     super::ensure_free(
         &dir,
         manifest.size,
@@ -105,7 +127,13 @@ pub fn restore(
 
     let mut pending = PendingFile::create(to)?;
     let temp = pending.temp_path().to_path_buf();
-    let extracted = archive::extract(archive, pending.file(), &temp, CheckLevel::Integrity);
+    let extracted = archive::extract_entry(
+        archive,
+        entry.as_deref(),
+        pending.file(),
+        &temp,
+        CheckLevel::Integrity,
+    );
     // The check's connection may have left these beside the temporary file.
     remove_companions(&temp).map_err(RestoreError::Failed)?;
     let extracted =

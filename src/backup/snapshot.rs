@@ -42,7 +42,10 @@ pub struct Snapshot {
     pub journal_mode: String,
     pub page_size: u64,
     pub page_count: u64,
-    /// Rows of the gateway's request table in the copy; `None` when the table does not exist yet.
+    /// The table whose rows were counted: the gateway's request table, or the largest one of
+    /// another database.
+    pub table: Option<String>,
+    /// Rows of that table in the copy; `None` when the table does not exist (yet).
     pub rows: Option<u64>,
     /// Time the read transaction was held on the gateway database.
     pub held: Duration,
@@ -67,23 +70,46 @@ impl Snapshot {
 
 /// Copies the gateway database to `dest` (which must not exist) as of one instant.
 pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
-    let source = &gateway.database;
     // Read-write when the file allows it (SQLite falls back to read-only otherwise): a reader
     // must be able to roll back a hot journal left by a crashed gateway before it can read.
     let src = gateway.connect(false)?;
+    take_from(
+        &gateway.database,
+        src,
+        Some(&gateway.table),
+        dest,
+        Sweep::Stale,
+    )
+}
+
+/// Whether a snapshot first removes the memory files a killed run left for the same
+/// destination directory. A run that takes several snapshots into one directory sweeps once,
+/// before the first ([`sweep_memory`]), and keeps the others it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    Stale,
+    Done,
+}
+
+/// [`take`] for any SQLite database at `source`, through `src`, a connection to it opened as
+/// the gateway's is (read-write, never checkpointing on close). The rows counted are those of
+/// `table`, or with `None` those of the copy's largest table.
+pub fn take_from(
+    source: &Path,
+    src: Connection,
+    table: Option<&str>,
+    dest: &Path,
+    sweep: Sweep,
+) -> anyhow::Result<Snapshot> {
     // Our own descriptor of the gateway file, for the rollback-journal copy. POSIX drops every
     // lock a process holds on a file when it closes *any* descriptor of that file, so this one
     // is opened after the connection and closed only after the connection is gone (below).
-    let raw = File::open(source).with_context(|| {
-        format!(
-            "opening the gateway database {} for reading",
-            source.display()
-        )
-    })?;
+    let raw = File::open(source)
+        .with_context(|| format!("opening the database {} for reading", source.display()))?;
 
     let reading = |what: &str| {
         format!(
-            "{what} on the gateway database {} (is it a SQLite database, and may caretaker read it?)",
+            "{what} on the database {} (is it a SQLite database, and may caretaker read it?)",
             source.display()
         )
     };
@@ -91,7 +117,11 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
         .with_context(|| reading("reading the journal mode"))?
         == "wal";
     // Prepared before the lock: the memory file's pages are allocated now, not during the copy.
-    let (memory, mut staged) = match if wal { None } else { memory_file(&raw, dest) } {
+    let (memory, mut staged) = match if wal {
+        None
+    } else {
+        memory_file(&raw, dest, sweep)
+    } {
         Some((file, staged)) => (Some(file), staged),
         None => (None, Vec::new()),
     };
@@ -149,6 +179,9 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     released.with_context(|| reading("ending the read transaction"))?;
     out.write_all_at(&staged, 0)
         .with_context(|| format!("writing the snapshot file {}", target.display()))?;
+    if memory.is_some() {
+        give_back_room(&out, staged.capacity() as u64);
+    }
     drop(staged);
     drop(out);
     let memory = memory.map(Arc::new);
@@ -172,14 +205,25 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
     };
     let page_size = count("PRAGMA page_size", "the page size")?;
     let page_count = count("PRAGMA page_count", "the page count")?;
-    let has_table =
-        crate::sqlite::has_table(&dst, &gateway.table).with_context(|| stats("the schema"))?;
-    let rows = match has_table {
-        true => Some(count(
-            &format!("SELECT count(*) FROM \"{}\"", gateway.table),
-            &format!("the rows of table {}", gateway.table),
-        )?),
-        false => None,
+    let (table, rows) = match table {
+        Some(table) => {
+            let has_table =
+                crate::sqlite::has_table(&dst, table).with_context(|| stats("the schema"))?;
+            let rows = match has_table {
+                true => Some(count(
+                    &format!("SELECT count(*) FROM \"{table}\""),
+                    &format!("the rows of table {table}"),
+                )?),
+                false => None,
+            };
+            (Some(table.to_string()), rows)
+        }
+        None => match crate::databases::largest_table(&dst)
+            .with_context(|| stats("the rows of its tables"))?
+        {
+            Some((name, rows)) => (Some(name), Some(rows)),
+            None => (None, None),
+        },
     };
     dst.close()
         .map_err(|(_, e)| e)
@@ -191,6 +235,7 @@ pub fn take(gateway: &Gateway, dest: &Path) -> anyhow::Result<Snapshot> {
         journal_mode,
         page_size,
         page_count,
+        table,
         rows,
         held,
         writer_block: if is_wal { Duration::ZERO } else { held },
@@ -245,16 +290,11 @@ impl Drop for MemoryFile {
 /// `None` where there is none: no `/dev/shm`, not enough room in it, or half the available
 /// memory does not hold both; the copy then goes to the scratch file `dest`.
 #[cfg(target_os = "linux")]
-fn memory_file(raw: &File, dest: &Path) -> Option<(MemoryFile, Vec<u8>)> {
+fn memory_file(raw: &File, dest: &Path, sweep: Sweep) -> Option<(MemoryFile, Vec<u8>)> {
     let dir = Path::new(MEMORY_DIR);
-    // One prefix per destination directory, so that stale files of a killed run are found.
-    let digest =
-        <sha2::Sha256 as sha2::Digest>::digest(dest.parent()?.as_os_str().as_encoded_bytes());
-    let prefix = format!("caretaker-{}-", hex::encode(&digest[..8]));
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_file(entry.path());
-        }
+    let prefix = memory_prefix(dest.parent()?);
+    if sweep == Sweep::Stale {
+        sweep_memory(dest.parent()?);
     }
     let len = raw.metadata().ok()?.len();
     // A few MB of room for pages the gateway adds before we lock.
@@ -284,8 +324,40 @@ fn memory_file(raw: &File, dest: &Path) -> Option<(MemoryFile, Vec<u8>)> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn memory_file(_raw: &File, _dest: &Path) -> Option<(MemoryFile, Vec<u8>)> {
+fn memory_file(_raw: &File, _dest: &Path, _sweep: Sweep) -> Option<(MemoryFile, Vec<u8>)> {
     None
+}
+
+/// One prefix per destination directory, so that stale files of a killed run are found.
+fn memory_prefix(dest_dir: &Path) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(dest_dir.as_os_str().as_encoded_bytes());
+    format!("caretaker-{}-", hex::encode(&digest[..8]))
+}
+
+/// Removes the memory files a killed run left for snapshots into `dest_dir`.
+pub fn sweep_memory(dest_dir: &Path) {
+    let prefix = memory_prefix(dest_dir);
+    let Ok(entries) = std::fs::read_dir(MEMORY_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Releases the memory reserved past the end of a finished memory file (the room kept for
+/// pages added before the lock): a run of many databases holds every copy until its archive is
+/// written, and a few MB of room each would add up to gigabytes. Best effort.
+fn give_back_room(out: &File, reserved: u64) {
+    let Ok(len) = out.metadata().map(|m| m.len()) else {
+        return;
+    };
+    if reserved > len {
+        let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        let _ = rustix::fs::fallocate(out, flags, len, reserved - len);
+    }
 }
 
 /// Rollback journal: while our SHARED lock is held no writer can commit, so the main file is
@@ -463,6 +535,15 @@ mod tests {
         assert!(!stale.exists(), "the stale memory file was not swept");
         let path = second.path.clone();
         assert_eq!(second.rows, Some(50));
+        // The room reserved past the copy's end was given back.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(
+            meta.blocks() * 512 < meta.len() + (1 << 20),
+            "{} bytes allocated for a copy of {}",
+            meta.blocks() * 512,
+            meta.len()
+        );
         drop(second);
         assert!(!path.exists(), "the memory file outlived its snapshot");
         let _ = std::fs::remove_file(stale);

@@ -18,6 +18,7 @@ use crate::jobs::Job;
 #[serde(deny_unknown_fields)]
 pub struct Top {
     gateway: Option<RawGateway>,
+    databases: Option<std::collections::BTreeMap<String, crate::databases::RawDatabase>>,
     state_dir: Option<PathBuf>,
     timezone: Option<Zone>,
     shutdown_timeout: Option<Duration>,
@@ -137,6 +138,11 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
     let (max, text) = MAX_SHUTDOWN_TIMEOUT;
     checks.at_most("shutdown_timeout", shutdown_timeout, max, text);
     check_references(&jobs, checks);
+    let databases = crate::databases::validate(top.databases, checks);
+    for job in &mut jobs {
+        let path = format!("jobs.{}.{}.databases", job.name, job.kind.name());
+        job.kind.resolve_databases(&databases, &path, checks);
+    }
     crate::jobs::resolve(&mut jobs);
     if let Some(gateway) = &gateway {
         for job in &jobs {
@@ -158,6 +164,7 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
     Some(Config {
         source: checks.file.to_path_buf(),
         gateway: gateway?,
+        databases,
         state_dir: state_dir?,
         timezone: top.timezone.map_or(chrono_tz::UTC, |z| z.0),
         shutdown_timeout,

@@ -14,6 +14,8 @@ use crate::jobs::Job;
 pub struct Config {
     pub source: PathBuf,
     pub gateway: Gateway,
+    /// The databases looked after besides the gateway's (`databases:`).
+    pub databases: crate::databases::Databases,
     pub state_dir: PathBuf,
     pub timezone: Tz,
     pub shutdown_timeout: Duration,

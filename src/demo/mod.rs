@@ -46,6 +46,9 @@ timezone: UTC
 shutdown_timeout: 10s
 metrics_file: metrics.prom
 log: {format: text, level: info}
+# More databases than the gateway's: one small notes database per user, found afresh each run.
+databases:
+  notes: apps/notes/*.db
 alerts:
   file: alerts.jsonl
   repeat_after: 10m
@@ -61,12 +64,13 @@ jobs:
       level: 6
       keep: {last: 3, hourly: 24, daily: 7, weekly: 4, monthly: 12}
       verify: quick
+      databases: [gateway, notes]
   verify-backups:
     schedule: \"30 */2 * * * *\"
     verify: {backups_of: backup, which: rotate}
   integrity:
     schedule: \"*/30 * * * * *\"
-    integrity: {check: quick}
+    integrity: {check: quick, databases: [gateway, notes]}
   maintenance:
     schedule: \"15 */3 * * * *\"
     maintenance: {checkpoint: passive, analyze: true, vacuum: auto, vacuum_threshold: 20%}
@@ -113,6 +117,19 @@ jobs:
       error_rate_max: {share: 20%, over: 1h}
 "
     .to_string()
+}
+
+/// A small notes database of `rows` rows in WAL mode: the demo's second kind of database.
+fn create_notes(path: &Path, rows: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path.parent().context("a notes database has a directory")?)?;
+    let conn = crate::sqlite::open_or_create(path)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT INTO notes (title, body) SELECT 'note ' || i, 'remember item ' || i FROM n;"
+    ))?;
+    Ok(())
 }
 
 /// Prepares the demo in `dir` and runs the daemon on it until it stops; the error is what the
@@ -166,6 +183,18 @@ fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
             summary.zero_cost_rows
         );
     }
+    let notes = dir.join("apps/notes");
+    for (user, rows) in [("alice", 40), ("bob", 12)] {
+        let path = notes.join(format!("{user}.db"));
+        if !path.exists() {
+            create_notes(&path, rows)
+                .with_context(|| format!("creating the sample database {}", path.display()))?;
+        }
+    }
+    println!(
+        "  notes databases:  {}/*.db — a second kind of database, backed up and checked beside the gateway's",
+        notes.display()
+    );
     crate::fsx::write_atomic(&dir.join("prices.yaml"), PRICES.as_bytes())?;
     let jobs = dir.join("jobs.yaml");
     if !jobs.exists() {
@@ -241,6 +270,23 @@ fn start_gateway(dir: &Path, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHand
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_shows_a_second_kind_of_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = prepare(dir.path()).unwrap();
+        let (config, _) = crate::config::load(&jobs).unwrap_or_else(|e| panic!("{e}"));
+        let notes = &config.databases.0["notes"];
+        let found: Vec<String> = notes.expand().unwrap().iter().map(|f| f.label()).collect();
+        assert_eq!(found, ["notes:alice.db", "notes:bob.db"]);
+        let backup = config.job("backup").unwrap();
+        match &backup.kind {
+            crate::jobs::Kind::Backup(spec) => {
+                assert_eq!(spec.databases.names, ["gateway", "notes"]);
+            }
+            other => panic!("{}", other.name()),
+        }
+    }
 
     #[test]
     fn the_demo_jobs_file_is_valid_and_uses_every_kind() {

@@ -48,6 +48,11 @@ pub trait Contract {
     /// every job's name and contract.
     fn resolve(&mut self, _jobs: &[(&str, &dyn Contract)]) {}
 
+    /// The job's `databases: [...]`, for kinds that take one ([`crate::databases::Selection`]).
+    fn selection_mut(&mut self) -> Option<&mut crate::databases::Selection> {
+        None
+    }
+
     /// Problems that only show against the validated gateway (a condition its schema cannot
     /// answer): `(key path below the job's kind block, message)`, reported by `check`.
     fn gateway_problems(&self, _gateway: &Gateway) -> Vec<(String, String)> {

@@ -22,6 +22,7 @@ use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::checks::values::{self, Share, Size};
 use crate::checks::Checks;
+use crate::databases::Selection;
 use crate::gateway::{Access, ExecExt, Gateway, Value};
 use crate::units;
 
@@ -42,6 +43,7 @@ pub struct Raw {
     wal_max_size: Option<Size>,
     backup_max_age: Option<RawBackupAge>,
     error_rate_max: Option<RawErrorRate>,
+    databases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +79,9 @@ pub struct Spec {
     pub wal_max_size: Option<u64>,
     pub backup_max_age: Option<BackupAge>,
     pub error_rate_max: Option<ErrorRate>,
+    /// The databases whose sizes `database_max_size` and `wal_max_size` watch, each on its own:
+    /// `gateway` and those declared under `databases:`.
+    pub databases: Selection,
 }
 
 impl crate::jobs::contract::Contract for Spec {
@@ -89,6 +94,10 @@ impl crate::jobs::contract::Contract for Spec {
 
     fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
         gateway_problems(self, gateway)
+    }
+
+    fn selection_mut(&mut self) -> Option<&mut Selection> {
+        Some(&mut self.databases)
     }
 }
 
@@ -144,6 +153,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         wal_max_size: raw.wal_max_size.map(|s| s.0),
         backup_max_age,
         error_rate_max,
+        databases: Selection::from_raw(raw.databases, &format!("{path}.databases"), checks),
     };
     if ok
         && spec.disk_free_min.is_none()
@@ -282,32 +292,56 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
         || "the gateway database".into(),
         |p| p.display().to_string(),
     );
+    verdicts.extend(size_verdicts(
+        spec,
+        None,
+        &database,
+        facts.database_bytes,
+        facts.wal_bytes,
+    ));
+    verdicts.extend(later_verdicts(spec, facts, now));
+    verdicts
+}
+
+/// The size conditions of one database: the gateway's (`label` `None`, with its v1 condition
+/// names) or a declared one (`database_size:<label>`, `wal_size:<label>`).
+pub fn size_verdicts(
+    spec: &Spec,
+    label: Option<&str>,
+    database: &str,
+    database_bytes: Option<u64>,
+    wal_bytes: Option<u64>,
+) -> Vec<Verdict> {
+    let of = label.map_or(String::new(), |l| format!(":{l}"));
+    let subject = label.map_or("gateway database".to_string(), |l| format!("database {l}"));
+    let wal_subject = label.map_or("gateway WAL".to_string(), |l| format!("WAL of database {l}"));
     // A file larger than its limit: (condition, the limit and the size, the file's words, its
     // limit's key, the advice).
     let sizes = [
         (
             "database_size",
-            spec.database_max_size.zip(facts.database_bytes),
-            ("gateway database", database.clone(), "database_max_size"),
+            spec.database_max_size.zip(database_bytes),
+            (subject, database.to_string(), "database_max_size"),
             "Archive old rows (an `archive` job with `then: delete` or `strip_payloads`), \
              then give the space back with a `maintenance` job (`vacuum: auto` or `always`).",
         ),
         (
             "wal_size",
-            spec.wal_max_size.zip(facts.wal_bytes),
-            ("gateway WAL", format!("{database}-wal"), "wal_max_size"),
+            spec.wal_max_size.zip(wal_bytes),
+            (wal_subject, format!("{database}-wal"), "wal_max_size"),
             "A WAL grows while a reader keeps an old snapshot open, so checkpoints cannot \
              finish. Look for a long-running reader of the database (an open sqlite3 shell, \
              a stuck export); a `maintenance` job with `checkpoint: truncate` shrinks the file \
              once it is gone.",
         ),
     ];
+    let mut verdicts = Vec::new();
     for (condition, measured, (file, path, key), advice) in sizes {
         let Some((max, bytes)) = measured else {
             continue;
         };
         verdicts.push(Verdict {
-            condition: condition.into(),
+            condition: format!("{condition}{of}"),
             holds: bytes > max,
             severity: Severity::Warning,
             what: format!("{file} larger than {}", units::bytes(max)),
@@ -319,6 +353,12 @@ pub fn evaluate(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> 
             advice: advice.into(),
         });
     }
+    verdicts
+}
+
+/// The conditions after the sizes: the backup's age and the error rate.
+fn later_verdicts(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
     if let (Some(limit), Some(newest)) = (&spec.backup_max_age, &facts.newest_backup) {
         let max = chrono::TimeDelta::from_std(limit.age).unwrap_or(chrono::TimeDelta::MAX);
         let (holds, detail) = match newest.at {
@@ -421,8 +461,9 @@ pub fn events(job: &str, verdicts: &[Verdict]) -> Vec<AlertEvent> {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let facts = gather(spec, ctx)?;
-    let verdicts = evaluate(spec, &facts, ctx.now);
+    let mut facts = gather(spec, ctx)?;
+    let mut verdicts = evaluate(spec, &facts, ctx.now);
+    verdicts.extend(declared_sizes(spec, &mut facts.problems));
     let holding: Vec<&str> = verdicts
         .iter()
         .filter(|v| v.holds)
@@ -490,6 +531,40 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The size conditions of every current match of the declared databases the job names; what
+/// cannot be measured goes to `problems`.
+fn declared_sizes(spec: &Spec, problems: &mut Vec<String>) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
+    if spec.database_max_size.is_none() && spec.wal_max_size.is_none() {
+        return verdicts;
+    }
+    for declared in &spec.databases.declared {
+        let found = match declared.expand() {
+            Ok(found) => found,
+            Err(e) => {
+                problems.push(format!("database sizes: {e:#}"));
+                continue;
+            }
+        };
+        for f in found {
+            // Gone since the listing: nothing to measure, nothing that grows.
+            let Ok(meta) = std::fs::metadata(&f.path) else {
+                continue;
+            };
+            let wal = std::fs::metadata(crate::sqlite::companion(&f.path, crate::sqlite::WAL))
+                .map_or(0, |m| m.len());
+            verdicts.extend(size_verdicts(
+                spec,
+                Some(&f.label()),
+                &f.path.display().to_string(),
+                Some(meta.len()),
+                Some(wal),
+            ));
+        }
+    }
+    verdicts
+}
+
 /// Measures what `spec` asks about. Problems with one fact are collected in
 /// `Facts::problems` so that the others are still evaluated; only a stop request is an error.
 pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
@@ -503,7 +578,8 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
         facts.filesystems = filesystems;
         facts.problems.extend(problems);
     }
-    if spec.database_max_size.is_some() {
+    let gateway_sizes = spec.databases.has_gateway();
+    if spec.database_max_size.is_some() && gateway_sizes {
         match std::fs::metadata(&database) {
             Ok(m) => facts.database_bytes = Some(m.len()),
             Err(e) => facts.problems.push(format!(
@@ -512,7 +588,7 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
             )),
         }
     }
-    if spec.wal_max_size.is_some() {
+    if spec.wal_max_size.is_some() && gateway_sizes {
         let wal = crate::sqlite::companion(&database, crate::sqlite::WAL);
         match std::fs::metadata(&wal) {
             Ok(m) => facts.wal_bytes = Some(m.len()),
@@ -761,6 +837,7 @@ mod tests {
                 share: 0.05,
                 over: Duration::from_secs(3600),
             }),
+            databases: Selection::default(),
         }
     }
 
@@ -928,10 +1005,42 @@ mod tests {
             wal_max_size: Some(1),
             backup_max_age: None,
             error_rate_max: None,
+            databases: Selection::default(),
         };
         let verdicts = evaluate(&only_wal, &healthy(), now());
         assert_eq!(verdicts.len(), 1);
         assert_eq!(verdicts[0].condition, "wal_size");
+    }
+
+    #[test]
+    fn a_declared_database_has_its_own_size_conditions_named_after_it() {
+        let verdicts = size_verdicts(
+            &spec(),
+            Some("media:7/Media_DB_v2.db"),
+            "/srv/D/7/Media_DB_v2.db",
+            Some(6_000_000_000),
+            Some(10),
+        );
+        let named: Vec<(&str, bool, &str)> = verdicts
+            .iter()
+            .map(|v| (v.condition.as_str(), v.holds, v.what.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (
+                    "database_size:media:7/Media_DB_v2.db",
+                    true,
+                    "database media:7/Media_DB_v2.db larger than 5 GB"
+                ),
+                (
+                    "wal_size:media:7/Media_DB_v2.db",
+                    false,
+                    "WAL of database media:7/Media_DB_v2.db larger than 1 GB"
+                ),
+            ]
+        );
+        assert!(verdicts[0].detail.contains("/srv/D/7/Media_DB_v2.db is"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::{self, snapshot};
 use crate::checks::Checks;
+use crate::databases::Selection;
 use crate::gateway::Gateway;
 use crate::units;
 use crate::writelock::journal_mode;
@@ -53,20 +54,28 @@ pub enum Copy {
 pub struct Raw {
     check: Option<Depth>,
     copy: Option<Copy>,
+    databases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub check: Depth,
     pub copy: Copy,
+    /// The databases checked, one at a time: `gateway` and those declared under `databases:`.
+    pub databases: Selection,
 }
 
-impl crate::jobs::contract::Contract for Spec {}
+impl crate::jobs::contract::Contract for Spec {
+    fn selection_mut(&mut self) -> Option<&mut Selection> {
+        Some(&mut self.databases)
+    }
+}
 
-pub fn validate(raw: Raw, _path: &str, _checks: &mut Checks<'_>) -> Option<Spec> {
+pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     Some(Spec {
         check: raw.check.unwrap_or(Depth::Quick),
         copy: raw.copy.unwrap_or(Copy::Auto),
+        databases: Selection::from_raw(raw.databases, &format!("{path}.databases"), checks),
     })
 }
 
@@ -272,8 +281,27 @@ impl fmt::Display for Plan {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let gateway = ctx.gateway;
-    let key = format!("integrity:{}", ctx.job);
+    crate::databases::for_each(&spec.databases, ctx, |ctx, gateway, label| {
+        run_one(spec, ctx, gateway, label)
+    })
+}
+
+/// Checks one database: the gateway's (`label` `None`) or a declared one, whose findings and
+/// alert carry its label.
+fn run_one(
+    spec: &Spec,
+    ctx: &mut Context<'_>,
+    gateway: &Gateway,
+    label: Option<&str>,
+) -> anyhow::Result<Report> {
+    let key = match label {
+        None => format!("integrity:{}", ctx.job),
+        Some(label) => format!("integrity:{}:{label}", ctx.job),
+    };
+    let subject = match label {
+        None => "the gateway database".to_string(),
+        Some(label) => format!("database {label}"),
+    };
     let db = gateway.database.display().to_string();
     // An emptied file would pass as a sound, empty database.
     super::maintenance::refuse_unless_sqlite(&gateway.database)?;
@@ -317,7 +345,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         ctx.alerts.push(AlertEvent::Resolve {
             key,
             job: Some(ctx.job.to_string()),
-            what: "the gateway database fails its integrity check".into(),
+            what: format!("{subject} fails its integrity check"),
         });
         return Ok(Report::new(format!("{checked}: {pragma} found no problem"))
             .figure("check_seconds", seconds)
@@ -329,7 +357,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         key,
         severity: Severity::Critical,
         job: Some(ctx.job.to_string()),
-        what: "the gateway database fails its integrity check".into(),
+        what: format!("{subject} fails its integrity check"),
         body: format!(
             "{pragma} on {checked} reported: {described}\n\n\
              Stop the gateway if you can, keep a copy of the damaged file (with its -wal and -journal \
@@ -436,7 +464,12 @@ mod tests {
                 wal,
                 scratch_dir: "/var/lib/caretaker".into(),
             };
-            let plan = plan(&Spec { check, copy }, &facts, now, tz);
+            let spec = Spec {
+                check,
+                copy,
+                databases: Default::default(),
+            };
+            let plan = plan(&spec, &facts, now, tz);
             assert_eq!(plan.to_string(), want, "{check:?} {copy:?} wal={wal} at {now}");
             let report = plan.report();
             assert_eq!(report.plan, [want.trim_end()]);

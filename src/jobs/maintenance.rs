@@ -24,6 +24,7 @@ use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::{self, snapshot};
 use crate::checks::values::Share;
 use crate::checks::Checks;
+use crate::databases::Selection;
 use crate::gateway::{Gateway, Preset};
 use crate::units::{self, millis as ms};
 use crate::writelock::{self, Pacer};
@@ -107,6 +108,7 @@ pub struct Raw {
     vacuum_threshold: Option<Share>,
     vacuum_max_lock: Option<LockTime>,
     vacuum_convert: Option<bool>,
+    databases: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,8 @@ pub struct Spec {
     pub vacuum_max_lock: Option<Duration>,
     /// `vacuum: incremental`: switch the database with a full VACUUM whatever it costs.
     pub vacuum_convert: bool,
+    /// The databases maintained, one at a time: `gateway` and those declared under `databases:`.
+    pub databases: Selection,
 }
 
 impl crate::jobs::contract::Contract for Spec {
@@ -150,6 +154,10 @@ impl crate::jobs::contract::Contract for Spec {
             Err(_) => Judged::Not,
         }
     }
+
+    fn selection_mut(&mut self) -> Option<&mut Selection> {
+        Some(&mut self.databases)
+    }
 }
 
 /// The operation a full VACUUM's lock is recorded as ([`writelock::operation`]).
@@ -158,6 +166,7 @@ pub const VACUUM: &str = "vacuum";
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     let vacuum = raw.vacuum.unwrap_or(Vacuum::Auto);
     let mut ok = true;
+    let databases = Selection::from_raw(raw.databases, &format!("{path}.databases"), checks);
     if raw.vacuum_max_lock.is_some() && !matches!(vacuum, Vacuum::Auto | Vacuum::Incremental) {
         checks.error(
             &format!("{path}.vacuum_max_lock"),
@@ -186,6 +195,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         vacuum_threshold: raw.vacuum_threshold.map_or(0.2, |s| s.0),
         vacuum_max_lock: raw.vacuum_max_lock.map(|l| l.0),
         vacuum_convert: raw.vacuum_convert.unwrap_or(false),
+        databases,
     })
 }
 
@@ -577,17 +587,35 @@ impl Vacuumed {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let gateway = ctx.gateway;
+    crate::databases::for_each(&spec.databases, ctx, |ctx, gateway, label| {
+        run_one(spec, ctx, gateway, label)
+    })
+}
+
+/// Maintains one database: the gateway's (`label` `None`) or a declared one, whose alerts carry
+/// its label. A declared database is held to the gateway's lock bounds: its writers are not
+/// known to wait any longer than the gateway's.
+fn run_one(
+    spec: &Spec,
+    ctx: &mut Context<'_>,
+    gateway: &Gateway,
+    label: Option<&str>,
+) -> anyhow::Result<Report> {
     let db = &gateway.database;
     refuse_unless_sqlite(db)?;
     let mut conn = gateway.connect(false)?;
-    refuse_without_table(&conn, gateway)?;
+    if label.is_none() {
+        refuse_without_table(&conn, gateway)?;
+    }
+    let of = label.map_or(String::new(), |l| format!(":{l}"));
+    let subject = label.map_or("the gateway database".to_string(), |l| format!("database {l}"));
+    let about = label.map_or(String::new(), |l| format!(" (database {l})"));
     let before = facts(&conn, db)?;
     let bound = lock_bound(spec, gateway.preset);
     let plan = plan(spec, &before, &bound);
-    let space_key = format!("vacuum-space:{}", ctx.job);
-    let skipped_key = format!("vacuum-skipped:{}", ctx.job);
-    let lock_key = format!("vacuum-lock:{}", ctx.job);
+    let space_key = format!("vacuum-space:{}{of}", ctx.job);
+    let skipped_key = format!("vacuum-skipped:{}{of}", ctx.job);
+    let lock_key = format!("vacuum-lock:{}{of}", ctx.job);
     if ctx.dry_run {
         let report = Report::new(format!("would maintain {}", db.display()));
         return Ok(report.with_plan(&plan));
@@ -634,7 +662,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     match &plan.vacuum {
         VacuumDecision::Skip(why) => {
             done.push(format!("VACUUM skipped: {why}"));
-            ctx.alerts.push(resolve(&skipped_key, SKIPPED));
+            ctx.alerts.push(resolve(&skipped_key, &format!("{SKIPPED}{about}")));
         }
         VacuumDecision::Blocked(why) => blocked = Some(why.clone()),
         VacuumDecision::NoRoom { needed, available } => {
@@ -648,7 +676,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 key: space_key,
                 severity: Severity::Warning,
                 job: Some(ctx.job.to_string()),
-                what: "no room to VACUUM the gateway database".into(),
+                what: format!("no room to VACUUM {subject}"),
                 body: message.clone(),
             }));
             anyhow::bail!(message);
@@ -671,7 +699,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         VacuumDecision::Incremental => {
             vacuumed.bound = Some(STEP_BOUND);
             reclaim(&mut conn, &mut pacer, ctx, &mut vacuumed)?;
-            ctx.alerts.push(resolve(&skipped_key, SKIPPED));
+            ctx.alerts.push(resolve(&skipped_key, &format!("{SKIPPED}{about}")));
         }
     }
     if let Some(why) = &blocked {
@@ -686,7 +714,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             key: skipped_key.clone(),
             severity: Severity::Warning,
             job: Some(ctx.job.to_string()),
-            what: SKIPPED.into(),
+            what: format!("{SKIPPED}{about}"),
             body: format!(
                 "{what} of {} was skipped: {why}.\n\n{} inside the file; SQLite reuses them for new rows, but the file does not shrink.\n\n\
                  Two ways to give them back:\n\
@@ -710,11 +738,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         })?;
         drop(vacuum);
         vacuumed.full = Some(held);
-        ctx.alerts.push(resolve(
-            &space_key,
-            "no room to VACUUM the gateway database",
-        ));
-        ctx.alerts.push(resolve(&skipped_key, SKIPPED));
+        ctx.alerts.push(resolve(&space_key, &format!("no room to VACUUM {subject}")));
+        ctx.alerts.push(resolve(&skipped_key, &format!("{SKIPPED}{about}")));
         let mut line = format!(
             "{} held an exclusive lock {}",
             if convert {
@@ -757,7 +782,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 Severity::Warning
             },
             job: Some(ctx.job.to_string()),
-            what: OVER.into(),
+            what: format!("{OVER}{about}"),
             body: format!(
                 "On {}: {over}{}.\n\nA machine busier than usual stretches locks; if it happens again, lower vacuum_max_lock, \
                  or move this job to a quieter hour (docs/jobs/maintenance.md).",
@@ -773,7 +798,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
             ),
         }));
     } else if vacuumed.bound.is_some() && (vacuumed.full.is_some() || vacuumed.steps > 0) {
-        ctx.alerts.push(resolve(&lock_key, OVER));
+        ctx.alerts.push(resolve(&lock_key, &format!("{OVER}{about}")));
     }
     let after = facts(&conn, db)?;
     let files_after = backup::database_bytes(db);
@@ -995,6 +1020,7 @@ mod tests {
             vacuum_threshold: 0.2,
             vacuum_max_lock: None,
             vacuum_convert: false,
+            databases: Selection::default(),
         }
     }
 

@@ -138,6 +138,19 @@ impl Kind {
         self.contract().depends_on()
     }
 
+    /// Resolves the job's `databases: [...]` against the declared ones; unknown names are
+    /// errors at `path`.
+    pub fn resolve_databases(
+        &mut self,
+        declared: &crate::databases::Databases,
+        path: &str,
+        checks: &mut Checks<'_>,
+    ) {
+        if let Some(selection) = self.contract_mut().selection_mut() {
+            selection.resolve(declared, path, checks);
+        }
+    }
+
     /// See [`Contract::gateway_problems`].
     pub fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
         self.contract().gateway_problems(gateway)

@@ -21,9 +21,11 @@ use serde::Deserialize;
 use crate::jobs::contract::{Context, Report};
 use crate::alerts::{Alert, AlertEvent, Severity};
 use crate::backup::archive::{self, CheckLevel, Manifest};
-use crate::backup::snapshot::{self, Snapshot};
+use crate::backup::snapshot::Snapshot;
 use crate::backup::{self as backups, ArchiveName, Format, Scratch};
+use crate::backup::multi;
 use crate::checks::Checks;
+use crate::databases::Selection;
 use crate::fsx;
 use crate::units;
 use retention::{Decision, KeepConfig, Policy, Reason};
@@ -59,6 +61,7 @@ pub struct Raw {
     keep: Option<KeepConfig>,
     verify: Option<VerifyLevel>,
     shrink_guard: Option<ShrinkGuard>,
+    databases: Option<Vec<String>>,
 }
 
 /// `shrink_guard`: a new snapshot with fewer than this share of the rows or of the bytes of the
@@ -113,11 +116,17 @@ pub struct Spec {
     pub keep: Policy,
     pub verify: VerifyLevel,
     pub shrink_guard: ShrinkGuard,
+    /// The databases backed up: `gateway` and those declared under `databases:`.
+    pub databases: Selection,
 }
 
 impl crate::jobs::contract::Contract for Spec {
     fn writes(&self) -> Vec<(PathBuf, &'static str)> {
         vec![(self.to.clone(), crate::jobs::contract::BACKUPS)]
+    }
+
+    fn selection_mut(&mut self) -> Option<&mut Selection> {
+        Some(&mut self.databases)
     }
 }
 
@@ -168,6 +177,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         keep: keep?,
         verify: raw.verify.unwrap_or(VerifyLevel::Quick),
         shrink_guard: raw.shrink_guard.unwrap_or(DEFAULT_SHRINK_GUARD),
+        databases: Selection::from_raw(raw.databases, &format!("{path}.databases"), checks),
     })
 }
 
@@ -387,8 +397,27 @@ fn plan_lines(
             VerifyLevel::Full => "full",
         }
     )];
+    if !spec.databases.has_gateway() {
+        lines[0] = format!(
+            "the gateway's database is not in this job's databases; archive {}",
+            spec.to.join(plan.archive.file_name()).display()
+        );
+    }
+    for declared in &spec.databases.declared {
+        lines.push(match declared.expand() {
+            Ok(found) => format!(
+                "snapshot database {} ({}): {} file{} now, one at a time",
+                declared.name,
+                declared.pattern.display(),
+                found.len(),
+                if found.len() == 1 { "" } else { "s" }
+            ),
+            Err(e) => format!("database {}: {e:#}", declared.name),
+        });
+    }
     for include in &spec.include {
-        lines.push(format!("include {} ({})", include.display(), size(include)));
+        let kind = if include.is_dir() { ", a directory" } else { "" };
+        lines.push(format!("include {} ({}{kind})", include.display(), size(include)));
     }
     lines.push(match (spec.shrink_guard, base) {
         (ShrinkGuard::Off, _) => "shrink guard: off".to_string(),
@@ -434,10 +463,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let plan = plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
     if ctx.dry_run {
         // The table must exist for the run to write anything; say so now.
-        let gateway = ctx.gateway;
-        gateway
-            .open(crate::gateway::Access::ReadOnly)?
-            .check_table()?;
+        if spec.databases.has_gateway() {
+            ctx.gateway
+                .open(crate::gateway::Access::ReadOnly)?
+                .check_table()?;
+        }
         let mut report = Report::new(format!(
             "would write {} and keep {} of {} archives",
             plan.archive,
@@ -461,29 +491,35 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     }
 
     let gateway = ctx.gateway;
-    let source_bytes = backups::database_bytes(&gateway.database);
-    let includes = spec
-        .include
-        .iter()
-        .map(|p| archive::read_include(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let include_bytes: u64 = includes.iter().map(|i| i.meta.size).sum();
-    // The snapshot is at most the database plus its WAL; the archive at most that again
-    // (incompressible data) plus the included files and tar headers.
-    let needed = 2 * source_bytes + include_bytes + 1024 * 1024;
-    backups::ensure_free(
-        to,
-        needed,
-        &format!("the snapshot and archive of {}", gateway.database.display()),
-    )?;
+    let with_gateway = spec.databases.has_gateway();
+    // Globs are expanded afresh at every run, and included directories walked.
+    let listing = multi::Listing::new(&spec.databases.declared, &spec.include)?;
+    let needed = listing.bytes_needed(with_gateway.then_some(gateway.database.as_path()));
+    let what = if listing.targets.is_empty() {
+        gateway.database.display().to_string()
+    } else {
+        format!(
+            "{} databases",
+            listing.targets.len() + usize::from(with_gateway)
+        )
+    };
+    backups::ensure_free(to, needed, &format!("the snapshots and archive of {what}"))?;
     ctx.checkpoint()?;
 
     let started = Instant::now();
-    let scratch = backups::ScratchDb(plan.archive.scratch_path(to, Scratch::Snapshot));
-    let snap = snapshot::take(gateway, &scratch.0)?;
+    let copies = multi::take_copies(
+        listing,
+        with_gateway.then_some(gateway),
+        to,
+        &plan.archive,
+        gateway.busy_timeout,
+        &mut || Ok(ctx.checkpoint()?),
+    )?;
+    let snap = &copies.snap;
     let snapshot_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, "snapshot taken");
-    let Some(rows) = snap.rows else {
+    tracing::info!(job = ctx.job, journal_mode = %snap.journal_mode, held_ms = snap.held.as_millis() as u64, writer_block_ms = snap.writer_block.as_millis() as u64, databases = copies.count(), "snapshots taken");
+    let rows = if with_gateway { snap.rows } else { Some(snap.rows.unwrap_or(0)) };
+    let Some(rows) = rows else {
         bail!(
             "the gateway database {} has no table `{}`: it was emptied, truncated or replaced, or gateway.database names the wrong file; no archive was written and none was deleted. If the gateway lost its data, stop it and restore the newest good archive in {} with `caretaker restore`",
             gateway.database.display(),
@@ -517,21 +553,13 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let after = std::thread::scope(|s| {
         s.spawn(|| {
             lower_priority();
-            check_write_and_publish(
-                spec,
-                ctx,
-                &plan.archive,
-                &dest,
-                &snap.path,
-                &snap,
-                &includes,
-            )
+            check_write_and_publish(spec, ctx, &plan.archive, &dest, &copies)
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    drop(scratch);
     let Published {
+        databases,
         path: published,
         archive_bytes,
         size,
@@ -560,7 +588,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                  If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
                  If the change was expected (a purge, a VACUUM, a new database), run the job once with \
                  `shrink_guard: off`, then set the guard back.",
-                gateway.database.display(),
+                copies.primary.source.display(),
                 published.display()
             ),
         })),
@@ -572,10 +600,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     }
     let mut report =
         Report::new(format!(
-        "wrote {} ({}, {rows} rows, {} mode){}{}; kept {kept} archives, deleted {}",
+        "wrote {} ({}, {rows} rows, {} mode{}){}{}{}; kept {kept} archives, deleted {}",
         published.display(),
         units::bytes(archive_bytes),
         snap.journal_mode,
+        if databases > 1 { format!(", {databases} databases") } else { String::new() },
+        copies.remarks(),
         shrink.as_ref().map_or(String::new(), |why| format!("; HELD, retention paused: {why}")),
         check.as_ref().filter(|c| c.foreign_key_violations > 0).map_or(String::new(), |c| format!(
             "; {} rows without their foreign-key parent (as in the gateway database), e.g. {}",
@@ -595,6 +625,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         .figure("held", f64::from(u8::from(shrink.is_some())))
         .figure("kept", kept as f64)
         .figure("deleted", deleted.len() as f64);
+    if databases > 1 || !copies.vanished.is_empty() {
+        report = report
+            .figure("databases", databases as f64)
+            .figure("vanished", copies.vanished.len() as f64);
+    }
     if let Some(c) = &check {
         report = report.figure("foreign_key_violations", c.foreign_key_violations as f64);
     }
@@ -603,6 +638,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 
 /// What the part after the snapshot produced.
 struct Published {
+    /// The databases in the archive.
+    databases: usize,
     path: PathBuf,
     archive_bytes: u64,
     /// The database's size in bytes.
@@ -626,38 +663,39 @@ fn check_write_and_publish(
     ctx: &Context<'_>,
     name: &ArchiveName,
     dest: &Path,
-    snapshot_path: &Path,
-    snap: &Snapshot,
-    includes: &[archive::Include],
+    copies: &multi::Copies,
 ) -> anyhow::Result<Published> {
+    let multi::Copies {
+        primary,
+        snap,
+        others,
+        matched,
+        includes,
+        ..
+    } = copies;
     let checking = Instant::now();
-    // SQLite's check and the hash each take about a second per GB on one core: run them side
-    // by side.
-    let (check, hashed) = std::thread::scope(|scope| {
-        let hashing = scope.spawn(|| archive::hash_file(snapshot_path));
-        let check = spec
-            .check_level()
-            .map(|level| archive::check_database(snapshot_path, level))
-            .transpose();
-        let hashed = hashing
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (check, hashed)
-    });
-    let check = check.context("the snapshot failed its check; no archive was written")?;
-    let (sha256, size) = hashed?;
+    let (check, sha256, size) = check_and_hash(&snap.path, spec.check_level())
+        .context("the snapshot failed its check; no archive was written")?;
+    let mut archived = Vec::new();
+    for other in others {
+        ctx.checkpoint()?;
+        let (_, sha256, size) = check_and_hash(&other.snap.path, spec.check_level())
+            .with_context(|| {
+                format!(
+                    "the snapshot of database `{}` ({}) failed its check; no archive was written",
+                    other.target.name,
+                    other.target.source.display()
+                )
+            })?;
+        archived.push(other.archived(sha256, size));
+    }
     let mut verify_ms = checking.elapsed().as_secs_f64() * 1000.0;
     ctx.checkpoint()?;
 
-    let manifest = manifest(
-        ctx.job,
-        name,
-        ctx.gateway,
-        snap,
-        sha256,
-        size,
-        includes,
-    );
+    let mut manifest = manifest(ctx.job, name, primary, snap, sha256, size, includes);
+    manifest.databases = archived;
+    manifest.matched = matched.clone();
+    let other_paths: Vec<&Path> = others.iter().map(|o| o.snap.path.as_path()).collect();
     let compression = match spec.compression {
         Compression::Gzip => archive::Compression::Gzip {
             level: spec.level,
@@ -667,7 +705,7 @@ fn check_write_and_publish(
     };
     let compressing = Instant::now();
     let (pending, archive_bytes) =
-        archive::write(dest, &manifest, snapshot_path, includes, compression)?;
+        archive::write_all(dest, &manifest, &snap.path, &other_paths, includes, compression)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
     if spec.verify != VerifyLevel::None {
         let reading = Instant::now();
@@ -679,6 +717,7 @@ fn check_write_and_publish(
     ctx.checkpoint()?;
     let path = pending.commit()?;
     Ok(Published {
+        databases: 1 + others.len(),
         path,
         archive_bytes,
         size,
@@ -688,10 +727,31 @@ fn check_write_and_publish(
     })
 }
 
+/// SQLite's check of a snapshot at `level` (none with `None`) and its SHA-256 and size. The
+/// check and the hash each take about a second per GB on one core: they run side by side.
+fn check_and_hash(
+    path: &Path,
+    level: Option<CheckLevel>,
+) -> anyhow::Result<(Option<archive::CheckReport>, String, u64)> {
+    let (check, hashed) = std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| archive::hash_file(path));
+        let check = level
+            .map(|level| archive::check_database(path, level))
+            .transpose();
+        let hashed = hashing
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (check, hashed)
+    });
+    let check = check?;
+    let (sha256, size) = hashed?;
+    Ok((check, sha256, size))
+}
+
 fn manifest(
     job: &str,
     name: &ArchiveName,
-    gateway: &crate::gateway::Gateway,
+    primary: &multi::Primary,
     snap: &Snapshot,
     sha256: String,
     size: u64,
@@ -701,21 +761,20 @@ fn manifest(
         format: archive::FORMAT_VERSION,
         job: job.to_string(),
         created_at: name.time,
-        source: gateway.database.clone(),
-        database: gateway.database.file_name().map_or_else(
-            || "gateway.db".to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        ),
+        source: primary.source.clone(),
+        database: primary.entry.clone(),
         size,
         sha256,
         sqlite_version: rusqlite::version().to_string(),
         page_size: snap.page_size,
         page_count: snap.page_count,
         journal_mode: snap.journal_mode.clone(),
-        table: gateway.table.clone(),
+        table: primary.table.clone(),
         row_count: snap.rows,
         files: includes.iter().map(|i| i.meta.clone()).collect(),
         tool: format!("caretaker {}", env!("CARGO_PKG_VERSION")),
+        databases: Vec::new(),
+        matched: Vec::new(),
     }
 }
 
@@ -770,6 +829,7 @@ mod tests {
             keep,
             verify: VerifyLevel::Quick,
             shrink_guard: DEFAULT_SHRINK_GUARD,
+            databases: Selection::default(),
         }
     }
 
