@@ -35,7 +35,7 @@ pub enum Bound {
 impl Bound {
     pub fn new(format: TimeFormat, cutoff: DateTime<Utc>) -> Bound {
         match format {
-            TimeFormat::Iso8601 => Bound::Iso {
+            TimeFormat::Iso8601 | TimeFormat::Timestamp => Bound::Iso {
                 t: cutoff.format("%Y-%m-%dT%H:%M:%S").to_string(),
                 space: cutoff.format("%Y-%m-%d %H:%M:%S").to_string(),
                 day: cutoff.format("%Y-%m-%dT").to_string(),
