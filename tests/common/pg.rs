@@ -129,9 +129,19 @@ impl Cluster {
             .expect("creating the cluster's directory");
         let mut bin = bin.to_path_buf();
         if is_root() && !bin.starts_with("/usr") {
+            // A wheel's programs find their libraries by RPATH `$ORIGIN/../../../<package>.libs`:
+            // the copy keeps that layout.
             let install = bin.parent().expect("bin has a parent");
-            let copy = dir.path().join("pginstall");
+            let package = install.parent().expect("the install has a parent");
+            let root = dir.path().join("pg");
+            let copy = root.join("package").join(install.file_name().unwrap());
+            fs::create_dir_all(copy.parent().unwrap()).unwrap();
             run(Command::new("cp").arg("-a").arg(install).arg(&copy));
+            let mut libs = package.as_os_str().to_owned();
+            libs.push(".libs");
+            if Path::new(&libs).is_dir() {
+                run(Command::new("cp").arg("-a").arg(&libs).arg(&root));
+            }
             bin = copy.join("bin");
         }
         if is_root() {

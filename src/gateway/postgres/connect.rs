@@ -101,9 +101,14 @@ pub fn password(server: &Server, env: Env<'_>) -> anyhow::Result<Option<String>>
     }
 }
 
-/// The password libpq would take from its password file, if any.
+/// The password libpq would find without being given one: `PGPASSWORD`, else its password file.
 fn from_pgpass(server: &Server, env: Env<'_>) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
+    if let Some(password) = env("PGPASSWORD").and_then(|v| v.into_string().ok())
+        && !password.is_empty()
+    {
+        return Some(password);
+    }
     let home = env("HOME").map(std::path::PathBuf::from);
     let pgpassfile = env("PGPASSFILE").and_then(|v| v.into_string().ok());
     let path = pgpass::location(pgpassfile.as_deref(), home.as_deref())?;

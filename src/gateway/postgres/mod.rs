@@ -6,7 +6,9 @@
 //! `lock_timeout` and `statement_timeout` before any other statement ([`connect`]).
 
 pub mod connect;
+pub mod dump;
 pub mod pgpass;
+pub mod restore;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -282,9 +284,10 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
 }
 
 /// Job kinds that run on a PostgreSQL gateway; `check` refuses the others there ([`NOT_YET`]).
-pub const READY: &[&str] = &["backup", "verify", "logrotate"];
+pub const READY: &[&str] = &["backup", "logrotate"];
 /// Job kinds that read the gateway the SQLite way and are not ported to PostgreSQL yet.
 pub const NOT_YET: &[&str] = &[
+    "verify",
     "archive",
     "pricing",
     "budget",
