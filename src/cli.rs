@@ -315,6 +315,10 @@ struct Status {
     jobs: Vec<JobStatus>,
     active_alerts: Vec<String>,
     pending_alerts: Vec<PendingAlert>,
+    /// A PostgreSQL gateway's daemon: `active` or `standby` (see docs/postgres.md), or
+    /// `not running`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standby: Option<String>,
 }
 
 fn status(path: &Path, json: bool) -> u8 {
@@ -358,10 +362,23 @@ fn status(path: &Path, json: bool) -> u8 {
                 last_error: p.last_error,
             })
             .collect();
+        let standby = config.gateway.postgres.as_ref().map(|_| {
+            match crate::gateway::postgres::standby::describe(&config.state_dir) {
+                Some((role, true)) => format!(
+                    "{} since {} (pid {})",
+                    role.role,
+                    role.since
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    role.pid
+                ),
+                _ => "not running".to_string(),
+            }
+        });
         Ok(Status {
             jobs,
             active_alerts: alerts::active(&state)?,
             pending_alerts,
+            standby,
         })
     };
     let status = match gather() {
@@ -384,6 +401,9 @@ fn status(path: &Path, json: bool) -> u8 {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = writeln!(out, "times in {tz}");
+    if let Some(standby) = &status.standby {
+        let _ = writeln!(out, "this daemon: {standby}");
+    }
     let _ = writeln!(
         out,
         "{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}",

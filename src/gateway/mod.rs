@@ -95,6 +95,7 @@ pub struct RawGateway {
     ca_file: Option<PathBuf>,
     lock_timeout: Option<values::Duration>,
     statement_timeout: Option<values::Duration>,
+    standby_takeover: Option<values::Duration>,
     schema: Option<Preset>,
     busy_timeout: Option<values::Duration>,
     table: Option<String>,
@@ -187,6 +188,7 @@ pub fn validate(mut raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway>
                     ca_file: raw.ca_file.take(),
                     lock_timeout: raw.lock_timeout.map(|d| d.0),
                     statement_timeout: raw.statement_timeout.map(|d| d.0),
+                    standby_takeover: raw.standby_takeover.map(|d| d.0),
                 },
                 checks,
             );
@@ -208,6 +210,7 @@ pub fn validate(mut raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway>
         ("ca_file", raw.ca_file.is_some()),
         ("lock_timeout", raw.lock_timeout.is_some()),
         ("statement_timeout", raw.statement_timeout.is_some()),
+        ("standby_takeover", raw.standby_takeover.is_some()),
     ];
     let (stray, engine, other) = if on_postgres {
         (

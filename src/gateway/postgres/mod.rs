@@ -9,6 +9,7 @@ pub mod connect;
 pub mod dump;
 pub mod pgpass;
 pub mod restore;
+pub mod standby;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,6 +85,8 @@ pub struct Server {
     pub ca_file: Option<PathBuf>,
     pub lock_timeout: Duration,
     pub statement_timeout: Duration,
+    /// How soon a standby daemon takes over after the active one died.
+    pub standby_takeover: Duration,
     /// How the server is named in messages: `database litellm on db.internal:5432 as caretaker`.
     pub describe: String,
     /// The database name (for `pg_dump`, scratch databases, the advisory lock's key).
@@ -179,6 +182,7 @@ pub struct RawServer {
     pub ca_file: Option<PathBuf>,
     pub lock_timeout: Option<Duration>,
     pub statement_timeout: Option<Duration>,
+    pub standby_takeover: Option<Duration>,
 }
 
 /// Validates the PostgreSQL keys of `gateway`, each error at its key.
@@ -240,15 +244,17 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
     }
     let lock_timeout = raw.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT);
     let statement_timeout = raw.statement_timeout.unwrap_or(DEFAULT_STATEMENT_TIMEOUT);
+    let standby_takeover = raw.standby_takeover.unwrap_or(standby::DEFAULT_TAKEOVER);
     for (key, value) in [
         ("gateway.lock_timeout", lock_timeout),
         ("gateway.statement_timeout", statement_timeout),
+        ("gateway.standby_takeover", standby_takeover),
     ] {
         // 0 means "wait forever" to PostgreSQL: exactly what these keys exist to prevent.
         if value.is_zero() {
             checks.error(
                 key,
-                "is zero, which PostgreSQL reads as no limit; accepted: a duration above zero, e.g. 200ms or 30s",
+                "is zero (PostgreSQL reads a zero timeout as no limit); accepted: a duration above zero, e.g. 200ms or 30s",
             );
         }
     }
@@ -276,6 +282,7 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
         ca_file,
         lock_timeout,
         statement_timeout,
+        standby_takeover,
         dbname,
         user,
         host,

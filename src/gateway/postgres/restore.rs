@@ -30,6 +30,7 @@ fn target(url: &str) -> anyhow::Result<Server> {
         ca_file: None,
         lock_timeout: super::DEFAULT_LOCK_TIMEOUT,
         statement_timeout: super::DEFAULT_STATEMENT_TIMEOUT,
+        standby_takeover: super::standby::DEFAULT_TAKEOVER,
         dbname,
         user,
         host,
