@@ -109,6 +109,10 @@ enum Command {
     Demo {
         /// Where to create the demo [default: ./caretaker-demo]
         dir: Option<PathBuf>,
+        /// LiteLLM's spend logs in a throwaway local PostgreSQL cluster (needs the server
+        /// programs, e.g. Debian's postgresql package) instead of a SQLite gateway
+        #[arg(long)]
+        postgres: bool,
     },
 }
 
@@ -123,13 +127,21 @@ pub fn main(cli: Cli) -> ExitCode {
         } => run_job(&config.config, &name, dry_run),
         Command::Status { config, json } => status(&config.config, json),
         Command::Restore { archive, to, force } => restore(&archive, &to, force),
-        Command::Demo { dir } => demo(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo"))),
+        Command::Demo { dir, postgres } => demo(
+            &dir.unwrap_or_else(|| PathBuf::from("caretaker-demo")),
+            postgres,
+        ),
     };
     ExitCode::from(code)
 }
 
-fn demo(dir: &Path) -> u8 {
-    match crate::demo::run(dir) {
+fn demo(dir: &Path, postgres: bool) -> u8 {
+    let ran = if postgres {
+        crate::demo::pgdemo::run(dir)
+    } else {
+        crate::demo::run(dir)
+    };
+    match ran {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -224,6 +224,37 @@ fn write_batch(client: &mut postgres::Client, rows: &[SpendRow]) -> Result<(), p
     tx.commit()
 }
 
+/// Fills LiteLLM's spend logs (creating its tables when missing) with `rows` requests spread
+/// over the `days` before `now`, `failed_share` of them failed, as a proxy that ran that long.
+pub fn fill(
+    client: &mut postgres::Client,
+    rows: u64,
+    days: u32,
+    now: chrono::DateTime<Utc>,
+    seed: u64,
+    failed_share: f64,
+) -> anyhow::Result<()> {
+    ensure_schema(client)?;
+    let mut maker = SpendRowMaker::new(seed, 768, failed_share);
+    let span = i64::from(days.max(1)) * 86_400_000;
+    let mut made = 0;
+    while made < rows {
+        let n = (rows - made).min(ROWS_PER_STATEMENT as u64);
+        let batch: Vec<SpendRow> = (0..n)
+            .map(|_| {
+                let back = maker.rng.random_range(0..span);
+                maker.row((now - chrono::Duration::milliseconds(back)).naive_utc())
+            })
+            .collect();
+        write_batch(client, &batch).context("writing sample spend-log rows")?;
+        made += n;
+    }
+    client
+        .batch_execute("ANALYZE")
+        .context("analyzing the sample database")?;
+    Ok(())
+}
+
 /// Creates LiteLLM's tables when the database does not have them yet (the proxy's migrations).
 pub fn ensure_schema(client: &mut postgres::Client) -> anyhow::Result<()> {
     let exists: bool = client

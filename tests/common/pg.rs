@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::bins;
+use caretaker::demo::pgcluster::{LocalCluster, USER, as_owner};
 
-/// The role initdb makes the superuser, and what the tests sign in as.
-pub const USER: &str = "caretaker";
-const PORT: u16 = 5432;
+use super::bins;
 
 /// LiteLLM's schema, as the tests load it.
 pub fn litellm_schema() -> String {
@@ -27,18 +25,7 @@ pub fn server_bin() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARETAKER_TEST_PG_BIN") {
         return PathBuf::from(dir);
     }
-    let mut found: Vec<(u32, PathBuf)> = glob::glob("/usr/lib/postgresql/*/bin/initdb")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|p| {
-            let bin = p.parent()?.to_path_buf();
-            let major = bin.parent()?.file_name()?.to_str()?.parse().ok()?;
-            Some((major, bin))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+    caretaker::demo::pgcluster::server_bin().unwrap_or_else(|| {
         panic!(
             "this test needs a PostgreSQL server and found none under /usr/lib/postgresql/*/bin: install it (`apt-get install -y postgresql`, as .ci/run does) or set CARETAKER_TEST_PG_BIN to a directory holding initdb, pg_ctl and postgres"
         )
@@ -94,22 +81,11 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// A command run as the cluster's owner: `postgres` when we are root (initdb refuses root).
-fn as_owner(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
 /// A running throwaway cluster; stopped (immediately) and removed when dropped, panicking
 /// tests included.
 pub struct Cluster {
     dir: tempfile::TempDir,
-    bin: PathBuf,
+    local: LocalCluster,
     pub major: u32,
     stopped: bool,
 }
@@ -144,26 +120,15 @@ impl Cluster {
             }
             bin = copy.join("bin");
         }
-        if is_root() {
-            run(Command::new("chown")
-                .arg("-R")
-                .arg("postgres:postgres")
-                .arg(dir.path()));
-        }
-        let data = dir.path().join("data");
-        run(as_owner(&bin.join("initdb")).arg("-D").arg(&data).args([
-            "-U",
-            USER,
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]));
+        let local = LocalCluster {
+            bin: bin.clone(),
+            dir: dir.path().to_path_buf(),
+        };
+        local.init().expect("initdb");
         let mut cluster = Cluster {
             major: major_of(&bin),
             dir,
-            bin,
+            local,
             stopped: true,
         };
         cluster.pg_ctl_start();
@@ -172,25 +137,18 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&self) {
-        let options = format!(
-            "-k {} -c listen_addresses='' -p {PORT} -c fsync=off -c max_connections=50",
-            self.dir.path().display()
-        );
-        run(as_owner(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.data())
-            .arg("-l")
-            .arg(self.dir.path().join("server.log"))
-            .args(["-w", "-o", &options, "start"]));
+        self.local
+            .start("-c fsync=off -c max_connections=50")
+            .expect("starting the cluster");
     }
 
     /// The server's own programs (`pg_dump`, `pg_restore`, `psql`, ...).
     pub fn bin(&self) -> &Path {
-        &self.bin
+        &self.local.bin
     }
 
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.local.data()
     }
 
     /// The directory of the server's socket.
@@ -200,10 +158,7 @@ impl Cluster {
 
     /// The URL of database `db` as caretaker's jobs file gives it.
     pub fn url(&self, db: &str) -> String {
-        format!(
-            "postgres://{USER}@/{db}?host={}&port={PORT}",
-            self.socket_dir().display()
-        )
+        self.local.url(db)
     }
 
     /// A plain session on `db`, for the test's own reads and writes.
@@ -247,10 +202,7 @@ impl Cluster {
 
     /// `pg_ctl restart -m fast`, as an operator restarting the server mid-job.
     pub fn restart_fast(&self) {
-        run(as_owner(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.data())
-            .args(["-w", "-m", "fast", "stop"]));
+        self.local.stop("fast").expect("stopping the cluster");
         self.pg_ctl_start();
     }
 
@@ -261,7 +213,7 @@ impl Cluster {
             .unwrap();
         let hba = self.data().join("pg_hba.conf");
         fs::write(&hba, "local all all scram-sha-256\n").unwrap();
-        run(as_owner(&self.bin.join("pg_ctl"))
+        run(as_owner(&self.local.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.data())
             .arg("reload"));
@@ -281,11 +233,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if !self.stopped {
-            let _ = as_owner(&self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.data())
-                .args(["-w", "-m", "immediate", "stop"])
-                .output();
+            let _ = self.local.stop("immediate");
         }
     }
 }
