@@ -296,3 +296,53 @@ fn the_simulator_keeps_writing_across_a_server_restart_and_reports_what_it_lost(
     assert_eq!(in_table, committed);
     assert_eq!(report.attempted, report.committed + report.failed);
 }
+
+#[test]
+fn sslmode_is_libpq_s_over_rustls_with_the_ca_file() {
+    let mut cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    let dir = tempfile::tempdir().unwrap();
+    // A CA and a certificate for 127.0.0.1 and localhost; 127.0.0.2 is the same server under
+    // a name the certificate does not have.
+    let certs = common::health::make_certs(dir.path());
+    let port = cluster.with_tls(&certs.cert, &certs.key);
+    let no_env = |_: &str| -> Option<OsString> { None };
+    let tls_of = |host: &str, mode: &str, ca: bool| -> Result<bool, String> {
+        let ca_line = if ca {
+            format!("  ca_file: {}\n", certs.ca.display())
+        } else {
+            String::new()
+        };
+        let server = server(
+            dir.path(),
+            &format!(
+                "gateway:\n  url: postgres://caretaker@{host}:{port}/{db}?sslmode={mode}\n  schema: litellm\n{ca_line}"
+            ),
+        );
+        let mut session = connect_with(&server, &no_env).map_err(|e| format!("{e:#}"))?;
+        Ok(session
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0))
+    };
+    assert_eq!(tls_of("127.0.0.1", "disable", false), Ok(false));
+    assert_eq!(tls_of("127.0.0.1", "prefer", false), Ok(true));
+    assert_eq!(tls_of("127.0.0.2", "require", false), Ok(true));
+    assert_eq!(tls_of("localhost", "verify-full", true), Ok(true));
+    assert_eq!(tls_of("127.0.0.1", "verify-full", true), Ok(true));
+    assert_eq!(tls_of("127.0.0.2", "verify-ca", true), Ok(true));
+    for (host, mode, ca, why) in [
+        ("localhost", "verify-full", false, "UnknownIssuer"),
+        ("127.0.0.2", "verify-ca", false, "UnknownIssuer"),
+        ("127.0.0.2", "verify-full", true, "not valid for name"),
+    ] {
+        let err = tls_of(host, mode, ca).unwrap_err();
+        assert!(
+            err.contains(why) && err.contains("sslmode"),
+            "{host} {mode} ca={ca}: {err}"
+        );
+    }
+}

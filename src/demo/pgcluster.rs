@@ -11,7 +11,8 @@ use anyhow::{Context, ensure};
 
 /// The role initdb makes the superuser.
 pub const USER: &str = "caretaker";
-/// The port in the socket's name (`.s.PGSQL.5432`); no TCP port is opened.
+/// The default port: in the socket's name (`.s.PGSQL.5432`); no TCP port is opened unless
+/// `listen_addresses` is given to [`LocalCluster::start`].
 pub const PORT: u16 = 5432;
 
 /// The newest installed server's `bin` directory (Debian's `/usr/lib/postgresql/<major>/bin`).
@@ -54,6 +55,7 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
 pub struct LocalCluster {
     pub bin: PathBuf,
     pub dir: PathBuf,
+    pub port: u16,
 }
 
 impl LocalCluster {
@@ -103,8 +105,9 @@ impl LocalCluster {
             return Ok(());
         }
         let options = format!(
-            "-k {} -c listen_addresses='' -p {PORT} {extra}",
-            self.dir.display()
+            "-k {} -c listen_addresses='' -p {} {extra}",
+            self.dir.display(),
+            self.port
         );
         let mut pg_ctl = as_owner(&self.bin.join("pg_ctl"));
         pg_ctl
@@ -129,8 +132,9 @@ impl LocalCluster {
     /// The URL of database `db`.
     pub fn url(&self, db: &str) -> String {
         format!(
-            "postgres://{USER}@/{db}?host={}&port={PORT}",
-            self.dir.display()
+            "postgres://{USER}@/{db}?host={}&port={}",
+            self.dir.display(),
+            self.port
         )
     }
 }

@@ -63,6 +63,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let cluster = LocalCluster {
         bin,
         dir: std::env::temp_dir().join(format!("caretaker-demo-pg-{hash}")),
+        port: super::pgcluster::PORT,
     };
     println!("caretaker demo on PostgreSQL in {}", dir.display());
     cluster.init().context("creating the demo's cluster")?;

@@ -123,6 +123,7 @@ impl Cluster {
         let local = LocalCluster {
             bin: bin.clone(),
             dir: dir.path().to_path_buf(),
+            port: caretaker::demo::pgcluster::PORT,
         };
         local.init().expect("initdb");
         let mut cluster = Cluster {
@@ -198,6 +199,36 @@ impl Cluster {
             .iter()
             .map(|r| r.get(0))
             .collect()
+    }
+
+    /// Restarts the server with TLS (`cert`, `key`) on TCP at 127.0.0.1 and 127.0.0.2 (trust,
+    /// as on the socket), on a free port it returns; the socket moves to that port too.
+    pub fn with_tls(&mut self, cert: &Path, key: &Path) -> u16 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = self.data().join(to);
+            fs::copy(from, &dest).unwrap();
+            fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if is_root() {
+                run(Command::new("chown").arg("postgres:postgres").arg(&dest));
+            }
+        }
+        let mut hba = fs::OpenOptions::new()
+            .append(true)
+            .open(self.data().join("pg_hba.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut hba, b"host all all 127.0.0.0/8 trust\n").unwrap();
+        self.local.stop("fast").expect("stopping the cluster");
+        self.local.port = port;
+        self.local
+            .start("-c fsync=off -c ssl=on -c listen_addresses='127.0.0.1,127.0.0.2'")
+            .expect("starting the cluster with TLS");
+        port
     }
 
     /// `pg_ctl restart -m fast`, as an operator restarting the server mid-job.
