@@ -21,7 +21,7 @@ fn jobs_file(dir: &Path, url: &str, backup: &str) -> PathBuf {
     fs::write(
         &path,
         format!(
-            "gateway:\n  url: {url}\n  schema: litellm\nstate_dir: state\njobs:\n  nightly:\n    on_signal: USR1\n    backup: {{to: backups, keep: {{last: 2}}, {backup}}}\n"
+            "gateway:\n  url: {url}\n  schema: litellm\nstate_dir: state\nalerts: {{file: alerts.jsonl}}\njobs:\n  nightly:\n    on_signal: USR1\n    backup: {{to: backups, keep: {{last: 2}}, {backup}}}\n"
         ),
     )
     .unwrap();
@@ -298,4 +298,66 @@ fn pg_dump_is_refused_for_a_sqlite_gateway_at_its_key() {
         text.contains("only read for a PostgreSQL gateway"),
         "{text}"
     );
+}
+
+#[test]
+fn a_server_restart_during_the_dump_fails_the_run_cleanly_and_the_next_run_succeeds() {
+    let cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    fill_daily_spend(&cluster, &db);
+    let dir = tempfile::tempdir().unwrap();
+    // pg_dump that waits, once the run has exported its snapshot, until the test has restarted
+    // the server.
+    let (started, go) = (dir.path().join("started"), dir.path().join("go"));
+    let script = dir.path().join("pg_dump");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\ntouch {started}\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexec {real} \"$@\"\n",
+            real = cluster.bin().join("pg_dump").display(),
+            started = started.display(),
+            go = go.display(),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::copy(
+        cluster.bin().join("pg_restore"),
+        dir.path().join("pg_restore"),
+    )
+    .unwrap();
+    let jobs = jobs_file(
+        dir.path(),
+        &cluster.url(&db),
+        &format!("verify: full, pg_dump: {}", script.display()),
+    );
+    let run = bins::caretaker()
+        .args(["run-job", "nightly", "--config"])
+        .arg(&jobs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait::until("pg_dump to start", common::wait::DEADLINE, || {
+        started.exists()
+    });
+    cluster.restart_fast();
+    fs::write(&go, "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    let text = bins::describe(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("pg_dump"), "{text}");
+    let left: Vec<_> = fs::read_dir(dir.path().join("backups"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the failed run left {left:?}");
+    let alerts = fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
+    assert!(
+        alerts.contains("nightly"),
+        "no alert of the failed run: {alerts}"
+    );
+    // The next run (the server is back) writes a good archive.
+    let out = caretaker(&["run-job", "nightly"], &jobs);
+    assert!(out.status.success(), "{}", bins::describe(&out));
+    assert_eq!(archives(dir.path()).len(), 1);
 }
