@@ -257,6 +257,23 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             return exit::FAILED;
         }
     };
+    // Next to two daemons of a PostgreSQL gateway, only where the active one runs (or none).
+    let _standby = match &config.gateway.postgres {
+        Some(server) if job.kind.touches_gateway() && !dry_run => {
+            match crate::gateway::postgres::standby::for_run_job(
+                server,
+                &config.gateway.table,
+                &config.state_dir,
+            ) {
+                Ok(held) => Some(held),
+                Err(e) => {
+                    say(&format!("error: {e:#}"));
+                    return exit::LOCKED;
+                }
+            }
+        }
+        _ => None,
+    };
     let outcome = runner::run(
         &config,
         &state,

@@ -12,15 +12,15 @@ use common::bins;
 use common::pg::Cluster;
 use common::sandbox::Daemon;
 
-/// A daemon's directory: its jobs file (a gateway backup and a log rotation, both every 2 s)
-/// and its own state.
+/// A daemon's directory: its jobs file (a gateway backup and a log rotation, both every 2 s,
+/// and a backup for run-job) and its own state.
 fn host(root: &Path, name: &str, url: &str) -> PathBuf {
     let dir = root.join(name);
     fs::create_dir_all(&dir).unwrap();
     fs::write(
         dir.join("jobs.yaml"),
         format!(
-            "gateway:\n  url: {url}\n  schema: litellm\n  standby_takeover: 3s\nstate_dir: state\njobs:\n  nightly:\n    schedule: \"*/2 * * * * *\"\n    backup: {{to: backups, keep: {{last: 2}}, verify: none}}\n  rotate:\n    schedule: \"*/2 * * * * *\"\n    logrotate: {{files: [app.log], period: daily, missing_ok: true}}\n"
+            "gateway:\n  url: {url}\n  schema: litellm\n  standby_takeover: 3s\nstate_dir: state\njobs:\n  nightly:\n    schedule: \"*/2 * * * * *\"\n    backup: {{to: backups, keep: {{last: 2}}, verify: none}}\n  rotate:\n    schedule: \"*/2 * * * * *\"\n    logrotate: {{files: [app.log], period: daily, missing_ok: true}}\n  manual:\n    on_signal: USR2\n    backup: {{to: manual, keep: {{last: 2}}, verify: none}}\n"
         ),
     )
     .unwrap();
@@ -111,6 +111,23 @@ fn one_daemon_runs_the_gateway_jobs_and_the_standby_takes_over_after_kill_9() {
         "{}",
         status(&b)
     );
+    // run-job of a gateway job runs only where the active daemon runs.
+    let run_job = |dir: &Path| {
+        bins::caretaker()
+            .args(["run-job", "manual", "--config"])
+            .arg(dir.join("jobs.yaml"))
+            .output()
+            .unwrap()
+    };
+    let refused = run_job(&b);
+    let text = bins::describe(&refused);
+    assert_eq!(refused.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("another caretaker daemon holds the gateway's advisory lock"),
+        "{text}"
+    );
+    let ran = run_job(&a);
+    assert!(ran.status.success(), "{}", bins::describe(&ran));
 
     // kill -9 of the active daemon: the standby takes the lock and runs the next backup.
     rustix::process::kill_process(

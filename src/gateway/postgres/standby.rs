@@ -174,3 +174,33 @@ pub fn describe(state_dir: &Path) -> Option<(Role, bool)> {
         .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok());
     Some((role, alive))
 }
+
+/// What `run-job` of a job that touches the gateway may do next to the daemons.
+pub enum RunJob {
+    /// This host's daemon is the active one: its lock covers the run (the `state_dir` locks
+    /// keep the two apart here).
+    CoveredByOurDaemon,
+    /// No daemon holds the lock: this session holds it for the run.
+    Holding(super::Session),
+}
+
+/// Decides whether `run-job` may run a job that touches the gateway: only on the host whose
+/// daemon is active, or when no daemon is; otherwise the error says where to run it.
+pub fn for_run_job(server: &Server, table: &str, state_dir: &Path) -> anyhow::Result<RunJob> {
+    if let Some((role, true)) = describe(state_dir)
+        && role.role == "active"
+    {
+        return Ok(RunJob::CoveredByOurDaemon);
+    }
+    let key = lock_key(server, table);
+    let mut session = super::connect(server)?;
+    let got: bool = session
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+        .get(0);
+    anyhow::ensure!(
+        got,
+        "another caretaker daemon holds the gateway's advisory lock (key {key}) and runs the jobs that touch the {}: run this job on its host (caretaker status there says `this daemon: active`)",
+        server.describe
+    );
+    Ok(RunJob::Holding(session))
+}
