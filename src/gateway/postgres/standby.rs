@@ -181,7 +181,7 @@ pub enum RunJob {
     /// keep the two apart here).
     CoveredByOurDaemon,
     /// No daemon holds the lock: this session holds it for the run.
-    Holding(super::Session),
+    Holding(Box<super::Session>),
 }
 
 /// Decides whether `run-job` may run a job that touches the gateway: only on the host whose
@@ -202,5 +202,5 @@ pub fn for_run_job(server: &Server, table: &str, state_dir: &Path) -> anyhow::Re
         "another caretaker daemon holds the gateway's advisory lock (key {key}) and runs the jobs that touch the {}: run this job on its host (caretaker status there says `this daemon: active`)",
         server.describe
     );
-    Ok(RunJob::Holding(session))
+    Ok(RunJob::Holding(Box::new(session)))
 }
