@@ -206,6 +206,51 @@ pub fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `cmd` (a tool writing to its standard output), writing what it writes to a new file
+/// `out` (mode 0600) and hashing it on the way: one pass over the dump instead of two. Returns
+/// the SHA-256 and size; fails with the tool's stderr.
+pub fn run_into(mut cmd: Command, out: &Path, what: &str) -> anyhow::Result<(String, u64)> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut hashing = crate::backup::archive::HashingWriter::new(
+        std::io::BufWriter::with_capacity(1 << 20, file),
+    );
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let copied = std::io::copy(&mut stdout, &mut hashing).and_then(|n| {
+        hashing.flush()?;
+        Ok(n)
+    });
+    if copied.is_err() {
+        // A full disk: the tool must not go on reading the database for nothing.
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {what}"))?;
+    let stderr = errors.join().unwrap_or_default();
+    if !status.success() {
+        bail!("{what} failed ({status}): {}", stderr.trim());
+    }
+    let size =
+        copied.with_context(|| format!("writing the output of {what} to {}", out.display()))?;
+    Ok((hashing.finish().0, size))
+}
+
 /// Fills `dump.tables[].rows` from counts taken in `session`'s current snapshot.
 pub fn count_rows(
     session: &mut impl postgres::GenericClient,

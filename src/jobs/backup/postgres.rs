@@ -82,12 +82,19 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
 
     let scratch = backups::ScratchDb(plan.archive.scratch_path(to, Scratch::Snapshot));
     let dumping = Instant::now();
-    let pgdump = dump_in_snapshot(spec, server, &mut session, &pg_dump, &scratch.0, server_version, dump_version)?;
+    let (pgdump, sha256, size) = dump_in_snapshot(
+        spec,
+        server,
+        &mut session,
+        &pg_dump,
+        &scratch.0,
+        server_version,
+        dump_version,
+    )?;
     let dump_ms = dumping.elapsed().as_secs_f64() * 1000.0;
     ctx.checkpoint()?;
 
     let verifying = Instant::now();
-    let (sha256, size) = archive::hash_file(&scratch.0)?;
     match spec.verify {
         VerifyLevel::None => {}
         VerifyLevel::Quick => list_contents(&pg_dump, &scratch.0, &ctx.gateway.table)?,
@@ -185,7 +192,7 @@ fn dump_in_snapshot(
     out: &Path,
     server_version: String,
     dump_tool: String,
-) -> anyhow::Result<PgDump> {
+) -> anyhow::Result<(PgDump, String, u64)> {
     let mut tx = session
         .build_transaction()
         .isolation_level(::postgres::IsolationLevel::RepeatableRead)
@@ -208,12 +215,14 @@ fn dump_in_snapshot(
     cmd.args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--lock-wait-timeout={}ms", server.lock_timeout.as_millis()))
         .arg(format!("--snapshot={snapshot}"))
-        .arg("--file")
-        .arg(out)
         .arg(format!("--dbname={}", server.url));
-    dump::run(cmd, &format!("{} of the gateway's {}", pg_dump.display(), server.describe))?;
+    let (sha256, size) = dump::run_into(
+        cmd,
+        out,
+        &format!("{} of the gateway's {}", pg_dump.display(), server.describe),
+    )?;
     tx.commit().context("ending the dump's snapshot transaction")?;
-    Ok(pgdump)
+    Ok((pgdump, sha256, size))
 }
 
 /// `verify: quick`: the dump's table of contents reads back and holds the gateway table's data.
