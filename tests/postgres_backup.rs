@@ -361,3 +361,38 @@ fn a_server_restart_during_the_dump_fails_the_run_cleanly_and_the_next_run_succe
     assert!(out.status.success(), "{}", bins::describe(&out));
     assert_eq!(archives(dir.path()).len(), 1);
 }
+
+#[test]
+fn pg_dump_and_pg_restore_reach_a_tls_only_server_as_the_jobs_file_says() {
+    let mut cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    fill_daily_spend(&cluster, &db);
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::health::make_certs(dir.path());
+    let port = cluster.with_tls(&certs.cert, &certs.key);
+    // TCP connections must be TLS: a tool that did not get sslmode or the CA cannot connect.
+    cluster.set_hba("local all all trust\nhostssl all all 127.0.0.0/8 trust\n");
+    let url = format!("postgres://caretaker@localhost:{port}/{db}?sslmode=verify-full");
+    let jobs = dir.path().join("jobs.yaml");
+    fs::write(
+        &jobs,
+        format!(
+            "gateway:\n  url: {url}\n  schema: litellm\n  ca_file: {}\nstate_dir: state\njobs:\n  nightly:\n    on_signal: USR1\n    backup: {{to: backups, keep: {{last: 2}}, verify: full}}\n",
+            certs.ca.display()
+        ),
+    )
+    .unwrap();
+    let out = caretaker(&["run-job", "nightly"], &jobs);
+    assert!(out.status.success(), "{}", bins::describe(&out));
+    // Without the CA, verify-full fails (ours and libpq's alike) and nothing is written.
+    fs::write(
+        &jobs,
+        fs::read_to_string(&jobs)
+            .unwrap()
+            .replace(&format!("  ca_file: {}\n", certs.ca.display()), ""),
+    )
+    .unwrap();
+    let out = caretaker(&["run-job", "nightly"], &jobs);
+    assert_eq!(out.status.code(), Some(1), "{}", bins::describe(&out));
+    assert_eq!(archives(dir.path()).len(), 1);
+}

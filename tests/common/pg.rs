@@ -242,17 +242,21 @@ impl Cluster {
         self.client("postgres")
             .batch_execute(&format!("ALTER ROLE {USER} PASSWORD '{password}'"))
             .unwrap();
-        let hba = self.data().join("pg_hba.conf");
-        fs::write(&hba, "local all all scram-sha-256\n").unwrap();
-        run(as_owner(&self.local.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.data())
-            .arg("reload"));
+        self.set_hba("local all all scram-sha-256\n");
         super::wait::until(
             "the server to ask for passwords",
             super::wait::DEADLINE,
             || postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_err(),
         );
+    }
+
+    /// Replaces the server's pg_hba.conf with `text` and reloads it.
+    pub fn set_hba(&self, text: &str) {
+        fs::write(self.data().join("pg_hba.conf"), text).unwrap();
+        run(as_owner(&self.local.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .arg("reload"));
     }
 
     /// The server's log so far, for a failing assertion.

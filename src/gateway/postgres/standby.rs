@@ -182,6 +182,9 @@ pub enum RunJob {
     CoveredByOurDaemon,
     /// No daemon holds the lock: this session holds it for the run.
     Holding(Box<super::Session>),
+    /// The server could not be reached to ask: the job's own connection fails the same way,
+    /// and its failure is recorded and alerted as a run's.
+    Unreachable,
 }
 
 /// Decides whether `run-job` may run a job that touches the gateway: only on the host whose
@@ -193,7 +196,9 @@ pub fn for_run_job(server: &Server, table: &str, state_dir: &Path) -> anyhow::Re
         return Ok(RunJob::CoveredByOurDaemon);
     }
     let key = lock_key(server, table);
-    let mut session = super::connect(server)?;
+    let Ok(mut session) = super::connect(server) else {
+        return Ok(RunJob::Unreachable);
+    };
     let got: bool = session
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
         .get(0);
