@@ -396,3 +396,34 @@ fn pg_dump_and_pg_restore_reach_a_tls_only_server_as_the_jobs_file_says() {
     assert_eq!(out.status.code(), Some(1), "{}", bins::describe(&out));
     assert_eq!(archives(dir.path()).len(), 1);
 }
+
+#[test]
+fn the_verify_job_reads_a_dump_back_and_catches_a_corrupt_one() {
+    let cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    fill_daily_spend(&cluster, &db);
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = jobs_file(dir.path(), &cluster.url(&db), "verify: quick");
+    let text = fs::read_to_string(&jobs).unwrap()
+        + "  check-backups:\n    on_signal: USR2\n    verify: {backups_of: nightly, which: all}\n";
+    fs::write(&jobs, text).unwrap();
+    let out = caretaker(&["run-job", "nightly"], &jobs);
+    assert!(out.status.success(), "{}", bins::describe(&out));
+    let out = caretaker(&["run-job", "check-backups"], &jobs);
+    assert!(out.status.success(), "{}", bins::describe(&out));
+    assert!(
+        bins::describe(&out).contains("test-restored"),
+        "{}",
+        bins::describe(&out)
+    );
+    // One byte changed inside the dump: the verify job fails and alerts.
+    let archive = &archives(dir.path())[0];
+    let mut bytes = fs::read(archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(archive, bytes).unwrap();
+    let out = caretaker(&["run-job", "check-backups"], &jobs);
+    assert_eq!(out.status.code(), Some(1), "{}", bins::describe(&out));
+    let alerts = fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
+    assert!(alerts.contains("fail their test restore"), "{alerts}");
+}

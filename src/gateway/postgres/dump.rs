@@ -119,6 +119,37 @@ pub fn restore_tool_beside(pg_dump: &Path) -> anyhow::Result<(PathBuf, String)> 
     pick(beside.is_file().then_some(beside.as_path()), "pg_restore")
 }
 
+/// The newest installed `pg_restore`, refused when older than the `pg_dump` (`dump_tool`, its
+/// `--version`) that wrote the dump: pg_restore cannot read a newer dump.
+pub fn restore_tool_for(dump_tool: &str) -> anyhow::Result<(PathBuf, String)> {
+    let (pg_restore, version) = pick(None, "pg_restore")?;
+    if let (Some(t), Some(d)) = (major_of_version(&version), major_of_version(dump_tool))
+        && t < d
+    {
+        bail!(
+            "{} is {version} (major {t}) but the dump was written by {dump_tool} (major {d}); pg_restore cannot read a newer dump: install pg_restore {d} or newer",
+            pg_restore.display()
+        );
+    }
+    Ok((pg_restore, version))
+}
+
+/// Reads a dump's table of contents back with `pg_restore --list`: it must list the data of
+/// `table` (`schema.table` or `table`).
+pub fn check_listing(pg_restore: &Path, file: &Path, table: &str) -> anyhow::Result<()> {
+    let mut cmd = Command::new(pg_restore);
+    cmd.arg("--list").arg(file);
+    let listing = run(cmd, &format!("{} --list", pg_restore.display()))?;
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    anyhow::ensure!(
+        listing
+            .lines()
+            .any(|l| l.contains("TABLE DATA") && l.contains(bare)),
+        "the dump's table of contents (pg_restore --list) has no data entry for {table}"
+    );
+    Ok(())
+}
+
 /// The server's version, as text and as `server_version_num`.
 pub fn server_version(session: &mut super::Session) -> anyhow::Result<(String, u32)> {
     let row = session

@@ -291,10 +291,9 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
 }
 
 /// Job kinds that run on a PostgreSQL gateway; `check` refuses the others there ([`NOT_YET`]).
-pub const READY: &[&str] = &["backup", "logrotate"];
+pub const READY: &[&str] = &["backup", "verify", "logrotate"];
 /// Job kinds that read the gateway the SQLite way and are not ported to PostgreSQL yet.
 pub const NOT_YET: &[&str] = &[
-    "verify",
     "archive",
     "pricing",
     "budget",

@@ -55,21 +55,7 @@ pub fn restore(archive_path: &Path, url: &str, force: bool) -> Result<String, Re
         )
         .into());
     };
-    let (pg_restore, restore_version) = dump::pick(None, "pg_restore")?;
-    let (tool_major, dump_major) = (
-        dump::major_of_version(&restore_version),
-        dump::major_of_version(&pg.dump_tool),
-    );
-    if let (Some(t), Some(d)) = (tool_major, dump_major)
-        && t < d
-    {
-        return Err(anyhow::anyhow!(
-            "{} is {restore_version} (major {t}) but the dump was written by {} (major {d}); pg_restore cannot read a newer dump: install pg_restore {d} or newer",
-            pg_restore.display(),
-            pg.dump_tool
-        )
-        .into());
-    }
+    let (pg_restore, _) = dump::restore_tool_for(&pg.dump_tool)?;
     let mut session = super::connect(&server)?;
     let tables: i64 = session
         .query_one(

@@ -228,15 +228,8 @@ fn dump_in_snapshot(
 /// `verify: quick`: the dump's table of contents reads back and holds the gateway table's data.
 fn list_contents(pg_dump: &Path, file: &Path, table: &str) -> anyhow::Result<()> {
     let (pg_restore, _) = dump::restore_tool_beside(pg_dump)?;
-    let mut cmd = std::process::Command::new(&pg_restore);
-    cmd.arg("--list").arg(file);
-    let listing = dump::run(cmd, &format!("{} --list of the new dump", pg_restore.display()))?;
-    let bare = table.rsplit('.').next().unwrap_or(table);
-    ensure!(
-        listing.lines().any(|l| l.contains("TABLE DATA") && l.contains(bare)),
-        "the new dump's table of contents has no data entry for {table}; no archive was written"
-    );
-    Ok(())
+    dump::check_listing(&pg_restore, file, table)
+        .context("the new dump did not read back; no archive was written")
 }
 
 /// `verify: full`: restores the dump into a scratch database created for it (dropped again
