@@ -220,12 +220,7 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
     )?;
     let scratch = name.scratch_path(dir, Scratch::Verify);
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&scratch)
-            .with_context(|| format!("creating the scratch file {}", scratch.display()))?;
+        let mut file = create_scratch(&scratch)?;
         let extracted = archive::extract(archive, &mut file, &scratch, CheckLevel::Full)?;
         Ok(Tested {
             rows: extracted.rows,
@@ -237,6 +232,16 @@ fn test_restore(archive: &Path, name: &ArchiveName, dir: &Path) -> anyhow::Resul
         let _ = fs::remove_file(crate::sqlite::companion(&scratch, suffix));
     }
     result
+}
+
+/// A new private scratch file for a test restore.
+fn create_scratch(path: &Path) -> anyhow::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating the scratch file {}", path.display()))
 }
 
 /// A PostgreSQL backup's test: every checksum of the archive, and the dump's table of contents
@@ -257,12 +262,7 @@ fn test_dump(
     let (pg_restore, _) = crate::gateway::postgres::dump::restore_tool_for(dump_tool)?;
     let scratch = name.scratch_path(dir, Scratch::Verify);
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&scratch)
-            .with_context(|| format!("creating the scratch file {}", scratch.display()))?;
+        let mut file = create_scratch(&scratch)?;
         archive::read(archive, &mut file)?;
         crate::gateway::postgres::dump::check_listing(&pg_restore, &scratch, &manifest.table)?;
         Ok(Tested {
