@@ -74,9 +74,17 @@ fn one_daemon_runs_the_gateway_jobs_and_the_standby_takes_over_after_kill_9() {
     let cluster = Cluster::start();
     let db = cluster.litellm_db();
     let root = tempfile::tempdir().unwrap();
+    // b reaches the same database under another name (a link to the socket's directory), as
+    // two hosts may name one server differently: they must still meet on one lock.
+    let link = root.path().join("sock");
+    std::os::unix::fs::symlink(cluster.socket_dir(), &link).unwrap();
+    let other_name = cluster.url(&db).replace(
+        cluster.socket_dir().to_str().unwrap(),
+        link.to_str().unwrap(),
+    );
     let (a, b) = (
         host(root.path(), "a", &cluster.url(&db)),
-        host(root.path(), "b", &cluster.url(&db)),
+        host(root.path(), "b", &other_name),
     );
     let mut first = start(&a);
     common::wait::until("daemon a to become active", common::wait::DEADLINE, || {

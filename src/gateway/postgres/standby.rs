@@ -35,13 +35,11 @@ pub struct Role {
     pub key: i64,
 }
 
-/// The advisory lock's key: derived from what it protects (server, database, table), so that
-/// two daemons of one gateway meet on it and daemons of different gateways never do.
-pub fn lock_key(server: &Server, table: &str) -> i64 {
-    let digest = Sha256::digest(format!(
-        "caretaker standby\0{}\0{}\0{}\0{table}",
-        server.host, server.port, server.dbname
-    ));
+/// The advisory lock's key: derived from the gateway table it protects. Advisory locks live in
+/// their database, so two daemons that reach the same database by different host names
+/// (`db.internal`, its address) meet on the same lock, and daemons of other databases never do.
+pub fn lock_key(table: &str) -> i64 {
+    let digest = Sha256::digest(format!("caretaker standby\0{table}"));
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
@@ -62,7 +60,7 @@ impl Standby {
     pub fn start(server: Server, table: &str, takeover: Duration, state_dir: &Path) -> Standby {
         let active = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let key = lock_key(&server, table);
+        let key = lock_key(table);
         let status = state_dir.join(STATUS_FILE);
         let thread = {
             let (active, stop) = (Arc::clone(&active), Arc::clone(&stop));
@@ -195,7 +193,7 @@ pub fn for_run_job(server: &Server, table: &str, state_dir: &Path) -> anyhow::Re
     {
         return Ok(RunJob::CoveredByOurDaemon);
     }
-    let key = lock_key(server, table);
+    let key = lock_key(table);
     let Ok(mut session) = super::connect(server) else {
         return Ok(RunJob::Unreachable);
     };
