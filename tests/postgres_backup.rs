@@ -427,3 +427,36 @@ fn the_verify_job_reads_a_dump_back_and_catches_a_corrupt_one() {
     let alerts = fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
     assert!(alerts.contains("fail their test restore"), "{alerts}");
 }
+
+#[test]
+fn a_dump_of_a_wiped_gateway_is_held_and_prunes_nothing() {
+    let cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    let mut client = cluster.client(&db);
+    caretaker::demo::pgsim::fill(&mut client, 2000, 30, chrono::Utc::now(), 3, 0.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = jobs_file(dir.path(), &cluster.url(&db), "verify: quick");
+    fs::write(
+        &jobs,
+        fs::read_to_string(&jobs)
+            .unwrap()
+            .replace("last: 2", "last: 1"),
+    )
+    .unwrap();
+    let out = caretaker(&["run-job", "nightly"], &jobs);
+    assert!(out.status.success(), "{}", bins::describe(&out));
+    // The gateway loses most of its rows (an upgrade gone wrong): the next dump is held.
+    client
+        .batch_execute("DELETE FROM \"LiteLLM_SpendLogs\" WHERE request_id > 'req-3-0000000200'")
+        .unwrap();
+    let out = caretaker(&["run-job", "nightly"], &jobs);
+    let text = bins::describe(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("HELD, retention paused") && text.contains("rows fell from 2000 to 200"),
+        "{text}"
+    );
+    assert_eq!(archives(dir.path()).len(), 2, "the good archive was pruned");
+    let alerts = fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
+    assert!(alerts.contains("shrank sharply"), "{alerts}");
+}

@@ -282,12 +282,14 @@ pub fn run_into(mut cmd: Command, out: &Path, what: &str) -> anyhow::Result<(Str
     Ok((hashing.finish().0, size))
 }
 
-/// Fills `dump.tables[].rows` from counts taken in `session`'s current snapshot.
+/// Fills `dump.tables[].rows` of the tables `which` names from counts taken in `session`'s
+/// current snapshot.
 pub fn count_rows(
     session: &mut impl postgres::GenericClient,
     dump: &mut PgDump,
+    which: impl Fn(&str) -> bool,
 ) -> anyhow::Result<()> {
-    for t in &mut dump.tables {
+    for t in dump.tables.iter_mut().filter(|t| which(&t.name)) {
         let n: i64 = session
             .query_one(
                 &format!("SELECT count(*) FROM {}", quote_qualified(&t.name)),

@@ -341,6 +341,59 @@ fn own_removals(own: crate::ledger::Removed) -> String {
     }
 }
 
+/// The shrink guard's verdict on a new copy of `extent` against `base` (the newest good
+/// archive), allowing for what caretaker itself removed since; a held archive is recorded
+/// before it is published (a run killed in between leaves a name that matches no file, never a
+/// held archive that retention would count).
+fn guard(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    base: Option<&(ArchiveName, Extent)>,
+    extent: Extent,
+    archive: &ArchiveName,
+    held: &mut BTreeMap<String, String>,
+) -> anyhow::Result<Option<String>> {
+    let shrink = match (spec.shrink_guard, base) {
+        (ShrinkGuard::Under(share), Some((name, base))) => {
+            let own = crate::ledger::since(ctx.state, name.time)?;
+            shrunk(expected_after(*base, own), extent, share)
+                .map(|why| format!("{why} of {name}{}", own_removals(own)))
+        }
+        _ => None,
+    };
+    if let Some(why) = &shrink {
+        held.insert(archive.file_name(), why.clone());
+        ctx.state.put(&state_ns(ctx.job), HELD, &*held)?;
+    }
+    Ok(shrink)
+}
+
+/// Raises the shrink guard's alert for a held archive of `source`, or resolves it.
+fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, published: &Path) {
+    let key = format!("backup-shrunk:{}", ctx.job);
+    let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
+    let job = Some(ctx.job.to_string());
+    ctx.alerts.push(match shrink {
+        Some(why) => AlertEvent::Raise(Alert {
+            key,
+            severity: Severity::Critical,
+            job,
+            what,
+            body: format!(
+                "The snapshot of {source} written to {} is suspect: {why}.\n\n\
+                 It was kept, but retention deleted nothing in this run and never counts it, so the \
+                 earlier archives stay. Until a snapshot passes the guard, every run is compared with \
+                 the same earlier archive and held the same way.\n\n\
+                 If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
+                 If the change was expected (a purge, a VACUUM, a new database), run the job once with \
+                 `shrink_guard: off`, then set the guard back.",
+                published.display()
+            ),
+        }),
+        None => AlertEvent::Resolve { key, job, what },
+    });
+}
+
 /// The state key holding this job's held archives: file name -> why it was held.
 const HELD: &str = "held";
 
@@ -363,7 +416,12 @@ fn baseline(
                 name.clone(),
                 Extent {
                     rows: m.row_count.unwrap_or(0),
-                    bytes: m.page_count.saturating_mul(m.page_size),
+                    // A dump has no pages: its size is what compares.
+                    bytes: if m.postgres.is_some() {
+                        m.size
+                    } else {
+                        m.page_count.saturating_mul(m.page_size)
+                    },
                 },
             )),
             Err(e) => {
@@ -511,20 +569,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         rows,
         bytes: snap.page_count.saturating_mul(snap.page_size),
     };
-    let shrink = match (spec.shrink_guard, &base) {
-        (ShrinkGuard::Under(share), Some((name, base))) => {
-            let own = crate::ledger::since(ctx.state, name.time)?;
-            shrunk(expected_after(*base, own), extent, share)
-                .map(|why| format!("{why} of {name}{}", own_removals(own)))
-        }
-        _ => None,
-    };
-    if let Some(why) = &shrink {
-        // Recorded before the archive is published: a run killed in between leaves a name that
-        // matches no file, never a held archive that retention would count.
-        held.insert(plan.archive.file_name(), why.clone());
-        ctx.state.put(&ns, HELD, &held)?;
-    }
+    let shrink = guard(spec, ctx, base.as_ref(), extent, &plan.archive, &mut held)?;
     ctx.checkpoint()?;
 
     // Everything after the snapshot only costs CPU and disk; on a small machine it must not
@@ -560,32 +605,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
     held.retain(|file, _| spec.to.join(file).exists());
     ctx.state.put(&ns, HELD, &held)?;
-    let alert_key = format!("backup-shrunk:{}", ctx.job);
-    let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
-    match &shrink {
-        Some(why) => ctx.alerts.push(AlertEvent::Raise(Alert {
-            key: alert_key,
-            severity: Severity::Critical,
-            job: Some(ctx.job.to_string()),
-            what,
-            body: format!(
-                "The snapshot of {} written to {} is suspect: {why}.\n\n\
-                 It was kept, but retention deleted nothing in this run and never counts it, so the \
-                 earlier archives stay. Until a snapshot passes the guard, every run is compared with \
-                 the same earlier archive and held the same way.\n\n\
-                 If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
-                 If the change was expected (a purge, a VACUUM, a new database), run the job once with \
-                 `shrink_guard: off`, then set the guard back.",
-                gateway.database.display(),
-                published.display()
-            ),
-        })),
-        None => ctx.alerts.push(AlertEvent::Resolve {
-            key: alert_key,
-            job: Some(ctx.job.to_string()),
-            what,
-        }),
-    }
+    shrink_alert(ctx, shrink.as_deref(), &gateway.database.display().to_string(), &published);
     let mut report =
         Report::new(format!(
         "wrote {} ({}, {rows} rows, {} mode){}{}; kept {kept} archives, deleted {}",

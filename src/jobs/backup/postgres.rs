@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{Compression, Spec, VerifyLevel};
+use super::{Compression, ShrinkGuard, Spec, VerifyLevel};
 use crate::backup::archive::{self, Manifest, PgDump};
 use crate::backup::{self as backups, Scratch};
 use crate::fsx;
@@ -25,7 +25,16 @@ pub const DUMP_ENTRY: &str = "database.pgdump";
 pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Result<Report> {
     let to = &spec.to;
     let listed = backups::list(to, ctx.job)?;
-    let existing = listed.iter().map(|(n, _)| (n.clone(), false)).collect();
+    let ns = super::state_ns(ctx.job);
+    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, super::HELD)?.unwrap_or_default();
+    let base = match spec.shrink_guard {
+        ShrinkGuard::Off => None,
+        ShrinkGuard::Under(_) => super::baseline(&listed, &held),
+    };
+    let existing = listed
+        .iter()
+        .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
+        .collect();
     let plan = super::plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
 
     let mut session = postgres::connect(server)?;
@@ -43,6 +52,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
             server.describe
         );
     }
+    let qualified = qualified_name(&mut session, &ctx.gateway.table);
     if ctx.dry_run {
         return Ok(Report::new(format!(
             "would dump the gateway's {} (server {server_version}) with {} ({dump_version}) into {} and keep {} of {} archives",
@@ -88,9 +98,23 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         &mut session,
         &pg_dump,
         &scratch.0,
-        server_version,
-        dump_version,
+        &qualified,
+        PgDump {
+            server_version,
+            dump_tool: dump_version,
+            tables: Vec::new(),
+        },
     )?;
+    let gateway_rows = pgdump
+        .tables
+        .iter()
+        .find(|t| t.name == qualified)
+        .and_then(|t| t.rows);
+    let extent = super::Extent {
+        rows: gateway_rows.unwrap_or(0),
+        bytes: size,
+    };
+    let shrink = super::guard(spec, ctx, base.as_ref(), extent, &plan.archive, &mut held)?;
     let dump_ms = dumping.elapsed().as_secs_f64() * 1000.0;
     ctx.checkpoint()?;
 
@@ -106,11 +130,6 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     let mut verify_ms = verifying.elapsed().as_secs_f64() * 1000.0;
     ctx.checkpoint()?;
 
-    let gateway_rows = pgdump
-        .tables
-        .iter()
-        .find(|t| t.name == qualified_name(&mut session, &ctx.gateway.table))
-        .and_then(|t| t.rows.or(t.rows_estimate));
     let manifest = Manifest {
         format: archive::FORMAT_VERSION,
         job: ctx.job.to_string(),
@@ -148,9 +167,13 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     ctx.checkpoint()?;
     let published = pending.commit()?;
     drop(scratch);
-    let (kept, deleted) = super::apply_retention(ctx.job, spec, ctx.timezone, &BTreeMap::new(), true)?;
+    let (kept, deleted) =
+        super::apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
+    held.retain(|file, _| spec.to.join(file).exists());
+    ctx.state.put(&ns, super::HELD, &held)?;
+    super::shrink_alert(ctx, shrink.as_deref(), &server.describe, &published);
     Ok(Report::new(format!(
-        "wrote {} ({}, dump {} of server {} by {}, {} rows in {}); kept {kept} archives, deleted {}",
+        "wrote {} ({}, dump {} of server {} by {}, {} rows in {}){}; kept {kept} archives, deleted {}",
         published.display(),
         units::bytes(archive_bytes),
         units::bytes(size),
@@ -158,6 +181,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         manifest.postgres.as_ref().map_or("", |p| p.dump_tool.as_str()),
         gateway_rows.map_or_else(|| "unknown".to_string(), |r| r.to_string()),
         ctx.gateway.table,
+        shrink.as_ref().map_or(String::new(), |why| format!("; HELD, retention paused: {why}")),
         if deleted.is_empty() { "none".to_string() } else { deleted.join(", ") }
     ))
     .figure("dump_ms", dump_ms)
@@ -166,6 +190,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     .figure("database_bytes", size as f64)
     .figure("archive_bytes", archive_bytes as f64)
     .figure("rows", gateway_rows.unwrap_or(0) as f64)
+    .figure("held", f64::from(u8::from(shrink.is_some())))
     .figure("kept", kept as f64)
     .figure("deleted", deleted.len() as f64))
 }
@@ -183,15 +208,16 @@ fn qualified_name(session: &mut postgres::Session, table: &str) -> String {
 }
 
 /// Dumps the database in a snapshot this session exports: the table list, the row counts (for
-/// `verify: full`) and the dump all see the same rows.
+/// `verify: full`) and the dump all see the same rows. `pgdump` brings the versions; its tables
+/// are filled here.
 fn dump_in_snapshot(
     spec: &Spec,
     server: &Server,
     session: &mut postgres::Session,
     pg_dump: &Path,
     out: &Path,
-    server_version: String,
-    dump_tool: String,
+    gateway_table: &str,
+    mut pgdump: PgDump,
 ) -> anyhow::Result<(PgDump, String, u64)> {
     let mut tx = session
         .build_transaction()
@@ -203,14 +229,11 @@ fn dump_in_snapshot(
         .query_one("SELECT pg_export_snapshot()", &[])
         .context("exporting the dump's snapshot")?
         .get(0);
-    let mut pgdump = PgDump {
-        server_version,
-        dump_tool,
-        tables: dump::tables(&mut tx)?,
-    };
-    if spec.verify == VerifyLevel::Full {
-        dump::count_rows(&mut tx, &mut pgdump)?;
-    }
+    pgdump.tables = dump::tables(&mut tx)?;
+    // The gateway table's rows always (the shrink guard compares them), every table's for
+    // `verify: full`.
+    let full = spec.verify == VerifyLevel::Full;
+    dump::count_rows(&mut tx, &mut pgdump, |name| full || name == gateway_table)?;
     let mut cmd = dump::libpq_command(pg_dump, server)?;
     cmd.args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--lock-wait-timeout={}ms", server.lock_timeout.as_millis()))
