@@ -346,3 +346,38 @@ fn sslmode_is_libpq_s_over_rustls_with_the_ca_file() {
         );
     }
 }
+
+#[test]
+fn the_simulator_waits_for_a_lock_as_the_proxy_does_and_reports_the_slow_batch() {
+    let cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start_postgres(&cluster.url(&db), 100.0, 0.0, dir.path());
+    let mut locker = cluster.client(&db);
+    let mut tx = locker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE \"LiteLLM_SpendLogs\" IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    // Held until a batch of the simulator has waited for it for over a second.
+    common::wait::until(
+        "a batch waiting over a second for the lock",
+        common::wait::DEADLINE,
+        || {
+            cluster.scalar(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND now() - query_start > interval '1200 ms'",
+        ) > Some(0)
+        },
+    );
+    tx.commit().unwrap();
+    drop(locker);
+    let (report, committed) = sim.stop();
+    // No lock_timeout, as the proxy: the batch waited and lost nothing.
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(cluster.request_ids(&db), committed);
+    let slow = report
+        .slow
+        .iter()
+        .find(|s| s.ms >= 1200.0)
+        .unwrap_or_else(|| panic!("the wait is not in the report: {report:?}"));
+    assert!(slow.rows >= 1, "{slow:?}");
+}

@@ -55,6 +55,9 @@ struct Args {
     /// Also write the JSON report here (atomically).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// List every write that takes at least this long in the report's `slow` (e.g. 1s, 250ms).
+    #[arg(long, value_parser = sim::parse_duration, default_value = "1s")]
+    slow: Duration,
     /// Create this file once the first write has committed.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -95,6 +98,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         ready_file: args.ready_file,
         committed_file: args.committed,
+        slow: args.slow,
         ..SimOptions::new(args.db.unwrap_or_default(), style, args.rate)
     };
     let report = match &args.postgres {

@@ -335,7 +335,7 @@ pub fn run(
     };
 
     let mut maker = SpendRowMaker::new(opts.seed, opts.payload_bytes, opts.failed_share);
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(opts);
     let mut ready = opts.ready_file.as_deref();
     let start = Instant::now();
     let end = opts.duration.map(|d| start + d);

@@ -68,6 +68,8 @@ pub struct SimOptions {
     pub ready_file: Option<PathBuf>,
     /// Receives the key of every committed row, one per line, written atomically at the end.
     pub committed_file: Option<PathBuf>,
+    /// A write that takes at least this long is listed in the report's `slow`.
+    pub slow: Duration,
 }
 
 impl SimOptions {
@@ -83,6 +85,7 @@ impl SimOptions {
             seed: 1,
             ready_file: None,
             committed_file: None,
+            slow: Duration::from_secs(1),
         }
     }
 
@@ -146,6 +149,20 @@ pub struct SimReport {
     pub committed_ids_file: Option<PathBuf>,
     /// Seconds from the first scheduled write until the last write finished.
     pub elapsed_s: f64,
+    /// Every write that took at least the `slow` option (1 s unless set), in the order they
+    /// finished; the writes of one batch (LiteLLM) share one entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slow: Vec<SlowWrite>,
+}
+
+/// A write (or a batch of them) that took long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlowWrite {
+    /// Seconds from the simulator's start until it finished.
+    pub finished_at_s: f64,
+    pub ms: f64,
+    /// Rows it carried (more than one for a LiteLLM batch).
+    pub rows: u64,
 }
 
 /// One finished write.
@@ -165,7 +182,7 @@ pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport
     ensure_schema(&opts.db, opts.style)?;
     let mut source = RowSource::new(opts);
     let (tx, rx) = mpsc::channel::<Outcome>();
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(opts);
     let mut ready = opts.ready_file.as_deref();
     let mut dispatched = 0_u64;
     let mut handles = Vec::new();
@@ -350,16 +367,31 @@ impl RowSource {
     }
 }
 
-#[derive(Default)]
 pub(super) struct Tally {
     attempted: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
     latencies_ms: Vec<f64>,
     pub(super) committed: Vec<RowKey>,
+    started: Instant,
+    slow_after: Duration,
+    slow: Vec<SlowWrite>,
 }
 
 impl Tally {
+    pub(super) fn new(opts: &SimOptions) -> Self {
+        Tally {
+            attempted: 0,
+            failed: 0,
+            errors: BTreeMap::new(),
+            latencies_ms: Vec::new(),
+            committed: Vec::new(),
+            started: Instant::now(),
+            slow_after: opts.slow,
+            slow: Vec::new(),
+        }
+    }
+
     /// Counts one finished write; creates the ready file (once) when the first one committed.
     pub(super) fn record(
         &mut self,
@@ -367,8 +399,19 @@ impl Tally {
         ready: &mut Option<&Path>,
     ) -> anyhow::Result<()> {
         self.attempted += 1;
-        self.latencies_ms
-            .push(outcome.latency.as_secs_f64() * 1000.0);
+        let ms = outcome.latency.as_secs_f64() * 1000.0;
+        self.latencies_ms.push(ms);
+        if outcome.latency >= self.slow_after {
+            match self.slow.last_mut() {
+                // The rows of one batch arrive together with the batch's one latency.
+                Some(last) if last.ms == ms => last.rows += 1,
+                _ => self.slow.push(SlowWrite {
+                    finished_at_s: self.started.elapsed().as_secs_f64(),
+                    ms,
+                    rows: 1,
+                }),
+            }
+        }
         match outcome.result {
             Ok(key) => {
                 self.committed.push(key);
@@ -426,6 +469,7 @@ impl Tally {
             last_committed_id,
             committed_ids_file: opts.committed_file.clone(),
             elapsed_s: elapsed.as_secs_f64(),
+            slow: self.slow,
         }
     }
 }
