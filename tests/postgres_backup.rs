@@ -445,6 +445,11 @@ fn a_dump_of_a_wiped_gateway_is_held_and_prunes_nothing() {
     .unwrap();
     let out = caretaker(&["run-job", "nightly"], &jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
+    // Archive names have seconds: the next run must not share the first one's.
+    let done = chrono::Utc::now().timestamp();
+    common::wait::until("the next second", common::wait::DEADLINE, || {
+        chrono::Utc::now().timestamp() > done
+    });
     // The gateway loses most of its rows (an upgrade gone wrong): the next dump is held.
     client
         .batch_execute("DELETE FROM \"LiteLLM_SpendLogs\" WHERE request_id > 'req-3-0000000200'")
