@@ -92,19 +92,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a backup archive, then restore its database to PATH (or every database and file under a directory)
+    /// Verify a backup archive, then restore its database to PATH (or every database and file under a directory, or a PostgreSQL database)
     Restore {
         /// The backup archive (.tar.gz or .tar)
         archive: PathBuf,
         /// Where to put the database; for an archive of several databases (or an existing
-        /// directory) a new or empty directory that receives all of them
+        /// directory) a new or empty directory that receives all of them; for a PostgreSQL
+        /// backup postgres://USER@HOST/DATABASE (password from PGPASSWORD or ~/.pgpass)
         #[arg(long, value_name = "PATH")]
         to: PathBuf,
         /// Restore only this database of the archive to PATH: `gateway`, a name of the jobs
         /// file's `databases:`, or `name:path` for one match of a glob
         #[arg(long, value_name = "NAME")]
         database: Option<String>,
-        /// Replace an existing file (a safety copy is kept)
+        /// Replace an existing file (a safety copy is kept); for PostgreSQL, restore into a
+        /// database that has tables
         #[arg(long)]
         force: bool,
     },
@@ -112,6 +114,10 @@ enum Command {
     Demo {
         /// Where to create the demo [default: ./caretaker-demo]
         dir: Option<PathBuf>,
+        /// LiteLLM's spend logs in a throwaway local PostgreSQL cluster (needs the server
+        /// programs, e.g. Debian's postgresql package) instead of a SQLite gateway
+        #[arg(long)]
+        postgres: bool,
     },
 }
 
@@ -131,13 +137,21 @@ pub fn main(cli: Cli) -> ExitCode {
             database,
             force,
         } => restore(&archive, &to, database.as_deref(), force),
-        Command::Demo { dir } => demo(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo"))),
+        Command::Demo { dir, postgres } => demo(
+            &dir.unwrap_or_else(|| PathBuf::from("caretaker-demo")),
+            postgres,
+        ),
     };
     ExitCode::from(code)
 }
 
-fn demo(dir: &Path) -> u8 {
-    match crate::demo::run(dir) {
+fn demo(dir: &Path, postgres: bool) -> u8 {
+    let ran = if postgres {
+        crate::demo::pgdemo::run(dir)
+    } else {
+        crate::demo::run(dir)
+    };
+    match ran {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -256,6 +270,23 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             return exit::FAILED;
         }
     };
+    // Next to two daemons of a PostgreSQL gateway, only where the active one runs (or none).
+    let _standby = match &config.gateway.postgres {
+        Some(server) if job.kind.touches_gateway() && !dry_run => {
+            match crate::gateway::postgres::standby::for_run_job(
+                server,
+                &config.gateway.table,
+                &config.state_dir,
+            ) {
+                Ok(held) => Some(held),
+                Err(e) => {
+                    say(&format!("error: {e:#}"));
+                    return exit::LOCKED;
+                }
+            }
+        }
+        _ => None,
+    };
     let outcome = runner::run(
         &config,
         &state,
@@ -326,6 +357,10 @@ struct Status {
     jobs: Vec<JobStatus>,
     active_alerts: Vec<String>,
     pending_alerts: Vec<PendingAlert>,
+    /// A PostgreSQL gateway's daemon: `active` or `standby` (see docs/postgres.md), or
+    /// `not running`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standby: Option<String>,
 }
 
 fn status(path: &Path, json: bool) -> u8 {
@@ -369,10 +404,23 @@ fn status(path: &Path, json: bool) -> u8 {
                 last_error: p.last_error,
             })
             .collect();
+        let standby = config.gateway.postgres.as_ref().map(|_| {
+            match crate::gateway::postgres::standby::describe(&config.state_dir) {
+                Some((role, true)) => format!(
+                    "{} since {} (pid {})",
+                    role.role,
+                    role.since
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    role.pid
+                ),
+                _ => "not running".to_string(),
+            }
+        });
         Ok(Status {
             jobs,
             active_alerts: alerts::active(&state)?,
             pending_alerts,
+            standby,
         })
     };
     let status = match gather() {
@@ -395,6 +443,9 @@ fn status(path: &Path, json: bool) -> u8 {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = writeln!(out, "times in {tz}");
+    if let Some(standby) = &status.standby {
+        let _ = writeln!(out, "this daemon: {standby}");
+    }
     let _ = writeln!(
         out,
         "{:<24} {:<12} {:<20} {:<12} {:>9}  {:<20}",
@@ -452,11 +503,18 @@ fn restore(archive: &Path, to: &Path, database: Option<&str>, force: bool) -> u8
             }
         };
     }
-    match restore::restore_database(archive, database, to, force, Utc::now()) {
-        Ok(done) => {
-            emit(&format!("{}\n", done.describe(archive))).map_or_else(|code| code, |()| exit::OK)
+    let done = match to.to_str() {
+        Some(url) if crate::gateway::postgres::restore::is_url(url) => {
+            crate::gateway::postgres::restore::restore(archive, url, force)
         }
-        Err(e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_))) => {
+        _ => restore::restore_database(archive, database, to, force, Utc::now())
+            .map(|done| done.describe(archive)),
+    };
+    match done {
+        Ok(done) => emit(&format!("{done}\n")).map_or_else(|code| code, |()| exit::OK),
+        Err(
+            e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_) | RestoreError::NotEmpty(_)),
+        ) => {
             say(&format!("error: {e}"));
             exit::USAGE
         }

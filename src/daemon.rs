@@ -104,6 +104,8 @@ struct Daemon {
     price_watchers: Vec<notify::RecommendedWatcher>,
     /// Pricing jobs whose price file changed, and when the debounce lets them run.
     prices_due: HashMap<String, tokio::time::Instant>,
+    /// A PostgreSQL gateway's advisory lock: without it this daemon is the standby.
+    standby: Option<crate::gateway::postgres::standby::Standby>,
 }
 
 impl Daemon {
@@ -141,6 +143,14 @@ impl Daemon {
         let (sinks_tx, sinks_rx) = watch::channel(Arc::new(sinks));
         let deliver = Arc::new(Notify::new());
         tokio::spawn(delivery_loop(state.clone(), sinks_rx, deliver.clone()));
+        let standby = config.gateway.postgres.as_ref().map(|server| {
+            crate::gateway::postgres::standby::Standby::start(
+                server.clone(),
+                &config.gateway.table,
+                server.standby_takeover,
+                &config.state_dir,
+            )
+        });
         Ok(Daemon {
             config_path,
             config: Arc::new(config),
@@ -157,6 +167,7 @@ impl Daemon {
             _watcher: watcher,
             price_watchers: Vec::new(),
             prices_due: HashMap::new(),
+            standby,
         })
     }
 
@@ -367,6 +378,10 @@ impl Daemon {
         let Some(job) = config.job(name).cloned() else {
             return;
         };
+        if job.kind.touches_gateway() && self.standby.as_ref().is_some_and(|s| !s.is_active()) {
+            tracing::info!(job = %name, %trigger, "not run here: this daemon is the standby (another daemon holds the gateway's advisory lock)");
+            return;
+        }
         self.running.insert(name.to_string());
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();

@@ -28,5 +28,6 @@ pub mod state;
 pub mod stop;
 #[cfg(test)]
 mod structure;
+pub mod tls;
 pub mod units;
 pub mod writelock;

@@ -77,6 +77,10 @@ pub struct Manifest {
     /// What each declared database's path or glob matched at this run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matched: Vec<Matched>,
+    /// Set when the database entry is a `pg_dump --format=custom` of a PostgreSQL gateway; the
+    /// SQLite fields are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgDump>,
 }
 
 /// One more database in an archive (the first database is described by the manifest's own
@@ -161,6 +165,32 @@ impl Manifest {
         }
     }
 }
+
+/// What a PostgreSQL backup's manifest says of its dump.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgDump {
+    /// `server_version` of the server dumped, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub server_version: String,
+    /// `pg_dump --version` of the tool that wrote the dump.
+    pub dump_tool: String,
+    /// Every table of the database, `schema.table`, with its rows.
+    pub tables: Vec<PgTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgTable {
+    pub name: String,
+    /// The planner's estimate (`pg_class.reltuples`); `None` before the first ANALYZE.
+    pub rows_estimate: Option<u64>,
+    /// Rows counted in the dump's own snapshot (with `verify: full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+/// The first bytes of a `pg_dump --format=custom` file.
+const PGDUMP_MAGIC: &[u8] = b"PGDMP";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -527,6 +557,14 @@ fn first_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> anyhow::Result<
 /// power-of-two size from 512 bytes to 64 KiB, and all of its pages within the file. (A file
 /// may be longer than its pages: SQLite ignores bytes past the page count in its header.)
 fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
+    if m.postgres.is_some() {
+        ensure!(
+            m.size > 0,
+            "the manifest describes an empty dump `{}`; a backup holds a dump of at least its header",
+            m.database
+        );
+        return Ok(());
+    }
     ensure!(
         m.size > 0 && m.page_count > 0,
         "the manifest describes an empty database `{}` ({} bytes, {} pages); a backup holds a database of at least one page",
@@ -547,6 +585,15 @@ fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
         m.size,
         m.page_count,
         m.page_size
+    );
+    Ok(())
+}
+
+/// Checks the first bytes of a `pg_dump --format=custom` entry.
+fn check_pgdump_header(head: &[u8], database: &str) -> anyhow::Result<()> {
+    ensure!(
+        head.starts_with(PGDUMP_MAGIC),
+        "`{database}` is not a pg_dump custom-format file: it does not start with PGDMP"
     );
     Ok(())
 }
@@ -709,7 +756,11 @@ fn read_inner(
             "the SHA-256 of `{name}` is {sha} but the manifest says {expected_sha}: the archive is corrupt"
         );
         if let Some((page_size, page_count)) = header {
-            check_header_of(&kept.head, &name, page_size, page_count)?;
+            if is_database && manifest.postgres.is_some() {
+                check_pgdump_header(&kept.head, &name)?;
+            } else {
+                check_header_of(&kept.head, &name, page_size, page_count)?;
+            }
         }
         drop(kept);
         sink.flush().with_context(|| format!("writing `{name}`"))?;
@@ -998,6 +1049,7 @@ mod tests {
             tool: String::new(),
             databases: Vec::new(),
             matched: Vec::new(),
+            postgres: None,
         }
     }
 

@@ -9,6 +9,9 @@
 //! own path never uses this folder: it sits above the jobs and takes nothing from the command
 //! line, which only calls [`run`] and turns its error into the exit code.
 
+pub mod pgcluster;
+pub mod pgdemo;
+pub mod pgsim;
 pub mod sample;
 pub mod sim;
 
@@ -31,6 +34,20 @@ models:
   claude-sonnet-4-5: {input_per_million: 3, output_per_million: 15, cache_read_per_million: 0.3, cache_write_per_million: 3.75}
   claude-haiku-4-5: {input_per_million: 1, output_per_million: 5, cache_read_per_million: 0.1, cache_write_per_million: 1.25}
   gemini-2.5-pro: {input_per_million: 1.25, output_per_million: 10, tiers: [{above_tokens: 200k, input_per_million: 2.5, output_per_million: 15}]}
+";
+
+/// The demo's log rotation job, in the jobs files of both demos.
+pub(crate) const LOGROTATE_JOB: &str = "  logrotate:
+    schedule: \"*/20 * * * * *\"
+    logrotate:
+      files: [logs/*.log]
+      period: daily
+      max_size: 64KB
+      rotate: 5
+      compress: true
+      delay_compress: false
+      method: create
+      missing_ok: true
 ";
 
 fn jobs_file() -> String {
@@ -85,18 +102,10 @@ jobs:
       rows: all
       redact: [api_key]
       batch: 2000
-  logrotate:
-    schedule: \"*/20 * * * * *\"
-    logrotate:
-      files: [logs/*.log]
-      period: daily
-      max_size: 64KB
-      rotate: 5
-      compress: true
-      delay_compress: false
-      method: create
-      missing_ok: true
-  pricing:
+"
+    .to_string()
+        + LOGROTATE_JOB
+        + "  pricing:
     schedule: \"45 * * * * *\"
     pricing:
       prices: prices.yaml
@@ -116,7 +125,6 @@ jobs:
       backup_max_age: {job: backup, age: 10m}
       error_rate_max: {share: 20%, over: 1h}
 "
-    .to_string()
 }
 
 /// A small notes database of `rows` rows in WAL mode: the demo's second kind of database.
@@ -212,12 +220,7 @@ fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     );
     println!("  metrics:          {}", dir.join("metrics.prom").display());
     println!();
-    println!("While it runs, from another terminal:");
-    println!("  caretaker status --config {}", jobs.display());
-    println!(
-        "  kill -USR1 $(cat {})    # back up now",
-        dir.join("state/caretaker.pid").display()
-    );
+    print_controls(&dir, &jobs);
     println!(
         "  kill -USR2 $(cat {})    # archive now",
         dir.join("state/caretaker.pid").display()
@@ -228,6 +231,16 @@ fn prepare(dir: &Path) -> anyhow::Result<PathBuf> {
     );
     println!();
     Ok(jobs)
+}
+
+/// The first commands to try on a running demo: its status, a backup now.
+fn print_controls(dir: &Path, jobs: &Path) {
+    println!("While it runs, from another terminal:");
+    println!("  caretaker status --config {}", jobs.display());
+    println!(
+        "  kill -USR1 $(cat {})    # back up now",
+        dir.join("state/caretaker.pid").display()
+    );
 }
 
 /// A gateway at work: request rows at 2 per second, and log lines.
@@ -242,7 +255,12 @@ fn start_gateway(dir: &Path, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHand
             eprintln!("demo gateway writer stopped: {e:#}");
         }
     });
-    let lines = std::thread::spawn(move || {
+    vec![rows, log_writer(log, stop)]
+}
+
+/// A gateway's log file growing by a line every 20 ms until `stop`.
+fn log_writer(log: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         let mut n: u64 = 0;
         while !stop.load(Ordering::SeqCst) {
             // Reopened per line, as a writer that survives `method: create` rotation does.
@@ -263,8 +281,7 @@ fn start_gateway(dir: &Path, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHand
             n += 1;
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-    });
-    vec![rows, lines]
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub enum Style {
     Apantli,
     /// New connection per write, no busy timeout, WAL set on open, one write at a time.
     Bobamixer,
+    /// LiteLLM's proxy on PostgreSQL: batched inserts from a queue over a small pool
+    /// (`gateway-sim --postgres URL`, see `super::pgsim`).
+    Litellm,
 }
 
 /// What to simulate; [`SimOptions::new`] fills in the defaults.
@@ -65,6 +68,8 @@ pub struct SimOptions {
     pub ready_file: Option<PathBuf>,
     /// Receives the key of every committed row, one per line, written atomically at the end.
     pub committed_file: Option<PathBuf>,
+    /// A write that takes at least this long is listed in the report's `slow`.
+    pub slow: Duration,
 }
 
 impl SimOptions {
@@ -80,10 +85,11 @@ impl SimOptions {
             seed: 1,
             ready_file: None,
             committed_file: None,
+            slow: Duration::from_secs(1),
         }
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
         ensure!(
             self.rate.is_finite() && self.rate > 0.0 && self.rate <= 100_000.0,
             "rate {} is not a number of writes per second between 0 (exclusive) and 100000",
@@ -143,22 +149,40 @@ pub struct SimReport {
     pub committed_ids_file: Option<PathBuf>,
     /// Seconds from the first scheduled write until the last write finished.
     pub elapsed_s: f64,
+    /// Every write that took at least the `slow` option (1 s unless set), in the order they
+    /// finished; the writes of one batch (LiteLLM) share one entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slow: Vec<SlowWrite>,
+}
+
+/// A write (or a batch of them) that took long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlowWrite {
+    /// Seconds from the simulator's start until it finished.
+    pub finished_at_s: f64,
+    pub ms: f64,
+    /// Rows it carried (more than one for a LiteLLM batch).
+    pub rows: u64,
 }
 
 /// One finished write.
-struct Outcome {
-    latency: Duration,
-    result: Result<RowKey, String>,
+pub(super) struct Outcome {
+    pub(super) latency: Duration,
+    pub(super) result: Result<RowKey, String>,
 }
 
 /// Runs the simulated gateway until `opts.duration` has elapsed or `stop` is set, then waits for
 /// writes still in flight and reports.
 pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport> {
     opts.validate()?;
+    ensure!(
+        opts.style != Style::Litellm,
+        "LiteLLM writes to PostgreSQL: give its URL with --postgres instead of --db"
+    );
     ensure_schema(&opts.db, opts.style)?;
     let mut source = RowSource::new(opts);
     let (tx, rx) = mpsc::channel::<Outcome>();
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(opts);
     let mut ready = opts.ready_file.as_deref();
     let mut dispatched = 0_u64;
     let mut handles = Vec::new();
@@ -201,6 +225,7 @@ pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport
                     });
                 }));
             }
+            Style::Litellm => unreachable!("refused above"),
             Style::Bobamixer => {
                 let (session, record) = source.bobamixer_rows();
                 let began = Instant::now();
@@ -228,14 +253,7 @@ pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport
         }
     }
     let elapsed = start.elapsed();
-    if let Some(path) = &opts.committed_file {
-        let mut text = String::with_capacity(tally.committed.len() * 12);
-        for key in &tally.committed {
-            text.push_str(&key.to_string());
-            text.push('\n');
-        }
-        crate::fsx::write_atomic(path, text.as_bytes())?;
-    }
+    tally.write_committed(opts)?;
     Ok(tally.into_report(opts, elapsed))
 }
 
@@ -245,6 +263,7 @@ fn ensure_schema(db: &Path, style: Style) -> anyhow::Result<()> {
     let (table, schema) = match style {
         Style::Apantli => ("requests", APANTLI_SCHEMA),
         Style::Bobamixer => ("usage_records", BOBAMIXER_SCHEMA),
+        Style::Litellm => unreachable!("run refuses LiteLLM on SQLite"),
     };
     let conn = Connection::open(db)
         .with_context(|| format!("opening gateway database {}", db.display()))?;
@@ -348,21 +367,51 @@ impl RowSource {
     }
 }
 
-#[derive(Default)]
-struct Tally {
+pub(super) struct Tally {
     attempted: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
     latencies_ms: Vec<f64>,
-    committed: Vec<RowKey>,
+    pub(super) committed: Vec<RowKey>,
+    started: Instant,
+    slow_after: Duration,
+    slow: Vec<SlowWrite>,
 }
 
 impl Tally {
+    pub(super) fn new(opts: &SimOptions) -> Self {
+        Tally {
+            attempted: 0,
+            failed: 0,
+            errors: BTreeMap::new(),
+            latencies_ms: Vec::new(),
+            committed: Vec::new(),
+            started: Instant::now(),
+            slow_after: opts.slow,
+            slow: Vec::new(),
+        }
+    }
+
     /// Counts one finished write; creates the ready file (once) when the first one committed.
-    fn record(&mut self, outcome: Outcome, ready: &mut Option<&Path>) -> anyhow::Result<()> {
+    pub(super) fn record(
+        &mut self,
+        outcome: Outcome,
+        ready: &mut Option<&Path>,
+    ) -> anyhow::Result<()> {
         self.attempted += 1;
-        self.latencies_ms
-            .push(outcome.latency.as_secs_f64() * 1000.0);
+        let ms = outcome.latency.as_secs_f64() * 1000.0;
+        self.latencies_ms.push(ms);
+        if outcome.latency >= self.slow_after {
+            match self.slow.last_mut() {
+                // The rows of one batch arrive together with the batch's one latency.
+                Some(last) if last.ms == ms => last.rows += 1,
+                _ => self.slow.push(SlowWrite {
+                    finished_at_s: self.started.elapsed().as_secs_f64(),
+                    ms,
+                    rows: 1,
+                }),
+            }
+        }
         match outcome.result {
             Ok(key) => {
                 self.committed.push(key);
@@ -379,11 +428,24 @@ impl Tally {
         Ok(())
     }
 
-    fn into_report(mut self, opts: &SimOptions, elapsed: Duration) -> SimReport {
+    /// Writes the committed keys to `opts.committed_file`, when asked to.
+    pub(super) fn write_committed(&self, opts: &SimOptions) -> anyhow::Result<()> {
+        if let Some(path) = &opts.committed_file {
+            let mut text = String::with_capacity(self.committed.len() * 12);
+            for key in &self.committed {
+                text.push_str(&key.to_string());
+                text.push('\n');
+            }
+            crate::fsx::write_atomic(path, text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn into_report(mut self, opts: &SimOptions, elapsed: Duration) -> SimReport {
         self.latencies_ms.sort_by(f64::total_cmp);
         let (first_id, last_committed_id) = match opts.style {
             // Concurrent writers commit out of schedule order; ids tell the true order.
-            Style::Apantli => (
+            Style::Apantli | Style::Litellm => (
                 self.committed.iter().min().cloned(),
                 self.committed.iter().max().cloned(),
             ),
@@ -407,6 +469,7 @@ impl Tally {
             last_committed_id,
             committed_ids_file: opts.committed_file.clone(),
             elapsed_s: elapsed.as_secs_f64(),
+            slow: self.slow,
         }
     }
 }

@@ -321,6 +321,7 @@ pub(crate) mod tests {
             table,
             columns,
             busy_timeout: Duration::from_millis(100),
+            postgres: None,
         }
     }
 

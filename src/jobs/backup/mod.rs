@@ -6,6 +6,7 @@
 //! (fsync, rename, fsync the directory), then prune this job's archives by the keep policy.
 //! An archive that fails a check is never published, so it is never counted or kept.
 
+pub mod postgres;
 pub mod retention;
 
 use std::collections::BTreeMap;
@@ -62,6 +63,7 @@ pub struct Raw {
     verify: Option<VerifyLevel>,
     shrink_guard: Option<ShrinkGuard>,
     databases: Option<Vec<String>>,
+    pg_dump: Option<PathBuf>,
 }
 
 /// `shrink_guard`: a new snapshot with fewer than this share of the rows or of the bytes of the
@@ -118,6 +120,8 @@ pub struct Spec {
     pub shrink_guard: ShrinkGuard,
     /// The databases backed up: `gateway` and those declared under `databases:`.
     pub databases: Selection,
+    /// The `pg_dump` of a PostgreSQL gateway's backups; `None`: the newest installed.
+    pub pg_dump: Option<PathBuf>,
 }
 
 impl crate::jobs::contract::Contract for Spec {
@@ -127,6 +131,16 @@ impl crate::jobs::contract::Contract for Spec {
 
     fn selection_mut(&mut self) -> Option<&mut Selection> {
         Some(&mut self.databases)
+    }
+
+    fn gateway_problems(&self, gateway: &crate::gateway::Gateway) -> Vec<(String, String)> {
+        match (&self.pg_dump, &gateway.postgres) {
+            (Some(_), None) => vec![(
+                "pg_dump".into(),
+                "is only read for a PostgreSQL gateway (gateway.url); a SQLite gateway is backed up by its own snapshot".into(),
+            )],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -178,6 +192,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         verify: raw.verify.unwrap_or(VerifyLevel::Quick),
         shrink_guard: raw.shrink_guard.unwrap_or(DEFAULT_SHRINK_GUARD),
         databases: Selection::from_raw(raw.databases, &format!("{path}.databases"), checks),
+        pg_dump: raw.pg_dump.map(|p| checks.path(&p)),
     })
 }
 
@@ -336,6 +351,59 @@ fn own_removals(own: crate::ledger::Removed) -> String {
     }
 }
 
+/// The shrink guard's verdict on a new copy of `extent` against `base` (the newest good
+/// archive), allowing for what caretaker itself removed since; a held archive is recorded
+/// before it is published (a run killed in between leaves a name that matches no file, never a
+/// held archive that retention would count).
+fn guard(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    base: Option<&(ArchiveName, Extent)>,
+    extent: Extent,
+    archive: &ArchiveName,
+    held: &mut BTreeMap<String, String>,
+) -> anyhow::Result<Option<String>> {
+    let shrink = match (spec.shrink_guard, base) {
+        (ShrinkGuard::Under(share), Some((name, base))) => {
+            let own = crate::ledger::since(ctx.state, name.time)?;
+            shrunk(expected_after(*base, own), extent, share)
+                .map(|why| format!("{why} of {name}{}", own_removals(own)))
+        }
+        _ => None,
+    };
+    if let Some(why) = &shrink {
+        held.insert(archive.file_name(), why.clone());
+        ctx.state.put(&state_ns(ctx.job), HELD, &*held)?;
+    }
+    Ok(shrink)
+}
+
+/// Raises the shrink guard's alert for a held archive of `source`, or resolves it.
+fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, published: &Path) {
+    let key = format!("backup-shrunk:{}", ctx.job);
+    let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
+    let job = Some(ctx.job.to_string());
+    ctx.alerts.push(match shrink {
+        Some(why) => AlertEvent::Raise(Alert {
+            key,
+            severity: Severity::Critical,
+            job,
+            what,
+            body: format!(
+                "The snapshot of {source} written to {} is suspect: {why}.\n\n\
+                 It was kept, but retention deleted nothing in this run and never counts it, so the \
+                 earlier archives stay. Until a snapshot passes the guard, every run is compared with \
+                 the same earlier archive and held the same way.\n\n\
+                 If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
+                 If the change was expected (a purge, a VACUUM, a new database), run the job once with \
+                 `shrink_guard: off`, then set the guard back.",
+                published.display()
+            ),
+        }),
+        None => AlertEvent::Resolve { key, job, what },
+    });
+}
+
 /// The state key holding this job's held archives: file name -> why it was held.
 const HELD: &str = "held";
 
@@ -358,7 +426,12 @@ fn baseline(
                 name.clone(),
                 Extent {
                     rows: m.row_count.unwrap_or(0),
-                    bytes: m.page_count.saturating_mul(m.page_size),
+                    // A dump has no pages: its size is what compares.
+                    bytes: if m.postgres.is_some() {
+                        m.size
+                    } else {
+                        m.page_count.saturating_mul(m.page_size)
+                    },
                 },
             )),
             Err(e) => {
@@ -448,6 +521,9 @@ fn plan_lines(
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    if let Some(server) = &ctx.gateway.postgres {
+        return postgres::run(spec, ctx, server);
+    }
     let to = &spec.to;
     let listed = backups::list(to, ctx.job)?;
     let ns = state_ns(ctx.job);
@@ -531,20 +607,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         rows,
         bytes: snap.page_count.saturating_mul(snap.page_size),
     };
-    let shrink = match (spec.shrink_guard, &base) {
-        (ShrinkGuard::Under(share), Some((name, base))) => {
-            let own = crate::ledger::since(ctx.state, name.time)?;
-            shrunk(expected_after(*base, own), extent, share)
-                .map(|why| format!("{why} of {name}{}", own_removals(own)))
-        }
-        _ => None,
-    };
-    if let Some(why) = &shrink {
-        // Recorded before the archive is published: a run killed in between leaves a name that
-        // matches no file, never a held archive that retention would count.
-        held.insert(plan.archive.file_name(), why.clone());
-        ctx.state.put(&ns, HELD, &held)?;
-    }
+    let shrink = guard(spec, ctx, base.as_ref(), extent, &plan.archive, &mut held)?;
     ctx.checkpoint()?;
 
     // Everything after the snapshot only costs CPU and disk; on a small machine it must not
@@ -572,32 +635,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
     held.retain(|file, _| spec.to.join(file).exists());
     ctx.state.put(&ns, HELD, &held)?;
-    let alert_key = format!("backup-shrunk:{}", ctx.job);
-    let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
-    match &shrink {
-        Some(why) => ctx.alerts.push(AlertEvent::Raise(Alert {
-            key: alert_key,
-            severity: Severity::Critical,
-            job: Some(ctx.job.to_string()),
-            what,
-            body: format!(
-                "The snapshot of {} written to {} is suspect: {why}.\n\n\
-                 It was kept, but retention deleted nothing in this run and never counts it, so the \
-                 earlier archives stay. Until a snapshot passes the guard, every run is compared with \
-                 the same earlier archive and held the same way.\n\n\
-                 If the gateway lost its data, stop it and restore that archive with `caretaker restore`. \
-                 If the change was expected (a purge, a VACUUM, a new database), run the job once with \
-                 `shrink_guard: off`, then set the guard back.",
-                copies.primary.source.display(),
-                published.display()
-            ),
-        })),
-        None => ctx.alerts.push(AlertEvent::Resolve {
-            key: alert_key,
-            job: Some(ctx.job.to_string()),
-            what,
-        }),
-    }
+    shrink_alert(
+        ctx,
+        shrink.as_deref(),
+        &copies.primary.source.display().to_string(),
+        &published,
+    );
     let mut report =
         Report::new(format!(
         "wrote {} ({}, {rows} rows, {} mode{}){}{}{}; kept {kept} archives, deleted {}",
@@ -775,6 +818,7 @@ fn manifest(
         tool: format!("caretaker {}", env!("CARGO_PKG_VERSION")),
         databases: Vec::new(),
         matched: Vec::new(),
+        postgres: None,
     }
 }
 
@@ -830,6 +874,7 @@ mod tests {
             verify: VerifyLevel::Quick,
             shrink_guard: DEFAULT_SHRINK_GUARD,
             databases: Selection::default(),
+            pg_dump: None,
         }
     }
 
