@@ -135,6 +135,7 @@ fn main() {
         table,
         columns,
         busy_timeout: Duration::from_secs(5),
+        postgres: None,
     };
     let sim = Sim::start(&db, &dir, rate, "snapshot");
     for round in 1..=3 {

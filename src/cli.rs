@@ -92,14 +92,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a backup archive, then restore its database to PATH
+    /// Verify a backup archive, then restore its database to PATH (or a PostgreSQL database)
     Restore {
         /// The backup archive (.tar.gz or .tar)
         archive: PathBuf,
-        /// Where to put the database
+        /// Where to put the database: a path, or postgres://USER@HOST/DATABASE for a
+        /// PostgreSQL backup (password from PGPASSWORD or ~/.pgpass)
         #[arg(long, value_name = "PATH")]
         to: PathBuf,
-        /// Replace an existing file (a safety copy is kept)
+        /// Replace an existing file (a safety copy is kept); for PostgreSQL, restore into a
+        /// database that has tables
         #[arg(long)]
         force: bool,
     },
@@ -429,11 +431,17 @@ fn status(path: &Path, json: bool) -> u8 {
 
 fn restore(archive: &Path, to: &Path, force: bool) -> u8 {
     use crate::backup::restore::{self, RestoreError};
-    match restore::restore(archive, to, force, Utc::now()) {
-        Ok(done) => {
-            emit(&format!("{}\n", done.describe(archive))).map_or_else(|code| code, |()| exit::OK)
+    let done = match to.to_str() {
+        Some(url) if crate::gateway::postgres::restore::is_url(url) => {
+            crate::gateway::postgres::restore::restore(archive, url, force)
         }
-        Err(e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_))) => {
+        _ => restore::restore(archive, to, force, Utc::now()).map(|done| done.describe(archive)),
+    };
+    match done {
+        Ok(done) => emit(&format!("{done}\n")).map_or_else(|code| code, |()| exit::OK),
+        Err(
+            e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_) | RestoreError::NotEmpty(_)),
+        ) => {
             say(&format!("error: {e}"));
             exit::USAGE
         }

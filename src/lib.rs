@@ -23,5 +23,6 @@ pub mod runner;
 pub mod schedule;
 pub mod sqlite;
 pub mod state;
+pub mod tls;
 pub mod units;
 pub mod writelock;

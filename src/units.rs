@@ -9,8 +9,8 @@ use std::time::Duration;
 const SIZE_ACCEPTED: &str = "a whole number of bytes, optionally followed by B, KB, MB, GB, TB (powers of 1000) \
      or KiB, MiB, GiB, TiB (powers of 1024), e.g. 512MB or 5GiB";
 
-const DURATION_ACCEPTED: &str = "a whole number followed by s, m, h, d or w (seconds, minutes, hours, days, weeks), \
-     e.g. 90s, 15m, 6h, 30d or 2w";
+const DURATION_ACCEPTED: &str = "a whole number followed by ms, s, m, h, d or w (milliseconds, seconds, minutes, hours, days, weeks), \
+     e.g. 200ms, 90s, 15m, 6h, 30d or 2w";
 
 const SHARE_ACCEPTED: &str = "a percentage from 0% to 100%, e.g. 75% or 12.5%";
 
@@ -75,6 +75,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!(
             "`{text}` is not a duration: expected {DURATION_ACCEPTED}"
         ));
+    }
+    // Milliseconds are for the PostgreSQL timeouts (`lock_timeout: 200ms`).
+    if unit == "ms" {
+        return digits
+            .parse::<u64>()
+            .ok()
+            .map(Duration::from_millis)
+            .filter(|&d| d <= MAX_DURATION)
+            .ok_or_else(|| {
+                format!("`{text}` is too long a duration; accepted: up to {MAX_DURATION_TEXT}")
+            });
     }
     let seconds: u64 = match unit {
         "s" => 1,
@@ -274,6 +285,14 @@ pub fn duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_milliseconds_for_the_postgresql_timeouts() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        let err = parse_duration("200us").unwrap_err();
+        assert!(err.contains("ms, s, m, h, d or w"), "{err}");
+    }
 
     #[test]
     fn sizes() {

@@ -796,7 +796,7 @@ fn simulator_rejects_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("x.db");
     let cases: [(&[&str], &str); 4] = [
-        (&["--style", "litellm", "--rate", "10"], "litellm"),
+        (&["--style", "litellm", "--rate", "10"], "--postgres"),
         (
             &["--style", "apantli", "--rate", "10", "--duration", "30"],
             "ms, s, m, h",

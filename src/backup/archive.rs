@@ -69,7 +69,37 @@ pub struct Manifest {
     pub files: Vec<IncludedFile>,
     /// `caretaker <version>`.
     pub tool: String,
+    /// Set when the database entry is a `pg_dump --format=custom` of a PostgreSQL gateway; the
+    /// SQLite fields are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgDump>,
 }
+
+/// What a PostgreSQL backup's manifest says of its dump.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgDump {
+    /// `server_version` of the server dumped, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub server_version: String,
+    /// `pg_dump --version` of the tool that wrote the dump.
+    pub dump_tool: String,
+    /// Every table of the database, `schema.table`, with its rows.
+    pub tables: Vec<PgTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgTable {
+    pub name: String,
+    /// The planner's estimate (`pg_class.reltuples`); `None` before the first ANALYZE.
+    pub rows_estimate: Option<u64>,
+    /// Rows counted in the dump's own snapshot (with `verify: full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+/// The first bytes of a `pg_dump --format=custom` file.
+const PGDUMP_MAGIC: &[u8] = b"PGDMP";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -393,6 +423,14 @@ fn first_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> anyhow::Result<
 /// power-of-two size from 512 bytes to 64 KiB, and all of its pages within the file. (A file
 /// may be longer than its pages: SQLite ignores bytes past the page count in its header.)
 fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
+    if m.postgres.is_some() {
+        ensure!(
+            m.size > 0,
+            "the manifest describes an empty dump `{}`; a backup holds a dump of at least its header",
+            m.database
+        );
+        return Ok(());
+    }
     ensure!(
         m.size > 0 && m.page_count > 0,
         "the manifest describes an empty database `{}` ({} bytes, {} pages); a backup holds a database of at least one page",
@@ -420,6 +458,14 @@ fn check_manifest(m: &Manifest) -> anyhow::Result<()> {
 /// Checks the first bytes of the database entry: the SQLite header, its page size and (when
 /// the header's count is current) its page count against the manifest's.
 fn check_sqlite_header(head: &[u8], m: &Manifest) -> anyhow::Result<()> {
+    if m.postgres.is_some() {
+        ensure!(
+            head.starts_with(PGDUMP_MAGIC),
+            "`{}` is not a pg_dump custom-format file: it does not start with PGDMP",
+            m.database
+        );
+        return Ok(());
+    }
     ensure!(
         head.len() == SQLITE_HEADER && head.starts_with(SQLITE_MAGIC),
         "`{}` is not an SQLite database: it does not start with the SQLite header",
@@ -804,6 +850,7 @@ mod tests {
             row_count: Some(1),
             files: Vec::new(),
             tool: String::new(),
+            postgres: None,
         }
     }
 

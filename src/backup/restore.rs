@@ -35,6 +35,9 @@ pub enum RestoreError {
     NoArchive(PathBuf),
     #[error("{0}")]
     InUse(String),
+    /// A PostgreSQL target database that already has tables, without `--force`.
+    #[error("{0}")]
+    NotEmpty(String),
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -97,6 +100,13 @@ pub fn restore(
     // A killed restore left a database-sized file here; it would also eat the space checked next.
     let swept = fsx::sweep_dead_temps(to)?;
     let manifest = archive::peek_manifest(archive)?;
+    if manifest.postgres.is_some() {
+        return Err(anyhow::anyhow!(
+            "{} holds a PostgreSQL dump, not a SQLite database: restore it with --to postgres://USER@HOST/DATABASE",
+            archive.display()
+        )
+        .into());
+    }
     super::ensure_free(
         &dir,
         manifest.size,

@@ -330,6 +330,7 @@ mod tests {
             table,
             columns,
             busy_timeout: Duration::from_secs(2),
+            postgres: None,
         }
     }
 

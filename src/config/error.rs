@@ -90,7 +90,7 @@ impl ConfigError {
             .filter(|l| !l.is_empty() || self.line < source.starts.len())
             .map(|l| excerpt(l, self.column));
         if let Some((line, caret)) = shown {
-            self.source_line = Some(line);
+            self.source_line = Some(hide_url_passwords(&line));
             self.caret = caret;
         }
     }
@@ -106,6 +106,38 @@ impl ConfigError {
             caret: 0,
         }
     }
+}
+
+/// `line` with the password of a URL (`scheme://user:PASSWORD@host`, `?password=PASSWORD`)
+/// replaced by `[redacted]`: an error about a URL shows its line, and the line must not show
+/// the secret that was the mistake.
+pub(super) fn hide_url_passwords(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', '?', ' ', '"', '\'']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) if tail[..at].contains(':') => {
+                let colon = tail[..at].find(':').unwrap_or(at);
+                out.push_str(&tail[..=colon]);
+                out.push_str("[redacted]");
+                rest = &tail[at..];
+            }
+            _ => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    let mut masked = String::with_capacity(out.len());
+    let mut parts = out.split("password=");
+    masked.push_str(parts.next().unwrap_or(""));
+    for part in parts {
+        masked.push_str("password=[redacted]");
+        let end = part.find(['&', ' ', '"', '\'']).unwrap_or(part.len());
+        masked.push_str(&part[end..]);
+    }
+    masked
 }
 
 impl fmt::Display for ConfigError {
@@ -174,6 +206,27 @@ impl std::error::Error for ConfigErrors {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shown_line_hides_the_password_of_a_url() {
+        for (line, want) in [
+            (
+                "  url: postgres://caretaker:hunter2@db:5432/litellm",
+                "  url: postgres://caretaker:[redacted]@db:5432/litellm",
+            ),
+            (
+                "  url: postgres://caretaker@db/x?sslmode=require&password=hunter2&a=b",
+                "  url: postgres://caretaker@db/x?sslmode=require&password=[redacted]&a=b",
+            ),
+            (
+                "  url: postgres://caretaker@db/litellm",
+                "  url: postgres://caretaker@db/litellm",
+            ),
+            ("  to: /var/backups", "  to: /var/backups"),
+        ] {
+            assert_eq!(hide_url_passwords(line), want);
+        }
+    }
 
     #[test]
     fn a_long_line_is_cut_around_the_column_with_the_caret_on_it() {

@@ -138,6 +138,19 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
     crate::jobs::resolve(&mut jobs);
     if let Some(gateway) = &gateway {
         for job in &jobs {
+            if gateway.postgres.is_some()
+                && crate::gateway::postgres::NOT_YET.contains(&job.kind.name())
+            {
+                checks.error(
+                    &format!("jobs.{}.{}", job.name, job.kind.name()),
+                    format!(
+                        "a {} job does not run on a PostgreSQL gateway yet (not yet on PostgreSQL); accepted with gateway.url: {}",
+                        job.kind.name(),
+                        crate::gateway::postgres::READY.join(", ")
+                    ),
+                );
+                continue;
+            }
             for (key, message) in job.kind.gateway_problems(gateway) {
                 checks.error(
                     &format!("jobs.{}.{}.{key}", job.name, job.kind.name()),

@@ -9,6 +9,7 @@
 //! own path never uses this folder: it sits above the jobs and takes nothing from the command
 //! line, which only calls [`run`] and turns its error into the exit code.
 
+pub mod pgsim;
 pub mod sample;
 pub mod sim;
 

@@ -371,7 +371,7 @@ const ERROR_KINDS: &[(&str, &str)] = &[
     ),
 ];
 
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "the",
     "function",
     "returns",
@@ -580,14 +580,14 @@ fn python_json(value: &impl Serialize) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-fn random_alnum(rng: &mut SampleRng, len: usize) -> String {
+pub(crate) fn random_alnum(rng: &mut SampleRng, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     (0..len)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect()
 }
 
-fn random_hex(rng: &mut SampleRng, len: usize) -> String {
+pub(crate) fn random_hex(rng: &mut SampleRng, len: usize) -> String {
     let mut s = String::with_capacity(len + 16);
     while s.len() < len {
         s.push_str(&format!("{:016x}", rng.next_u64()));

@@ -43,6 +43,9 @@ pub enum Style {
     Apantli,
     /// New connection per write, no busy timeout, WAL set on open, one write at a time.
     Bobamixer,
+    /// LiteLLM's proxy on PostgreSQL: batched inserts from a queue over a small pool
+    /// (`gateway-sim --postgres URL`, see `super::pgsim`).
+    Litellm,
 }
 
 /// What to simulate; [`SimOptions::new`] fills in the defaults.
@@ -83,7 +86,7 @@ impl SimOptions {
         }
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
         ensure!(
             self.rate.is_finite() && self.rate > 0.0 && self.rate <= 100_000.0,
             "rate {} is not a number of writes per second between 0 (exclusive) and 100000",
@@ -146,15 +149,19 @@ pub struct SimReport {
 }
 
 /// One finished write.
-struct Outcome {
-    latency: Duration,
-    result: Result<RowKey, String>,
+pub(super) struct Outcome {
+    pub(super) latency: Duration,
+    pub(super) result: Result<RowKey, String>,
 }
 
 /// Runs the simulated gateway until `opts.duration` has elapsed or `stop` is set, then waits for
 /// writes still in flight and reports.
 pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport> {
     opts.validate()?;
+    ensure!(
+        opts.style != Style::Litellm,
+        "LiteLLM writes to PostgreSQL: give its URL with --postgres instead of --db"
+    );
     ensure_schema(&opts.db, opts.style)?;
     let mut source = RowSource::new(opts);
     let (tx, rx) = mpsc::channel::<Outcome>();
@@ -201,6 +208,7 @@ pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport
                     });
                 }));
             }
+            Style::Litellm => unreachable!("refused above"),
             Style::Bobamixer => {
                 let (session, record) = source.bobamixer_rows();
                 let began = Instant::now();
@@ -228,14 +236,7 @@ pub fn run(opts: &SimOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SimReport
         }
     }
     let elapsed = start.elapsed();
-    if let Some(path) = &opts.committed_file {
-        let mut text = String::with_capacity(tally.committed.len() * 12);
-        for key in &tally.committed {
-            text.push_str(&key.to_string());
-            text.push('\n');
-        }
-        crate::fsx::write_atomic(path, text.as_bytes())?;
-    }
+    tally.write_committed(opts)?;
     Ok(tally.into_report(opts, elapsed))
 }
 
@@ -245,6 +246,7 @@ fn ensure_schema(db: &Path, style: Style) -> anyhow::Result<()> {
     let (table, schema) = match style {
         Style::Apantli => ("requests", APANTLI_SCHEMA),
         Style::Bobamixer => ("usage_records", BOBAMIXER_SCHEMA),
+        Style::Litellm => unreachable!("run refuses LiteLLM on SQLite"),
     };
     let conn = Connection::open(db)
         .with_context(|| format!("opening gateway database {}", db.display()))?;
@@ -349,17 +351,21 @@ impl RowSource {
 }
 
 #[derive(Default)]
-struct Tally {
+pub(super) struct Tally {
     attempted: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
     latencies_ms: Vec<f64>,
-    committed: Vec<RowKey>,
+    pub(super) committed: Vec<RowKey>,
 }
 
 impl Tally {
     /// Counts one finished write; creates the ready file (once) when the first one committed.
-    fn record(&mut self, outcome: Outcome, ready: &mut Option<&Path>) -> anyhow::Result<()> {
+    pub(super) fn record(
+        &mut self,
+        outcome: Outcome,
+        ready: &mut Option<&Path>,
+    ) -> anyhow::Result<()> {
         self.attempted += 1;
         self.latencies_ms
             .push(outcome.latency.as_secs_f64() * 1000.0);
@@ -379,11 +385,24 @@ impl Tally {
         Ok(())
     }
 
-    fn into_report(mut self, opts: &SimOptions, elapsed: Duration) -> SimReport {
+    /// Writes the committed keys to `opts.committed_file`, when asked to.
+    pub(super) fn write_committed(&self, opts: &SimOptions) -> anyhow::Result<()> {
+        if let Some(path) = &opts.committed_file {
+            let mut text = String::with_capacity(self.committed.len() * 12);
+            for key in &self.committed {
+                text.push_str(&key.to_string());
+                text.push('\n');
+            }
+            crate::fsx::write_atomic(path, text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn into_report(mut self, opts: &SimOptions, elapsed: Duration) -> SimReport {
         self.latencies_ms.sort_by(f64::total_cmp);
         let (first_id, last_committed_id) = match opts.style {
             // Concurrent writers commit out of schedule order; ids tell the true order.
-            Style::Apantli => (
+            Style::Apantli | Style::Litellm => (
                 self.committed.iter().min().cloned(),
                 self.committed.iter().max().cloned(),
             ),

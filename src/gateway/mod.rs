@@ -1,5 +1,7 @@
 //! The gateway's database: which table and columns hold what, and how we connect to it politely.
 
+pub mod postgres;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ pub const APANTLI_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Preset {
     Apantli,
     Bobamixer,
+    /// LiteLLM's spend logs, on PostgreSQL only.
+    Litellm,
     Custom,
 }
 
@@ -36,9 +40,7 @@ pub enum TimeFormat {
     Iso8601,
     UnixSeconds,
     UnixMillis,
-    /// A native time column (PostgreSQL's `timestamp`, UTC). Set by a PostgreSQL preset; not
-    /// accepted from the jobs file, where a SQLite column could not hold one.
-    #[serde(skip)]
+    /// A PostgreSQL `timestamp` (UTC, as LiteLLM writes it); PostgreSQL gateways only.
     Timestamp,
 }
 
@@ -74,7 +76,10 @@ pub struct Columns {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
+    /// The SQLite file; empty for a PostgreSQL gateway (see `postgres`).
     pub database: PathBuf,
+    /// The server of a PostgreSQL gateway (`gateway.url`); `None` for SQLite.
+    pub postgres: Option<postgres::Server>,
     pub preset: Preset,
     pub table: String,
     pub columns: Columns,
@@ -86,6 +91,12 @@ pub struct Gateway {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     database: Option<PathBuf>,
+    url: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    lock_timeout: Option<values::Duration>,
+    statement_timeout: Option<values::Duration>,
     schema: Option<Preset>,
     busy_timeout: Option<values::Duration>,
     table: Option<String>,
@@ -143,6 +154,7 @@ impl Preset {
                     payload: Vec::new(),
                 },
             )),
+            Preset::Litellm => Some(postgres::litellm_columns()),
             Preset::Custom => None,
         }
     }
@@ -157,24 +169,89 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-pub fn validate(raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
-    let database = match raw.database {
-        Some(p) => checks.given_path("gateway.database", Some(&p)),
-        None => {
+pub fn validate(mut raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
+    let on_postgres = raw.url.is_some();
+    let (database, server) = match (raw.database, raw.url) {
+        (Some(_), Some(_)) => {
+            checks.error(
+                "gateway.url",
+                "`gateway.database` and `gateway.url` are both set; accepted: one of them (database: a SQLite file, url: a PostgreSQL server)",
+            );
+            (None, None)
+        }
+        (Some(p), None) => (checks.given_path("gateway.database", Some(&p)), None),
+        (None, Some(url)) => {
+            let server = postgres::validate(
+                postgres::RawServer {
+                    url,
+                    password_env: raw.password_env.take(),
+                    password_file: raw.password_file.take(),
+                    ca_file: raw.ca_file.take(),
+                    lock_timeout: raw.lock_timeout.map(|d| d.0),
+                    statement_timeout: raw.statement_timeout.map(|d| d.0),
+                },
+                checks,
+            );
+            (server.is_some().then(PathBuf::new), server)
+        }
+        (None, None) => {
             checks.error(
                 "gateway.database",
-                "missing key `gateway.database`; accepted: the path of the gateway's SQLite file",
+                "missing key `gateway.database`; accepted: the path of the gateway's SQLite file, or `gateway.url` for a PostgreSQL server",
             );
-            None
+            (None, None)
         }
     };
+    // The PostgreSQL keys mean nothing to a SQLite file: a stray one is a mistake to hear about.
+    let sqlite_only = [("busy_timeout", raw.busy_timeout.is_some())];
+    let postgres_only = [
+        ("password_env", raw.password_env.is_some()),
+        ("password_file", raw.password_file.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("lock_timeout", raw.lock_timeout.is_some()),
+        ("statement_timeout", raw.statement_timeout.is_some()),
+    ];
+    let (stray, engine, other) = if on_postgres {
+        (
+            &sqlite_only[..],
+            "PostgreSQL (gateway.url)",
+            "a SQLite gateway",
+        )
+    } else {
+        (
+            &postgres_only[..],
+            "SQLite (gateway.database)",
+            "a PostgreSQL gateway (gateway.url)",
+        )
+    };
+    for (key, _) in stray.iter().filter(|(_, set)| *set) {
+        checks.error(
+            &format!("gateway.{key}"),
+            format!("`{key}` is only read for {other}; this gateway is {engine}"),
+        );
+    }
     let preset = raw.schema.unwrap_or_else(|| {
         checks.error(
             "gateway.schema",
-            "missing key `gateway.schema`; accepted: apantli, bobamixer, custom",
+            if on_postgres {
+                "missing key `gateway.schema`; accepted with gateway.url: litellm, custom"
+            } else {
+                "missing key `gateway.schema`; accepted: apantli, bobamixer, custom"
+            },
         );
         Preset::Custom
     });
+    match (preset, on_postgres) {
+        (Preset::Litellm, false) => checks.error(
+            "gateway.schema",
+            "`litellm` keeps its spend logs in PostgreSQL; accepted with gateway.database: apantli, bobamixer, custom (or give gateway.url for litellm)",
+        ),
+        (Preset::Apantli | Preset::Bobamixer, true) => checks.error(
+            "gateway.schema",
+            "this preset is a SQLite gateway's; accepted with gateway.url: litellm, custom",
+        ),
+        _ => {}
+    }
     let busy_timeout = raw.busy_timeout.map_or(Duration::from_secs(2), |d| d.0);
     let (table, columns) = match preset.table_and_columns() {
         Some(found) => {
@@ -191,10 +268,17 @@ pub fn validate(raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
             }
             found
         }
-        None => custom(raw.table, raw.columns, checks)?,
+        None => custom(raw.table, raw.columns, on_postgres, checks)?,
     };
+    if !on_postgres && columns.time_format == TimeFormat::Timestamp {
+        checks.error(
+            "gateway.columns.time_format",
+            "`timestamp` is a PostgreSQL column type; accepted with gateway.database: iso8601, unix_seconds, unix_millis",
+        );
+    }
     Some(Gateway {
         database: database?,
+        postgres: server,
         preset,
         table,
         columns,
@@ -205,6 +289,7 @@ pub fn validate(raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
 fn custom(
     table: Option<String>,
     columns: Option<RawColumns>,
+    on_postgres: bool,
     checks: &mut Checks<'_>,
 ) -> Option<(String, Columns)> {
     let invalid = std::cell::Cell::new(false);
@@ -222,7 +307,19 @@ fn custom(
             None => None,
         }
     };
-    let table = name("gateway.table", table, checks);
+    // On PostgreSQL the table may be schema-qualified (`gw.llm_usage_log`).
+    let table = match table {
+        Some(t) if on_postgres && postgres::is_table_name(&t) => Some(t),
+        Some(t) if on_postgres => {
+            checks.error(
+                "gateway.table",
+                format!("`{t}` is not a table name; accepted: `table` or `schema.table`, each a plain SQL name (letters, digits and _)"),
+            );
+            invalid.set(true);
+            None
+        }
+        t => name("gateway.table", t, checks),
+    };
     let Some(c) = columns else {
         checks.error(
             "gateway.columns",
@@ -299,18 +396,32 @@ impl Gateway {
     /// Opens the gateway's database for a job's work on the request table, on its engine's
     /// backend (docs/design.md, "The gateway behind one interface").
     pub fn open(&self, access: Access) -> anyhow::Result<Box<dyn GatewayDb>> {
+        self.refuse_postgres()?;
         Ok(Box::new(sqlite::SqliteDb::open(self, access)?))
     }
 
     /// A SQLite connection to the gateway's database, for the SQLite-only operations (backup
     /// API, integrity check, VACUUM): see [`sqlite::connect`].
     pub fn connect(&self, read_only: bool) -> anyhow::Result<rusqlite::Connection> {
+        self.refuse_postgres()?;
         sqlite::connect(self, read_only)
     }
 
     /// Where the gateway's database is, for messages.
     pub fn location(&self) -> String {
         self.database.display().to_string()
+    }
+
+    /// Until every kind runs on PostgreSQL, one that does not yet says so instead of opening a
+    /// SQLite file that is not there.
+    fn refuse_postgres(&self) -> anyhow::Result<()> {
+        if let Some(server) = &self.postgres {
+            anyhow::bail!(
+                "this job kind does not run on PostgreSQL yet (the gateway is the {}); not yet on PostgreSQL",
+                server.describe
+            );
+        }
+        Ok(())
     }
 
     /// Every column the configuration names, each with the jobs-file key that names it.

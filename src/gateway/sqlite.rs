@@ -319,6 +319,7 @@ pub(crate) mod tests {
             table,
             columns,
             busy_timeout: Duration::from_millis(100),
+            postgres: None,
         }
     }
 

@@ -170,7 +170,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
 fn gateway_wait(preset: Preset) -> Option<Duration> {
     match preset {
         Preset::Apantli => Some(crate::gateway::APANTLI_BUSY_TIMEOUT),
-        Preset::Bobamixer | Preset::Custom => None,
+        Preset::Bobamixer | Preset::Custom | Preset::Litellm => None,
     }
 }
 
@@ -179,6 +179,7 @@ fn preset_name(preset: Preset) -> &'static str {
         Preset::Apantli => "Apantli",
         Preset::Bobamixer => "BobaMixer",
         Preset::Custom => "custom",
+        Preset::Litellm => "LiteLLM",
     }
 }
 
@@ -195,7 +196,7 @@ pub fn lock_bound(spec: &Spec, preset: Preset) -> Result<Duration, String> {
             "BobaMixer has no busy timeout: a write that meets VACUUM's exclusive lock is lost at once"
                 .into(),
         ),
-        Preset::Custom => Err(
+        Preset::Custom | Preset::Litellm => Err(
             "the busy timeout of a custom gateway is not known: set `vacuum_max_lock` well under it to let VACUUM run"
                 .into(),
         ),
@@ -234,7 +235,9 @@ fn advice(spec: &Spec, path: &str, preset: Preset) -> Vec<String> {
     let losing = match preset {
         Preset::Apantli => "Apantli loses a write that waits longer than its 5 s busy timeout",
         Preset::Bobamixer => "BobaMixer has no busy timeout and loses every write meanwhile",
-        Preset::Custom => "the gateway loses the writes that wait longer than its busy timeout",
+        Preset::Custom | Preset::Litellm => {
+            "the gateway loses the writes that wait longer than its busy timeout"
+        }
     };
     let mut lines = Vec::new();
     match spec.vacuum {

@@ -12,6 +12,7 @@ pub mod dbcare;
 pub mod files;
 pub mod health;
 pub mod logwriter;
+pub mod pg;
 pub mod pricejob;
 pub mod sandbox;
 pub mod sim;

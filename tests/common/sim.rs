@@ -22,14 +22,27 @@ impl Sim {
     /// Starts gateway-sim writing `style` rows to `db` at `rate` per second, `failed_share` of
     /// them failed requests, its files in `dir`; returns once its first write has committed.
     pub fn start(db: &Path, style: &str, rate: f64, failed_share: f64, dir: &Path) -> Sim {
+        let mut cmd = bins::gateway_sim();
+        cmd.arg("--db").arg(db).args(["--style", style]);
+        Sim::spawn(cmd, rate, failed_share, dir)
+    }
+
+    /// Starts gateway-sim writing LiteLLM spend logs to the PostgreSQL database at `url` as the
+    /// proxy does (batches from a queue over a pool, batch interval 200ms so tests see rows
+    /// soon); returns once its first batch has committed.
+    pub fn start_postgres(url: &str, rate: f64, failed_share: f64, dir: &Path) -> Sim {
+        let mut cmd = bins::gateway_sim();
+        cmd.args(["--postgres", url, "--batch-interval", "200ms"]);
+        Sim::spawn(cmd, rate, failed_share, dir)
+    }
+
+    fn spawn(mut cmd: std::process::Command, rate: f64, failed_share: f64, dir: &Path) -> Sim {
         let n = rand::random::<u32>();
         let ready = dir.join(format!("sim-{n}.ready"));
         let report = dir.join(format!("sim-{n}.json"));
         let committed = dir.join(format!("sim-{n}.committed"));
-        let child = bins::gateway_sim()
-            .arg("--db")
-            .arg(db)
-            .args(["--style", style, "--rate", &rate.to_string()])
+        let child = cmd
+            .args(["--rate", &rate.to_string()])
             .args(["--failed-share", &failed_share.to_string()])
             .arg("--ready-file")
             .arg(&ready)

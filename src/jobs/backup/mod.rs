@@ -6,6 +6,7 @@
 //! (fsync, rename, fsync the directory), then prune this job's archives by the keep policy.
 //! An archive that fails a check is never published, so it is never counted or kept.
 
+pub mod postgres;
 pub mod retention;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ pub struct Raw {
     keep: Option<KeepConfig>,
     verify: Option<VerifyLevel>,
     shrink_guard: Option<ShrinkGuard>,
+    pg_dump: Option<PathBuf>,
 }
 
 /// `shrink_guard`: a new snapshot with fewer than this share of the rows or of the bytes of the
@@ -113,11 +115,23 @@ pub struct Spec {
     pub keep: Policy,
     pub verify: VerifyLevel,
     pub shrink_guard: ShrinkGuard,
+    /// The `pg_dump` of a PostgreSQL gateway's backups; `None`: the newest installed.
+    pub pg_dump: Option<PathBuf>,
 }
 
 impl super::Contract for Spec {
     fn writes(&self) -> Vec<(PathBuf, &'static str)> {
         vec![(self.to.clone(), "backups")]
+    }
+
+    fn gateway_problems(&self, gateway: &crate::gateway::Gateway) -> Vec<(String, String)> {
+        match (&self.pg_dump, &gateway.postgres) {
+            (Some(_), None) => vec![(
+                "pg_dump".into(),
+                "is only read for a PostgreSQL gateway (gateway.url); a SQLite gateway is backed up by its own snapshot".into(),
+            )],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -168,6 +182,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         keep: keep?,
         verify: raw.verify.unwrap_or(VerifyLevel::Quick),
         shrink_guard: raw.shrink_guard.unwrap_or(DEFAULT_SHRINK_GUARD),
+        pg_dump: raw.pg_dump.map(|p| checks.path(&p)),
     })
 }
 
@@ -419,6 +434,9 @@ fn plan_lines(
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    if let Some(server) = &ctx.gateway.postgres {
+        return postgres::run(spec, ctx, server);
+    }
     let to = &spec.to;
     let listed = backups::list(to, ctx.job)?;
     let ns = state_ns(ctx.job);
@@ -716,6 +734,7 @@ fn manifest(
         row_count: snap.rows,
         files: includes.iter().map(|i| i.meta.clone()).collect(),
         tool: format!("caretaker {}", env!("CARGO_PKG_VERSION")),
+        postgres: None,
     }
 }
 
@@ -770,6 +789,7 @@ mod tests {
             keep,
             verify: VerifyLevel::Quick,
             shrink_guard: DEFAULT_SHRINK_GUARD,
+            pg_dump: None,
         }
     }
 

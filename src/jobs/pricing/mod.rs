@@ -610,7 +610,7 @@ impl Aim {
             // kept below 1 %: an insert meets it with at most that chance while the job runs.
             // The pacer then starts each batch in a gap between the gateway's commits. A
             // custom gateway's writers are unknown, so they get the same care.
-            Preset::Bobamixer | Preset::Custom => Aim {
+            Preset::Bobamixer | Preset::Custom | Preset::Litellm => Aim {
                 target_lock: Duration::from_millis(2),
                 min_spacing: Duration::from_millis(250),
                 spacing_per_lock: 100,
@@ -1122,6 +1122,7 @@ mod tests {
             table,
             columns,
             busy_timeout: Duration::from_secs(2),
+            postgres: None,
         };
         let spec = Spec {
             prices: "unused.yaml".into(),
