@@ -13,6 +13,7 @@ pub mod files;
 pub mod health;
 pub mod logwriter;
 pub mod pg;
+pub mod pgjobs;
 pub mod pricejob;
 pub mod sandbox;
 pub mod sim;

@@ -6,6 +6,7 @@
 //! `lock_timeout` and `statement_timeout` before any other statement ([`connect`]).
 
 pub mod connect;
+pub mod db;
 pub mod dump;
 pub mod pgpass;
 pub mod restore;
@@ -284,17 +285,9 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
 }
 
 /// Job kinds that run on a PostgreSQL gateway; `check` refuses the others there ([`NOT_YET`]).
-pub const READY: &[&str] = &["backup", "logrotate"];
+pub const READY: &[&str] = &["backup", "logrotate", "archive", "budget"];
 /// Job kinds that read the gateway the SQLite way and are not ported to PostgreSQL yet.
-pub const NOT_YET: &[&str] = &[
-    "verify",
-    "archive",
-    "pricing",
-    "budget",
-    "health",
-    "integrity",
-    "maintenance",
-];
+pub const NOT_YET: &[&str] = &["verify", "pricing", "health", "integrity", "maintenance"];
 
 /// A PostgreSQL identifier, double-quoted (LiteLLM's names are mixed case).
 pub fn quote_ident(name: &str) -> String {
