@@ -10,7 +10,6 @@
 //! transaction back, pauses and runs it again later, as it does for SQLite's busy errors
 //! (docs/design.md, "The gateway behind one interface").
 
-use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -75,21 +74,20 @@ pub struct PgExec<C: GenericClient>(pub C);
 /// anything else stays the server's own error, its message and detail kept.
 pub fn pg_error(e: postgres::Error) -> anyhow::Error {
     if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
-        anyhow::Error::new(LockTimedOut(Box::new(e)))
-    } else {
-        let text = match e.as_db_error() {
-            Some(db) => format!(
-                "{}: {}{}",
-                db.severity(),
-                db.message(),
-                db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
-            ),
-            None => match e.source() {
-                Some(source) => format!("{e}: {source}"),
-                None => e.to_string(),
-            },
-        };
-        anyhow::Error::new(e).context(text)
+        return anyhow::Error::new(LockTimedOut(Box::new(e)));
+    }
+    match e.as_db_error() {
+        // The server's own words, once: severity, message, detail and hint.
+        Some(db) => anyhow::anyhow!(
+            "{}: {}{}{}",
+            db.severity(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default(),
+            db.hint()
+                .map(|h| format!("; hint: {h}"))
+                .unwrap_or_default()
+        ),
+        None => anyhow::Error::new(e),
     }
 }
 
@@ -124,7 +122,10 @@ impl ToSql for Value {
                 out.extend_from_slice(t.as_bytes());
                 Ok(IsNull::No)
             }
-            (Value::Text(t), _) => t.as_str().to_sql(ty, out),
+            (
+                Value::Text(t),
+                &Type::TEXT | &Type::VARCHAR | &Type::BPCHAR | &Type::NAME | &Type::UNKNOWN,
+            ) => t.as_str().to_sql(ty, out),
             (Value::Blob(b), _) => b.as_slice().to_sql(ty, out),
             (Value::Time(t), &Type::TIMESTAMPTZ) => t.to_sql(ty, out),
             (Value::Time(t), &Type::TIMESTAMP) => t.naive_utc().to_sql(ty, out),
@@ -530,6 +531,38 @@ fn columns_where(exec: &mut dyn Exec, table: &str, condition: &str) -> anyhow::R
         &[schema.into(), name.into()],
         |r| Ok(r.string(0)?.unwrap_or_default()),
     )
+}
+
+/// Client backends connected to the server, and its `max_connections`.
+pub fn connections(exec: &mut dyn Exec) -> anyhow::Result<(u64, u64)> {
+    exec.query_one(
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+                current_setting('max_connections')::int8",
+        &[],
+        |r| {
+            Ok((
+                r.i64(0)?.unwrap_or(0).max(0) as u64,
+                r.i64(1)?.unwrap_or(0).max(0) as u64,
+            ))
+        },
+    )
+    .context("counting the server's connections (pg_stat_activity)")
+}
+
+/// How long the oldest open transaction on the gateway's database has run (zero when none):
+/// it holds vacuum back. Our own session's is left out. Another role's sessions show their
+/// `xact_start` only to a member of `pg_read_all_stats` (docs/postgres.md, the grants).
+pub fn oldest_transaction(exec: &mut dyn Exec) -> anyhow::Result<Duration> {
+    let seconds = exec
+        .query_one(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM max(clock_timestamp() - xact_start)), 0)::float8
+               FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+            &[],
+            |r| r.f64(0),
+        )
+        .context("reading the oldest open transaction (pg_stat_activity)")?;
+    Ok(Duration::from_secs_f64(seconds.unwrap_or(0.0).max(0.0)))
 }
 
 #[cfg(test)]
