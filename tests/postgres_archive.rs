@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
+use std::process::Child;
 
 use common::bins;
 use common::pg::Cluster;
@@ -17,15 +17,6 @@ use common::sim::Sim;
 const SPEND: &str = "LiteLLM_SpendLogs";
 const ERRORS: &str = "LiteLLM_ErrorLogs";
 const TOOLS: &str = "LiteLLM_SpendLogToolIndex";
-
-fn run_job(jobs: &Path) -> Output {
-    bins::caretaker()
-        .args(["run-job", "old", "--config"])
-        .arg(jobs)
-        .env_remove("CARETAKER_CONFIG")
-        .output()
-        .unwrap()
-}
 
 fn spawn_job(jobs: &Path) -> Child {
     bins::caretaker()
@@ -121,7 +112,7 @@ fn archive_during_writes_keeps_every_row_once_redacted_and_prunes_the_tables_wit
     assert_eq!(spend_before.len(), 600);
     assert!(!errors_before.is_empty());
     let sim = Sim::start_postgres(&cluster.url(&db), 100.0, 0.1, dir.path());
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     let text = bins::describe(&out);
     common::wait::until(
@@ -190,7 +181,7 @@ fn archive_during_writes_keeps_every_row_once_redacted_and_prunes_the_tables_wit
     assert!(text.contains("vacuumed"), "{text}");
     // A second run finds nothing and writes nothing.
     let files = pgjobs::archive_files(&dir.path().join("archive"), "old-").len();
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     assert_eq!(
         pgjobs::archive_files(&dir.path().join("archive"), "old-").len(),
@@ -217,7 +208,7 @@ fn strip_payloads_keeps_the_rows_and_empties_not_null_payloads_to_an_empty_objec
         .unwrap();
     let before = old_rows(&cluster, &db, SPEND);
     let sim = Sim::start_postgres(&cluster.url(&db), 100.0, 0.1, dir.path());
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     let (report, _) = sim.stop();
     assert_eq!(report.failed, 0, "{report:?}");
@@ -245,7 +236,7 @@ fn strip_payloads_keeps_the_rows_and_empties_not_null_payloads_to_an_empty_objec
     }
     pgjobs::assert_no_secrets(&files);
     // Stripped rows are not archived again.
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     assert_eq!(
         pgjobs::archive_files(&dir.path().join("archive"), "old-").len(),
@@ -311,7 +302,7 @@ fn kill_9_during_archive_twenty_times_then_a_run_leaves_every_row_once() {
         killed >= 15,
         "only {killed} runs were still going when killed"
     );
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     let (report, committed) = sim.stop();
     assert_eq!(report.failed, 0, "{report:?}");
@@ -359,7 +350,7 @@ fn a_server_restart_mid_archive_fails_cleanly_with_an_alert_and_the_next_run_fin
             "no alert for the failed run: {alerts}\n{stderr}"
         );
     }
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     let archived = archived_ids(dir.path());
     assert_eq!(archived, original);

@@ -11,15 +11,6 @@ use common::pg::Cluster;
 use common::pgjobs;
 use common::sim::Sim;
 
-fn run_job(jobs: &Path) -> Output {
-    bins::caretaker()
-        .args(["run-job", "old", "--config"])
-        .arg(jobs)
-        .env_remove("CARETAKER_CONFIG")
-        .output()
-        .unwrap()
-}
-
 fn check(jobs: &Path) -> Output {
     bins::caretaker()
         .args(["check", "--config"])
@@ -48,7 +39,7 @@ fn budget_and_health_read_litellms_columns_and_the_servers_conditions() {
         &cluster.url(&db),
         "budget: {limits: [{name: daily, period: day, usd: 0.000001, warn_at: [100%]}]}",
     );
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     let text = alerts(dir.path());
     assert!(
@@ -92,7 +83,7 @@ fn budget_and_health_read_litellms_columns_and_the_servers_conditions() {
         &cluster.url(&db),
         "health: {dead_tuples_max: 20%, table_max_size: 16KB, transaction_max_age: 1s, connections_max: 80%, error_rate_max: {share: 5%, over: 1h}, database_max_size: 1GB}",
     );
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     open.rollback().unwrap();
     let text = alerts(dir.path());
@@ -131,7 +122,7 @@ fn integrity_says_which_check_ran_and_maintenance_vacuums_and_reindexes_concurre
     let sim = Sim::start_postgres(&cluster.url(&db), 100.0, 0.1, dir.path());
     let integrity = |dir: &Path| {
         let jobs = pgjobs::jobs_file(dir, &cluster.url(&db), "integrity: {check: full}");
-        run_job(&jobs)
+        pgjobs::run_job(&jobs)
     };
     // Without amcheck: a full read of every table, and the summary says so.
     let out = integrity(dir.path());
@@ -178,7 +169,7 @@ fn integrity_says_which_check_ran_and_maintenance_vacuums_and_reindexes_concurre
         &cluster.url(&db),
         "maintenance: {reindex: {bloat_over: 50%}}",
     );
-    let out = run_job(&jobs);
+    let out = pgjobs::run_job(&jobs);
     let text = bins::describe(&out);
     assert!(out.status.success(), "{text}");
     assert!(

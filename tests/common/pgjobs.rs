@@ -77,6 +77,16 @@ pub fn jobs_file(dir: &Path, url: &str, job: &str) -> PathBuf {
     path
 }
 
+/// `caretaker run-job old` with the jobs file `jobs`.
+pub fn run_job(jobs: &Path) -> std::process::Output {
+    super::bins::caretaker()
+        .args(["run-job", "old", "--config"])
+        .arg(jobs)
+        .env_remove("CARETAKER_CONFIG")
+        .output()
+        .unwrap()
+}
+
 /// The data type of each column of `table`.
 pub fn column_types(cluster: &Cluster, db: &str, table: &str) -> BTreeMap<String, String> {
     cluster
