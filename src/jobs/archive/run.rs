@@ -37,6 +37,8 @@ const TARGET_HOLD: Duration = HOLD_LIMIT;
 /// (about a millisecond on tmpfs, a few on a loaded machine) within [`HOLD_LIMIT`].
 const STOP_DELETING: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(2));
 const FIRST_ROWS_PER_TRANSACTION: usize = 200;
+/// Rows one PostgreSQL statement purges at most (by `key IN (…)`): a round trip per 100 rows.
+const PG_KEYS_PER_STATEMENT: usize = 100;
 /// How long one keyset read may go on (PostgreSQL): its snapshot holds back no lock of the
 /// gateway's, only vacuum's horizon, so the bound is about memory, not the gateway's writers.
 const KEYSET_READ_BUDGET: Duration = Duration::from_secs(2);
@@ -84,21 +86,40 @@ struct Pending {
     /// Payload columns declared NOT NULL, stripped to `'{}'` instead of NULL.
     #[serde(default)]
     emptied: Vec<String>,
-    /// Statements run with each purged row's key in the same transaction: the rows of tables
-    /// pruned with the request (LiteLLM's tool index).
+    /// Tables pruned with the request in the same transaction, as (table, column naming the
+    /// request's key): LiteLLM's tool index.
     #[serde(default)]
-    also: Vec<String>,
+    also: Vec<(String, String)>,
 }
 
 impl Pending {
-    /// The statement that deletes (or strips) one row of this batch by its key.
-    fn purge_sql(&self, d: Dialect) -> String {
-        let filter: Vec<String> = self
-            .key_columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} = {}", d.ident(c), d.param(i + 1)))
-            .collect();
+    /// How many rows one statement purges: one on SQLite, whose write transactions are paced
+    /// row by row; on PostgreSQL, where a round trip per row would be most of the cost, up to
+    /// [`PG_KEYS_PER_STATEMENT`] by a one-column key.
+    fn rows_per_statement(&self, d: Dialect) -> usize {
+        if d == Dialect::Postgres && self.key_columns.len() == 1 {
+            PG_KEYS_PER_STATEMENT
+        } else {
+            1
+        }
+    }
+
+    /// The statement that deletes (or strips) `rows` rows of this batch by their keys (the key's
+    /// columns per row, in order, as parameters from the first).
+    fn purge_sql(&self, d: Dialect, rows: usize) -> String {
+        let filter: Vec<String> = if rows == 1 {
+            self.key_columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{} = {}", d.ident(c), d.param(i + 1)))
+                .collect()
+        } else {
+            vec![format!(
+                "{} IN ({})",
+                d.ident(&self.key_columns[0]),
+                d.params(1, rows)
+            )]
+        };
         match self.then {
             Then::Delete => format!(
                 "DELETE FROM {} WHERE {}",
@@ -160,7 +181,7 @@ struct Archiver<'c, 'a> {
     /// What a batch of the request table adds to its record ([`Pending::emptied`],
     /// [`Pending::also`]).
     emptied: Vec<String>,
-    also: Vec<String>,
+    also: Vec<(String, String)>,
     /// Rows deleted from it and not yet in the ledger.
     removed_unrecorded: u64,
     in_flight: Option<InFlight>,
@@ -279,12 +300,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 PrunedWith::ByRequest { table, key } => {
                     let (columns, _) = archiver.db.read(|c| c.columns_of(table))?;
                     if columns.iter().any(|c| c.name == key) {
-                        archiver.also.push(format!(
-                            "DELETE FROM {} WHERE {} = {}",
-                            d.table(table),
-                            d.ident(key),
-                            d.param(1)
-                        ));
+                        archiver.also.push((table.to_string(), key.to_string()));
                     }
                 }
                 PrunedWith::ByOwnTime { table, time } if spec.rows != Rows::Ok => {
@@ -682,20 +698,32 @@ impl Archiver<'_, '_> {
                 // machine) end the transaction at the hard limit; the rest go to the next.
                 let started = Instant::now();
                 let (mut count, mut n, mut removed) = (0u64, 0usize, 0u64);
+                let d = tx.dialect();
                 'batches: for (i, pending) in batches.iter().enumerate() {
-                    let sql = pending.purge_sql(tx.dialect());
                     let removes = pending.then == Then::Delete && pending.table == *request_table;
-                    for key in &pending.keys[if i == 0 { skip } else { 0 }..] {
-                        let params: Vec<Value> = key.iter().map(Key::value).collect();
-                        let done = tx.execute(&sql, &params)?;
-                        for also in &pending.also {
-                            tx.execute(also, &params)?;
+                    let per_statement = pending.rows_per_statement(d);
+                    let mut rest = &pending.keys[if i == 0 { skip } else { 0 }..];
+                    while !rest.is_empty() {
+                        let take = per_statement.min(want - n).min(rest.len());
+                        let (keys, tail) = rest.split_at(take);
+                        rest = tail;
+                        let params: Vec<Value> =
+                            keys.iter().flatten().map(Key::value).collect();
+                        let done = tx.execute(&pending.purge_sql(d, take), &params)?;
+                        for (table, column) in &pending.also {
+                            let sql = format!(
+                                "DELETE FROM {} WHERE {} IN ({})",
+                                d.table(table),
+                                d.ident(column),
+                                d.params(1, take)
+                            );
+                            tx.execute(&sql, &params)?;
                         }
                         count += done;
                         if removes {
                             removed += done;
                         }
-                        n += 1;
+                        n += take;
                         if n == want || started.elapsed() >= STOP_DELETING {
                             break 'batches;
                         }
@@ -997,6 +1025,37 @@ mod tests {
                 "{current} {done} {held:?} {floor:?}"
             );
         }
+    }
+
+    #[test]
+    fn postgres_purges_by_a_list_of_keys_and_sqlite_row_by_row() {
+        let mut pending = Pending {
+            file: PathBuf::from("x"),
+            table: "LiteLLM_SpendLogs".into(),
+            key_columns: vec!["request_id".into()],
+            payload_columns: vec!["messages".into(), "response".into()],
+            then: Then::Delete,
+            keys: Vec::new(),
+            emptied: vec!["response".into()],
+            also: Vec::new(),
+        };
+        assert_eq!(pending.rows_per_statement(Dialect::Sqlite), 1);
+        assert_eq!(pending.rows_per_statement(Dialect::Postgres), PG_KEYS_PER_STATEMENT);
+        assert_eq!(
+            pending.purge_sql(Dialect::Postgres, 3),
+            "DELETE FROM \"LiteLLM_SpendLogs\" WHERE \"request_id\" IN ($1, $2, $3)"
+        );
+        assert_eq!(
+            pending.purge_sql(Dialect::Sqlite, 1),
+            "DELETE FROM \"LiteLLM_SpendLogs\" WHERE \"request_id\" = ?1"
+        );
+        pending.then = Then::StripPayloads;
+        assert_eq!(
+            pending.purge_sql(Dialect::Postgres, 2),
+            "UPDATE \"LiteLLM_SpendLogs\" SET \"messages\" = NULL, \"response\" = '{}' WHERE \"request_id\" IN ($1, $2)"
+        );
+        pending.key_columns.push("n".into());
+        assert_eq!(pending.rows_per_statement(Dialect::Postgres), 1);
     }
 
     #[test]
