@@ -95,7 +95,10 @@ fn main() {
     let ours_s = started.elapsed().as_secs_f64();
     let ours_sim = sim.stop();
     assert!(out.status.success(), "{}", bins::describe(&out));
-    println!("caretaker's summary: {}", String::from_utf8_lossy(&out.stdout).trim());
+    println!(
+        "caretaker's summary: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
     let (ours_size, ours_dead) = size_and_dead(&cluster, &ours);
     let left: i64 = cluster
         .scalar(

@@ -214,3 +214,50 @@ fn integrity_says_which_check_ran_and_maintenance_vacuums_and_reindexes_concurre
         "{text}"
     );
 }
+
+#[test]
+fn budget_and_health_statements_use_the_time_index() {
+    let cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    // 100 days of requests: a day's or an hour's range is a small part of the table.
+    let mut client = cluster.client(&db);
+    client
+        .batch_execute(
+            "INSERT INTO \"LiteLLM_SpendLogs\" (request_id, call_type, spend, \"startTime\", \"endTime\", model, custom_llm_provider, status)
+             SELECT 'bulk-' || g, 'acompletion', 0.01, now() AT TIME ZONE 'UTC' - g * interval '5 minutes',
+                    now() AT TIME ZONE 'UTC' - g * interval '5 minutes', 'gpt-4o', 'openai', 'success'
+               FROM generate_series(1, 30000) g",
+        )
+        .unwrap();
+    client.batch_execute("ANALYZE").unwrap();
+    // Every statement's plan in the server's log, as it ran it.
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET session_preload_libraries = 'auto_explain';
+             ALTER DATABASE {db} SET auto_explain.log_min_duration = 0"
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for job in [
+        "budget: {limits: [{name: daily, period: day, usd: 100, warn_at: [100%]}]}",
+        "health: {error_rate_max: {share: 50%, over: 1h}}",
+    ] {
+        let jobs = pgjobs::jobs_file(dir.path(), &cluster.url(&db), job);
+        let out = pgjobs::run_job(&jobs);
+        assert!(out.status.success(), "{}", bins::describe(&out));
+    }
+    let log = cluster.log();
+    let plans: Vec<&str> = log
+        .split("LOG:  duration:")
+        .filter(|p| p.contains("FROM \"LiteLLM_SpendLogs\" WHERE \"startTime\" >="))
+        .collect();
+    assert!(plans.len() >= 2, "no plan of our statements logged:\n{log}");
+    for plan in plans {
+        let plan = plan.split("\n20").next().unwrap_or(plan);
+        assert!(
+            plan.contains("LiteLLM_SpendLogs_startTime"),
+            "a statement did not use the time index:\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "a sequential scan:\n{plan}");
+    }
+}
