@@ -261,3 +261,90 @@ fn budget_and_health_statements_use_the_time_index() {
         assert!(!plan.contains("Seq Scan"), "a sequential scan:\n{plan}");
     }
 }
+
+#[test]
+fn the_backend_binds_and_reads_our_values_by_the_servers_types_and_reports_a_lock_as_busy() {
+    use caretaker::gateway::{Access, ExecExt, Value};
+    let cluster = Cluster::start();
+    let db = cluster.litellm_db();
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = pgjobs::jobs_file(
+        dir.path(),
+        &cluster.url(&db),
+        "budget: {limits: [{name: d, period: day, usd: 1}]}",
+    );
+    let text = std::fs::read_to_string(&jobs).unwrap();
+    let (config, _) =
+        caretaker::config::parse_for(&jobs, &text, caretaker::config::Purpose::Check).unwrap();
+    let gateway = config.gateway;
+    let mut conn = gateway.open(Access::ReadWrite).unwrap();
+    let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123Z")
+        .unwrap()
+        .to_utc();
+    let exec = conn.exec();
+    // A time into `timestamp`, text into `jsonb`, integers into int4 and float8, and back.
+    exec.execute(
+        "INSERT INTO \"LiteLLM_SpendLogs\" (request_id, call_type, \"startTime\", \"endTime\", prompt_tokens, spend, metadata)
+         VALUES ($1, $2, $3, $3, $4, $5, $6)",
+        &[
+            "r1".into(),
+            "acompletion".into(),
+            Value::Time(t),
+            Value::Integer(12),
+            Value::Integer(2),
+            "{\"k\": [1, \"é\"]}".into(),
+        ],
+    )
+    .unwrap();
+    let row = exec
+        .query_one(
+            "SELECT \"startTime\", metadata, prompt_tokens, spend, sum(prompt_tokens::int8) OVER (), status = 'x', NULL::text
+               FROM \"LiteLLM_SpendLogs\" WHERE request_id = $1",
+            &["r1".into()],
+            |r| r.values(),
+        )
+        .unwrap();
+    assert_eq!(
+        row,
+        vec![
+            Value::Time(t),
+            Value::Text("{\"k\": [1, \"é\"]}".into()),
+            Value::Integer(12),
+            Value::Real(2.0),
+            Value::Integer(12),
+            Value::Null,
+            Value::Null,
+        ]
+    );
+    // The columns with their place in the primary key; a missing table has none.
+    let columns = exec.columns_of("public.LiteLLM_SpendLogs").unwrap();
+    assert_eq!(columns[0].name, "request_id");
+    assert_eq!(columns[0].key, 1);
+    assert!(columns.iter().skip(1).all(|c| c.key == 0));
+    assert!(exec.columns_of("nope").unwrap().is_empty());
+    assert!(
+        exec.leads_an_index("LiteLLM_SpendLogs", "startTime")
+            .unwrap()
+    );
+    assert!(!exec.leads_an_index("LiteLLM_SpendLogs", "model").unwrap());
+    // A lock kept past our lock_timeout is the gateway's "busy", not a plain error.
+    let mut holder = cluster.client(&db);
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE \"LiteLLM_SpendLogs\" IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let err = conn
+        .exec()
+        .execute(
+            "DELETE FROM \"LiteLLM_SpendLogs\" WHERE request_id = $1",
+            &["r1".into()],
+        )
+        .unwrap_err();
+    assert!(caretaker::writelock::is_busy(&err), "{err:#}");
+    tx.rollback().unwrap();
+    let err = conn.exec().execute("SELECT nope", &[]).unwrap_err();
+    assert!(!caretaker::writelock::is_busy(&err));
+    assert!(
+        format!("{err:#}").contains("column \"nope\" does not exist"),
+        "{err:#}"
+    );
+}
