@@ -111,6 +111,16 @@ fn archive_during_writes_keeps_every_row_once_redacted_and_prunes_the_tables_wit
     let errors_before = old_rows(&cluster, &db, ERRORS);
     assert_eq!(spend_before.len(), 600);
     assert!(!errors_before.is_empty());
+    // A dry run reads through a read-only session and says what it would do.
+    let out = bins::caretaker()
+        .args(["run-job", "old", "--dry-run", "--config"])
+        .arg(&jobs)
+        .output()
+        .unwrap();
+    let text = bins::describe(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("would archive 600 rows"), "{text}");
+    assert_eq!(old_rows(&cluster, &db, SPEND).len(), 600);
     let sim = Sim::start_postgres(&cluster.url(&db), 100.0, 0.1, dir.path());
     let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
