@@ -41,13 +41,15 @@ SELECT 'old-' || lpad(g::text, 9, '0'), 'acompletion', md5(g::text), 0.001, 100,
 FROM generate_series(1, $ROWS) g
 "#;
 
-/// Size of the spend logs with TOAST and indexes, and its dead tuples.
+/// Size of the spend logs with TOAST and indexes, and its dead tuples as `pgstattuple` counts
+/// them in the pages (the statistics views lag behind by up to a second per session).
 fn size_and_dead(cluster: &pg::Cluster, db: &str) -> (i64, i64) {
     let mut c = cluster.client(db);
-    c.batch_execute("SELECT pg_stat_force_next_flush()").ok();
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .unwrap();
     let row = c
         .query_one(
-            "SELECT pg_total_relation_size('\"LiteLLM_SpendLogs\"'), COALESCE((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'LiteLLM_SpendLogs'), 0)",
+            "SELECT pg_total_relation_size('\"LiteLLM_SpendLogs\"'), (SELECT dead_tuple_count FROM pgstattuple('\"LiteLLM_SpendLogs\"'))",
             &[],
         )
         .unwrap();
