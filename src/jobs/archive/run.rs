@@ -42,6 +42,9 @@ const PG_KEYS_PER_STATEMENT: usize = 100;
 /// How long one keyset read may go on (PostgreSQL): its snapshot holds back no lock of the
 /// gateway's, only vacuum's horizon, so the bound is about memory, not the gateway's writers.
 const KEYSET_READ_BUDGET: Duration = Duration::from_secs(2);
+/// How much row data one keyset read holds at most: batches stay a few of these in memory
+/// whatever the rows carry (an embedding vector can make a row megabytes).
+const KEYSET_READ_BYTES: u64 = 64 << 20;
 const GZIP_LEVEL: u32 = 6;
 const GZIP_THREADS: usize = 2;
 
@@ -459,7 +462,13 @@ impl Archiver<'_, '_> {
         loop {
             self.ctx.checkpoint()?;
             let ((rows, last), read) = self.db.read(|c| {
-                selection.keyset_window(c, after.as_deref(), limit, KEYSET_READ_BUDGET)
+                selection.keyset_window(
+                    c,
+                    after.as_deref(),
+                    limit,
+                    KEYSET_READ_BUDGET,
+                    KEYSET_READ_BYTES,
+                )
             })?;
             self.tally.longest_read = self.tally.longest_read.max(read);
             let Some(last) = last else { return Ok(()) };

@@ -328,7 +328,8 @@ impl Selection {
     /// PostgreSQL has no stable row number: reads up to `limit` old rows after `after` (the
     /// time and key values of the last row looked at; `None` from the start) in (time, key)
     /// order, which LiteLLM's `("startTime", request_id)` index serves, stopping early once it
-    /// has lasted `budget`. Returns the wanted ones with the position of the last row looked
+    /// has lasted `budget` or read `max_bytes` of row data (a spend log with embedding vectors
+    /// can be megabytes: a batch's rows are held in memory until their file is written). Returns the wanted ones with the position of the last row looked
     /// at (`None`: nothing left). Each row's `rowid` is its time in Unix milliseconds, which
     /// only names the files.
     pub fn keyset_window(
@@ -337,6 +338,7 @@ impl Selection {
         after: Option<&[Value]>,
         limit: usize,
         budget: Duration,
+        max_bytes: u64,
     ) -> anyhow::Result<(Vec<Row>, Option<Vec<Value>>)> {
         let started = Instant::now();
         let d = db.dialect();
@@ -381,9 +383,11 @@ impl Selection {
         params.push(Value::Integer(limit as i64));
         let mut wanted = Vec::new();
         let mut last = None;
+        let mut bytes = 0u64;
         let n = self.table.columns.len();
         db.query(&sql, &params, &mut |r| {
             let values: Vec<Value> = (0..n).map(|i| r.get(i + 1)).collect::<anyhow::Result<_>>()?;
+            bytes += values.iter().map(Value::bytes).sum::<u64>();
             last = Some(order.iter().map(|&i| values[i].clone()).collect());
             if r.get(0)?.as_bool()?.unwrap_or(false) {
                 let rowid = match &values[time_at] {
@@ -393,7 +397,7 @@ impl Selection {
                 };
                 wanted.push(Row { rowid, values });
             }
-            Ok(started.elapsed() < budget)
+            Ok(started.elapsed() < budget && bytes < max_bytes)
         })
         .with_context(|| format!("reading rows of `{}`", self.table.name))?;
         Ok((wanted, last))
