@@ -339,27 +339,46 @@ fn a_server_restart_mid_archive_fails_cleanly_with_an_alert_and_the_next_run_fin
         dir,
         jobs,
         original,
-    } = setup(3000, "archive: {older_than: 30d, to: archive, batch: 20}");
+    } = setup(600, "archive: {older_than: 30d, to: archive, batch: 20}");
     let archive = dir.path().join("archive");
+    // A session holding a few rows halfway keeps the run busy there (it retries its batch), so
+    // that the restart lands in the middle of the run, with files written and rows left.
+    let mut blocker = cluster.client(&db);
+    let mut tx = blocker.transaction().unwrap();
+    tx.execute(
+        "SELECT 1 FROM \"LiteLLM_SpendLogs\" WHERE request_id BETWEEN 'old-000300' AND 'old-000305' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    let timeouts = || {
+        cluster
+            .log()
+            .matches("canceling statement due to lock timeout")
+            .count()
+    };
     let mut child = spawn_job(&jobs);
-    common::wait::until("the first archive file", common::wait::DEADLINE, || {
-        !pgjobs::archive_files(&archive, "old-").is_empty() || child.try_wait().unwrap().is_some()
-    });
+    common::wait::until(
+        "the run to wait on the held rows",
+        common::wait::DEADLINE,
+        || timeouts() >= 1 || child.try_wait().unwrap().is_some(),
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run ended before the restart"
     );
+    assert!(!pgjobs::archive_files(&archive, "old-").is_empty());
     cluster.restart_fast();
+    drop(tx);
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    if !status.success() {
-        let alerts = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
-        assert!(
-            alerts.contains("old"),
-            "no alert for the failed run: {alerts}\n{stderr}"
-        );
-    }
+    // The run fails cleanly (its session is gone) and says so in an alert.
+    assert!(!status.success(), "{stderr}");
+    let alerts = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
+    assert!(
+        alerts.contains("\"job\":\"old\""),
+        "no alert for the failed run: {alerts}\n{stderr}"
+    );
     let out = pgjobs::run_job(&jobs);
     assert!(out.status.success(), "{}", bins::describe(&out));
     let archived = archived_ids(dir.path());
