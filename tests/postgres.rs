@@ -228,7 +228,7 @@ fn a_job_kind_not_yet_on_postgresql_is_refused_by_check() {
     let jobs = dir.path().join("jobs.yaml");
     fs::write(
         &jobs,
-        "gateway:\n  url: postgres://caretaker@db/litellm\n  schema: litellm\nstate_dir: state\njobs:\n  old:\n    schedule: \"@daily\"\n    archive: {older_than: 90d, to: archive}\n  rotate:\n    schedule: \"@daily\"\n    logrotate: {files: [x.log], period: daily}\n",
+        "gateway:\n  url: postgres://caretaker@db/litellm\n  schema: litellm\nstate_dir: state\njobs:\n  old:\n    schedule: \"@daily\"\n    pricing: {prices: p.json}\n  rotate:\n    schedule: \"@daily\"\n    logrotate: {files: [x.log], period: daily}\n",
     )
     .unwrap();
     let out = bins::caretaker()
@@ -238,7 +238,7 @@ fn a_job_kind_not_yet_on_postgresql_is_refused_by_check() {
         .unwrap();
     let text = bins::describe(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains("jobs.old.archive"), "{text}");
+    assert!(text.contains("jobs.old.pricing"), "{text}");
     assert!(text.contains("not yet on PostgreSQL"), "{text}");
     assert!(!text.contains("jobs.rotate"), "{text}");
 }

@@ -128,13 +128,25 @@ pub struct Sim {
 impl Sim {
     /// Starts it at `rate` writes/s and returns once its first row has committed.
     pub fn start(db: &Path, dir: &Path, rate: f64, tag: &str) -> Sim {
+        let mut cmd = bins::gateway_sim();
+        cmd.arg("--db").arg(db).args(["--style", "apantli"]);
+        Sim::spawn(cmd, dir, rate, tag)
+    }
+
+    /// [`Sim::start`] writing LiteLLM's spend logs to the PostgreSQL database at `url`, in
+    /// batches as the proxy does.
+    pub fn start_postgres(url: &str, dir: &Path, rate: f64, tag: &str) -> Sim {
+        let mut cmd = bins::gateway_sim();
+        cmd.args(["--postgres", url, "--batch-interval", "200ms"]);
+        Sim::spawn(cmd, dir, rate, tag)
+    }
+
+    fn spawn(mut cmd: std::process::Command, dir: &Path, rate: f64, tag: &str) -> Sim {
         let ready = dir.join(format!("sim-{tag}.ready"));
         let report = dir.join(format!("sim-{tag}.json"));
         let _ = fs::remove_file(&ready);
-        let child = bins::gateway_sim()
-            .arg("--db")
-            .arg(db)
-            .args(["--style", "apantli", "--rate", &rate.to_string()])
+        let child = cmd
+            .args(["--rate", &rate.to_string()])
             .arg("--ready-file")
             .arg(&ready)
             .arg("--report")

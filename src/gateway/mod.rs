@@ -399,7 +399,9 @@ impl Gateway {
     /// Opens the gateway's database for a job's work on the request table, on its engine's
     /// backend (docs/design.md, "The gateway behind one interface").
     pub fn open(&self, access: Access) -> anyhow::Result<Box<dyn GatewayDb>> {
-        self.refuse_postgres()?;
+        if self.postgres.is_some() {
+            return Ok(Box::new(postgres::db::PgDb::open(self, access)?));
+        }
         Ok(Box::new(sqlite::SqliteDb::open(self, access)?))
     }
 
@@ -412,7 +414,10 @@ impl Gateway {
 
     /// Where the gateway's database is, for messages.
     pub fn location(&self) -> String {
-        self.database.display().to_string()
+        match &self.postgres {
+            Some(server) => server.describe.clone(),
+            None => self.database.display().to_string(),
+        }
     }
 
     /// Until every kind runs on PostgreSQL, one that does not yet says so instead of opening a
@@ -472,6 +477,19 @@ impl Gateway {
                 "`schema: {}` expects this {what}: point gateway.database at that gateway's database, or describe this one with `schema: custom`",
                 format!("{preset:?}").to_lowercase()
             ),
+        }
+    }
+
+    /// The SQL condition of a failed request, or `None` when the gateway records no failures:
+    /// the error column is set, or LiteLLM's `status` is not `success` (NULL included).
+    pub fn failed_sql(&self, d: Dialect) -> Option<String> {
+        match self.preset {
+            Preset::Litellm => Some(postgres::LITELLM.failed_sql.to_string()),
+            _ => self
+                .columns
+                .error
+                .as_ref()
+                .map(|e| format!("{} IS NOT NULL", d.ident(e))),
         }
     }
 

@@ -44,6 +44,10 @@ pub struct Raw {
     backup_max_age: Option<RawBackupAge>,
     error_rate_max: Option<RawErrorRate>,
     databases: Option<Vec<String>>,
+    connections_max: Option<Share>,
+    dead_tuples_max: Option<Share>,
+    transaction_max_age: Option<values::Duration>,
+    table_max_size: Option<Size>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +86,41 @@ pub struct Spec {
     /// The databases whose sizes `database_max_size` and `wal_max_size` watch, each on its own:
     /// `gateway` and those declared under `databases:`.
     pub databases: Selection,
+    /// The conditions of a PostgreSQL gateway's server.
+    pub postgres: PgConditions,
+}
+
+/// What health watches on a PostgreSQL gateway (SPEC, "PostgreSQL gateways").
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PgConditions {
+    /// Client backends against `max_connections`.
+    pub connections_max: Option<f64>,
+    /// Dead tuples as a share of all tuples, per gateway table.
+    pub dead_tuples_max: Option<f64>,
+    /// The oldest open transaction (which holds vacuum back).
+    pub transaction_max_age: Option<Duration>,
+    /// A gateway table with its TOAST and indexes.
+    pub table_max_size: Option<u64>,
+}
+
+impl PgConditions {
+    fn any(&self) -> bool {
+        *self != PgConditions::default()
+    }
+
+    /// The keys set, by name, for messages.
+    fn keys(&self) -> Vec<&'static str> {
+        [
+            ("connections_max", self.connections_max.is_some()),
+            ("dead_tuples_max", self.dead_tuples_max.is_some()),
+            ("transaction_max_age", self.transaction_max_age.is_some()),
+            ("table_max_size", self.table_max_size.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| k)
+        .collect()
+    }
 }
 
 impl crate::jobs::contract::Contract for Spec {
@@ -154,8 +193,15 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         backup_max_age,
         error_rate_max,
         databases: Selection::from_raw(raw.databases, &format!("{path}.databases"), checks),
+        postgres: PgConditions {
+            connections_max: raw.connections_max.map(|s| s.0),
+            dead_tuples_max: raw.dead_tuples_max.map(|s| s.0),
+            transaction_max_age: raw.transaction_max_age.map(|d| d.0),
+            table_max_size: raw.table_max_size.map(|s| s.0),
+        },
     };
     if ok
+        && !spec.postgres.any()
         && spec.disk_free_min.is_none()
         && spec.database_max_size.is_none()
         && spec.wal_max_size.is_none()
@@ -164,7 +210,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
     {
         checks.error(
             path,
-            "a health job needs at least one condition; accepted: disk_free_min, database_max_size, wal_max_size, backup_max_age, error_rate_max",
+            "a health job needs at least one condition; accepted: disk_free_min, database_max_size, wal_max_size, backup_max_age, error_rate_max (PostgreSQL: connections_max, dead_tuples_max, transaction_max_age, table_max_size)",
         );
         return None;
     }
@@ -175,6 +221,20 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
 /// block, message)`. The loader reports them at `check` time.
 pub fn gateway_problems(spec: &Spec, gateway: &Gateway) -> Vec<(String, String)> {
     let mut problems = Vec::new();
+    if gateway.postgres.is_some() && spec.wal_max_size.is_some() {
+        problems.push((
+            "wal_max_size".to_string(),
+            "does not apply to a PostgreSQL gateway (its WAL belongs to the whole server, and the server manages it: max_wal_size); accepted with gateway.url: connections_max, dead_tuples_max, transaction_max_age, table_max_size, database_max_size, disk_free_min, backup_max_age, error_rate_max".to_string(),
+        ));
+    }
+    if gateway.postgres.is_none() {
+        for key in spec.postgres.keys() {
+            problems.push((
+                key.to_string(),
+                "is a PostgreSQL gateway's condition; accepted with gateway.database: disk_free_min, database_max_size, wal_max_size, backup_max_age, error_rate_max".to_string(),
+            ));
+        }
+    }
     if spec.error_rate_max.is_some() && gateway.columns.error.is_none() {
         problems.push((
             "error_rate_max".to_string(),
@@ -237,6 +297,12 @@ pub struct Facts {
     pub requests: Option<RequestCounts>,
     /// The longest a request-counting statement took (each holds a read lock).
     pub longest_statement: Option<Duration>,
+    /// PostgreSQL: client backends and `max_connections`.
+    pub connections: Option<(u64, u64)>,
+    /// PostgreSQL: each gateway table's sizes and tuples.
+    pub tables: Vec<(String, crate::gateway::postgres::db::TableSizes)>,
+    /// PostgreSQL: the oldest open transaction's age (zero when none is open).
+    pub oldest_transaction: Option<Duration>,
     /// Facts that could not be measured, each with what to check.
     pub problems: Vec<String>,
 }
@@ -428,7 +494,87 @@ fn later_verdicts(spec: &Spec, facts: &Facts, now: DateTime<Utc>) -> Vec<Verdict
                 .into(),
         });
     }
+    evaluate_postgres(&spec.postgres, facts, &mut verdicts);
     verdicts
+}
+
+/// The PostgreSQL conditions' verdicts.
+fn evaluate_postgres(spec: &PgConditions, facts: &Facts, verdicts: &mut Vec<Verdict>) {
+    if let (Some(max), Some((used, limit))) = (spec.connections_max, facts.connections) {
+        let share = if limit == 0 { 0.0 } else { used as f64 / limit as f64 };
+        verdicts.push(Verdict {
+            condition: "connections".into(),
+            holds: share > max,
+            severity: Severity::Warning,
+            what: format!("gateway server connections above {}", fmt_share(max)),
+            detail: format!(
+                "{used} of max_connections {limit} are in use ({}); connections_max is {}.",
+                fmt_share(share),
+                fmt_share(max)
+            ),
+            advice: "When the server runs out of connections the proxy's spend-log writes fail. \
+                     Look in pg_stat_activity for idle sessions and their applications; put a pooler \
+                     (PgBouncer) in front or raise max_connections."
+                .into(),
+        });
+    }
+    for (table, sizes) in &facts.tables {
+        if let Some(max) = spec.dead_tuples_max {
+            let share = sizes.dead_share();
+            verdicts.push(Verdict {
+                condition: format!("dead_tuples:{table}"),
+                holds: share > max,
+                severity: Severity::Warning,
+                what: format!("dead tuples in {table} above {}", fmt_share(max)),
+                detail: format!(
+                    "`{table}` has {} dead and {} live tuples ({} dead); dead_tuples_max is {}.",
+                    sizes.dead_tuples,
+                    sizes.live_tuples,
+                    fmt_share(share),
+                    fmt_share(max)
+                ),
+                advice: "Autovacuum is not keeping up, or an old transaction holds it back \
+                         (transaction_max_age). A `maintenance` job runs VACUUM (ANALYZE)."
+                    .into(),
+            });
+        }
+        if let Some(max) = spec.table_max_size {
+            verdicts.push(Verdict {
+                condition: format!("table_size:{table}"),
+                holds: sizes.total() > max,
+                severity: Severity::Warning,
+                what: format!("{table} larger than {}", units::bytes(max)),
+                detail: format!(
+                    "`{table}` is {} (table {}, TOAST {}, indexes {}); table_max_size is {}.",
+                    units::bytes(sizes.total()),
+                    units::bytes(sizes.table),
+                    units::bytes(sizes.toast),
+                    units::bytes(sizes.indexes),
+                    units::bytes(max)
+                ),
+                advice: "Archive old rows (an `archive` job; `strip_payloads` frees the TOAST), \
+                         then a `maintenance` job's VACUUM lets the space be reused."
+                    .into(),
+            });
+        }
+    }
+    if let (Some(max), Some(age)) = (spec.transaction_max_age, facts.oldest_transaction) {
+        verdicts.push(Verdict {
+            condition: "transaction_age".into(),
+            holds: age > max,
+            severity: Severity::Warning,
+            what: format!("a transaction open longer than {}", units::duration(max)),
+            detail: format!(
+                "The oldest open transaction on the gateway's database has run for {}; transaction_max_age is {}.",
+                units::duration(age),
+                units::duration(max)
+            ),
+            advice: "An open transaction keeps vacuum from removing dead tuples, so tables bloat. \
+                     pg_stat_activity shows it (xact_start, state, application_name); end it with \
+                     pg_terminate_backend if it is stuck."
+                .into(),
+        });
+    }
 }
 
 /// The alert events of a run's verdicts: raise what holds, resolve what is clear.
@@ -579,7 +725,10 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
         facts.problems.extend(problems);
     }
     let gateway_sizes = spec.databases.has_gateway();
-    if spec.database_max_size.is_some() && gateway_sizes {
+    if ctx.gateway.postgres.is_some() {
+        facts.database = None;
+        gather_postgres(spec, ctx, &mut facts);
+    } else if spec.database_max_size.is_some() && gateway_sizes {
         match std::fs::metadata(&database) {
             Ok(m) => facts.database_bytes = Some(m.len()),
             Err(e) => facts.problems.push(format!(
@@ -588,7 +737,7 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
             )),
         }
     }
-    if spec.wal_max_size.is_some() && gateway_sizes {
+    if spec.wal_max_size.is_some() && gateway_sizes && ctx.gateway.postgres.is_none() {
         let wal = crate::sqlite::companion(&database, crate::sqlite::WAL);
         match std::fs::metadata(&wal) {
             Ok(m) => facts.wal_bytes = Some(m.len()),
@@ -628,6 +777,54 @@ pub fn gather(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Facts> {
     Ok(facts)
 }
 
+/// Measures a PostgreSQL gateway's server: database size, connections, the gateway tables and
+/// the oldest transaction, each read in one statement (a read takes no lock the proxy waits on).
+fn gather_postgres(spec: &Spec, ctx: &Context<'_>, facts: &mut Facts) {
+    let pg = &spec.postgres;
+    if spec.database_max_size.is_none() && !pg.any() {
+        return;
+    }
+    let mut db = match ctx.gateway.open(Access::ReadOnly) {
+        Ok(db) => db,
+        Err(e) => {
+            facts.problems.push(format!("{e:#}"));
+            return;
+        }
+    };
+    if spec.database_max_size.is_some() {
+        match db.sizes() {
+            Ok(sizes) => facts.database_bytes = Some(sizes.database_bytes),
+            Err(e) => facts.problems.push(format!("database_max_size: {e:#}")),
+        }
+    }
+    let exec = db.exec();
+    if pg.connections_max.is_some() {
+        match crate::gateway::postgres::db::connections(exec) {
+            Ok(c) => facts.connections = Some(c),
+            Err(e) => facts.problems.push(format!("connections_max: {e:#}")),
+        }
+    }
+    if pg.dead_tuples_max.is_some() || pg.table_max_size.is_some() {
+        for table in crate::gateway::postgres::gateway_tables(ctx.gateway) {
+            match crate::gateway::postgres::db::table_sizes(exec, &table) {
+                Ok(Some(sizes)) => facts.tables.push((table, sizes)),
+                // A table pruned with the requests that this gateway does not have.
+                Ok(None) if table != ctx.gateway.table => {}
+                Ok(None) => facts.problems.push(format!(
+                    "table_max_size / dead_tuples_max: the gateway database has no table `{table}`; check gateway.table"
+                )),
+                Err(e) => facts.problems.push(format!("{e:#}")),
+            }
+        }
+    }
+    if pg.transaction_max_age.is_some() {
+        match crate::gateway::postgres::db::oldest_transaction(exec) {
+            Ok(age) => facts.oldest_transaction = Some(age),
+            Err(e) => facts.problems.push(format!("transaction_max_age: {e:#}")),
+        }
+    }
+}
+
 /// The directories whose filesystems `disk_free_min` watches, each with what it holds: the
 /// gateway database's, `state_dir` and what the jobs write (`written`, see
 /// [`super::written_dirs`]).
@@ -636,16 +833,18 @@ pub fn watched_paths(
     state_dir: &Path,
     written: &[(PathBuf, String)],
 ) -> Vec<(PathBuf, String)> {
-    let gateway_dir = gateway
-        .database
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let mut paths = vec![
-        (gateway_dir, "gateway database".to_string()),
-        (state_dir.to_path_buf(), "state_dir".to_string()),
-    ];
+    let mut paths = Vec::new();
+    // A PostgreSQL gateway's files are the server's, on its own host.
+    if gateway.postgres.is_none() {
+        let gateway_dir = gateway
+            .database
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        paths.push((gateway_dir, "gateway database".to_string()));
+    }
+    paths.push((state_dir.to_path_buf(), "state_dir".to_string()));
     paths.extend_from_slice(written);
     paths
 }
@@ -723,18 +922,18 @@ fn count_requests(
     ctx: &Context<'_>,
     over: Duration,
 ) -> anyhow::Result<(RequestCounts, Duration)> {
-    let Some(error) = &gateway.columns.error else {
+    let mut db = gateway.open(Access::ReadOnly)?;
+    let d = db.dialect();
+    let Some(failed) = gateway.failed_sql(d) else {
         anyhow::bail!(
             "the gateway schema has no error column, so the error rate cannot be evaluated; remove error_rate_max or set gateway.columns.error"
         );
     };
-    let mut db = gateway.open(Access::ReadOnly)?;
     db.check_columns()?;
-    let d = db.dialect();
-    let (time, error) = (d.ident(&gateway.columns.time), d.ident(error));
+    let time = d.ident(&gateway.columns.time);
     let table = &gateway.table;
     let count_from = format!(
-        "SELECT COUNT(*), COUNT({error}) FROM {} WHERE {time} >= {}",
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN {failed} THEN 1 ELSE 0 END), 0) FROM {} WHERE {time} >= {}",
         d.table(table),
         d.param(1)
     );
@@ -838,6 +1037,7 @@ mod tests {
                 over: Duration::from_secs(3600),
             }),
             databases: Selection::default(),
+            postgres: PgConditions::default(),
         }
     }
 
@@ -870,6 +1070,7 @@ mod tests {
             }),
             longest_statement: None,
             problems: Vec::new(),
+            ..Facts::default()
         }
     }
 
@@ -1006,6 +1207,7 @@ mod tests {
             backup_max_age: None,
             error_rate_max: None,
             databases: Selection::default(),
+            postgres: PgConditions::default(),
         };
         let verdicts = evaluate(&only_wal, &healthy(), now());
         assert_eq!(verdicts.len(), 1);

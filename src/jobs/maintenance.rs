@@ -109,6 +109,13 @@ pub struct Raw {
     vacuum_max_lock: Option<LockTime>,
     vacuum_convert: Option<bool>,
     databases: Option<Vec<String>>,
+    reindex: Option<RawReindex>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReindex {
+    bloat_over: Option<Share>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +131,9 @@ pub struct Spec {
     pub vacuum_convert: bool,
     /// The databases maintained, one at a time: `gateway` and those declared under `databases:`.
     pub databases: Selection,
+    /// PostgreSQL: rebuild (`REINDEX INDEX CONCURRENTLY`) a gateway index whose estimated bloat
+    /// is above this share.
+    pub reindex_bloat_over: Option<f64>,
 }
 
 impl crate::jobs::contract::Contract for Spec {
@@ -188,7 +198,22 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         );
         ok = false;
     }
+    let reindex_bloat_over = match raw.reindex {
+        Some(RawReindex {
+            bloat_over: Some(share),
+        }) => Some(share.0),
+        Some(RawReindex { bloat_over: None }) => {
+            checks.error(
+                &format!("{path}.reindex.bloat_over"),
+                "missing key `bloat_over`; accepted: reindex: {bloat_over: 50%}",
+            );
+            ok = false;
+            None
+        }
+        None => None,
+    };
     ok.then(|| Spec {
+        reindex_bloat_over,
         checkpoint: raw.checkpoint.unwrap_or(Checkpoint::Passive),
         analyze: raw.analyze.unwrap_or(true),
         vacuum,
@@ -197,6 +222,104 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         vacuum_convert: raw.vacuum_convert.unwrap_or(false),
         databases,
     })
+}
+
+/// Maintenance of a PostgreSQL gateway: `VACUUM (ANALYZE)` of each gateway table (never
+/// FULL), sizes and dead tuples before and after, and `REINDEX INDEX CONCURRENTLY` of the
+/// indexes bloated past `reindex.bloat_over`. The SQLite keys (checkpoint, vacuum) do not apply.
+fn run_postgres(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    use crate::gateway::postgres::care;
+    let gateway = ctx.gateway;
+    let mut db = gateway.open(crate::gateway::Access::unless_dry_run(ctx.dry_run))?;
+    db.check_columns()?;
+    let exec = db.exec();
+    let mut tables = Vec::new();
+    for table in crate::gateway::postgres::gateway_tables(gateway) {
+        if care::exists(exec, &table)? {
+            tables.push(table);
+        }
+    }
+    if ctx.dry_run {
+        let mut report = Report::new(format!(
+            "would VACUUM (ANALYZE) {} on the {}",
+            tables.join(", "),
+            gateway.location()
+        ));
+        for table in &tables {
+            let s = care::sizes(exec, table)?;
+            report.plan.push(format!(
+                "vacuum: VACUUM (ANALYZE) `{table}` (table {}, TOAST {}, indexes {}, {} dead tuples)",
+                units::bytes(s.table),
+                units::bytes(s.toast),
+                units::bytes(s.indexes),
+                s.dead_tuples
+            ));
+        }
+        if let Some(over) = spec.reindex_bloat_over {
+            report.plan.push(format!(
+                "reindex: REINDEX INDEX CONCURRENTLY each index of these tables estimated more than {:.0}% bloat after the VACUUM",
+                over * 100.0
+            ));
+        }
+        return Ok(report);
+    }
+    let mut lines = Vec::new();
+    let mut report_figures = Vec::new();
+    let mut reindexed = Vec::new();
+    for table in &tables {
+        ctx.checkpoint()?;
+        let before = care::sizes(exec, table)?;
+        care::vacuum_analyze(exec, table)?;
+        let after = care::sizes(exec, table)?;
+        lines.push(format!(
+            "`{table}`: {} → {} (table {} → {}, TOAST {} → {}, indexes {} → {}), dead tuples {} → {}",
+            units::bytes(before.total()),
+            units::bytes(after.total()),
+            units::bytes(before.table),
+            units::bytes(after.table),
+            units::bytes(before.toast),
+            units::bytes(after.toast),
+            units::bytes(before.indexes),
+            units::bytes(after.indexes),
+            before.dead_tuples,
+            after.dead_tuples
+        ));
+        if table == &gateway.table {
+            report_figures = vec![
+                ("bytes_before", before.total() as f64),
+                ("bytes_after", after.total() as f64),
+                ("dead_tuples_before", before.dead_tuples as f64),
+                ("dead_tuples_after", after.dead_tuples as f64),
+            ];
+        }
+        if let Some(over) = spec.reindex_bloat_over {
+            for index in care::index_bloat(exec, table)? {
+                if index.bloat > over {
+                    ctx.checkpoint()?;
+                    care::reindex_concurrently(exec, &index.index)?;
+                    reindexed.push(format!(
+                        "{} ({} with about {:.0}% bloat)",
+                        index.index,
+                        units::bytes(index.bytes),
+                        index.bloat * 100.0
+                    ));
+                }
+            }
+        }
+    }
+    let mut summary = format!("VACUUM (ANALYZE) of {}", lines.join("; "));
+    if spec.reindex_bloat_over.is_some() {
+        summary.push_str(&if reindexed.is_empty() {
+            "; no index bloated enough to rebuild".to_string()
+        } else {
+            format!("; rebuilt concurrently: {}", reindexed.join(", "))
+        });
+    }
+    let mut report = Report::new(summary).figure("indexes_rebuilt", reindexed.len() as f64);
+    for (name, value) in report_figures {
+        report = report.figure(name, value);
+    }
+    Ok(report)
 }
 
 /// How long the gateway's writers wait for a lock before they give up the row: Apantli's
@@ -240,6 +363,12 @@ pub fn lock_bound(spec: &Spec, preset: Preset) -> Result<Duration, String> {
 /// Problems of the spec against the gateway: `(key below the maintenance block, message)`.
 pub fn gateway_problems(spec: &Spec, gateway: &Gateway) -> Vec<(String, String)> {
     let mut problems = Vec::new();
+    if gateway.postgres.is_none() && spec.reindex_bloat_over.is_some() {
+        problems.push((
+            "reindex".into(),
+            "`reindex` is read for a PostgreSQL gateway (REINDEX INDEX CONCURRENTLY); SQLite's indexes are rebuilt by VACUUM: remove it".into(),
+        ));
+    }
     let Some(set) = spec.vacuum_max_lock else {
         return problems;
     };
@@ -266,6 +395,10 @@ pub fn gateway_problems(spec: &Spec, gateway: &Gateway) -> Vec<(String, String)>
 /// What `check` and the daemon's start say, once, about the VACUUM of a maintenance job whose
 /// block is at `path`.
 fn advice(spec: &Spec, path: &str, preset: Preset) -> Vec<String> {
+    // PostgreSQL's VACUUM (ANALYZE) takes no lock the proxy waits on: nothing to warn of.
+    if preset == Preset::Litellm {
+        return Vec::new();
+    }
     let losing = match preset {
         Preset::Apantli => "Apantli loses a write that waits longer than its 5 s busy timeout",
         Preset::Bobamixer => "BobaMixer has no busy timeout and loses every write meanwhile",
@@ -590,6 +723,9 @@ impl Vacuumed {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    if ctx.gateway.postgres.is_some() {
+        return run_postgres(spec, ctx);
+    }
     crate::databases::for_each(&spec.databases, ctx, |ctx, gateway, label| {
         run_one(spec, ctx, gateway, label)
     })
@@ -1024,6 +1160,7 @@ mod tests {
             vacuum_max_lock: None,
             vacuum_convert: false,
             databases: Selection::default(),
+            reindex_bloat_over: None,
         }
     }
 

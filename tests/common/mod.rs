@@ -14,6 +14,7 @@ pub mod health;
 pub mod logwriter;
 pub mod multidb;
 pub mod pg;
+pub mod pgjobs;
 pub mod pricejob;
 pub mod sandbox;
 pub mod sim;

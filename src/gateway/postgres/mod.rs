@@ -5,7 +5,9 @@
 //! jobs file, `check`'s output and every log line stay free of it. Every session we open sets
 //! `lock_timeout` and `statement_timeout` before any other statement ([`connect`]).
 
+pub mod care;
 pub mod connect;
+pub mod db;
 pub mod dump;
 pub mod pgpass;
 pub mod restore;
@@ -291,16 +293,18 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
 }
 
 /// Job kinds that run on a PostgreSQL gateway; `check` refuses the others there ([`NOT_YET`]).
-pub const READY: &[&str] = &["backup", "verify", "logrotate"];
-/// Job kinds that read the gateway the SQLite way and are not ported to PostgreSQL yet.
-pub const NOT_YET: &[&str] = &[
+pub const READY: &[&str] = &[
+    "backup",
+    "verify",
+    "logrotate",
     "archive",
-    "pricing",
     "budget",
     "health",
     "integrity",
     "maintenance",
 ];
+/// Job kinds that read the gateway the SQLite way and are not ported to PostgreSQL yet.
+pub const NOT_YET: &[&str] = &["pricing"];
 
 /// A PostgreSQL identifier, double-quoted (LiteLLM's names are mixed case).
 pub fn quote_ident(name: &str) -> String {
@@ -364,6 +368,20 @@ pub const LITELLM: LitellmFacts = LitellmFacts {
         },
     ],
 };
+
+/// The gateway's tables on its server: the request table and, for LiteLLM, the tables pruned
+/// with it (which may not exist).
+pub fn gateway_tables(gateway: &super::Gateway) -> Vec<String> {
+    let mut tables = vec![gateway.table.clone()];
+    if gateway.preset == super::Preset::Litellm {
+        tables.extend(LITELLM.pruned_with.iter().map(|p| match *p {
+            PrunedWith::ByOwnTime { table, .. } | PrunedWith::ByRequest { table, .. } => {
+                table.to_string()
+            }
+        }));
+    }
+    tables
+}
 
 /// The LiteLLM preset's table and columns.
 pub fn litellm_columns() -> (String, super::Columns) {

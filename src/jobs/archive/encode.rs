@@ -19,6 +19,8 @@ pub struct Encoder {
     columns: Vec<String>,
     payload: Vec<bool>,
     redact: Vec<String>,
+    /// Whether API keys recognised by their shape are redacted in payload columns too.
+    key_shapes: bool,
 }
 
 impl Encoder {
@@ -34,6 +36,26 @@ impl Encoder {
             columns,
             payload,
             redact,
+            key_shapes: false,
+        }
+    }
+
+    /// Also redacts API keys recognised by their shape (`sk-…`, see [`crate::redact::api_keys`])
+    /// inside payload columns, wherever they sit: LiteLLM's keys reach JSONB under names no
+    /// `redact` list foresees (a `Bearer` header, an error traceback in `metadata`).
+    pub fn with_key_shapes(mut self) -> Self {
+        self.key_shapes = true;
+        self
+    }
+
+    /// A payload column's text as archived: the `redact` keys' values replaced, and key shapes
+    /// where asked.
+    fn scrub(&self, text: &str) -> String {
+        let keyed = redact(text, &self.redact);
+        if self.key_shapes {
+            crate::redact::api_keys(&keyed).into_owned()
+        } else {
+            keyed.into_owned()
         }
     }
 
@@ -63,9 +85,7 @@ impl Encoder {
                             let _ = write!(out, "{n}");
                         }
                         Value::Real(f) => json_real(*f, out),
-                        Value::Text(t) if self.payload[i] => {
-                            json_string(&redact(t, &self.redact), out)
-                        }
+                        Value::Text(t) if self.payload[i] => json_string(&self.scrub(t), out),
                         Value::Text(t) => json_string(t, out),
                         Value::Blob(b) => {
                             out.extend_from_slice(b"{\"$hex\":\"");
@@ -91,7 +111,7 @@ impl Encoder {
                             let _ = write!(out, "{f:?}");
                         }
                         Value::Text(t) if self.payload[i] => {
-                            out.extend_from_slice(csv_field(&redact(t, &self.redact)).as_bytes())
+                            out.extend_from_slice(csv_field(&self.scrub(t)).as_bytes())
                         }
                         Value::Text(t) => out.extend_from_slice(csv_field(t).as_bytes()),
                         Value::Blob(b) => out.extend_from_slice(hex::encode(b).as_bytes()),

@@ -14,6 +14,9 @@ use super::plan::{self, Facts, Left, TARGET_HOLD};
 use super::select::{self, Bound, Row, Selection, Table};
 use super::spec::{Format, Rows, Spec, Then};
 use crate::fsx::{self, PendingFile};
+use crate::gateway::dialect::Keyset;
+use crate::gateway::postgres::db::{jsonb_columns, not_null_columns};
+use crate::gateway::postgres::{LITELLM, PrunedWith};
 use crate::gateway::{Access, Dialect, ExecExt, GatewayDb, Preset, Tuning, Value};
 use crate::jobs::contract::{Context, Report};
 use crate::pgzip::ParallelGzWriter;
@@ -31,6 +34,14 @@ const READ_HOLD: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(1));
 /// (about a millisecond on tmpfs, a few on a loaded machine) within [`HOLD_LIMIT`].
 const STOP_DELETING: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(2));
 const FIRST_ROWS_PER_TRANSACTION: usize = 200;
+/// Rows one PostgreSQL statement purges at most (by `key IN (…)`): a round trip per 100 rows.
+const PG_KEYS_PER_STATEMENT: usize = 100;
+/// How long one keyset read may go on (PostgreSQL): its snapshot holds back no lock of the
+/// gateway's, only vacuum's horizon, so the bound is about memory, not the gateway's writers.
+const KEYSET_READ_BUDGET: Duration = Duration::from_secs(2);
+/// How much row data one keyset read holds at most: batches stay a few of these in memory
+/// whatever the rows carry (an embedding vector can make a row megabytes).
+const KEYSET_READ_BYTES: u64 = 64 << 20;
 const GZIP_LEVEL: u32 = 6;
 const GZIP_THREADS: usize = 2;
 
@@ -72,17 +83,43 @@ struct Pending {
     payload_columns: Vec<String>,
     then: Then,
     keys: Vec<Vec<Key>>,
+    /// Payload columns declared NOT NULL, stripped to `'{}'` instead of NULL.
+    #[serde(default)]
+    emptied: Vec<String>,
+    /// Tables pruned with the request in the same transaction, as (table, column naming the
+    /// request's key): LiteLLM's tool index.
+    #[serde(default)]
+    also: Vec<(String, String)>,
 }
 
 impl Pending {
-    /// The statement that deletes (or strips) one row of this batch by its key.
-    fn purge_sql(&self, d: Dialect) -> String {
-        let filter: Vec<String> = self
-            .key_columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} = {}", d.ident(c), d.param(i + 1)))
-            .collect();
+    /// How many rows one statement purges: one on SQLite, whose write transactions are paced
+    /// row by row; on PostgreSQL, where a round trip per row would be most of the cost, up to
+    /// [`PG_KEYS_PER_STATEMENT`] by a one-column key.
+    fn rows_per_statement(&self, d: Dialect) -> usize {
+        if d == Dialect::Postgres && self.key_columns.len() == 1 {
+            PG_KEYS_PER_STATEMENT
+        } else {
+            1
+        }
+    }
+
+    /// The statement that deletes (or strips) `rows` rows of this batch by their keys (the key's
+    /// columns per row, in order, as parameters from the first).
+    fn purge_sql(&self, d: Dialect, rows: usize) -> String {
+        let filter: Vec<String> = if rows == 1 {
+            self.key_columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{} = {}", d.ident(c), d.param(i + 1)))
+                .collect()
+        } else {
+            vec![format!(
+                "{} IN ({})",
+                d.ident(&self.key_columns[0]),
+                d.params(1, rows)
+            )]
+        };
         match self.then {
             Then::Delete => format!(
                 "DELETE FROM {} WHERE {}",
@@ -93,7 +130,13 @@ impl Pending {
                 let set: Vec<String> = self
                     .payload_columns
                     .iter()
-                    .map(|c| format!("{} = NULL", d.ident(c)))
+                    .map(|c| {
+                        if self.emptied.contains(c) {
+                            format!("{} = '{{}}'", d.ident(c))
+                        } else {
+                            format!("{} = NULL", d.ident(c))
+                        }
+                    })
                     .collect();
                 format!(
                     "UPDATE {} SET {} WHERE {}",
@@ -135,6 +178,10 @@ struct Archiver<'c, 'a> {
     purged_of_first: usize,
     /// The gateway's request table, whose deleted rows go into the ledger.
     request_table: String,
+    /// What a batch of the request table adds to its record ([`Pending::emptied`],
+    /// [`Pending::also`]).
+    emptied: Vec<String>,
+    also: Vec<(String, String)>,
     /// Rows deleted from it and not yet in the ledger.
     removed_unrecorded: u64,
     in_flight: Option<InFlight>,
@@ -174,14 +221,26 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let bound = Bound::new(gateway.columns.time_format, cutoff);
     let old = bound.condition(d, &gateway.columns.time);
     let mut wanted = old.clone();
-    match (spec.rows, &gateway.columns.error) {
+    let litellm = gateway.preset == Preset::Litellm;
+    match (spec.rows, gateway.failed_sql(d)) {
         (Rows::All, _) => {}
-        (Rows::Ok, Some(e)) => wanted.push_str(&format!(" AND {} IS NULL", d.ident(e))),
-        (Rows::Failed, Some(e)) => wanted.push_str(&format!(" AND {} IS NOT NULL", d.ident(e))),
+        (Rows::Ok, Some(failed)) => wanted.push_str(&format!(" AND NOT ({failed})")),
+        (Rows::Failed, Some(failed)) => wanted.push_str(&format!(" AND ({failed})")),
         (_, None) => anyhow::bail!(
             "archive `rows: ok|failed` needs the gateway's error column, and this gateway has none; use `rows: all` or set gateway.columns.error"
         ),
     }
+    // PostgreSQL: a payload column declared NOT NULL is stripped to '{}' (an empty JSON object).
+    let emptied: Vec<String> = if d == Dialect::Postgres && spec.then == Then::StripPayloads {
+        let payload = table.payload_columns();
+        db.read(|c| not_null_columns(c, &table.name))?
+            .0
+            .into_iter()
+            .filter(|c| payload.contains(c))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if spec.then == Then::StripPayloads {
         anyhow::ensure!(
             !table.payload.is_empty(),
@@ -191,7 +250,13 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         let any: Vec<String> = table
             .payload_columns()
             .iter()
-            .map(|c| format!("{} IS NOT NULL", d.ident(c)))
+            .map(|c| {
+                if emptied.contains(c) {
+                    format!("{} <> '{{}}'", d.ident(c))
+                } else {
+                    format!("{} IS NOT NULL", d.ident(c))
+                }
+            })
             .collect();
         wanted.push_str(&format!(" AND ({})", any.join(" OR ")));
     }
@@ -216,34 +281,109 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         ready: VecDeque::new(),
         purged_of_first: 0,
         request_table: gateway.table.clone(),
+        emptied: emptied.clone(),
+        also: Vec::new(),
         removed_unrecorded: 0,
         in_flight: None,
         tally: Tally::default(),
     };
+    // LiteLLM's tables pruned with the spend logs (SPEC's preset table), where they exist.
+    let mut pruned_by_time = Vec::new();
+    if litellm && spec.then == Then::Delete {
+        for pruned in LITELLM.pruned_with {
+            match *pruned {
+                PrunedWith::ByRequest { table, key } => {
+                    let (columns, _) = archiver.db.read(|c| c.columns_of(table))?;
+                    if columns.iter().any(|c| c.name == key) {
+                        archiver.also.push((table.to_string(), key.to_string()));
+                    }
+                }
+                PrunedWith::ByOwnTime { table, time } if spec.rows != Rows::Ok => {
+                    let (columns, _) = archiver.db.read(|c| c.columns_of(table))?;
+                    if !columns.is_empty() {
+                        let payload: Vec<String> = columns
+                            .iter()
+                            .filter(|c| c.name == "request_kwargs")
+                            .map(|c| c.name.clone())
+                            .collect();
+                        let (table, _) = archiver
+                            .db
+                            .read(|c| Table::inspect(c, table, &payload))?;
+                        let old = bound.condition(d, time);
+                        pruned_by_time.push(Selection {
+                            table,
+                            time: time.to_string(),
+                            wanted: old.clone(),
+                            old,
+                            params: bound.params(),
+                        });
+                    }
+                }
+                PrunedWith::ByOwnTime { .. } => {}
+            }
+        }
+    }
     if ctx.dry_run {
         return archiver.survey(&selection, time_indexed, sessions);
     }
     fsx::private_dir(&spec.to)?;
     fsx::sweep_temps(&spec.to)?;
     archiver.resume()?;
-    archiver.archive(&selection, time_indexed)?;
+    archiver.archive(&selection, time_indexed, "")?;
     if let Some(cut) = sessions {
         archiver.orphaned_sessions(cut)?;
     }
-    Ok(archiver.report(&bound))
+    let mut vacuum = Vec::new();
+    if archiver.tally.purged > 0 {
+        vacuum.push(selection.table.name.clone());
+    }
+    for pruned in &pruned_by_time {
+        let before = archiver.tally.purged;
+        let prefix = format!("{}-", pruned.table.name.to_lowercase().replace('_', ""));
+        archiver.archive(pruned, true, &prefix)?;
+        if archiver.tally.purged > before {
+            vacuum.push(pruned.table.name.clone());
+        }
+    }
+    let vacuumed = if d == Dialect::Postgres {
+        archiver.vacuum(&vacuum)
+    } else {
+        None
+    };
+    let mut report = archiver.report(&bound);
+    if let Some(note) = vacuumed {
+        report.summary.push_str(&format!("; {note}"));
+    }
+    Ok(report)
 }
 
 impl Archiver<'_, '_> {
-    fn encoder(&self, table: &Table) -> Encoder {
-        let payload = (0..table.columns.len())
-            .map(|i| table.payload.contains(&i))
+    /// How the rows of `table` are written. On PostgreSQL every JSONB column is redacted as a
+    /// payload is (LiteLLM's `metadata` carries keys in error tracebacks), and keys are also
+    /// recognised by their shape there.
+    fn encoder(&mut self, table: &Table) -> anyhow::Result<Encoder> {
+        let jsonb = if self.db.dialect() == Dialect::Postgres {
+            self.db.read(|c| jsonb_columns(c, &table.name))?.0
+        } else {
+            Vec::new()
+        };
+        let payload = table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| table.payload.contains(&i) || jsonb.contains(c))
             .collect();
-        Encoder::new(
+        let encoder = Encoder::new(
             self.spec.format,
             table.columns.clone(),
             payload,
             self.spec.redact.clone(),
-        )
+        );
+        Ok(if self.db.dialect() == Dialect::Postgres {
+            encoder.with_key_shapes()
+        } else {
+            encoder
+        })
     }
 
     /// Calls `each` with the wanted rows of every window up to the last old row.
@@ -253,6 +393,9 @@ impl Archiver<'_, '_> {
         time_indexed: bool,
         mut each: impl FnMut(&mut Self, Vec<Row>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        if self.db.dialect().keyset() == Keyset::TimeThenKey {
+            return self.scan_keyset(selection, each);
+        }
         let ((end, read), _) = self
             .db
             .read(|c| selection.last_rowid(c, time_indexed))?;
@@ -273,20 +416,78 @@ impl Archiver<'_, '_> {
         }
     }
 
-    fn archive(&mut self, selection: &Selection, time_indexed: bool) -> anyhow::Result<()> {
-        let encoder = self.encoder(&selection.table);
+    /// A plain `VACUUM (ANALYZE)` of each table whose rows this run removed or stripped, so
+    /// that PostgreSQL reuses their space (never `VACUUM FULL`, which would lock the gateway
+    /// out). It takes no lock the proxy's inserts wait on. The rows are archived and gone by
+    /// now: a VACUUM that fails (our `statement_timeout`) is said in the summary, and
+    /// autovacuum does the work later.
+    fn vacuum(&mut self, tables: &[String]) -> Option<String> {
+        if tables.is_empty() {
+            return None;
+        }
+        let d = Dialect::Postgres;
+        let mut done = Vec::new();
+        for table in tables {
+            let sql = format!("VACUUM (ANALYZE) {}", d.table(table));
+            match self.db.exec().execute(&sql, &[]) {
+                Ok(_) => done.push(format!("`{table}`")),
+                Err(e) => {
+                    tracing::warn!(table = %table, "VACUUM (ANALYZE) after the purge failed: {e:#}; autovacuum will reclaim the space");
+                    return Some(format!(
+                        "VACUUM (ANALYZE) of `{table}` failed ({e:#}); autovacuum will reclaim the space"
+                    ));
+                }
+            }
+        }
+        Some(format!("vacuumed {}", done.join(", ")))
+    }
+
+    /// [`Archiver::scan`] in (time, key) order: every statement of it under `lock_timeout`
+    /// (a read takes no lock the proxy's inserts wait on), a batch's worth per read.
+    fn scan_keyset(
+        &mut self,
+        selection: &Selection,
+        mut each: impl FnMut(&mut Self, Vec<Row>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let limit = (self.spec.batch as usize).min(WINDOW);
+        let mut after: Option<Vec<Value>> = None;
+        loop {
+            self.ctx.checkpoint()?;
+            let ((rows, last), read) = self.db.read(|c| {
+                selection.keyset_window(
+                    c,
+                    after.as_deref(),
+                    limit,
+                    KEYSET_READ_BUDGET,
+                    KEYSET_READ_BYTES,
+                )
+            })?;
+            self.tally.longest_read = self.tally.longest_read.max(read);
+            let Some(last) = last else { return Ok(()) };
+            after = Some(last);
+            each(self, rows)?;
+        }
+    }
+
+    fn archive(
+        &mut self,
+        selection: &Selection,
+        time_indexed: bool,
+        prefix: &str,
+    ) -> anyhow::Result<()> {
+        let encoder = self.encoder(&selection.table)?;
         let batch = self.spec.batch as usize;
         let mut buffer: VecDeque<Row> = VecDeque::new();
         self.scan(selection, time_indexed, |me, rows| {
             buffer.extend(rows);
             while buffer.len() >= batch {
                 let rows: Vec<Row> = buffer.drain(..batch).collect();
-                me.batch(&selection.table, &encoder, "", rows)?;
+                me.batch(&selection.table, &encoder, prefix, rows)?;
             }
             Ok(())
         })?;
         if !buffer.is_empty() {
-            self.batch(&selection.table, &encoder, "", buffer.into())?;
+            self.batch(&selection.table, &encoder, prefix, buffer.into())?;
         }
         self.drain()
     }
@@ -307,7 +508,7 @@ impl Archiver<'_, '_> {
             )
             .context("finding BobaMixer sessions without usage records")?;
         let table = Table::inspect(self.db.exec(), "sessions", &[])?;
-        let encoder = self.encoder(&table);
+        let encoder = self.encoder(&table)?;
         let selection = Selection {
             table,
             time: String::new(),
@@ -367,6 +568,16 @@ impl Archiver<'_, '_> {
                 Then::Delete
             },
             keys,
+            emptied: if prefix.is_empty() {
+                self.emptied.clone()
+            } else {
+                Vec::new()
+            },
+            also: if prefix.is_empty() && self.spec.then == Then::Delete {
+                self.also.clone()
+            } else {
+                Vec::new()
+            },
         };
         self.pendings.push(pending.clone());
         self.save_pendings()?;
@@ -488,17 +699,32 @@ impl Archiver<'_, '_> {
                 // machine) end the transaction at the hard limit; the rest go to the next.
                 let started = Instant::now();
                 let (mut count, mut n, mut removed) = (0u64, 0usize, 0u64);
+                let d = tx.dialect();
                 'batches: for (i, pending) in batches.iter().enumerate() {
-                    let sql = pending.purge_sql(tx.dialect());
                     let removes = pending.then == Then::Delete && pending.table == *request_table;
-                    for key in &pending.keys[if i == 0 { skip } else { 0 }..] {
-                        let params: Vec<Value> = key.iter().map(Key::value).collect();
-                        let done = tx.execute(&sql, &params)?;
+                    let per_statement = pending.rows_per_statement(d);
+                    let mut rest = &pending.keys[if i == 0 { skip } else { 0 }..];
+                    while !rest.is_empty() {
+                        let take = per_statement.min(want - n).min(rest.len());
+                        let (keys, tail) = rest.split_at(take);
+                        rest = tail;
+                        let params: Vec<Value> =
+                            keys.iter().flatten().map(Key::value).collect();
+                        let done = tx.execute(&pending.purge_sql(d, take), &params)?;
+                        for (table, column) in &pending.also {
+                            let sql = format!(
+                                "DELETE FROM {} WHERE {} IN ({})",
+                                d.table(table),
+                                d.ident(column),
+                                d.params(1, take)
+                            );
+                            tx.execute(&sql, &params)?;
+                        }
                         count += done;
                         if removes {
                             removed += done;
                         }
-                        n += 1;
+                        n += take;
                         if n == want || started.elapsed() >= STOP_DELETING {
                             break 'batches;
                         }
@@ -779,6 +1005,37 @@ mod tests {
                 "{current} {done} {held:?} {floor:?}"
             );
         }
+    }
+
+    #[test]
+    fn postgres_purges_by_a_list_of_keys_and_sqlite_row_by_row() {
+        let mut pending = Pending {
+            file: PathBuf::from("x"),
+            table: "LiteLLM_SpendLogs".into(),
+            key_columns: vec!["request_id".into()],
+            payload_columns: vec!["messages".into(), "response".into()],
+            then: Then::Delete,
+            keys: Vec::new(),
+            emptied: vec!["response".into()],
+            also: Vec::new(),
+        };
+        assert_eq!(pending.rows_per_statement(Dialect::Sqlite), 1);
+        assert_eq!(pending.rows_per_statement(Dialect::Postgres), PG_KEYS_PER_STATEMENT);
+        assert_eq!(
+            pending.purge_sql(Dialect::Postgres, 3),
+            "DELETE FROM \"LiteLLM_SpendLogs\" WHERE \"request_id\" IN ($1, $2, $3)"
+        );
+        assert_eq!(
+            pending.purge_sql(Dialect::Sqlite, 1),
+            "DELETE FROM \"LiteLLM_SpendLogs\" WHERE \"request_id\" = ?1"
+        );
+        pending.then = Then::StripPayloads;
+        assert_eq!(
+            pending.purge_sql(Dialect::Postgres, 2),
+            "UPDATE \"LiteLLM_SpendLogs\" SET \"messages\" = NULL, \"response\" = '{}' WHERE \"request_id\" IN ($1, $2)"
+        );
+        pending.key_columns.push("n".into());
+        assert_eq!(pending.rows_per_statement(Dialect::Postgres), 1);
     }
 
     #[test]

@@ -325,6 +325,84 @@ impl Selection {
         Ok((wanted, last))
     }
 
+    /// PostgreSQL has no stable row number: reads up to `limit` old rows after `after` (the
+    /// time and key values of the last row looked at; `None` from the start) in (time, key)
+    /// order, which LiteLLM's `("startTime", request_id)` index serves, stopping early once it
+    /// has lasted `budget` or read `max_bytes` of row data (a spend log with embedding vectors
+    /// can be megabytes: a batch's rows are held in memory until their file is written). Returns the wanted ones with the position of the last row looked
+    /// at (`None`: nothing left). Each row's `rowid` is its time in Unix milliseconds, which
+    /// only names the files.
+    pub fn keyset_window(
+        &self,
+        db: &mut dyn Exec,
+        after: Option<&[Value]>,
+        limit: usize,
+        budget: Duration,
+        max_bytes: u64,
+    ) -> anyhow::Result<(Vec<Row>, Option<Vec<Value>>)> {
+        let started = Instant::now();
+        let d = db.dialect();
+        let time_at = self
+            .table
+            .columns
+            .iter()
+            .position(|c| *c == self.time)
+            .with_context(|| {
+                format!(
+                    "table `{}` has no time column `{}`",
+                    self.table.name, self.time
+                )
+            })?;
+        let order: Vec<usize> = std::iter::once(time_at)
+            .chain(self.table.key.iter().copied().filter(|&k| k != time_at))
+            .collect();
+        let order_sql: Vec<String> = order
+            .iter()
+            .map(|&i| d.ident(&self.table.columns[i]))
+            .collect();
+        let order_sql = order_sql.join(", ");
+        let mut params = self.params.clone();
+        let mut sql = format!(
+            "SELECT ({}) AS wanted, {} FROM {} WHERE {}",
+            self.wanted,
+            self.table.column_list(d),
+            d.table(&self.table.name),
+            self.old
+        );
+        if let Some(after) = after {
+            sql.push_str(&format!(
+                " AND ({order_sql}) > ({})",
+                d.params(params.len() + 1, after.len())
+            ));
+            params.extend(after.iter().cloned());
+        }
+        sql.push_str(&format!(
+            " ORDER BY {order_sql} LIMIT {}",
+            d.param(params.len() + 1)
+        ));
+        params.push(Value::Integer(limit as i64));
+        let mut wanted = Vec::new();
+        let mut last = None;
+        let mut bytes = 0u64;
+        let n = self.table.columns.len();
+        db.query(&sql, &params, &mut |r| {
+            let values: Vec<Value> = (0..n).map(|i| r.get(i + 1)).collect::<anyhow::Result<_>>()?;
+            bytes += values.iter().map(Value::bytes).sum::<u64>();
+            last = Some(order.iter().map(|&i| values[i].clone()).collect());
+            if r.get(0)?.as_bool()?.unwrap_or(false) {
+                let rowid = match &values[time_at] {
+                    Value::Time(t) => t.timestamp_millis(),
+                    Value::Integer(n) => *n,
+                    _ => 0,
+                };
+                wanted.push(Row { rowid, values });
+            }
+            Ok(started.elapsed() < budget && bytes < max_bytes)
+        })
+        .with_context(|| format!("reading rows of `{}`", self.table.name))?;
+        Ok((wanted, last))
+    }
+
     /// Reads the rows with the given rowids (sorted), in one read transaction.
     pub fn by_rowids(&self, db: &mut dyn Exec, rowids: &[i64]) -> anyhow::Result<Vec<Row>> {
         let (Some(&first), Some(&last)) = (rowids.first(), rowids.last()) else {

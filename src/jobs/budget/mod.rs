@@ -175,8 +175,8 @@ pub fn spend_by_model(
         .provider
         .as_ref()
         .map_or_else(|| "NULL".to_string(), |p| d.ident(p));
-    let failed = match (&c.error, include_failed) {
-        (Some(error), false) => format!(" AND {} IS NULL", d.ident(error)),
+    let failed = match (gateway.failed_sql(d), include_failed) {
+        (Some(failed), false) => format!(" AND NOT ({failed})"),
         _ => String::new(),
     };
     let sql = format!(
