@@ -73,7 +73,13 @@ enum Command {
     /// Run the daemon in the foreground (systemd and launchd supervise it)
     Run(ConfigArg),
     /// Validate the jobs file and list each job with its next 3 run times
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also contact each remote: list, put and delete a small probe object
+        #[arg(long)]
+        remotes: bool,
+    },
     /// Run one job now in the foreground and print its report
     RunJob {
         /// The job's name in the jobs file
@@ -94,8 +100,11 @@ enum Command {
     },
     /// Verify a backup archive, then restore its database to PATH
     Restore {
-        /// The backup archive (.tar.gz or .tar)
+        /// The backup archive (.tar.gz or .tar), or its copy on a remote (s3://BUCKET/KEY)
         archive: PathBuf,
+        /// The jobs file naming the remote, for an s3:// archive
+        #[command(flatten)]
+        config: ConfigArg,
         /// Where to put the database
         #[arg(long, value_name = "PATH")]
         to: PathBuf,
@@ -113,14 +122,22 @@ enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Run(c) => run(&c.config),
-        Command::Check(c) => check(&c.config),
+        Command::Check { config, remotes } => check(&config.config, remotes),
         Command::RunJob {
             name,
             config,
             dry_run,
         } => run_job(&config.config, &name, dry_run),
         Command::Status { config, json } => status(&config.config, json),
-        Command::Restore { archive, to, force } => restore(&archive, &to, force),
+        Command::Restore {
+            archive,
+            config,
+            to,
+            force,
+        } => match archive.to_str().filter(|a| a.starts_with("s3://")) {
+            Some(url) => restore_remote(&config.config, url, &to, force),
+            None => restore(&archive, &archive, &to, force),
+        },
         Command::Demo { dir } => demo(&dir.unwrap_or_else(|| PathBuf::from("caretaker-demo"))),
     };
     ExitCode::from(code)
@@ -173,8 +190,14 @@ fn run(path: &Path) -> u8 {
     }
 }
 
-fn check(path: &Path) -> u8 {
-    let config = match load_for(path, config::Purpose::Check) {
+fn check(path: &Path, remotes: bool) -> u8 {
+    // Contacting the remotes needs the credentials themselves, as the daemon has them.
+    let purpose = if remotes {
+        config::Purpose::Run
+    } else {
+        config::Purpose::Check
+    };
+    let config = match load_for(path, purpose) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -215,8 +238,16 @@ fn check(path: &Path) -> u8 {
         out.push_str(&line);
         out.push('\n');
     }
+    let mut code = exit::OK;
+    if remotes {
+        let (lines, ok) = crate::remote::probe_all(&config.remotes);
+        out.push_str(&lines);
+        if !ok {
+            code = exit::FAILED;
+        }
+    }
     match emit(&out) {
-        Ok(()) => exit::OK,
+        Ok(()) => code,
         Err(code) => code,
     }
 }
@@ -251,6 +282,32 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
         dry_run,
         Arc::new(AtomicBool::new(false)),
     );
+    // Copies the run queued go out now; what fails stays queued for the daemon.
+    let mut upload_failed = false;
+    if !dry_run {
+        match crate::remote::queue::process_config(&config, &state, Utc::now()) {
+            Ok(pass) => {
+                for url in &pass.uploaded {
+                    say(&format!("{name}: copied to {url}"));
+                }
+                for url in &pass.pruned {
+                    say(&format!("{name}: deleted {url} (remote retention)"));
+                }
+                for e in &pass.failed {
+                    say(&format!(
+                        "{name}: error: {e}; the copy stays queued and is retried by the daemon"
+                    ));
+                }
+                upload_failed = !pass.failed.is_empty();
+            }
+            Err(e) => {
+                say(&format!(
+                    "{name}: error: uploading the queued copies: {e:#}"
+                ));
+                upload_failed = true;
+            }
+        }
+    }
     // Deliver what this run raised before exiting, as the daemon would.
     let delivered = Sink::from_settings(&config.alerts).and_then(|sinks| {
         tokio::runtime::Builder::new_current_thread()
@@ -275,6 +332,7 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             }
             out.push_str(&format!("{name}: {prefix}{}\n", report.summary_line()));
             match emit(&out) {
+                Ok(()) if upload_failed => exit::FAILED,
                 Ok(()) => exit::OK,
                 Err(code) => code,
             }
@@ -311,6 +369,7 @@ struct PendingAlert {
 #[derive(Serialize)]
 struct Status {
     jobs: Vec<JobStatus>,
+    remotes: Vec<crate::remote::RemoteStatus>,
     active_alerts: Vec<String>,
     pending_alerts: Vec<PendingAlert>,
 }
@@ -358,6 +417,7 @@ fn status(path: &Path, json: bool) -> u8 {
             .collect();
         Ok(Status {
             jobs,
+            remotes: crate::remote::status(&config.remotes, &state)?,
             active_alerts: alerts::active(&state)?,
             pending_alerts,
         })
@@ -408,6 +468,9 @@ fn status(path: &Path, json: bool) -> u8 {
             let _ = writeln!(out, "    last error: {error}");
         }
     }
+    for r in &status.remotes {
+        let _ = writeln!(out, "{}", r.line(fmt));
+    }
     if !status.active_alerts.is_empty() {
         let _ = writeln!(out, "active alerts: {}", status.active_alerts.join(", "));
     }
@@ -427,11 +490,28 @@ fn status(path: &Path, json: bool) -> u8 {
     emit(&out).map_or_else(|code| code, |()| exit::OK)
 }
 
-fn restore(archive: &Path, to: &Path, force: bool) -> u8 {
+/// `restore s3://…`: the archive is downloaded into `state_dir` (the remote's credentials
+/// come from the jobs file), then restored as a local one; the download is removed after.
+fn restore_remote(path: &Path, url: &str, to: &Path, force: bool) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::remote::fetch(&config, url) {
+        Ok(download) => restore(download.temp_path(), Path::new(url), to, force),
+        Err(e) => {
+            say(&format!("error: {e:#}"));
+            exit::FAILED
+        }
+    }
+}
+
+/// Restores `archive` (`shown` in messages) to `to`.
+fn restore(archive: &Path, shown: &Path, to: &Path, force: bool) -> u8 {
     use crate::backup::restore::{self, RestoreError};
     match restore::restore(archive, to, force, Utc::now()) {
         Ok(done) => {
-            emit(&format!("{}\n", done.describe(archive))).map_or_else(|code| code, |()| exit::OK)
+            emit(&format!("{}\n", done.describe(shown))).map_or_else(|code| code, |()| exit::OK)
         }
         Err(e @ (RestoreError::Exists(_) | RestoreError::NoArchive(_))) => {
             say(&format!("error: {e}"));

@@ -22,6 +22,7 @@ pub struct Top {
     metrics_file: Option<PathBuf>,
     log: Option<RawLog>,
     alerts: Option<RawAlerts>,
+    remotes: Option<std::collections::BTreeMap<String, crate::remote::RawRemote>>,
     /// Read job by job by the loader, so one bad job does not hide the others.
     #[allow(dead_code)]
     jobs: Option<IgnoredAny>,
@@ -135,6 +136,8 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
     let (max, text) = MAX_SHUTDOWN_TIMEOUT;
     checks.at_most("shutdown_timeout", shutdown_timeout, max, text);
     check_references(&jobs, checks);
+    let remotes = crate::remote::validate(top.remotes.unwrap_or_default(), checks);
+    crate::remote::check_names(&jobs, &remotes, checks);
     crate::jobs::resolve(&mut jobs);
     if let Some(gateway) = &gateway {
         for job in &jobs {
@@ -162,6 +165,7 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
         metrics_file,
         log,
         alerts,
+        remotes,
         jobs,
     })
 }

@@ -252,7 +252,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     if let Some(cut) = sessions {
         archiver.orphaned_sessions(cut)?;
     }
-    Ok(archiver.report(&bound))
+    let mut report = archiver.report(&bound);
+    drop(archiver);
+    super::offsite::copy_and_expire(spec, ctx, &mut report)?;
+    Ok(report)
 }
 
 impl Archiver<'_, '_> {

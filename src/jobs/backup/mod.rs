@@ -59,6 +59,8 @@ pub struct Raw {
     keep: Option<KeepConfig>,
     verify: Option<VerifyLevel>,
     shrink_guard: Option<ShrinkGuard>,
+    copy_to: Option<Vec<String>>,
+    remote_keep: Option<KeepConfig>,
 }
 
 /// `shrink_guard`: a new snapshot with fewer than this share of the rows or of the bytes of the
@@ -113,11 +115,23 @@ pub struct Spec {
     pub keep: Policy,
     pub verify: VerifyLevel,
     pub shrink_guard: ShrinkGuard,
+    /// Remotes each new archive is copied to.
+    pub copy_to: Vec<String>,
+    /// The remotes' own tiers; `None` applies `keep` there too.
+    pub remote_keep: Option<Policy>,
 }
 
 impl super::Contract for Spec {
     fn writes(&self) -> Vec<(PathBuf, &'static str)> {
         vec![(self.to.clone(), "backups")]
+    }
+
+    fn remotes_named(&self) -> Vec<(String, &str)> {
+        crate::remote::named_in("copy_to", &self.copy_to)
+    }
+
+    fn remote_keep(&self) -> Option<&Policy> {
+        (!self.copy_to.is_empty()).then(|| self.remote_keep.as_ref().unwrap_or(&self.keep))
     }
 }
 
@@ -152,6 +166,14 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
             None
         }
     };
+    let remote_keep = match raw.remote_keep.map(|k| k.to_policy()) {
+        Some(Err(message)) => {
+            checks.error(&format!("{path}.remote_keep"), message);
+            return None;
+        }
+        Some(Ok(policy)) => Some(policy),
+        None => None,
+    };
     if level > 9 {
         return None;
     }
@@ -168,6 +190,8 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         keep: keep?,
         verify: raw.verify.unwrap_or(VerifyLevel::Quick),
         shrink_guard: raw.shrink_guard.unwrap_or(DEFAULT_SHRINK_GUARD),
+        copy_to: raw.copy_to.unwrap_or_default(),
+        remote_keep,
     })
 }
 
@@ -538,8 +562,25 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         verify_ms,
     } = after;
 
-    let (kept, deleted) =
-        apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
+    // Queued before retention runs, so that retention never deletes a file its remote still
+    // needs.
+    crate::remote::queue::enqueue_copies(
+        ctx.state,
+        ctx.remotes,
+        &spec.copy_to,
+        ctx.job,
+        &published,
+        ctx.now,
+    )?;
+    let waiting = crate::remote::queue::waiting(ctx.state)?;
+    let (kept, deleted) = apply_retention(
+        ctx.job,
+        spec,
+        ctx.timezone,
+        &held,
+        shrink.is_none(),
+        &waiting,
+    )?;
     held.retain(|file, _| spec.to.join(file).exists());
     ctx.state.put(&ns, HELD, &held)?;
     let alert_key = format!("backup-shrunk:{}", ctx.job);
@@ -726,6 +767,7 @@ fn apply_retention(
     tz: Tz,
     held: &BTreeMap<String, String>,
     may_prune: bool,
+    waiting: &std::collections::BTreeSet<PathBuf>,
 ) -> anyhow::Result<(usize, Vec<String>)> {
     let archives = backups::list(&spec.to, job)?
         .into_iter()
@@ -743,6 +785,12 @@ fn apply_retention(
             continue;
         }
         let path = spec.to.join(d.item.file_name());
+        if waiting.contains(&path) {
+            // Its copy on a remote is not made yet: deleted by a later run once it is.
+            tracing::info!(path = %path.display(), "kept past the keep policy: it still waits for its upload");
+            kept += 1;
+            continue;
+        }
         fs::remove_file(&path)
             .with_context(|| format!("deleting the expired archive {}", path.display()))?;
         deleted.push(d.item.file_name());
@@ -768,6 +816,8 @@ mod tests {
             keep,
             verify: VerifyLevel::Quick,
             shrink_guard: DEFAULT_SHRINK_GUARD,
+            copy_to: Vec::new(),
+            remote_keep: None,
         }
     }
 
