@@ -294,9 +294,7 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
                     say(&format!("{name}: deleted {url} (remote retention)"));
                 }
                 for e in &pass.failed {
-                    say(&format!(
-                        "{name}: error: {e}; the copy stays queued and is retried by the daemon"
-                    ));
+                    say(&format!("{name}: error: {e}"));
                 }
                 upload_failed = !pass.failed.is_empty();
             }

@@ -136,8 +136,10 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
     let (max, text) = MAX_SHUTDOWN_TIMEOUT;
     checks.at_most("shutdown_timeout", shutdown_timeout, max, text);
     check_references(&jobs, checks);
-    let remotes = crate::remote::validate(top.remotes.unwrap_or_default(), checks);
-    crate::remote::check_names(&jobs, &remotes, checks);
+    let raw_remotes = top.remotes.unwrap_or_default();
+    let names: Vec<String> = raw_remotes.keys().cloned().collect();
+    let remotes = crate::remote::validate(raw_remotes, checks);
+    crate::remote::check_names(&jobs, &names, checks);
     crate::jobs::resolve(&mut jobs);
     if let Some(gateway) = &gateway {
         for job in &jobs {

@@ -330,11 +330,12 @@ fn read_secret_file(path: &Path) -> Result<(Secret, Option<String>), String> {
 
 /// Checks that every remote a job names (`copy_to`, `verify.from`) is one of `remotes`, each
 /// at its own key.
-pub fn check_names(jobs: &[crate::jobs::Job], remotes: &Remotes, checks: &mut Checks<'_>) {
-    let known: Vec<&str> = remotes.keys().map(String::as_str).collect();
+/// `names` are those under `remotes:`, valid or not (an invalid one has its own errors).
+pub fn check_names(jobs: &[crate::jobs::Job], names: &[String], checks: &mut Checks<'_>) {
+    let known: Vec<&str> = names.iter().map(String::as_str).collect();
     for job in jobs {
         for (key, name) in job.kind.remotes_named() {
-            if !remotes.contains_key(name) {
+            if !known.contains(&name) {
                 let accepted = if known.is_empty() {
                     "no remote is defined; define it under the top-level `remotes:`".to_string()
                 } else {

@@ -361,7 +361,10 @@ fn process_remote(
                     params![id, attempts, millis(next), message],
                 )?;
                 tracing::warn!(remote = %remote.name, key = %row.key, attempt = attempts, retry_at = %next, error = %message, "upload failed; it stays queued");
-                pass.failed.push(message);
+                pass.failed.push(format!(
+                    "{message}; the copy stays queued and is retried from {}",
+                    next.format("%Y-%m-%d %H:%M:%S UTC")
+                ));
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod files;
 pub mod health;
 pub mod logwriter;
 pub mod pricejob;
+pub mod s3;
 pub mod sandbox;
 pub mod sim;
 pub mod wait;
