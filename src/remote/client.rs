@@ -90,8 +90,11 @@ pub struct Client {
 impl Client {
     pub fn new(remote: &Remote) -> anyhow::Result<Client> {
         let _ = runtime();
+        // `timeout` bounds how long the server may stay silent (connect, or between two reads),
+        // not a whole request: reading back a large object takes as long as it takes.
         let mut options = ClientOptions::new()
-            .with_timeout(remote.timeout)
+            .with_timeout_disabled()
+            .with_read_timeout(remote.timeout)
             .with_connect_timeout(remote.timeout.min(Duration::from_secs(10)));
         if let Some(ca) = &remote.ca_file {
             for cert in read_ca(ca).map_err(anyhow::Error::msg)? {

@@ -18,7 +18,8 @@ pub const BUCKET: &str = "caretaker-test";
 pub struct Listed {
     pub key: String,
     pub size: u64,
-    pub sha256: String,
+    /// `None` for the objects [`S3Server::list_new`] was told it has seen.
+    pub sha256: Option<String>,
 }
 
 /// A multipart upload not completed.
@@ -135,7 +136,14 @@ impl S3Server {
 
     /// Every object under `prefix` in [`BUCKET`], with the SHA-256 of its bytes.
     pub fn list(&self, prefix: &str) -> Vec<Listed> {
-        serde_json::from_str(&self.tool(&["list", BUCKET, prefix])).expect("a JSON listing")
+        self.list_new(prefix, &[])
+    }
+
+    /// [`S3Server::list`], reading only the objects not named in `seen`.
+    pub fn list_new(&self, prefix: &str, seen: &[String]) -> Vec<Listed> {
+        let mut args = vec!["list", BUCKET, prefix];
+        args.extend(seen.iter().map(String::as_str));
+        serde_json::from_str(&self.tool(&args)).expect("a JSON listing")
     }
 
     /// The multipart uploads in progress in [`BUCKET`].

@@ -4,7 +4,8 @@ Usage: s3_tool.py ENDPOINT COMMAND ARGS...
   mkbucket BUCKET              create BUCKET
   iam-user                     create a user allowed s3:*, print "KEY_ID SECRET" (for a server
                                started with INITIAL_NO_AUTH_ACTION_COUNT)
-  list BUCKET PREFIX           JSON list of {key, size, sha256} under PREFIX (each object read whole)
+  list BUCKET PREFIX [SEEN...]  JSON list of {key, size, sha256} under PREFIX (each object read whole,
+                               but those named SEEN, whose sha256 is null)
   uploads BUCKET               JSON list of {key, parts} of multipart uploads not completed
   put BUCKET KEY FILE          upload FILE to KEY
   put-many BUCKET KEY...       put a small object at each KEY
@@ -48,10 +49,13 @@ def main():
         key = iam.create_access_key(UserName="caretaker")["AccessKey"]
         print(key["AccessKeyId"], key["SecretAccessKey"])
     elif command == "list":
-        bucket, prefix = args
+        bucket, prefix, seen = args[0], args[1], set(args[2:])
         out = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
+                if obj["Key"] in seen:
+                    out.append({"key": obj["Key"], "size": obj["Size"], "sha256": None})
+                    continue
                 body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"]
                 digest = hashlib.sha256()
                 for chunk in iter(lambda: body.read(1 << 20), b""):
