@@ -361,11 +361,11 @@ fn a_paused_server_leaves_the_copy_queued_and_it_is_uploaded_once_when_back() {
 #[test]
 fn kill_9_during_multipart_uploads_never_leaves_a_wrong_object_and_the_next_run_completes() {
     let o = Offsite::new();
-    // 16 MB of random pages: four 5 MiB parts, incompressible.
+    // 11 MB of random pages: three parts of at most 5 MiB, incompressible.
     {
         let conn = rusqlite::Connection::open(o.path("requests.db")).unwrap();
         conn.execute_batch(
-            "CREATE TABLE filler (b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 16) INSERT INTO filler SELECT randomblob(1000000) FROM n;",
+            "CREATE TABLE filler (b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 11) INSERT INTO filler SELECT randomblob(1000000) FROM n;",
         )
         .unwrap();
     }
