@@ -633,3 +633,134 @@ fn check_names_bad_remotes_at_their_keys_and_only_check_remotes_contacts_them() 
     );
     assert!(o.server.list("apantli/").is_empty(), "the probe is deleted");
 }
+
+#[test]
+fn archive_files_are_copied_and_keep_local_deletes_only_what_every_remote_holds() {
+    let o = Offsite::new();
+    o.write_jobs(
+        "",
+        "  archive-old:\n    on_signal: USR1\n    archive: {older_than: 2d, to: archives, copy_to: [offsite], keep_local: 1s}\n",
+    );
+    let first = o.cli(&["run-job", "archive-old"]);
+    assert!(first.status.success(), "{}", describe(&first));
+    let files: BTreeMap<String, String> = fs::read_dir(o.path("archives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (file_name(&p), sha256_file(&p)))
+        .collect();
+    assert!(!files.is_empty());
+    let remote: BTreeMap<String, String> = o
+        .server
+        .list("apantli/archive-old/")
+        .into_iter()
+        .map(|l| (l.key.replace("apantli/archive-old/", ""), l.sha256.unwrap()))
+        .collect();
+    assert_eq!(
+        remote, files,
+        "every archive file is on the remote, byte for byte"
+    );
+    // The files are young: keep_local kept them.
+    assert_eq!(
+        fs::read_dir(o.path("archives")).unwrap().count(),
+        files.len()
+    );
+    let oldest = files.keys().next().unwrap().clone();
+    wait::until(
+        "the files to be older than keep_local",
+        Duration::from_secs(10),
+        || {
+            fs::metadata(o.path("archives").join(&oldest))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(1))
+        },
+    );
+    let second = o.cli(&["run-job", "archive-old"]);
+    assert!(second.status.success(), "{}", describe(&second));
+    assert_eq!(
+        fs::read_dir(o.path("archives")).unwrap().count(),
+        0,
+        "copied files past keep_local are deleted: {}",
+        describe(&second)
+    );
+    assert_eq!(o.server.list("apantli/archive-old/").len(), files.len());
+}
+
+#[test]
+fn rotated_logs_wait_for_their_upload_even_past_rotate_and_max_age() {
+    use caretaker::remote::queue;
+    let o = Offsite::new();
+    fs::create_dir_all(o.path("logs")).unwrap();
+    fs::write(o.path("id"), &o.server.key_id).unwrap();
+    fs::write(o.path("secret"), &o.server.secret).unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let jobs = |endpoint: &str| {
+        format!(
+            "{HEADER}remotes:\n  offsite:\n    url: s3://{BUCKET}/apantli/\n    endpoint: {endpoint}\n    access_key_id_file: id\n    secret_access_key_file: secret\n    timeout: 3s\njobs:\n  rotate-logs:\n    on_signal: USR1\n    logrotate: {{files: [logs/*.log], max_size: 1, rotate: 1, max_age: 1s, compress: true, copy_to: [offsite]}}\n"
+        )
+    };
+    // The remote is unreachable for two rotations: the second deletes the first copy.
+    common::files::write_replace(
+        &o.sandbox.jobs_file(),
+        &jobs(&format!("http://127.0.0.1:{closed}")),
+    );
+    for round in 0..2 {
+        let text = format!("round {round} line\n").repeat(100);
+        fs::write(o.path("logs/app.log"), &text).unwrap();
+        let out = o.cli(&["run-job", "rotate-logs"]);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("remote `offsite`"));
+    }
+    let rotated: Vec<String> = fs::read_dir(o.path("logs"))
+        .unwrap()
+        .map(|e| file_name(&e.unwrap().path()))
+        .filter(|n| n.starts_with("app.log."))
+        .collect();
+    assert_eq!(
+        rotated,
+        ["app.log.1.gz"],
+        "rotate: 1 deleted the first copy"
+    );
+    let spool: Vec<PathBuf> = fs::read_dir(o.path("logs/.caretaker-upload"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(spool.len(), 2, "both copies wait for their upload");
+    let waiting: std::collections::BTreeSet<(String, String)> = spool
+        .iter()
+        .map(|p| (file_name(p), sha256_file(p)))
+        .collect();
+
+    // The remote is back: the queue empties, each copy lands once and the links go.
+    common::files::write_replace(&o.sandbox.jobs_file(), &jobs(&o.server.endpoint()));
+    let (config, _) =
+        caretaker::config::load(&o.sandbox.jobs_file()).unwrap_or_else(|e| panic!("{e}"));
+    let state = o.sandbox.state();
+    let pass =
+        queue::process_config(&config, &state, Utc::now() + chrono::Duration::hours(2)).unwrap();
+    assert_eq!(pass.uploaded.len(), 2, "{pass:?}");
+    let listed: std::collections::BTreeSet<(String, String)> = o
+        .server
+        .list("apantli/rotate-logs/")
+        .into_iter()
+        .map(|l| (l.key.replace("apantli/rotate-logs/", ""), l.sha256.unwrap()))
+        .collect();
+    assert_eq!(
+        listed, waiting,
+        "each waiting copy landed once, byte for byte"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|(name, _)| name.starts_with("app.log-") && name.ends_with(".gz"))
+    );
+    assert_eq!(
+        fs::read_dir(o.path("logs/.caretaker-upload"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(queue::pending(&state).unwrap().is_empty());
+}
