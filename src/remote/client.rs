@@ -155,15 +155,14 @@ impl Client {
         let part = self.remote.part_size.max(size.div_ceil(10_000));
         let location = Key::from(key);
         let mut hasher = Sha256::new();
-        let parts;
-        if size <= part {
+        let parts = if size <= part {
             let mut bytes = Vec::with_capacity(size as usize);
             file.read_to_end(&mut bytes)
                 .with_context(|| format!("reading {}", path.display()))?;
             hasher.update(&bytes);
             self.block_on(self.store.put(&location, PutPayload::from(bytes)))
                 .map_err(|e| self.fail("uploading to", key, e))?;
-            parts = 1;
+            1
         } else {
             let mut upload = self
                 .block_on(self.store.put_multipart(&location))
@@ -203,8 +202,8 @@ impl Client {
             }
             self.block_on(upload.complete())
                 .map_err(|e| self.fail("completing the multipart upload to", key, e))?;
-            parts = sent;
-        }
+            sent
+        };
         let sent = hex::encode(hasher.finalize());
         let (stored, stored_bytes) = self.hash_object(key)?;
         if stored != sent || stored_bytes != size {

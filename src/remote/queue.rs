@@ -524,9 +524,6 @@ mod tests {
         assert!(enqueue(&state, "other", "b", &file, "p/b/x", now).unwrap());
         assert_eq!(pending(&state).unwrap().len(), 2);
         assert!(waiting(&state).unwrap().contains(&file));
-        assert_eq!(
-            next_due(&state).unwrap().map(|t| millis(t)),
-            Some(millis(now))
-        );
+        assert_eq!(next_due(&state).unwrap().map(millis), Some(millis(now)));
     }
 }

@@ -117,8 +117,9 @@ pub struct Spec {
     pub shrink_guard: ShrinkGuard,
     /// Remotes each new archive is copied to.
     pub copy_to: Vec<String>,
-    /// The remotes' own tiers; `None` applies `keep` there too.
-    pub remote_keep: Option<Policy>,
+    /// The remotes' own tiers; `None` applies `keep` there too. (Boxed: a policy is large, and
+    /// every job's `Kind` would otherwise carry room for two.)
+    pub remote_keep: Option<Box<Policy>>,
 }
 
 impl super::Contract for Spec {
@@ -131,7 +132,7 @@ impl super::Contract for Spec {
     }
 
     fn remote_keep(&self) -> Option<&Policy> {
-        (!self.copy_to.is_empty()).then(|| self.remote_keep.as_ref().unwrap_or(&self.keep))
+        (!self.copy_to.is_empty()).then(|| self.remote_keep.as_deref().unwrap_or(&self.keep))
     }
 }
 
@@ -171,7 +172,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
             checks.error(&format!("{path}.remote_keep"), message);
             return None;
         }
-        Some(Ok(policy)) => Some(policy),
+        Some(Ok(policy)) => Some(Box::new(policy)),
         None => None,
     };
     if level > 9 {
