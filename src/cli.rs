@@ -284,7 +284,12 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
     );
     // Copies the run queued go out now; what fails stays queued for the daemon.
     let mut upload_failed = false;
-    if !dry_run {
+    let copies = job
+        .kind
+        .remotes_named()
+        .iter()
+        .any(|(key, _)| key.starts_with("copy_to"));
+    if !dry_run && copies {
         match crate::remote::queue::process_config(&config, &state, Utc::now()) {
             Ok(pass) => {
                 for url in &pass.uploaded {

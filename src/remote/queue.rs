@@ -57,6 +57,17 @@ fn conn(state: &State) -> anyhow::Result<std::sync::MutexGuard<'_, Connection>> 
     Ok(conn)
 }
 
+/// `path` as the queue keeps it: absolute, so that a row queued by `run-job` in one directory
+/// names the same file for the daemon and for the jobs that ask whether it waits.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Whether `path` is among the [`waiting`] files.
+pub fn waits(waiting: &BTreeSet<PathBuf>, path: &Path) -> bool {
+    waiting.contains(&absolute(path))
+}
+
 /// The wait before the attempt after `failures` failed ones: 10 s, doubling, at most 1 h.
 pub fn backoff(failures: u32) -> Duration {
     let secs = 10u64.saturating_mul(1u64 << failures.saturating_sub(1).min(12));
@@ -90,7 +101,7 @@ pub fn enqueue_as(
         .execute(
             "INSERT OR IGNORE INTO uploads (remote, job, path, key, queued_at, next_attempt_at, spool)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-            params![remote, job, path.to_string_lossy(), key, millis(now), spool],
+            params![remote, job, absolute(path).to_string_lossy(), key, millis(now), spool],
         )
         .with_context(|| format!("queueing {} for remote `{remote}`", path.display()))?;
     Ok(added > 0)
@@ -136,7 +147,7 @@ pub fn uploaded_everywhere(state: &State, path: &Path, remotes: &[String]) -> an
     let mut stmt =
         conn.prepare("SELECT remote, done_at IS NOT NULL FROM uploads WHERE path = ?1")?;
     let rows: Vec<(String, bool)> = stmt
-        .query_map(params![path.to_string_lossy()], |r| {
+        .query_map(params![absolute(path).to_string_lossy()], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<Result<_, _>>()?;
@@ -151,7 +162,7 @@ pub fn uploaded_everywhere(state: &State, path: &Path, remotes: &[String]) -> an
 pub fn known(state: &State, path: &Path, remote: &str) -> anyhow::Result<bool> {
     let n: i64 = conn(state)?.query_row(
         "SELECT COUNT(*) FROM uploads WHERE path = ?1 AND remote = ?2",
-        params![path.to_string_lossy(), remote],
+        params![absolute(path).to_string_lossy(), remote],
         |r| r.get(0),
     )?;
     Ok(n > 0)

@@ -786,7 +786,7 @@ fn apply_retention(
             continue;
         }
         let path = spec.to.join(d.item.file_name());
-        if waiting.contains(&path) {
+        if crate::remote::queue::waits(waiting, &path) {
             // Its copy on a remote is not made yet: deleted by a later run once it is.
             tracing::info!(path = %path.display(), "kept past the keep policy: it still waits for its upload");
             kept += 1;
