@@ -116,6 +116,7 @@ fn timed(cmd: &mut Command) -> (f64, u64) {
         }
     }
     let out = time.output().expect("running /usr/bin/time");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -166,9 +167,12 @@ fn upload_child(endpoint: &str, file: &str, key: &str) {
     let up = Client::new(&remote)
         .and_then(|c| c.upload(Path::new(file), key))
         .unwrap_or_else(|e| panic!("upload: {e:#}"));
-    eprintln!(
-        "uploaded {} bytes in {} parts, SHA-256 {} read back",
-        up.bytes, up.parts, up.sha256
+    println!(
+        "  caretaker: sent {} bytes in {} parts in {:.1} s, read back and checked in {:.1} s",
+        up.bytes,
+        up.parts,
+        up.sending.as_secs_f64(),
+        up.reading_back.as_secs_f64()
     );
 }
 

@@ -351,7 +351,7 @@ fn process_remote(
                     // The link was made for the upload only; the last remote's removes it.
                     let _ = std::fs::remove_file(&row.path);
                 }
-                tracing::info!(remote = %remote.name, key = %row.key, bytes = up.bytes, parts = up.parts, sha256 = %up.sha256, "uploaded and checked");
+                tracing::info!(remote = %remote.name, key = %row.key, bytes = up.bytes, parts = up.parts, sha256 = %up.sha256, sending_ms = up.sending.as_millis() as u64, reading_back_ms = up.reading_back.as_millis() as u64, "uploaded and checked");
                 stats.last_upload_at = Some(done);
                 stats.last_upload = Some(remote.url_of(&row.key));
                 pass.uploaded.push(remote.url_of(&row.key));
@@ -481,10 +481,12 @@ pub async fn upload_loop(
     state: std::sync::Arc<State>,
     wake: std::sync::Arc<tokio::sync::Notify>,
 ) {
-    /// The longest sleep: a row queued by a `run-job` in another process is seen this late.
-    const MAX_SLEEP: Duration = Duration::from_secs(60);
+    /// The longest sleep while remotes are configured: a row queued by a `run-job` in another
+    /// process is seen this late. Without remotes the loop sleeps until woken.
+    const MAX_SLEEP: Duration = Duration::from_secs(300);
     loop {
         let current = config.borrow_and_update().clone();
+        let idle = current.remotes.is_empty();
         let pass_state = state.clone();
         let pass =
             tokio::task::spawn_blocking(move || process_config(&current, &pass_state, Utc::now()))
@@ -495,14 +497,23 @@ pub async fn upload_loop(
             Ok(Ok(_)) => {}
         }
         let sleep = match next_due(&state) {
-            Ok(Some(t)) => (t - Utc::now())
-                .to_std()
-                .unwrap_or(Duration::from_millis(10)),
-            _ => MAX_SLEEP,
-        }
-        .min(MAX_SLEEP);
+            _ if idle => None,
+            Ok(Some(t)) => Some(
+                (t - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::from_millis(10))
+                    .min(MAX_SLEEP),
+            ),
+            _ => Some(MAX_SLEEP),
+        };
+        let timer = async {
+            match sleep {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
+            _ = timer => {}
             _ = wake.notified() => {}
             _ = config.changed() => {}
         }
