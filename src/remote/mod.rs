@@ -24,9 +24,10 @@ use crate::config::{Checks, Purpose};
 /// How a remote's name stands in a key path: `remotes.<name>.url`.
 pub const REMOTE_PATH: &str = "remotes.<name>";
 
-/// The default size of one part of a multipart upload: a few parts in flight stay far below
-/// the memory goal (docs/design.md, "Remotes"), and 10,000 parts still carry 80 GB.
-pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// The default size of one part of a multipart upload: with [`client::IN_FLIGHT`] parts in
+/// flight an upload keeps pace with `aws s3 cp` and stays under 64 MiB of RSS
+/// (docs/benchmarks.md), and 10,000 parts still carry 60 GB (a larger file gets larger parts).
+pub const DEFAULT_PART_SIZE: u64 = 6 << 20;
 /// S3's smallest part (but the last).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// S3's largest part.
