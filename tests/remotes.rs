@@ -392,7 +392,7 @@ fn kill_9_during_multipart_uploads_never_leaves_a_wrong_object_and_the_next_run_
     };
     let mut killed = 0;
     for run in 0..20u64 {
-        let parts_before: u64 = o.server.uploads().iter().map(|u| u.parts).sum();
+        let parts_before = o.server.parts_in_progress();
         let mut child = o
             .command(&["run-job", "nightly"])
             .stdout(Stdio::null())
@@ -405,8 +405,7 @@ fn kill_9_during_multipart_uploads_never_leaves_a_wrong_object_and_the_next_run_
             if child.try_wait().unwrap().is_some() {
                 return Some(false);
             }
-            let parts: u64 = o.server.uploads().iter().map(|u| u.parts).sum();
-            (parts >= target).then_some(true)
+            (o.server.parts_in_progress() >= target).then_some(true)
         })
         .expect("the run to upload or end");
         if in_flight {

@@ -6,7 +6,6 @@ Usage: s3_tool.py ENDPOINT COMMAND ARGS...
                                started with INITIAL_NO_AUTH_ACTION_COUNT)
   list BUCKET PREFIX [SEEN...]  JSON list of {key, size, sha256} under PREFIX (each object read whole,
                                but those named SEEN, whose sha256 is null)
-  uploads BUCKET               JSON list of {key, parts} of multipart uploads not completed
   put BUCKET KEY FILE          upload FILE to KEY
   put-many BUCKET KEY...       put a small object at each KEY
   delete-all BUCKET PREFIX     delete every object under PREFIX
@@ -61,16 +60,6 @@ def main():
                 for chunk in iter(lambda: body.read(1 << 20), b""):
                     digest.update(chunk)
                 out.append({"key": obj["Key"], "size": obj["Size"], "sha256": digest.hexdigest()})
-        print(json.dumps(out))
-    elif command == "uploads":
-        (bucket,) = args
-        out = []
-        for up in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
-            try:
-                parts = s3.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"]).get("Parts", [])
-            except s3.exceptions.NoSuchUpload:
-                continue  # completed between the two calls
-            out.append({"key": up["Key"], "parts": len(parts)})
         print(json.dumps(out))
     elif command == "put":
         bucket, key, path = args
