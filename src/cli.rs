@@ -73,7 +73,13 @@ enum Command {
     /// Run the daemon in the foreground (systemd and launchd supervise it)
     Run(ConfigArg),
     /// Validate the jobs file and list each job with its next 3 run times
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also contact each remote: list, put and delete a small probe object
+        #[arg(long)]
+        remotes: bool,
+    },
     /// Run one job now in the foreground and print its report
     RunJob {
         /// The job's name in the jobs file
@@ -94,8 +100,11 @@ enum Command {
     },
     /// Verify a backup archive, then restore its database to PATH (or every database and file under a directory, or a PostgreSQL database)
     Restore {
-        /// The backup archive (.tar.gz or .tar)
+        /// The backup archive (.tar.gz or .tar), or its copy on a remote (s3://BUCKET/KEY)
         archive: PathBuf,
+        /// The jobs file naming the remote, for an s3:// archive
+        #[command(flatten)]
+        config: ConfigArg,
         /// Where to put the database; for an archive of several databases (or an existing
         /// directory) a new or empty directory that receives all of them; for a PostgreSQL
         /// backup postgres://USER@HOST/DATABASE (password from PGPASSWORD or ~/.pgpass)
@@ -124,7 +133,7 @@ enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Run(c) => run(&c.config),
-        Command::Check(c) => check(&c.config),
+        Command::Check { config, remotes } => check(&config.config, remotes),
         Command::RunJob {
             name,
             config,
@@ -133,10 +142,14 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Status { config, json } => status(&config.config, json),
         Command::Restore {
             archive,
+            config,
             to,
             database,
             force,
-        } => restore(&archive, &to, database.as_deref(), force),
+        } => match archive.to_str().filter(|a| a.starts_with("s3://")) {
+            Some(url) => restore_remote(&config.config, url, &to, database.as_deref(), force),
+            None => restore(&archive, &archive, &to, database.as_deref(), force),
+        },
         Command::Demo { dir, postgres } => demo(
             &dir.unwrap_or_else(|| PathBuf::from("caretaker-demo")),
             postgres,
@@ -197,8 +210,14 @@ fn run(path: &Path) -> u8 {
     }
 }
 
-fn check(path: &Path) -> u8 {
-    let config = match load_for(path, config::Purpose::Check) {
+fn check(path: &Path, remotes: bool) -> u8 {
+    // Contacting the remotes needs the credentials themselves, as the daemon has them.
+    let purpose = if remotes {
+        config::Purpose::Run
+    } else {
+        config::Purpose::Check
+    };
+    let config = match load_for(path, purpose) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -242,8 +261,16 @@ fn check(path: &Path) -> u8 {
         out.push_str(&line);
         out.push('\n');
     }
+    let mut code = exit::OK;
+    if remotes {
+        let (lines, ok) = crate::remote::probe_all(&config.remotes);
+        out.push_str(&lines);
+        if !ok {
+            code = exit::FAILED;
+        }
+    }
     match emit(&out) {
-        Ok(()) => exit::OK,
+        Ok(()) => code,
         Err(code) => code,
     }
 }
@@ -295,6 +322,35 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
         dry_run,
         Arc::new(AtomicBool::new(false)),
     );
+    // Copies the run queued go out now; what fails stays queued for the daemon.
+    let mut upload_failed = false;
+    let copies = job
+        .kind
+        .remotes_named()
+        .iter()
+        .any(|(key, _)| key.starts_with("copy_to"));
+    if !dry_run && copies {
+        match crate::remote::queue::process_config(&config, &state, Utc::now()) {
+            Ok(pass) => {
+                for url in &pass.uploaded {
+                    say(&format!("{name}: copied to {url}"));
+                }
+                for url in &pass.pruned {
+                    say(&format!("{name}: deleted {url} (remote retention)"));
+                }
+                for e in &pass.failed {
+                    say(&format!("{name}: error: {e}"));
+                }
+                upload_failed = !pass.failed.is_empty();
+            }
+            Err(e) => {
+                say(&format!(
+                    "{name}: error: uploading the queued copies: {e:#}"
+                ));
+                upload_failed = true;
+            }
+        }
+    }
     // Deliver what this run raised before exiting, as the daemon would.
     let delivered = Sink::from_settings(&config.alerts).and_then(|sinks| {
         tokio::runtime::Builder::new_current_thread()
@@ -319,6 +375,7 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
             }
             out.push_str(&format!("{name}: {prefix}{}\n", report.summary_line()));
             match emit(&out) {
+                Ok(()) if upload_failed => exit::FAILED,
                 Ok(()) => exit::OK,
                 Err(code) => code,
             }
@@ -355,6 +412,7 @@ struct PendingAlert {
 #[derive(Serialize)]
 struct Status {
     jobs: Vec<JobStatus>,
+    remotes: Vec<crate::remote::RemoteStatus>,
     active_alerts: Vec<String>,
     pending_alerts: Vec<PendingAlert>,
     /// A PostgreSQL gateway's daemon: `active` or `standby` (see docs/postgres.md), or
@@ -418,6 +476,7 @@ fn status(path: &Path, json: bool) -> u8 {
         });
         Ok(Status {
             jobs,
+            remotes: crate::remote::status(&config.remotes, &state)?,
             active_alerts: alerts::active(&state)?,
             pending_alerts,
             standby,
@@ -472,6 +531,9 @@ fn status(path: &Path, json: bool) -> u8 {
             let _ = writeln!(out, "    last error: {error}");
         }
     }
+    for r in &status.remotes {
+        let _ = writeln!(out, "{}", r.line(fmt));
+    }
     if !status.active_alerts.is_empty() {
         let _ = writeln!(out, "active alerts: {}", status.active_alerts.join(", "));
     }
@@ -491,12 +553,30 @@ fn status(path: &Path, json: bool) -> u8 {
     emit(&out).map_or_else(|code| code, |()| exit::OK)
 }
 
-fn restore(archive: &Path, to: &Path, database: Option<&str>, force: bool) -> u8 {
+/// `restore s3://…`: the archive is downloaded into `state_dir` (the remote's credentials
+/// come from the jobs file), then restored as a local one; the download is removed after.
+fn restore_remote(path: &Path, url: &str, to: &Path, database: Option<&str>, force: bool) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::remote::fetch(&config, url) {
+        Ok(download) => restore(download.temp_path(), Path::new(url), to, database, force),
+        Err(e) => {
+            say(&format!("error: {e:#}"));
+            exit::FAILED
+        }
+    }
+}
+
+/// Restores `archive` (`shown` in messages) to `to`.
+fn restore(archive: &Path, shown: &Path, to: &Path, database: Option<&str>, force: bool) -> u8 {
     use crate::backup::restore::{self, RestoreError};
     if database.is_none() && crate::backup::restore_dir::wants_dir(archive, to) {
         return match crate::backup::restore_dir::restore_dir(archive, to) {
-            Ok(done) => emit(&format!("{}\n", done.describe(archive)))
-                .map_or_else(|code| code, |()| exit::OK),
+            Ok(done) => {
+                emit(&format!("{}\n", done.describe(shown))).map_or_else(|code| code, |()| exit::OK)
+            }
             Err(e) => {
                 say(&format!("error: {e:#}"));
                 exit::FAILED
@@ -508,7 +588,7 @@ fn restore(archive: &Path, to: &Path, database: Option<&str>, force: bool) -> u8
             crate::gateway::postgres::restore::restore(archive, url, force)
         }
         _ => restore::restore_database(archive, database, to, force, Utc::now())
-            .map(|done| done.describe(archive)),
+            .map(|done| done.describe(shown)),
     };
     match done {
         Ok(done) => emit(&format!("{done}\n")).map_or_else(|code| code, |()| exit::OK),

@@ -99,6 +99,8 @@ struct Daemon {
     events: mpsc::UnboundedReceiver<Event>,
     sinks_tx: watch::Sender<Arc<Vec<Sink>>>,
     deliver: Arc<Notify>,
+    /// The upload queue's loop: the configuration it works with, and its wake-up.
+    uploads: (watch::Sender<Arc<Config>>, Arc<Notify>),
     _watcher: Option<notify::RecommendedWatcher>,
     /// One watcher per pricing job with `watch: true`; rebuilt on reload.
     price_watchers: Vec<notify::RecommendedWatcher>,
@@ -151,9 +153,18 @@ impl Daemon {
                 &config.state_dir,
             )
         });
+        crate::remote::queue::retry_now(&state, now)?;
+        let config = Arc::new(config);
+        let (config_tx, config_rx) = watch::channel(config.clone());
+        let upload_wake = Arc::new(Notify::new());
+        tokio::spawn(crate::remote::queue::upload_loop(
+            config_rx,
+            state.clone(),
+            upload_wake.clone(),
+        ));
         Ok(Daemon {
             config_path,
-            config: Arc::new(config),
+            config,
             state,
             shutdown: Arc::new(AtomicBool::new(false)),
             running: HashSet::new(),
@@ -164,6 +175,7 @@ impl Daemon {
             events,
             sinks_tx,
             deliver,
+            uploads: (config_tx, upload_wake),
             _watcher: watcher,
             price_watchers: Vec::new(),
             prices_due: HashMap::new(),
@@ -397,6 +409,7 @@ impl Daemon {
         tracing::debug!(job = %name, result = ?outcome.result, "job finished");
         self.running.remove(&name);
         self.deliver.notify_one();
+        self.uploads.1.notify_one();
         if self.queued.remove(&name) && !self.shutdown.load(Ordering::SeqCst) {
             self.spawn(&name, Trigger::Manual);
         }
@@ -425,6 +438,7 @@ impl Daemon {
                     Err(e) => tracing::error!("alert sinks not rebuilt: {e:#}"),
                 }
                 self.config = Arc::new(new);
+                let _ = self.uploads.0.send(self.config.clone());
                 self.plan_schedule(now, false);
                 self.watch_prices();
                 self.raise(vec![AlertEvent::Resolve {

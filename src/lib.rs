@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pgzip;
 pub mod readahead;
 pub mod redact;
+pub mod remote;
 pub mod runner;
 pub mod schedule;
 pub mod sqlite;

@@ -200,6 +200,7 @@ pub fn context<'a>(
         gateway: &config.gateway,
         timezone: config.timezone,
         state_dir: &config.state_dir,
+        remotes: &config.remotes,
         written: crate::jobs::written_dirs(&config.jobs),
         state,
         now,

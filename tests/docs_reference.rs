@@ -53,13 +53,17 @@ fn written_keys(node: &Node, path: &str, accepted: &BTreeSet<String>, out: &mut 
                     written_keys(&entry.value, JOB_PATH, accepted, out);
                     continue;
                 }
+                if path == "remotes" {
+                    written_keys(&entry.value, caretaker::remote::REMOTE_PATH, accepted, out);
+                    continue;
+                }
                 let key = if path.is_empty() {
                     entry.key.clone()
                 } else {
                     format!("{path}.{}", entry.key)
                 };
                 out.insert(key.clone());
-                if has_keys_below(&key) || key == "jobs" {
+                if has_keys_below(&key) || key == "jobs" || key == "remotes" {
                     written_keys(&entry.value, &key, accepted, out);
                 }
             }

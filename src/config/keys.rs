@@ -25,6 +25,10 @@ pub fn accepted_keys() -> Vec<String> {
     let mut keys = explore::<super::raw::Top>("");
     // The loader reads `jobs` entry by entry as `RawJob`s, and so does this.
     keys.extend(explore::<crate::jobs::RawJob>(JOB_PATH));
+    // `remotes` maps names to remotes, as `jobs` does.
+    keys.extend(explore::<crate::remote::RawRemote>(
+        crate::remote::REMOTE_PATH,
+    ));
     keys.into_iter().collect()
 }
 

@@ -25,6 +25,7 @@ pub struct Top {
     metrics_file: Option<PathBuf>,
     log: Option<RawLog>,
     alerts: Option<RawAlerts>,
+    remotes: Option<std::collections::BTreeMap<String, crate::remote::RawRemote>>,
     /// Read job by job by the loader, so one bad job does not hide the others.
     #[allow(dead_code)]
     jobs: Option<IgnoredAny>,
@@ -143,6 +144,10 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
         let path = format!("jobs.{}.{}.databases", job.name, job.kind.name());
         job.kind.resolve_databases(&databases, &path, checks);
     }
+    let raw_remotes = top.remotes.unwrap_or_default();
+    let names: Vec<String> = raw_remotes.keys().cloned().collect();
+    let remotes = crate::remote::validate(raw_remotes, checks);
+    crate::remote::check_names(&jobs, &names, checks);
     crate::jobs::resolve(&mut jobs);
     if let Some(gateway) = &gateway {
         for job in &jobs {
@@ -184,6 +189,7 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
         metrics_file,
         log,
         alerts,
+        remotes,
         jobs,
     })
 }

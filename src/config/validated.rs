@@ -22,6 +22,8 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     pub log: LogSettings,
     pub alerts: AlertSettings,
+    /// The `remotes:` block: S3-compatible buckets that jobs copy to (`copy_to`).
+    pub remotes: crate::remote::Remotes,
     pub jobs: Vec<Job>,
 }
 

@@ -84,6 +84,18 @@ pub trait Contract {
     fn advice(&self, _path: &str, _preset: Preset) -> Vec<String> {
         Vec::new()
     }
+
+    /// The remotes the job names (`copy_to`, `verify.from`): (the key below the kind block,
+    /// the name). Each must be under `remotes:`; `check` says so at the key.
+    fn remotes_named(&self) -> Vec<(String, &str)> {
+        Vec::new()
+    }
+
+    /// The keep policy of the job's copies on its remotes, for a kind whose remote copies are
+    /// pruned (backup).
+    fn remote_keep(&self) -> Option<&crate::jobs::backup::retention::Policy> {
+        None
+    }
 }
 
 /// Everything a job run gets: its environment, not the whole jobs file, so that no kind reads
@@ -96,6 +108,8 @@ pub struct Context<'a> {
     pub timezone: Tz,
     /// Where caretaker keeps its own state: scratch copies go here.
     pub state_dir: &'a Path,
+    /// The jobs file's remotes: a job queues its copies for those its `copy_to` names.
+    pub remotes: &'a crate::remote::Remotes,
     /// The directories every job writes ([`written_dirs`]), each with what it holds, for
     /// health's free-space condition.
     pub written: Vec<(PathBuf, String)>,

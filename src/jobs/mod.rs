@@ -176,6 +176,16 @@ impl Kind {
     pub fn watches(&self) -> Vec<PathBuf> {
         self.contract().watches()
     }
+
+    /// See [`Contract::remotes_named`].
+    pub fn remotes_named(&self) -> Vec<(String, &str)> {
+        self.contract().remotes_named()
+    }
+
+    /// See [`Contract::remote_keep`].
+    pub fn remote_keep(&self) -> Option<&crate::jobs::backup::retention::Policy> {
+        self.contract().remote_keep()
+    }
 }
 
 /// Resolves what each job takes from the jobs it depends on ([`Contract::resolve`]), once the

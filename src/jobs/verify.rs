@@ -33,6 +33,7 @@ pub enum Which {
 pub struct Raw {
     backups_of: Option<String>,
     which: Option<Which>,
+    from: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct Spec {
     /// The directory of the backup job `backups_of` names: taken once the whole file is
     /// validated ([`super::resolve`]), `None` when it names no backup job (`check` says so).
     pub backup_to: Option<PathBuf>,
+    /// Test-restore the copies on this remote instead of the local archives.
+    pub from: Option<String>,
 }
 
 impl Contract for Spec {
@@ -52,6 +55,13 @@ impl Contract for Spec {
 
     fn depends_on(&self) -> Vec<(&'static str, &str)> {
         vec![("verify.backups_of", self.backups_of.as_str())]
+    }
+
+    fn remotes_named(&self) -> Vec<(String, &str)> {
+        self.from
+            .iter()
+            .map(|name| ("from".to_string(), name.as_str()))
+            .collect()
     }
 
     /// Takes the directory of the backup job `backups_of` names, the one it writes its
@@ -81,6 +91,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         backups_of,
         which: raw.which.unwrap_or(Which::Latest),
         backup_to: None,
+        from: raw.from,
     })
 }
 
@@ -111,6 +122,9 @@ struct Tested {
 }
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    if let Some(remote) = &spec.from {
+        return run_from_remote(spec, remote, ctx);
+    }
     let Some(dir) = &spec.backup_to else {
         bail!(
             "`backups_of: {}` does not name a backup job; accepted: the name of a job with a `backup` block",
@@ -202,6 +216,82 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         job: Some(ctx.job.to_string()),
         what,
     });
+    Ok(Report::new(format!("test-restored {}", passed.join(", ")))
+        .figure("archives_verified", passed.len() as f64)
+        .figure("database_bytes", bytes as f64)
+        .figure("foreign_key_violations", violations as f64)
+        .figure("verify_ms", started.elapsed().as_secs_f64() * 1000.0))
+}
+
+/// A run with `from`: lists the backup job's archives on the remote, downloads the chosen ones
+/// into scratch files in `state_dir` and test-restores each as a local one.
+fn run_from_remote(spec: &Spec, remote: &str, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let remote = ctx
+        .remotes
+        .get(remote)
+        .with_context(|| format!("remote `{remote}` is not in the jobs file"))?;
+    let client = crate::remote::client::Client::new(remote)?;
+    let prefix = remote.job_prefix(&spec.backups_of);
+    let mut archives: Vec<ArchiveName> = client
+        .list(&prefix)?
+        .iter()
+        .filter_map(|o| o.key.strip_prefix(&prefix))
+        .filter_map(|name| ArchiveName::parse(&spec.backups_of, name))
+        .collect();
+    archives.sort_by_key(|a| a.time);
+    if archives.is_empty() {
+        bail!(
+            "there are no archives of the backup job `{}` on remote `{}` under s3://{}/{prefix} to verify",
+            spec.backups_of,
+            remote.name,
+            remote.bucket
+        );
+    }
+    let cursor: Option<String> = ctx.state.get(&cursor_ns(ctx.job), "last")?;
+    let chosen = choose(spec.which, &archives, cursor.as_deref());
+    if ctx.dry_run {
+        let mut report = Report::new(format!(
+            "would download and test-restore {} of {} archives on remote `{}`",
+            chosen.len(),
+            archives.len(),
+            remote.name
+        ));
+        report.plan = chosen
+            .iter()
+            .map(|a| format!("test-restore {}", remote.url_of(&format!("{prefix}{}", a.file_name()))))
+            .collect();
+        return Ok(report);
+    }
+    let dir = ctx.state_dir;
+    let started = Instant::now();
+    let mut passed = Vec::new();
+    let mut bytes = 0;
+    let mut violations = 0;
+    for name in &chosen {
+        ctx.checkpoint()?;
+        let key = format!("{prefix}{}", name.file_name());
+        let dest = dir.join(name.file_name());
+        for path in crate::fsx::sweep_dead_temps(&dest)? {
+            tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
+        }
+        let mut download = crate::fsx::PendingFile::create(&dest)?;
+        let temp = download.temp_path().to_path_buf();
+        client.download(&key, download.file(), &temp)?;
+        let tested = test_restore(&temp, name, dir)
+            .with_context(|| format!("the test restore of {} failed", remote.url_of(&key)));
+        drop(download);
+        if spec.which == Which::Rotate {
+            ctx.state.put(&cursor_ns(ctx.job), "last", &name.file_name())?;
+        }
+        let t = tested?;
+        bytes += t.bytes;
+        violations += t.foreign_key_violations;
+        passed.push(format!(
+            "{} ({} rows)",
+            remote.url_of(&key),
+            t.rows.map_or("no".into(), |r| r.to_string())
+        ));
+    }
     Ok(Report::new(format!("test-restored {}", passed.join(", ")))
         .figure("archives_verified", passed.len() as f64)
         .figure("database_bytes", bytes as f64)

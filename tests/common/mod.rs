@@ -16,6 +16,7 @@ pub mod multidb;
 pub mod pg;
 pub mod pgjobs;
 pub mod pricejob;
+pub mod s3;
 pub mod sandbox;
 pub mod sim;
 pub mod wait;

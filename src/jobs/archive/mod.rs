@@ -9,6 +9,7 @@
 
 mod encode;
 pub mod plan;
+mod offsite;
 mod run;
 mod select;
 mod spec;

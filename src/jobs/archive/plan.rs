@@ -178,6 +178,8 @@ mod tests {
             rows: Rows::All,
             redact: Vec::new(),
             batch: 2000,
+            copy_to: Vec::new(),
+            keep_local: None,
         }
     }
 

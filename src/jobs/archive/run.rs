@@ -354,6 +354,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     if let Some(note) = vacuumed {
         report.summary.push_str(&format!("; {note}"));
     }
+    drop(archiver);
+    super::offsite::copy_and_expire(spec, ctx, &mut report)?;
     Ok(report)
 }
 

@@ -60,6 +60,8 @@ pub struct Raw {
     rows: Option<Rows>,
     redact: Option<Vec<String>>,
     batch: Option<u32>,
+    copy_to: Option<Vec<String>>,
+    keep_local: Option<values::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,11 +73,19 @@ pub struct Spec {
     pub rows: Rows,
     pub redact: Vec<String>,
     pub batch: u32,
+    /// Remotes each archive file is copied to.
+    pub copy_to: Vec<String>,
+    /// Local archive files older than this are deleted once every remote has its copy.
+    pub keep_local: Option<Duration>,
 }
 
 impl crate::jobs::contract::Contract for Spec {
     fn writes(&self) -> Vec<(PathBuf, &'static str)> {
         vec![(self.to.clone(), "archives")]
+    }
+
+    fn remotes_named(&self) -> Vec<(String, &str)> {
+        crate::remote::named_in("copy_to", &self.copy_to)
     }
 }
 
@@ -103,6 +113,16 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         return None;
     }
     let rows = raw.rows.unwrap_or(Rows::All);
+    let copy_to = raw.copy_to.unwrap_or_default();
+    let keep_local = raw.keep_local.map(|d| d.0);
+    if keep_local.is_some() && copy_to.is_empty() {
+        // Without a remote copy, keep_local would delete the only copy of archived rows.
+        checks.error(
+            &format!("{path}.keep_local"),
+            "keep_local deletes local archive files once their remote copies exist, and this job has no `copy_to`; accepted: keep_local together with copy_to: [REMOTE]",
+        );
+        return None;
+    }
     Some(Spec {
         older_than: older_than?,
         to: to?,
@@ -112,5 +132,7 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         // API keys sit in Apantli's payloads in plain text; redacting them is the safe default.
         redact: raw.redact.unwrap_or_else(|| vec!["api_key".to_string()]),
         batch,
+        copy_to,
+        keep_local,
     })
 }

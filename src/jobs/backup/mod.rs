@@ -64,6 +64,8 @@ pub struct Raw {
     shrink_guard: Option<ShrinkGuard>,
     databases: Option<Vec<String>>,
     pg_dump: Option<PathBuf>,
+    copy_to: Option<Vec<String>>,
+    remote_keep: Option<KeepConfig>,
 }
 
 /// `shrink_guard`: a new snapshot with fewer than this share of the rows or of the bytes of the
@@ -122,6 +124,11 @@ pub struct Spec {
     pub databases: Selection,
     /// The `pg_dump` of a PostgreSQL gateway's backups; `None`: the newest installed.
     pub pg_dump: Option<PathBuf>,
+    /// Remotes each new archive is copied to.
+    pub copy_to: Vec<String>,
+    /// The remotes' own tiers; `None` applies `keep` there too. (Boxed: a policy is large, and
+    /// every job's `Kind` would otherwise carry room for two.)
+    pub remote_keep: Option<Box<Policy>>,
 }
 
 impl crate::jobs::contract::Contract for Spec {
@@ -141,6 +148,14 @@ impl crate::jobs::contract::Contract for Spec {
             )],
             _ => Vec::new(),
         }
+    }
+
+    fn remotes_named(&self) -> Vec<(String, &str)> {
+        crate::remote::named_in("copy_to", &self.copy_to)
+    }
+
+    fn remote_keep(&self) -> Option<&Policy> {
+        (!self.copy_to.is_empty()).then(|| self.remote_keep.as_deref().unwrap_or(&self.keep))
     }
 }
 
@@ -175,6 +190,14 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
             None
         }
     };
+    let remote_keep = match raw.remote_keep.map(|k| k.to_policy()) {
+        Some(Err(message)) => {
+            checks.error(&format!("{path}.remote_keep"), message);
+            return None;
+        }
+        Some(Ok(policy)) => Some(Box::new(policy)),
+        None => None,
+    };
     if level > 9 {
         return None;
     }
@@ -193,6 +216,8 @@ pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
         shrink_guard: raw.shrink_guard.unwrap_or(DEFAULT_SHRINK_GUARD),
         databases: Selection::from_raw(raw.databases, &format!("{path}.databases"), checks),
         pg_dump: raw.pg_dump.map(|p| checks.path(&p)),
+        copy_to: raw.copy_to.unwrap_or_default(),
+        remote_keep,
     })
 }
 
@@ -631,8 +656,25 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         verify_ms,
     } = after;
 
-    let (kept, deleted) =
-        apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
+    // Queued before retention runs, so that retention never deletes a file its remote still
+    // needs.
+    crate::remote::queue::enqueue_copies(
+        ctx.state,
+        ctx.remotes,
+        &spec.copy_to,
+        ctx.job,
+        &published,
+        ctx.now,
+    )?;
+    let waiting = crate::remote::queue::waiting(ctx.state)?;
+    let (kept, deleted) = apply_retention(
+        ctx.job,
+        spec,
+        ctx.timezone,
+        &held,
+        shrink.is_none(),
+        &waiting,
+    )?;
     held.retain(|file, _| spec.to.join(file).exists());
     ctx.state.put(&ns, HELD, &held)?;
     shrink_alert(
@@ -831,6 +873,7 @@ fn apply_retention(
     tz: Tz,
     held: &BTreeMap<String, String>,
     may_prune: bool,
+    waiting: &std::collections::BTreeSet<PathBuf>,
 ) -> anyhow::Result<(usize, Vec<String>)> {
     let archives = backups::list(&spec.to, job)?
         .into_iter()
@@ -848,6 +891,12 @@ fn apply_retention(
             continue;
         }
         let path = spec.to.join(d.item.file_name());
+        if crate::remote::queue::waits(waiting, &path) {
+            // Its copy on a remote is not made yet: deleted by a later run once it is.
+            tracing::info!(path = %path.display(), "kept past the keep policy: it still waits for its upload");
+            kept += 1;
+            continue;
+        }
         fs::remove_file(&path)
             .with_context(|| format!("deleting the expired archive {}", path.display()))?;
         deleted.push(d.item.file_name());
@@ -875,6 +924,8 @@ mod tests {
             shrink_guard: DEFAULT_SHRINK_GUARD,
             databases: Selection::default(),
             pg_dump: None,
+            copy_to: Vec::new(),
+            remote_keep: None,
         }
     }
 

@@ -169,8 +169,25 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     ctx.checkpoint()?;
     let published = pending.commit()?;
     drop(scratch);
-    let (kept, deleted) =
-        super::apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
+    // Queued before retention runs, so that retention never deletes a file its remote still
+    // needs (as for a SQLite snapshot).
+    crate::remote::queue::enqueue_copies(
+        ctx.state,
+        ctx.remotes,
+        &spec.copy_to,
+        ctx.job,
+        &published,
+        ctx.now,
+    )?;
+    let waiting = crate::remote::queue::waiting(ctx.state)?;
+    let (kept, deleted) = super::apply_retention(
+        ctx.job,
+        spec,
+        ctx.timezone,
+        &held,
+        shrink.is_none(),
+        &waiting,
+    )?;
     held.retain(|file, _| spec.to.join(file).exists());
     ctx.state.put(&ns, super::HELD, &held)?;
     super::shrink_alert(ctx, shrink.as_deref(), &server.describe, &published);

@@ -53,6 +53,9 @@ pub struct RotateConfig {
     /// Name copies `-YYYYMMDD` (local date) instead of `.1 .2 ...`.
     #[serde(default)]
     pub date_suffix: bool,
+    /// Remotes each finished rotated copy is uploaded to.
+    #[serde(default)]
+    pub copy_to: Vec<String>,
 }
 
 /// Reads a size or duration written either as text (`100MB`) or as a bare YAML number
@@ -254,6 +257,7 @@ pub struct RotateSpec {
     pub if_empty: bool,
     pub missing_ok: bool,
     pub date_suffix: bool,
+    pub copy_to: Vec<String>,
 }
 
 /// One problem found by [`RotateConfig::validate`]: the key (relative to the `logrotate`
@@ -350,6 +354,7 @@ impl RotateConfig {
             notify,
             if_empty: self.if_empty,
             missing_ok: self.missing_ok,
+            copy_to: self.copy_to.clone(),
             date_suffix: self.date_suffix,
         })
     }

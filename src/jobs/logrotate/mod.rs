@@ -28,6 +28,7 @@
 
 mod config;
 mod execute;
+mod offsite;
 mod plan;
 mod survey;
 
@@ -62,6 +63,10 @@ type Saved = BTreeMap<PathBuf, FileState>;
 impl crate::jobs::contract::Contract for Spec {
     fn touches_gateway(&self) -> bool {
         false
+    }
+
+    fn remotes_named(&self) -> Vec<(String, &str)> {
+        crate::remote::named_in("copy_to", &self.copy_to)
     }
 }
 
@@ -121,6 +126,9 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
 
     let figures = Figures::of(&plan, &outcome, &facts);
     let mut errors = survey_errors;
+    if let Err(e) = offsite::queue_copies(spec, ctx, &plan, &outcome) {
+        errors.push(format!("queueing the rotated copies for upload: {e:#}"));
+    }
     if let Err(e) = saving {
         errors.push(format!("{e:#}"));
     }
