@@ -77,6 +77,10 @@ pub struct Outcome {
     pub vanished: Vec<Target>,
 }
 
+/// Free space under which a failed snapshot is put down to a full filesystem: less than one
+/// SQLite page and its journal's header.
+const FULL_BELOW: u64 = 64 * 1024;
+
 /// Snapshots `targets` one at a time into scratch files beside the archive `name` in `to`.
 /// `between` runs before each (the job's safe point). The caller sweeps the memory files a
 /// killed run left ([`snapshot::sweep_memory`]) once, before its first snapshot: a sweep here
@@ -110,11 +114,22 @@ pub fn take_all(
             // Gone between the look above and the open: the same as gone before it.
             Err(_) if !target.source.exists() => vanished.push(target.clone()),
             Err(e) => {
+                // A full disk often reaches us as SQLite's I/O error on the copy's journal or
+                // shared memory, not as ENOSPC: say what the operator must fix.
+                let full = super::free_bytes(to).is_ok_and(|free| free < FULL_BELOW);
                 return Err(e).with_context(|| {
                     format!(
-                        "taking the snapshot of database `{}` ({}); no archive was written",
+                        "taking the snapshot of database `{}` ({}){}; no archive was written",
                         target.name,
-                        target.source.display()
+                        target.source.display(),
+                        if full {
+                            format!(
+                                ": the filesystem of {} is full; free space there",
+                                to.display()
+                            )
+                        } else {
+                            String::new()
+                        }
                     )
                 });
             }

@@ -493,6 +493,8 @@ pub async fn upload_loop(
                 .await;
         match pass {
             Ok(Err(e)) => tracing::error!("upload queue: {e:#}"),
+            // The runtime is shutting down: no pass can run any more.
+            Err(e) if e.is_cancelled() => return,
             Err(e) => tracing::error!("upload queue: the pass panicked: {e}"),
             Ok(Ok(_)) => {}
         }
