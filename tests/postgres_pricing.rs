@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Child;
 
 use common::bins;
 use common::pg::Cluster;
@@ -72,17 +71,6 @@ fn run_job(jobs: &Path, dry_run: bool) -> std::process::Output {
         cmd.arg("--dry-run");
     }
     cmd.output().unwrap()
-}
-
-fn spawn_job(jobs: &Path) -> Child {
-    bins::caretaker()
-        .args(["run-job", "old", "--config"])
-        .arg(jobs)
-        .env_remove("CARETAKER_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 #[test]
@@ -150,40 +138,19 @@ fn litellm_spend_logs(cluster: &Cluster) {
         .collect();
     assert_eq!(after_dry, before, "the dry run changed rows");
 
-    // Another session holds row locks on rows to re-price, as a long transaction would.
-    let mut blocker = cluster.client(&db);
-    let mut tx = blocker.transaction().unwrap();
-    tx.execute(
-        "SELECT 1 FROM \"LiteLLM_SpendLogs\" WHERE request_id BETWEEN 'old-000100' AND 'old-000120' FOR UPDATE",
-        &[],
-    )
-    .unwrap();
-    let timeouts = || {
-        cluster
-            .log()
-            .matches("canceling statement due to lock timeout")
-            .count()
-    };
-    let mut child = spawn_job(&jobs);
-    common::wait::until(
-        "our update to meet the lock twice",
-        common::wait::DEADLINE,
-        || timeouts() >= 2 || child.try_wait().unwrap().is_some(),
-    );
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the run ended while the lock was held"
-    );
-    tx.commit().unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{stderr}");
+    // Another session holds row locks on rows to re-price while the run starts.
+    let run = pgjobs::run_through_held_lock(cluster, &db, &jobs, "old-000100", "old-000120");
+    assert!(run.success, "{}", run.output);
     let (report, committed) = sim.stop();
     assert_eq!(report.failed, 0, "{report:?}");
     // Backoff, not a storm: a handful of tries while the lock was held.
-    assert!(timeouts() <= 12, "{} lock timeouts\n{stderr}", timeouts());
-    assert!(stderr.contains("trying again after a pause"), "{stderr}");
+    let timeouts = pgjobs::lock_timeouts(cluster);
+    assert!(timeouts <= 12, "{timeouts} lock timeouts\n{}", run.output);
+    assert!(
+        run.output.contains("trying again after a pause"),
+        "{}",
+        run.output
+    );
     let alerts = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap_or_default();
     assert!(alerts.is_empty(), "{alerts}");
 

@@ -17,17 +17,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::jobs::contract::{Context, Report};
-use crate::checks::values;
 use crate::checks::Checks;
+use crate::checks::values;
 use crate::gateway::dialect::Keyset;
 use crate::gateway::{
     Access, CostColumns, Dialect, Exec, ExecExt, Gateway, Preset, RowRef, Tuning, Value,
 };
+use crate::jobs::contract::{Context, Report};
 // Label values in figure names are quoted as in the metrics file.
+use crate::gateway::db::Pacing;
 use crate::metrics::escape_label as label;
 use crate::units::{usd, usd_change};
-use crate::gateway::db::Pacing;
 use crate::writelock::HOLD_LIMIT;
 use prices::{PriceTable, Usage};
 
@@ -537,7 +537,11 @@ impl<'a> Rows<'a> {
 
     /// Reads the next window of candidates after `cursor`: one short statement. Returns them
     /// with where the next read goes on from.
-    fn read_next(&self, db: &mut dyn Exec, cursor: &Cursor) -> anyhow::Result<(Vec<RawRow>, Cursor)> {
+    fn read_next(
+        &self,
+        db: &mut dyn Exec,
+        cursor: &Cursor,
+    ) -> anyhow::Result<(Vec<RawRow>, Cursor)> {
         match cursor {
             Cursor::Rowid { after, hi } => {
                 let upto = after.saturating_add(READ_WINDOW).min(*hi);
@@ -551,9 +555,13 @@ impl<'a> Rows<'a> {
                     },
                 ))
             }
-            Cursor::Keyset { after, hi, .. } => {
-                self.read_keyset(db, after.as_deref(), hi, READ_WINDOW as usize, KEYSET_READ_BUDGET)
-            }
+            Cursor::Keyset { after, hi, .. } => self.read_keyset(
+                db,
+                after.as_deref(),
+                hi,
+                READ_WINDOW as usize,
+                KEYSET_READ_BUDGET,
+            ),
         }
     }
 
@@ -636,7 +644,9 @@ impl<'a> Rows<'a> {
         let mut last: Option<Vec<Value>> = None;
         db.query(&sql, &params, &mut |r| {
             seen += 1;
-            let position: Vec<Value> = (1..=width).map(|i| r.get(i)).collect::<anyhow::Result<_>>()?;
+            let position: Vec<Value> = (1..=width)
+                .map(|i| r.get(i))
+                .collect::<anyhow::Result<_>>()?;
             if r.get(0)?.as_bool()?.unwrap_or(false) {
                 let key = RowKey::Key(position[1..].to_vec());
                 read.push(self.raw_row(r, key, 1 + width)?);
@@ -1065,7 +1075,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         })?;
     }
     measured.elapsed = started.elapsed();
-    Ok(report(spec, &table, &total, &measured, db.pacing(), ctx.dry_run))
+    Ok(report(
+        spec,
+        &table,
+        &total,
+        &measured,
+        db.pacing(),
+        ctx.dry_run,
+    ))
 }
 
 fn report(
@@ -1442,7 +1459,9 @@ mod tests {
         // follow on from where each stopped find exactly the same rows.
         let (mut after, mut stepped) = (0, Vec::new());
         while after < 40 {
-            let (got, through) = rows.read_window(&mut conn, after, 40, Duration::ZERO).unwrap();
+            let (got, through) = rows
+                .read_window(&mut conn, after, 40, Duration::ZERO)
+                .unwrap();
             assert!(got.len() <= 1 && through > after, "{after} -> {through}");
             stepped.extend(got.into_iter().map(|r| r.key));
             after = through;
