@@ -1470,6 +1470,75 @@ mod tests {
         assert_eq!(stepped, whole);
     }
 
+    /// SQLite's statements are those of the rowid walk as they were; PostgreSQL's update a row
+    /// by its key, null-safe, with the costs bound as doubles; failed LiteLLM rows (`status`
+    /// not `success`) are never candidates.
+    #[test]
+    fn statements_per_engine_and_keys_as_the_dry_run_lists_them() {
+        let spec = Spec {
+            prices: "unused.yaml".into(),
+            watch: false,
+            recompute: Recompute::Missing,
+            since: None,
+            aliases: BTreeMap::new(),
+        };
+        let gateway = |preset: Preset| {
+            let (table, columns) = preset.table_and_columns().unwrap();
+            Gateway {
+                database: "unused.db".into(),
+                preset,
+                table,
+                columns,
+                busy_timeout: Duration::from_secs(2),
+                postgres: None,
+            }
+        };
+        let now = chrono::Utc::now();
+        let apantli = gateway(Preset::Apantli);
+        let rows = Rows::new(&apantli, Dialect::Sqlite, Walk::Rowid, &spec, now);
+        assert_eq!(
+            rows.select,
+            "SELECT rowid, \"model\", \"prompt_tokens\", \"completion_tokens\", \"cost\", \"request_data\", \"response_data\" FROM \"requests\" WHERE rowid > ?1 AND rowid <= ?2 AND \"error\" IS NULL AND (\"cost\" IS NULL OR \"cost\" = 0) ORDER BY rowid"
+        );
+        assert_eq!(
+            rows.update,
+            "UPDATE \"requests\" SET \"cost\" = ?2 WHERE rowid = ?1 AND \"cost\" IS ?3"
+        );
+        let boba = gateway(Preset::Bobamixer);
+        let rows = Rows::new(&boba, Dialect::Sqlite, Walk::Rowid, &spec, now);
+        assert_eq!(
+            rows.update,
+            "UPDATE \"usage_records\" SET \"input_cost\" = ?2, \"output_cost\" = ?3 WHERE rowid = ?1 AND \"input_cost\" IS ?4 AND \"output_cost\" IS ?5"
+        );
+        let litellm = gateway(Preset::Litellm);
+        let walk = Walk::Keyset {
+            key: vec!["request_id".into()],
+        };
+        let rows = Rows::new(&litellm, Dialect::Postgres, walk, &spec, now);
+        assert_eq!(
+            rows.update,
+            "UPDATE \"LiteLLM_SpendLogs\" SET \"spend\" = CAST($2 AS double precision) WHERE \"request_id\" = $1 AND \"spend\" IS NOT DISTINCT FROM CAST($3 AS double precision)"
+        );
+        assert_eq!(
+            rows.filters,
+            [
+                "NOT (\"status\" IS DISTINCT FROM 'success')",
+                "(\"spend\" IS NULL OR \"spend\" = 0)"
+            ]
+        );
+        assert_eq!(
+            rows.order(Dialect::Postgres),
+            "\"startTime\", \"request_id\""
+        );
+        for (key, shown) in [
+            (RowKey::Rowid(17), "17"),
+            (RowKey::Key(vec!["req-1".into()]), "req-1"),
+            (RowKey::Key(vec!["eu".into(), Value::Integer(4)]), "eu, 4"),
+        ] {
+            assert_eq!(key.to_string(), shown);
+        }
+    }
+
     #[test]
     fn batches_shrink_above_the_target_and_grow_below_it() {
         let mut b = Batcher::new(Aim::for_gateway(Preset::Apantli));
