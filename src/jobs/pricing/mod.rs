@@ -97,6 +97,9 @@ const READ_HOLD: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(1));
 /// wait on (MVCC), only vacuum's horizon, so the bound is about memory and the window's
 /// progress, not the gateway's writers.
 const KEYSET_READ_BUDGET: Duration = Duration::from_secs(1);
+/// Rows one PostgreSQL update statement changes at most (by a one-column key): a round trip
+/// per 100 rows, as the archive job purges.
+const PG_ROWS_PER_STATEMENT: usize = 100;
 /// Windows read ahead of the parser thread: enough to keep it busy through a pause.
 const READ_AHEAD: usize = 4;
 /// Our connection's page cache (KiB): holds the pages a batch changes until its COMMIT.
@@ -708,24 +711,109 @@ impl<'a> Rows<'a> {
             )
         };
         let mut changed = 0;
-        for change in batch {
+        let mut rest = batch;
+        // PostgreSQL: many rows per statement where the key is one column, so that a batch
+        // costs a few round trips instead of one per row.
+        if let Walk::Keyset { key } = &self.walk
+            && let [key] = key.as_slice()
+        {
+            while !rest.is_empty() {
+                let (chunk, after) = rest.split_at(rest.len().min(PG_ROWS_PER_STATEMENT));
+                let Some((sql, params)) = self.update_many(key, chunk) else {
+                    break;
+                };
+                changed += tx.execute(&sql, &params).with_context(writing)? as usize;
+                rest = after;
+            }
+        }
+        for change in rest {
             let mut params = change.key.params();
-            match (change.new, change.old) {
-                (Stored::Single(new), Stored::Single(old)) => {
-                    params.extend([new.into(), old.into()]);
-                }
-                (
-                    Stored::Split { input, output },
-                    Stored::Split {
-                        input: old_in,
-                        output: old_out,
-                    },
-                ) => params.extend([input.into(), output.into(), old_in.into(), old_out.into()]),
-                _ => unreachable!("plan keeps the stored shape of each row"),
-            };
+            params.extend(change.costs());
             changed += tx.execute(&self.update, &params).with_context(writing)? as usize;
         }
         Ok(changed)
+    }
+
+    /// One statement updating every row of `chunk` by its one-column `key`, each only while
+    /// its cost is still the one read (null-safe), or `None` for a key value that is neither
+    /// an integer nor text (those rows go one by one).
+    fn update_many(&self, key: &str, chunk: &[Change]) -> Option<(String, Vec<Value>)> {
+        let d = Dialect::Postgres;
+        let key_type = match &chunk.first()?.key {
+            RowKey::Key(v) => match v.as_slice() {
+                [Value::Integer(_)] => "bigint",
+                [Value::Text(_)] => "text",
+                _ => return None,
+            },
+            RowKey::Rowid(_) => return None,
+        };
+        let (set, same, width) = match &self.gateway.columns.cost {
+            CostColumns::Single(cost) => (
+                format!("{} = v.new", d.ident(cost)),
+                d.same(&format!("t.{}", d.ident(cost)), "v.old"),
+                3,
+            ),
+            CostColumns::Split { input, output } => (
+                format!(
+                    "{} = v.new_in, {} = v.new_out",
+                    d.ident(input),
+                    d.ident(output)
+                ),
+                format!(
+                    "{} AND {}",
+                    d.same(&format!("t.{}", d.ident(input)), "v.old_in"),
+                    d.same(&format!("t.{}", d.ident(output)), "v.old_out")
+                ),
+                5,
+            ),
+        };
+        let names = if width == 3 {
+            "k, new, old"
+        } else {
+            "k, new_in, new_out, old_in, old_out"
+        };
+        let mut params = Vec::with_capacity(chunk.len() * width);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for change in chunk {
+            let RowKey::Key(k) = &change.key else {
+                return None;
+            };
+            let first = params.len() + 1;
+            params.extend(k.iter().cloned());
+            params.extend(change.costs());
+            let costs: Vec<String> = (1..width)
+                .map(|i| format!("CAST({} AS double precision)", d.param(first + i)))
+                .collect();
+            rows.push(format!(
+                "(CAST({} AS {key_type}), {})",
+                d.param(first),
+                costs.join(", ")
+            ));
+        }
+        let sql = format!(
+            "UPDATE {} AS t SET {set} FROM (VALUES {}) AS v({names}) WHERE t.{} = v.k AND {same}",
+            d.table(&self.gateway.table),
+            rows.join(", "),
+            d.ident(key)
+        );
+        Some((sql, params))
+    }
+}
+
+impl Change {
+    /// The new cost(s), then the old, as the updates bind them after the key.
+    fn costs(&self) -> Vec<Value> {
+        match (self.new, self.old) {
+            (Stored::Single(new), Stored::Single(old)) => vec![new.into(), old.into()],
+            (
+                Stored::Split { input, output },
+                Stored::Split {
+                    input: old_in,
+                    output: old_out,
+                },
+            ) => vec![input.into(), output.into(), old_in.into(), old_out.into()],
+            _ => unreachable!("plan keeps the stored shape of each row"),
+        }
     }
 }
 
@@ -1285,6 +1373,30 @@ mod tests {
         }
     }
 
+    /// A pricing spec of `recompute: missing`, whose price file is never read.
+    fn missing_spec() -> Spec {
+        Spec {
+            prices: "unused.yaml".into(),
+            watch: false,
+            recompute: Recompute::Missing,
+            since: None,
+            aliases: BTreeMap::new(),
+        }
+    }
+
+    /// A gateway of `preset`'s table and columns at `database`.
+    fn gateway_of(preset: Preset, database: std::path::PathBuf) -> Gateway {
+        let (table, columns) = preset.table_and_columns().unwrap();
+        Gateway {
+            database,
+            preset,
+            table,
+            columns,
+            busy_timeout: Duration::from_secs(2),
+            postgres: None,
+        }
+    }
+
     /// The bound the docs promise for pricing's locks is 4 times the longest batch it aims at.
     #[test]
     fn the_lock_bound_is_four_times_the_batch_s_longest() {
@@ -1427,22 +1539,8 @@ mod tests {
         conn.execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
             .unwrap();
         let mut conn = crate::gateway::sqlite::SqliteExec(&conn);
-        let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
-        let gateway = Gateway {
-            database: db,
-            preset: Preset::Apantli,
-            table,
-            columns,
-            busy_timeout: Duration::from_secs(2),
-            postgres: None,
-        };
-        let spec = Spec {
-            prices: "unused.yaml".into(),
-            watch: false,
-            recompute: Recompute::Missing,
-            since: None,
-            aliases: BTreeMap::new(),
-        };
+        let gateway = gateway_of(Preset::Apantli, db);
+        let spec = missing_spec();
         let rows = Rows::new(
             &gateway,
             Dialect::Sqlite,
@@ -1475,24 +1573,8 @@ mod tests {
     /// not `success`) are never candidates.
     #[test]
     fn statements_per_engine_and_keys_as_the_dry_run_lists_them() {
-        let spec = Spec {
-            prices: "unused.yaml".into(),
-            watch: false,
-            recompute: Recompute::Missing,
-            since: None,
-            aliases: BTreeMap::new(),
-        };
-        let gateway = |preset: Preset| {
-            let (table, columns) = preset.table_and_columns().unwrap();
-            Gateway {
-                database: "unused.db".into(),
-                preset,
-                table,
-                columns,
-                busy_timeout: Duration::from_secs(2),
-                postgres: None,
-            }
-        };
+        let spec = missing_spec();
+        let gateway = |preset: Preset| gateway_of(preset, "unused.db".into());
         let now = chrono::Utc::now();
         let apantli = gateway(Preset::Apantli);
         let rows = Rows::new(&apantli, Dialect::Sqlite, Walk::Rowid, &spec, now);
@@ -1529,6 +1611,42 @@ mod tests {
         assert_eq!(
             rows.order(Dialect::Postgres),
             "\"startTime\", \"request_id\""
+        );
+        // Many rows per statement by a one-column key, cast by the key's kind.
+        let change = |key: Value, old: Option<f64>| Change {
+            key: RowKey::Key(vec![key]),
+            old: Stored::Single(old),
+            new: Stored::Single(Some(0.5)),
+        };
+        let (sql, params) = rows
+            .update_many(
+                "request_id",
+                &[change("a".into(), Some(0.0)), change("b".into(), None)],
+            )
+            .unwrap();
+        assert_eq!(
+            sql,
+            "UPDATE \"LiteLLM_SpendLogs\" AS t SET \"spend\" = v.new FROM (VALUES (CAST($1 AS text), CAST($2 AS double precision), CAST($3 AS double precision)), (CAST($4 AS text), CAST($5 AS double precision), CAST($6 AS double precision))) AS v(k, new, old) WHERE t.\"request_id\" = v.k AND t.\"spend\" IS NOT DISTINCT FROM v.old"
+        );
+        assert_eq!(
+            params,
+            [
+                Value::from("a"),
+                Value::Real(0.5),
+                Value::Real(0.0),
+                Value::from("b"),
+                Value::Real(0.5),
+                Value::Null
+            ]
+        );
+        let (sql, _) = rows
+            .update_many("id", &[change(Value::Integer(7), None)])
+            .unwrap();
+        assert!(sql.contains("(CAST($1 AS bigint), "), "{sql}");
+        // A key of another kind goes row by row.
+        assert!(
+            rows.update_many("id", &[change(Value::Real(1.0), None)])
+                .is_none()
         );
         for (key, shown) in [
             (RowKey::Rowid(17), "17"),
