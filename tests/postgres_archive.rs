@@ -19,14 +19,7 @@ const ERRORS: &str = "LiteLLM_ErrorLogs";
 const TOOLS: &str = "LiteLLM_SpendLogToolIndex";
 
 fn spawn_job(jobs: &Path) -> Child {
-    bins::caretaker()
-        .args(["run-job", "old", "--config"])
-        .arg(jobs)
-        .env_remove("CARETAKER_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    pgjobs::spawn_job(jobs)
 }
 
 fn redact_keys() -> Vec<String> {
@@ -406,39 +399,18 @@ fn a_lock_held_on_the_rows_makes_the_batch_wait_and_retry_without_an_error_storm
     );
     let sim = Sim::start_postgres(&cluster.url(&db), 100.0, 0.0, dir.path());
     // Another session holds row locks on some of the old rows, as a long transaction would.
-    let mut blocker = cluster.client(&db);
-    let mut tx = blocker.transaction().unwrap();
-    tx.execute(
-        "SELECT 1 FROM \"LiteLLM_SpendLogs\" WHERE request_id BETWEEN 'old-000100' AND 'old-000120' FOR UPDATE",
-        &[],
-    )
-    .unwrap();
-    let timeouts = || {
-        cluster
-            .log()
-            .matches("canceling statement due to lock timeout")
-            .count()
-    };
-    let mut child = spawn_job(&jobs);
-    common::wait::until(
-        "our delete to meet the lock twice",
-        common::wait::DEADLINE,
-        || timeouts() >= 2 || child.try_wait().unwrap().is_some(),
-    );
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the run ended while the lock was held"
-    );
-    tx.commit().unwrap();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{stderr}");
+    let run = pgjobs::run_through_held_lock(&cluster, &db, &jobs, "old-000100", "old-000120");
+    assert!(run.success, "{}", run.output);
     let (report, _) = sim.stop();
     assert_eq!(report.failed, 0, "{report:?}");
     // Backoff, not a storm: a handful of tries while the lock was held.
-    assert!(timeouts() <= 12, "{} lock timeouts\n{stderr}", timeouts());
-    assert!(stderr.contains("trying again after a pause"), "{stderr}");
+    let timeouts = pgjobs::lock_timeouts(&cluster);
+    assert!(timeouts <= 12, "{timeouts} lock timeouts\n{}", run.output);
+    assert!(
+        run.output.contains("trying again after a pause"),
+        "{}",
+        run.output
+    );
     assert_eq!(archived_ids(dir.path()), original);
     assert!(
         cluster

@@ -242,3 +242,79 @@ pub fn assert_no_secrets(files: &[PathBuf]) {
         );
     }
 }
+
+/// `caretaker run-job old` with the jobs file `jobs`, in the background, its output piped.
+pub fn spawn_job(jobs: &Path) -> std::process::Child {
+    super::bins::caretaker()
+        .args(["run-job", "old", "--config"])
+        .arg(jobs)
+        .env_remove("CARETAKER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// How many of our statements gave up on a lock so far (the server logs each).
+pub fn lock_timeouts(cluster: &Cluster) -> usize {
+    cluster
+        .log()
+        .matches("canceling statement due to lock timeout")
+        .count()
+}
+
+/// What a run that met a held row lock did.
+pub struct HeldLockRun {
+    pub success: bool,
+    /// Its log and report (stderr, then stdout).
+    pub output: String,
+}
+
+/// Runs job `old` of `jobs` while another session holds `FOR UPDATE` locks on the spend-log
+/// rows whose `request_id` is from `first` to `last`, as a long transaction would: waits until
+/// our statements have met the lock twice, checks that the run still goes on, then releases
+/// the lock and waits for the run to end.
+pub fn run_through_held_lock(
+    cluster: &Cluster,
+    db: &str,
+    jobs: &Path,
+    first: &str,
+    last: &str,
+) -> HeldLockRun {
+    let mut blocker = cluster.client(db);
+    let mut tx = blocker.transaction().unwrap();
+    tx.execute(
+        "SELECT 1 FROM \"LiteLLM_SpendLogs\" WHERE request_id BETWEEN $1 AND $2 FOR UPDATE",
+        &[&first, &last],
+    )
+    .unwrap();
+    let mut child = spawn_job(jobs);
+    super::wait::until(
+        "our statements to meet the lock twice",
+        super::wait::DEADLINE,
+        || lock_timeouts(cluster) >= 2 || child.try_wait().unwrap().is_some(),
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended while the lock was held"
+    );
+    tx.commit().unwrap();
+    let status = child.wait().unwrap();
+    let mut output = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    HeldLockRun {
+        success: status.success(),
+        output,
+    }
+}

@@ -302,9 +302,10 @@ pub const READY: &[&str] = &[
     "health",
     "integrity",
     "maintenance",
+    "pricing",
 ];
 /// Job kinds that read the gateway the SQLite way and are not ported to PostgreSQL yet.
-pub const NOT_YET: &[&str] = &["pricing"];
+pub const NOT_YET: &[&str] = &[];
 
 /// A PostgreSQL identifier, double-quoted (LiteLLM's names are mixed case).
 pub fn quote_ident(name: &str) -> String {

@@ -1,9 +1,10 @@
 //! The `pricing` job: recompute the cost of historical requests from a price table.
 //!
-//! The job reads candidate rows in short rowid windows, prices them with a pure [`plan`], and
-//! writes the changes in short write transactions whose lock time it measures and keeps far
-//! below the gateway's busy timeout. Every update is conditional on the cost it was planned
-//! from, so a row changed by someone else meanwhile is left alone.
+//! The job reads candidate rows in short windows (SQLite: by `rowid`; PostgreSQL, which has no
+//! stable row number: keyset reads in (time, primary key) order), prices them with a pure
+//! [`plan`], and writes the changes in short write transactions whose lock time it measures and
+//! keeps far below the gateway's busy timeout. Every update is conditional on the cost it was
+//! planned from, so a row changed by someone else meanwhile is left alone.
 
 pub mod prices;
 
@@ -16,14 +17,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use crate::jobs::contract::{Context, Report};
-use crate::checks::values;
 use crate::checks::Checks;
-use crate::gateway::{Access, CostColumns, Dialect, Exec, ExecExt, Gateway, Preset, Tuning, Value};
+use crate::checks::values;
+use crate::gateway::dialect::Keyset;
+use crate::gateway::{
+    Access, CostColumns, Dialect, Exec, ExecExt, Gateway, Preset, RowRef, Tuning, Value,
+};
+use crate::jobs::contract::{Context, Report};
 // Label values in figure names are quoted as in the metrics file.
+use crate::gateway::db::Pacing;
 use crate::metrics::escape_label as label;
 use crate::units::{usd, usd_change};
-use crate::gateway::db::Pacing;
 use crate::writelock::HOLD_LIMIT;
 use prices::{PriceTable, Usage};
 
@@ -89,6 +93,13 @@ const READ_WINDOW: i64 = 5_000;
 /// next), as the archive job's reads do: a gateway commit waits for it. Within
 /// [`HOLD_LIMIT`], with a row's read and the statement's end to spare.
 const READ_HOLD: Duration = HOLD_LIMIT.saturating_sub(Duration::from_millis(1));
+/// How long one keyset read (PostgreSQL) may go on: it holds no lock the gateway's inserts
+/// wait on (MVCC), only vacuum's horizon, so the bound is about memory and the window's
+/// progress, not the gateway's writers.
+const KEYSET_READ_BUDGET: Duration = Duration::from_secs(1);
+/// Rows one PostgreSQL update statement changes at most (by a one-column key): a round trip
+/// per 100 rows, as the archive job purges.
+const PG_ROWS_PER_STATEMENT: usize = 100;
 /// Windows read ahead of the parser thread: enough to keep it busy through a pause.
 const READ_AHEAD: usize = 4;
 /// Our connection's page cache (KiB): holds the pages a batch changes until its COMMIT.
@@ -145,10 +156,52 @@ impl Stored {
     }
 }
 
+/// Which row a change is for, whatever the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowKey {
+    /// SQLite's `rowid`.
+    Rowid(i64),
+    /// The values of the table's primary key, in key order (LiteLLM: its `request_id`):
+    /// PostgreSQL has no stable row number (`ctid` moves on update and vacuum).
+    Key(Vec<Value>),
+}
+
+impl RowKey {
+    /// The key as the update's first parameters.
+    fn params(&self) -> Vec<Value> {
+        match self {
+            RowKey::Rowid(n) => vec![Value::Integer(*n)],
+            RowKey::Key(values) => values.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for RowKey {
+    /// `12` for a rowid; a key's values as written, joined by `, `.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowKey::Rowid(n) => write!(f, "{n}"),
+            RowKey::Key(values) => {
+                for (i, v) in values.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    match v {
+                        Value::Text(t) => f.write_str(t)?,
+                        Value::Integer(n) => write!(f, "{n}")?,
+                        other => write!(f, "{other:?}")?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One row to price: the name to look its price up by, its token counts and its cost now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
-    pub rowid: i64,
+    pub key: RowKey,
     pub model: String,
     /// The gateway's model column when it differs from `model` (Apantli: the client's name,
     /// `claude-haiku-3.5`, while `model` is the provider's): `aliases` match it too.
@@ -158,9 +211,9 @@ pub struct Candidate {
 }
 
 /// One row's planned update.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    pub rowid: i64,
+    pub key: RowKey,
     pub old: Stored,
     pub new: Stored,
 }
@@ -255,7 +308,7 @@ pub fn plan(
         totals.old_usd += c.old.total();
         totals.new_usd += new.total();
         plan.changes.push(Change {
-            rowid: c.rowid,
+            key: c.key.clone(),
             old: c.old,
             new,
         });
@@ -263,12 +316,51 @@ pub fn plan(
     plan
 }
 
+/// How the job walks the request table ([`Dialect::keyset`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Walk {
+    /// SQLite: rowid windows.
+    Rowid,
+    /// PostgreSQL: keyset reads in (time, `key`) order, `key` the primary key's columns, which
+    /// LiteLLM's `("startTime", request_id)` index serves.
+    Keyset { key: Vec<String> },
+}
+
+/// Where a run has got to in the table.
+#[derive(Debug, Clone, PartialEq)]
+enum Cursor {
+    /// Rowids in `(after, hi]` are left to read.
+    Rowid { after: i64, hi: i64 },
+    /// Rows after `after` (time and key values; `None`: from the start) up to `hi` are left to
+    /// read, unless `done`.
+    Keyset {
+        after: Option<Vec<Value>>,
+        hi: Vec<Value>,
+        done: bool,
+    },
+}
+
+impl Cursor {
+    fn done(&self) -> bool {
+        match self {
+            Cursor::Rowid { after, hi } => after >= hi,
+            Cursor::Keyset { done, .. } => *done,
+        }
+    }
+}
+
 /// How the job reads and writes one gateway's rows.
 struct Rows<'a> {
     gateway: &'a Gateway,
+    walk: Walk,
+    /// The row's facts after its position columns: model, tokens, cost(s), Apantli's payloads.
+    facts: String,
+    /// The conditions of a row to price (not failed; with `recompute: missing`, no cost yet).
+    filters: Vec<String>,
+    /// SQLite's read of a rowid window, the filters in it.
     select: String,
     update: String,
-    /// Bound after the two rowid parameters.
+    /// Bound after the position's parameters.
     since: Option<Value>,
 }
 
@@ -276,6 +368,7 @@ impl<'a> Rows<'a> {
     fn new(
         gateway: &'a Gateway,
         d: Dialect,
+        walk: Walk,
         spec: &Spec,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Rows<'a> {
@@ -301,13 +394,16 @@ impl<'a> Rows<'a> {
             columns.push(q("request_data"));
             columns.push(q("response_data"));
         }
-        let mut filters = vec![
-            format!("rowid > {}", d.param(1)),
-            format!("rowid <= {}", d.param(2)),
-        ];
-        // A failed request cost nothing; the gateways log 0 for it, and so it stays.
-        if let Some(error) = &c.error {
-            filters.push(format!("{} IS NULL", q(error)));
+        let mut filters = Vec::new();
+        // A failed request cost nothing; the gateways log 0 for it, and so it stays. LiteLLM
+        // says so in `status` (anything but `success`), the others by an error column set.
+        match (gateway.preset, gateway.failed_sql(d)) {
+            (Preset::Litellm, Some(failed)) => filters.push(format!("NOT ({failed})")),
+            _ => {
+                if let Some(error) = &c.error {
+                    filters.push(format!("{} IS NULL", q(error)));
+                }
+            }
         }
         if spec.recompute == Recompute::Missing {
             filters.push(missing);
@@ -318,53 +414,120 @@ impl<'a> Rows<'a> {
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .and_then(|d| now.checked_sub_signed(d))
             .map(|t| d.time_bound(c.time_format, t));
-        if since.is_some() {
-            filters.push(format!("{} >= {}", q(&c.time), d.param(3)));
-        }
         let table = d.table(&gateway.table);
+        let facts = columns.join(", ");
+        let mut windowed = vec![
+            format!("rowid > {}", d.param(1)),
+            format!("rowid <= {}", d.param(2)),
+        ];
+        windowed.extend(filters.iter().cloned());
+        if since.is_some() {
+            windowed.push(format!("{} >= {}", q(&c.time), d.param(3)));
+        }
         let select = format!(
-            "SELECT rowid, {} FROM {table} WHERE {} ORDER BY rowid",
-            columns.join(", "),
-            filters.join(" AND ")
+            "SELECT rowid, {facts} FROM {table} WHERE {} ORDER BY rowid",
+            windowed.join(" AND ")
         );
-        let p = |n| d.param(n);
+        // The key's parameters come first, then the new cost(s), then the old.
+        let keys: Vec<String> = match &walk {
+            Walk::Rowid => vec!["rowid".to_string()],
+            Walk::Keyset { key } => key.iter().map(|k| q(k)).collect(),
+        };
+        let p = |n: usize| d.param(keys.len() + n);
+        // PostgreSQL infers a parameter's type from the column: a cost column of `numeric` or
+        // `real` takes our double as well.
+        let num = |param: String| match d {
+            Dialect::Sqlite => param,
+            Dialect::Postgres => format!("CAST({param} AS double precision)"),
+        };
+        let by_key = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k} = {}", d.param(i + 1)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let update = match &c.cost {
             CostColumns::Single(cost) => format!(
-                "UPDATE {table} SET {} = {} WHERE rowid = {} AND {}",
+                "UPDATE {table} SET {} = {} WHERE {by_key} AND {}",
                 q(cost),
-                p(2),
-                p(1),
-                d.same(&q(cost), &p(3))
+                num(p(1)),
+                d.same(&q(cost), &num(p(2)))
             ),
             CostColumns::Split { input, output } => format!(
-                "UPDATE {table} SET {} = {}, {} = {} WHERE rowid = {} AND {} AND {}",
+                "UPDATE {table} SET {} = {}, {} = {} WHERE {by_key} AND {} AND {}",
                 q(input),
-                p(2),
+                num(p(1)),
                 q(output),
-                p(3),
-                p(1),
-                d.same(&q(input), &p(4)),
-                d.same(&q(output), &p(5))
+                num(p(2)),
+                d.same(&q(input), &num(p(3))),
+                d.same(&q(output), &num(p(4)))
             ),
         };
         Rows {
             gateway,
+            walk,
+            facts,
+            filters,
             select,
             update,
             since,
         }
     }
 
-    /// The rowid range to scan: rows written after this are the gateway's, priced by it.
-    fn range(&self, db: &mut dyn Exec) -> anyhow::Result<Option<(i64, i64)>> {
-        let sql = format!(
-            "SELECT min(rowid), max(rowid) FROM {}",
-            db.dialect().table(&self.gateway.table)
-        );
-        let (lo, hi) = db
-            .query_one(&sql, &[], |r| Ok((r.i64(0)?, r.i64(1)?)))
-            .with_context(|| self.reading())?;
-        Ok(lo.zip(hi))
+    /// The columns of the walk's order, quoted: time and key, or the rowid.
+    fn order_columns(&self, d: Dialect) -> Vec<String> {
+        match &self.walk {
+            Walk::Rowid => vec!["rowid".to_string()],
+            Walk::Keyset { key } => std::iter::once(&self.gateway.columns.time)
+                .chain(key)
+                .map(|c| d.ident(c))
+                .collect(),
+        }
+    }
+
+    /// The walk's order, as a list.
+    fn order(&self, d: Dialect) -> String {
+        self.order_columns(d).join(", ")
+    }
+
+    /// Where the run starts, and the last row it looks at: rows written after this are the
+    /// gateway's, priced by it. `None` for an empty table.
+    fn start(&self, db: &mut dyn Exec) -> anyhow::Result<Option<Cursor>> {
+        let d = db.dialect();
+        let table = d.table(&self.gateway.table);
+        match &self.walk {
+            Walk::Rowid => {
+                let sql = format!("SELECT min(rowid), max(rowid) FROM {table}");
+                let (lo, hi) = db
+                    .query_one(&sql, &[], |r| Ok((r.i64(0)?, r.i64(1)?)))
+                    .with_context(|| self.reading())?;
+                Ok(lo.zip(hi).map(|(lo, hi)| Cursor::Rowid {
+                    after: lo.saturating_sub(1),
+                    hi,
+                }))
+            }
+            Walk::Keyset { .. } => {
+                // The last row in (time, key) order: a backward step on the time index.
+                let descending = self
+                    .order_columns(d)
+                    .iter()
+                    .map(|c| format!("{c} DESC"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "SELECT {} FROM {table} ORDER BY {descending} LIMIT 1",
+                    self.order(d)
+                );
+                let hi = db
+                    .query_opt(&sql, &[], |r| r.values())
+                    .with_context(|| self.reading())?;
+                Ok(hi.map(|hi| Cursor::Keyset {
+                    after: None,
+                    hi,
+                    done: false,
+                }))
+            }
+        }
     }
 
     fn reading(&self) -> String {
@@ -373,6 +536,36 @@ impl<'a> Rows<'a> {
             self.gateway.table,
             self.gateway.location()
         )
+    }
+
+    /// Reads the next window of candidates after `cursor`: one short statement. Returns them
+    /// with where the next read goes on from.
+    fn read_next(
+        &self,
+        db: &mut dyn Exec,
+        cursor: &Cursor,
+    ) -> anyhow::Result<(Vec<RawRow>, Cursor)> {
+        match cursor {
+            Cursor::Rowid { after, hi } => {
+                let upto = after.saturating_add(READ_WINDOW).min(*hi);
+                // Each read stops at READ_HOLD, so no writer waits long on its shared lock.
+                let (raw, through) = self.read_window(db, *after, upto, READ_HOLD)?;
+                Ok((
+                    raw,
+                    Cursor::Rowid {
+                        after: through,
+                        hi: *hi,
+                    },
+                ))
+            }
+            Cursor::Keyset { after, hi, .. } => self.read_keyset(
+                db,
+                after.as_deref(),
+                hi,
+                READ_WINDOW as usize,
+                KEYSET_READ_BUDGET,
+            ),
+        }
     }
 
     /// Reads the candidates with rowid in `(after, upto]`, in rowid order, for at most `budget`
@@ -388,34 +581,11 @@ impl<'a> Rows<'a> {
         let began = Instant::now();
         let mut params = vec![Value::Integer(after), Value::Integer(upto)];
         params.extend(self.since.clone());
-        let split = matches!(self.gateway.columns.cost, CostColumns::Split { .. });
-        let payloads = self.gateway.preset == Preset::Apantli;
         let mut read = Vec::new();
         let mut through = upto;
         db.query(&self.select, &params, &mut |r| {
-            let tokens = |i: usize| -> anyhow::Result<u64> { Ok(r.i64(i)?.unwrap_or(0).max(0) as u64) };
-            let (old, next) = if split {
-                (
-                    Stored::Split {
-                        input: r.f64(4)?,
-                        output: r.f64(5)?,
-                    },
-                    6,
-                )
-            } else {
-                (Stored::Single(r.f64(4)?), 5)
-            };
-            let row = RawRow {
-                rowid: r.i64(0)?.unwrap_or_default(),
-                model: r.string(1)?.unwrap_or_default(),
-                input_tokens: tokens(2)?,
-                output_tokens: tokens(3)?,
-                old,
-                request_data: if payloads { r.string(next)? } else { None },
-                response_data: if payloads { r.string(next + 1)? } else { None },
-            };
-            let rowid = row.rowid;
-            read.push(row);
+            let rowid = r.i64(0)?.unwrap_or_default();
+            read.push(self.raw_row(r, RowKey::Rowid(rowid), 1)?);
             if began.elapsed() >= budget {
                 through = rowid;
                 return Ok(false);
@@ -424,6 +594,111 @@ impl<'a> Rows<'a> {
         })
         .with_context(|| self.reading())?;
         Ok((read, through))
+    }
+
+    /// Reads up to `limit` rows after `after` and up to `hi` in (time, key) order, for at most
+    /// `budget` (at least one row), and returns the candidates among them with where the next
+    /// read goes on from. Every row in the range is looked at and the filters are a column,
+    /// so that one statement's work is bounded by `limit` however few rows need a price (a
+    /// filter in the WHERE clause could make it walk the whole table).
+    fn read_keyset(
+        &self,
+        db: &mut dyn Exec,
+        after: Option<&[Value]>,
+        hi: &[Value],
+        limit: usize,
+        budget: Duration,
+    ) -> anyhow::Result<(Vec<RawRow>, Cursor)> {
+        let began = Instant::now();
+        let d = db.dialect();
+        let order = self.order(d);
+        let wanted = if self.filters.is_empty() {
+            "TRUE".to_string()
+        } else {
+            self.filters.join(" AND ")
+        };
+        let mut params: Vec<Value> = Vec::new();
+        let next = |params: &mut Vec<Value>, values: &[Value]| {
+            let first = params.len() + 1;
+            params.extend(values.iter().cloned());
+            d.params(first, values.len())
+        };
+        let mut conditions = vec![format!("({order}) <= ({})", next(&mut params, hi))];
+        if let Some(after) = after {
+            conditions.push(format!("({order}) > ({})", next(&mut params, after)));
+        }
+        if let Some(since) = &self.since {
+            conditions.push(format!(
+                "{} >= {}",
+                d.ident(&self.gateway.columns.time),
+                next(&mut params, std::slice::from_ref(since))
+            ));
+        }
+        let limit_param = next(&mut params, &[Value::Integer(limit as i64)]);
+        let sql = format!(
+            "SELECT ({wanted}) AS wanted, {order}, {} FROM {} WHERE {} ORDER BY {order} LIMIT {limit_param}",
+            self.facts,
+            d.table(&self.gateway.table),
+            conditions.join(" AND ")
+        );
+        let width = hi.len();
+        let mut read = Vec::new();
+        let (mut seen, mut stopped) = (0usize, false);
+        let mut last: Option<Vec<Value>> = None;
+        db.query(&sql, &params, &mut |r| {
+            seen += 1;
+            let position: Vec<Value> = (1..=width)
+                .map(|i| r.get(i))
+                .collect::<anyhow::Result<_>>()?;
+            if r.get(0)?.as_bool()?.unwrap_or(false) {
+                let key = RowKey::Key(position[1..].to_vec());
+                read.push(self.raw_row(r, key, 1 + width)?);
+            }
+            last = Some(position);
+            if began.elapsed() >= budget {
+                stopped = true;
+                return Ok(false);
+            }
+            Ok(true)
+        })
+        .with_context(|| self.reading())?;
+        let done = !stopped && seen < limit;
+        Ok((
+            read,
+            Cursor::Keyset {
+                after: last.or_else(|| after.map(<[Value]>::to_vec)),
+                hi: hi.to_vec(),
+                done,
+            },
+        ))
+    }
+
+    /// The candidate in `r`, whose facts start at column `first`.
+    fn raw_row(&self, r: &dyn RowRef, key: RowKey, first: usize) -> anyhow::Result<RawRow> {
+        let split = matches!(self.gateway.columns.cost, CostColumns::Split { .. });
+        let payloads = self.gateway.preset == Preset::Apantli;
+        let tokens =
+            |i: usize| -> anyhow::Result<u64> { Ok(r.i64(first + i)?.unwrap_or(0).max(0) as u64) };
+        let (old, next) = if split {
+            (
+                Stored::Split {
+                    input: r.f64(first + 3)?,
+                    output: r.f64(first + 4)?,
+                },
+                first + 5,
+            )
+        } else {
+            (Stored::Single(r.f64(first + 3)?), first + 4)
+        };
+        Ok(RawRow {
+            key,
+            model: r.string(first)?.unwrap_or_default(),
+            input_tokens: tokens(1)?,
+            output_tokens: tokens(2)?,
+            old,
+            request_data: if payloads { r.string(next)? } else { None },
+            response_data: if payloads { r.string(next + 1)? } else { None },
+        })
     }
 
     /// Updates one batch inside the write transaction `tx`; returns how many rows changed.
@@ -436,35 +711,135 @@ impl<'a> Rows<'a> {
             )
         };
         let mut changed = 0;
-        for change in batch {
-            let params: Vec<Value> = match (change.new, change.old) {
-                (Stored::Single(new), Stored::Single(old)) => {
-                    vec![change.rowid.into(), new.into(), old.into()]
-                }
-                (
-                    Stored::Split { input, output },
-                    Stored::Split {
-                        input: old_in,
-                        output: old_out,
-                    },
-                ) => vec![
-                    change.rowid.into(),
-                    input.into(),
-                    output.into(),
-                    old_in.into(),
-                    old_out.into(),
-                ],
-                _ => unreachable!("plan keeps the stored shape of each row"),
-            };
+        let mut rest = batch;
+        // PostgreSQL: many rows per statement where the key is one column, so that a batch
+        // costs a few round trips instead of one per row.
+        if let Walk::Keyset { key } = &self.walk
+            && let [key] = key.as_slice()
+        {
+            while !rest.is_empty() {
+                let (chunk, after) = rest.split_at(rest.len().min(PG_ROWS_PER_STATEMENT));
+                let Some((sql, params)) = self.update_many(key, chunk) else {
+                    break;
+                };
+                changed += tx.execute(&sql, &params).with_context(writing)? as usize;
+                rest = after;
+            }
+        }
+        for change in rest {
+            let mut params = change.key.params();
+            params.extend(change.costs());
             changed += tx.execute(&self.update, &params).with_context(writing)? as usize;
         }
         Ok(changed)
     }
+
+    /// One statement updating every row of `chunk` by its one-column `key`, each only while
+    /// its cost is still the one read (null-safe), or `None` for a key value that is neither
+    /// an integer nor text (those rows go one by one).
+    fn update_many(&self, key: &str, chunk: &[Change]) -> Option<(String, Vec<Value>)> {
+        let d = Dialect::Postgres;
+        let key_type = match &chunk.first()?.key {
+            RowKey::Key(v) => match v.as_slice() {
+                [Value::Integer(_)] => "bigint",
+                [Value::Text(_)] => "text",
+                _ => return None,
+            },
+            RowKey::Rowid(_) => return None,
+        };
+        let (set, same, width) = match &self.gateway.columns.cost {
+            CostColumns::Single(cost) => (
+                format!("{} = v.new", d.ident(cost)),
+                d.same(&format!("t.{}", d.ident(cost)), "v.old"),
+                3,
+            ),
+            CostColumns::Split { input, output } => (
+                format!(
+                    "{} = v.new_in, {} = v.new_out",
+                    d.ident(input),
+                    d.ident(output)
+                ),
+                format!(
+                    "{} AND {}",
+                    d.same(&format!("t.{}", d.ident(input)), "v.old_in"),
+                    d.same(&format!("t.{}", d.ident(output)), "v.old_out")
+                ),
+                5,
+            ),
+        };
+        let names = if width == 3 {
+            "k, new, old"
+        } else {
+            "k, new_in, new_out, old_in, old_out"
+        };
+        let mut params = Vec::with_capacity(chunk.len() * width);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for change in chunk {
+            let RowKey::Key(k) = &change.key else {
+                return None;
+            };
+            let first = params.len() + 1;
+            params.extend(k.iter().cloned());
+            params.extend(change.costs());
+            let costs: Vec<String> = (1..width)
+                .map(|i| format!("CAST({} AS double precision)", d.param(first + i)))
+                .collect();
+            rows.push(format!(
+                "(CAST({} AS {key_type}), {})",
+                d.param(first),
+                costs.join(", ")
+            ));
+        }
+        let sql = format!(
+            "UPDATE {} AS t SET {set} FROM (VALUES {}) AS v({names}) WHERE t.{} = v.k AND {same}",
+            d.table(&self.gateway.table),
+            rows.join(", "),
+            d.ident(key)
+        );
+        Some((sql, params))
+    }
+}
+
+impl Change {
+    /// The new cost(s), then the old, as the updates bind them after the key.
+    fn costs(&self) -> Vec<Value> {
+        match (self.new, self.old) {
+            (Stored::Single(new), Stored::Single(old)) => vec![new.into(), old.into()],
+            (
+                Stored::Split { input, output },
+                Stored::Split {
+                    input: old_in,
+                    output: old_out,
+                },
+            ) => vec![input.into(), output.into(), old_in.into(), old_out.into()],
+            _ => unreachable!("plan keeps the stored shape of each row"),
+        }
+    }
+}
+
+/// The primary key's columns of the gateway's table, in key order: the rows' keys on
+/// PostgreSQL. A table without one is refused, as by the archive job.
+fn key_columns(db: &mut dyn Exec, gateway: &Gateway) -> anyhow::Result<Vec<String>> {
+    let mut key: Vec<(u32, String)> = db
+        .columns_of(&gateway.table)
+        .with_context(|| format!("reading the columns of table `{}`", gateway.table))?
+        .into_iter()
+        .filter(|c| c.key > 0)
+        .map(|c| (c.key, c.name))
+        .collect();
+    key.sort();
+    anyhow::ensure!(
+        !key.is_empty(),
+        "table `{}` in {} has no primary key; the pricing job needs one to update exactly the rows it priced (add one, or leave this gateway's costs to it); nothing was changed",
+        gateway.table,
+        gateway.location()
+    );
+    Ok(key.into_iter().map(|(_, name)| name).collect())
 }
 
 /// A candidate row as read, before its JSON is parsed.
 struct RawRow {
-    rowid: i64,
+    key: RowKey,
     model: String,
     input_tokens: u64,
     output_tokens: u64,
@@ -501,7 +876,7 @@ impl RawRow {
             )
         };
         Candidate {
-            rowid: self.rowid,
+            key: self.key,
             model,
             column,
             usage,
@@ -610,10 +985,20 @@ impl Aim {
             // kept below 1 %: an insert meets it with at most that chance while the job runs.
             // The pacer then starts each batch in a gap between the gateway's commits. A
             // custom gateway's writers are unknown, so they get the same care.
-            Preset::Bobamixer | Preset::Custom | Preset::Litellm => Aim {
+            Preset::Bobamixer | Preset::Custom => Aim {
                 target_lock: Duration::from_millis(2),
                 min_spacing: Duration::from_millis(250),
                 spacing_per_lock: 100,
+            },
+            // LiteLLM's proxy only inserts spend-log rows: our update holds row locks on old
+            // rows that no insert of its waits for (PostgreSQL's readers and writers do not
+            // block each other), and any statement of ours that meets a lock gives up after
+            // `lock_timeout`. What is left to spare is the server's time: batches of about
+            // 20 ms, each followed by a pause as long, so the proxy gets at least half of it.
+            Preset::Litellm => Aim {
+                target_lock: Duration::from_millis(20),
+                min_spacing: Duration::ZERO,
+                spacing_per_lock: 1,
             },
         }
     }
@@ -674,7 +1059,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let gateway = ctx.gateway;
     let mut db = gateway.open(Access::unless_dry_run(ctx.dry_run))?;
     db.check_columns()?;
-    let rows = Rows::new(gateway, db.dialect(), spec, ctx.now);
+    let d = db.dialect();
+    let walk = match d.keyset() {
+        Keyset::Rowid => Walk::Rowid,
+        Keyset::TimeThenKey => Walk::Keyset {
+            key: db.read(|c| key_columns(c, gateway))?.0,
+        },
+    };
+    let rows = Rows::new(gateway, d, walk, spec, ctx.now);
     // A commit that risks only its batch on power loss where the engine allows it (the next
     // run redoes it), and room in our connection's cache for a batch's pages until COMMIT
     // (gateway::sqlite explains both for SQLite).
@@ -686,8 +1078,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let mut total = Plan::default();
     let mut measured = Measured::default();
     let mut batcher = Batcher::new(Aim::for_gateway(gateway.preset));
-    let (range, _) = db.read(|conn| rows.range(conn))?;
-    if let Some((lo, hi)) = range {
+    let (start, _) = db.read(|conn| rows.start(conn))?;
+    if let Some(mut cursor) = start {
         let (preset, table, aliases) = (gateway.preset, &table, &spec.aliases);
         std::thread::scope(|s| -> anyhow::Result<()> {
             // Reads stay on this thread, between our write transactions; JSON and prices go
@@ -706,23 +1098,21 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                 }
             });
             let stopped = || anyhow::anyhow!("the pricing job's parser thread stopped");
-            let mut after = lo.saturating_sub(1);
             let mut in_flight = 0;
             let mut pending: Vec<Change> = Vec::new();
             loop {
                 // Read ahead while the parser has room: short reads, after the room the pacer
                 // leaves the gateway (JSON and prices are worked out meanwhile on the other
                 // thread).
-                while in_flight < READ_AHEAD && after < hi {
+                while in_flight < READ_AHEAD && !cursor.done() {
                     ctx.checkpoint()?;
-                    let upto = after.saturating_add(READ_WINDOW).min(hi);
                     // Through the pacer: the gateway gets its room after our last write
-                    // first, and each read stops at READ_HOLD, so no writer waits long on it.
-                    let ((raw, through), took) =
-                        db.read(|conn| rows.read_window(conn, after, upto, READ_HOLD))?;
+                    // first, and each read stops at its time budget, so no writer waits long
+                    // on it.
+                    let ((raw, next), took) = db.read(|conn| rows.read_next(conn, &cursor))?;
                     measured.reading += took;
                     measured.longest_read = measured.longest_read.max(took);
-                    after = through;
+                    cursor = next;
                     raw_tx.send(raw).map_err(|_| stopped())?;
                     in_flight += 1;
                 }
@@ -732,18 +1122,12 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
                     measured.waiting_for_parser += began.elapsed();
                     measured.parsing += parsing;
                     in_flight -= 1;
+                    let mut window = window;
                     if !ctx.dry_run {
-                        pending.extend_from_slice(&window.changes);
-                    }
-                    total.absorb(Plan {
                         // Written below, or listed: only a dry run keeps each change.
-                        changes: if ctx.dry_run {
-                            window.changes
-                        } else {
-                            Vec::new()
-                        },
-                        ..window
-                    });
+                        pending.append(&mut window.changes);
+                    }
+                    total.absorb(window);
                     continue;
                 }
                 // Here everything read is parsed, or a full batch waits.
@@ -779,7 +1163,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         })?;
     }
     measured.elapsed = started.elapsed();
-    Ok(report(spec, &table, &total, &measured, db.pacing(), ctx.dry_run))
+    Ok(report(
+        spec,
+        &table,
+        &total,
+        &measured,
+        db.pacing(),
+        ctx.dry_run,
+    ))
 }
 
 fn report(
@@ -885,7 +1276,7 @@ fn report(
         for c in plan.changes.iter().take(LISTED_CHANGES) {
             report.plan.push(format!(
                 "row {}: {} -> {}",
-                c.rowid,
+                c.key,
                 describe(&c.old),
                 describe(&c.new)
             ));
@@ -970,7 +1361,7 @@ mod tests {
 
     fn candidate(rowid: i64, model: &str, input: u64, output: u64, old: Stored) -> Candidate {
         Candidate {
-            rowid,
+            key: RowKey::Rowid(rowid),
             model: model.into(),
             column: None,
             usage: Usage {
@@ -979,6 +1370,30 @@ mod tests {
                 ..Usage::default()
             },
             old,
+        }
+    }
+
+    /// A pricing spec of `recompute: missing`, whose price file is never read.
+    fn missing_spec() -> Spec {
+        Spec {
+            prices: "unused.yaml".into(),
+            watch: false,
+            recompute: Recompute::Missing,
+            since: None,
+            aliases: BTreeMap::new(),
+        }
+    }
+
+    /// A gateway of `preset`'s table and columns at `database`.
+    fn gateway_of(preset: Preset, database: std::path::PathBuf) -> Gateway {
+        let (table, columns) = preset.table_and_columns().unwrap();
+        Gateway {
+            database,
+            preset,
+            table,
+            columns,
+            busy_timeout: Duration::from_secs(2),
+            postgres: None,
         }
     }
 
@@ -1023,8 +1438,8 @@ mod tests {
         assert_eq!(plan.alias_rows, BTreeMap::from([("four-o".to_string(), 2)]));
         assert_eq!(plan.unpriced, BTreeMap::from([("mystery".to_string(), 2)]));
         assert_eq!(plan.unchanged, 1);
-        let ids: Vec<i64> = plan.changes.iter().map(|c| c.rowid).collect();
-        assert_eq!(ids, [1, 2, 6, 7]);
+        let ids: Vec<String> = plan.changes.iter().map(|c| c.key.to_string()).collect();
+        assert_eq!(ids, ["1", "2", "6", "7"]);
         match plan.changes[0].new {
             Stored::Single(Some(v)) => assert!((v - 0.0035).abs() < 1e-15, "{v}"),
             other => panic!("{other:?}"),
@@ -1124,23 +1539,15 @@ mod tests {
         conn.execute_batch("UPDATE requests SET cost = NULL WHERE error IS NULL")
             .unwrap();
         let mut conn = crate::gateway::sqlite::SqliteExec(&conn);
-        let (table, columns) = Preset::Apantli.table_and_columns().unwrap();
-        let gateway = Gateway {
-            database: db,
-            preset: Preset::Apantli,
-            table,
-            columns,
-            busy_timeout: Duration::from_secs(2),
-            postgres: None,
-        };
-        let spec = Spec {
-            prices: "unused.yaml".into(),
-            watch: false,
-            recompute: Recompute::Missing,
-            since: None,
-            aliases: BTreeMap::new(),
-        };
-        let rows = Rows::new(&gateway, Dialect::Sqlite, &spec, chrono::Utc::now());
+        let gateway = gateway_of(Preset::Apantli, db);
+        let spec = missing_spec();
+        let rows = Rows::new(
+            &gateway,
+            Dialect::Sqlite,
+            Walk::Rowid,
+            &spec,
+            chrono::Utc::now(),
+        );
         let (all, through) = rows
             .read_window(&mut conn, 0, 40, Duration::from_secs(60))
             .unwrap();
@@ -1150,13 +1557,104 @@ mod tests {
         // follow on from where each stopped find exactly the same rows.
         let (mut after, mut stepped) = (0, Vec::new());
         while after < 40 {
-            let (got, through) = rows.read_window(&mut conn, after, 40, Duration::ZERO).unwrap();
+            let (got, through) = rows
+                .read_window(&mut conn, after, 40, Duration::ZERO)
+                .unwrap();
             assert!(got.len() <= 1 && through > after, "{after} -> {through}");
-            stepped.extend(got.into_iter().map(|r| r.rowid));
+            stepped.extend(got.into_iter().map(|r| r.key));
             after = through;
         }
-        let whole: Vec<i64> = all.into_iter().map(|r| r.rowid).collect();
+        let whole: Vec<RowKey> = all.into_iter().map(|r| r.key).collect();
         assert_eq!(stepped, whole);
+    }
+
+    /// SQLite's statements are those of the rowid walk as they were; PostgreSQL's update a row
+    /// by its key, null-safe, with the costs bound as doubles; failed LiteLLM rows (`status`
+    /// not `success`) are never candidates.
+    #[test]
+    fn statements_per_engine_and_keys_as_the_dry_run_lists_them() {
+        let spec = missing_spec();
+        let gateway = |preset: Preset| gateway_of(preset, "unused.db".into());
+        let now = chrono::Utc::now();
+        let apantli = gateway(Preset::Apantli);
+        let rows = Rows::new(&apantli, Dialect::Sqlite, Walk::Rowid, &spec, now);
+        assert_eq!(
+            rows.select,
+            "SELECT rowid, \"model\", \"prompt_tokens\", \"completion_tokens\", \"cost\", \"request_data\", \"response_data\" FROM \"requests\" WHERE rowid > ?1 AND rowid <= ?2 AND \"error\" IS NULL AND (\"cost\" IS NULL OR \"cost\" = 0) ORDER BY rowid"
+        );
+        assert_eq!(
+            rows.update,
+            "UPDATE \"requests\" SET \"cost\" = ?2 WHERE rowid = ?1 AND \"cost\" IS ?3"
+        );
+        let boba = gateway(Preset::Bobamixer);
+        let rows = Rows::new(&boba, Dialect::Sqlite, Walk::Rowid, &spec, now);
+        assert_eq!(
+            rows.update,
+            "UPDATE \"usage_records\" SET \"input_cost\" = ?2, \"output_cost\" = ?3 WHERE rowid = ?1 AND \"input_cost\" IS ?4 AND \"output_cost\" IS ?5"
+        );
+        let litellm = gateway(Preset::Litellm);
+        let walk = Walk::Keyset {
+            key: vec!["request_id".into()],
+        };
+        let rows = Rows::new(&litellm, Dialect::Postgres, walk, &spec, now);
+        assert_eq!(
+            rows.update,
+            "UPDATE \"LiteLLM_SpendLogs\" SET \"spend\" = CAST($2 AS double precision) WHERE \"request_id\" = $1 AND \"spend\" IS NOT DISTINCT FROM CAST($3 AS double precision)"
+        );
+        assert_eq!(
+            rows.filters,
+            [
+                "NOT (\"status\" IS DISTINCT FROM 'success')",
+                "(\"spend\" IS NULL OR \"spend\" = 0)"
+            ]
+        );
+        assert_eq!(
+            rows.order(Dialect::Postgres),
+            "\"startTime\", \"request_id\""
+        );
+        // Many rows per statement by a one-column key, cast by the key's kind.
+        let change = |key: Value, old: Option<f64>| Change {
+            key: RowKey::Key(vec![key]),
+            old: Stored::Single(old),
+            new: Stored::Single(Some(0.5)),
+        };
+        let (sql, params) = rows
+            .update_many(
+                "request_id",
+                &[change("a".into(), Some(0.0)), change("b".into(), None)],
+            )
+            .unwrap();
+        assert_eq!(
+            sql,
+            "UPDATE \"LiteLLM_SpendLogs\" AS t SET \"spend\" = v.new FROM (VALUES (CAST($1 AS text), CAST($2 AS double precision), CAST($3 AS double precision)), (CAST($4 AS text), CAST($5 AS double precision), CAST($6 AS double precision))) AS v(k, new, old) WHERE t.\"request_id\" = v.k AND t.\"spend\" IS NOT DISTINCT FROM v.old"
+        );
+        assert_eq!(
+            params,
+            [
+                Value::from("a"),
+                Value::Real(0.5),
+                Value::Real(0.0),
+                Value::from("b"),
+                Value::Real(0.5),
+                Value::Null
+            ]
+        );
+        let (sql, _) = rows
+            .update_many("id", &[change(Value::Integer(7), None)])
+            .unwrap();
+        assert!(sql.contains("(CAST($1 AS bigint), "), "{sql}");
+        // A key of another kind goes row by row.
+        assert!(
+            rows.update_many("id", &[change(Value::Real(1.0), None)])
+                .is_none()
+        );
+        for (key, shown) in [
+            (RowKey::Rowid(17), "17"),
+            (RowKey::Key(vec!["req-1".into()]), "req-1"),
+            (RowKey::Key(vec!["eu".into(), Value::Integer(4)]), "eu, 4"),
+        ] {
+            assert_eq!(key.to_string(), shown);
+        }
     }
 
     #[test]
