@@ -15,7 +15,9 @@ use super::{Compression, ShrinkGuard, Spec, VerifyLevel};
 use crate::backup::archive::{self, Manifest, PgDump};
 use crate::backup::{self as backups, Scratch};
 use crate::fsx;
-use crate::gateway::postgres::{self, Server, dump};
+use crate::backup::pg_dump as dump;
+use crate::gateway::Dialect;
+use crate::gateway::postgres::{self, Server};
 use crate::jobs::{Context, Report};
 use crate::units;
 
@@ -41,7 +43,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     let (server_version, server_num) = dump::server_version(&mut session)?;
     let (pg_dump, dump_version) = dump::pick(spec.pg_dump.as_deref(), "pg_dump")?;
     dump::check_tool(&pg_dump, &dump_version, &server_version, server_num)?;
-    let table = postgres::quote_table(&ctx.gateway.table);
+    let table = Dialect::Postgres.table(&ctx.gateway.table);
     let exists: bool = session
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .context("looking for the gateway's table")?
@@ -203,7 +205,7 @@ fn qualified_name(session: &mut postgres::Session, table: &str) -> String {
     session
         .query_one(
             "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
-            &[&postgres::quote_table(table)],
+            &[&Dialect::Postgres.table(table)],
         )
         .map(|r| r.get(0))
         .unwrap_or_else(|_| table.to_string())
@@ -268,7 +270,7 @@ fn restore_and_compare(
     pgdump: &PgDump,
 ) -> anyhow::Result<()> {
     let name = format!("caretaker_verify_{job}");
-    let quoted = postgres::quote_ident(&name);
+    let quoted = Dialect::Postgres.ident(&name);
     // A killed run's scratch database goes first.
     let drop_scratch = |session: &mut postgres::Session| {
         session
