@@ -12,30 +12,9 @@ use anyhow::Context as _;
 
 use super::archive::{ArchivedDatabase, Matched};
 use super::snapshot::{self, Snapshot, Sweep};
+pub use super::tree::{FILES, Target};
 use super::{ArchiveName, Scratch, ScratchDb};
 use crate::databases::{self, Declared, Found};
-
-/// A database to snapshot: where it is, what it is called in the archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The jobs file's name, or [`FILES`] for one found in an included directory.
-    pub name: String,
-    pub source: PathBuf,
-    pub entry: String,
-}
-
-/// The name databases found in included directories go by.
-pub const FILES: &str = "files";
-
-impl From<Found> for Target {
-    fn from(f: Found) -> Self {
-        Target {
-            name: f.name.clone(),
-            entry: f.entry(),
-            source: f.path,
-        }
-    }
-}
 
 /// What the declared databases' paths and globs match now, each with its declaration.
 pub fn list(declared: &[Declared]) -> anyhow::Result<Vec<(Declared, Vec<Found>)>> {

@@ -13,8 +13,29 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::archive::{self, Include};
-use super::multi::{FILES, Target};
-use crate::databases::is_sqlite_file;
+use crate::databases::{Found, is_sqlite_file};
+
+/// A database to snapshot: where it is, what it is called in the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The jobs file's name, or [`FILES`] for one found in an included directory.
+    pub name: String,
+    pub source: PathBuf,
+    pub entry: String,
+}
+
+/// The name databases found in included directories go by.
+pub const FILES: &str = "files";
+
+impl From<Found> for Target {
+    fn from(f: Found) -> Self {
+        Target {
+            name: f.name.clone(),
+            entry: f.entry(),
+            source: f.path,
+        }
+    }
+}
 
 /// What the included paths hold.
 #[derive(Default)]
