@@ -21,6 +21,7 @@ pub use crate::stop::{Stop, Stopped};
 
 mod contract;
 pub use contract::{Context, Contract, Judged, Report};
+pub mod per_database;
 
 /// The registry: one line per kind, `field => module::Variant`, where `field` is the kind's
 /// block key in the jobs file (and its name), `module` its folder under `src/jobs/` (with a
