@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{Compression, ShrinkGuard, Spec, VerifyLevel};
+use super::kind::{
+    self, Compression, Extent, HELD, ShrinkGuard, Spec, VerifyLevel, apply_retention, baseline, guard,
+    shrink_alert, state_ns,
+};
 use crate::backup::archive::{self, Manifest, PgDump};
 use crate::backup::{self as backups, Scratch};
 use crate::fsx;
@@ -27,17 +30,17 @@ pub const DUMP_ENTRY: &str = "database.pgdump";
 pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Result<Report> {
     let to = &spec.to;
     let listed = backups::list(to, ctx.job)?;
-    let ns = super::state_ns(ctx.job);
-    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, super::HELD)?.unwrap_or_default();
+    let ns = state_ns(ctx.job);
+    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, HELD)?.unwrap_or_default();
     let base = match spec.shrink_guard {
         ShrinkGuard::Off => None,
-        ShrinkGuard::Under(_) => super::baseline(&listed, &held),
+        ShrinkGuard::Under(_) => baseline(&listed, &held),
     };
     let existing = listed
         .iter()
         .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
         .collect();
-    let plan = super::plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
+    let plan = kind::plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
 
     let mut session = postgres::connect(server)?;
     let (server_version, server_num) = dump::server_version(&mut session)?;
@@ -112,11 +115,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         .iter()
         .find(|t| t.name == qualified)
         .and_then(|t| t.rows);
-    let extent = super::Extent {
+    let extent = Extent {
         rows: gateway_rows.unwrap_or(0),
         bytes: size,
     };
-    let shrink = super::guard(spec, ctx, base.as_ref(), extent, &plan.archive, &mut held)?;
+    let shrink = guard(spec, ctx, base.as_ref(), extent, &plan.archive, &mut held)?;
     let dump_ms = dumping.elapsed().as_secs_f64() * 1000.0;
     ctx.checkpoint()?;
 
@@ -172,10 +175,10 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     let published = pending.commit()?;
     drop(scratch);
     let (kept, deleted) =
-        super::apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
+        apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
     held.retain(|file, _| spec.to.join(file).exists());
-    ctx.state.put(&ns, super::HELD, &held)?;
-    super::shrink_alert(ctx, shrink.as_deref(), &server.describe, &published);
+    ctx.state.put(&ns, HELD, &held)?;
+    shrink_alert(ctx, shrink.as_deref(), &server.describe, &published);
     Ok(Report::new(format!(
         "wrote {} ({}, dump {} of server {} by {}, {} rows in {}){}; kept {kept} archives, deleted {}",
         published.display(),

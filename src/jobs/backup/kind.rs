@@ -1,13 +1,10 @@
-//! The `backup` job: a consistent hot snapshot, compressed, verified, published, pruned by tiers.
+//! The `backup` kind: its block of the jobs file, its plan and shrink guard, its retention, and its run on a SQLite gateway (a PostgreSQL gateway's is in `postgres.rs`).
 //!
 //! One run: sweep what a killed run left, check free space, snapshot the gateway database in
 //! one step (the only moment the gateway is touched), check the copy with SQLite, write the
 //! archive to a temporary file, read it back against the manifest's SHA-256, publish it
 //! (fsync, rename, fsync the directory), then prune this job's archives by the keep policy.
 //! An archive that fails a check is never published, so it is never counted or kept.
-
-pub mod postgres;
-pub mod retention;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,7 +26,7 @@ use crate::checks::Checks;
 use crate::databases::Selection;
 use crate::fsx;
 use crate::units;
-use retention::{Decision, KeepConfig, Policy, Reason};
+use super::retention::{self, Decision, KeepConfig, Policy, Reason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -355,7 +352,7 @@ fn own_removals(own: crate::ledger::Removed) -> String {
 /// archive), allowing for what caretaker itself removed since; a held archive is recorded
 /// before it is published (a run killed in between leaves a name that matches no file, never a
 /// held archive that retention would count).
-fn guard(
+pub(super) fn guard(
     spec: &Spec,
     ctx: &Context<'_>,
     base: Option<&(ArchiveName, Extent)>,
@@ -379,7 +376,7 @@ fn guard(
 }
 
 /// Raises the shrink guard's alert for a held archive of `source`, or resolves it.
-fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, published: &Path) {
+pub(super) fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, published: &Path) {
     let key = format!("backup-shrunk:{}", ctx.job);
     let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
     let job = Some(ctx.job.to_string());
@@ -405,15 +402,15 @@ fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, publi
 }
 
 /// The state key holding this job's held archives: file name -> why it was held.
-const HELD: &str = "held";
+pub(super) const HELD: &str = "held";
 
-fn state_ns(job: &str) -> String {
+pub(super) fn state_ns(job: &str) -> String {
     format!("backup:{job}")
 }
 
 /// The newest archive that is not held and whose manifest reads, with its extent: what a new
 /// snapshot is compared against. An unreadable archive is skipped (the verify job reports it).
-fn baseline(
+pub(super) fn baseline(
     archives: &[(ArchiveName, PathBuf)],
     held: &BTreeMap<String, String>,
 ) -> Option<(ArchiveName, Extent)> {
@@ -520,10 +517,8 @@ fn plan_lines(
     lines
 }
 
+/// A backup of a SQLite gateway ([`super::run`] chooses by the gateway's engine).
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    if let Some(server) = &ctx.gateway.postgres {
-        return postgres::run(spec, ctx, server);
-    }
     let to = &spec.to;
     let listed = backups::list(to, ctx.job)?;
     let ns = state_ns(ctx.job);
@@ -825,7 +820,7 @@ fn manifest(
 /// Deletes this job's archives the keep policy does not keep. Runs only after a new archive
 /// was published, so a failing backup never prunes the good ones before it; `held` archives
 /// take no keep slot, and with `may_prune` false nothing is deleted.
-fn apply_retention(
+pub(super) fn apply_retention(
     job: &str,
     spec: &Spec,
     tz: Tz,
