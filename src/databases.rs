@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use serde::Deserialize;
 
 use crate::config::Checks;
@@ -307,30 +307,6 @@ impl Declared {
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
-}
-
-/// A connection to a declared database for our jobs, opened the way the gateway's is
-/// ([`crate::gateway::Gateway::connect`]): never changes its journal mode, waits at most
-/// `busy_timeout` for another program's locks, and never checkpoints when it closes.
-pub fn connect(path: &Path, read_only: bool, busy_timeout: Duration) -> anyhow::Result<Connection> {
-    let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    flags |= if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-    };
-    let conn = crate::sqlite::open(path, flags)
-        .with_context(|| format!("opening the database {}", path.display()))?;
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .context("setting NO_CKPT_ON_CLOSE")?;
-    conn.busy_timeout(busy_timeout)
-        .context("setting the busy timeout")?;
-    conn.pragma_update(None, "foreign_keys", "OFF")
-        .context("turning foreign key enforcement off")?;
-    Ok(conn)
 }
 
 /// The table with the most rows in the database at `path` (a copy of ours) and its rows;

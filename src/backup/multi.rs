@@ -77,9 +77,11 @@ pub fn take_all(
             continue;
         }
         let scratch = ScratchDb(name.scratch_path(to, Scratch::Snapshot));
-        let result = databases::connect(&target.source, false, busy_timeout).and_then(|conn| {
-            snapshot::take_from(&target.source, conn, None, &scratch.0, Sweep::Done)
-        });
+        let result = crate::gateway::sqlite::connect_file(&target.source, false, busy_timeout)
+            .with_context(|| format!("opening the database {}", target.source.display()))
+            .and_then(|conn| {
+                snapshot::take_from(&target.source, conn, None, &scratch.0, Sweep::Done)
+            });
         match result {
             Ok(snap) => taken.push(Taken {
                 target: target.clone(),

@@ -404,13 +404,13 @@ pub(super) fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: 
 /// The state key holding this job's held archives: file name -> why it was held.
 pub(super) const HELD: &str = "held";
 
-pub(super) fn state_ns(job: &str) -> String {
+fn state_ns(job: &str) -> String {
     format!("backup:{job}")
 }
 
 /// The newest archive that is not held and whose manifest reads, with its extent: what a new
 /// snapshot is compared against. An unreadable archive is skipped (the verify job reports it).
-pub(super) fn baseline(
+fn baseline(
     archives: &[(ArchiveName, PathBuf)],
     held: &BTreeMap<String, String>,
 ) -> Option<(ArchiveName, Extent)> {
@@ -517,12 +517,19 @@ fn plan_lines(
     lines
 }
 
-/// A backup of a SQLite gateway ([`super::run`] chooses by the gateway's engine).
-pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    let to = &spec.to;
-    let listed = backups::list(to, ctx.job)?;
+/// Where a run starts, on either engine: the archives this job holds (in the state under `ns`),
+/// the shrink guard's baseline among its archives, and the plan.
+pub(super) struct Start {
+    pub ns: String,
+    pub held: BTreeMap<String, String>,
+    pub base: Option<(ArchiveName, Extent)>,
+    pub plan: Plan,
+}
+
+pub(super) fn start(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Start> {
+    let listed = backups::list(&spec.to, ctx.job)?;
     let ns = state_ns(ctx.job);
-    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, HELD)?.unwrap_or_default();
+    let held: BTreeMap<String, String> = ctx.state.get(&ns, HELD)?.unwrap_or_default();
     let base = match spec.shrink_guard {
         ShrinkGuard::Off => None,
         ShrinkGuard::Under(_) => baseline(&listed, &held),
@@ -532,6 +539,23 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
         .collect();
     let plan = plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
+    Ok(Start {
+        ns,
+        held,
+        base,
+        plan,
+    })
+}
+
+/// A backup of a SQLite gateway ([`super::run`] chooses by the gateway's engine).
+pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let to = &spec.to;
+    let Start {
+        ns,
+        mut held,
+        base,
+        plan,
+    } = start(spec, ctx)?;
     if ctx.dry_run {
         // The table must exist for the run to write anything; say so now.
         if spec.databases.has_gateway() {
@@ -696,6 +720,38 @@ fn lower_priority() {
 }
 
 /// Checks the snapshot, writes the archive to a temporary file, reads it back and publishes it.
+impl Spec {
+    /// The archive's compression, as the spec asks for it.
+    pub(super) fn archive_compression(&self) -> archive::Compression {
+        match self.compression {
+            Compression::Gzip => archive::Compression::Gzip {
+                level: self.level,
+                threads: archive::compression_threads(),
+            },
+            Compression::None => archive::Compression::None,
+        }
+    }
+}
+
+/// Reads the written archive back (unless `verify: none`), adding the time to `verify_ms`, and
+/// publishes it: on either engine an archive that does not read back is never published.
+pub(super) fn read_back_and_publish(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    pending: fsx::PendingFile,
+    verify_ms: &mut f64,
+) -> anyhow::Result<PathBuf> {
+    if spec.verify != VerifyLevel::None {
+        let reading = Instant::now();
+        // Reading back proves the archive holds exactly the snapshot that passed the check.
+        archive::read(pending.temp_path(), &mut std::io::sink())
+            .context("the archive did not read back intact; it was removed and not published")?;
+        *verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
+    }
+    ctx.checkpoint()?;
+    pending.commit()
+}
+
 fn check_write_and_publish(
     spec: &Spec,
     ctx: &Context<'_>,
@@ -734,26 +790,12 @@ fn check_write_and_publish(
     manifest.databases = archived;
     manifest.matched = matched.clone();
     let other_paths: Vec<&Path> = others.iter().map(|o| o.snap.path.as_path()).collect();
-    let compression = match spec.compression {
-        Compression::Gzip => archive::Compression::Gzip {
-            level: spec.level,
-            threads: archive::compression_threads(),
-        },
-        Compression::None => archive::Compression::None,
-    };
+    let compression = spec.archive_compression();
     let compressing = Instant::now();
     let (pending, archive_bytes) =
         archive::write_all(dest, &manifest, &snap.path, &other_paths, includes, compression)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
-    if spec.verify != VerifyLevel::None {
-        let reading = Instant::now();
-        // Reading back proves the archive holds exactly the snapshot that passed the check.
-        archive::read(pending.temp_path(), &mut std::io::sink())
-            .context("the archive did not read back intact; it was removed and not published")?;
-        verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
-    }
-    ctx.checkpoint()?;
-    let path = pending.commit()?;
+    let path = read_back_and_publish(spec, ctx, pending, &mut verify_ms)?;
     Ok(Published {
         databases: 1 + others.len(),
         path,

@@ -5,15 +5,13 @@
 //! `pg_restore --list`; `full` restores it into a scratch database that the run creates and
 //! drops, and compares each table's rows with the counts taken in the dump's own snapshot.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 
 use super::kind::{
-    self, Compression, Extent, HELD, ShrinkGuard, Spec, VerifyLevel, apply_retention, baseline, guard,
-    shrink_alert, state_ns,
+    self, Extent, HELD, Spec, VerifyLevel, apply_retention, guard, shrink_alert,
 };
 use crate::backup::archive::{self, Manifest, PgDump};
 use crate::backup::{self as backups, Scratch};
@@ -29,18 +27,12 @@ pub const DUMP_ENTRY: &str = "database.pgdump";
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Result<Report> {
     let to = &spec.to;
-    let listed = backups::list(to, ctx.job)?;
-    let ns = state_ns(ctx.job);
-    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, HELD)?.unwrap_or_default();
-    let base = match spec.shrink_guard {
-        ShrinkGuard::Off => None,
-        ShrinkGuard::Under(_) => baseline(&listed, &held),
-    };
-    let existing = listed
-        .iter()
-        .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
-        .collect();
-    let plan = kind::plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
+    let kind::Start {
+        ns,
+        mut held,
+        base,
+        plan,
+    } = kind::start(spec, ctx)?;
 
     let mut session = postgres::connect(server)?;
     let (server_version, server_num) = dump::server_version(&mut session)?;
@@ -155,24 +147,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         matched: Vec::new(),
         postgres: Some(pgdump),
     };
-    let compression = match spec.compression {
-        Compression::Gzip => archive::Compression::Gzip {
-            level: spec.level,
-            threads: archive::compression_threads(),
-        },
-        Compression::None => archive::Compression::None,
-    };
+    let compression = spec.archive_compression();
     let compressing = Instant::now();
     let (pending, archive_bytes) = archive::write(&dest, &manifest, &scratch.0, &includes, compression)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
-    if spec.verify != VerifyLevel::None {
-        let reading = Instant::now();
-        archive::read(pending.temp_path(), &mut std::io::sink())
-            .context("the archive did not read back intact; it was removed and not published")?;
-        verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
-    }
-    ctx.checkpoint()?;
-    let published = pending.commit()?;
+    let published = kind::read_back_and_publish(spec, ctx, pending, &mut verify_ms)?;
     drop(scratch);
     let (kept, deleted) =
         apply_retention(ctx.job, spec, ctx.timezone, &held, shrink.is_none())?;
