@@ -572,18 +572,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         report.plan = plan_lines(&plan, spec, ctx, base.as_ref());
         return Ok(report);
     }
-    fsx::private_dir(to)?;
-    let swept = backups::sweep_scratch(to, ctx.job, Scratch::Snapshot)?;
-    for path in &swept {
-        tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
-    }
-    let dest = to.join(plan.archive.file_name());
-    if dest.exists() {
-        bail!(
-            "the archive {} already exists (two runs in the same second?); nothing was written",
-            dest.display()
-        );
-    }
+    let dest = prepare_dir(spec, ctx, &plan)?;
 
     let gateway = ctx.gateway;
     let with_gateway = spec.databases.has_gateway();
@@ -720,6 +709,24 @@ fn lower_priority() {
 }
 
 /// Checks the snapshot, writes the archive to a temporary file, reads it back and publishes it.
+/// Makes the backup directory ready for the new archive, on either engine: private, what a
+/// killed run left swept, and no archive of the same name there. Returns the archive's path.
+pub(super) fn prepare_dir(spec: &Spec, ctx: &Context<'_>, plan: &Plan) -> anyhow::Result<PathBuf> {
+    let to = &spec.to;
+    fsx::private_dir(to)?;
+    for path in backups::sweep_scratch(to, ctx.job, Scratch::Snapshot)? {
+        tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
+    }
+    let dest = to.join(plan.archive.file_name());
+    if dest.exists() {
+        bail!(
+            "the archive {} already exists (two runs in the same second?); nothing was written",
+            dest.display()
+        );
+    }
+    Ok(dest)
+}
+
 impl Spec {
     /// The archive's compression, as the spec asks for it.
     pub(super) fn archive_compression(&self) -> archive::Compression {

@@ -15,7 +15,6 @@ use super::kind::{
 };
 use crate::backup::archive::{self, Manifest, PgDump};
 use crate::backup::{self as backups, Scratch};
-use crate::fsx;
 use crate::backup::pg_dump as dump;
 use crate::gateway::Dialect;
 use crate::gateway::postgres::{self, Server};
@@ -60,17 +59,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
             plan.retention.len()
         )));
     }
-    fsx::private_dir(to)?;
-    for path in backups::sweep_scratch(to, ctx.job, Scratch::Snapshot)? {
-        tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
-    }
-    let dest = to.join(plan.archive.file_name());
-    if dest.exists() {
-        bail!(
-            "the archive {} already exists (two runs in the same second?); nothing was written",
-            dest.display()
-        );
-    }
+    let dest = kind::prepare_dir(spec, ctx, &plan)?;
     let includes = spec
         .include
         .iter()
