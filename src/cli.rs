@@ -584,8 +584,8 @@ fn restore(archive: &Path, shown: &Path, to: &Path, database: Option<&str>, forc
         };
     }
     let done = match to.to_str() {
-        Some(url) if crate::gateway::postgres::restore::is_url(url) => {
-            crate::gateway::postgres::restore::restore(archive, url, force)
+        Some(url) if crate::backup::restore_pg::is_url(url) => {
+            crate::backup::restore_pg::restore(archive, url, force)
         }
         _ => restore::restore_database(archive, database, to, force, Utc::now())
             .map(|done| done.describe(shown)),

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use serde::Deserialize;
 
 use crate::config::Checks;
@@ -309,30 +309,6 @@ impl Declared {
     }
 }
 
-/// A connection to a declared database for our jobs, opened the way the gateway's is
-/// ([`crate::gateway::Gateway::connect`]): never changes its journal mode, waits at most
-/// `busy_timeout` for another program's locks, and never checkpoints when it closes.
-pub fn connect(path: &Path, read_only: bool, busy_timeout: Duration) -> anyhow::Result<Connection> {
-    let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    flags |= if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-    };
-    let conn = crate::sqlite::open(path, flags)
-        .with_context(|| format!("opening the database {}", path.display()))?;
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .context("setting NO_CKPT_ON_CLOSE")?;
-    conn.busy_timeout(busy_timeout)
-        .context("setting the busy timeout")?;
-    conn.pragma_update(None, "foreign_keys", "OFF")
-        .context("turning foreign key enforcement off")?;
-    Ok(conn)
-}
-
 /// The table with the most rows in the database at `path` (a copy of ours) and its rows;
 /// `None` when it has no table.
 pub fn largest_table(conn: &Connection) -> anyhow::Result<Option<(String, u64)>> {
@@ -376,88 +352,6 @@ impl Databases {
             })
             .collect()
     }
-}
-
-/// Runs `one` on every database a job's `selection` names now, one after the other, never two
-/// at once: the gateway's and each current match of the declared ones. A declared database is
-/// handed to `one` as a view of the gateway with its own file, so it is opened, locked and
-/// bounded by exactly the rules the gateway's is (its busy timeout, its lock bounds); `one`
-/// also gets its label (`None` for the gateway's own, which keeps its v1 alert keys). With the
-/// gateway's alone this is `one` on it, unchanged. A database that fails does not stop the
-/// others; the run fails at the end, naming each that failed. A stop request stops at once.
-pub fn for_each(
-    selection: &Selection,
-    ctx: &mut crate::jobs::Context<'_>,
-    mut one: impl FnMut(
-        &mut crate::jobs::Context<'_>,
-        &crate::gateway::Gateway,
-        Option<&str>,
-    ) -> anyhow::Result<crate::jobs::Report>,
-) -> anyhow::Result<crate::jobs::Report> {
-    let gateway = ctx.gateway;
-    if selection.declared.is_empty() {
-        return one(ctx, gateway, None);
-    }
-    let mut views: Vec<(Option<String>, crate::gateway::Gateway)> = Vec::new();
-    if selection.has_gateway() {
-        views.push((None, gateway.clone()));
-    }
-    for declared in &selection.declared {
-        for found in declared.expand()? {
-            views.push((
-                Some(found.label()),
-                crate::gateway::Gateway {
-                    database: found.path,
-                    ..gateway.clone()
-                },
-            ));
-        }
-    }
-    let mut passed = Vec::new();
-    let mut failed = Vec::new();
-    let mut figures: Vec<(String, f64)> = Vec::new();
-    let mut plan = Vec::new();
-    for (label, view) in &views {
-        ctx.checkpoint()?;
-        let name = label.as_deref().unwrap_or(GATEWAY);
-        match one(ctx, view, label.as_deref()) {
-            Ok(report) => {
-                plan.extend(report.plan.iter().map(|l| format!("{name}: {l}")));
-                for (k, v) in report.figures {
-                    match figures.iter_mut().find(|(n, _)| *n == k) {
-                        Some((_, sum)) => *sum += v,
-                        None => figures.push((k, v)),
-                    }
-                }
-                passed.push(format!("{name}: {}", report.summary));
-            }
-            Err(e) if e.is::<crate::jobs::Stopped>() => return Err(e),
-            Err(e) => failed.push(format!("{name}: {e:#}")),
-        }
-    }
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "{} of {} databases failed:\n- {}",
-            failed.len(),
-            views.len(),
-            failed.join("\n- ")
-        );
-    }
-    // Each database's summary for a few; a count for many (the figures hold the sums).
-    const LISTED: usize = 5;
-    let summary = if passed.len() <= LISTED {
-        format!("{} databases: {}", views.len(), passed.join("; "))
-    } else {
-        format!(
-            "{} databases, each passed; {}; ...",
-            views.len(),
-            passed[..LISTED].join("; ")
-        )
-    };
-    let mut report = crate::jobs::Report::new(summary);
-    report.plan = plan;
-    report.figures = figures;
-    Ok(report.figure("databases", views.len() as f64))
 }
 
 /// Whether `path` is a regular file that starts with SQLite's header. It is opened without

@@ -6,8 +6,10 @@
 
 pub mod archive;
 pub mod multi;
+pub mod pg_dump;
 pub mod restore;
 pub mod restore_dir;
+pub mod restore_pg;
 pub mod snapshot;
 pub mod tree;
 

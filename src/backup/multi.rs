@@ -12,30 +12,9 @@ use anyhow::Context as _;
 
 use super::archive::{ArchivedDatabase, Matched};
 use super::snapshot::{self, Snapshot, Sweep};
+pub use super::tree::{FILES, Target};
 use super::{ArchiveName, Scratch, ScratchDb};
 use crate::databases::{self, Declared, Found};
-
-/// A database to snapshot: where it is, what it is called in the archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The jobs file's name, or [`FILES`] for one found in an included directory.
-    pub name: String,
-    pub source: PathBuf,
-    pub entry: String,
-}
-
-/// The name databases found in included directories go by.
-pub const FILES: &str = "files";
-
-impl From<Found> for Target {
-    fn from(f: Found) -> Self {
-        Target {
-            name: f.name.clone(),
-            entry: f.entry(),
-            source: f.path,
-        }
-    }
-}
 
 /// What the declared databases' paths and globs match now, each with its declaration.
 pub fn list(declared: &[Declared]) -> anyhow::Result<Vec<(Declared, Vec<Found>)>> {
@@ -102,9 +81,11 @@ pub fn take_all(
             continue;
         }
         let scratch = ScratchDb(name.scratch_path(to, Scratch::Snapshot));
-        let result = databases::connect(&target.source, false, busy_timeout).and_then(|conn| {
-            snapshot::take_from(&target.source, conn, None, &scratch.0, Sweep::Done)
-        });
+        let result = crate::gateway::sqlite::connect_file(&target.source, false, busy_timeout)
+            .with_context(|| format!("opening the database {}", target.source.display()))
+            .and_then(|conn| {
+                snapshot::take_from(&target.source, conn, None, &scratch.0, Sweep::Done)
+            });
         match result {
             Ok(snap) => taken.push(Taken {
                 target: target.clone(),

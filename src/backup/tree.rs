@@ -13,8 +13,29 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::archive::{self, Include};
-use super::multi::{FILES, Target};
-use crate::databases::is_sqlite_file;
+use crate::databases::{Found, is_sqlite_file};
+
+/// A database to snapshot: where it is, what it is called in the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The jobs file's name, or [`FILES`] for one found in an included directory.
+    pub name: String,
+    pub source: PathBuf,
+    pub entry: String,
+}
+
+/// The name databases found in included directories go by.
+pub const FILES: &str = "files";
+
+impl From<Found> for Target {
+    fn from(f: Found) -> Self {
+        Target {
+            name: f.name.clone(),
+            entry: f.entry(),
+            source: f.path,
+        }
+    }
+}
 
 /// What the included paths hold.
 #[derive(Default)]
@@ -71,6 +92,24 @@ fn companion_of_database(dir: &Path, name: &str) -> bool {
     })
 }
 
+/// A regular file (or a link to one) found in an included directory: added, unless it is a
+/// journal beside a database, whose snapshot already holds what it held.
+fn add_unless_companion(
+    dir: &Path,
+    name: &str,
+    path: PathBuf,
+    walked: &mut Walked,
+) -> anyhow::Result<()> {
+    if companion_of_database(dir, name) {
+        walked
+            .skipped
+            .push((path, "a SQLite journal file: its database is snapshotted"));
+        Ok(())
+    } else {
+        add_file(&path, walked)
+    }
+}
+
 fn walk_dir(dir: &Path, root: &Path, walked: &mut Walked) -> anyhow::Result<()> {
     let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)
         .with_context(|| format!("listing included directory {}", dir.display()))?
@@ -86,27 +125,13 @@ fn walk_dir(dir: &Path, root: &Path, walked: &mut Walked) -> anyhow::Result<()> 
         if kind.is_dir() {
             walk_dir(&path, root, walked)?;
         } else if kind.is_file() {
-            if companion_of_database(dir, &name) {
-                walked
-                    .skipped
-                    .push((path, "a SQLite journal file: its database is snapshotted"));
-            } else {
-                add_file(&path, walked)?;
-            }
+            add_unless_companion(dir, &name, path, walked)?;
         } else if kind.is_symlink() {
             match fs::canonicalize(&path) {
                 Ok(target) if !target.starts_with(root) => walked
                     .skipped
                     .push((path, "a symbolic link out of the included directory")),
-                Ok(target) if target.is_file() => {
-                    if companion_of_database(dir, &name) {
-                        walked
-                            .skipped
-                            .push((path, "a SQLite journal file: its database is snapshotted"));
-                    } else {
-                        add_file(&path, walked)?;
-                    }
-                }
+                Ok(target) if target.is_file() => add_unless_companion(dir, &name, path, walked)?,
                 Ok(_) => walked
                     .skipped
                     .push((path, "a symbolic link to a directory, not followed")),

@@ -17,7 +17,7 @@ pub const PORT: u16 = 5432;
 
 /// The newest installed server's `bin` directory (Debian's `/usr/lib/postgresql/<major>/bin`).
 pub fn server_bin() -> Option<PathBuf> {
-    crate::gateway::postgres::dump::installed("initdb")
+    crate::backup::pg_dump::installed("initdb")
         .into_iter()
         .next()
         .and_then(|p| p.parent().map(Path::to_path_buf))

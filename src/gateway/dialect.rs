@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::TimeFormat;
+use super::config::{CostColumns, Gateway, Preset, TimeFormat};
+use super::postgres::litellm::LITELLM;
 use super::value::Value;
 
 /// The SQL dialect of a gateway's database.
@@ -119,6 +120,46 @@ impl Dialect {
             Dialect::Sqlite => LockWait::BusyTimeout(timeout),
             Dialect::Postgres => {
                 LockWait::Statement(format!("SET lock_timeout = '{}ms'", timeout.as_millis()))
+            }
+        }
+    }
+}
+
+impl TimeFormat {
+    /// `t` in the column's own format on SQLite, to compare against the raw column so its
+    /// index is used. ISO text bounds are `YYYY-MM-DDTHH:MM:SS`: all three Apantli spellings of
+    /// the same second sort at or after it, and `datetime()`'s space separator would sort
+    /// wrongly. Other engines: [`Dialect::time_bound`].
+    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> Value {
+        Dialect::Sqlite.time_bound(self, t)
+    }
+}
+
+/// The SQL of the gateway's facts, in a dialect.
+impl Gateway {
+    /// The SQL condition of a failed request, or `None` when the gateway records no failures:
+    /// the error column is set, or LiteLLM's `status` is not `success` (NULL included).
+    pub fn failed_sql(&self, d: Dialect) -> Option<String> {
+        match self.preset {
+            Preset::Litellm => Some(LITELLM.failed_sql.to_string()),
+            _ => self
+                .columns
+                .error
+                .as_ref()
+                .map(|e| format!("{} IS NOT NULL", d.ident(e))),
+        }
+    }
+
+    /// The SQL expression of a row's total cost.
+    pub fn cost_expr(&self, d: Dialect) -> String {
+        match &self.columns.cost {
+            CostColumns::Single(c) => d.ident(c),
+            CostColumns::Split { input, output } => {
+                format!(
+                    "(COALESCE({}, 0) + COALESCE({}, 0))",
+                    d.ident(input),
+                    d.ident(output)
+                )
             }
         }
     }

@@ -19,31 +19,41 @@ use super::dialect::Dialect;
 use super::value::Value;
 use crate::writelock::Pacer;
 
-/// A connection to the gateway's database for our jobs.
-///
-/// It never changes the journal mode, waits at most `busy_timeout` for the gateway's locks,
-/// and is set not to checkpoint the WAL when it closes: a checkpoint on close would take
-/// locks the job did not plan for.
+/// A connection to the gateway's database for our jobs: [`connect_file`] on its file.
 pub fn connect(gateway: &Gateway, read_only: bool) -> anyhow::Result<Connection> {
+    connect_file(&gateway.database, read_only, gateway.busy_timeout).with_context(|| {
+        format!(
+            "opening the gateway database {} (check gateway.database and that caretaker may read it)",
+            gateway.database.display()
+        )
+    })
+}
+
+/// A connection for our jobs to a SQLite database, the gateway's or another one we look
+/// after, opened the same way for all.
+///
+/// It never changes the journal mode, waits at most `busy_timeout` for another program's
+/// locks, and is set not to checkpoint the WAL when it closes: a checkpoint on close would
+/// take locks the job did not plan for. The caller's context names the database.
+pub fn connect_file(
+    path: &std::path::Path,
+    read_only: bool,
+    busy_timeout: Duration,
+) -> anyhow::Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     flags |= if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     };
-    let conn = crate::sqlite::open(&gateway.database, flags).with_context(|| {
-        format!(
-            "opening the gateway database {} (check gateway.database and that caretaker may read it)",
-            gateway.database.display()
-        )
-    })?;
+    let conn = crate::sqlite::open(path, flags)?;
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
     )
-    .context("setting NO_CKPT_ON_CLOSE on the gateway connection")?;
-    conn.busy_timeout(gateway.busy_timeout)
-        .context("setting the busy timeout on the gateway connection")?;
+    .context("setting NO_CKPT_ON_CLOSE on the connection")?;
+    conn.busy_timeout(busy_timeout)
+        .context("setting the busy timeout on the connection")?;
     // The bundled SQLite enforces foreign keys by default; the gateways' own connections
     // do not (BobaMixer declares ON DELETE CASCADE but never enables it), and a cascade
     // they never run must not start with ours.

@@ -285,7 +285,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         let key = format!("integrity:{}", ctx.job);
         return run_postgres(spec, ctx, key);
     }
-    crate::databases::for_each(&spec.databases, ctx, |ctx, gateway, label| {
+    crate::jobs::per_database::for_each(&spec.databases, ctx, |ctx, gateway, label| {
         run_one(spec, ctx, gateway, label)
     })
 }

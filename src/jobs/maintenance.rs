@@ -726,7 +726,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     if ctx.gateway.postgres.is_some() {
         return run_postgres(spec, ctx);
     }
-    crate::databases::for_each(&spec.databases, ctx, |ctx, gateway, label| {
+    crate::jobs::per_database::for_each(&spec.databases, ctx, |ctx, gateway, label| {
         run_one(spec, ctx, gateway, label)
     })
 }

@@ -21,6 +21,7 @@ pub use crate::stop::{Stop, Stopped};
 
 mod contract;
 pub use contract::{Context, Contract, Judged, Report};
+pub mod per_database;
 
 /// The registry: one line per kind, `field => module::Variant`, where `field` is the kind's
 /// block key in the jobs file (and its name), `module` its folder under `src/jobs/` (with a
@@ -328,43 +329,36 @@ mod tests {
 
     /// Whether the kind's own file, or any file in its own folder, holds a test.
     fn has_tests(module: &str) -> bool {
-        let jobs = root().join("src/jobs");
-        let file = jobs.join(format!("{module}.rs"));
-        if file.is_file() {
-            return fs::read_to_string(&file).unwrap().contains("#[test]");
-        }
-        let mut stack = vec![jobs.join(module)];
-        while let Some(dir) = stack.pop() {
-            for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.extension().is_some_and(|e| e == "rs")
-                    && fs::read_to_string(&path).unwrap().contains("#[test]")
-                {
-                    return true;
-                }
-            }
-        }
-        false
+        kind_sources(module)
+            .iter()
+            .any(|text| text.contains("#[test]"))
     }
 
-    /// The source of the kind's own file, or of every file in its own folder.
+    /// The source of the kind's own file, and of every file in its own folder.
     fn kind_source(module: &str) -> String {
+        kind_sources(module).concat()
+    }
+
+    /// The kind's own file (`{module}.rs`, which may have a folder of its parts beside it) and
+    /// every file in its own folder, each read.
+    fn kind_sources(module: &str) -> Vec<String> {
         let jobs = root().join("src/jobs");
         let file = jobs.join(format!("{module}.rs"));
+        let mut text = Vec::new();
         if file.is_file() {
-            return fs::read_to_string(&file).unwrap();
+            text.push(fs::read_to_string(&file).unwrap());
         }
-        let mut text = String::new();
-        let mut stack = vec![jobs.join(module)];
+        let mut stack: Vec<_> = Some(jobs.join(module))
+            .filter(|d| d.is_dir())
+            .into_iter()
+            .collect();
         while let Some(dir) = stack.pop() {
             for entry in fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
                 if path.is_dir() {
                     stack.push(path);
                 } else if path.extension().is_some_and(|e| e == "rs") {
-                    text.push_str(&fs::read_to_string(&path).unwrap());
+                    text.push(fs::read_to_string(&path).unwrap());
                 }
             }
         }

@@ -372,12 +372,12 @@ fn test_dump(
         manifest.size,
         &format!("a test read of {name} ({})", units::bytes(manifest.size)),
     )?;
-    let (pg_restore, _) = crate::gateway::postgres::dump::restore_tool_for(dump_tool)?;
+    let (pg_restore, _) = crate::backup::pg_dump::restore_tool_for(dump_tool)?;
     let scratch = name.scratch_path(dir, Scratch::Verify);
     let result = (|| {
         let mut file = create_scratch(&scratch)?;
         archive::read(archive, &mut file)?;
-        crate::gateway::postgres::dump::check_listing(&pg_restore, &scratch, &manifest.table)?;
+        crate::backup::pg_dump::check_listing(&pg_restore, &scratch, &manifest.table)?;
         Ok(Tested {
             rows: manifest.row_count,
             bytes: manifest.size,

@@ -1,20 +1,16 @@
 //! Opening a session on the gateway's PostgreSQL server: the password, TLS by `sslmode`, and the
 //! session settings every statement of ours runs under.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
+use super::secrets::{MAX_SECRET_FILE, read_ca_file, read_password_file};
 use super::{APPLICATION_NAME, Password, Server, SslMode, pgpass};
-
-/// The largest password or CA file read.
-const MAX_SECRET_FILE: u64 = 1 << 20;
 
 /// A blocking session on the gateway's server (jobs run on blocking threads).
 pub type Session = postgres::Client;
@@ -133,51 +129,6 @@ fn from_pgpass(server: &Server, env: Env<'_>) -> Option<String> {
             user: &server.user,
         },
     )
-}
-
-/// The password in `path`: the file's first line. Errors name the file, never its content.
-pub fn read_password_file(path: &Path) -> Result<String, String> {
-    let bytes = crate::fsx::read_regular(path, MAX_SECRET_FILE).map_err(|e| {
-        format!(
-            "cannot read {}: {e}; accepted: a file holding only the password",
-            path.display()
-        )
-    })?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
-    let password = text.lines().next().unwrap_or("").to_string();
-    if password.is_empty() {
-        return Err(format!(
-            "{} is empty; accepted: a file holding only the password",
-            path.display()
-        ));
-    }
-    Ok(password)
-}
-
-/// The certificates of a PEM CA file; at least one.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = crate::fsx::read_regular(path, MAX_SECRET_FILE).map_err(|e| {
-        format!(
-            "cannot read {}: {e}; accepted: a PEM file of CA certificates",
-            path.display()
-        )
-    })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            format!(
-                "{} is not a PEM file ({e}); accepted: a PEM file of CA certificates",
-                path.display()
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate; accepted: a PEM file with -----BEGIN CERTIFICATE----- blocks",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }
 
 /// rustls settings for `server.sslmode` (not `disable`).

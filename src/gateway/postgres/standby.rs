@@ -19,8 +19,6 @@ use sha2::{Digest, Sha256};
 
 use super::Server;
 
-/// Default `gateway.standby_takeover`.
-pub const DEFAULT_TAKEOVER: Duration = Duration::from_secs(30);
 /// Where the role is recorded, in `state_dir`.
 pub const STATUS_FILE: &str = "standby.json";
 

@@ -5,17 +5,19 @@
 //! `pg_restore --list`; `full` restores it into a scratch database that the run creates and
 //! drops, and compares each table's rows with the counts taken in the dump's own snapshot.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{Compression, ShrinkGuard, Spec, VerifyLevel};
+use super::kind::{
+    self, Extent, HELD, Spec, VerifyLevel, apply_retention, guard, shrink_alert,
+};
 use crate::backup::archive::{self, Manifest, PgDump};
 use crate::backup::{self as backups, Scratch};
-use crate::fsx;
-use crate::gateway::postgres::{self, Server, dump};
+use crate::backup::pg_dump as dump;
+use crate::gateway::Dialect;
+use crate::gateway::postgres::{self, Server};
 use crate::jobs::{Context, Report};
 use crate::units;
 
@@ -24,24 +26,18 @@ pub const DUMP_ENTRY: &str = "database.pgdump";
 
 pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Result<Report> {
     let to = &spec.to;
-    let listed = backups::list(to, ctx.job)?;
-    let ns = super::state_ns(ctx.job);
-    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, super::HELD)?.unwrap_or_default();
-    let base = match spec.shrink_guard {
-        ShrinkGuard::Off => None,
-        ShrinkGuard::Under(_) => super::baseline(&listed, &held),
-    };
-    let existing = listed
-        .iter()
-        .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
-        .collect();
-    let plan = super::plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
+    let kind::Start {
+        ns,
+        mut held,
+        base,
+        plan,
+    } = kind::start(spec, ctx)?;
 
     let mut session = postgres::connect(server)?;
     let (server_version, server_num) = dump::server_version(&mut session)?;
     let (pg_dump, dump_version) = dump::pick(spec.pg_dump.as_deref(), "pg_dump")?;
     dump::check_tool(&pg_dump, &dump_version, &server_version, server_num)?;
-    let table = postgres::quote_table(&ctx.gateway.table);
+    let table = Dialect::Postgres.table(&ctx.gateway.table);
     let exists: bool = session
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .context("looking for the gateway's table")?
@@ -63,17 +59,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
             plan.retention.len()
         )));
     }
-    fsx::private_dir(to)?;
-    for path in backups::sweep_scratch(to, ctx.job, Scratch::Snapshot)? {
-        tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
-    }
-    let dest = to.join(plan.archive.file_name());
-    if dest.exists() {
-        bail!(
-            "the archive {} already exists (two runs in the same second?); nothing was written",
-            dest.display()
-        );
-    }
+    let dest = kind::prepare_dir(spec, ctx, &plan)?;
     let includes = spec
         .include
         .iter()
@@ -110,11 +96,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         .iter()
         .find(|t| t.name == qualified)
         .and_then(|t| t.rows);
-    let extent = super::Extent {
+    let extent = Extent {
         rows: gateway_rows.unwrap_or(0),
         bytes: size,
     };
-    let shrink = super::guard(spec, ctx, base.as_ref(), extent, &plan.archive, &mut held)?;
+    let shrink = guard(spec, ctx, base.as_ref(), extent, &plan.archive, &mut held)?;
     let dump_ms = dumping.elapsed().as_secs_f64() * 1000.0;
     ctx.checkpoint()?;
 
@@ -150,24 +136,11 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         matched: Vec::new(),
         postgres: Some(pgdump),
     };
-    let compression = match spec.compression {
-        Compression::Gzip => archive::Compression::Gzip {
-            level: spec.level,
-            threads: archive::compression_threads(),
-        },
-        Compression::None => archive::Compression::None,
-    };
+    let compression = spec.archive_compression();
     let compressing = Instant::now();
     let (pending, archive_bytes) = archive::write(&dest, &manifest, &scratch.0, &includes, compression)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
-    if spec.verify != VerifyLevel::None {
-        let reading = Instant::now();
-        archive::read(pending.temp_path(), &mut std::io::sink())
-            .context("the archive did not read back intact; it was removed and not published")?;
-        verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
-    }
-    ctx.checkpoint()?;
-    let published = pending.commit()?;
+    let published = kind::read_back_and_publish(spec, ctx, pending, &mut verify_ms)?;
     drop(scratch);
     // Queued before retention runs, so that retention never deletes a file its remote still
     // needs (as for a SQLite snapshot).
@@ -180,7 +153,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         ctx.now,
     )?;
     let waiting = crate::remote::queue::waiting(ctx.state)?;
-    let (kept, deleted) = super::apply_retention(
+    let (kept, deleted) = apply_retention(
         ctx.job,
         spec,
         ctx.timezone,
@@ -189,8 +162,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         &waiting,
     )?;
     held.retain(|file, _| spec.to.join(file).exists());
-    ctx.state.put(&ns, super::HELD, &held)?;
-    super::shrink_alert(ctx, shrink.as_deref(), &server.describe, &published);
+    ctx.state.put(&ns, HELD, &held)?;
+    shrink_alert(ctx, shrink.as_deref(), &server.describe, &published);
     Ok(Report::new(format!(
         "wrote {} ({}, dump {} of server {} by {}, {} rows in {}){}; kept {kept} archives, deleted {}",
         published.display(),
@@ -220,7 +193,7 @@ fn qualified_name(session: &mut postgres::Session, table: &str) -> String {
     session
         .query_one(
             "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
-            &[&postgres::quote_table(table)],
+            &[&Dialect::Postgres.table(table)],
         )
         .map(|r| r.get(0))
         .unwrap_or_else(|_| table.to_string())
@@ -285,7 +258,7 @@ fn restore_and_compare(
     pgdump: &PgDump,
 ) -> anyhow::Result<()> {
     let name = format!("caretaker_verify_{job}");
-    let quoted = postgres::quote_ident(&name);
+    let quoted = Dialect::Postgres.ident(&name);
     // A killed run's scratch database goes first.
     let drop_scratch = |session: &mut postgres::Session| {
         session

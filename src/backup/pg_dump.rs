@@ -10,8 +10,10 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use super::Server;
 use crate::backup::archive::{PgDump, PgTable};
+use crate::gateway::Dialect;
+use crate::gateway::postgres::connect::libpq_env;
+use crate::gateway::postgres::{Server, Session};
 
 /// The major version in `pg_dump --version` / `postgres --version` output
 /// (`pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` is 15; `9.6.24` is 9).
@@ -151,7 +153,7 @@ pub fn check_listing(pg_restore: &Path, file: &Path, table: &str) -> anyhow::Res
 }
 
 /// The server's version, as text and as `server_version_num`.
-pub fn server_version(session: &mut super::Session) -> anyhow::Result<(String, u32)> {
+pub fn server_version(session: &mut Session) -> anyhow::Result<(String, u32)> {
     let row = session
         .query_one(
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
@@ -193,10 +195,10 @@ pub fn quote_qualified(name: &str) -> String {
     match name.split_once('.') {
         Some((schema, table)) => format!(
             "{}.{}",
-            super::quote_ident(schema),
-            super::quote_ident(table)
+            Dialect::Postgres.ident(schema),
+            Dialect::Postgres.ident(table)
         ),
-        None => super::quote_ident(name),
+        None => Dialect::Postgres.ident(name),
     }
 }
 
@@ -204,7 +206,7 @@ pub fn quote_qualified(name: &str) -> String {
 /// by environment, never on the command line).
 pub fn libpq_command(tool: &Path, server: &Server) -> anyhow::Result<Command> {
     let mut cmd = Command::new(tool);
-    for (k, v) in super::connect::libpq_env(server)? {
+    for (k, v) in libpq_env(server)? {
         cmd.env(k, v);
     }
     Ok(cmd)

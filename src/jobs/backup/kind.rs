@@ -1,13 +1,10 @@
-//! The `backup` job: a consistent hot snapshot, compressed, verified, published, pruned by tiers.
+//! The `backup` kind: its block of the jobs file, its plan and shrink guard, its retention, and its run on a SQLite gateway (a PostgreSQL gateway's is in `postgres.rs`).
 //!
 //! One run: sweep what a killed run left, check free space, snapshot the gateway database in
 //! one step (the only moment the gateway is touched), check the copy with SQLite, write the
 //! archive to a temporary file, read it back against the manifest's SHA-256, publish it
 //! (fsync, rename, fsync the directory), then prune this job's archives by the keep policy.
 //! An archive that fails a check is never published, so it is never counted or kept.
-
-pub mod postgres;
-pub mod retention;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,7 +26,7 @@ use crate::checks::Checks;
 use crate::databases::Selection;
 use crate::fsx;
 use crate::units;
-use retention::{Decision, KeepConfig, Policy, Reason};
+use super::retention::{self, Decision, KeepConfig, Policy, Reason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -380,7 +377,7 @@ fn own_removals(own: crate::ledger::Removed) -> String {
 /// archive), allowing for what caretaker itself removed since; a held archive is recorded
 /// before it is published (a run killed in between leaves a name that matches no file, never a
 /// held archive that retention would count).
-fn guard(
+pub(super) fn guard(
     spec: &Spec,
     ctx: &Context<'_>,
     base: Option<&(ArchiveName, Extent)>,
@@ -404,7 +401,7 @@ fn guard(
 }
 
 /// Raises the shrink guard's alert for a held archive of `source`, or resolves it.
-fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, published: &Path) {
+pub(super) fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, published: &Path) {
     let key = format!("backup-shrunk:{}", ctx.job);
     let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
     let job = Some(ctx.job.to_string());
@@ -430,7 +427,7 @@ fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, publi
 }
 
 /// The state key holding this job's held archives: file name -> why it was held.
-const HELD: &str = "held";
+pub(super) const HELD: &str = "held";
 
 fn state_ns(job: &str) -> String {
     format!("backup:{job}")
@@ -545,14 +542,19 @@ fn plan_lines(
     lines
 }
 
-pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
-    if let Some(server) = &ctx.gateway.postgres {
-        return postgres::run(spec, ctx, server);
-    }
-    let to = &spec.to;
-    let listed = backups::list(to, ctx.job)?;
+/// Where a run starts, on either engine: the archives this job holds (in the state under `ns`),
+/// the shrink guard's baseline among its archives, and the plan.
+pub(super) struct Start {
+    pub ns: String,
+    pub held: BTreeMap<String, String>,
+    pub base: Option<(ArchiveName, Extent)>,
+    pub plan: Plan,
+}
+
+pub(super) fn start(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Start> {
+    let listed = backups::list(&spec.to, ctx.job)?;
     let ns = state_ns(ctx.job);
-    let mut held: BTreeMap<String, String> = ctx.state.get(&ns, HELD)?.unwrap_or_default();
+    let held: BTreeMap<String, String> = ctx.state.get(&ns, HELD)?.unwrap_or_default();
     let base = match spec.shrink_guard {
         ShrinkGuard::Off => None,
         ShrinkGuard::Under(_) => baseline(&listed, &held),
@@ -562,6 +564,23 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         .map(|(n, _)| (n.clone(), held.contains_key(&n.file_name())))
         .collect();
     let plan = plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
+    Ok(Start {
+        ns,
+        held,
+        base,
+        plan,
+    })
+}
+
+/// A backup of a SQLite gateway ([`super::run`] chooses by the gateway's engine).
+pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
+    let to = &spec.to;
+    let Start {
+        ns,
+        mut held,
+        base,
+        plan,
+    } = start(spec, ctx)?;
     if ctx.dry_run {
         // The table must exist for the run to write anything; say so now.
         if spec.databases.has_gateway() {
@@ -578,18 +597,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         report.plan = plan_lines(&plan, spec, ctx, base.as_ref());
         return Ok(report);
     }
-    fsx::private_dir(to)?;
-    let swept = backups::sweep_scratch(to, ctx.job, Scratch::Snapshot)?;
-    for path in &swept {
-        tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
-    }
-    let dest = to.join(plan.archive.file_name());
-    if dest.exists() {
-        bail!(
-            "the archive {} already exists (two runs in the same second?); nothing was written",
-            dest.display()
-        );
-    }
+    let dest = prepare_dir(spec, ctx, &plan)?;
 
     let gateway = ctx.gateway;
     let with_gateway = spec.databases.has_gateway();
@@ -743,6 +751,56 @@ fn lower_priority() {
 }
 
 /// Checks the snapshot, writes the archive to a temporary file, reads it back and publishes it.
+/// Makes the backup directory ready for the new archive, on either engine: private, what a
+/// killed run left swept, and no archive of the same name there. Returns the archive's path.
+pub(super) fn prepare_dir(spec: &Spec, ctx: &Context<'_>, plan: &Plan) -> anyhow::Result<PathBuf> {
+    let to = &spec.to;
+    fsx::private_dir(to)?;
+    for path in backups::sweep_scratch(to, ctx.job, Scratch::Snapshot)? {
+        tracing::info!(job = ctx.job, path = %path.display(), "removed a temporary file left by an interrupted run");
+    }
+    let dest = to.join(plan.archive.file_name());
+    if dest.exists() {
+        bail!(
+            "the archive {} already exists (two runs in the same second?); nothing was written",
+            dest.display()
+        );
+    }
+    Ok(dest)
+}
+
+impl Spec {
+    /// The archive's compression, as the spec asks for it.
+    pub(super) fn archive_compression(&self) -> archive::Compression {
+        match self.compression {
+            Compression::Gzip => archive::Compression::Gzip {
+                level: self.level,
+                threads: archive::compression_threads(),
+            },
+            Compression::None => archive::Compression::None,
+        }
+    }
+}
+
+/// Reads the written archive back (unless `verify: none`), adding the time to `verify_ms`, and
+/// publishes it: on either engine an archive that does not read back is never published.
+pub(super) fn read_back_and_publish(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    pending: fsx::PendingFile,
+    verify_ms: &mut f64,
+) -> anyhow::Result<PathBuf> {
+    if spec.verify != VerifyLevel::None {
+        let reading = Instant::now();
+        // Reading back proves the archive holds exactly the snapshot that passed the check.
+        archive::read(pending.temp_path(), &mut std::io::sink())
+            .context("the archive did not read back intact; it was removed and not published")?;
+        *verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
+    }
+    ctx.checkpoint()?;
+    pending.commit()
+}
+
 fn check_write_and_publish(
     spec: &Spec,
     ctx: &Context<'_>,
@@ -781,26 +839,12 @@ fn check_write_and_publish(
     manifest.databases = archived;
     manifest.matched = matched.clone();
     let other_paths: Vec<&Path> = others.iter().map(|o| o.snap.path.as_path()).collect();
-    let compression = match spec.compression {
-        Compression::Gzip => archive::Compression::Gzip {
-            level: spec.level,
-            threads: archive::compression_threads(),
-        },
-        Compression::None => archive::Compression::None,
-    };
+    let compression = spec.archive_compression();
     let compressing = Instant::now();
     let (pending, archive_bytes) =
         archive::write_all(dest, &manifest, &snap.path, &other_paths, includes, compression)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
-    if spec.verify != VerifyLevel::None {
-        let reading = Instant::now();
-        // Reading back proves the archive holds exactly the snapshot that passed the check.
-        archive::read(pending.temp_path(), &mut std::io::sink())
-            .context("the archive did not read back intact; it was removed and not published")?;
-        verify_ms += reading.elapsed().as_secs_f64() * 1000.0;
-    }
-    ctx.checkpoint()?;
-    let path = pending.commit()?;
+    let path = read_back_and_publish(spec, ctx, pending, &mut verify_ms)?;
     Ok(Published {
         databases: 1 + others.len(),
         path,
@@ -867,7 +911,7 @@ fn manifest(
 /// Deletes this job's archives the keep policy does not keep. Runs only after a new archive
 /// was published, so a failing backup never prunes the good ones before it; `held` archives
 /// take no keep slot, and with `may_prune` false nothing is deleted.
-fn apply_retention(
+pub(super) fn apply_retention(
     job: &str,
     spec: &Spec,
     tz: Tz,

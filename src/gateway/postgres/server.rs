@@ -1,27 +1,19 @@
-//! A PostgreSQL gateway: where its server is, how we sign in, and the LiteLLM preset's facts.
+//! A PostgreSQL gateway's server: where it is and how we sign in (`gateway.url` and its keys).
 //!
 //! The jobs file names the server by URL (`gateway.url`); the password comes from
 //! `password_env`, `password_file`, or libpq's password file, never from the URL, so that the
 //! jobs file, `check`'s output and every log line stay free of it. Every session we open sets
-//! `lock_timeout` and `statement_timeout` before any other statement ([`connect`]).
-
-pub mod care;
-pub mod connect;
-pub mod db;
-pub mod dump;
-pub mod pgpass;
-pub mod restore;
-pub mod standby;
+//! `lock_timeout` and `statement_timeout` before any other statement ([`super::connect`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-pub use connect::{Session, connect, connect_with};
 
 /// Default `lock_timeout`: far below the proxy's own patience, so a batch of the gateway's
 /// inserts never queues behind us for long.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `gateway.standby_takeover`.
+pub const DEFAULT_TAKEOVER: Duration = Duration::from_secs(30);
 /// What `pg_stat_activity` shows for every session of ours.
 pub const APPLICATION_NAME: &str = "caretaker";
 
@@ -228,7 +220,7 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
         (None, Some(file)) => {
             let path = checks.given_path("gateway.password_file", Some(&file));
             if let Some(p) = &path
-                && let Err(message) = connect::read_password_file(p)
+                && let Err(message) = super::secrets::read_password_file(p)
             {
                 checks.error("gateway.password_file", message);
             }
@@ -240,13 +232,13 @@ pub fn validate(raw: RawServer, checks: &mut crate::config::Checks<'_>) -> Optio
         .ca_file
         .and_then(|f| checks.given_path("gateway.ca_file", Some(&f)));
     if let Some(path) = &ca_file
-        && let Err(message) = connect::read_ca_file(path)
+        && let Err(message) = super::secrets::read_ca_file(path)
     {
         checks.error("gateway.ca_file", message);
     }
     let lock_timeout = raw.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT);
     let statement_timeout = raw.statement_timeout.unwrap_or(DEFAULT_STATEMENT_TIMEOUT);
-    let standby_takeover = raw.standby_takeover.unwrap_or(standby::DEFAULT_TAKEOVER);
+    let standby_takeover = raw.standby_takeover.unwrap_or(DEFAULT_TAKEOVER);
     for (key, value) in [
         ("gateway.lock_timeout", lock_timeout),
         ("gateway.statement_timeout", statement_timeout),
@@ -306,103 +298,6 @@ pub const READY: &[&str] = &[
 ];
 /// Job kinds that read the gateway the SQLite way and are not ported to PostgreSQL yet.
 pub const NOT_YET: &[&str] = &[];
-
-/// A PostgreSQL identifier, double-quoted (LiteLLM's names are mixed case).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A table name from the jobs file, `table` or `schema.table`, quoted part by part.
-pub fn quote_table(name: &str) -> String {
-    name.split('.')
-        .map(quote_ident)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// Whether `name` is a table name caretaker accepts on PostgreSQL: `table` or `schema.table`,
-/// each part a plain name (letters, digits, `_`; mixed case is kept and quoted).
-pub fn is_table_name(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('.').collect();
-    parts.len() <= 2 && parts.iter().all(|p| super::is_identifier(p))
-}
-
-/// A table whose rows go with the purged requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrunedWith {
-    /// Pruned by its own time column, at the same cut-off.
-    ByOwnTime {
-        table: &'static str,
-        time: &'static str,
-    },
-    /// Rows whose `key` names a purged request; only where the table exists.
-    ByRequest {
-        table: &'static str,
-        key: &'static str,
-    },
-}
-
-/// What LiteLLM's preset adds to the columns a SQLite preset has (SPEC's table).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LitellmFacts {
-    /// The primary key: keyset batches run in (time, key) order.
-    pub key: &'static str,
-    /// The SQL condition of a failed request.
-    pub failed_sql: &'static str,
-    pub pruned_with: &'static [PrunedWith],
-}
-
-pub const LITELLM_TABLE: &str = "LiteLLM_SpendLogs";
-
-pub const LITELLM: LitellmFacts = LitellmFacts {
-    key: "request_id",
-    // NULL (rows written before the column existed) is "not success" too.
-    failed_sql: "\"status\" IS DISTINCT FROM 'success'",
-    pruned_with: &[
-        PrunedWith::ByOwnTime {
-            table: "LiteLLM_ErrorLogs",
-            time: "startTime",
-        },
-        PrunedWith::ByRequest {
-            table: "LiteLLM_SpendLogToolIndex",
-            key: "request_id",
-        },
-    ],
-};
-
-/// The gateway's tables on its server: the request table and, for LiteLLM, the tables pruned
-/// with it (which may not exist).
-pub fn gateway_tables(gateway: &super::Gateway) -> Vec<String> {
-    let mut tables = vec![gateway.table.clone()];
-    if gateway.preset == super::Preset::Litellm {
-        tables.extend(LITELLM.pruned_with.iter().map(|p| match *p {
-            PrunedWith::ByOwnTime { table, .. } | PrunedWith::ByRequest { table, .. } => {
-                table.to_string()
-            }
-        }));
-    }
-    tables
-}
-
-/// The LiteLLM preset's table and columns.
-pub fn litellm_columns() -> (String, super::Columns) {
-    let s = |v: &str| v.to_string();
-    (
-        s(LITELLM_TABLE),
-        super::Columns {
-            time: s("startTime"),
-            time_format: super::TimeFormat::Timestamp,
-            model: s("model"),
-            provider: Some(s("custom_llm_provider")),
-            input_tokens: s("prompt_tokens"),
-            output_tokens: s("completion_tokens"),
-            cost: super::CostColumns::Single(s("spend")),
-            // Failed is `status` not 'success' (LITELLM.failed_sql), not "error is non-NULL".
-            error: Some(s("status")),
-            payload: vec![s("messages"), s("response"), s("proxy_server_request")],
-        },
-    )
-}
 
 #[cfg(test)]
 mod tests {
@@ -465,18 +360,5 @@ mod tests {
             assert!(err.contains(want), "{url}: {err}");
             assert!(!err.contains("hunter2"), "{url}: the secret leaked: {err}");
         }
-    }
-
-    #[test]
-    fn table_names_may_be_schema_qualified_and_are_quoted_per_part() {
-        assert!(is_table_name("llm_log"));
-        assert!(is_table_name("gw.LiteLLM_SpendLogs"));
-        assert!(!is_table_name("a.b.c"));
-        assert!(!is_table_name("a;drop"));
-        assert!(!is_table_name("gw."));
-        assert_eq!(
-            quote_table("gw.LiteLLM_SpendLogs"),
-            "\"gw\".\"LiteLLM_SpendLogs\""
-        );
     }
 }

@@ -1,6 +1,4 @@
-//! The gateway's database: which table and columns hold what, and how we connect to it politely.
-
-pub mod postgres;
+//! The gateway's configuration (`gateway:`): which table and columns hold what, where its database is, and how long we wait for its locks.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,14 +8,7 @@ use serde::Deserialize;
 use crate::checks::Checks;
 use crate::checks::values;
 
-pub mod db;
-pub mod dialect;
-pub mod sqlite;
-pub mod value;
-
-pub use db::{Access, Exec, ExecExt, GatewayDb, RowRef, Tuning};
-pub use dialect::Dialect;
-pub use value::Value;
+use super::postgres::server::{self, RawServer, Server};
 
 /// Apantli's busy timeout: a write waits this long for a lock before the row is lost.
 pub const APANTLI_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,16 +33,6 @@ pub enum TimeFormat {
     UnixMillis,
     /// A PostgreSQL `timestamp` (UTC, as LiteLLM writes it); PostgreSQL gateways only.
     Timestamp,
-}
-
-impl TimeFormat {
-    /// `t` in the column's own format on SQLite, to compare against the raw column so its
-    /// index is used. ISO text bounds are `YYYY-MM-DDTHH:MM:SS`: all three Apantli spellings of
-    /// the same second sort at or after it, and `datetime()`'s space separator would sort
-    /// wrongly. Other engines: [`Dialect::time_bound`].
-    pub fn bound(self, t: chrono::DateTime<chrono::Utc>) -> Value {
-        Dialect::Sqlite.time_bound(self, t)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +60,7 @@ pub struct Gateway {
     /// The SQLite file; empty for a PostgreSQL gateway (see `postgres`).
     pub database: PathBuf,
     /// The server of a PostgreSQL gateway (`gateway.url`); `None` for SQLite.
-    pub postgres: Option<postgres::Server>,
+    pub postgres: Option<Server>,
     pub preset: Preset,
     pub table: String,
     pub columns: Columns,
@@ -155,7 +136,7 @@ impl Preset {
                     payload: Vec::new(),
                 },
             )),
-            Preset::Litellm => Some(postgres::litellm_columns()),
+            Preset::Litellm => Some(litellm_columns()),
             Preset::Custom => None,
         }
     }
@@ -170,6 +151,36 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Whether `name` is a table name caretaker accepts on PostgreSQL: `table` or `schema.table`,
+/// each part a plain name (letters, digits, `_`; mixed case is kept and quoted).
+pub fn is_table_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() <= 2 && parts.iter().all(|p| is_identifier(p))
+}
+
+/// LiteLLM's request table.
+pub const LITELLM_TABLE: &str = "LiteLLM_SpendLogs";
+
+/// The LiteLLM preset's table and columns.
+pub fn litellm_columns() -> (String, Columns) {
+    let s = |v: &str| v.to_string();
+    (
+        s(LITELLM_TABLE),
+        Columns {
+            time: s("startTime"),
+            time_format: TimeFormat::Timestamp,
+            model: s("model"),
+            provider: Some(s("custom_llm_provider")),
+            input_tokens: s("prompt_tokens"),
+            output_tokens: s("completion_tokens"),
+            cost: CostColumns::Single(s("spend")),
+            // Failed is `status` not 'success' (LITELLM.failed_sql), not "error is non-NULL".
+            error: Some(s("status")),
+            payload: vec![s("messages"), s("response"), s("proxy_server_request")],
+        },
+    )
+}
+
 pub fn validate(mut raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway> {
     let on_postgres = raw.url.is_some();
     let (database, server) = match (raw.database, raw.url) {
@@ -182,8 +193,8 @@ pub fn validate(mut raw: RawGateway, checks: &mut Checks<'_>) -> Option<Gateway>
         }
         (Some(p), None) => (checks.given_path("gateway.database", Some(&p)), None),
         (None, Some(url)) => {
-            let server = postgres::validate(
-                postgres::RawServer {
+            let server = server::validate(
+                RawServer {
                     url,
                     password_env: raw.password_env.take(),
                     password_file: raw.password_file.take(),
@@ -312,7 +323,7 @@ fn custom(
     };
     // On PostgreSQL the table may be schema-qualified (`gw.llm_usage_log`).
     let table = match table {
-        Some(t) if on_postgres && postgres::is_table_name(&t) => Some(t),
+        Some(t) if on_postgres && is_table_name(&t) => Some(t),
         Some(t) if on_postgres => {
             checks.error(
                 "gateway.table",
@@ -396,22 +407,6 @@ fn custom(
 }
 
 impl Gateway {
-    /// Opens the gateway's database for a job's work on the request table, on its engine's
-    /// backend (docs/design.md, "The gateway behind one interface").
-    pub fn open(&self, access: Access) -> anyhow::Result<Box<dyn GatewayDb>> {
-        if self.postgres.is_some() {
-            return Ok(Box::new(postgres::db::PgDb::open(self, access)?));
-        }
-        Ok(Box::new(sqlite::SqliteDb::open(self, access)?))
-    }
-
-    /// A SQLite connection to the gateway's database, for the SQLite-only operations (backup
-    /// API, integrity check, VACUUM): see [`sqlite::connect`].
-    pub fn connect(&self, read_only: bool) -> anyhow::Result<rusqlite::Connection> {
-        self.refuse_postgres()?;
-        sqlite::connect(self, read_only)
-    }
-
     /// Where the gateway's database is, for messages.
     pub fn location(&self) -> String {
         match &self.postgres {
@@ -422,7 +417,7 @@ impl Gateway {
 
     /// Until every kind runs on PostgreSQL, one that does not yet says so instead of opening a
     /// SQLite file that is not there.
-    fn refuse_postgres(&self) -> anyhow::Result<()> {
+    pub(super) fn refuse_postgres(&self) -> anyhow::Result<()> {
         if let Some(server) = &self.postgres {
             anyhow::bail!(
                 "this job kind does not run on PostgreSQL yet (the gateway is the {}); not yet on PostgreSQL",
@@ -479,44 +474,18 @@ impl Gateway {
             ),
         }
     }
-
-    /// The SQL condition of a failed request, or `None` when the gateway records no failures:
-    /// the error column is set, or LiteLLM's `status` is not `success` (NULL included).
-    pub fn failed_sql(&self, d: Dialect) -> Option<String> {
-        match self.preset {
-            Preset::Litellm => Some(postgres::LITELLM.failed_sql.to_string()),
-            _ => self
-                .columns
-                .error
-                .as_ref()
-                .map(|e| format!("{} IS NOT NULL", d.ident(e))),
-        }
-    }
-
-    /// The SQL expression of a row's total cost.
-    pub fn cost_expr(&self, d: Dialect) -> String {
-        match &self.columns.cost {
-            CostColumns::Single(c) => d.ident(c),
-            CostColumns::Split { input, output } => {
-                format!(
-                    "(COALESCE({}, 0) + COALESCE({}, 0))",
-                    d.ident(input),
-                    d.ident(output)
-                )
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::ExecExt as _;
 
     #[test]
     fn our_gateway_connection_reads_a_misspelt_double_quoted_column_as_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let gateway = sqlite::tests::apantli(&dir);
-        let mut db = gateway.open(Access::ReadOnly).unwrap();
+        let gateway = crate::gateway::sqlite::tests::apantli(&dir);
+        let mut db = gateway.open(crate::gateway::Access::ReadOnly).unwrap();
         db.check_columns().unwrap();
         let err = db
             .exec()
@@ -578,6 +547,19 @@ mod tests {
             found.is_empty(),
             "use the gateway interface:\n{}",
             found.join("\n")
+        );
+    }
+
+    #[test]
+    fn table_names_may_be_schema_qualified_and_are_quoted_per_part() {
+        assert!(is_table_name("llm_log"));
+        assert!(is_table_name("gw.LiteLLM_SpendLogs"));
+        assert!(!is_table_name("a.b.c"));
+        assert!(!is_table_name("a;drop"));
+        assert!(!is_table_name("gw."));
+        assert_eq!(
+            crate::gateway::Dialect::Postgres.table("gw.LiteLLM_SpendLogs"),
+            "\"gw\".\"LiteLLM_SpendLogs\""
         );
     }
 }

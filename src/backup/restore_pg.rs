@@ -4,10 +4,10 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::{Password, Server, dump};
-use crate::backup::archive;
 use crate::backup::restore::RestoreError;
+use crate::backup::{archive, pg_dump as dump};
 use crate::fsx::PendingFile;
+use crate::gateway::postgres::{self, Password, Server};
 
 /// Whether `to` names a PostgreSQL database rather than a file.
 pub fn is_url(to: &str) -> bool {
@@ -18,8 +18,8 @@ pub fn is_url(to: &str) -> bool {
 /// password file (the operator's shell), no extra CA.
 fn target(url: &str) -> anyhow::Result<Server> {
     let (clean, sslmode, config) =
-        super::parse_url(url).map_err(|m| anyhow::anyhow!("--to {m}"))?;
-    let (host, port) = super::host_and_port(&config);
+        postgres::parse_url(url).map_err(|m| anyhow::anyhow!("--to {m}"))?;
+    let (host, port) = postgres::host_and_port(&config);
     let dbname = config.get_dbname().unwrap_or_default().to_string();
     let user = config.get_user().unwrap_or_default().to_string();
     Ok(Server {
@@ -28,9 +28,9 @@ fn target(url: &str) -> anyhow::Result<Server> {
         sslmode,
         password: Password::Pgpass,
         ca_file: None,
-        lock_timeout: super::DEFAULT_LOCK_TIMEOUT,
-        statement_timeout: super::DEFAULT_STATEMENT_TIMEOUT,
-        standby_takeover: super::standby::DEFAULT_TAKEOVER,
+        lock_timeout: postgres::DEFAULT_LOCK_TIMEOUT,
+        statement_timeout: postgres::DEFAULT_STATEMENT_TIMEOUT,
+        standby_takeover: postgres::DEFAULT_TAKEOVER,
         dbname,
         user,
         host,
@@ -56,7 +56,7 @@ pub fn restore(archive_path: &Path, url: &str, force: bool) -> Result<String, Re
         .into());
     };
     let (pg_restore, _) = dump::restore_tool_for(&pg.dump_tool)?;
-    let mut session = super::connect(&server)?;
+    let mut session = postgres::connect(&server)?;
     let tables: i64 = session
         .query_one(
             "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
