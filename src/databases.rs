@@ -378,6 +378,28 @@ impl Databases {
     }
 }
 
+/// How declared databases are opened when the jobs file has no `gateway:`: the defaults a
+/// gateway's settings would have (busy timeout [`DEFAULT_BUSY_TIMEOUT`]), with no database of
+/// its own. Its table and columns are never read: `check` refuses every job that would.
+pub fn without_gateway() -> &'static crate::gateway::Gateway {
+    static SETTINGS: std::sync::LazyLock<crate::gateway::Gateway> =
+        std::sync::LazyLock::new(|| {
+            let preset = crate::gateway::Preset::Custom;
+            let (table, columns) = crate::gateway::Preset::Apantli
+                .table_and_columns()
+                .expect("a preset fixes its table and columns");
+            crate::gateway::Gateway {
+                database: PathBuf::new(),
+                postgres: None,
+                preset,
+                table,
+                columns,
+                busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            }
+        });
+    &SETTINGS
+}
+
 /// Runs `one` on every database a job's `selection` names now, one after the other, never two
 /// at once: the gateway's and each current match of the declared ones. A declared database is
 /// handed to `one` as a view of the gateway with its own file, so it is opened, locked and

@@ -63,6 +63,10 @@ impl crate::jobs::contract::Contract for Spec {
     fn touches_gateway(&self) -> bool {
         false
     }
+
+    fn needs_gateway(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
