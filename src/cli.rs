@@ -222,7 +222,7 @@ fn check(path: &Path, remotes: bool) -> u8 {
         Err(code) => return code,
     };
     // Said here and at the daemon's start, not at every `run-job` and `status`.
-    for w in crate::jobs::advice(&config.jobs, config.gateway.preset) {
+    for w in crate::jobs::advice(&config.jobs, config.settings().preset) {
         eprintln!("warning: {w}");
     }
     let now = Utc::now();
@@ -298,11 +298,11 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
         }
     };
     // Next to two daemons of a PostgreSQL gateway, only where the active one runs (or none).
-    let _standby = match &config.gateway.postgres {
+    let _standby = match &config.settings().postgres {
         Some(server) if job.kind.touches_gateway() && !dry_run => {
             match crate::gateway::postgres::standby::for_run_job(
                 server,
-                &config.gateway.table,
+                &config.settings().table,
                 &config.state_dir,
             ) {
                 Ok(held) => Some(held),
@@ -462,7 +462,7 @@ fn status(path: &Path, json: bool) -> u8 {
                 last_error: p.last_error,
             })
             .collect();
-        let standby = config.gateway.postgres.as_ref().map(|_| {
+        let standby = config.settings().postgres.as_ref().map(|_| {
             match crate::gateway::postgres::standby::describe(&config.state_dir) {
                 Some((role, true)) => format!(
                     "{} since {} (pid {})",

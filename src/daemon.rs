@@ -55,7 +55,7 @@ pub fn run(config_path: &Path) -> Result<(), StartError> {
     crate::logging::init(&config.log);
     for w in warnings
         .into_iter()
-        .chain(crate::jobs::advice(&config.jobs, config.gateway.preset))
+        .chain(crate::jobs::advice(&config.jobs, config.settings().preset))
     {
         tracing::warn!("{w}");
     }
@@ -145,10 +145,10 @@ impl Daemon {
         let (sinks_tx, sinks_rx) = watch::channel(Arc::new(sinks));
         let deliver = Arc::new(Notify::new());
         tokio::spawn(delivery_loop(state.clone(), sinks_rx, deliver.clone()));
-        let standby = config.gateway.postgres.as_ref().map(|server| {
+        let standby = config.settings().postgres.as_ref().map(|server| {
             crate::gateway::postgres::standby::Standby::start(
                 server.clone(),
-                &config.gateway.table,
+                &config.settings().table,
                 server.standby_takeover,
                 &config.state_dir,
             )

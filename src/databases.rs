@@ -354,6 +354,28 @@ impl Databases {
     }
 }
 
+/// How declared databases are opened when the jobs file has no `gateway:`: the defaults a
+/// gateway's settings would have (busy timeout [`DEFAULT_BUSY_TIMEOUT`]), with no database of
+/// its own. Its table and columns are never read: `check` refuses every job that would.
+pub fn without_gateway() -> &'static crate::gateway::Gateway {
+    static SETTINGS: std::sync::LazyLock<crate::gateway::Gateway> =
+        std::sync::LazyLock::new(|| {
+            let preset = crate::gateway::Preset::Custom;
+            let (table, columns) = crate::gateway::Preset::Apantli
+                .table_and_columns()
+                .expect("a preset fixes its table and columns");
+            crate::gateway::Gateway {
+                database: PathBuf::new(),
+                postgres: None,
+                preset,
+                table,
+                columns,
+                busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            }
+        });
+    &SETTINGS
+}
+
 /// Whether `path` is a regular file that starts with SQLite's header. It is opened without
 /// blocking and looked at before a byte is read: a FIFO named where a file belongs must not
 /// hang the run (it is not a database, and whoever reads it next says what it is).

@@ -124,7 +124,7 @@ pub fn run(
         catch_unwind(AssertUnwindSafe(|| job.kind.run(&mut ctx)))
     });
     let mut events = std::mem::take(&mut ctx.alerts);
-    let preset = config.gateway.preset;
+    let preset = config.settings().preset;
     let locks = (!dry_run).then(|| gateway_locks(state, job, preset, &holds, &mut events));
     let result = match result {
         Ok(r) => r.map(redacted),
@@ -197,7 +197,7 @@ pub fn context<'a>(
 ) -> Context<'a> {
     Context {
         job: &job.name,
-        gateway: &config.gateway,
+        gateway: config.settings(),
         timezone: config.timezone,
         state_dir: &config.state_dir,
         remotes: &config.remotes,
@@ -399,7 +399,7 @@ fn finish(
                     kind: j.kind.name(),
                 })
                 .collect::<Vec<_>>(),
-            &config.gateway.database,
+            &config.settings().database,
             &config.databases,
             state,
             path,
@@ -448,7 +448,7 @@ mod tests {
         let words = gateway_locks(
             &state,
             &config.jobs[0],
-            config.gateway.preset,
+            config.settings().preset,
             &holds,
             &mut events,
         );

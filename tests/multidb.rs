@@ -26,6 +26,17 @@ fn run_job(config: &Path, job: &str) -> std::process::Output {
     caretaker(&["run-job", job, "--config", config.to_str().unwrap()])
 }
 
+/// Restores every database of `archive` under `to`, which must succeed.
+fn restore_whole(archive: &Path, to: &Path) {
+    let out = caretaker(&[
+        "restore",
+        archive.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
 #[test]
 fn fifty_live_user_databases_are_each_a_consistent_snapshot_and_restore_whole_or_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,13 +98,7 @@ fn fifty_live_user_databases_are_each_a_consistent_snapshot_and_restore_whole_or
     assert_eq!(matched, [("users", 1), ("media", 25), ("notes", 25)]);
 
     let restored = dir.path().join("restored");
-    let out = caretaker(&[
-        "restore",
-        archive_path.to_str().unwrap(),
-        "--to",
-        restored.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", describe(&out));
+    restore_whole(&archive_path, &restored);
     let under = |db: &Path| {
         let rel = db.strip_prefix(root.join("Databases")).unwrap();
         let rel = rel.strip_prefix("user_databases").unwrap_or(rel);
@@ -302,13 +307,7 @@ fn a_directory_include_snapshots_its_live_database_which_a_raw_copy_does_not_hol
         m.files
     );
     let restored = dir.path().join("restored");
-    let out = caretaker(&[
-        "restore",
-        archive_path.to_str().unwrap(),
-        "--to",
-        restored.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", describe(&out));
+    restore_whole(&archive_path, &restored);
     let inside = |p: &Path| restored.join("files").join(p.strip_prefix("/").unwrap());
     let copy = inside(&live);
     assert_eq!(integrity(&copy), "ok");
@@ -355,6 +354,135 @@ fn check_names_an_undeclared_database_and_what_is_accepted() {
         err.contains("databases.gateway") && err.contains("cannot be declared again"),
         "{err}"
     );
+}
+
+#[test]
+fn without_a_gateway_the_declared_databases_are_backed_up_checked_and_maintained() {
+    let sandbox = common::sandbox::Sandbox::new();
+    let dir = &sandbox.dir;
+    let root = dir.path().join("tldw");
+    tldw_layout(&root, 3, &[2]);
+    let live = root.join("Databases/user_databases/2/Media_DB_v2.db");
+    let sim = Sim::start(&live, Schema::Apantli.name(), 25.0, 0.0, dir.path());
+    let to = dir.path().join("backups");
+    let config = common::multidb::jobs_file_without_gateway(
+        dir.path(),
+        &root,
+        &format!(
+            "  nightly:\n    on_signal: USR1\n    backup: {{to: {to}, keep: {{last: 5}}, databases: [users, media]}}\n  \
+             check:\n    on_signal: USR1\n    verify: {{backups_of: nightly, which: latest}}\n  \
+             checkup:\n    on_signal: USR1\n    integrity: {{check: full, databases: [users, media, notes]}}\n  \
+             upkeep:\n    on_signal: USR1\n    maintenance: {{databases: [media]}}\n  \
+             sizes:\n    on_signal: USR1\n    health: {{database_max_size: 1GB, disk_free_min: 1%, databases: [users, media]}}\n",
+            to = to.display()
+        ),
+    );
+    let out = caretaker(&["check", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let before = keys(&live, Schema::Apantli);
+    let out = run_job(&config, "nightly");
+    assert!(out.status.success(), "{}", describe(&out));
+    for job in ["check", "checkup", "upkeep", "sizes"] {
+        let out = run_job(&config, job);
+        assert!(out.status.success(), "{job}: {}", describe(&out));
+    }
+    let out = run_job(&config, "checkup");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("7 databases"),
+        "{}",
+        describe(&out)
+    );
+    let (report, committed) = sim.stop();
+    assert_eq!(report.failed, 0, "the writer lost rows: {report:?}");
+
+    let archive_path = archives(dir.path()).pop().unwrap();
+    let manifest = archive::peek_manifest(&archive_path).unwrap();
+    // The first database stands where the gateway's would; the others follow.
+    assert_eq!(manifest.database, "databases/users/users.db");
+    let entries: Vec<&str> = manifest
+        .databases
+        .iter()
+        .map(|d| d.entry.as_str())
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            "databases/media/1/Media_DB_v2.db",
+            "databases/media/2/Media_DB_v2.db",
+            "databases/media/3/Media_DB_v2.db"
+        ]
+    );
+    let restored = dir.path().join("restored");
+    restore_whole(&archive_path, &restored);
+    let copy = restored.join("databases/media/2/Media_DB_v2.db");
+    assert_eq!(integrity(&copy), "ok");
+    let got = keys(&copy, Schema::Apantli);
+    assert!(
+        before.is_subset(&got) && got.is_subset(&committed),
+        "the live database's copy misses rows committed before it or holds rows never committed"
+    );
+
+    // `status` reads the jobs file and the state with no gateway to look at.
+    let status = caretaker(&["status", "--config", config.to_str().unwrap()]);
+    assert!(status.status.success(), "{}", describe(&status));
+
+    // The daemon starts and runs all five on a signal, with no gateway to look at.
+    assert_eq!(config, sandbox.jobs_file());
+    let daemon = sandbox.start_daemon();
+    daemon.signal("USR1");
+    common::wait::until(
+        "five jobs run by the daemon",
+        std::time::Duration::from_secs(120),
+        || daemon.count_log("job succeeded") + daemon.count_log("job failed") >= 5,
+    );
+    assert_eq!(
+        daemon.count_log("job succeeded"),
+        5,
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn without_a_gateway_check_names_each_job_that_needs_one_and_what_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tldw");
+    tldw_layout(&root, 1, &[]);
+    let to = dir.path().join("backups");
+    let config = common::multidb::jobs_file_without_gateway(
+        dir.path(),
+        &root,
+        &format!(
+            "  nightly:\n    schedule: \"@daily\"\n    backup: {{to: {to}, keep: {{last: 5}}}}\n  \
+             checkup:\n    schedule: \"@daily\"\n    integrity: {{databases: [gateway, users]}}\n  \
+             rates:\n    schedule: \"@daily\"\n    health: {{error_rate_max: {{share: 50%, over: 1h}}, databases: [users]}}\n  \
+             old:\n    schedule: \"@daily\"\n    archive: {{older_than: 90d, to: {to}/archive}}\n  \
+             fine:\n    schedule: \"@daily\"\n    maintenance: {{databases: [users, media]}}\n",
+            to = to.display()
+        ),
+    );
+    let out = caretaker(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "jobs.nightly.backup.databases",
+        "jobs.checkup.integrity.databases",
+        "jobs.rates.health.error_rate_max",
+        "jobs.old.archive",
+    ] {
+        assert!(err.contains(key), "{key} is not named:\n{err}");
+    }
+    assert!(
+        err.contains("jobs.yaml:")
+            && err.contains("no `gateway:`")
+            && err.contains("accepted: declare `gateway:` or list only `databases:` names (declared: media, notes, users)"),
+        "{err}"
+    );
+    assert!(!err.contains("jobs.fine"), "{err}");
+    assert_eq!(err.matches("no `gateway:`").count(), 4, "{err}");
+    // Nothing ran: the refusal came before any job.
+    assert!(!to.exists());
 }
 
 /// kill -9 runs: 20 in the normal suite, `CARETAKER_FAULT_RUNS` in the slow fault suite.

@@ -25,7 +25,7 @@ fn gateway(dir: &Path, gateway: &str) -> Result<caretaker::gateway::Gateway, Str
         &text,
         caretaker::config::Purpose::Check,
     )
-    .map(|(c, _)| c.gateway)
+    .map(|(c, _)| c.gateway.expect("the block declares a gateway"))
     .map_err(|e| e.to_string())
 }
 

@@ -276,7 +276,7 @@ fn the_backend_binds_and_reads_our_values_by_the_servers_types_and_reports_a_loc
     let text = std::fs::read_to_string(&jobs).unwrap();
     let (config, _) =
         caretaker::config::parse_for(&jobs, &text, caretaker::config::Purpose::Check).unwrap();
-    let gateway = config.gateway;
+    let gateway = config.gateway.expect("the jobs file declares a gateway");
     let mut conn = gateway.open(Access::ReadWrite).unwrap();
     let t = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123Z")
         .unwrap()

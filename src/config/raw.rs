@@ -63,18 +63,14 @@ pub const MAX_SMTP_TIMEOUT: (StdDuration, &str) = (StdDuration::from_secs(3600),
 pub const MAX_REPEAT_AFTER: (StdDuration, &str) = (StdDuration::from_secs(365 * 86_400), "365d");
 
 pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option<Config> {
+    let declared_gateway = top.gateway.is_some();
     let gateway = match top.gateway {
         Some(raw) => gateway::validate(raw, checks).filter(|g| {
             let (max, text) = MAX_BUSY_TIMEOUT;
             checks.at_most("gateway.busy_timeout", g.busy_timeout, max, text)
         }),
-        None => {
-            checks.error(
-                "gateway",
-                "missing key `gateway`; accepted: a mapping with database, schema (apantli | bobamixer | custom) and busy_timeout",
-            );
-            None
-        }
+        // Optional when no job needs the request table: checked below, job by job.
+        None => None,
     };
     let log = top.log.map_or(
         LogSettings {
@@ -149,6 +145,9 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
     let remotes = crate::remote::validate(raw_remotes, checks);
     crate::remote::check_names(&jobs, &names, checks);
     crate::jobs::resolve(&mut jobs);
+    if !declared_gateway {
+        without_gateway(&jobs, &databases, checks);
+    }
     if let Some(gateway) = &gateway {
         for job in &jobs {
             if gateway.postgres.is_some()
@@ -181,7 +180,11 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
         });
     Some(Config {
         source: checks.file.to_path_buf(),
-        gateway: gateway?,
+        gateway: if declared_gateway {
+            Some(gateway?)
+        } else {
+            None
+        },
         databases,
         state_dir: state_dir?,
         timezone: top.timezone.map_or(chrono_tz::UTC, |z| z.0),
@@ -192,6 +195,44 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
         remotes,
         jobs,
     })
+}
+
+/// The jobs that need the gateway's database in a jobs file that declares no `gateway:`, each
+/// an error at its key (SPEC: `gateway` is optional when no job needs the request table).
+fn without_gateway(jobs: &[Job], databases: &crate::databases::Databases, checks: &mut Checks<'_>) {
+    let declared: Vec<&str> = databases.0.keys().map(String::as_str).collect();
+    let declared = if declared.is_empty() {
+        "none are declared".to_string()
+    } else {
+        format!("declared: {}", declared.join(", "))
+    };
+    for job in jobs {
+        let Some(key) = job.kind.needs_gateway() else {
+            continue;
+        };
+        let kind = job.kind.name();
+        let (path, what) = match key {
+            "" => (
+                format!("jobs.{}.{kind}", job.name),
+                format!("this {kind} job works on the gateway's request table"),
+            ),
+            "databases" => (
+                format!("jobs.{}.{kind}.databases", job.name),
+                "the list includes `gateway` (the default when `databases` is not given)"
+                    .to_string(),
+            ),
+            key => (
+                format!("jobs.{}.{kind}.{key}", job.name),
+                format!("`{key}` is measured on the gateway's database"),
+            ),
+        };
+        checks.error(
+            &path,
+            format!(
+                "{what}, but the jobs file has no `gateway:`; accepted: declare `gateway:` or list only `databases:` names ({declared}) in backup, integrity, maintenance and health jobs"
+            ),
+        );
+    }
 }
 
 /// Reads `alerts.email`. For `check`, an SMTP password variable missing from the operator's

@@ -13,7 +13,9 @@ use crate::jobs::Job;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: PathBuf,
-    pub gateway: Gateway,
+    /// `None` when the file declares no `gateway:`: then no job needs it (checked), and
+    /// [`Config::settings`] gives the jobs their defaults for opening the declared databases.
+    pub gateway: Option<Gateway>,
     /// The databases looked after besides the gateway's (`databases:`).
     pub databases: crate::databases::Databases,
     pub state_dir: PathBuf,
@@ -42,6 +44,14 @@ pub struct LogSettings {
 }
 
 impl Config {
+    /// What the jobs open databases with: the gateway, or without one the defaults a declared
+    /// database is opened with (an empty `database`, which no job that runs reads).
+    pub fn settings(&self) -> &Gateway {
+        self.gateway
+            .as_ref()
+            .unwrap_or_else(|| crate::databases::without_gateway())
+    }
+
     pub fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
     }

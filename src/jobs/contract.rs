@@ -53,6 +53,14 @@ pub trait Contract {
         None
     }
 
+    /// What of the job reads the gateway's database, when the jobs file declares no `gateway:`:
+    /// the key below the kind block that needs it ("" for the kind itself), or `None` when the
+    /// job runs without one (SPEC: backup, integrity, maintenance, logrotate, health and verify
+    /// need no request table). A new kind needs the gateway until it says otherwise.
+    fn needs_gateway(&self) -> Option<&'static str> {
+        Some("")
+    }
+
     /// Problems that only show against the validated gateway (a condition its schema cannot
     /// answer): `(key path below the job's kind block, message)`, reported by `check`.
     fn gateway_problems(&self, _gateway: &Gateway) -> Vec<(String, String)> {

@@ -131,6 +131,17 @@ impl crate::jobs::contract::Contract for Spec {
             .collect()
     }
 
+    /// Sizes and backup ages need no gateway; its request table and its server do.
+    fn needs_gateway(&self) -> Option<&'static str> {
+        if self.error_rate_max.is_some() {
+            Some("error_rate_max")
+        } else if let Some(key) = self.postgres.keys().first() {
+            Some(key)
+        } else {
+            self.databases.has_gateway().then_some("databases")
+        }
+    }
+
     fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
         gateway_problems(self, gateway)
     }
@@ -835,7 +846,8 @@ pub fn watched_paths(
 ) -> Vec<(PathBuf, String)> {
     let mut paths = Vec::new();
     // A PostgreSQL gateway's files are the server's, on its own host.
-    if gateway.postgres.is_none() {
+    // Without a `gateway:` (only declared databases) there is no gateway directory to watch.
+    if gateway.postgres.is_none() && !gateway.database.as_os_str().is_empty() {
         let gateway_dir = gateway
             .database
             .parent()

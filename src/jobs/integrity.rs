@@ -66,6 +66,10 @@ pub struct Spec {
 }
 
 impl crate::jobs::contract::Contract for Spec {
+    fn needs_gateway(&self) -> Option<&'static str> {
+        self.databases.has_gateway().then_some("databases")
+    }
+
     fn selection_mut(&mut self) -> Option<&mut Selection> {
         Some(&mut self.databases)
     }

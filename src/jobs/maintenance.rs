@@ -165,6 +165,10 @@ impl crate::jobs::contract::Contract for Spec {
         }
     }
 
+    fn needs_gateway(&self) -> Option<&'static str> {
+        self.databases.has_gateway().then_some("databases")
+    }
+
     fn selection_mut(&mut self) -> Option<&mut Selection> {
         Some(&mut self.databases)
     }

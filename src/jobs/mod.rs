@@ -152,6 +152,11 @@ impl Kind {
         }
     }
 
+    /// See [`Contract::needs_gateway`].
+    pub fn needs_gateway(&self) -> Option<&'static str> {
+        self.contract().needs_gateway()
+    }
+
     /// See [`Contract::gateway_problems`].
     pub fn gateway_problems(&self, gateway: &Gateway) -> Vec<(String, String)> {
         self.contract().gateway_problems(gateway)

@@ -53,6 +53,10 @@ impl Contract for Spec {
         false
     }
 
+    fn needs_gateway(&self) -> Option<&'static str> {
+        None
+    }
+
     fn depends_on(&self) -> Vec<(&'static str, &str)> {
         vec![("verify.backups_of", self.backups_of.as_str())]
     }

@@ -97,3 +97,18 @@ pub fn count(db: &Path, table: &str) -> u64 {
     })
     .unwrap() as u64
 }
+
+/// A jobs file at `dir/jobs.yaml` with no `gateway:`: the tldw databases under `root` declared
+/// as `users`, `media` and `notes`, state, alerts and `metrics.prom` under `dir/state`, and
+/// `jobs` (YAML at the indentation of a job) under `jobs`.
+pub fn jobs_file_without_gateway(dir: &Path, root: &Path, jobs: &str) -> PathBuf {
+    let dbs = root.join("Databases");
+    let yaml = format!(
+        "state_dir: {state}\nmetrics_file: {state}/metrics.prom\nalerts:\n  file: {state}/alerts.jsonl\ndatabases:\n  users: {dbs}/users.db\n  media: {dbs}/user_databases/*/Media_DB_v2.db\n  notes: {dbs}/user_databases/*/ChaChaNotes.db\njobs:\n{jobs}",
+        state = dir.join("state").display(),
+        dbs = dbs.display(),
+    );
+    let path = dir.join("jobs.yaml");
+    fs::write(&path, yaml).unwrap();
+    path
+}

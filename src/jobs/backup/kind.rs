@@ -133,6 +133,10 @@ impl crate::jobs::contract::Contract for Spec {
         vec![(self.to.clone(), crate::jobs::contract::BACKUPS)]
     }
 
+    fn needs_gateway(&self) -> Option<&'static str> {
+        self.databases.has_gateway().then_some("databases")
+    }
+
     fn selection_mut(&mut self) -> Option<&mut Selection> {
         Some(&mut self.databases)
     }
@@ -662,6 +666,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         check,
         compress_ms,
         verify_ms,
+        read_back_ms,
     } = after;
 
     // Queued before retention runs, so that retention never deletes a file its remote still
@@ -712,6 +717,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         .figure("snapshot_ms", snapshot_ms)
         .figure("compress_ms", compress_ms)
         .figure("verify_ms", verify_ms)
+        .figure("read_back_ms", read_back_ms)
         .figure("database_bytes", size as f64)
         .figure("archive_bytes", archive_bytes as f64)
         .figure("rows", rows as f64)
@@ -739,7 +745,10 @@ struct Published {
     size: u64,
     check: Option<archive::CheckReport>,
     compress_ms: f64,
+    /// The checks, hashes and the read-back.
     verify_ms: f64,
+    /// The read-back alone.
+    read_back_ms: f64,
 }
 
 /// Nice 10 for the calling thread and the threads it starts (Linux keeps nice per thread).
@@ -844,7 +853,10 @@ fn check_write_and_publish(
     let (pending, archive_bytes) =
         archive::write_all(dest, &manifest, &snap.path, &other_paths, includes, compression)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
+    let before = verify_ms;
     let path = read_back_and_publish(spec, ctx, pending, &mut verify_ms)?;
+    // Reading back proves the archive holds exactly the snapshot that passed the check.
+    let read_back_ms = verify_ms - before;
     Ok(Published {
         databases: 1 + others.len(),
         path,
@@ -853,6 +865,7 @@ fn check_write_and_publish(
         check,
         compress_ms,
         verify_ms,
+        read_back_ms,
     })
 }
 

@@ -68,6 +68,10 @@ impl crate::jobs::contract::Contract for Spec {
     fn remotes_named(&self) -> Vec<(String, &str)> {
         crate::remote::named_in("copy_to", &self.copy_to)
     }
+
+    fn needs_gateway(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 pub fn validate(raw: Raw, path: &str, checks: &mut Checks<'_>) -> Option<Spec> {
