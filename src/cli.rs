@@ -263,7 +263,7 @@ fn check(path: &Path, remotes: bool) -> u8 {
     }
     let mut code = exit::OK;
     if remotes {
-        let (lines, ok) = crate::remote::probe_all(&config.remotes);
+        let (lines, ok) = crate::remote::client::probe_all(&config.remotes);
         out.push_str(&lines);
         if !ok {
             code = exit::FAILED;
@@ -330,7 +330,7 @@ fn run_job(path: &Path, name: &str, dry_run: bool) -> u8 {
         .iter()
         .any(|(key, _)| key.starts_with("copy_to"));
     if !dry_run && copies {
-        match crate::remote::queue::process_config(&config, &state, Utc::now()) {
+        match crate::uploads::process_config(&config, &state, Utc::now()) {
             Ok(pass) => {
                 for url in &pass.uploaded {
                     say(&format!("{name}: copied to {url}"));
@@ -412,7 +412,7 @@ struct PendingAlert {
 #[derive(Serialize)]
 struct Status {
     jobs: Vec<JobStatus>,
-    remotes: Vec<crate::remote::RemoteStatus>,
+    remotes: Vec<crate::remote::status::RemoteStatus>,
     active_alerts: Vec<String>,
     pending_alerts: Vec<PendingAlert>,
     /// A PostgreSQL gateway's daemon: `active` or `standby` (see docs/postgres.md), or
@@ -476,7 +476,7 @@ fn status(path: &Path, json: bool) -> u8 {
         });
         Ok(Status {
             jobs,
-            remotes: crate::remote::status(&config.remotes, &state)?,
+            remotes: crate::remote::status::status(&config.remotes, &state)?,
             active_alerts: alerts::active(&state)?,
             pending_alerts,
             standby,
@@ -560,7 +560,7 @@ fn restore_remote(path: &Path, url: &str, to: &Path, database: Option<&str>, for
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::remote::fetch(&config, url) {
+    match crate::uploads::fetch(&config, url) {
         Ok(download) => restore(download.temp_path(), Path::new(url), to, database, force),
         Err(e) => {
             say(&format!("error: {e:#}"));

@@ -157,7 +157,7 @@ impl Daemon {
         let config = Arc::new(config);
         let (config_tx, config_rx) = watch::channel(config.clone());
         let upload_wake = Arc::new(Notify::new());
-        tokio::spawn(crate::remote::queue::upload_loop(
+        tokio::spawn(crate::uploads::upload_loop(
             config_rx,
             state.clone(),
             upload_wake.clone(),

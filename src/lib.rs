@@ -31,4 +31,5 @@ pub mod stop;
 mod structure;
 pub mod tls;
 pub mod units;
+pub mod uploads;
 pub mod writelock;

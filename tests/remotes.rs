@@ -282,7 +282,7 @@ fn uploads_that_keep_failing_raise_one_alert_and_the_first_success_resolves_it()
     for pass in 1..=queue::ALERT_AFTER {
         // Each pass is due: the clock handed in runs past the backoff.
         let now = start + chrono::Duration::hours(i64::from(pass));
-        let done = queue::process_config(&bad, &state, now).unwrap();
+        let done = caretaker::uploads::process_config(&bad, &state, now).unwrap();
         assert_eq!(done.failed.len(), 1, "pass {pass}: {done:?}");
         assert_eq!(
             raised(&done.events),
@@ -293,7 +293,9 @@ fn uploads_that_keep_failing_raise_one_alert_and_the_first_success_resolves_it()
     }
     assert!(file.exists(), "a failing upload deletes nothing");
     let good = config(&o.server.secret);
-    let done = queue::process_config(&good, &state, start + chrono::Duration::hours(9)).unwrap();
+    let done =
+        caretaker::uploads::process_config(&good, &state, start + chrono::Duration::hours(9))
+            .unwrap();
     assert_eq!(
         done.uploaded,
         [format!("s3://{BUCKET}/apantli/nightly/payload.bin")]
@@ -492,7 +494,7 @@ fn remote_retention_deletes_exactly_what_restic_s_rules_say() {
             .to_policy()
             .unwrap();
         let deleted =
-            caretaker::remote::retention::apply(&client, "nightly", &policy, chrono_tz::UTC)
+            caretaker::uploads::retention::apply(&client, "nightly", &policy, chrono_tz::UTC)
                 .unwrap();
         // restic's list has backups in the same second, which share one archive name.
         let all: std::collections::BTreeSet<String> =
@@ -737,8 +739,12 @@ fn rotated_logs_wait_for_their_upload_even_past_rotate_and_max_age() {
     let (config, _) =
         caretaker::config::load(&o.sandbox.jobs_file()).unwrap_or_else(|e| panic!("{e}"));
     let state = o.sandbox.state();
-    let pass =
-        queue::process_config(&config, &state, Utc::now() + chrono::Duration::hours(2)).unwrap();
+    let pass = caretaker::uploads::process_config(
+        &config,
+        &state,
+        Utc::now() + chrono::Duration::hours(2),
+    )
+    .unwrap();
     assert_eq!(pass.uploaded.len(), 2, "{pass:?}");
     let listed: std::collections::BTreeSet<(String, String)> = o
         .server

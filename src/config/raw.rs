@@ -143,7 +143,11 @@ pub fn validate(top: Top, mut jobs: Vec<Job>, checks: &mut Checks<'_>) -> Option
     let raw_remotes = top.remotes.unwrap_or_default();
     let names: Vec<String> = raw_remotes.keys().cloned().collect();
     let remotes = crate::remote::validate(raw_remotes, checks);
-    crate::remote::check_names(&jobs, &names, checks);
+    let named = jobs.iter().map(|j| {
+        let block = format!("jobs.{}.{}", j.name, j.kind.name());
+        (block, j.kind.remotes_named())
+    });
+    crate::remote::check_names(named, &names, checks);
     crate::jobs::resolve(&mut jobs);
     if !declared_gateway {
         without_gateway(&jobs, &databases, checks);

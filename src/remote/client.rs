@@ -20,12 +20,10 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
-use object_store::{
-    Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use sha2::{Digest, Sha256};
 
-use super::Remote;
+use super::{Remote, Remotes, read_ca};
 use crate::redact::Scrubber;
 
 /// Parts of one multipart upload in flight at once: enough to keep a link busy while the
@@ -45,22 +43,6 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("building the runtime of remote requests")
     })
-}
-
-/// Reads a PEM bundle of CA certificates, for `ca_file`.
-pub fn read_ca(path: &Path) -> Result<Vec<Certificate>, String> {
-    let accepted = "accepted: a PEM file of CA certificates";
-    let pem = crate::fsx::read_regular(path, crate::config::MAX_FILE_SIZE)
-        .map_err(|e| format!("cannot read {}: {e}; {accepted}", path.display()))?;
-    let certs = Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{} is not PEM: {e}; {accepted}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no certificate; {accepted}",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }
 
 /// One object of a listing.
@@ -335,4 +317,30 @@ impl Client {
             self.remote.prefix
         ))
     }
+}
+
+/// `check --remotes`: probes every remote; returns the lines to print and whether all passed.
+pub fn probe_all(remotes: &Remotes) -> (String, bool) {
+    let mut out = String::new();
+    let mut ok = true;
+    if remotes.is_empty() {
+        out.push_str("no remotes to check\n");
+    }
+    for remote in remotes.values() {
+        let result = Client::new(remote).and_then(|c| c.probe());
+        match result {
+            Ok(done) => out.push_str(&format!(
+                "  remote {} (s3://{}/{}): ok: {done}\n",
+                remote.name, remote.bucket, remote.prefix
+            )),
+            Err(e) => {
+                ok = false;
+                out.push_str(&format!(
+                    "  remote {} (s3://{}/{}): FAILED: {e:#}\n",
+                    remote.name, remote.bucket, remote.prefix
+                ));
+            }
+        }
+    }
+    (out, ok)
 }

@@ -3,23 +3,26 @@
 //! A remote is validated with the rest of the file: its URL, endpoint and region, and its
 //! credentials, which are read from the environment or from a file and kept as
 //! [`Secret`]s, so that no `Debug`, log line, status or alert can show them. `check` alone
-//! never contacts a remote; `check --remotes` does ([`client::probe`]). The client, the upload
-//! queue and remote retention live in the submodules.
+//! never contacts a remote; `check --remotes` does ([`client::probe`]). The client, the
+//! upload queue and `status`'s figures live in the submodules. Nothing here knows the jobs or the whole `Config`: what
+//! needs them (the upload pass of a jobs file, remote retention, `restore s3://`) is the upload
+//! service's, `uploads`, above the jobs.
 
 pub mod client;
 pub mod queue;
-pub mod retention;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use object_store::Certificate;
 use serde::Deserialize;
 
 use crate::alerts::email::Secret;
-use crate::config::values;
-use crate::config::{Checks, Purpose};
+use crate::checks::values;
+use crate::checks::{Checks, Purpose};
 
 /// How a remote's name stands in a key path: `remotes.<name>.url`.
 pub const REMOTE_PATH: &str = "remotes.<name>";
@@ -191,7 +194,7 @@ fn validate_one(name: &str, raw: RawRemote, path: &str, checks: &mut Checks<'_>)
     );
     let ca_file = raw.ca_file.as_deref().map(|p| checks.path(p));
     if let Some(ca) = &ca_file
-        && let Err(message) = client::read_ca(ca)
+        && let Err(message) = read_ca(ca)
     {
         checks.error(&format!("{path}.ca_file"), message);
         ok = false;
@@ -329,13 +332,35 @@ fn read_secret_file(path: &Path) -> Result<(Secret, Option<String>), String> {
     Ok((Secret::new(value), warning))
 }
 
+/// Reads a PEM bundle of CA certificates, for `ca_file`.
+pub fn read_ca(path: &Path) -> Result<Vec<Certificate>, String> {
+    let accepted = "accepted: a PEM file of CA certificates";
+    let pem = crate::fsx::read_regular(path, crate::checks::MAX_FILE_SIZE)
+        .map_err(|e| format!("cannot read {}: {e}; {accepted}", path.display()))?;
+    let certs = Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not PEM: {e}; {accepted}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no certificate; {accepted}",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
 /// Checks that every remote a job names (`copy_to`, `verify.from`) is one of `remotes`, each
 /// at its own key.
-/// `names` are those under `remotes:`, valid or not (an invalid one has its own errors).
-pub fn check_names(jobs: &[crate::jobs::Job], names: &[String], checks: &mut Checks<'_>) {
+/// `named` holds, for each job, its block's key path (`jobs.<job>.<kind>`) and the remotes it
+/// names as [`crate::jobs::Contract::remotes_named`] gives them; `names` are those under
+/// `remotes:`, valid or not (an invalid one has its own errors).
+pub fn check_names<'a>(
+    named: impl IntoIterator<Item = (String, Vec<(String, &'a str)>)>,
+    names: &[String],
+    checks: &mut Checks<'_>,
+) {
     let known: Vec<&str> = names.iter().map(String::as_str).collect();
-    for job in jobs {
-        for (key, name) in job.kind.remotes_named() {
+    for (block, remotes) in named {
+        for (key, name) in remotes {
             if !known.contains(&name) {
                 let accepted = if known.is_empty() {
                     "no remote is defined; define it under the top-level `remotes:`".to_string()
@@ -343,7 +368,7 @@ pub fn check_names(jobs: &[crate::jobs::Job], names: &[String], checks: &mut Che
                     format!("accepted: {}", known.join(", "))
                 };
                 checks.error(
-                    &format!("jobs.{}.{}.{key}", job.name, job.kind.name()),
+                    &format!("{block}.{key}"),
                     format!("names remote `{name}`, which is not under `remotes`; {accepted}"),
                 );
             }
@@ -390,111 +415,6 @@ pub fn by_url<'a>(remotes: &'a Remotes, url: &str) -> Result<(&'a Remote, String
                 }
             )
         })
-}
-
-/// `check --remotes`: probes every remote; returns the lines to print and whether all passed.
-pub fn probe_all(remotes: &Remotes) -> (String, bool) {
-    let mut out = String::new();
-    let mut ok = true;
-    if remotes.is_empty() {
-        out.push_str("no remotes to check\n");
-    }
-    for remote in remotes.values() {
-        let result = client::Client::new(remote).and_then(|c| c.probe());
-        match result {
-            Ok(done) => out.push_str(&format!(
-                "  remote {} (s3://{}/{}): ok: {done}\n",
-                remote.name, remote.bucket, remote.prefix
-            )),
-            Err(e) => {
-                ok = false;
-                out.push_str(&format!(
-                    "  remote {} (s3://{}/{}): FAILED: {e:#}\n",
-                    remote.name, remote.bucket, remote.prefix
-                ));
-            }
-        }
-    }
-    (out, ok)
-}
-
-/// One remote as `status` shows it: never its credentials.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RemoteStatus {
-    pub name: String,
-    pub url: String,
-    pub queue_length: usize,
-    /// Queued uploads that failed at least once.
-    pub failing: usize,
-    pub last_error: Option<String>,
-    pub last_upload_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub last_upload: Option<String>,
-    pub bytes_stored: Option<u64>,
-    pub objects: Option<u64>,
-}
-
-impl RemoteStatus {
-    pub fn line(&self, time: impl Fn(chrono::DateTime<chrono::Utc>) -> String) -> String {
-        let mut line = format!(
-            "remote {} ({}): last upload {}, {} queued{}, {} stored",
-            self.name,
-            self.url,
-            self.last_upload_at.map_or("never".into(), &time),
-            self.queue_length,
-            if self.failing > 0 {
-                format!(" ({} failing)", self.failing)
-            } else {
-                String::new()
-            },
-            self.bytes_stored.map_or("unknown".into(), |b| format!(
-                "{} in {} objects",
-                crate::units::bytes(b),
-                self.objects.unwrap_or(0)
-            ))
-        );
-        if let Some(e) = &self.last_error {
-            line.push_str(&format!("\n    last error: {e}"));
-        }
-        line
-    }
-}
-
-/// Every remote's figures for `status`, from the state database only (no remote is contacted).
-pub fn status(remotes: &Remotes, state: &crate::state::State) -> anyhow::Result<Vec<RemoteStatus>> {
-    let pending = queue::pending(state)?;
-    remotes
-        .values()
-        .map(|r| {
-            let mine: Vec<&queue::Waiting> =
-                pending.iter().filter(|w| w.remote == r.name).collect();
-            let stats = queue::stats(state, &r.name)?;
-            Ok(RemoteStatus {
-                name: r.name.clone(),
-                url: format!("s3://{}/{}", r.bucket, r.prefix),
-                queue_length: mine.len(),
-                failing: mine.iter().filter(|w| w.attempts > 0).count(),
-                last_error: mine.iter().rev().find_map(|w| w.last_error.clone()),
-                last_upload_at: stats.last_upload_at,
-                last_upload: stats.last_upload,
-                bytes_stored: stats.bytes_stored,
-                objects: stats.objects,
-            })
-        })
-        .collect()
-}
-
-/// Downloads the archive at `url` (`s3://bucket/key`, in one of the jobs file's remotes) into
-/// a temporary file in `state_dir`, removed when the returned file is dropped.
-pub fn fetch(config: &crate::config::Config, url: &str) -> anyhow::Result<crate::fsx::PendingFile> {
-    let (remote, key) = by_url(&config.remotes, url).map_err(anyhow::Error::msg)?;
-    let file_name = key.rsplit('/').next().unwrap_or(&key);
-    crate::fsx::private_dir(&config.state_dir)?;
-    let dest = config.state_dir.join(file_name);
-    crate::fsx::sweep_dead_temps(&dest)?;
-    let mut download = crate::fsx::PendingFile::create(&dest)?;
-    let temp = download.temp_path().to_path_buf();
-    client::Client::new(remote)?.download(&key, download.file(), &temp)?;
-    Ok(download)
 }
 
 #[cfg(test)]

@@ -2,15 +2,15 @@
 //!
 //! A job that publishes a file with `copy_to` queues one row per remote, in the same process
 //! and before its run ends; [`process`] then uploads what is due, from `run-job` right after
-//! the run and from the daemon's upload loop. A row stays until its upload is complete and
-//! checked, so a crash, a restart or an unreachable remote loses none: the next pass retries
+//! the run and from the daemon's upload loop (both in the upload service, `uploads`). A row
+//! stays until its upload is complete and checked, so a crash, a restart or an unreachable remote loses none: the next pass retries
 //! it, with backoff after failures. Rows are unique by (remote, key), so queueing a file twice
 //! uploads it once. One process uploads to a remote at a time (a lock per remote in
 //! `state_dir`, released by the kernel when its holder dies). A row that keeps failing raises
 //! one alert per remote, resolved by the first pass that leaves none failing. While a row
 //! waits, its local file is not deleted by backup retention, `keep_local` or logrotate.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -278,8 +278,10 @@ pub struct Pass {
     pub events: Vec<AlertEvent>,
 }
 
-/// The keep policies of the jobs whose remote copies are pruned: (job, policy).
-pub type Policies<'a> = BTreeMap<&'a str, &'a crate::jobs::backup::retention::Policy>;
+/// Remote retention after a pass, given by the upload service (`uploads`): for a
+/// job the pass uploaded for, `None` when its remote copies are not pruned, else the
+/// `s3://` URLs it deleted.
+pub type Prune<'a> = dyn Fn(&Client, &str) -> Option<anyhow::Result<Vec<String>>> + 'a;
 
 /// Uploads every due row of every remote, then prunes the remote copies of the jobs it
 /// uploaded for, and records each remote's figures. Rows of a remote another process is
@@ -288,8 +290,7 @@ pub fn process(
     state: &State,
     state_dir: &Path,
     remotes: &Remotes,
-    policies: &Policies<'_>,
-    tz: chrono_tz::Tz,
+    prune: &Prune<'_>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Pass> {
     let mut pass = Pass::default();
@@ -306,7 +307,7 @@ pub fn process(
         if due.is_empty() {
             continue;
         }
-        process_remote(state, remote, due, policies, tz, &mut pass)?;
+        process_remote(state, remote, due, prune, &mut pass)?;
     }
     forget_gone(state)?;
     Ok(pass)
@@ -316,8 +317,7 @@ fn process_remote(
     state: &State,
     remote: &Remote,
     due: Vec<(i64, Waiting)>,
-    policies: &Policies<'_>,
-    tz: chrono_tz::Tz,
+    prune: &Prune<'_>,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
     let client = Client::new(remote);
@@ -381,10 +381,10 @@ fn process_remote(
     }
     if let Ok(client) = &client {
         for job in &jobs {
-            let Some(policy) = policies.get(job.as_str()) else {
+            let Some(pruned) = prune(client, job) else {
                 continue;
             };
-            match super::retention::apply(client, job, policy, tz) {
+            match pruned {
                 Ok(deleted) => pass.pruned.extend(deleted),
                 Err(e) => {
                     tracing::warn!(remote = %remote.name, job = %job, "remote retention: {e:#}");
@@ -439,87 +439,6 @@ fn alert(state: &State, remote: &Remote) -> anyhow::Result<AlertEvent> {
             first.last_error.as_deref().unwrap_or("none recorded")
         ),
     }))
-}
-
-/// [`process`] for a whole jobs file, queueing the alerts it raises; what `run-job` and the
-/// daemon's upload loop call.
-pub fn process_config(
-    config: &crate::config::Config,
-    state: &State,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Pass> {
-    if config.remotes.is_empty() {
-        return Ok(Pass::default());
-    }
-    let policies: Policies<'_> = config
-        .jobs
-        .iter()
-        .filter_map(|j| j.kind.remote_keep().map(|p| (j.name.as_str(), p)))
-        .collect();
-    let pass = process(
-        state,
-        &config.state_dir,
-        &config.remotes,
-        &policies,
-        config.timezone,
-        now,
-    )?;
-    crate::alerts::submit(
-        state,
-        &config.alerts,
-        &crate::runner::sink_names(config),
-        Utc::now(),
-        &pass.events,
-    )?;
-    Ok(pass)
-}
-
-/// The daemon's upload loop: a pass whenever a row is due, a job finished (`wake`) or the
-/// configuration changed, on a blocking thread since uploads read files and wait on the network.
-pub async fn upload_loop(
-    mut config: tokio::sync::watch::Receiver<std::sync::Arc<crate::config::Config>>,
-    state: std::sync::Arc<State>,
-    wake: std::sync::Arc<tokio::sync::Notify>,
-) {
-    /// The longest sleep while remotes are configured: a row queued by a `run-job` in another
-    /// process is seen this late. Without remotes the loop sleeps until woken.
-    const MAX_SLEEP: Duration = Duration::from_secs(300);
-    loop {
-        let current = config.borrow_and_update().clone();
-        let idle = current.remotes.is_empty();
-        let pass_state = state.clone();
-        let pass =
-            tokio::task::spawn_blocking(move || process_config(&current, &pass_state, Utc::now()))
-                .await;
-        match pass {
-            Ok(Err(e)) => tracing::error!("upload queue: {e:#}"),
-            // The runtime is shutting down: no pass can run any more.
-            Err(e) if e.is_cancelled() => return,
-            Err(e) => tracing::error!("upload queue: the pass panicked: {e}"),
-            Ok(Ok(_)) => {}
-        }
-        let sleep = match next_due(&state) {
-            _ if idle => None,
-            Ok(Some(t)) => Some(
-                (t - Utc::now())
-                    .to_std()
-                    .unwrap_or(Duration::from_millis(10))
-                    .min(MAX_SLEEP),
-            ),
-            _ => Some(MAX_SLEEP),
-        };
-        let timer = async {
-            match sleep {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = timer => {}
-            _ = wake.notified() => {}
-            _ = config.changed() => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{Action, Outcome, Plan, Spec, Step};
+use super::config::RotateSpec as Spec;
+use super::execute::Outcome;
+use super::plan::{Action, Plan, Step};
 use crate::jobs::Context;
 use crate::remote::queue;
 

@@ -7,10 +7,10 @@
 
 use chrono_tz::Tz;
 
-use super::client::{Client, Object};
 use crate::backup::ArchiveName;
 use crate::jobs::backup::prune;
 use crate::jobs::backup::retention::{Decision, Policy};
+use crate::remote::client::{Client, Object};
 
 /// The verdict on a remote listing: each of `job`'s archives in it, newest first.
 pub fn decide(
