@@ -405,6 +405,41 @@ pub(super) fn guard(
 }
 
 /// Raises the shrink guard's alert for a held archive of `source`, or resolves it.
+/// What every engine's run does once its archive is published: queue the remote copies
+/// (before retention, so that retention never deletes a file a remote still needs), apply
+/// retention, keep the list of held archives that still exist, and raise or resolve the shrink
+/// alert. Returns how many archives were kept and which were deleted.
+pub(super) fn settle(
+    spec: &Spec,
+    ctx: &mut Context<'_>,
+    held: &mut BTreeMap<String, String>,
+    shrink: Option<&str>,
+    source: &str,
+    published: &Path,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    crate::remote::queue::enqueue_copies(
+        ctx.state,
+        ctx.remotes,
+        &spec.copy_to,
+        ctx.job,
+        published,
+        ctx.now,
+    )?;
+    let waiting = crate::remote::queue::waiting(ctx.state)?;
+    let (kept, deleted) = apply_retention(
+        ctx.job,
+        spec,
+        ctx.timezone,
+        held,
+        shrink.is_none(),
+        &waiting,
+    )?;
+    held.retain(|file, _| spec.to.join(file).exists());
+    ctx.state.put(&state_ns(ctx.job), HELD, &*held)?;
+    shrink_alert(ctx, shrink, source, published);
+    Ok((kept, deleted))
+}
+
 pub(super) fn shrink_alert(ctx: &mut Context<'_>, shrink: Option<&str>, source: &str, published: &Path) {
     let key = format!("backup-shrunk:{}", ctx.job);
     let what = format!("the database backed up by `{}` shrank sharply", ctx.job);
@@ -546,10 +581,9 @@ fn plan_lines(
     lines
 }
 
-/// Where a run starts, on either engine: the archives this job holds (in the state under `ns`),
-/// the shrink guard's baseline among its archives, and the plan.
+/// Where a run starts, on either engine: the archives this job holds (in the state under
+/// [`state_ns`]), the shrink guard's baseline among its archives, and the plan.
 pub(super) struct Start {
-    pub ns: String,
     pub held: BTreeMap<String, String>,
     pub base: Option<(ArchiveName, Extent)>,
     pub plan: Plan,
@@ -569,7 +603,6 @@ pub(super) fn start(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Start> {
         .collect();
     let plan = plan(ctx.job, spec, ctx.now, ctx.timezone, existing);
     Ok(Start {
-        ns,
         held,
         base,
         plan,
@@ -580,7 +613,6 @@ pub(super) fn start(spec: &Spec, ctx: &Context<'_>) -> anyhow::Result<Start> {
 pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
     let to = &spec.to;
     let Start {
-        ns,
         mut held,
         base,
         plan,
@@ -669,33 +701,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>) -> anyhow::Result<Report> {
         read_back_ms,
     } = after;
 
-    // Queued before retention runs, so that retention never deletes a file its remote still
-    // needs.
-    crate::remote::queue::enqueue_copies(
-        ctx.state,
-        ctx.remotes,
-        &spec.copy_to,
-        ctx.job,
-        &published,
-        ctx.now,
-    )?;
-    let waiting = crate::remote::queue::waiting(ctx.state)?;
-    let (kept, deleted) = apply_retention(
-        ctx.job,
+    let (kept, deleted) = settle(
         spec,
-        ctx.timezone,
-        &held,
-        shrink.is_none(),
-        &waiting,
-    )?;
-    held.retain(|file, _| spec.to.join(file).exists());
-    ctx.state.put(&ns, HELD, &held)?;
-    shrink_alert(
         ctx,
+        &mut held,
         shrink.as_deref(),
         &copies.primary.source.display().to_string(),
         &published,
-    );
+    )?;
     let mut report =
         Report::new(format!(
         "wrote {} ({}, {rows} rows, {} mode{}){}{}{}; kept {kept} archives, deleted {}",

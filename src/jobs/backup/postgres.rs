@@ -10,9 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::kind::{
-    self, Extent, HELD, Spec, VerifyLevel, apply_retention, guard, shrink_alert,
-};
+use super::kind::{self, Extent, Spec, VerifyLevel, guard, settle};
 use crate::backup::archive::{self, Manifest, PgDump};
 use crate::backup::{self as backups, Scratch};
 use crate::backup::pg_dump as dump;
@@ -27,7 +25,6 @@ pub const DUMP_ENTRY: &str = "database.pgdump";
 pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Result<Report> {
     let to = &spec.to;
     let kind::Start {
-        ns,
         mut held,
         base,
         plan,
@@ -142,28 +139,14 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
     let published = kind::read_back_and_publish(spec, ctx, pending, &mut verify_ms)?;
     drop(scratch);
-    // Queued before retention runs, so that retention never deletes a file its remote still
-    // needs (as for a SQLite snapshot).
-    crate::remote::queue::enqueue_copies(
-        ctx.state,
-        ctx.remotes,
-        &spec.copy_to,
-        ctx.job,
-        &published,
-        ctx.now,
-    )?;
-    let waiting = crate::remote::queue::waiting(ctx.state)?;
-    let (kept, deleted) = apply_retention(
-        ctx.job,
+    let (kept, deleted) = settle(
         spec,
-        ctx.timezone,
-        &held,
-        shrink.is_none(),
-        &waiting,
+        ctx,
+        &mut held,
+        shrink.as_deref(),
+        &server.describe,
+        &published,
     )?;
-    held.retain(|file, _| spec.to.join(file).exists());
-    ctx.state.put(&ns, HELD, &held)?;
-    shrink_alert(ctx, shrink.as_deref(), &server.describe, &published);
     Ok(Report::new(format!(
         "wrote {} ({}, dump {} of server {} by {}, {} rows in {}){}; kept {kept} archives, deleted {}",
         published.display(),
