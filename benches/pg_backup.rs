@@ -144,7 +144,7 @@ fn main() {
                 std::fs::write(
                     &jobs,
                     format!(
-                        "gateway:\n  url: {}\n  schema: litellm\nstate_dir: {}\njobs:\n  bk:\n    on_signal: USR1\n    backup: {{to: {}, verify: {verify}}}\n",
+                        "gateway:\n  url: {}\n  schema: litellm\nstate_dir: {}\njobs:\n  bk:\n    on_signal: USR1\n    backup: {{to: {}, keep: {{last: 1}}, verify: {verify}}}\n",
                         cluster.url(&db),
                         dir.join("state").display(),
                         backups.display()

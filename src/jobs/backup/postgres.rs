@@ -1,7 +1,8 @@
 //! A backup of a PostgreSQL gateway: `pg_dump --format=custom` in one exported snapshot, verified, archived and pruned as on SQLite.
 //!
-//! The dump is taken uncompressed (`--compress=0`) and the archive is gzipped on all cores,
-//! as SQLite snapshots are. `verify: quick` reads the dump's table of contents back with
+//! The dump is taken uncompressed (`--compress=0`) and gzipped on all cores while pg_dump
+//! writes it (the archive's body; the manifest is put in front once the dump's SHA-256 is
+//! known), and kept uncompressed beside it for the checks. `verify: quick` reads the dump's table of contents back with
 //! `pg_restore --list`; `full` restores it into a scratch database that the run creates and
 //! drops, and compares each table's rows with the counts taken in the dump's own snapshot.
 
@@ -91,6 +92,16 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     ctx.checkpoint()?;
 
     let scratch = backups::ScratchDb(plan.archive.scratch_path(to, Scratch::Snapshot));
+    let compression = match spec.compression {
+        Compression::Gzip => archive::Compression::Gzip {
+            level: spec.level,
+            threads: archive::compression_threads(),
+        },
+        Compression::None => archive::Compression::None,
+    };
+    // The dump is compressed into the archive's body while pg_dump writes it (on all cores),
+    // and kept uncompressed beside it for the checks of `verify`.
+    let mut body = archive::StreamedBody::create(&dest, compression)?;
     let dumping = Instant::now();
     let (pgdump, sha256, size) = dump_in_snapshot(
         spec,
@@ -98,6 +109,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         &mut session,
         &pg_dump,
         &scratch.0,
+        &mut body,
         &qualified,
         PgDump {
             server_version,
@@ -150,15 +162,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         matched: Vec::new(),
         postgres: Some(pgdump),
     };
-    let compression = match spec.compression {
-        Compression::Gzip => archive::Compression::Gzip {
-            level: spec.level,
-            threads: archive::compression_threads(),
-        },
-        Compression::None => archive::Compression::None,
-    };
     let compressing = Instant::now();
-    let (pending, archive_bytes) = archive::write(&dest, &manifest, &scratch.0, &includes, compression)?;
+    let (pending, archive_bytes) = body.finish(&dest, &manifest, &includes)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
     if spec.verify != VerifyLevel::None {
         let reading = Instant::now();
@@ -218,6 +223,7 @@ fn dump_in_snapshot(
     session: &mut postgres::Session,
     pg_dump: &Path,
     out: &Path,
+    body: &mut archive::StreamedBody,
     gateway_table: &str,
     mut pgdump: PgDump,
 ) -> anyhow::Result<(PgDump, String, u64)> {
@@ -244,6 +250,7 @@ fn dump_in_snapshot(
     let (sha256, size) = dump::run_into(
         cmd,
         out,
+        body,
         &format!("{} of the gateway's {}", pg_dump.display(), server.describe),
     )?;
     tx.commit().context("ending the dump's snapshot transaction")?;
