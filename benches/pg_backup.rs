@@ -124,6 +124,12 @@ fn main() {
     let mut runs: Vec<Run> = Vec::new();
     let mut measure = |name: &str, round: u32| {
         let load = load_average();
+        // Each simulator starts its keys afresh (`req-<seed>-<n>`): the last one's rows go, or
+        // every insert would fail on the primary key.
+        cluster
+            .client(&db)
+            .batch_execute("DELETE FROM \"LiteLLM_SpendLogs\" WHERE request_id LIKE 'req-%'")
+            .unwrap();
         let sim = Sim::start_postgres(&cluster.url(&db), &dir, rate, &format!("{name}-{round}"));
         let (seconds, bytes, summary) = match name {
             "pg_dump -Fc" | "pg_dump --compress=0" => {
@@ -212,7 +218,9 @@ fn main() {
         }
     }
 
-    println!("\n| method | round | wall s | output MB | dump s | compress s | verify s | sim p99 ms | failed inserts | load average |");
+    println!(
+        "\n| method | round | wall s | output MB | dump s | compress s | verify s | sim p99 ms | failed inserts | load average |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut round_of = std::collections::BTreeMap::<String, u32>::new();
     for r in &runs {

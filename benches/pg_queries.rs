@@ -76,7 +76,10 @@ fn main() {
     let filled = loading.elapsed().as_secs_f64();
     client.batch_execute("VACUUM ANALYZE").unwrap();
     let size: i64 = client
-        .query_one("SELECT pg_total_relation_size('\"LiteLLM_SpendLogs\"')", &[])
+        .query_one(
+            "SELECT pg_total_relation_size('\"LiteLLM_SpendLogs\"')",
+            &[],
+        )
         .unwrap()
         .get(0);
     println!(
@@ -127,7 +130,10 @@ fn main() {
                 String::from_utf8_lossy(&out.stdout).trim()
             );
             // The server's log entries of our statements on the spend logs: durations and plans.
-            for entry in new.split("\n20").filter(|e| e.contains("LiteLLM_SpendLogs")) {
+            for entry in new
+                .split("\n20")
+                .filter(|e| e.contains("LiteLLM_SpendLogs"))
+            {
                 println!("20{}", entry.trim_end());
                 assert!(
                     !(entry.contains("Seq Scan on \"LiteLLM_SpendLogs\"")

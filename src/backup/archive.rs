@@ -495,7 +495,9 @@ impl StreamedBody {
             )
             .with_context(writing)?;
         }
-        tar.into_inner().context("finishing the tar stream").with_context(writing)?;
+        tar.into_inner()
+            .context("finishing the tar stream")
+            .with_context(writing)?;
         let body_input = self.size;
         match self.out {
             BodyOut::Gzip(gz) => gz.finish().and_then(|mut w| w.flush()),
@@ -531,11 +533,19 @@ impl StreamedBody {
             None => {
                 out.write_all(&prefix).with_context(assembling)?;
                 let copied = io::copy(&mut body, out).with_context(assembling)?;
-                ensure!(copied == body_len, "{}: the body changed size", assembling());
+                ensure!(
+                    copied == body_len,
+                    "{}: the body changed size",
+                    assembling()
+                );
             }
             Some(level) => {
                 // The body: a 10-byte gzip header, its deflate stream, CRC-32 and size.
-                ensure!(body_len >= 18, "{}: the body is not a gzip stream", assembling());
+                ensure!(
+                    body_len >= 18,
+                    "{}: the body is not a gzip stream",
+                    assembling()
+                );
                 let mut gzip_header = [0u8; 10];
                 body.read_exact(&mut gzip_header).with_context(assembling)?;
                 body.seek(io::SeekFrom::Start(body_len - 8))
@@ -557,7 +567,8 @@ impl StreamedBody {
                 );
                 out.write_all(&gzip_header).with_context(assembling)?;
                 out.write_all(&deflated).with_context(assembling)?;
-                body.seek(io::SeekFrom::Start(10)).with_context(assembling)?;
+                body.seek(io::SeekFrom::Start(10))
+                    .with_context(assembling)?;
                 let stream = body_len - 18;
                 let copied =
                     io::copy(&mut (&mut body).take(stream), out).with_context(assembling)?;
@@ -565,7 +576,8 @@ impl StreamedBody {
                 let total = (prefix.len() as u64).wrapping_add(body_input) as u32;
                 out.write_all(&crc.finalize().to_le_bytes())
                     .with_context(assembling)?;
-                out.write_all(&total.to_le_bytes()).with_context(assembling)?;
+                out.write_all(&total.to_le_bytes())
+                    .with_context(assembling)?;
             }
         }
         let size = out.metadata().with_context(assembling)?.len();
@@ -1354,9 +1366,15 @@ mod tests {
             for piece in data.chunks(65_536 - 7) {
                 body.write_all(piece).unwrap();
             }
-            let (pending, _) = body.finish(&dest, &m, std::slice::from_ref(&include)).unwrap();
+            let (pending, _) = body
+                .finish(&dest, &m, std::slice::from_ref(&include))
+                .unwrap();
             // Only the archive's temporary file is left: the body's was removed.
-            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "{compression:?}");
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                2,
+                "{compression:?}"
+            );
             let mut out = Vec::new();
             let contents = read(pending.temp_path(), &mut out).unwrap();
             assert_eq!(contents.manifest, m);
@@ -1365,17 +1383,29 @@ mod tests {
 
             // The same tar stream as the archive written in one pass from the file.
             let one_pass = dir.path().join("one-pass.tar.gz");
-            let (written, _) = write(&one_pass, &m, &file, std::slice::from_ref(&include), compression).unwrap();
+            let (written, _) = write(
+                &one_pass,
+                &m,
+                &file,
+                std::slice::from_ref(&include),
+                compression,
+            )
+            .unwrap();
             let tar_of = |path: &Path| {
                 let bytes = std::fs::read(path).unwrap();
                 if compression == Compression::None {
                     return bytes;
                 }
                 let mut tar = Vec::new();
-                flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut tar).unwrap();
+                flate2::read::GzDecoder::new(bytes.as_slice())
+                    .read_to_end(&mut tar)
+                    .unwrap();
                 tar
             };
-            assert!(tar_of(pending.temp_path()) == tar_of(written.temp_path()), "{compression:?}");
+            assert!(
+                tar_of(pending.temp_path()) == tar_of(written.temp_path()),
+                "{compression:?}"
+            );
         }
     }
 
@@ -1383,7 +1413,14 @@ mod tests {
     fn a_streamed_archive_refuses_a_manifest_that_gives_another_size() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("streamed.tar.gz");
-        let mut body = StreamedBody::create(&dest, Compression::Gzip { level: 6, threads: 2 }).unwrap();
+        let mut body = StreamedBody::create(
+            &dest,
+            Compression::Gzip {
+                level: 6,
+                threads: 2,
+            },
+        )
+        .unwrap();
         body.write_all(b"PGDMP and more").unwrap();
         let mut m = manifest(15, 0, 0);
         m.database = "database.pgdump".into();
@@ -1391,7 +1428,10 @@ mod tests {
             panic!("a manifest of another size was accepted")
         };
         let err = format!("{err:#}");
-        assert!(err.contains("15 bytes") && err.contains("14 were written"), "{err}");
+        assert!(
+            err.contains("15 bytes") && err.contains("14 were written"),
+            "{err}"
+        );
         // Nothing is left that could pass for an archive.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
