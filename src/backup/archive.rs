@@ -1318,7 +1318,7 @@ mod tests {
         let mut x: u32 = 7;
         while data.len() < len {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 data.extend_from_slice(b"spend ");
             } else {
                 data.extend_from_slice(&x.to_le_bytes()[..3]);

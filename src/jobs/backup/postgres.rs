@@ -108,8 +108,7 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         server,
         &mut session,
         &pg_dump,
-        &scratch.0,
-        &mut body,
+        (&scratch.0, &mut body),
         &qualified,
         PgDump {
             server_version,
@@ -216,14 +215,14 @@ fn qualified_name(session: &mut postgres::Session, table: &str) -> String {
 
 /// Dumps the database in a snapshot this session exports: the table list, the row counts (for
 /// `verify: full`) and the dump all see the same rows. `pgdump` brings the versions; its tables
-/// are filled here.
+/// are filled here. The dump goes to `out`: the uncompressed file for the checks, and the
+/// archive's body.
 fn dump_in_snapshot(
     spec: &Spec,
     server: &Server,
     session: &mut postgres::Session,
     pg_dump: &Path,
-    out: &Path,
-    body: &mut archive::StreamedBody,
+    out: (&Path, &mut archive::StreamedBody),
     gateway_table: &str,
     mut pgdump: PgDump,
 ) -> anyhow::Result<(PgDump, String, u64)> {
@@ -249,8 +248,8 @@ fn dump_in_snapshot(
         .arg(format!("--dbname={}", server.url));
     let (sha256, size) = dump::run_into(
         cmd,
-        out,
-        body,
+        out.0,
+        out.1,
         &format!("{} of the gateway's {}", pg_dump.display(), server.describe),
     )?;
     tx.commit().context("ending the dump's snapshot transaction")?;
