@@ -11,7 +11,7 @@
 //! through it.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
@@ -326,6 +326,44 @@ pub fn write_all(
     Ok((pending, size))
 }
 
+/// The time every entry of an archive carries: the backup's.
+fn mtime_of(manifest: &Manifest) -> u64 {
+    u64::try_from(manifest.created_at.timestamp()).unwrap_or(0)
+}
+
+/// The header every entry of an archive has: a regular file, mode 0600, the backup's time.
+fn entry_header(mtime: u64, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(0o600);
+    header.set_mtime(mtime);
+    header
+}
+
+fn append_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mtime: u64,
+    name: &str,
+    size: u64,
+    data: &mut dyn Read,
+) -> anyhow::Result<()> {
+    tar.append_data(&mut entry_header(mtime, size), name, data)
+        .with_context(|| format!("adding {name}"))
+}
+
+/// The first entry of every archive.
+fn append_manifest<W: Write>(tar: &mut tar::Builder<W>, manifest: &Manifest) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(manifest).context("serializing the manifest")?;
+    append_entry(
+        tar,
+        mtime_of(manifest),
+        MANIFEST_ENTRY,
+        json.len() as u64,
+        &mut json.as_slice(),
+    )
+}
+
 fn write_entries<W: Write>(
     out: W,
     manifest: &Manifest,
@@ -334,23 +372,11 @@ fn write_entries<W: Write>(
     includes: &[Include],
 ) -> anyhow::Result<W> {
     let mut tar = tar::Builder::new(out);
-    let mtime = u64::try_from(manifest.created_at.timestamp()).unwrap_or(0);
+    let mtime = mtime_of(manifest);
     let append = |tar: &mut tar::Builder<W>, name: &str, size: u64, data: &mut dyn Read| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(size);
-        header.set_mode(0o600);
-        header.set_mtime(mtime);
-        tar.append_data(&mut header, name, data)
-            .with_context(|| format!("adding {name}"))
+        append_entry(tar, mtime, name, size, data)
     };
-    let json = serde_json::to_vec_pretty(manifest).context("serializing the manifest")?;
-    append(
-        &mut tar,
-        MANIFEST_ENTRY,
-        json.len() as u64,
-        &mut json.as_slice(),
-    )?;
+    append_manifest(&mut tar, manifest)?;
     let file = File::open(database)
         .with_context(|| format!("opening the snapshot {}", database.display()))?;
     // The size must be the manifest's: a snapshot that changed after hashing would not verify.
@@ -378,6 +404,221 @@ fn write_entries<W: Write>(
 pub struct Contents {
     pub manifest: Manifest,
     pub compressed: bool,
+}
+
+/// The rest of an archive whose one database entry is written while it is produced (a
+/// `pg_dump` running): the entry's bytes, then the includes and the end of the tar stream, are
+/// compressed into a temporary file as they arrive, so compression overlaps the dump instead of
+/// following it. The manifest, which must come first and carries the entry's size and SHA-256,
+/// is only known at the end: [`StreamedBody::finish`] then writes the archive as the manifest's
+/// entry and the database entry's header, compressed on their own and ending in a sync flush,
+/// followed by the body's deflate stream and one trailer whose CRC-32 combines both. The result
+/// is the same single gzip member [`write`] produces (byte for byte up to deflate's choices),
+/// and read back like any other archive.
+pub struct StreamedBody {
+    /// The body's temporary file, removed on drop: it never becomes an archive itself.
+    file: PendingFile,
+    out: BodyOut,
+    level: Option<u32>,
+    /// Bytes written into the body so far: the database entry's until [`StreamedBody::finish`].
+    size: u64,
+}
+
+enum BodyOut {
+    Gzip(ParallelGzWriter<BufWriter<File>>),
+    Plain(BufWriter<File>),
+}
+
+impl StreamedBody {
+    /// A body for the archive `dest` (its temporary file goes beside it, named as an archive's
+    /// temporary file so that a killed run's is swept as one).
+    pub fn create(dest: &Path, compression: Compression) -> anyhow::Result<StreamedBody> {
+        let mut file = PendingFile::create(dest)?;
+        let temp = file.temp_path().display().to_string();
+        let handle = file
+            .file()
+            .try_clone()
+            .with_context(|| format!("opening {temp} again to write it"))?;
+        let out = BufWriter::with_capacity(IO_BUFFER, handle);
+        let (out, level) = match compression {
+            Compression::Gzip { level, threads } => (
+                BodyOut::Gzip(
+                    ParallelGzWriter::new(out, level, threads)
+                        .with_context(|| format!("starting to compress into {temp}"))?,
+                ),
+                Some(level),
+            ),
+            Compression::None => (BodyOut::Plain(out), None),
+        };
+        Ok(StreamedBody {
+            file,
+            out,
+            level,
+            size: 0,
+        })
+    }
+
+    /// Ends the body (the entry's padding, the includes, the end of the tar stream) and writes
+    /// the archive `dest` in front of it: a pending file for the caller to verify and commit,
+    /// and its size. `manifest.size` must be the bytes written into the body.
+    pub fn finish(
+        mut self,
+        dest: &Path,
+        manifest: &Manifest,
+        includes: &[Include],
+    ) -> anyhow::Result<(PendingFile, u64)> {
+        ensure!(
+            manifest.size == self.size,
+            "the manifest gives {} bytes for {} but {} were written",
+            manifest.size,
+            manifest.database,
+            self.size
+        );
+        ensure!(
+            manifest.databases.is_empty(),
+            "a streamed archive holds one database"
+        );
+        let temp = self.file.temp_path().to_path_buf();
+        let writing = || format!("writing the archive body {}", temp.display());
+        let padding = (512 - self.size % 512) % 512;
+        self.write_all(&vec![0; padding as usize])
+            .with_context(writing)?;
+        let mtime = mtime_of(manifest);
+        let mut tar = tar::Builder::new(&mut self);
+        for include in includes {
+            append_entry(
+                &mut tar,
+                mtime,
+                &include.meta.entry,
+                include.meta.size,
+                &mut include.bytes.as_slice(),
+            )
+            .with_context(writing)?;
+        }
+        tar.into_inner()
+            .context("finishing the tar stream")
+            .with_context(writing)?;
+        let body_input = self.size;
+        match self.out {
+            BodyOut::Gzip(gz) => gz.finish().and_then(|mut w| w.flush()),
+            BodyOut::Plain(mut w) => w.flush(),
+        }
+        .with_context(writing)?;
+
+        // The manifest and the database entry's header.
+        let mut head = tar::Builder::new(Vec::new());
+        append_manifest(&mut head, manifest)?;
+        let mut prefix = std::mem::take(head.get_mut());
+        // Dropping the builder ends its tar stream in the buffer just emptied, which is discarded.
+        drop(head);
+        let mut header = entry_header(mtime, manifest.size);
+        header
+            .set_path(&manifest.database)
+            .with_context(|| format!("naming the entry {}", manifest.database))?;
+        header.set_cksum();
+        prefix.extend_from_slice(header.as_bytes());
+
+        let mut pending = PendingFile::create(dest)?;
+        let archive_temp = pending.temp_path().display().to_string();
+        let assembling = || {
+            format!(
+                "writing the archive {archive_temp} from its body {}",
+                temp.display()
+            )
+        };
+        let mut body = File::open(&temp).with_context(assembling)?;
+        let body_len = body.metadata().with_context(assembling)?.len();
+        let out = pending.file();
+        match self.level {
+            None => {
+                out.write_all(&prefix).with_context(assembling)?;
+                let copied = io::copy(&mut body, out).with_context(assembling)?;
+                ensure!(
+                    copied == body_len,
+                    "{}: the body changed size",
+                    assembling()
+                );
+            }
+            Some(level) => {
+                // The body: a 10-byte gzip header, its deflate stream, CRC-32 and size.
+                ensure!(
+                    body_len >= 18,
+                    "{}: the body is not a gzip stream",
+                    assembling()
+                );
+                let mut gzip_header = [0u8; 10];
+                body.read_exact(&mut gzip_header).with_context(assembling)?;
+                body.seek(io::SeekFrom::Start(body_len - 8))
+                    .with_context(assembling)?;
+                let mut trailer = [0u8; 8];
+                body.read_exact(&mut trailer).with_context(assembling)?;
+                let body_crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+                let body_isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
+                let deflated = deflate_sync_flushed(&prefix, level).with_context(assembling)?;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&prefix);
+                crc.combine(&crc32fast::Hasher::new_with_initial_len(
+                    body_crc, body_input,
+                ));
+                ensure!(
+                    body_input as u32 == body_isize,
+                    "{}: the body's trailer gives {body_isize} bytes, not the {body_input} written",
+                    assembling()
+                );
+                out.write_all(&gzip_header).with_context(assembling)?;
+                out.write_all(&deflated).with_context(assembling)?;
+                body.seek(io::SeekFrom::Start(10))
+                    .with_context(assembling)?;
+                let stream = body_len - 18;
+                let copied =
+                    io::copy(&mut (&mut body).take(stream), out).with_context(assembling)?;
+                ensure!(copied == stream, "{}: the body changed size", assembling());
+                let total = (prefix.len() as u64).wrapping_add(body_input) as u32;
+                out.write_all(&crc.finalize().to_le_bytes())
+                    .with_context(assembling)?;
+                out.write_all(&total.to_le_bytes())
+                    .with_context(assembling)?;
+            }
+        }
+        let size = out.metadata().with_context(assembling)?.len();
+        Ok((pending, size))
+    }
+}
+
+impl Write for StreamedBody {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.out {
+            BodyOut::Gzip(gz) => gz.write(buf)?,
+            BodyOut::Plain(w) => w.write(buf)?,
+        };
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.out {
+            BodyOut::Gzip(gz) => gz.flush(),
+            BodyOut::Plain(w) => w.flush(),
+        }
+    }
+}
+
+/// `data` as raw deflate blocks that end byte-aligned and not final (a sync flush), so that
+/// another deflate stream can follow them.
+fn deflate_sync_flushed(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut deflate = flate2::Compress::new(flate2::Compression::new(level), false);
+    let mut out = Vec::with_capacity(data.len() + 1024);
+    loop {
+        let consumed = deflate.total_in() as usize;
+        deflate
+            .compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync)
+            .map_err(io::Error::other)?;
+        // Done once all input is in and the flush left room unused in the output.
+        if deflate.total_in() as usize == data.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+        out.reserve(out.capacity());
+    }
 }
 
 /// Reads the whole archive at `path`, checking every checksum and size, and streams the
@@ -1069,6 +1310,130 @@ mod tests {
         drop(conn);
         let (sha, size) = hash_file(path).unwrap();
         (size, sha, page_size as u64, pages as u64)
+    }
+
+    /// A dump-like entry: the custom format's magic, then bytes that compress a little.
+    fn dump_bytes(len: usize) -> Vec<u8> {
+        let mut data = b"PGDMP".to_vec();
+        let mut x: u32 = 7;
+        while data.len() < len {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            if x.is_multiple_of(3) {
+                data.extend_from_slice(b"spend ");
+            } else {
+                data.extend_from_slice(&x.to_le_bytes()[..3]);
+            }
+        }
+        data.truncate(len);
+        data
+    }
+
+    #[test]
+    fn a_streamed_archive_reads_back_as_the_archive_written_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        // Over three compression blocks, and an entry whose size is not a multiple of 512.
+        let data = dump_bytes(3 * crate::pgzip::BLOCK_SIZE + 1234);
+        let file = dir.path().join("g.pgdump");
+        std::fs::write(&file, &data).unwrap();
+        let (sha256, size) = hash_file(&file).unwrap();
+        let mut m = manifest(size, 0, 0);
+        m.database = "database.pgdump".into();
+        m.sha256 = sha256;
+        m.postgres = Some(PgDump {
+            server_version: "15".into(),
+            dump_tool: "pg_dump (PostgreSQL) 15".into(),
+            tables: Vec::new(),
+        });
+        let include = Include {
+            meta: IncludedFile {
+                source: "/etc/gateway.yaml".into(),
+                entry: "files/gateway.yaml".into(),
+                size: 5,
+                sha256: hex::encode(Sha256::digest(b"a: 1\n")),
+            },
+            bytes: b"a: 1\n".to_vec(),
+        };
+        m.files.push(include.meta.clone());
+        for compression in [
+            Compression::Gzip {
+                level: 6,
+                threads: 2,
+            },
+            Compression::None,
+        ] {
+            let dest = dir.path().join("streamed.tar.gz");
+            let mut body = StreamedBody::create(&dest, compression).unwrap();
+            for piece in data.chunks(65_536 - 7) {
+                body.write_all(piece).unwrap();
+            }
+            let (pending, _) = body
+                .finish(&dest, &m, std::slice::from_ref(&include))
+                .unwrap();
+            // Only the archive's temporary file is left: the body's was removed.
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                2,
+                "{compression:?}"
+            );
+            let mut out = Vec::new();
+            let contents = read(pending.temp_path(), &mut out).unwrap();
+            assert_eq!(contents.manifest, m);
+            assert_eq!(contents.compressed, compression != Compression::None);
+            assert!(out == data, "{compression:?}: the entry read back differs");
+
+            // The same tar stream as the archive written in one pass from the file.
+            let one_pass = dir.path().join("one-pass.tar.gz");
+            let (written, _) = write(
+                &one_pass,
+                &m,
+                &file,
+                std::slice::from_ref(&include),
+                compression,
+            )
+            .unwrap();
+            let tar_of = |path: &Path| {
+                let bytes = std::fs::read(path).unwrap();
+                if compression == Compression::None {
+                    return bytes;
+                }
+                let mut tar = Vec::new();
+                flate2::read::GzDecoder::new(bytes.as_slice())
+                    .read_to_end(&mut tar)
+                    .unwrap();
+                tar
+            };
+            assert!(
+                tar_of(pending.temp_path()) == tar_of(written.temp_path()),
+                "{compression:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_streamed_archive_refuses_a_manifest_that_gives_another_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("streamed.tar.gz");
+        let mut body = StreamedBody::create(
+            &dest,
+            Compression::Gzip {
+                level: 6,
+                threads: 2,
+            },
+        )
+        .unwrap();
+        body.write_all(b"PGDMP and more").unwrap();
+        let mut m = manifest(15, 0, 0);
+        m.database = "database.pgdump".into();
+        let Err(err) = body.finish(&dest, &m, &[]) else {
+            panic!("a manifest of another size was accepted")
+        };
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("15 bytes") && err.contains("14 were written"),
+            "{err}"
+        );
+        // Nothing is left that could pass for an archive.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -240,9 +240,14 @@ pub fn run(mut cmd: Command, what: &str) -> anyhow::Result<String> {
 }
 
 /// Runs `cmd` (a tool writing to its standard output), writing what it writes to a new file
-/// `out` (mode 0600) and hashing it on the way: one pass over the dump instead of two. Returns
-/// the SHA-256 and size; fails with the tool's stderr.
-pub fn run_into(mut cmd: Command, out: &Path, what: &str) -> anyhow::Result<(String, u64)> {
+/// `out` (mode 0600) and to `also` (the archive's compressor), hashing it on the way: one pass
+/// over the dump instead of three. Returns the SHA-256 and size; fails with the tool's stderr.
+pub fn run_into(
+    mut cmd: Command,
+    out: &Path,
+    also: &mut dyn std::io::Write,
+    what: &str,
+) -> anyhow::Result<(String, u64)> {
     use std::io::{Read, Write};
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -264,10 +269,23 @@ pub fn run_into(mut cmd: Command, out: &Path, what: &str) -> anyhow::Result<(Str
         std::io::BufWriter::with_capacity(1 << 20, file),
     );
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let copied = std::io::copy(&mut stdout, &mut hashing).and_then(|n| {
+    let copied = (|| {
+        let mut buf = vec![0; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            let got = match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hashing.write_all(&buf[..got])?;
+            also.write_all(&buf[..got])?;
+            n += got as u64;
+        }
         hashing.flush()?;
         Ok(n)
-    });
+    })();
     if copied.is_err() {
         // A full disk: the tool must not go on reading the database for nothing.
         let _ = child.kill();

@@ -1,7 +1,8 @@
 //! A backup of a PostgreSQL gateway: `pg_dump --format=custom` in one exported snapshot, verified, archived and pruned as on SQLite.
 //!
-//! The dump is taken uncompressed (`--compress=0`) and the archive is gzipped on all cores,
-//! as SQLite snapshots are. `verify: quick` reads the dump's table of contents back with
+//! The dump is taken uncompressed (`--compress=0`) and gzipped on all cores while pg_dump
+//! writes it (the archive's body; the manifest is put in front once the dump's SHA-256 is
+//! known), and kept uncompressed beside it for the checks. `verify: quick` reads the dump's table of contents back with
 //! `pg_restore --list`; `full` restores it into a scratch database that the run creates and
 //! drops, and compares each table's rows with the counts taken in the dump's own snapshot.
 
@@ -74,13 +75,17 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
     ctx.checkpoint()?;
 
     let scratch = backups::ScratchDb(plan.archive.scratch_path(to, Scratch::Snapshot));
+    let compression = spec.archive_compression();
+    // The dump is compressed into the archive's body while pg_dump writes it (on all cores),
+    // and kept uncompressed beside it for the checks of `verify`.
+    let mut body = archive::StreamedBody::create(&dest, compression)?;
     let dumping = Instant::now();
     let (pgdump, sha256, size) = dump_in_snapshot(
         spec,
         server,
         &mut session,
         &pg_dump,
-        &scratch.0,
+        (&scratch.0, &mut body),
         &qualified,
         PgDump {
             server_version,
@@ -133,9 +138,8 @@ pub fn run(spec: &Spec, ctx: &mut Context<'_>, server: &Server) -> anyhow::Resul
         matched: Vec::new(),
         postgres: Some(pgdump),
     };
-    let compression = spec.archive_compression();
     let compressing = Instant::now();
-    let (pending, archive_bytes) = archive::write(&dest, &manifest, &scratch.0, &includes, compression)?;
+    let (pending, archive_bytes) = body.finish(&dest, &manifest, &includes)?;
     let compress_ms = compressing.elapsed().as_secs_f64() * 1000.0;
     let published = kind::read_back_and_publish(spec, ctx, pending, &mut verify_ms)?;
     drop(scratch);
@@ -184,13 +188,14 @@ fn qualified_name(session: &mut postgres::Session, table: &str) -> String {
 
 /// Dumps the database in a snapshot this session exports: the table list, the row counts (for
 /// `verify: full`) and the dump all see the same rows. `pgdump` brings the versions; its tables
-/// are filled here.
+/// are filled here. The dump goes to `out`: the uncompressed file for the checks, and the
+/// archive's body.
 fn dump_in_snapshot(
     spec: &Spec,
     server: &Server,
     session: &mut postgres::Session,
     pg_dump: &Path,
-    out: &Path,
+    out: (&Path, &mut archive::StreamedBody),
     gateway_table: &str,
     mut pgdump: PgDump,
 ) -> anyhow::Result<(PgDump, String, u64)> {
@@ -216,7 +221,8 @@ fn dump_in_snapshot(
         .arg(format!("--dbname={}", server.url));
     let (sha256, size) = dump::run_into(
         cmd,
-        out,
+        out.0,
+        out.1,
         &format!("{} of the gateway's {}", pg_dump.display(), server.describe),
     )?;
     tx.commit().context("ending the dump's snapshot transaction")?;
